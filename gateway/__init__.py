@@ -1,0 +1,1 @@
+"""TTS gateway: the custom TTS interface in front of local and cloud voices."""

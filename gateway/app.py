@@ -1,0 +1,371 @@
+"""The HTTP surface: the synthesis route, health, readiness, the voice table and metrics.
+
+The synthesis route is plain ASGI rather than a Starlette endpoint because it must own the whole
+exchange: it watches for the caller hanging up from the moment the body is read (a disconnect
+while waiting for the provider's first byte cancels the provider too), and it closes the
+provider stream itself in ``finally`` — Starlette's ``StreamingResponse`` neither ``aclose()``\\ s
+its iterator on disconnect nor runs background tasks when cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route as HTTPRoute
+from starlette.types import Message, Receive, Scope, Send
+
+from providers.base import Provider, ProviderError, build_provider
+
+from .config import GatewayConfig, default_config, load_config
+from .errors import (
+    BadRequest,
+    GatewayError,
+    NotReady,
+    PayloadTooLarge,
+    TooManyStreams,
+    Unauthorized,
+    VoiceNotFound,
+)
+from .metrics import Metrics
+from .relay import AudioStream, Relay
+from .request import TTSRequest, parse_body, validate
+from .routing import Route, Router
+
+log = logging.getLogger("gateway")
+
+
+class Gateway:
+    """One loaded routing file with its providers: everything a request needs."""
+
+    def __init__(self, config: GatewayConfig) -> None:
+        self.config = config
+        self.router = Router(config)
+        self.providers: dict[str, Provider] = {
+            name: build_provider(pc) for name, pc in config.providers.items()
+        }
+        self.metrics = Metrics()
+        self.relay = Relay(self.providers, self.metrics)
+        self._tokens = tuple(t.encode() for t in config.server.tokens)
+        self.active_streams = 0
+        self.ready = False
+        self.draining = False
+
+    async def start(self) -> None:
+        """Start every provider (load local models, open pooled clients); then ready."""
+        if not self._tokens:
+            log.warning("no tokens configured: every caller is accepted")
+        await asyncio.gather(*(p.start() for p in self.providers.values()))
+        self.ready = True
+        log.info(
+            "ready: %d providers, %d voices, config %s",
+            len(self.providers),
+            len(self.config.voices),
+            self.config.source,
+        )
+
+    async def stop(self) -> None:
+        """Refuse new work and release every provider."""
+        self.ready = False
+        self.draining = True
+        await asyncio.gather(*(p.aclose() for p in self.providers.values()))
+
+    def token_ok(self, token: str | None) -> bool:
+        """Constant-time match against every configured token (no early exit)."""
+        if not self._tokens:
+            return True
+        given = (token or "").encode()
+        matched = False
+        for accepted in self._tokens:
+            matched |= hmac.compare_digest(given, accepted)
+        return matched
+
+    def chain_for(self, voice_id: str) -> list[Route]:
+        """The voice chain for a VoiceId, or ``VoiceNotFound``."""
+        chain = self.router.resolve(voice_id)
+        if not chain:
+            raise VoiceNotFound(f"unknown VoiceId {voice_id!r}", field="VoiceId")
+        return chain
+
+    async def open(self, request: TTSRequest, request_id: str) -> AudioStream:
+        """Route and relay one validated request (used by the HTTP route and the CLI)."""
+        return await self.relay.open(self.chain_for(request.voice_id), request, request_id)
+
+
+class _ClientGone(Exception):
+    """The caller hung up before its request was read."""
+
+
+async def _wait_for_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+def _bearer(scope: Scope) -> str | None:
+    auth = _header(scope, b"authorization")
+    if auth and auth[:7].lower() == "bearer ":
+        return auth[7:].strip()
+    return None
+
+
+class SynthesisEndpoint:
+    """``POST <server.path>``: the custom TTS interface."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        gw = self.gateway
+        server = gw.config.server
+        started = time.perf_counter()
+        request_id = _header(scope, b"x-request-id") or uuid.uuid4().hex
+        info: dict[str, Any] = {"request_id": request_id}
+        counted = False
+        try:
+            if not gw.ready or gw.draining:
+                raise NotReady("the gateway is starting or draining", headers={"Retry-After": "1"})
+            body = await self._read_body(scope, receive, server.max_body_bytes)
+            request = await self._parse(scope, body)
+            info.update(voice=request.voice_id, sample_rate=request.sample_rate)
+            info.update(request.log_fields())
+            chain = gw.chain_for(request.voice_id)
+            if gw.active_streams >= server.max_concurrent_streams:
+                raise TooManyStreams(
+                    f"{server.max_concurrent_streams} streams are in progress",
+                    headers={"Retry-After": "1"},
+                )
+            gw.active_streams += 1
+            gw.metrics.active.inc()
+            counted = True
+            # The work runs beside a watcher of the connection: whichever ends first wins, so
+            # a caller hanging up cancels the provider whether or not audio has started.
+            work = asyncio.create_task(
+                self._relay(scope, send, chain, request, request_id, started, info)
+            )
+            watcher = asyncio.create_task(_wait_for_disconnect(receive))
+            try:
+                await asyncio.wait((work, watcher), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                if not work.done():
+                    work.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await work
+                    info.setdefault("status", 499)
+                    info["end"] = "client_disconnect"
+                    if info["status"] == 499:
+                        gw.metrics.requests.labels("499").inc()
+                    gw.metrics.streams_ended.labels("client_disconnect").inc()
+                watcher.cancel()
+            if not work.cancelled():
+                work.result()
+        except _ClientGone:
+            info["status"] = 499
+            gw.metrics.requests.labels("499").inc()
+        except GatewayError as error:
+            info.update(status=error.status, error=error.code)
+            gw.metrics.requests.labels(str(error.status)).inc()
+            await error.to_response(request_id)(scope, receive, send)
+        finally:
+            if counted:
+                gw.active_streams -= 1
+                gw.metrics.active.dec()
+            info["duration_ms"] = round((time.perf_counter() - started) * 1000, 1)
+            log.info(" ".join(f"{k}={v}" for k, v in info.items()))
+
+    async def _relay(
+        self,
+        scope: Scope,
+        send: Send,
+        chain: list[Route],
+        request: TTSRequest,
+        request_id: str,
+        started: float,
+        info: dict[str, Any],
+    ) -> None:
+        stream = await self.gateway.relay.open(chain, request, request_id)
+        try:
+            info.update(provider=stream.provider.name, answered_by=stream.route.voice.key)
+            await self._send_audio(scope, send, stream, request, request_id, started, info)
+        finally:
+            await stream.aclose()
+
+    async def _send_audio(
+        self,
+        scope: Scope,
+        send: Send,
+        stream: AudioStream,
+        request: TTSRequest,
+        request_id: str,
+        started: float,
+        info: dict[str, Any],
+    ) -> None:
+        gw = self.gateway
+        provider = stream.provider.name
+        headers = [
+            (b"content-type", gw.config.server.content_type.encode()),
+            (b"x-sample-rate", str(request.sample_rate).encode()),
+            (b"x-channels", b"1"),
+            (b"x-request-id", request_id.encode()),
+            (b"x-voice", stream.route.voice.key.encode()),
+            (b"cache-control", b"no-store"),
+        ]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        info["status"] = 200
+        gw.metrics.requests.labels("200").inc()
+        end = "complete"
+        deadline = asyncio.get_running_loop().time() + stream.provider.config.timeout.total
+        first = True
+        try:
+            async with asyncio.timeout_at(deadline):
+                async for pcm in stream.chunks():
+                    await send({"type": "http.response.body", "body": pcm, "more_body": True})
+                    if first:
+                        first = False
+                        ttfb = time.perf_counter() - started
+                        gw.metrics.ttfb.labels(provider).observe(ttfb)
+                        info["ttfb_ms"] = round(ttfb * 1000, 1)
+        except ProviderError as error:
+            # Audio has gone out: no retry, no fallback, no error bytes. End what we have.
+            end = "provider_error"
+            info["error"] = error.reason
+            log.warning("request_id=%s stream ended early: %s", request_id, error)
+            await self._send_tail(send, stream)
+        except TimeoutError:
+            end = "timeout"
+            await self._send_tail(send, stream)
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        info["end"] = end
+        info["audio_ms"] = round(stream.bytes_out / 2 / request.sample_rate * 1000)
+        gw.metrics.streams_ended.labels(end).inc()
+        gw.metrics.audio_seconds.labels(provider).inc(stream.bytes_out / 2 / request.sample_rate)
+
+    @staticmethod
+    async def _send_tail(send: Send, stream: AudioStream) -> None:
+        tail = stream.flush()
+        if tail:
+            await send({"type": "http.response.body", "body": tail, "more_body": True})
+
+    @staticmethod
+    async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+        length = _header(scope, b"content-length")
+        if length and length.isdigit() and int(length) > limit:
+            raise PayloadTooLarge(f"body of {length} bytes is over the limit of {limit}")
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message: Message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _ClientGone
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"body is over the limit of {limit} bytes")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+    async def _parse(self, scope: Scope, body: bytes) -> TTSRequest:
+        server = self.gateway.config.server
+        content_type = _header(scope, b"content-type")
+        if content_type and content_type.lower().startswith("multipart/form-data"):
+            data = await _parse_multipart(scope, body)
+        else:
+            data = parse_body(body, content_type)
+        token = data.get("Token")
+        if token is None:
+            token = _bearer(scope)
+        if not self.gateway.token_ok(token if isinstance(token, str) else str(token)):
+            raise Unauthorized("Token is missing or not accepted", field="Token")
+        return validate(data, max_text_chars=server.max_text_chars)
+
+
+async def _parse_multipart(scope: Scope, body: bytes) -> dict[str, Any]:
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    try:
+        form = await Request(scope, replay).form()
+    except Exception as exc:  # python-multipart raises several unrelated types
+        raise BadRequest(f"malformed multipart body: {exc}", code="malformed_body") from None
+    return {k: v for k, v in form.items() if isinstance(v, str)}
+
+
+def create_app(config: GatewayConfig | None = None) -> Starlette:
+    """The ASGI app for a routing file (the built-in default when ``config`` is None)."""
+    gateway = Gateway(config or default_config())
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await gateway.start()
+        try:
+            yield
+        finally:
+            await gateway.stop()
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        if gateway.ready and not gateway.draining:
+            return JSONResponse({"status": "ready"})
+        state = "draining" if gateway.draining else "starting"
+        return NotReady(f"the gateway is {state}").to_response()
+
+    async def voices(request: Request) -> Response:
+        if not gateway.token_ok(_bearer(request.scope)):
+            return Unauthorized(
+                "send a configured token as 'Authorization: Bearer <token>'", field="Authorization"
+            ).to_response()
+        server = gateway.config.server
+        return JSONResponse(
+            {
+                "default_voice": server.default_voice,
+                "unknown_voice": server.unknown_voice,
+                "voices": gateway.router.table(),
+            }
+        )
+
+    async def metrics(request: Request) -> Response:
+        return Response(gateway.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    routes = [
+        HTTPRoute(gateway.config.server.path, SynthesisEndpoint(gateway), methods=["POST"]),
+        HTTPRoute("/healthz", healthz, methods=["GET"]),
+        HTTPRoute("/readyz", readyz, methods=["GET"]),
+        HTTPRoute("/voices", voices, methods=["GET"]),
+        HTTPRoute("/metrics", metrics, methods=["GET"]),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.gateway = gateway
+    return app
+
+
+def app_from_env() -> Starlette:
+    """Factory for ``uvicorn --factory`` and worker processes: the routing file named by
+    ``TTS_GATEWAY_CONFIG``, or the built-in default."""
+    path = os.environ.get("TTS_GATEWAY_CONFIG")
+    return create_app(load_config(path) if path else None)

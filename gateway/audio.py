@@ -1,0 +1,386 @@
+"""Turn a provider's native audio stream into mono S16LE PCM at the caller's rate, chunk by chunk.
+
+Providers deliver bytes in whatever format they speak (:class:`providers.base.AudioFormat`):
+16-bit or float samples, any channel count, any rate, optionally behind a RIFF/WAVE header, in
+chunks cut at arbitrary byte positions. One :class:`Converter` per request turns that stream into
+what the custom TTS interface sends: mono S16LE at 8/16/24/48 kHz, as soon as it arrives.
+
+Resampling always runs in float32 through :class:`soxr.ResampleStream`. soxr's int16 mode adds
+TPDF dither to its output, so the same audio cut into different chunks comes out differing by up
+to 2 LSB; float32 output is bit-identical however the input is chunked, and the extra int16 <->
+float32 conversions cost less than the resampling itself. The output of a stream therefore does
+not depend on how the network happened to split it.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import wave
+from typing import Final, cast
+
+import numpy as np
+import numpy.typing as npt
+import soxr
+
+from providers.base import AudioFormat, Encoding
+
+__all__ = [
+    "QUALITIES",
+    "STREAMING_DATA_BYTES",
+    "AudioFormatError",
+    "Converter",
+    "wav_header",
+    "write_wav",
+]
+
+#: soxr quality presets, from quickest to best.
+QUALITIES: Final[frozenset[str]] = frozenset({"QQ", "LQ", "MQ", "HQ", "VHQ"})
+
+#: The ``data_bytes`` that makes :func:`wav_header` announce a stream of unknown length: the
+#: RIFF size (36 + data bytes) is then the largest 32-bit value.
+STREAMING_DATA_BYTES: Final[int] = 0xFFFFFFFF - 36
+
+_F32 = npt.NDArray[np.float32]
+
+_S16: Final = np.dtype("<i2")
+_F32LE: Final = np.dtype("<f4")
+
+# Float input is limited to this (36 dB above full scale) before mixing and resampling: real
+# audio never gets near it, and it keeps garbage from overflowing float32 sums.
+_FLOAT_LIMIT: Final = np.float32(64.0)
+
+_TAG_PCM: Final = 0x0001
+_TAG_FLOAT: Final = 0x0003
+_TAG_EXTENSIBLE: Final = 0xFFFE
+# WAVE_FORMAT_EXTENSIBLE sub-format GUIDs are KSDATAFORMAT_SUBTYPE_*: the format tag in the first
+# two bytes, then this fixed tail.
+_GUID_TAIL: Final = b"\x00\x00\x00\x00\x10\x00\x80\x00\x00\xaa\x00\x38\x9b\x71"
+_TAG_NAMES: Final = {
+    0x0002: "MS ADPCM",
+    0x0006: "A-law",
+    0x0007: "mu-law",
+    0x0011: "IMA ADPCM",
+    0x0031: "GSM 6.10",
+    0x0055: "MP3",
+}
+# A real fmt chunk is 16, 18 or 40 bytes; a bound keeps a corrupt size from making us buffer
+# the whole stream as "header".
+_MAX_FMT_BYTES: Final = 1024
+
+# Stages of the incremental WAV header parser.
+_RIFF, _CHUNK, _SKIP, _FMT, _DONE = range(5)
+
+
+class AudioFormatError(ValueError):
+    """The audio cannot be decoded: not a WAV, an unsupported WAV format, or a bad source."""
+
+
+class Converter:
+    """Converts one stream of native audio to mono S16LE PCM at ``out_rate``.
+
+    Feed the provider's chunks to :meth:`feed` as they arrive and send what it returns (possibly
+    ``b""`` while the resampler or the WAV header parser needs more input); at the end call
+    :meth:`flush` once for the resampler's tail. Every returned chunk holds whole samples.
+
+    ``source`` is the provider's declared format. With ``container="wav"`` the rate, channels and
+    encoding come from the stream's own header instead; :attr:`input_format` tells which format
+    was actually found. Channels are down-mixed by averaging; float samples are clipped to
+    [-1, 1] and scaled by 32767.
+    """
+
+    frames_in: int
+    """Whole input frames consumed so far (a frame holds one sample of every channel)."""
+    frames_out: int
+    """Output samples returned so far."""
+
+    def __init__(self, source: AudioFormat, out_rate: int, *, quality: str = "HQ") -> None:
+        if out_rate <= 0:
+            raise ValueError(f"output sample rate must be positive, got {out_rate}")
+        if quality not in QUALITIES:
+            raise ValueError(f"unknown soxr quality {quality!r}; one of {sorted(QUALITIES)}")
+        if source.container not in ("raw", "wav"):
+            raise AudioFormatError(f"unsupported container {source.container!r}")
+        self.out_rate = out_rate
+        self.quality = quality
+        self.frames_in = 0
+        self.frames_out = 0
+        self._finished = False
+        self._carry = b""
+        self._resampler: soxr.ResampleStream | None = None
+        self._format: AudioFormat | None = None
+        # Set from the actual format by _set_format(); placeholders until a WAV header is read.
+        self._frame_bytes = 2
+        self._channels = 1
+        self._float = False
+        self._passthrough = False
+        # Header parser state, used only for container="wav".
+        self._stage = _RIFF
+        self._header = bytearray()
+        self._skip = 0
+        self._fmt_size = 0
+        self._wav: tuple[int, Encoding, int] | None = None
+        if source.container == "raw":
+            self._set_format(source)
+
+    @property
+    def input_format(self) -> AudioFormat | None:
+        """The format being converted: ``source``, or for a WAV stream the format its header
+        declares (``None`` until the header up to the data chunk has arrived)."""
+        return self._format
+
+    @property
+    def finished(self) -> bool:
+        """True once :meth:`flush` was called."""
+        return self._finished
+
+    def feed(self, data: bytes) -> bytes:
+        """Convert one chunk of the stream; returns S16LE mono PCM at ``out_rate`` (maybe empty).
+
+        Raises :class:`AudioFormatError` when a WAV header turns out unusable, and
+        :class:`RuntimeError` after :meth:`flush`."""
+        if self._finished:
+            raise RuntimeError("Converter.feed() after flush()")
+        if type(data) is not bytes:
+            data = bytes(data)  # bytearray/memoryview: the pass-through must return bytes
+        if self._format is None:
+            data = self._parse_header(data)
+            if self._format is None:
+                return b""
+        if self._carry:
+            data = self._carry + data
+            self._carry = b""
+        frame_bytes = self._frame_bytes
+        frames = len(data) // frame_bytes
+        used = frames * frame_bytes
+        if used != len(data):
+            self._carry = data[used:]
+        if not frames:
+            return b""
+        self.frames_in += frames
+        if self._passthrough:
+            self.frames_out += frames
+            return data if used == len(data) else data[:used]
+        return self._emit(self._convert(data, frames))
+
+    def flush(self) -> bytes:
+        """End of stream: the resampler's remaining output. The converter is finished after.
+
+        A trailing partial frame is dropped. Never raises for the audio's sake (the relay
+        drains converters after provider errors too); a second call returns ``b""``."""
+        if self._finished:
+            return b""
+        self._finished = True
+        self._carry = b""
+        self._header = bytearray()
+        if self._resampler is None:
+            return b""
+        tail = self._resample(np.zeros(0, np.float32), last=True)
+        self._resampler = None
+        return self._emit(tail)
+
+    # -- conversion ---------------------------------------------------------------------------
+
+    def _set_format(self, fmt: AudioFormat) -> None:
+        if fmt.encoding not in ("s16le", "f32le"):
+            raise AudioFormatError(f"unsupported sample encoding {fmt.encoding!r}")
+        if fmt.channels < 1:
+            raise AudioFormatError(f"channel count must be at least 1, got {fmt.channels}")
+        if fmt.sample_rate <= 0:
+            raise AudioFormatError(f"sample rate must be positive, got {fmt.sample_rate}")
+        self._format = fmt
+        self._frame_bytes = fmt.frame_bytes
+        self._channels = fmt.channels
+        self._float = fmt.encoding == "f32le"
+        self._passthrough = (
+            not self._float and fmt.channels == 1 and fmt.sample_rate == self.out_rate
+        )
+        if fmt.sample_rate != self.out_rate:
+            self._resampler = soxr.ResampleStream(
+                fmt.sample_rate, self.out_rate, 1, dtype="float32", quality=self.quality
+            )
+
+    def _convert(self, data: bytes, frames: int) -> _F32:
+        """Whole frames of ``data`` as mono float32 at the output rate (int16 units for s16le
+        input, [-1, 1] units for f32le), ready for :meth:`_emit`."""
+        count = frames * self._channels
+        if self._float:
+            # NaN, inf and absurd values (bytes that are not really float32) would overflow the
+            # down-mix or the resampler's sums and poison its filter state for good.
+            x = np.clip(np.frombuffer(data, _F32LE, count), -_FLOAT_LIMIT, _FLOAT_LIMIT)
+            np.nan_to_num(x, copy=False, nan=0.0)
+            if self._channels > 1:
+                x = x.reshape(frames, self._channels).mean(axis=1, dtype=np.float32)
+        else:
+            s = np.frombuffer(data, _S16, count)
+            if self._channels > 1:
+                x = s.reshape(frames, self._channels).mean(axis=1, dtype=np.float32)
+            else:
+                x = s.astype(np.float32)
+        if self._resampler is not None:
+            x = self._resample(x, last=False)
+        return x
+
+    def _resample(self, x: _F32, *, last: bool) -> _F32:
+        assert self._resampler is not None
+        return cast(_F32, self._resampler.resample_chunk(x, last=last))
+
+    def _emit(self, y: _F32) -> bytes:
+        if not y.size:
+            return b""
+        if not y.flags.writeable:
+            y = y.copy()
+        if self._float:
+            np.clip(y, -1.0, 1.0, out=y)
+            y *= 32767.0
+            np.rint(y, out=y)
+        else:
+            # The resampler's ringing can overshoot full scale.
+            np.rint(y, out=y)
+            np.clip(y, -32768.0, 32767.0, out=y)
+        self.frames_out += y.size
+        return y.astype(_S16).tobytes()
+
+    # -- WAV header ---------------------------------------------------------------------------
+
+    def _parse_header(self, data: bytes) -> bytes:
+        """Consume header bytes; once the data chunk starts, set the format and return the
+        audio bytes that followed it in ``data`` (``b""`` while the header is incomplete)."""
+        buf = self._header
+        if self._stage == _SKIP:
+            # Skipped chunk bodies are dropped as they arrive instead of being buffered.
+            drop = min(self._skip, len(data))
+            self._skip -= drop
+            data = data[drop:]
+            if self._skip:
+                return b""
+            self._stage = _CHUNK
+        buf += data
+        while True:
+            if self._stage == _RIFF:
+                head = bytes(buf[:4])
+                if not (b"RIFF".startswith(head) or b"RF64".startswith(head)):
+                    raise AudioFormatError(f"not a WAV stream: starts with {head!r}, not RIFF")
+                if len(buf) < 12:
+                    return b""
+                if buf[8:12] != b"WAVE":
+                    raise AudioFormatError(f"RIFF stream of type {bytes(buf[8:12])!r}, not WAVE")
+                del buf[:12]
+                self._stage = _CHUNK
+            elif self._stage == _CHUNK:
+                if len(buf) < 8:
+                    return b""
+                cid, size = struct.unpack_from("<4sI", buf)
+                if not all(0x20 <= c < 0x7F for c in cid):
+                    raise AudioFormatError(f"corrupt WAV header: chunk id {cid!r}")
+                del buf[:8]
+                if cid == b"data":
+                    return self._start_data()
+                if cid == b"fmt ":
+                    if not 16 <= size <= _MAX_FMT_BYTES:
+                        raise AudioFormatError(f"WAV fmt chunk of implausible size {size}")
+                    self._fmt_size = size
+                    self._stage = _FMT
+                else:
+                    # RIFF chunks are word-aligned: an odd-sized body has a pad byte.
+                    self._skip = size + (size & 1)
+                    self._stage = _SKIP
+            elif self._stage == _SKIP:
+                drop = min(self._skip, len(buf))
+                del buf[:drop]
+                self._skip -= drop
+                if self._skip:
+                    return b""
+                self._stage = _CHUNK
+            else:  # _FMT
+                need = self._fmt_size + (self._fmt_size & 1)
+                if len(buf) < need:
+                    return b""
+                self._wav = _parse_fmt(bytes(buf[: self._fmt_size]))
+                del buf[:need]
+                self._stage = _CHUNK
+
+    def _start_data(self) -> bytes:
+        if self._wav is None:
+            raise AudioFormatError("WAV data chunk before the fmt chunk")
+        rate, encoding, channels = self._wav
+        self._stage = _DONE
+        # The data chunk's size is ignored: streamed WAVs write 0 or 0xFFFFFFFF there, so the
+        # data runs to the end of the stream.
+        audio = bytes(self._header)
+        self._header = bytearray()
+        self._set_format(AudioFormat(rate, encoding, channels, "wav"))
+        return audio
+
+
+def _parse_fmt(body: bytes) -> tuple[int, Encoding, int]:
+    """(sample rate, encoding, channels) from a fmt chunk body; AudioFormatError if unusable."""
+    tag, channels, rate, _byte_rate, _block_align, bits = struct.unpack_from("<HHIIHH", body)
+    if tag == _TAG_EXTENSIBLE:
+        if len(body) < 40:
+            raise AudioFormatError(f"WAVE_FORMAT_EXTENSIBLE fmt chunk too short ({len(body)} B)")
+        sub_tag = struct.unpack_from("<H", body, 24)[0]
+        if body[26:40] != _GUID_TAIL:
+            raise AudioFormatError(
+                f"WAVE_FORMAT_EXTENSIBLE with unknown sub-format {body[24:40]!r}"
+            )
+        tag = sub_tag
+    if tag == _TAG_PCM and bits == 16:
+        encoding: Encoding = "s16le"
+    elif tag == _TAG_FLOAT and bits == 32:
+        encoding = "f32le"
+    else:
+        name = _TAG_NAMES.get(tag, {_TAG_PCM: "PCM", _TAG_FLOAT: "float"}.get(tag, ""))
+        label = f"format tag 0x{tag:04X}" + (f" ({name})" if name else "")
+        raise AudioFormatError(
+            f"unsupported WAV {label}, {bits} bits; only 16-bit PCM and 32-bit float are handled"
+        )
+    if channels < 1:
+        raise AudioFormatError("WAV header declares 0 channels")
+    if rate <= 0:
+        raise AudioFormatError("WAV header declares a sample rate of 0")
+    return rate, encoding, channels
+
+
+def wav_header(
+    sample_rate: int, channels: int = 1, bits: int = 16, data_bytes: int = STREAMING_DATA_BYTES
+) -> bytes:
+    """A 44-byte canonical RIFF/WAVE header: 16-bit PCM (``bits=16``) or 32-bit IEEE float
+    (``bits=32``). The default ``data_bytes`` announces a stream of unknown length."""
+    if bits == 16:
+        tag = _TAG_PCM
+    elif bits == 32:
+        tag = _TAG_FLOAT
+    else:
+        raise ValueError(f"bits must be 16 (PCM) or 32 (float), got {bits}")
+    if sample_rate <= 0 or channels < 1 or not 0 <= data_bytes <= 0xFFFFFFFF:
+        raise ValueError("sample_rate and channels must be positive, data_bytes a 32-bit size")
+    block_align = channels * bits // 8
+    riff_size = min(36 + data_bytes, 0xFFFFFFFF)
+    return struct.pack(
+        "<4sI4s4sIHHIIHH4sI",
+        b"RIFF",
+        riff_size,
+        b"WAVE",
+        b"fmt ",
+        16,
+        tag,
+        channels,
+        sample_rate,
+        sample_rate * block_align,
+        block_align,
+        bits,
+        b"data",
+        data_bytes,
+    )
+
+
+def write_wav(path: str | os.PathLike[str], pcm_s16le: bytes, sample_rate: int) -> None:
+    """Write mono S16LE PCM to ``path`` as a WAV file."""
+    if len(pcm_s16le) % 2:
+        raise ValueError("S16LE PCM must have an even number of bytes")
+    with wave.open(os.fspath(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(sample_rate)
+        w.writeframes(pcm_s16le)

@@ -1,0 +1,56 @@
+"""Prometheus counters of one gateway instance (its own registry, so apps in one process, as in
+tests, never collide)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_TTFB_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0)
+
+
+class Metrics:
+    """Everything the gateway counts."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "tts_requests", "Synthesis requests by answer status.", ["status"], registry=r
+        )
+        self.ttfb = Histogram(
+            "tts_first_byte_seconds",
+            "From request arrival to the first audio byte, by the provider that answered.",
+            ["provider"],
+            buckets=_TTFB_BUCKETS,
+            registry=r,
+        )
+        self.attempts = Counter(
+            "tts_provider_attempts",
+            "Attempts to open a provider stream, by outcome (ok, error, timeout, no_audio, ...).",
+            ["provider", "outcome"],
+            registry=r,
+        )
+        self.characters = Counter(
+            "tts_provider_characters",
+            "Characters of text sent to each provider (what the bill is made of).",
+            ["provider"],
+            registry=r,
+        )
+        self.fallbacks = Counter(
+            "tts_fallbacks", "Requests answered by a fallback voice.", ["voice"], registry=r
+        )
+        self.audio_seconds = Counter(
+            "tts_audio_seconds", "Seconds of audio delivered.", ["provider"], registry=r
+        )
+        self.streams_ended = Counter(
+            "tts_streams_ended",
+            "Audio streams by how they ended (complete, client_disconnect, provider_error, "
+            "timeout).",
+            ["reason"],
+            registry=r,
+        )
+        self.active = Gauge("tts_streams_active", "Audio streams in progress.", registry=r)
+
+    def render(self) -> bytes:
+        """The text exposition format."""
+        return generate_latest(self.registry)

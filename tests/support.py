@@ -1,0 +1,294 @@
+"""Test fixtures that are real parts: a uvicorn server on loopback, a scripted provider, a
+loopback upstream speaking the custom TTS interface, and tone generators."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import socket
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import uvicorn
+from starlette.applications import Starlette
+
+from providers.base import AudioFormat, Encoding, Provider, ProviderConfig, SynthesisJob, register
+
+
+def tone(freq: float, seconds: float, rate: int, amplitude: float = 0.5) -> bytes:
+    """A sine as S16LE mono."""
+    t = np.arange(round(seconds * rate)) / rate
+    return (np.sin(2 * math.pi * freq * t) * amplitude * 32767).astype("<i2").tobytes()
+
+
+def samples(pcm: bytes) -> np.ndarray:
+    """S16LE bytes as float samples in [-1, 1]."""
+    return np.frombuffer(pcm, dtype="<i2").astype(np.float64) / 32768.0
+
+
+def peak_frequency(pcm: bytes, rate: int) -> float:
+    """The frequency of the strongest FFT bin."""
+    x = samples(pcm)
+    spectrum = np.abs(np.fft.rfft(x * np.hanning(len(x))))
+    return float(np.argmax(spectrum) * rate / len(x))
+
+
+# ---------------------------------------------------------------- scripted provider
+
+Step = bytes | BaseException | asyncio.Event | float
+
+
+@dataclass
+class Plan:
+    """What a scripted provider does on each attempt: attempt *i* runs ``attempts[i]`` (the
+    last one repeats). Steps: bytes are yielded, exceptions raised, events awaited, floats
+    slept. Everything the provider saw is recorded."""
+
+    attempts: list[list[Step]]
+    rate: int = 24000
+    encoding: Encoding = "s16le"
+    jobs: list[SynthesisJob] = field(default_factory=list)
+    closed: list[float] = field(default_factory=list)
+    finished: list[float] = field(default_factory=list)
+    started: list[float] = field(default_factory=list)
+
+
+class ScriptedProvider(Provider):
+    """``type: scripted`` — does what its :class:`Plan` says (tests only)."""
+
+    type_name = "scripted"
+    plans: ClassVar[dict[str, Plan]] = {}
+
+    @property
+    def plan(self) -> Plan:
+        return self.plans[self.name]
+
+    def native_format(self, job: SynthesisJob) -> AudioFormat:
+        return AudioFormat(sample_rate=self.plan.rate, encoding=self.plan.encoding)
+
+    async def stream(self, job: SynthesisJob) -> AsyncGenerator[bytes, None]:
+        plan = self.plan
+        steps = plan.attempts[min(len(plan.jobs), len(plan.attempts) - 1)]
+        plan.jobs.append(job)
+        plan.started.append(time.perf_counter())
+        try:
+            for step in steps:
+                if isinstance(step, bytes):
+                    yield step
+                elif isinstance(step, BaseException):
+                    raise step
+                elif isinstance(step, asyncio.Event):
+                    await step.wait()
+                else:
+                    await asyncio.sleep(step)
+            plan.finished.append(time.perf_counter())
+        finally:
+            plan.closed.append(time.perf_counter())
+
+
+register("scripted", ScriptedProvider)
+
+
+# ---------------------------------------------------------------- live server
+
+
+def free_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+@contextlib.asynccontextmanager
+async def live_server(app: Starlette | Callable[..., Any]) -> AsyncIterator[str]:
+    """Serve ``app`` with uvicorn on a loopback port inside the running loop; yields the base
+    URL. Real sockets, so chunking, timing and disconnects are what a caller would see."""
+    sock = free_socket()
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(app, lifespan="on", log_level="warning", access_log=False)
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        while not server.started:
+            if task.done():
+                task.result()
+                raise RuntimeError("server stopped during start-up")
+            await asyncio.sleep(0.01)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()
+
+
+@dataclass
+class RawResponse:
+    status: int
+    headers: dict[str, str]
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+
+    async def read_chunk(self) -> bytes | None:
+        """The next chunk of a chunked body (None at the end)."""
+        size_line = await self.reader.readline()
+        size = int(size_line.strip(), 16)
+        if size == 0:
+            await self.reader.readline()
+            return None
+        data = await self.reader.readexactly(size)
+        await self.reader.readline()
+        return data
+
+    async def read_all(self) -> bytes:
+        parts = []
+        while (chunk := await self.read_chunk()) is not None:
+            parts.append(chunk)
+        return b"".join(parts)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+async def raw_post(base_url: str, path: str, body: dict[str, Any]) -> RawResponse:
+    """POST with a bare socket, returning as soon as the headers are in: the test decides when
+    to read and when to hang up, which an HTTP client library would hide."""
+    host, port = base_url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    payload = json.dumps(body).encode()
+    writer.write(
+        f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(payload)}\r\n\r\n".encode()
+        + payload
+    )
+    await writer.drain()
+    status_line = await reader.readline()
+    status = int(status_line.split()[1])
+    headers: dict[str, str] = {}
+    while (line := await reader.readline()) not in (b"\r\n", b""):
+        key, _, value = line.decode().partition(":")
+        headers[key.strip().lower()] = value.strip()
+    return RawResponse(status, headers, reader, writer)
+
+
+# ---------------------------------------------------------------- loopback upstream
+
+
+@dataclass
+class Upstream:
+    """A loopback server speaking the custom TTS interface with a bare asyncio socket, so that
+    the moment the gateway closes the connection is seen exactly (EOF on read).
+
+    Each request gets ``chunks`` (with ``gap`` seconds between them) or, if ``status`` is not
+    200, that status with ``error_body``. ``hold`` keeps the stream open after the chunks until
+    the connection closes."""
+
+    chunks: list[bytes] = field(default_factory=list)
+    gap: float = 0.0
+    status: int = 200
+    error_body: bytes = b'{"error": {"code": "x", "message": "upstream says no"}}'
+    extra_headers: dict[str, str] = field(default_factory=dict)
+    hold: bool = False
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    request_headers: list[dict[str, str]] = field(default_factory=list)
+    closed_at: list[float] = field(default_factory=list)
+    port: int = 0
+    _server: asyncio.AbstractServer | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/stream-audio"
+
+    async def __aenter__(self) -> Upstream:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while await self._one_request(reader, writer):
+                pass
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    async def _one_request(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bool:
+        head = await reader.readuntil(b"\r\n\r\n")
+        lines = head.decode().split("\r\n")
+        headers = {}
+        for line in lines[1:]:
+            if ":" in line:
+                k, _, v = line.partition(":")
+                headers[k.strip().lower()] = v.strip()
+        body = await reader.readexactly(int(headers.get("content-length", "0")))
+        self.requests.append(json.loads(body))
+        self.request_headers.append(headers)
+        if self.status != 200:
+            extra = "".join(f"{k}: {v}\r\n" for k, v in self.extra_headers.items())
+            writer.write(
+                f"HTTP/1.1 {self.status} Error\r\nContent-Type: application/json\r\n{extra}"
+                f"Content-Length: {len(self.error_body)}\r\n\r\n".encode()
+                + self.error_body
+            )
+            await writer.drain()
+            return True
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: audio/pcm\r\nConnection: close\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+        )
+        eof = asyncio.create_task(reader.read(1))  # b"" when the gateway closes the connection
+        try:
+            for chunk in self.chunks:
+                if eof.done():
+                    break
+                writer.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                await writer.drain()
+                if self.gap:
+                    await asyncio.wait((eof,), timeout=self.gap)
+            if self.hold and not eof.done():
+                await eof
+            if eof.done():
+                self.closed_at.append(time.perf_counter())
+                return False
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
+            return False  # one request per connection keeps the EOF watch simple
+        finally:
+            eof.cancel()
+
+
+def scripted_config(
+    voices: dict[str, dict[str, Any]],
+    providers: dict[str, dict[str, Any]],
+    **server: Any,
+) -> str:
+    """A routing file (YAML is a superset of JSON) from plain dicts."""
+    first = next(iter(voices))
+    server.setdefault("default_voice", first)
+    return json.dumps({"server": server, "providers": providers, "voices": voices})
+
+
+def provider_block(**overrides: Any) -> dict[str, Any]:
+    block: dict[str, Any] = {
+        "type": "scripted",
+        "retry": {"attempts": 3, "backoff": 0.01, "max_backoff": 0.05},
+        "timeout": {"connect": 1, "first_byte": 2, "total": 30},
+    }
+    block.update(overrides)
+    return block
+
+
+def provider_config(name: str = "p", **kwargs: Any) -> ProviderConfig:
+    return ProviderConfig(name=name, type="scripted", **kwargs)

@@ -1,0 +1,626 @@
+"""The routing-file loader: a full valid file, and each mistake reported at its path and line."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Mapping
+from pathlib import Path
+from textwrap import dedent
+from typing import Any
+
+import pytest
+
+from gateway.config import (
+    ConfigError,
+    ConfigProblem,
+    GatewayConfig,
+    ServerConfig,
+    VoiceConfig,
+    default_config,
+    load_config,
+    parse_config,
+)
+from providers.base import (
+    AudioFormat,
+    Provider,
+    ProviderConfig,
+    RetryPolicy,
+    SynthesisJob,
+    Timeouts,
+    register,
+)
+
+
+class FakeProvider(Provider):
+    """``type: fake``: only here for its settings keys and its settings check."""
+
+    type_name = "fake"
+    settings_keys = frozenset({"api_key", "base_url"})
+    required_settings = frozenset({"api_key"})
+
+    @classmethod
+    def validate_settings(cls, settings: Mapping[str, Any]) -> list[tuple[str, str]]:
+        url = settings.get("base_url")
+        if url is not None and not str(url).startswith("http"):
+            return [("base_url", "must be an http(s) URL")]
+        return []
+
+    def native_format(self, job: SynthesisJob) -> AudioFormat:
+        return AudioFormat(sample_rate=24000)
+
+    async def stream(self, job: SynthesisJob) -> AsyncGenerator[bytes, None]:
+        yield b"\x00\x00"
+
+
+@pytest.fixture(autouse=True)
+def fake_plugin() -> None:
+    # Registered per test: another test module may have put its own "fake" class there.
+    register("fake", FakeProvider)
+
+
+def yml(text: str) -> str:
+    """Dedent so that the first line of the literal is line 1 of the file."""
+    return dedent(text).lstrip("\n")
+
+
+def problems(text: str, env: Mapping[str, str] | None = None) -> list[tuple[int | None, str, str]]:
+    """(line, path, message) of every problem ``text`` has; fails if it loads."""
+    with pytest.raises(ConfigError) as caught:
+        parse_config(yml(text), "gateway.yaml", env or {})
+    assert all(p.source == "gateway.yaml" for p in caught.value.problems)
+    return [(p.line, p.path, p.message) for p in caught.value.problems]
+
+
+def only_problem(text: str, env: Mapping[str, str] | None = None) -> tuple[int | None, str, str]:
+    found = problems(text, env)
+    assert len(found) == 1, found
+    return found[0]
+
+
+# A minimal valid file; the error tests below each break one thing in a copy of it.
+MINIMAL = """
+server:
+  default_voice: joe
+providers:
+  p:
+    type: fake
+    api_key: k
+voices:
+  joe:
+    provider: p
+"""
+
+FULL = """
+server:
+  path: /tts
+  content_type: audio/L16
+  tokens: ["${TOKEN}", "${SPARE:-}", "literal-$$-token"]
+  max_text_chars: "${MAX_CHARS:-1500}"
+  max_body_bytes: 4096
+  max_concurrent_streams: 50
+  unknown_voice: reject
+  default_voice: joe
+  host: 127.0.0.1
+  port: "${PORT}"
+  ssl_certfile: /etc/cert.pem
+  ssl_keyfile: /etc/key.pem
+  log_level: DEBUG
+  drain_seconds: "2.5"
+providers:
+  cloud:
+    type: fake
+    api_key: ${API_KEY}
+    base_url: "${BASE:-https://api.example.com}/v1"
+    max_concurrency: 4
+    timeout: {connect: 1, first_byte: 2.5}
+    retry: {attempts: 2, backoff: 0.5, max_backoff: 4}
+    options: {model: tts-1, speed: 1.0}
+  spare:
+    type: fake
+    api_key: other
+voices:
+  joe:
+    provider: cloud
+    voice: alloy
+    options: {speed: 1.1}
+    emotions:
+      Happy: {instructions: "Speak brightly."}
+      sad: {}
+    fallback: [ann, bob]
+  ann:
+    provider: spare
+    fallback: bob
+  bob:
+    provider: spare
+  "en-US-*":
+    provider: cloud
+"""
+
+
+def test_full_file_loads_with_values_types_and_env_expansion() -> None:
+    env = {"TOKEN": "secret", "PORT": "9443", "API_KEY": "sk-123", "SPARE": ""}
+    config = parse_config(yml(FULL), "gateway.yaml", env)
+
+    assert config.source == "gateway.yaml"
+    assert config.server == ServerConfig(
+        path="/tts",
+        content_type="audio/L16",
+        tokens=("secret", "literal-$-token"),
+        max_text_chars=1500,
+        max_body_bytes=4096,
+        max_concurrent_streams=50,
+        unknown_voice="reject",
+        default_voice="joe",
+        host="127.0.0.1",
+        port=9443,
+        ssl_certfile="/etc/cert.pem",
+        ssl_keyfile="/etc/key.pem",
+        log_level="debug",
+        drain_seconds=2.5,
+    )
+    assert isinstance(config.server.port, int)
+    assert isinstance(config.server.drain_seconds, float)
+
+    cloud = config.providers["cloud"]
+    assert cloud == ProviderConfig(
+        name="cloud",
+        type="fake",
+        settings={"api_key": "sk-123", "base_url": "https://api.example.com/v1"},
+        options={"model": "tts-1", "speed": 1.0},
+        timeout=Timeouts(connect=1.0, first_byte=2.5, total=60.0),
+        retry=RetryPolicy(attempts=2, backoff=0.5, max_backoff=4.0),
+        max_concurrency=4,
+    )
+    spare = config.providers["spare"]
+    assert spare.settings == {"api_key": "other"}
+    assert spare.options == {}
+    assert (spare.timeout, spare.retry, spare.max_concurrency) == (Timeouts(), RetryPolicy(), 16)
+
+    assert list(config.voices) == ["joe", "ann", "bob", "en-US-*"]
+    joe = config.voices["joe"]
+    assert joe == VoiceConfig(
+        key="joe",
+        provider="cloud",
+        voice="alloy",
+        options={"speed": 1.1},
+        emotions={"happy": {"instructions": "Speak brightly."}, "sad": {}},
+        fallback=("ann", "bob"),
+        line=29,
+    )
+    assert config.voices["ann"].fallback == ("bob",)
+    assert config.voices["bob"].voice is None
+    assert config.voices["en-US-*"].is_pattern
+    assert not joe.is_pattern
+
+
+def test_config_mappings_are_read_only() -> None:
+    config = parse_config(yml(MINIMAL), env={})
+    with pytest.raises(TypeError):
+        config.voices["x"] = config.voices["joe"]  # type: ignore[index]
+    with pytest.raises(TypeError):
+        config.providers["p"].settings["api_key"] = "y"  # type: ignore[index]
+
+
+def test_minimal_file_gets_the_documented_defaults() -> None:
+    config = parse_config(yml(MINIMAL), env={})
+    assert config.server == ServerConfig(default_voice="joe")
+    assert config.server.tokens == ()
+    assert config.server.port == 8080
+    assert config.server.unknown_voice == "default"
+    assert config.source == "<string>"
+
+
+def test_env_defaults_cover_unset_and_empty_and_dollars_escape() -> None:
+    text = MINIMAL.replace("api_key: k", 'api_key: "$${A:-x}-${B:-dflt}-${C:-}-$5"')
+    config = parse_config(yml(text), env={"B": ""})
+    assert config.providers["p"].settings["api_key"] == "${A:-x}-dflt--$5"
+
+
+def test_env_is_expanded_in_values_but_not_in_keys() -> None:
+    text = MINIMAL.replace("provider: p", 'provider: p\n    options: {"${K}": "${V}"}')
+    config = parse_config(yml(text), env={"K": "key", "V": "value"})
+    assert config.voices["joe"].options == {"${K}": "value"}
+
+
+def test_a_single_token_string_is_accepted() -> None:
+    text = MINIMAL.replace("default_voice: joe", "default_voice: joe\n  tokens: abc")
+    assert parse_config(yml(text), env={}).server.tokens == ("abc",)
+
+
+def test_names_are_taken_as_written_even_when_yaml_reads_a_number() -> None:
+    text = """
+    server:
+      default_voice: 1001
+      tokens: [0123, yes]
+    providers:
+      p: {type: fake, api_key: k}
+    voices:
+      1001: {provider: p, voice: 0x1F, fallback: 2002}
+      2002: {provider: p, voice: no}
+    """
+    config = parse_config(yml(text), env={})
+    assert config.server.default_voice == "1001"
+    assert config.server.tokens == ("0123", "yes")
+    assert list(config.voices) == ["1001", "2002"]
+    assert config.voices["1001"].voice == "0x1F"
+    assert config.voices["1001"].fallback == ("2002",)
+    assert config.voices["2002"].voice == "no"
+
+
+def test_yaml_merge_keys_are_understood_without_duplicate_errors() -> None:
+    text = """
+    server: {default_voice: a}
+    providers:
+      p: {type: fake, api_key: k}
+    voices:
+      a: &base
+        provider: p
+        options: {speed: 1.2}
+      b:
+        <<: *base
+        voice: other
+        options: {speed: 0.9}
+    """
+    config = parse_config(yml(text), env={})
+    assert config.voices["b"].provider == "p"
+    assert config.voices["b"].options == {"speed": 0.9}
+    assert config.voices["b"].voice == "other"
+
+
+def test_default_config_is_the_bundled_piper_voice() -> None:
+    config = default_config()
+    assert isinstance(config, GatewayConfig)
+    assert config.source == "<built-in default>"
+    assert dict(config.providers) == {
+        "local": ProviderConfig(name="local", type="piper", max_concurrency=2)
+    }
+    assert list(config.voices) == ["joe"]
+    assert config.voices["joe"].provider == "local"
+    assert config.voices["joe"].fallback == ()
+    assert config.server.default_voice == "joe"
+    assert config.server.unknown_voice == "default"
+    assert config.server.tokens == ()
+    assert config.server.port == 8080
+
+
+def test_load_config_reads_a_file(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yml(MINIMAL), encoding="utf-8")
+    config = load_config(path, env={})
+    assert config.source == str(path)
+    assert config.voices["joe"].provider == "p"
+
+
+def test_load_config_on_a_missing_file_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "nope.yaml"
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    [problem] = caught.value.problems
+    assert problem.source == str(path)
+    assert problem.line is None
+    assert "cannot read file" in problem.message
+    assert str(caught.value).startswith(f"{path}: cannot read file")
+
+
+def test_problem_text_format() -> None:
+    problem = ConfigProblem("gateway.yaml", "voices.alloy.fallback[0]", "unknown voice 'jo'", 12)
+    assert str(problem) == "gateway.yaml:12: voices.alloy.fallback[0]: unknown voice 'jo'"
+    assert (
+        str(ConfigProblem("g.yaml", "", "the file is empty", None)) == "g.yaml: the file is empty"
+    )
+    error = ConfigError([problem, ConfigProblem("g.yaml", "x", "bad", None)])
+    assert str(error).splitlines() == [str(problem), "g.yaml: x: bad"]
+
+
+# ------------------------------------------------------------------------------ mistakes
+
+
+def test_unknown_top_level_key() -> None:
+    assert only_problem(MINIMAL + "extra: 1\n") == (
+        10,
+        "extra",
+        "unknown key 'extra' (allowed: providers, server, voices)",
+    )
+
+
+def test_unknown_key_gets_a_did_you_mean_hint() -> None:
+    text = MINIMAL.replace("default_voice: joe", "default_voice: joe\n  tokns: [a]")
+    assert only_problem(text) == (3, "server.tokns", "unknown key 'tokns' (did you mean 'tokens'?)")
+
+
+def test_unknown_provider_setting_is_checked_against_the_plugin_keys() -> None:
+    text = MINIMAL.replace("api_key: k", "api_key: k\n    base_ulr: http://x")
+    assert only_problem(text) == (
+        7,
+        "providers.p.base_ulr",
+        "unknown key 'base_ulr' (did you mean 'base_url'?)",
+    )
+
+
+def test_duplicate_key_is_reported_at_the_second_occurrence() -> None:
+    text = MINIMAL + "  joe:\n    provider: p\n"
+    assert only_problem(text) == (10, "voices.joe", "duplicate key 'joe' (first at line 8)")
+
+
+def test_wrong_types_are_reported_with_what_was_found() -> None:
+    text = """
+    server:
+      default_voice: joe
+      port: eighty
+      max_body_bytes: 100
+    providers:
+      p:
+        type: fake
+        api_key: k
+        max_concurrency: [1]
+        options: fast
+    voices:
+      joe:
+        provider: p
+        voice: [a]
+    """
+    assert problems(text) == [
+        (3, "server.port", "expected an integer from 0 to 65535, got a string ('eighty')"),
+        (4, "server.max_body_bytes", "must be an integer >= 1024, got 100"),
+        (9, "providers.p.max_concurrency", "expected an integer >= 1, got a list"),
+        (10, "providers.p.options", "expected a mapping, got a string ('fast')"),
+        (14, "voices.joe.voice", "expected a string, got a list"),
+    ]
+
+
+def test_missing_provider_type() -> None:
+    text = MINIMAL.replace("    type: fake\n", "")
+    assert only_problem(text) == (4, "providers.p", "missing required key 'type'")
+
+
+def test_a_required_key_left_empty_counts_as_missing() -> None:
+    text = MINIMAL.replace("type: fake", "type:").replace("provider: p", "provider:")
+    assert problems(text) == [
+        (4, "providers.p", "missing required key 'type'"),
+        (8, "voices.joe", "missing required key 'provider'"),
+    ]
+
+
+def test_missing_required_plugin_setting() -> None:
+    text = MINIMAL.replace("api_key: k", "base_url: http://x")
+    assert only_problem(text) == (4, "providers.p", "missing required key 'api_key'")
+
+
+def test_plugin_settings_check_is_reported_at_the_key() -> None:
+    text = MINIMAL.replace("api_key: k", "api_key: k\n    base_url: ftp://x")
+    assert only_problem(text) == (7, "providers.p.base_url", "must be an http(s) URL")
+
+
+def test_missing_voice_provider() -> None:
+    text = MINIMAL.replace("    provider: p\n", "    voice: x\n")
+    assert only_problem(text) == (8, "voices.joe", "missing required key 'provider'")
+
+
+def test_unknown_provider_type_lists_the_known_types() -> None:
+    line, path, message = only_problem(MINIMAL.replace("type: fake", "type: fkae"))
+    assert (line, path) == (5, "providers.p.type")
+    assert message.startswith("unknown provider type 'fkae' (did you mean 'fake'?); known types: ")
+    known = message.split("known types: ")[1].split(", ")
+    assert {"fake", "piper", "custom"} <= set(known)
+
+
+def test_voice_naming_an_unknown_provider() -> None:
+    text = MINIMAL.replace("provider: p", "provider: q")
+    assert only_problem(text) == (9, "voices.joe.provider", "unknown provider 'q'; providers: p")
+
+
+FALLBACKS = """
+server: {default_voice: joe}
+providers:
+  p: {type: fake, api_key: k}
+voices:
+  joe: {provider: p}
+  "en-*": {provider: p}
+"""
+
+
+def test_fallback_to_an_unknown_voice() -> None:
+    text = FALLBACKS + "  ann:\n    provider: p\n    fallback: [joe, jo]\n"
+    assert only_problem(text) == (
+        9,
+        "voices.ann.fallback[1]",
+        "unknown voice 'jo' (did you mean 'joe'?)",
+    )
+
+
+def test_fallback_to_a_pattern() -> None:
+    text = FALLBACKS + "  ann: {provider: p, fallback: en-*}\n"
+    assert only_problem(text) == (
+        7,
+        "voices.ann.fallback",
+        "'en-*' is a pattern; a fallback must name an exact voice",
+    )
+
+
+def test_fallback_to_itself() -> None:
+    text = FALLBACKS + "  ann: {provider: p, fallback: [joe, ann]}\n"
+    assert only_problem(text) == (
+        7,
+        "voices.ann.fallback[1]",
+        "voice 'ann' cannot fall back to itself",
+    )
+
+
+def test_three_voice_cycle_is_named_once() -> None:
+    text = FALLBACKS + (
+        "  a: {provider: p, fallback: [joe, b]}\n"
+        "  b: {provider: p, fallback: c}\n"
+        "  c: {provider: p, fallback: [a]}\n"
+    )
+    assert only_problem(text) == (7, "voices.a.fallback[1]", "fallback cycle: a -> b -> c -> a")
+
+
+def test_default_voice_missing() -> None:
+    text = MINIMAL.replace("  default_voice: joe\n", "  port: 80\n")
+    assert only_problem(text) == (
+        1,
+        "server.default_voice",
+        "required when unknown_voice is 'default' "
+        "(name an exact voice, or set unknown_voice: reject)",
+    )
+
+
+def test_default_voice_is_optional_when_unknown_voices_are_rejected() -> None:
+    text = MINIMAL.replace("default_voice: joe", "unknown_voice: reject")
+    config = parse_config(yml(text), env={})
+    assert config.server.default_voice is None
+    assert config.server.unknown_voice == "reject"
+
+
+def test_default_voice_unknown() -> None:
+    text = MINIMAL.replace("default_voice: joe", "default_voice: jeo")
+    assert only_problem(text) == (
+        2,
+        "server.default_voice",
+        "unknown voice 'jeo' (did you mean 'joe'?)",
+    )
+
+
+def test_default_voice_must_not_be_a_pattern() -> None:
+    text = FALLBACKS.replace("default_voice: joe", "default_voice: en-*")
+    assert only_problem(text) == (
+        1,
+        "server.default_voice",
+        "must name an exact voice, not the pattern 'en-*'",
+    )
+
+
+def test_missing_env_var_is_named_with_its_path() -> None:
+    text = MINIMAL.replace("api_key: k", "api_key: ${OPENAI_API_KEY}")
+    assert only_problem(text, env={"OTHER": "x"}) == (
+        6,
+        "providers.p.api_key",
+        "environment variable 'OPENAI_API_KEY' is not set (and has no default)",
+    )
+
+
+def test_numeric_field_rejects_a_non_numeric_expansion() -> None:
+    text = MINIMAL.replace("default_voice: joe", "default_voice: joe\n  port: ${PORT}")
+    assert only_problem(text, env={"PORT": "http"}) == (
+        3,
+        "server.port",
+        "expected an integer from 0 to 65535, got a string ('http')",
+    )
+
+
+def test_ssl_certfile_without_keyfile() -> None:
+    text = MINIMAL.replace("default_voice: joe", "default_voice: joe\n  ssl_certfile: /c.pem")
+    assert only_problem(text) == (
+        3,
+        "server.ssl_certfile",
+        "ssl_certfile needs ssl_keyfile too (give both or neither)",
+    )
+
+
+def test_timeout_and_retry_consistency() -> None:
+    text = MINIMAL.replace(
+        "api_key: k",
+        "api_key: k\n    timeout: {first_byte: 90}\n    retry: {backoff: 1, max_backoff: 0.5}",
+    )
+    assert problems(text) == [
+        (7, "providers.p.timeout.first_byte", "first_byte (90) must not exceed total (60)"),
+        (8, "providers.p.retry.max_backoff", "max_backoff (0.5) must be at least backoff (1)"),
+    ]
+
+
+def test_unknown_emotion_and_case_duplicates() -> None:
+    text = MINIMAL + "    emotions:\n      HAPPY: {a: 1}\n      happy: {a: 2}\n      joyful: {}\n"
+    assert problems(text) == [
+        (12, "voices.joe.emotions.happy", "emotion 'happy' is given twice"),
+        (
+            13,
+            "voices.joe.emotions.joyful",
+            "unknown emotion 'joyful'; the interface defines neutral, happy, sad",
+        ),
+    ]
+
+
+def test_bad_yaml_syntax_is_one_problem_with_its_line() -> None:
+    text = MINIMAL.replace("default_voice: joe", "default_voice: joe\n\tport: 80")
+    line, path, message = only_problem(text)
+    assert (line, path) == (3, "")
+    assert message.startswith("invalid YAML: ")
+    assert "'\\t'" in message
+
+
+def test_unclosed_bracket_names_where_it_was_opened() -> None:
+    text = MINIMAL.replace("    provider: p", "    provider: [p")
+    assert only_problem(text) == (
+        10,
+        "",
+        "invalid YAML: while parsing a flow sequence (line 9), "
+        "expected ',' or ']', but got '<stream end>'",
+    )
+
+
+def test_empty_file() -> None:
+    assert only_problem("") == (None, "", "the file is empty")
+
+
+def test_several_errors_are_all_reported_in_line_order() -> None:
+    text = """
+    server:
+      default_voice: nobody
+      log_level: loud
+    providers:
+      p: {type: fake}
+    voices:
+      joe: {provider: p, fallback: [ghost]}
+      ann: {provider: nowhere}
+    """
+    assert problems(text, env={}) == [
+        (2, "server.default_voice", "unknown voice 'nobody'"),
+        (
+            3,
+            "server.log_level",
+            "must be one of 'debug', 'info', 'warning', 'error', got 'loud'",
+        ),
+        (5, "providers.p", "missing required key 'api_key'"),
+        (7, "voices.joe.fallback[0]", "unknown voice 'ghost'"),
+        (8, "voices.ann.provider", "unknown provider 'nowhere'; providers: p"),
+    ]
+
+
+def test_only_plugins_named_in_the_file_are_loaded(monkeypatch: pytest.MonkeyPatch) -> None:
+    import gateway.config as config_module
+
+    loaded: list[str] = []
+
+    def recording_provider_class(type_name: str) -> type[Provider]:
+        loaded.append(type_name)
+        return FakeProvider
+
+    monkeypatch.setattr(config_module, "provider_class", recording_provider_class)
+    parse_config(yml(MINIMAL), env={})
+    assert loaded == ["fake"]
+
+
+def test_a_plugin_that_cannot_be_imported_is_a_problem(monkeypatch: pytest.MonkeyPatch) -> None:
+    import gateway.config as config_module
+
+    def broken_provider_class(type_name: str) -> type[Provider]:
+        raise ImportError("No module named 'piper'")
+
+    monkeypatch.setattr(config_module, "provider_class", broken_provider_class)
+    assert only_problem(MINIMAL.replace("type: fake", "type: piper")) == (
+        5,
+        "providers.p.type",
+        "provider type 'piper' cannot be loaded: ImportError: No module named 'piper'",
+    )
+
+
+def test_nested_mistakes_are_reported_at_their_own_paths() -> None:
+    text = MINIMAL.replace(
+        "api_key: k",
+        "api_key: k\n    timeout:\n      total: 0\n      conect: 1\n"
+        "    options:\n      model: a\n      model: b",
+    )
+    assert problems(text) == [
+        (8, "providers.p.timeout.total", "must be a number > 0, got 0"),
+        (9, "providers.p.timeout.conect", "unknown key 'conect' (did you mean 'connect'?)"),
+        (12, "providers.p.options.model", "duplicate key 'model' (first at line 11)"),
+    ]

@@ -1,0 +1,284 @@
+"""The relay over a real uvicorn server on loopback: first bytes before the provider is done,
+retries, fallback, failures after audio, caller disconnects, limits."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+from gateway.app import create_app
+from gateway.config import parse_config
+from providers.base import ProviderConnectionError, ProviderHTTPError
+from tests.support import (
+    Plan,
+    ScriptedProvider,
+    Upstream,
+    live_server,
+    provider_block,
+    raw_post,
+    scripted_config,
+    tone,
+)
+
+CHUNK = tone(440, 0.02, 24000)  # 20 ms at 24 kHz, the provider's native rate
+BODY = {"Text": "Hello there.", "SampleRate": 24000, "VoiceId": "a", "ExtendData": ""}
+
+
+def plans(**by_provider: Plan) -> None:
+    ScriptedProvider.plans.clear()
+    ScriptedProvider.plans.update(by_provider)
+
+
+def two_voice_app(**server: Any) -> Any:
+    yaml = scripted_config(
+        voices={"a": {"provider": "pa", "fallback": ["b"]}, "b": {"provider": "pb"}},
+        providers={"pa": provider_block(), "pb": provider_block()},
+        **server,
+    )
+    return create_app(parse_config(yaml))
+
+
+async def test_first_bytes_arrive_before_the_provider_has_finished() -> None:
+    release = asyncio.Event()
+    plans(pa=Plan([[CHUNK, release, CHUNK * 3]]), pb=Plan([[CHUNK]]))
+    async with live_server(two_voice_app()) as url:
+        response = await raw_post(url, "/stream-audio", BODY)
+        assert response.status == 200
+        assert response.headers["x-sample-rate"] == "24000"
+        first = await asyncio.wait_for(response.read_chunk(), 5)
+        # The provider is still blocked on `release`: what arrived was sent while it runs.
+        assert first == CHUNK
+        assert ScriptedProvider.plans["pa"].finished == []
+        release.set()
+        rest = await asyncio.wait_for(response.read_all(), 5)
+        response.close()
+    assert first + rest == CHUNK * 4
+    assert len(ScriptedProvider.plans["pa"].finished) == 1
+
+
+async def test_retryable_error_is_retried_then_succeeds() -> None:
+    plans(
+        pa=Plan([[ProviderHTTPError("pa", 503, "overloaded")], [CHUNK, CHUNK]]),
+        pb=Plan([[CHUNK]]),
+    )
+    async with live_server(two_voice_app()) as url, httpx.AsyncClient() as client:
+        response = await client.post(url + "/stream-audio", json=BODY)
+    assert response.status_code == 200
+    assert response.content == CHUNK * 2
+    assert response.headers["x-voice"] == "a"
+    assert len(ScriptedProvider.plans["pa"].jobs) == 2
+    assert ScriptedProvider.plans["pb"].jobs == []
+
+
+async def test_non_retryable_error_goes_straight_to_the_fallback() -> None:
+    plans(pa=Plan([[ProviderHTTPError("pa", 401, "bad key")]]), pb=Plan([[CHUNK]]))
+    async with live_server(two_voice_app()) as url, httpx.AsyncClient() as client:
+        response = await client.post(url + "/stream-audio", json=BODY)
+    assert response.status_code == 200
+    assert response.headers["x-voice"] == "b"
+    assert response.content == CHUNK
+    assert len(ScriptedProvider.plans["pa"].jobs) == 1  # a 401 is not retried
+    assert len(ScriptedProvider.plans["pb"].jobs) == 1
+
+
+async def test_failure_then_fallback_after_all_attempts() -> None:
+    plans(pa=Plan([[ProviderConnectionError("pa", "refused")]]), pb=Plan([[CHUNK, CHUNK]]))
+    async with live_server(two_voice_app()) as url, httpx.AsyncClient() as client:
+        response = await client.post(url + "/stream-audio", json=BODY)
+        metrics = (await client.get(url + "/metrics")).text
+    assert response.status_code == 200
+    assert response.content == CHUNK * 2
+    assert response.headers["x-voice"] == "b"
+    assert len(ScriptedProvider.plans["pa"].jobs) == 3  # retry.attempts
+    assert 'tts_fallbacks_total{voice="b"} 1.0' in metrics
+    assert 'tts_provider_characters_total{provider="pa"} 36.0' in metrics  # 3 x 12 chars
+
+
+async def test_every_voice_failing_answers_502_with_json() -> None:
+    plans(
+        pa=Plan([[ProviderHTTPError("pa", 500, "boom")]]),
+        pb=Plan([[ProviderHTTPError("pb", 400, "bad voice")]]),
+    )
+    async with live_server(two_voice_app()) as url, httpx.AsyncClient() as client:
+        response = await client.post(url + "/stream-audio", json=BODY)
+    assert response.status_code == 502
+    error = response.json()["error"]
+    assert error["code"] == "provider_failed"
+    assert "pa" in error["message"] and "pb" in error["message"]
+
+
+async def test_every_voice_timing_out_answers_504() -> None:
+    never = asyncio.Event()
+    yaml = scripted_config(
+        voices={"a": {"provider": "pa"}},
+        providers={"pa": provider_block(timeout={"first_byte": 0.3, "total": 5})},
+    )
+    plans(pa=Plan([[never]]))
+    async with live_server(create_app(parse_config(yaml))) as url, httpx.AsyncClient() as c:
+        started = time.perf_counter()
+        response = await c.post(url + "/stream-audio", json=BODY)
+        waited = time.perf_counter() - started
+    assert response.status_code == 504
+    assert response.json()["error"]["code"] == "provider_timeout"
+    assert waited >= 0.3
+    assert ScriptedProvider.plans["pa"].closed  # the stalled stream was closed, not leaked
+
+
+async def test_failure_after_audio_ends_the_stream_without_fallback() -> None:
+    plans(
+        pa=Plan([[CHUNK, CHUNK, ProviderConnectionError("pa", "reset mid-stream")]]),
+        pb=Plan([[CHUNK * 10]]),
+    )
+    async with live_server(two_voice_app()) as url, httpx.AsyncClient() as client:
+        response = await client.post(url + "/stream-audio", json=BODY)
+        metrics = (await client.get(url + "/metrics")).text
+    assert response.status_code == 200
+    assert response.content == CHUNK * 2  # what was produced, nothing appended
+    assert len(ScriptedProvider.plans["pa"].jobs) == 1  # no retry after audio
+    assert ScriptedProvider.plans["pb"].jobs == []  # no fallback after audio
+    assert 'tts_streams_ended_total{reason="provider_error"} 1.0' in metrics
+
+
+async def test_stream_without_audio_is_retried() -> None:
+    plans(pa=Plan([[b""], [CHUNK]]), pb=Plan([[CHUNK * 5]]))
+    async with live_server(two_voice_app()) as url, httpx.AsyncClient() as client:
+        response = await client.post(url + "/stream-audio", json=BODY)
+    assert response.status_code == 200
+    assert response.content == CHUNK
+    assert len(ScriptedProvider.plans["pa"].jobs) == 2
+    assert ScriptedProvider.plans["pb"].jobs == []
+
+
+async def test_retry_after_is_honoured() -> None:
+    plans(
+        pa=Plan([[ProviderHTTPError("pa", 429, "slow down", retry_after=0.4)], [CHUNK]]),
+        pb=Plan([[CHUNK]]),
+    )
+    async with live_server(two_voice_app()) as url, httpx.AsyncClient() as client:
+        response = await client.post(url + "/stream-audio", json=BODY)
+    assert response.status_code == 200
+    started = ScriptedProvider.plans["pa"].started
+    assert len(started) == 2
+    assert started[1] - started[0] >= 0.4
+
+
+async def test_caller_disconnect_mid_stream_closes_the_provider_at_once() -> None:
+    never = asyncio.Event()
+    plans(pa=Plan([[CHUNK, never]]), pb=Plan([[CHUNK]]))
+    async with live_server(two_voice_app()) as url:
+        response = await raw_post(url, "/stream-audio", BODY)
+        assert await response.read_chunk() == CHUNK
+        hung_up = time.perf_counter()
+        response.close()
+        for _ in range(100):
+            if ScriptedProvider.plans["pa"].closed:
+                break
+            await asyncio.sleep(0.005)
+    closed = ScriptedProvider.plans["pa"].closed
+    assert closed, "the provider stream was never closed"
+    assert closed[0] - hung_up < 0.1
+
+
+async def test_caller_disconnect_before_first_byte_cancels_the_provider() -> None:
+    never = asyncio.Event()
+    plans(pa=Plan([[never]]), pb=Plan([[CHUNK]]))
+    async with live_server(two_voice_app()) as url:
+        host, port = url.removeprefix("http://").split(":")
+        _reader, writer = await asyncio.open_connection(host, int(port))
+        payload = b'{"Text": "Hi.", "SampleRate": 24000, "VoiceId": "a"}'
+        writer.write(
+            b"POST /stream-audio HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(payload), payload)
+        )
+        await writer.drain()
+        for _ in range(200):
+            if ScriptedProvider.plans["pa"].jobs:
+                break
+            await asyncio.sleep(0.005)
+        hung_up = time.perf_counter()
+        writer.close()
+        for _ in range(100):
+            if ScriptedProvider.plans["pa"].closed:
+                break
+            await asyncio.sleep(0.005)
+    closed = ScriptedProvider.plans["pa"].closed
+    assert closed and closed[0] - hung_up < 0.1
+    assert ScriptedProvider.plans["pb"].jobs == []  # a hang-up is not a provider failure
+
+
+async def test_caller_disconnect_closes_the_upstream_connection_within_100ms() -> None:
+    async with Upstream(chunks=[CHUNK] * 3, hold=True) as upstream:
+        yaml = scripted_config(
+            voices={"up": {"provider": "chain"}},
+            providers={"chain": {"type": "custom", "url": upstream.url}},
+        )
+        async with live_server(create_app(parse_config(yaml))) as url:
+            response = await raw_post(url, "/stream-audio", dict(BODY, VoiceId="up"))
+            assert response.status == 200
+            assert await response.read_chunk()
+            hung_up = time.perf_counter()
+            response.close()
+            for _ in range(100):
+                if upstream.closed_at:
+                    break
+                await asyncio.sleep(0.005)
+    assert upstream.closed_at, "the upstream connection stayed open"
+    assert upstream.closed_at[0] - hung_up < 0.1
+
+
+async def test_gateway_stream_limit_answers_429_without_calling_the_provider() -> None:
+    release = asyncio.Event()
+    plans(pa=Plan([[CHUNK, release]]), pb=Plan([[CHUNK]]))
+    async with live_server(two_voice_app(max_concurrent_streams=1)) as url:
+        first = await raw_post(url, "/stream-audio", BODY)
+        assert first.status == 200
+        async with httpx.AsyncClient() as client:
+            second = await client.post(url + "/stream-audio", json=BODY)
+        assert second.status_code == 429
+        assert second.headers["retry-after"] == "1"
+        assert second.json()["error"]["code"] == "too_many_streams"
+        assert len(ScriptedProvider.plans["pa"].jobs) == 1
+        release.set()
+        assert await first.read_all() == CHUNK  # the rest after the first chunk
+        first.close()
+
+
+async def test_provider_max_concurrency_queues_within_the_first_byte_budget() -> None:
+    release = asyncio.Event()
+    yaml = scripted_config(
+        voices={"a": {"provider": "pa"}},
+        providers={"pa": provider_block(max_concurrency=1)},
+    )
+    plans(pa=Plan([[CHUNK, release, CHUNK], [CHUNK]]))
+    async with live_server(create_app(parse_config(yaml))) as url:
+        first = await raw_post(url, "/stream-audio", BODY)
+        assert await first.read_chunk() == CHUNK
+
+        async def second() -> httpx.Response:
+            async with httpx.AsyncClient() as client:
+                return await client.post(url + "/stream-audio", json=BODY)
+
+        waiting = asyncio.create_task(second())
+        await asyncio.sleep(0.2)
+        assert len(ScriptedProvider.plans["pa"].jobs) == 1  # the second waits for the slot
+        release.set()
+        assert await first.read_all() == CHUNK
+        first.close()
+        response = await waiting
+    assert response.status_code == 200
+    assert response.content == CHUNK
+    assert len(ScriptedProvider.plans["pa"].jobs) == 2
+
+
+@pytest.mark.parametrize("rate", [8000, 16000, 48000])
+async def test_audio_is_resampled_to_the_requested_rate(rate: int) -> None:
+    plans(pa=Plan([[tone(440, 0.5, 24000)]]), pb=Plan([[CHUNK]]))
+    async with live_server(two_voice_app()) as url, httpx.AsyncClient() as client:
+        response = await client.post(url + "/stream-audio", json=dict(BODY, SampleRate=rate))
+    assert response.status_code == 200
+    assert response.headers["x-sample-rate"] == str(rate)
+    assert abs(len(response.content) // 2 - rate // 2) <= 1
