@@ -14,9 +14,11 @@ import contextlib
 import hmac
 import logging
 import os
+import signal
+import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -28,7 +30,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from providers.base import Provider, ProviderError, build_provider
 
-from .config import GatewayConfig, default_config, load_config
+from .config import ConfigError, GatewayConfig, default_config, load_config
 from .errors import (
     BadRequest,
     GatewayError,
@@ -46,40 +48,51 @@ from .routing import Route, Router
 log = logging.getLogger("gateway")
 
 
-class Gateway:
-    """One loaded routing file with its providers: everything a request needs."""
+class Routing:
+    """One loaded routing file and the providers it built. A request uses one ``Routing`` from
+    start to end, so a reload never changes a request under way."""
 
-    def __init__(self, config: GatewayConfig) -> None:
+    def __init__(self, config: GatewayConfig, metrics: Metrics) -> None:
         self.config = config
         self.router = Router(config)
         self.providers: dict[str, Provider] = {
             name: build_provider(pc) for name, pc in config.providers.items()
         }
-        self.metrics = Metrics()
-        self.relay = Relay(self.providers, self.metrics)
+        self.relay = Relay(self.providers, metrics)
         self._tokens = tuple(t.encode() for t in config.server.tokens)
-        self.active_streams = 0
-        self.ready = False
-        self.draining = False
+        self.users = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     async def start(self) -> None:
-        """Start every provider (load local models, open pooled clients); then ready."""
-        if not self._tokens:
-            log.warning("no tokens configured: every caller is accepted")
-        await asyncio.gather(*(p.start() for p in self.providers.values()))
-        self.ready = True
-        log.info(
-            "ready: %d providers, %d voices, config %s",
-            len(self.providers),
-            len(self.config.voices),
-            self.config.source,
-        )
+        """Start every provider (load local models, open pooled clients)."""
+        try:
+            await asyncio.gather(*(p.start() for p in self.providers.values()))
+        except BaseException:
+            await self.aclose()
+            raise
 
-    async def stop(self) -> None:
-        """Refuse new work and release every provider."""
-        self.ready = False
-        self.draining = True
+    async def aclose(self) -> None:
         await asyncio.gather(*(p.aclose() for p in self.providers.values()))
+
+    async def retire(self, grace: float) -> None:
+        """Close the providers once the requests still using them are done (or after
+        ``grace`` seconds)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), grace)
+        await self.aclose()
+
+    @contextlib.contextmanager
+    def in_use(self) -> Iterator[None]:
+        """Mark one request as using this routing."""
+        self.users += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self.users -= 1
+            if not self.users:
+                self._idle.set()
 
     def token_ok(self, token: str | None) -> bool:
         """Constant-time match against every configured token (no early exit)."""
@@ -98,9 +111,84 @@ class Gateway:
             raise VoiceNotFound(f"unknown VoiceId {voice_id!r}", field="VoiceId")
         return chain
 
+
+class Gateway:
+    """The running gateway: the current :class:`Routing`, counters, readiness, reloads."""
+
+    def __init__(self, config: GatewayConfig, config_path: str | None = None) -> None:
+        self.metrics = Metrics()
+        self.routing = Routing(config, self.metrics)
+        self.config_path = config_path
+        self.active_streams = 0
+        self.ready = False
+        self.draining = False
+        self._retiring: set[asyncio.Task[None]] = set()
+
+    @property
+    def config(self) -> GatewayConfig:
+        return self.routing.config
+
+    @property
+    def providers(self) -> dict[str, Provider]:
+        return self.routing.providers
+
+    async def start(self) -> None:
+        """Start the providers; then ready."""
+        if not self.config.server.tokens:
+            log.warning("no tokens configured: every caller is accepted")
+        await self.routing.start()
+        self.ready = True
+        log.info(
+            "ready: %d providers, %d voices, config %s",
+            len(self.providers),
+            len(self.config.voices),
+            self.config.source,
+        )
+
+    async def stop(self) -> None:
+        """Refuse new work and release every provider."""
+        self.ready = False
+        self.draining = True
+        for task in list(self._retiring):
+            task.cancel()
+        await self.routing.aclose()
+
+    async def reload(self) -> bool:
+        """Load the routing file again. A file with errors is refused (every error logged) and
+        the running routing stays; a good one takes over for new requests, while requests under
+        way finish on the old one. Returns whether the new file took over."""
+        if not self.config_path:
+            log.warning("reload asked, but the gateway runs on the built-in default")
+            return False
+        try:
+            config = load_config(self.config_path)
+        except ConfigError as error:
+            log.error("reload refused, keeping the running routing file:\n%s", error)
+            return False
+        fixed = ("path", "host", "port", "ssl_certfile", "ssl_keyfile")
+        changed = [k for k in fixed if getattr(config.server, k) != getattr(self.config.server, k)]
+        if changed:
+            log.warning("reload: server.%s only change on restart", ", server.".join(changed))
+        routing = Routing(config, self.metrics)
+        try:
+            await routing.start()
+        except Exception:
+            log.exception("reload refused: a provider failed to start")
+            return False
+        old, self.routing = self.routing, routing
+        grace = old.config.server.drain_seconds + max(
+            (p.timeout.total for p in old.config.providers.values()), default=0.0
+        )
+        task = asyncio.create_task(old.retire(grace))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+        log.info("reloaded %s: %d voices", config.source, len(config.voices))
+        return True
+
     async def open(self, request: TTSRequest, request_id: str) -> AudioStream:
-        """Route and relay one validated request (used by the HTTP route and the CLI)."""
-        return await self.relay.open(self.chain_for(request.voice_id), request, request_id)
+        """Route and relay one validated request (used by the CLI)."""
+        routing = self.routing
+        return await routing.relay.open(routing.chain_for(request.voice_id), request, request_id)
 
 
 class _ClientGone(Exception):
@@ -134,7 +222,13 @@ class SynthesisEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         gw = self.gateway
-        server = gw.config.server
+        routing = gw.routing
+        with routing.in_use():
+            await self._serve(routing, scope, receive, send)
+
+    async def _serve(self, routing: Routing, scope: Scope, receive: Receive, send: Send) -> None:
+        gw = self.gateway
+        server = routing.config.server
         started = time.perf_counter()
         request_id = _header(scope, b"x-request-id") or uuid.uuid4().hex
         info: dict[str, Any] = {"request_id": request_id}
@@ -143,10 +237,10 @@ class SynthesisEndpoint:
             if not gw.ready or gw.draining:
                 raise NotReady("the gateway is starting or draining", headers={"Retry-After": "1"})
             body = await self._read_body(scope, receive, server.max_body_bytes)
-            request = await self._parse(scope, body)
+            request = await self._parse(routing, scope, body)
             info.update(voice=request.voice_id, sample_rate=request.sample_rate)
             info.update(request.log_fields())
-            chain = gw.chain_for(request.voice_id)
+            chain = routing.chain_for(request.voice_id)
             if gw.active_streams >= server.max_concurrent_streams:
                 raise TooManyStreams(
                     f"{server.max_concurrent_streams} streams are in progress",
@@ -158,7 +252,7 @@ class SynthesisEndpoint:
             # The work runs beside a watcher of the connection: whichever ends first wins, so
             # a caller hanging up cancels the provider whether or not audio has started.
             work = asyncio.create_task(
-                self._relay(scope, send, chain, request, request_id, started, info)
+                self._relay(routing, scope, send, chain, request, request_id, started, info)
             )
             watcher = asyncio.create_task(_wait_for_disconnect(receive))
             try:
@@ -192,6 +286,7 @@ class SynthesisEndpoint:
 
     async def _relay(
         self,
+        routing: Routing,
         scope: Scope,
         send: Send,
         chain: list[Route],
@@ -200,18 +295,19 @@ class SynthesisEndpoint:
         started: float,
         info: dict[str, Any],
     ) -> None:
-        stream = await self.gateway.relay.open(chain, request, request_id)
+        stream = await routing.relay.open(chain, request, request_id)
         try:
             info.update(provider=stream.provider.name, answered_by=stream.route.voice.key)
-            await self._send_audio(scope, send, stream, request, request_id, started, info)
+            content_type = routing.config.server.content_type
+            await self._send_audio(send, stream, content_type, request, request_id, started, info)
         finally:
             await stream.aclose()
 
     async def _send_audio(
         self,
-        scope: Scope,
         send: Send,
         stream: AudioStream,
+        content_type: str,
         request: TTSRequest,
         request_id: str,
         started: float,
@@ -220,7 +316,7 @@ class SynthesisEndpoint:
         gw = self.gateway
         provider = stream.provider.name
         headers = [
-            (b"content-type", gw.config.server.content_type.encode()),
+            (b"content-type", content_type.encode()),
             (b"x-sample-rate", str(request.sample_rate).encode()),
             (b"x-channels", b"1"),
             (b"x-request-id", request_id.encode()),
@@ -282,8 +378,8 @@ class SynthesisEndpoint:
             if not message.get("more_body", False):
                 return b"".join(chunks)
 
-    async def _parse(self, scope: Scope, body: bytes) -> TTSRequest:
-        server = self.gateway.config.server
+    async def _parse(self, routing: Routing, scope: Scope, body: bytes) -> TTSRequest:
+        server = routing.config.server
         content_type = _header(scope, b"content-type")
         if content_type and content_type.lower().startswith("multipart/form-data"):
             data = await _parse_multipart(scope, body)
@@ -292,7 +388,7 @@ class SynthesisEndpoint:
         token = data.get("Token")
         if token is None:
             token = _bearer(scope)
-        if not self.gateway.token_ok(token if isinstance(token, str) else str(token)):
+        if not routing.token_ok(token if isinstance(token, str) else str(token)):
             raise Unauthorized("Token is missing or not accepted", field="Token")
         return validate(data, max_text_chars=server.max_text_chars)
 
@@ -314,16 +410,26 @@ async def _parse_multipart(scope: Scope, body: bytes) -> dict[str, Any]:
     return {k: v for k, v in form.items() if isinstance(v, str)}
 
 
-def create_app(config: GatewayConfig | None = None) -> Starlette:
-    """The ASGI app for a routing file (the built-in default when ``config`` is None)."""
-    gateway = Gateway(config or default_config())
+def create_app(config: GatewayConfig | None = None, config_path: str | None = None) -> Starlette:
+    """The ASGI app for a routing file: ``config`` as given, else loaded from ``config_path``,
+    else the built-in default. With a ``config_path``, SIGHUP reloads that file."""
+    if config is None:
+        config = load_config(config_path) if config_path else default_config()
+    gateway = Gateway(config, config_path)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await gateway.start()
+        loop = asyncio.get_running_loop()
+        hooked = False
+        if config_path and threading.current_thread() is threading.main_thread():
+            loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(gateway.reload()))
+            hooked = True
         try:
             yield
         finally:
+            if hooked:
+                loop.remove_signal_handler(signal.SIGHUP)
             await gateway.stop()
 
     async def healthz(request: Request) -> Response:
@@ -336,7 +442,7 @@ def create_app(config: GatewayConfig | None = None) -> Starlette:
         return NotReady(f"the gateway is {state}").to_response()
 
     async def voices(request: Request) -> Response:
-        if not gateway.token_ok(_bearer(request.scope)):
+        if not gateway.routing.token_ok(_bearer(request.scope)):
             return Unauthorized(
                 "send a configured token as 'Authorization: Bearer <token>'", field="Authorization"
             ).to_response()
@@ -345,7 +451,7 @@ def create_app(config: GatewayConfig | None = None) -> Starlette:
             {
                 "default_voice": server.default_voice,
                 "unknown_voice": server.unknown_voice,
-                "voices": gateway.router.table(),
+                "voices": gateway.routing.router.table(),
             }
         )
 
@@ -367,5 +473,4 @@ def create_app(config: GatewayConfig | None = None) -> Starlette:
 def app_from_env() -> Starlette:
     """Factory for ``uvicorn --factory`` and worker processes: the routing file named by
     ``TTS_GATEWAY_CONFIG``, or the built-in default."""
-    path = os.environ.get("TTS_GATEWAY_CONFIG")
-    return create_app(load_config(path) if path else None)
+    return create_app(config_path=os.environ.get("TTS_GATEWAY_CONFIG") or None)

@@ -81,7 +81,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             os.environ["TTS_GATEWAY_CONFIG"] = str(Path(args.config).resolve())
         uvicorn.run("gateway.app:app_from_env", factory=True, workers=args.workers, **options)
     else:
-        uvicorn.run(create_app(config), **options)
+        path = args.config or os.environ.get("TTS_GATEWAY_CONFIG") or None
+        uvicorn.run(create_app(config, path), **options)
     return 0
 
 

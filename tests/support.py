@@ -56,6 +56,7 @@ class Plan:
     closed: list[float] = field(default_factory=list)
     finished: list[float] = field(default_factory=list)
     started: list[float] = field(default_factory=list)
+    shut_down: int = 0
 
 
 class ScriptedProvider(Provider):
@@ -67,6 +68,10 @@ class ScriptedProvider(Provider):
     @property
     def plan(self) -> Plan:
         return self.plans[self.name]
+
+    async def aclose(self) -> None:
+        if self.name in self.plans:
+            self.plan.shut_down += 1
 
     def native_format(self, job: SynthesisJob) -> AudioFormat:
         return AudioFormat(sample_rate=self.plan.rate, encoding=self.plan.encoding)
