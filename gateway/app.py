@@ -47,6 +47,9 @@ from .routing import Route, Router
 
 log = logging.getLogger("gateway")
 
+#: One format for the gateway's and uvicorn's log lines.
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+
 
 class Routing:
     """One loaded routing file and the providers it built. A request uses one ``Routing`` from
@@ -473,4 +476,8 @@ def create_app(config: GatewayConfig | None = None, config_path: str | None = No
 def app_from_env() -> Starlette:
     """Factory for ``uvicorn --factory`` and worker processes: the routing file named by
     ``TTS_GATEWAY_CONFIG``, or the built-in default."""
-    return create_app(config_path=os.environ.get("TTS_GATEWAY_CONFIG") or None)
+    path = os.environ.get("TTS_GATEWAY_CONFIG") or None
+    config = load_config(path) if path else default_config()
+    if not logging.getLogger().handlers:  # a fresh worker process: log like the parent
+        logging.basicConfig(level=config.server.log_level.upper(), format=LOG_FORMAT)
+    return create_app(config, path)

@@ -17,8 +17,6 @@ from typing import Any
 from .config import ConfigError, GatewayConfig, default_config, load_config
 from .routing import Router
 
-_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
-
 
 def _load(path: str | None) -> GatewayConfig:
     path = path or os.environ.get("TTS_GATEWAY_CONFIG") or None
@@ -55,11 +53,11 @@ def format_table(config: GatewayConfig) -> str:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from .app import create_app
+    from .app import LOG_FORMAT, create_app
 
     config = _load(args.config)
     server = config.server
-    logging.basicConfig(level=server.log_level.upper(), format=_LOG_FORMAT)
+    logging.basicConfig(level=server.log_level.upper(), format=LOG_FORMAT)
     certfile = args.ssl_certfile or server.ssl_certfile
     keyfile = args.ssl_keyfile or server.ssl_keyfile
     if bool(certfile) != bool(keyfile):
@@ -219,7 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command != "serve":
-        logging.basicConfig(level=logging.WARNING, format=_LOG_FORMAT)
+        from .app import LOG_FORMAT
+
+        logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT)
     try:
         return int(args.func(args))
     except ConfigError as error:

@@ -55,12 +55,12 @@ def parse_body(body: bytes, content_type: str | None) -> dict[str, Any]:
     scripts send JSON without saying so.
     """
     media = (content_type or "").split(";", 1)[0].strip().lower()
-    if media in ("", "application/octet-stream"):
-        media = (
-            "application/json"
-            if body.lstrip()[:1] in (b"{", b"[")
-            else ("application/x-www-form-urlencoded")
-        )
+    looks_json = body.lstrip()[:1] in (b"{", b"[")
+    if media in ("", "application/octet-stream") or (
+        # `curl -d '{...}'` labels JSON as a form; no real form body starts with a brace.
+        media == "application/x-www-form-urlencoded" and looks_json
+    ):
+        media = "application/json" if looks_json else "application/x-www-form-urlencoded"
     if media == "application/json" or media.endswith("+json"):
         try:
             data = json.loads(body)

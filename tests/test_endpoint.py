@@ -103,6 +103,17 @@ def test_json_without_content_type_is_sniffed(client: TestClient) -> None:
     assert response.status_code == 200
 
 
+def test_json_labelled_as_a_form_is_read_as_json(client: TestClient, plan: Plan) -> None:
+    """What `curl -d '{...}'` sends: a JSON body with the form content type."""
+    response = client.post(
+        "/stream-audio",
+        content=json.dumps(body(SampleRate=8000)),
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert response.status_code == 200
+    assert plan.jobs[0].sample_rate == 8000
+
+
 def test_sample_rate_as_string_is_accepted(client: TestClient, plan: Plan) -> None:
     response = client.post("/stream-audio", json=body(SampleRate="16000"))
     assert response.status_code == 200
