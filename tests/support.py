@@ -9,7 +9,7 @@ import json
 import math
 import socket
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -97,6 +97,40 @@ class ScriptedProvider(Provider):
 
 
 register("scripted", ScriptedProvider)
+
+
+class FakeProvider(Provider):
+    """``type: fake``: a plugin with settings of its own (one required, one checked), for
+    routing-file tests; it is never asked for audio."""
+
+    type_name = "fake"
+    settings_keys = frozenset({"api_key", "base_url"})
+    required_settings = frozenset({"api_key"})
+
+    @classmethod
+    def validate_settings(cls, settings: Mapping[str, Any]) -> list[tuple[str, str]]:
+        url = settings.get("base_url")
+        if url is not None and not str(url).startswith("http"):
+            return [("base_url", "must be an http(s) URL")]
+        return []
+
+    def native_format(self, job: SynthesisJob) -> AudioFormat:
+        return AudioFormat(sample_rate=24000)
+
+    async def stream(self, job: SynthesisJob) -> AsyncGenerator[bytes, None]:
+        yield b"\x00\x00"
+
+
+register("fake", FakeProvider)
+
+
+async def eventually(condition: Callable[[], object], seconds: float = 2.0) -> bool:
+    """Poll ``condition`` every 5 ms until it holds or ``seconds`` pass; whether it held."""
+    for _ in range(int(seconds / 0.005)):
+        if condition():
+            return True
+        await asyncio.sleep(0.005)
+    return bool(condition())
 
 
 # ---------------------------------------------------------------- live server

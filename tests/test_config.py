@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from textwrap import dedent
-from typing import Any
 
 import pytest
 
@@ -20,41 +19,12 @@ from gateway.config import (
     parse_config,
 )
 from providers.base import (
-    AudioFormat,
     Provider,
     ProviderConfig,
     RetryPolicy,
-    SynthesisJob,
     Timeouts,
-    register,
 )
-
-
-class FakeProvider(Provider):
-    """``type: fake``: only here for its settings keys and its settings check."""
-
-    type_name = "fake"
-    settings_keys = frozenset({"api_key", "base_url"})
-    required_settings = frozenset({"api_key"})
-
-    @classmethod
-    def validate_settings(cls, settings: Mapping[str, Any]) -> list[tuple[str, str]]:
-        url = settings.get("base_url")
-        if url is not None and not str(url).startswith("http"):
-            return [("base_url", "must be an http(s) URL")]
-        return []
-
-    def native_format(self, job: SynthesisJob) -> AudioFormat:
-        return AudioFormat(sample_rate=24000)
-
-    async def stream(self, job: SynthesisJob) -> AsyncGenerator[bytes, None]:
-        yield b"\x00\x00"
-
-
-@pytest.fixture(autouse=True)
-def fake_plugin() -> None:
-    # Registered per test: another test module may have put its own "fake" class there.
-    register("fake", FakeProvider)
+from tests.support import FakeProvider  # also registers type: fake
 
 
 def yml(text: str) -> str:

@@ -17,6 +17,7 @@ from tests.support import (
     Plan,
     ScriptedProvider,
     Upstream,
+    eventually,
     live_server,
     provider_block,
     raw_post,
@@ -174,10 +175,7 @@ async def test_caller_disconnect_mid_stream_closes_the_provider_at_once() -> Non
         assert await response.read_chunk() == CHUNK
         hung_up = time.perf_counter()
         response.close()
-        for _ in range(100):
-            if ScriptedProvider.plans["pa"].closed:
-                break
-            await asyncio.sleep(0.005)
+        await eventually(lambda: ScriptedProvider.plans["pa"].closed)
     closed = ScriptedProvider.plans["pa"].closed
     assert closed, "the provider stream was never closed"
     assert closed[0] - hung_up < 0.1
@@ -195,16 +193,10 @@ async def test_caller_disconnect_before_first_byte_cancels_the_provider() -> Non
             b"Content-Length: %d\r\n\r\n%s" % (len(payload), payload)
         )
         await writer.drain()
-        for _ in range(200):
-            if ScriptedProvider.plans["pa"].jobs:
-                break
-            await asyncio.sleep(0.005)
+        assert await eventually(lambda: ScriptedProvider.plans["pa"].jobs)
         hung_up = time.perf_counter()
         writer.close()
-        for _ in range(100):
-            if ScriptedProvider.plans["pa"].closed:
-                break
-            await asyncio.sleep(0.005)
+        await eventually(lambda: ScriptedProvider.plans["pa"].closed)
     closed = ScriptedProvider.plans["pa"].closed
     assert closed and closed[0] - hung_up < 0.1
     assert ScriptedProvider.plans["pb"].jobs == []  # a hang-up is not a provider failure
@@ -222,10 +214,7 @@ async def test_caller_disconnect_closes_the_upstream_connection_within_100ms() -
             assert await response.read_chunk()
             hung_up = time.perf_counter()
             response.close()
-            for _ in range(100):
-                if upstream.closed_at:
-                    break
-                await asyncio.sleep(0.005)
+            await eventually(lambda: upstream.closed_at)
     assert upstream.closed_at, "the upstream connection stayed open"
     assert upstream.closed_at[0] - hung_up < 0.1
 

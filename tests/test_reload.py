@@ -16,6 +16,7 @@ from gateway.app import Gateway, create_app
 from tests.support import (
     Plan,
     ScriptedProvider,
+    eventually,
     live_server,
     provider_block,
     raw_post,
@@ -25,14 +26,6 @@ from tests.support import (
 
 CHUNK = tone(440, 0.02, 24000)
 BODY = {"Text": "Hello.", "SampleRate": 24000, "VoiceId": "a"}
-
-
-async def wait_for_routing_change(gateway: Gateway, before: object) -> None:
-    for _ in range(200):
-        if gateway.routing is not before:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("the routing file was not reloaded")
 
 
 async def test_sighup_swaps_the_routing_and_keeps_streams_under_way(
@@ -52,7 +45,7 @@ async def test_sighup_swaps_the_routing_and_keeps_streams_under_way(
         path.write_text(scripted_config({"a": {"provider": "new"}}, {"new": provider_block()}))
         before = gateway.routing
         os.kill(os.getpid(), signal.SIGHUP)
-        await wait_for_routing_change(gateway, before)
+        assert await eventually(lambda: gateway.routing is not before), "not reloaded"
 
         response = await client.post(url + "/stream-audio", json=BODY)
         assert response.content == CHUNK * 2  # the new provider answers new requests
@@ -61,10 +54,7 @@ async def test_sighup_swaps_the_routing_and_keeps_streams_under_way(
         release.set()
         assert await under_way.read_all() == CHUNK  # the old stream finished on the old one
         under_way.close()
-        for _ in range(200):
-            if ScriptedProvider.plans["old"].shut_down:
-                break
-            await asyncio.sleep(0.01)
+        assert await eventually(lambda: ScriptedProvider.plans["old"].shut_down)
         assert ScriptedProvider.plans["old"].shut_down == 1
 
         # A broken file is refused, every error logged, and the running routing stays.

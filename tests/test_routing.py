@@ -2,35 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
 from textwrap import dedent
 
 import pytest
 
 from gateway.config import GatewayConfig, default_config, parse_config
 from gateway.routing import Route, Router
-from providers.base import AudioFormat, Provider, SynthesisJob, register
-
-
-class FakeProvider(Provider):
-    """``type: fake``: routing never runs a provider; the loader only needs the type."""
-
-    type_name = "fake"
-    settings_keys = frozenset({"api_key", "base_url"})
-    required_settings = frozenset({"api_key"})
-
-    def native_format(self, job: SynthesisJob) -> AudioFormat:
-        return AudioFormat(sample_rate=24000)
-
-    async def stream(self, job: SynthesisJob) -> AsyncGenerator[bytes, None]:
-        yield b"\x00\x00"
-
-
-@pytest.fixture(autouse=True)
-def fake_plugin() -> None:
-    # Registered per test: another test module may have put its own "fake" class there.
-    register("fake", FakeProvider)
-
+from tests.support import FakeProvider  # noqa: F401 - registers type: fake
 
 ROUTES = """
 server:
