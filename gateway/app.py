@@ -14,6 +14,7 @@ import contextlib
 import hmac
 import logging
 import os
+import re
 import signal
 import threading
 import time
@@ -42,7 +43,7 @@ from .errors import (
 )
 from .metrics import Metrics
 from .relay import AudioStream, Relay
-from .request import TTSRequest, parse_body, validate
+from .request import TTSRequest, field_value, parse_body, validate
 from .routing import Route, Router
 
 log = logging.getLogger("gateway")
@@ -81,9 +82,11 @@ class Routing:
     async def retire(self, grace: float) -> None:
         """Close the providers once the requests still using them are done (or after
         ``grace`` seconds)."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), grace)
-        await self.aclose()
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), grace)
+        finally:  # also when shutdown cancels the wait
+            await self.aclose()
 
     @contextlib.contextmanager
     def in_use(self) -> Iterator[None]:
@@ -101,7 +104,7 @@ class Routing:
         """Constant-time match against every configured token (no early exit)."""
         if not self._tokens:
             return True
-        given = (token or "").encode()
+        given = (token or "").encode("utf-8", "surrogatepass")
         matched = False
         for accepted in self._tokens:
             matched |= hmac.compare_digest(given, accepted)
@@ -154,6 +157,7 @@ class Gateway:
         self.draining = True
         for task in list(self._retiring):
             task.cancel()
+        await asyncio.gather(*self._retiring, return_exceptions=True)
         await self.routing.aclose()
 
     async def reload(self) -> bool:
@@ -192,6 +196,21 @@ class Gateway:
         """Route and relay one validated request (used by the CLI)."""
         routing = self.routing
         return await routing.relay.open(routing.chain_for(request.voice_id), request, request_id)
+
+
+#: A caller's X-Request-Id is kept only if it is this tame (it goes into logs and upstream headers).
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+#: How long the last bytes of an answer may take to go out to a caller that stopped reading.
+_LAST_SEND_SECONDS = 10.0
+
+
+def _log_value(value: Any) -> str:
+    """A value for a ``key=value`` log line; quoted when it could break the line's format."""
+    text = str(value)
+    if text and text.isprintable() and " " not in text and "=" not in text:
+        return text
+    return repr(text)
 
 
 class _ClientGone(Exception):
@@ -233,7 +252,9 @@ class SynthesisEndpoint:
         gw = self.gateway
         server = routing.config.server
         started = time.perf_counter()
-        request_id = _header(scope, b"x-request-id") or uuid.uuid4().hex
+        request_id = _header(scope, b"x-request-id") or ""
+        if not _REQUEST_ID.fullmatch(request_id):
+            request_id = uuid.uuid4().hex
         info: dict[str, Any] = {"request_id": request_id}
         counted = False
         try:
@@ -261,16 +282,16 @@ class SynthesisEndpoint:
             try:
                 await asyncio.wait((work, watcher), return_when=asyncio.FIRST_COMPLETED)
             finally:
+                watcher.cancel()
                 if not work.done():
                     work.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await work
-                    info.setdefault("status", 499)
-                    info["end"] = "client_disconnect"
-                    if info["status"] == 499:
+                    await asyncio.wait((work,))
+                    if "end" not in info:  # not merely a hang-up after the last byte
+                        info["end"] = "client_disconnect"
+                        gw.metrics.streams_ended.labels("client_disconnect").inc()
+                    if "status" not in info:
+                        info["status"] = 499
                         gw.metrics.requests.labels("499").inc()
-                    gw.metrics.streams_ended.labels("client_disconnect").inc()
-                watcher.cancel()
             if not work.cancelled():
                 work.result()
         except _ClientGone:
@@ -285,7 +306,7 @@ class SynthesisEndpoint:
                 gw.active_streams -= 1
                 gw.metrics.active.dec()
             info["duration_ms"] = round((time.perf_counter() - started) * 1000, 1)
-            log.info(" ".join(f"{k}={v}" for k, v in info.items()))
+            log.info(" ".join(f"{k}={_log_value(v)}" for k, v in info.items()))
 
     async def _relay(
         self,
@@ -341,26 +362,32 @@ class SynthesisEndpoint:
                         ttfb = time.perf_counter() - started
                         gw.metrics.ttfb.labels(provider).observe(ttfb)
                         info["ttfb_ms"] = round(ttfb * 1000, 1)
-        except ProviderError as error:
-            # Audio has gone out: no retry, no fallback, no error bytes. End what we have.
-            end = "provider_error"
-            info["error"] = error.reason
-            log.warning("request_id=%s stream ended early: %s", request_id, error)
-            await self._send_tail(send, stream)
         except TimeoutError:
             end = "timeout"
-            await self._send_tail(send, stream)
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except Exception as error:
+            # Audio has gone out: no retry, no fallback, no error bytes. End what we have.
+            end = "provider_error"
+            if isinstance(error, ProviderError):
+                info["error"] = stream.provider.redact(error.reason)
+                log.warning("request_id=%s stream ended early: %s", request_id, info["error"])
+            else:
+                info["error"] = type(error).__name__
+                log.exception("request_id=%s provider %s failed mid-stream", request_id, provider)
+        # Release the provider (slot, upstream connection) before the last sends, which a
+        # caller that stopped reading could hold up.
+        tail = stream.flush() if end != "complete" else b""
+        await stream.aclose()
         info["end"] = end
         info["audio_ms"] = round(stream.bytes_out / 2 / request.sample_rate * 1000)
         gw.metrics.streams_ended.labels(end).inc()
         gw.metrics.audio_seconds.labels(provider).inc(stream.bytes_out / 2 / request.sample_rate)
-
-    @staticmethod
-    async def _send_tail(send: Send, stream: AudioStream) -> None:
-        tail = stream.flush()
-        if tail:
-            await send({"type": "http.response.body", "body": tail, "more_body": True})
+        try:
+            async with asyncio.timeout(_LAST_SEND_SECONDS):
+                if tail:
+                    await send({"type": "http.response.body", "body": tail, "more_body": True})
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except TimeoutError:  # the server drops the connection; the audio was all sent
+            info["end"] = f"{end},caller_not_reading"
 
     @staticmethod
     async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
@@ -388,10 +415,12 @@ class SynthesisEndpoint:
             data = await _parse_multipart(scope, body)
         else:
             data = parse_body(body, content_type)
-        token = data.get("Token")
+        token = field_value(data, "Token")
         if token is None:
             token = _bearer(scope)
-        if not routing.token_ok(token if isinstance(token, str) else str(token)):
+        elif not isinstance(token, str):
+            token = str(token)
+        if not routing.token_ok(token):
             raise Unauthorized("Token is missing or not accepted", field="Token")
         return validate(data, max_text_chars=server.max_text_chars)
 

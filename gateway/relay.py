@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -181,14 +180,16 @@ class Relay:
                     request_id,
                     route.voice.key,
                     provider.name,
-                    error.reason,
+                    provider.redact(error.reason),
                 )
                 continue
             stream.attempts = failures
             if index:
                 self.metrics.fallbacks.labels(route.voice.key).inc()
             return stream
-        summary = "; ".join(f"{f.voice} ({f.provider}): {f.error.reason}" for f in failures)
+        # The caller learns which voices failed and how, not the upstreams' own words (they are
+        # in the log, redacted).
+        summary = "; ".join(f"{f.voice} ({f.provider}): {f.error.summary}" for f in failures)
         if failures and all(isinstance(f.error, ProviderTimeout) for f in failures):
             raise ProvidersTimedOut(f"every voice timed out: {summary}")
         raise ProvidersFailed(f"every voice failed: {summary}")
@@ -221,10 +222,10 @@ class Relay:
         await slot.acquire()
         source: AsyncGenerator[bytes, None] | None = None
         try:
-            converter = Converter(provider.native_format(job), job.sample_rate)
-            self.metrics.characters.labels(provider.name).inc(provider.characters(job))
-            source = provider.stream(job)
             try:
+                converter = Converter(provider.native_format(job), job.sample_rate)
+                self.metrics.characters.labels(provider.name).inc(provider.characters(job))
+                source = provider.stream(job)
                 async for native in source:
                     first = converter.feed(native)
                     if first:
@@ -248,18 +249,19 @@ class Relay:
             raise ProviderNoAudio(provider.name, "the stream ended without audio")
         except BaseException as error:
             if isinstance(error, ProviderError):
-                outcome = (
-                    "timeout"
-                    if isinstance(error, ProviderTimeout)
-                    else ("no_audio" if isinstance(error, ProviderNoAudio) else "error")
-                )
-                self.metrics.attempts.labels(provider.name, outcome).inc()
-            if source is not None:
-                await source.aclose()
-            slot.release()
+                self.metrics.attempts.labels(provider.name, _outcome(error)).inc()
+            try:
+                if source is not None:
+                    await source.aclose()
+            finally:
+                # Even when closing is itself cancelled (budget over, caller gone).
+                slot.release()
             raise
 
 
-def elapsed_ms(since: float) -> float:
-    """Milliseconds since a ``time.perf_counter()`` reading."""
-    return (time.perf_counter() - since) * 1000.0
+def _outcome(error: ProviderError) -> str:
+    if isinstance(error, ProviderTimeout):
+        return "timeout"
+    if isinstance(error, ProviderNoAudio):
+        return "no_audio"
+    return "error"

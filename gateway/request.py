@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import json
+import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -19,6 +20,8 @@ from urllib.parse import parse_qsl
 from providers.base import SAMPLE_RATES
 
 from .errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+
+log = logging.getLogger("gateway.request")
 
 #: The fields of ExtendData that go into the request's log line.
 LOGGED_EXTEND_FIELDS = ("InstanceId", "ChannelId", "SentenceId", "Emotion")
@@ -64,7 +67,7 @@ def parse_body(body: bytes, content_type: str | None) -> dict[str, Any]:
     if media == "application/json" or media.endswith("+json"):
         try:
             data = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except (ValueError, RecursionError) as exc:  # also bad UTF-8, huge ints, deep nesting
             raise BadRequest(f"body is not valid JSON: {exc}", code="malformed_body") from None
         if not isinstance(data, dict):
             raise BadRequest("body must be a JSON object", code="malformed_body")
@@ -81,8 +84,8 @@ def parse_body(body: bytes, content_type: str | None) -> dict[str, Any]:
     )
 
 
-def _field(data: Mapping[str, Any], name: str) -> Any:
-    """Exact name first, then any capitalisation (``text``, ``sampleRate``)."""
+def field_value(data: Mapping[str, Any], name: str) -> Any:
+    """A field of the body: exact name first, then any capitalisation (``text``)."""
     if name in data:
         return data[name]
     lowered = name.lower()
@@ -94,19 +97,27 @@ def _field(data: Mapping[str, Any], name: str) -> Any:
 
 def validate(data: Mapping[str, Any], *, max_text_chars: int) -> TTSRequest:
     """Check the fields of a decoded body; raise ``BadRequest`` / ``PayloadTooLarge``."""
-    text = _field(data, "Text")
+    text = field_value(data, "Text")
     if text is None:
         raise BadRequest("Text is required", field="Text", code="missing_field")
     if not isinstance(text, str):
         raise BadRequest("Text must be a string", field="Text", code="invalid_field")
     if not text.strip():
         raise BadRequest("Text is empty", field="Text", code="empty_text")
+    if not any(ch.isalnum() for ch in text):
+        # Punctuation or symbols only: no voice can speak it, so it is the caller's mistake,
+        # not a provider failure to retry and fail over.
+        raise BadRequest("Text has nothing to speak", field="Text", code="empty_text")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequest("Text is not valid Unicode", field="Text", code="invalid_field") from None
     if len(text) > max_text_chars:
         raise PayloadTooLarge(
             f"Text has {len(text)} characters; the limit is {max_text_chars}", field="Text"
         )
 
-    raw_rate = _field(data, "SampleRate")
+    raw_rate = field_value(data, "SampleRate")
     if raw_rate is None or raw_rate == "":
         raise BadRequest("SampleRate is required", field="SampleRate", code="missing_field")
     rate = _as_int(raw_rate)
@@ -118,7 +129,7 @@ def validate(data: Mapping[str, Any], *, max_text_chars: int) -> TTSRequest:
             code="invalid_sample_rate",
         )
 
-    voice_id = _field(data, "VoiceId")
+    voice_id = field_value(data, "VoiceId")
     if voice_id is None:
         voice_id = ""
     elif isinstance(voice_id, int | float) and not isinstance(voice_id, bool):
@@ -126,7 +137,7 @@ def validate(data: Mapping[str, Any], *, max_text_chars: int) -> TTSRequest:
     elif not isinstance(voice_id, str):
         raise BadRequest("VoiceId must be a string", field="VoiceId", code="invalid_field")
 
-    token = _field(data, "Token")
+    token = field_value(data, "Token")
     if token is not None and not isinstance(token, str):
         token = str(token)
 
@@ -135,7 +146,7 @@ def validate(data: Mapping[str, Any], *, max_text_chars: int) -> TTSRequest:
         sample_rate=rate,
         voice_id=voice_id.strip(),
         token=token,
-        extend_data=parse_extend_data(_field(data, "ExtendData")),
+        extend_data=parse_extend_data(field_value(data, "ExtendData")),
     )
 
 
@@ -170,19 +181,26 @@ _PAIR = re.compile(
 
 def parse_extend_data(value: Any) -> dict[str, Any]:
     """Read ExtendData however it came: a JSON string, an object, a Python-style dict literal,
-    the vendor's broken example, empty or absent. Never raises; salvages what it can."""
-    if value is None:
-        return {}
-    if isinstance(value, Mapping):
-        parsed: dict[str, Any] = {str(k): v for k, v in value.items()}
-    elif isinstance(value, str):
-        parsed = _parse_extend_string(value.strip())
-    else:
+    the vendor's broken example, empty or absent. Never raises; salvages what it can. The
+    result holds JSON values only (it is passed on to upstreams)."""
+    try:
+        if isinstance(value, Mapping):
+            parsed: dict[str, Any] = {str(k): v for k, v in value.items()}
+        elif isinstance(value, str):
+            parsed = _parse_extend_string(value.strip())
+        else:
+            return {}
+        parsed = json.loads(json.dumps(parsed, default=str, allow_nan=False))
+    except Exception:  # hostile input of any kind: keep nothing rather than fail
+        log.info("ExtendData could not be read; ignored")
         return {}
     sentence = parsed.get("SentenceId")
-    if isinstance(sentence, str) and sentence.strip().lstrip("-").isdigit():
+    if isinstance(sentence, str) and _SENTENCE_ID.fullmatch(sentence.strip()):
         parsed["SentenceId"] = int(sentence.strip())
     return parsed
+
+
+_SENTENCE_ID = re.compile(r"-?[0-9]{1,18}")
 
 
 def _parse_extend_string(text: str) -> dict[str, Any]:
@@ -216,7 +234,7 @@ def _parse_extend_string(text: str) -> dict[str, Any]:
 
 
 def _bare_value(text: str) -> Any:
-    if re.fullmatch(r"-?\d+", text):
+    if _SENTENCE_ID.fullmatch(text):
         return int(text)
     lowered = text.lower()
     if lowered in ("true", "false"):

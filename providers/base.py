@@ -19,6 +19,7 @@ Errors raised by providers form one tree; ``retryable`` tells the relay whether 
 from __future__ import annotations
 
 import importlib
+import re
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass, field
@@ -126,21 +127,34 @@ class ProviderError(Exception):
             self.retryable = retryable
         self.retry_after = retry_after
 
+    @property
+    def summary(self) -> str:
+        """A few words for the caller: never the upstream's own text, which may echo secrets."""
+        return "failed"
+
 
 class ProviderTimeout(ProviderError):
     """Connect, first byte or read timed out."""
+
+    summary = "timed out"
 
 
 class ProviderConnectionError(ProviderError):
     """The connection could not be made or broke."""
 
+    summary = "connection failed"
+
 
 class ProviderNoAudio(ProviderError):
     """The provider answered success but sent no audio (counts as a failure, retryable)."""
 
+    summary = "no audio"
+
 
 class ProviderBusy(ProviderError):
     """All of the provider's ``max_concurrency`` slots stayed taken."""
+
+    summary = "busy"
 
 
 class ProviderHTTPError(ProviderError):
@@ -161,6 +175,10 @@ class ProviderHTTPError(ProviderError):
             provider, f"HTTP {status}: {message}", retryable=retryable, retry_after=retry_after
         )
         self.status = status
+
+    @property
+    def summary(self) -> str:
+        return f"HTTP {self.status}"
 
 
 def is_retryable_status(status: int) -> bool:
@@ -184,6 +202,22 @@ class Provider(ABC):
     def __init__(self, config: ProviderConfig) -> None:
         self.config = config
         self.name = config.name
+        self._secrets = sorted(
+            (
+                str(value)
+                for key, value in config.settings.items()
+                if _SECRET_KEY.search(key) and value and len(str(value)) >= 4
+            ),
+            key=len,
+            reverse=True,
+        )
+
+    def redact(self, text: str) -> str:
+        """``text`` with this provider's secrets (keys, tokens) masked: for anything logged
+        that came from upstream, which may echo what it was sent."""
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
 
     @classmethod
     def validate_settings(cls, settings: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -216,6 +250,9 @@ class Provider(ABC):
         """Characters this job bills at the provider (default: the text's length)."""
         return len(job.text)
 
+
+#: Settings whose values are secrets, masked wherever upstream text is logged.
+_SECRET_KEY = re.compile(r"key|token|secret|password|credential", re.IGNORECASE)
 
 ProviderFactory = Callable[[ProviderConfig], Provider]
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import threading
 from collections.abc import AsyncGenerator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -41,22 +42,47 @@ _CLAUSE_END = re.compile(r"(?<=[,;:\uff0c\uff1b\uff1a\u2014\u2013])\s+")
 _MIN_FIRST_CLAUSE_WORDS = 3
 
 
+#: A sentence longer than this is synthesized clause by clause (in pieces of at least
+#: ``_LONG_PIECE_WORDS``): one ONNX run cannot be interrupted, so pieces bound the work a
+#: hang-up leaves running.
+_LONG_SENTENCE_WORDS = 40
+_LONG_PIECE_WORDS = 12
+
+
 def split_text(text: str) -> list[str]:
     """Cut text into pieces to synthesize one after another: the first clause of the first
-    sentence alone (when it has a few words and more follows), then whole sentences."""
+    sentence alone (when it has a few words and more follows), then whole sentences, long
+    ones by groups of clauses."""
     sentences = [s.strip() for s in _SENTENCE_END.split(text.strip()) if s.strip()]
     if not sentences:
         return []
+    pieces: list[str] = []
     clauses = [c for c in _CLAUSE_END.split(sentences[0]) if c.strip()]
-    if len(clauses) > 1:
-        words = 0
-        for index, clause in enumerate(clauses[:-1]):
-            words += len(clause.split())
-            if words >= _MIN_FIRST_CLAUSE_WORDS:
-                head = " ".join(clauses[: index + 1])
-                tail = " ".join(clauses[index + 1 :])
-                return [head, tail, *sentences[1:]]
-    return sentences
+    head_words = 0
+    for index, clause in enumerate(clauses[:-1]):
+        head_words += len(clause.split())
+        if head_words >= _MIN_FIRST_CLAUSE_WORDS:
+            pieces.append(" ".join(clauses[: index + 1]))
+            sentences[0] = " ".join(clauses[index + 1 :])
+            break
+    for sentence in sentences:
+        pieces.extend(_group_clauses(sentence))
+    return pieces
+
+
+def _group_clauses(sentence: str) -> list[str]:
+    if len(sentence.split()) <= _LONG_SENTENCE_WORDS:
+        return [sentence]
+    groups: list[str] = []
+    current: list[str] = []
+    for clause in _CLAUSE_END.split(sentence):
+        current.append(clause)
+        if len(" ".join(current).split()) >= _LONG_PIECE_WORDS:
+            groups.append(" ".join(current))
+            current = []
+    if current:
+        groups.append(" ".join(current))
+    return groups
 
 
 def _bundled_model() -> Path:
@@ -139,7 +165,13 @@ class PiperProvider(Provider):
                 return speakers[name]
         return None
 
-    def _synthesize(self, text: str, options: Mapping[str, Any], speaker: int | None) -> bytes:
+    def _synthesize(
+        self,
+        text: str,
+        options: Mapping[str, Any],
+        speaker: int | None,
+        cancelled: threading.Event | None = None,
+    ) -> bytes:
         from piper import SynthesisConfig
 
         syn = SynthesisConfig(
@@ -152,7 +184,11 @@ class PiperProvider(Provider):
             normalize_audio=False,
             volume=float(options.get("volume", 1.0)),
         )
-        pieces = [chunk.audio_float_array for chunk in self._voice.synthesize(text, syn)]
+        pieces = []
+        for chunk in self._voice.synthesize(text, syn):  # one chunk per sentence Piper sees
+            if cancelled is not None and cancelled.is_set():
+                return b""
+            pieces.append(chunk.audio_float_array)
         if not pieces:
             return b""
         return np.concatenate(pieces).astype("<f4", copy=False).tobytes()
@@ -162,12 +198,17 @@ class PiperProvider(Provider):
             raise ProviderError(self.name, "the model is not loaded", retryable=False)
         loop = asyncio.get_running_loop()
         speaker = self._speaker_id(job.options, job.voice)
-        for piece in split_text(job.text):
-            try:
-                audio = await loop.run_in_executor(
-                    self._executor, self._synthesize, piece, job.options, speaker
-                )
-            except Exception as exc:  # executor shut down, ONNX Runtime or phonemizer failure
-                raise ProviderError(self.name, f"synthesis failed: {exc}") from exc
-            if audio:
-                yield audio
+        # Awaiting the executor can be cancelled, the thread cannot: tell it to stop.
+        cancelled = threading.Event()
+        try:
+            for piece in split_text(job.text):
+                try:
+                    audio = await loop.run_in_executor(
+                        self._executor, self._synthesize, piece, job.options, speaker, cancelled
+                    )
+                except Exception as exc:  # executor shut down, ONNX Runtime or phonemizer
+                    raise ProviderError(self.name, f"synthesis failed: {exc}") from exc
+                if audio:
+                    yield audio
+        finally:
+            cancelled.set()

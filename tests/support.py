@@ -17,7 +17,15 @@ import numpy as np
 import uvicorn
 from starlette.applications import Starlette
 
-from providers.base import AudioFormat, Encoding, Provider, ProviderConfig, SynthesisJob, register
+from providers.base import (
+    AudioFormat,
+    Container,
+    Encoding,
+    Provider,
+    ProviderConfig,
+    SynthesisJob,
+    register,
+)
 
 
 def tone(freq: float, seconds: float, rate: int, amplitude: float = 0.5) -> bytes:
@@ -52,11 +60,13 @@ class Plan:
     attempts: list[list[Step]]
     rate: int = 24000
     encoding: Encoding = "s16le"
+    container: Container = "raw"
     jobs: list[SynthesisJob] = field(default_factory=list)
     closed: list[float] = field(default_factory=list)
     finished: list[float] = field(default_factory=list)
     started: list[float] = field(default_factory=list)
     shut_down: int = 0
+    close_delay: float = 0.0  # seconds the stream's cleanup takes (like closing a response)
 
 
 class ScriptedProvider(Provider):
@@ -74,7 +84,8 @@ class ScriptedProvider(Provider):
             self.plan.shut_down += 1
 
     def native_format(self, job: SynthesisJob) -> AudioFormat:
-        return AudioFormat(sample_rate=self.plan.rate, encoding=self.plan.encoding)
+        plan = self.plan
+        return AudioFormat(plan.rate, encoding=plan.encoding, container=plan.container)
 
     async def stream(self, job: SynthesisJob) -> AsyncGenerator[bytes, None]:
         plan = self.plan
@@ -93,6 +104,8 @@ class ScriptedProvider(Provider):
                     await asyncio.sleep(step)
             plan.finished.append(time.perf_counter())
         finally:
+            if plan.close_delay:
+                await asyncio.sleep(plan.close_delay)
             plan.closed.append(time.perf_counter())
 
 

@@ -137,3 +137,21 @@ server: {{default_voice: v}}
     with pytest.raises(ConfigError) as caught:
         parse_config(yaml.replace(model, str(lonely)))
     assert "providers.other.config" in str(caught.value)
+
+
+async def test_a_cancelled_synthesis_stops_between_sentences(piper: PiperProvider) -> None:
+    import threading
+
+    cancelled = threading.Event()
+    assert piper._synthesize("One. Two.", STEADY, None, cancelled)
+    cancelled.set()
+    assert piper._synthesize("One. Two.", STEADY, None, cancelled) == b""
+
+
+def test_long_sentences_are_cut_into_groups_of_clauses() -> None:
+    long = ", ".join(f"clause number {i} has a few words" for i in range(12)) + "."
+    pieces = split_text("Short start. " + long)
+    assert pieces[0] == "Short start."
+    assert len(pieces) > 2
+    assert " ".join(pieces[1:]) == long
+    assert all(len(p.split()) <= 40 for p in pieces)

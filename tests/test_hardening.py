@@ -1,0 +1,234 @@
+"""Hostile input and awkward timing: each case once produced a 500, a leak or a lie in the log."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from starlette.testclient import TestClient
+
+from gateway.app import Gateway, create_app
+from gateway.config import parse_config
+from tests.support import (
+    Plan,
+    ScriptedProvider,
+    Upstream,
+    eventually,
+    live_server,
+    provider_block,
+    raw_post,
+    scripted_config,
+    tone,
+)
+
+CHUNK = tone(440, 0.02, 24000)
+BODY: dict[str, Any] = {"Text": "Hello.", "SampleRate": 24000, "VoiceId": "a"}
+
+
+def one_voice(**block: Any) -> Any:
+    return create_app(
+        parse_config(scripted_config({"a": {"provider": "pa"}}, {"pa": provider_block(**block)}))
+    )
+
+
+@pytest.fixture
+def plan() -> Plan:
+    ScriptedProvider.plans.clear()
+    ScriptedProvider.plans["pa"] = Plan([[CHUNK]])
+    return ScriptedProvider.plans["pa"]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"[" * 5000 + b"]" * 5000,  # nesting deep enough to overflow the parser
+        b'{"Text": "Hi.", "SampleRate": ' + b"9" * 5000 + b"}",  # an int too long to read
+    ],
+)
+def test_hostile_json_answers_400(plan: Plan, raw: bytes) -> None:
+    with TestClient(one_voice()) as client:
+        response = client.post(
+            "/stream-audio", content=raw, headers={"Content-Type": "application/json"}
+        )
+    assert response.status_code in (400, 413)
+    assert "error" in response.json()
+    assert plan.jobs == []
+
+
+@pytest.mark.parametrize(
+    "extend",
+    [
+        '{"SentenceId": "--3"}',
+        '{"SentenceId": "\u00b2"}',
+        '{"SentenceId": "' + "7" * 5000 + '"}',
+        '{"InstanceId": ' + "1" * 5000 + "}",
+        "{'InstanceId': b'bytes', 'ChannelId': {1, 2}}",
+        "{[1]: 2}",
+        "[" * 3000,
+    ],
+)
+def test_hostile_extend_data_never_fails_the_synthesis(plan: Plan, extend: str) -> None:
+    with TestClient(one_voice()) as client:
+        response = client.post("/stream-audio", json=dict(BODY, ExtendData=extend))
+    assert response.status_code == 200
+    assert response.content == CHUNK
+    json.dumps(dict(plan.jobs[0].extend_data))  # what reaches a provider is plain JSON
+
+
+@pytest.mark.parametrize("text", ["?!", "...", " — ", "🙂🙂"])
+def test_text_with_nothing_to_speak_is_a_400_not_a_provider_failure(plan: Plan, text: str) -> None:
+    with TestClient(one_voice()) as client:
+        response = client.post("/stream-audio", json=dict(BODY, Text=text))
+    assert response.status_code == 400
+    assert response.json()["error"]["field"] == "Text"
+    assert plan.jobs == []
+
+
+def test_lone_surrogates_are_rejected_not_crashed_on(plan: Plan) -> None:
+    yaml = scripted_config({"a": {"provider": "pa"}}, {"pa": provider_block()}, tokens=["t0k3n"])
+    with TestClient(create_app(parse_config(yaml))) as client:
+        raw = b'{"Text": "Hi \\ud800", "SampleRate": 24000, "Token": "t0k3n"}'
+        bad_text = client.post(
+            "/stream-audio", content=raw, headers={"Content-Type": "application/json"}
+        )
+        raw = b'{"Text": "Hi.", "SampleRate": 24000, "Token": "\\ud800"}'
+        bad_token = client.post(
+            "/stream-audio", content=raw, headers={"Content-Type": "application/json"}
+        )
+    assert bad_text.status_code == 400 and bad_text.json()["error"]["field"] == "Text"
+    assert bad_token.status_code == 401
+    assert plan.jobs == []
+
+
+def test_a_missing_token_is_not_the_string_none(plan: Plan) -> None:
+    yaml = scripted_config({"a": {"provider": "pa"}}, {"pa": provider_block()}, tokens=["None"])
+    with TestClient(create_app(parse_config(yaml))) as client:
+        assert client.post("/stream-audio", json=BODY).status_code == 401
+        lower = {"text": "Hi.", "sampleRate": 24000, "token": "None"}
+        assert client.post("/stream-audio", json=lower).status_code == 200
+    assert len(plan.jobs) == 1
+
+
+def test_odd_request_ids_are_replaced(plan: Plan) -> None:
+    with TestClient(one_voice()) as client:
+        response = client.post(
+            "/stream-audio", json=BODY, headers={"X-Request-Id": b"caf\xe9 id;evil=1"}
+        )
+    assert response.status_code == 200
+    assert response.headers["x-request-id"].isalnum()
+    assert "evil" not in response.headers["x-request-id"].lower()
+
+
+def test_log_values_cannot_forge_log_lines(plan: Plan, caplog: pytest.LogCaptureFixture) -> None:
+    extend = {"InstanceId": "i-1\nINFO gateway status=200 forged=1", "ChannelId": "c 1"}
+    with caplog.at_level(logging.INFO, logger="gateway"), TestClient(one_voice()) as client:
+        client.post("/stream-audio", json=dict(BODY, ExtendData=extend))
+    line = next(r.getMessage() for r in caplog.records if "status=200" in r.getMessage())
+    assert "\n" not in line
+    assert "InstanceId='i-1\\nINFO" in line and "ChannelId='c 1'" in line
+
+
+async def test_slot_is_released_when_closing_the_stream_is_cut_short(plan: Plan) -> None:
+    """The provider sends bytes that are not the WAV it announced; closing its stream then
+    takes longer than what is left of the first-byte budget."""
+    ScriptedProvider.plans["pa"] = Plan([[b"not a WAV header at all", CHUNK]], container="wav")
+    ScriptedProvider.plans["pa"].close_delay = 0.5
+    app = one_voice(max_concurrency=1, timeout={"first_byte": 0.2, "total": 5})
+    async with live_server(app) as url, httpx.AsyncClient() as client:
+        first = await client.post(url + "/stream-audio", json=BODY)
+        assert first.status_code == 504  # the close ran past the budget
+        ScriptedProvider.plans["pa"] = Plan([[CHUNK]])
+        second = await client.post(url + "/stream-audio", json=BODY)
+    assert second.status_code == 200  # the one slot came back
+    assert second.content == CHUNK
+
+
+async def test_total_timeout_frees_the_provider_even_if_the_caller_stops_reading(
+    plan: Plan,
+) -> None:
+    big = b"\x00\x01" * 500_000  # 1 MB: the socket buffers fill at once
+    ScriptedProvider.plans["pa"] = Plan([[big] * 200, [CHUNK]])
+    app = one_voice(max_concurrency=1, timeout={"first_byte": 0.5, "total": 0.5})
+    async with live_server(app) as url:
+        stalled = await raw_post(url, "/stream-audio", BODY)  # never read
+        assert stalled.status == 200
+        assert await eventually(lambda: ScriptedProvider.plans["pa"].closed, 3.0)
+        async with httpx.AsyncClient() as client:
+            response = await client.post(url + "/stream-audio", json=BODY)
+        stalled.close()
+    assert response.status_code == 200 and response.content == CHUNK
+
+
+async def test_unexpected_provider_exception_after_audio_ends_the_stream_cleanly(
+    plan: Plan,
+) -> None:
+    ScriptedProvider.plans["pa"] = Plan([[CHUNK, RuntimeError("provider bug")]])
+    async with live_server(one_voice()) as url, httpx.AsyncClient() as client:
+        response = await client.post(url + "/stream-audio", json=BODY)
+        metrics = (await client.get(url + "/metrics")).text
+    assert response.status_code == 200
+    assert response.content == CHUNK  # a complete chunked body, audio only
+    assert 'tts_streams_ended_total{reason="provider_error"} 1.0' in metrics
+
+
+async def test_provider_bug_before_audio_falls_back_instead_of_500() -> None:
+    ScriptedProvider.plans.clear()
+    ScriptedProvider.plans.update(
+        pa=Plan([[CHUNK]], rate=0),  # an impossible native format
+        pb=Plan([[CHUNK]]),
+    )
+    yaml = scripted_config(
+        {"a": {"provider": "pa", "fallback": ["b"]}, "b": {"provider": "pb"}},
+        {"pa": provider_block(), "pb": provider_block()},
+    )
+    async with live_server(create_app(parse_config(yaml))) as url, httpx.AsyncClient() as c:
+        response = await c.post(url + "/stream-audio", json=BODY)
+    assert response.status_code == 200
+    assert response.headers["x-voice"] == "b"
+
+
+async def test_upstream_error_text_never_reaches_the_caller_and_secrets_are_masked(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    echo = b'{"detail": [{"msg": "bad", "input": {"Token": "UPSTREAM-SECRET-123"}}]}'
+    async with Upstream(status=422, error_body=echo) as upstream:
+        yaml = scripted_config(
+            {"a": {"provider": "up"}},
+            {"up": {"type": "custom", "url": upstream.url, "token": "UPSTREAM-SECRET-123"}},
+        )
+        with caplog.at_level(logging.INFO):
+            async with (
+                live_server(create_app(parse_config(yaml))) as url,
+                httpx.AsyncClient() as client,
+            ):
+                response = await client.post(url + "/stream-audio", json=BODY)
+    assert response.status_code == 502
+    assert "UPSTREAM-SECRET-123" not in response.text
+    assert "HTTP 422" in response.json()["error"]["message"]
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "HTTP 422" in logged
+    assert "UPSTREAM-SECRET-123" not in logged
+
+
+async def test_stopping_closes_a_routing_still_being_retired(tmp_path: Path) -> None:
+    ScriptedProvider.plans.clear()
+    release = asyncio.Event()
+    ScriptedProvider.plans.update(old=Plan([[CHUNK, release]]), new=Plan([[CHUNK]]))
+    path = tmp_path / "gateway.yaml"
+    path.write_text(scripted_config({"a": {"provider": "old"}}, {"old": provider_block()}))
+    app = create_app(config_path=str(path))
+    gateway: Gateway = app.state.gateway
+    async with live_server(app) as url:
+        under_way = await raw_post(url, "/stream-audio", BODY)
+        assert await under_way.read_chunk() == CHUNK
+        path.write_text(scripted_config({"a": {"provider": "new"}}, {"new": provider_block()}))
+        assert await gateway.reload()
+        under_way.close()
+    # The server stopped while the old routing waited for its stream: it was closed all the same.
+    assert ScriptedProvider.plans["old"].shut_down == 1
+    assert ScriptedProvider.plans["new"].shut_down == 1
