@@ -24,6 +24,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route as HTTPRoute
@@ -143,6 +144,7 @@ class Gateway:
         if not self.config.server.tokens:
             log.warning("no tokens configured: every caller is accepted")
         await self.routing.start()
+        self.metrics.set_config(self.config.source, len(self.config.voices))
         self.ready = True
         log.info(
             "ready: %d providers, %d voices, config %s",
@@ -171,16 +173,19 @@ class Gateway:
             config = load_config(self.config_path)
         except ConfigError as error:
             log.error("reload refused, keeping the running routing file:\n%s", error)
+            self.metrics.reloads.labels("refused").inc()
             return False
         fixed = ("path", "host", "port", "ssl_certfile", "ssl_keyfile")
         changed = [k for k in fixed if getattr(config.server, k) != getattr(self.config.server, k)]
         if changed:
-            log.warning("reload: server.%s only change on restart", ", server.".join(changed))
+            names = ", ".join(f"server.{k}" for k in changed)
+            log.warning("reload: %s take effect only on restart", names)
         routing = Routing(config, self.metrics)
         try:
             await routing.start()
         except Exception:
             log.exception("reload refused: a provider failed to start")
+            self.metrics.reloads.labels("refused").inc()
             return False
         old, self.routing = self.routing, routing
         grace = old.config.server.drain_seconds + max(
@@ -189,6 +194,8 @@ class Gateway:
         task = asyncio.create_task(old.retire(grace))
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
+        self.metrics.reloads.labels("ok").inc()
+        self.metrics.set_config(config.source, len(config.voices))
         log.info("reloaded %s: %d voices", config.source, len(config.voices))
         return True
 
@@ -211,6 +218,13 @@ def _log_value(value: Any) -> str:
     if text and text.isprintable() and " " not in text and "=" not in text:
         return text
     return repr(text)
+
+
+def _answering_voice(stream: AudioStream, request: TTSRequest) -> str:
+    """The routing file's name for the voice that answered (the VoiceId itself when a pattern
+    matched it)."""
+    voice = stream.route.voice
+    return request.voice_id if voice.is_pattern else voice.key
 
 
 class _ClientGone(Exception):
@@ -344,7 +358,7 @@ class SynthesisEndpoint:
             (b"x-sample-rate", str(request.sample_rate).encode()),
             (b"x-channels", b"1"),
             (b"x-request-id", request_id.encode()),
-            (b"x-voice", stream.route.voice.key.encode()),
+            (b"x-voice", _answering_voice(stream, request).encode()),
             (b"cache-control", b"no-store"),
         ]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
@@ -454,7 +468,7 @@ def create_app(config: GatewayConfig | None = None, config_path: str | None = No
         await gateway.start()
         loop = asyncio.get_running_loop()
         hooked = False
-        if config_path and threading.current_thread() is threading.main_thread():
+        if threading.current_thread() is threading.main_thread():
             loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(gateway.reload()))
             hooked = True
         try:
@@ -497,7 +511,18 @@ def create_app(config: GatewayConfig | None = None, config_path: str | None = No
         HTTPRoute("/voices", voices, methods=["GET"]),
         HTTPRoute("/metrics", metrics, methods=["GET"]),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        error = GatewayError(f"{request.method} {request.url.path}: {exc.detail}", code=code)
+        error.status = exc.status_code
+        error.headers = dict(exc.headers or {})
+        return error.to_response()
+
+    app = Starlette(
+        routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error}
+    )
     app.state.gateway = gateway
     return app
 

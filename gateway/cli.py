@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from .config import ConfigError, GatewayConfig, default_config, load_config
@@ -63,6 +64,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if bool(certfile) != bool(keyfile):
         print("error: --ssl-certfile and --ssl-keyfile go together", file=sys.stderr)
         return 2
+    for tls_file in (certfile, keyfile):
+        if tls_file and not Path(tls_file).is_file():
+            print(f"error: no such TLS file: {tls_file}", file=sys.stderr)
+            return 2
     options: dict[str, Any] = {
         "host": args.host or server.host,
         "port": server.port if args.port is None else args.port,
@@ -80,7 +85,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
         uvicorn.run("gateway.app:app_from_env", factory=True, workers=args.workers, **options)
     else:
         path = args.config or os.environ.get("TTS_GATEWAY_CONFIG") or None
-        uvicorn.run(create_app(config, path), **options)
+        app = create_app(config, path)
+        gateway = app.state.gateway
+
+        class DrainingServer(uvicorn.Server):
+            """On SIGTERM/SIGINT, answer 503 (readyz, new requests on open connections) while
+            the streams under way finish."""
+
+            def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+                gateway.draining = True
+                super().handle_exit(sig, frame)
+
+        DrainingServer(uvicorn.Config(app, **options)).run()
     return 0
 
 
@@ -104,7 +120,16 @@ def cmd_say(args: argparse.Namespace) -> int:
     from .audio import write_wav
 
     if args.url:
-        pcm, ttfb, total = asyncio.run(_say_remote(args))
+        import httpx
+
+        try:
+            pcm, ttfb, total = asyncio.run(_say_remote(args))
+        except httpx.HTTPError as error:
+            hint = ""
+            if "CERTIFICATE_VERIFY_FAILED" in str(error):
+                hint = " (a self-signed certificate? pass its CA with --cacert)"
+            print(f"error: {args.url}: {type(error).__name__}: {error}{hint}", file=sys.stderr)
+            return 1
     else:
         pcm, ttfb, total = asyncio.run(_say_local(args))
     write_wav(args.output, pcm, args.sample_rate)

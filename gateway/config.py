@@ -290,6 +290,7 @@ class _Parser:
         # Per voice key: (path, target) of every well-typed fallback entry, for the later
         # cross-checks, which need every voice key first.
         self.fallback_refs: dict[str, list[tuple[str, str]]] = {}
+        self.plugins: dict[str, type[Provider]] = {}  # provider name -> its plugin class
 
     # -------------------------------------------------------------- problems and lines
 
@@ -694,6 +695,8 @@ class _Parser:
         block: dict[str, Any] = value
         cls = self.provider_type(block, path)
         if cls is not None:
+            self.plugins[name] = cls
+        if cls is not None:
             allowed = (*_PROVIDER_COMMON_KEYS, *sorted(cls.settings_keys))
             self.check_keys(block, path, allowed, required=sorted(cls.required_settings))
         fields: dict[str, Any] = {}
@@ -714,6 +717,8 @@ class _Parser:
         options = self.mapping(block.get("options"), _child(path, "options"))
         if cls is None or not isinstance(block.get("type"), str):
             return None
+        if options:
+            self.option_checks(cls, options, _child(path, "options"))
         settings = {k: v for k, v in block.items() if k in cls.settings_keys and v is not None}
         missing = cls.required_settings - settings.keys()
         if not missing and not _contains_invalid(settings):
@@ -761,6 +766,19 @@ class _Parser:
         for key, problem in found:
             target = _child(path, key) if key else path
             self.error(target, problem, line=self.line_of(target) or self.line_of(path, key=True))
+
+    def option_checks(self, cls: type[Provider], options: dict[str, Any], path: str) -> None:
+        """The plugin's own check of an ``options`` block (provider, voice or emotion)."""
+        if _contains_invalid(options):
+            return
+        try:
+            found = cls.validate_options(MappingProxyType(options))
+        except Exception as exc:  # a plugin bug must not hide the rest of the report
+            self.error(path, f"options check failed: {type(exc).__name__}: {exc}")
+            return
+        for key, problem in found:
+            target = _child(path, key) if key else path
+            self.error(target, problem, line=self.line_of(target) or self.line_of(path))
 
     def timeouts(self, value: Any, path: str) -> Timeouts | None:
         block = self.mapping(value, path)
@@ -847,6 +865,15 @@ class _Parser:
         ]
         if provider is None:
             return None
+        cls = self.plugins.get(provider)
+        if cls is not None:
+            if options:
+                self.option_checks(cls, options, _child(path, "options"))
+            for emotion, emotion_options in (emotions or {}).items():
+                if emotion_options:
+                    self.option_checks(
+                        cls, dict(emotion_options), _child(_child(path, "emotions"), emotion)
+                    )
         return VoiceConfig(
             key=key,
             provider=provider,

@@ -50,6 +50,23 @@ class Metrics:
             registry=r,
         )
         self.active = Gauge("tts_streams_active", "Audio streams in progress.", registry=r)
+        self.reloads = Counter(
+            "tts_config_reloads",
+            "Routing-file reloads by result (ok, refused).",
+            ["result"],
+            registry=r,
+        )
+        self.config_info = Gauge(
+            "tts_config_voices",
+            "Voices in the routing file in use, by its source.",
+            ["source"],
+            registry=r,
+        )
+
+    def set_config(self, source: str, voices: int) -> None:
+        """Name the routing file in use (one series at a time)."""
+        self.config_info.clear()
+        self.config_info.labels(source).set(voices)
 
     def render(self) -> bytes:
         """The text exposition format."""

@@ -65,6 +65,10 @@ def parse_body(body: bytes, content_type: str | None) -> dict[str, Any]:
     ):
         media = "application/json" if looks_json else "application/x-www-form-urlencoded"
     if media == "application/json" or media.endswith("+json"):
+        if not body.strip():
+            raise BadRequest(
+                "body is empty; send a JSON object with Text and SampleRate", code="malformed_body"
+            )
         try:
             data = json.loads(body)
         except (ValueError, RecursionError) as exc:  # also bad UTF-8, huge ints, deep nesting

@@ -227,6 +227,13 @@ class Provider(ABC):
         this for value checks (types, ranges, files that must exist)."""
         return []
 
+    @classmethod
+    def validate_options(cls, options: Mapping[str, Any]) -> list[tuple[str, str]]:
+        """Checks of an ``options`` block (the provider's, a voice's or an emotion override's):
+        a list of (key, problem). Cloud plugins usually pass options through to the API and
+        accept what they do not know; a plugin that interprets them checks them here."""
+        return []
+
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Open connections, load models. Called once before the first job."""
 

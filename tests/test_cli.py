@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -170,3 +171,37 @@ def test_say_through_a_running_gateway(tls_gateway: tuple[str, Path], tmp_path: 
     with wave.open(str(out)) as wav:
         assert wav.getframerate() == 8000
         assert wav.getnframes() / 8000 > 0.5
+
+
+def test_sighup_without_a_routing_file_does_not_kill_the_gateway() -> None:
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k != "TTS_GATEWAY_CONFIG"}
+    process = subprocess.Popen(
+        [*cli(), "serve", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(url + "/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        process.send_signal(signal.SIGHUP)
+        time.sleep(0.5)
+        assert process.poll() is None, "SIGHUP ended the process"
+        assert httpx.get(url + "/readyz").status_code == 200
+        process.terminate()
+        # uvicorn shuts down gracefully, then re-raises the signal so the exit status tells it.
+        assert process.wait(timeout=30) in (0, -signal.SIGTERM)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        _, err = process.communicate(timeout=30)
+    assert "built-in default" in err  # the refusal to reload is logged
+    assert "Application shutdown complete" in err

@@ -176,7 +176,9 @@ def test_unknown_voice_with_reject_answers_404(plan: Plan) -> None:
     with make_client(unknown_voice="reject") as c:
         assert_error(c.post("/stream-audio", json=body(VoiceId="zz")), 404, "unknown_voice")
         assert c.post("/stream-audio", json=body(VoiceId="en-GB")).status_code == 200
-    assert len(plan.jobs) == 1
+        matched = c.post("/stream-audio", json=body(VoiceId="en-AU"))
+        assert matched.headers["x-voice"] == "en-AU"  # not the pattern "en-*"
+    assert len(plan.jobs) == 2
     assert plan.jobs[0].voice == "en-GB"  # matched by pattern: the VoiceId is the voice name
 
 
@@ -215,8 +217,17 @@ def test_not_ready_answers_503(plan: Plan) -> None:
     assert plan.jobs == []
 
 
-def test_get_on_the_synthesis_route_is_405(client: TestClient) -> None:
-    assert client.get("/stream-audio").status_code == 405
+def test_unknown_routes_and_methods_answer_json(client: TestClient) -> None:
+    assert_error(client.get("/stream-audio"), 405, "method_not_allowed")
+    assert_error(client.post("/no-such-path", json=body()), 404, "not_found")
+
+
+def test_empty_body_says_so(client: TestClient) -> None:
+    response = client.post(
+        "/stream-audio", content=b"", headers={"Content-Type": "application/json"}
+    )
+    assert_error(response, 400, "malformed_body")
+    assert "empty" in response.json()["error"]["message"]
 
 
 def test_readyz_after_start(client: TestClient) -> None:

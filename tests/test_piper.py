@@ -155,3 +155,22 @@ def test_long_sentences_are_cut_into_groups_of_clauses() -> None:
     assert len(pieces) > 2
     assert " ".join(pieces[1:]) == long
     assert all(len(p.split()) <= 40 for p in pieces)
+
+
+def test_piper_options_are_checked_when_the_file_is_loaded() -> None:
+    yaml = """
+providers:
+  local: {type: piper, options: {length_scale: "fast", bogus: 1}}
+voices:
+  joe: {provider: local, options: {volume: -1}, emotions: {happy: {speaker: [1]}}}
+server: {default_voice: joe}
+"""
+    with pytest.raises(ConfigError) as caught:
+        parse_config(yaml)
+    paths = {p.path for p in caught.value.problems}
+    assert paths == {
+        "providers.local.options.length_scale",
+        "providers.local.options.bogus",
+        "voices.joe.options.volume",
+        "voices.joe.emotions.happy.speaker",
+    }

@@ -69,6 +69,9 @@ async def test_sighup_swaps_the_routing_and_keeps_streams_under_way(
         assert "providers.new.retyr" in logged and "voices.a.provider" in logged
         response = await client.post(url + "/stream-audio", json=BODY)
         assert response.status_code == 200 and response.content == CHUNK * 2
+        metrics = (await client.get(url + "/metrics")).text
+        assert 'tts_config_reloads_total{result="ok"} 1.0' in metrics
+        assert 'tts_config_reloads_total{result="refused"} 1.0' in metrics
 
 
 async def test_reload_without_a_file_keeps_the_default() -> None:
