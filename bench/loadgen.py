@@ -1,0 +1,273 @@
+"""The load generator: its own process, plain asyncio protocols on uvloop, lighter than what
+it measures (no HTTP client library per request).
+
+Each of ``concurrency`` workers holds one keep-alive connection and sends requests one after
+another until ``requests`` have been sent in all. Per request it records: time to the first
+body byte, total time, body bytes, and the gaps between body data arriving. A share of the
+requests (``drop``) hangs up mid-stream after a random part of the answer, as a caller who
+barges in does.
+
+    python -m bench.loadgen --url http://127.0.0.1:8080/stream-audio --concurrency 10 \\
+        --requests 300 --rate 48000 --seconds 1 --pace fast --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, cast
+from urllib.parse import urlsplit
+
+from bench.upstream import run_fast
+
+
+@dataclass
+class Result:
+    """One request as the caller saw it. Times in milliseconds."""
+
+    status: int = 0
+    ttfb: float = 0.0
+    total: float = 0.0
+    bytes: int = 0
+    dropped: bool = False
+    error: str = ""
+    gaps: list[float] = field(default_factory=list)
+
+
+class Response(asyncio.Protocol):
+    """Reads one HTTP/1.1 response (chunked or sized) at a time off a keep-alive connection."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.waiter: asyncio.Future[None] | None = None
+        self.closed = False
+        self.reset(Result(), 0.0, -1)
+
+    def reset(self, result: Result, started: float, drop_at: int) -> None:
+        self.result = result
+        self.started = started
+        self.drop_at = drop_at
+        self.head_done = False
+        self.chunked = False
+        self.remaining = 0  # body bytes left (sized) or in the current chunk (chunked)
+        self.last = 0.0
+        self.done = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if not self.done and not self.result.dropped:
+            self.result.error = self.result.error or "connection closed"
+        self._wake()
+
+    def _wake(self) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        now = time.perf_counter()
+        self.buffer += data
+        body_before = self.result.bytes
+        self._parse()
+        if self.result.bytes > body_before:
+            if self.last:
+                self.result.gaps.append((now - self.last) * 1000)
+            else:
+                self.result.ttfb = (now - self.started) * 1000
+            self.last = now
+        if self.done:
+            self.result.total = (now - self.started) * 1000
+            self._wake()
+        elif self.drop_at >= 0 and self.result.bytes >= self.drop_at:
+            self.result.dropped = True
+            self.result.total = (now - self.started) * 1000
+            assert self.transport is not None
+            self.transport.abort()
+            self._wake()
+
+    def _parse(self) -> None:
+        buf = self.buffer
+        if not self.head_done:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = bytes(buf[:end]).decode("latin-1").lower()
+            del buf[: end + 4]
+            self.result.status = int(head.split(" ", 2)[1])
+            self.head_done = True
+            self.chunked = "transfer-encoding: chunked" in head
+            if not self.chunked:
+                for line in head.split("\r\n"):
+                    if line.startswith("content-length:"):
+                        self.remaining = int(line.split(":")[1])
+        if not self.chunked:
+            take = min(self.remaining, len(buf))
+            self.result.bytes += take
+            self.remaining -= take
+            del buf[:take]
+            self.done = self.remaining == 0
+            return
+        while True:
+            if self.remaining:
+                take = min(self.remaining, len(buf))
+                if not take:
+                    return
+                self.result.bytes += take
+                self.remaining -= take
+                del buf[:take]
+                if self.remaining:
+                    return
+                continue
+            line_end = buf.find(b"\r\n")
+            if line_end < 0:
+                return
+            if line_end == 0:  # the CRLF after a chunk's data
+                del buf[:2]
+                continue
+            size = int(bytes(buf[:line_end]).split(b";")[0], 16)
+            if size == 0:
+                if buf.find(b"\r\n\r\n") < 0:
+                    return
+                del buf[: buf.find(b"\r\n\r\n") + 4]
+                self.done = True
+                return
+            del buf[: line_end + 2]
+            self.remaining = size
+
+
+async def worker(
+    host: str,
+    port: int,
+    request: bytes,
+    jobs: asyncio.Queue[float],
+    results: list[Result],
+    expected_bytes: int,
+    timeout: float,
+) -> None:
+    loop = asyncio.get_running_loop()
+    protocol: Response | None = None
+    while True:
+        try:
+            drop = jobs.get_nowait()
+        except asyncio.QueueEmpty:
+            break
+        if protocol is None or protocol.closed:
+            try:
+                _, protocol = await loop.create_connection(Response, host, port)
+            except OSError as exc:
+                results.append(Result(error=f"connect: {exc}"))
+                protocol = None
+                continue
+        drop_at = int(drop * expected_bytes) if drop >= 0 else -1
+        result = Result()
+        protocol.reset(result, time.perf_counter(), drop_at)
+        protocol.waiter = loop.create_future()
+        assert protocol.transport is not None
+        protocol.transport.write(request)
+        try:
+            await asyncio.wait_for(protocol.waiter, timeout)
+        except TimeoutError:
+            result.error = "timeout"
+            protocol.transport.abort()
+        results.append(result)
+        if result.dropped or result.error:
+            protocol = None
+    if protocol is not None and protocol.transport is not None:
+        protocol.transport.close()
+
+
+def build_request(
+    url: str, rate: int, seconds: float, pace: str, voice: str, text: str = "Benchmark."
+) -> bytes:
+    parts = urlsplit(url)
+    extend = json.dumps({"InstanceId": "bench", "BenchSeconds": seconds, "BenchPace": pace})
+    body = json.dumps(
+        {"Text": text, "VoiceId": voice, "SampleRate": rate, "ExtendData": extend}
+    ).encode()
+    return (
+        f"POST {parts.path or '/'} HTTP/1.1\r\nHost: {parts.hostname}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    parts = urlsplit(args.url)
+    request = build_request(args.url, args.rate, args.seconds, args.pace, args.voice, args.text)
+    rng = random.Random(args.seed)
+    jobs: asyncio.Queue[float] = asyncio.Queue()
+    for _ in range(args.requests):
+        jobs.put_nowait(rng.uniform(0.05, 0.9) if rng.random() < args.drop else -1.0)
+    expected = int(args.seconds * args.rate) * 2
+    results: list[Result] = []
+    started = time.perf_counter()
+    await asyncio.gather(
+        *(
+            worker(
+                parts.hostname or "127.0.0.1",
+                parts.port or 80,
+                request,
+                jobs,
+                results,
+                expected,
+                args.timeout,
+            )
+            for _ in range(args.concurrency)
+        )
+    )
+    wall = time.perf_counter() - started
+    return {"wall": wall, "cpu": time.process_time(), "results": [asdict(r) for r in results]}
+
+
+def summary(data: dict[str, Any]) -> str:
+    results = [r for r in data["results"] if not r["error"]]
+    ok = [r for r in results if r["status"] == 200 and not r["dropped"]]
+    ttfb = sorted(r["ttfb"] for r in ok)
+    errors = len(data["results"]) - len(results)
+    if not ttfb:
+        return f"no successful request ({errors} errors)"
+    p = lambda q: ttfb[min(len(ttfb) - 1, int(q * len(ttfb)))]  # noqa: E731
+    return (
+        f"{len(ok)} ok, {errors} errors, ttfb p50 {statistics.median(ttfb):.2f} ms, "
+        f"p99 {p(0.99):.2f} ms, wall {data['wall']:.1f} s"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="custom TTS interface load generator")
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--concurrency", type=int, default=1)
+    parser.add_argument("--requests", type=int, default=100)
+    parser.add_argument("--rate", type=int, default=24000, help="SampleRate asked for")
+    parser.add_argument("--seconds", type=float, default=1.0, help="audio per request")
+    parser.add_argument("--pace", choices=("fast", "realtime"), default="fast")
+    parser.add_argument("--voice", default="bench")
+    parser.add_argument("--text", default="Benchmark.")
+    parser.add_argument("--drop", type=float, default=0.0, help="share of requests hung up on")
+    parser.add_argument("--timeout", type=float, default=120.0)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--json", help="write every result here")
+    args = parser.parse_args()
+
+    holder: dict[str, Any] = {}
+
+    async def go() -> None:
+        holder.update(await run(args))
+
+    run_fast(go())
+    if args.json:
+        with open(args.json, "w") as out:
+            json.dump(holder, out)
+    print(summary(holder), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,776 @@
+"""The benchmark suite: what the gateway costs on top of the provider, side by side with two
+baselines measured in the same run — the client straight to the mock upstream (the floor) and
+nginx as a plain streaming reverse proxy (what a proxy written in C costs).
+
+    python -m bench.run            # everything, about five minutes on 2 cores
+    python -m bench.run --quick    # fewer requests and repeats, for a smoke test
+
+Writes ``docs/benchmarks.md`` (the table printed at the end) and ``docs/benchmarks.json`` (every
+figure). All traffic stays on 127.0.0.1. Each server's CPU time comes from ``/proc/PID/stat``,
+memory from ``/proc/PID/status``. Shared, noisy machines: latency figures are medians of
+repeated runs, and the targets are judged on those medians and on ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+TICKS = os.sysconf("SC_CLK_TCK")
+UPSTREAM_RATE = 24000
+ONE_SENTENCE = "Thanks for calling the clinic, how can I help you today?"
+THREE_SENTENCES = (
+    "Thanks for calling the clinic, how can I help you today? Our office opens at nine in the "
+    "morning and closes at five. Is there anything else I can help you with?"
+)
+
+
+# ------------------------------------------------------------------ processes
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, seconds: float = 60.0) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port}")
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its children (nginx: master and worker)."""
+    pids = [pid]
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                pids.append(int(entry.name))
+    return pids
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and its children, from /proc."""
+    total = 0
+    for p in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / TICKS
+
+
+def rss_kib(pid: int) -> int:
+    """Resident memory of a process and its children, KiB."""
+    total = 0
+    for p in process_tree(pid):
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return total
+
+
+def connections_to(pid: int, port: int) -> int:
+    """Established TCP connections owned by ``pid`` whose remote port is ``port``."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    count = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        parts = line.split()
+        remote_port = int(parts[2].split(":")[1], 16)
+        if remote_port == port and parts[3] == "01" and parts[9] in inodes:
+            count += 1
+    return count
+
+
+@dataclass
+class Server:
+    name: str
+    process: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start(
+    name: str, args: list[str], port: int, workdir: Path, env: dict[str, str] | None = None
+) -> Server:
+    log = workdir / f"{name}.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    server = Server(name, process, port, log)
+    try:
+        wait_port(port)
+    except RuntimeError:
+        server.stop()
+        raise RuntimeError(f"{name} did not start:\n{log.read_text()[-2000:]}") from None
+    return server
+
+
+def ensure_nginx() -> str:
+    """nginx from Debian, installed if missing (the bench needs root for that)."""
+    found = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else "")
+    if found:
+        return found
+    print("installing nginx (apt-get) ...", flush=True)
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    subprocess.run(["apt-get", "update", "-qq"], check=False, env=env)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "nginx-light"], check=True, env=env)
+    # Debian starts the packaged service on port 80; the bench runs its own instance.
+    subprocess.run(["nginx", "-s", "stop"], check=False, capture_output=True)
+    return shutil.which("nginx") or "/usr/sbin/nginx"
+
+
+def nginx_conf(workdir: Path, listen: int, upstream: int) -> Path:
+    conf = workdir / "nginx.conf"
+    conf.write_text(
+        textwrap.dedent(f"""\
+        worker_processes 1;
+        daemon off;
+        pid {workdir}/nginx.pid;
+        error_log {workdir}/nginx-error.log warn;
+        events {{ worker_connections 16384; }}
+        http {{
+            access_log off;
+            client_body_temp_path {workdir}/nginx-body;
+            proxy_temp_path {workdir}/nginx-proxy;
+            upstream tts {{ server 127.0.0.1:{upstream}; keepalive 512; }}
+            server {{
+                listen 127.0.0.1:{listen} backlog=4096;
+                location / {{
+                    proxy_pass http://tts;
+                    proxy_http_version 1.1;
+                    proxy_set_header Connection "";
+                    proxy_buffering off;
+                    proxy_read_timeout 120s;
+                }}
+            }}
+        }}
+    """)
+    )
+    return conf
+
+
+def gateway_conf(workdir: Path, upstream: int) -> Path:
+    conf = workdir / "gateway.yaml"
+    conf.write_text(
+        textwrap.dedent(f"""\
+        server:
+          max_concurrent_streams: 5000
+          default_voice: bench
+          log_level: warning
+        providers:
+          upstream:
+            type: custom
+            url: http://127.0.0.1:{upstream}/stream-audio
+            sample_rates: [24000]
+            max_concurrency: 2000
+            timeout: {{connect: 5, first_byte: 30, total: 120}}
+            retry: {{attempts: 1}}
+          local:
+            type: piper
+            threads: 1
+            max_concurrency: 1
+        voices:
+          bench: {{provider: upstream}}
+          joe: {{provider: local}}
+    """)
+    )
+    return conf
+
+
+# ------------------------------------------------------------------ load
+
+
+def load(url: str, workdir: Path, **options: Any) -> dict[str, Any]:
+    """Run the load generator in its own process; its raw results."""
+    out = workdir / "load.json"
+    args = [PY, "-m", "bench.loadgen", "--url", url, "--json", str(out)]
+    for key, value in options.items():
+        args += [f"--{key}", str(value)]
+    subprocess.run(args, check=True, cwd=ROOT, capture_output=True)
+    data: dict[str, Any] = json.loads(out.read_text())
+    return data
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def latency(data: dict[str, Any]) -> dict[str, float]:
+    ok = [r for r in data["results"] if r["status"] == 200 and not r["error"] and not r["dropped"]]
+    ttfb = [r["ttfb"] for r in ok]
+    gaps = [g for r in ok for g in r["gaps"]]
+    return {
+        "requests": len(data["results"]),
+        "ok": len(ok),
+        "ttfb_p50": pct(ttfb, 0.5),
+        "ttfb_p99": pct(ttfb, 0.99),
+        "gap_p50": pct(gaps, 0.5),
+        "gap_p99": pct(gaps, 0.99),
+        "bytes": sum(r["bytes"] for r in data["results"]),
+        "wall": data["wall"],
+        "client_cpu": data["cpu"],
+    }
+
+
+def median_of(runs: list[dict[str, float]]) -> dict[str, float]:
+    return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+
+
+@dataclass
+class Bench:
+    workdir: Path
+    quick: bool
+    upstream: Server | None = None
+    nginx: Server | None = None
+    gateway: Server | None = None
+    figures: dict[str, Any] = field(default_factory=dict)
+
+    def url(self, server: Server) -> str:
+        return f"http://127.0.0.1:{server.port}/stream-audio"
+
+    def targets(self) -> list[tuple[str, Server, int]]:
+        assert self.upstream and self.nginx and self.gateway
+        return [
+            ("direct", self.upstream, UPSTREAM_RATE),
+            ("nginx", self.nginx, UPSTREAM_RATE),
+            ("gateway", self.gateway, 48000),
+        ]
+
+    def repeats(self) -> int:
+        return 1 if self.quick else 3
+
+    # -------------------------------------------------------------- scenarios
+
+    def one_stream(self) -> None:
+        """(1) One stream at a time: time to first byte."""
+        requests = 60 if self.quick else 300
+        result: dict[str, Any] = {}
+        for name, server, rate in self.targets():
+            runs = [
+                latency(
+                    load(
+                        self.url(server),
+                        self.workdir,
+                        requests=requests,
+                        rate=rate,
+                        seconds=1,
+                        pace="fast",
+                    )
+                )
+                for _ in range(self.repeats())
+            ]
+            result[name] = median_of(runs)
+        self.figures["one_stream"] = result
+
+    def cpu_full_speed(self) -> None:
+        """(2) Full speed, 10 concurrent: server CPU per second of audio delivered."""
+        requests = 60 if self.quick else 300
+        result: dict[str, Any] = {}
+        for name, server, rate in self.targets():
+            runs = []
+            for _ in range(self.repeats()):
+                before = cpu_seconds(server.pid)
+                up_before = cpu_seconds(self.upstream.pid) if self.upstream else 0.0
+                data = load(
+                    self.url(server),
+                    self.workdir,
+                    requests=requests,
+                    concurrency=10,
+                    rate=rate,
+                    seconds=5,
+                    pace="fast",
+                )
+                cpu = cpu_seconds(server.pid) - before
+                up_cpu = (cpu_seconds(self.upstream.pid) if self.upstream else 0.0) - up_before
+                figures = latency(data)
+                audio = figures["bytes"] / 2 / rate
+                runs.append(
+                    {
+                        "server_cpu_ms_per_audio_s": cpu * 1000 / audio,
+                        "upstream_cpu_ms_per_audio_s": up_cpu * 1000 / audio,
+                        "client_cpu_ms_per_audio_s": figures["client_cpu"] * 1000 / audio,
+                        "audio_s_per_wall_s": audio / figures["wall"],
+                    }
+                )
+            result[name] = median_of(runs)
+        self.figures["cpu_full_speed"] = result
+
+    def realtime_streams(self) -> None:
+        """(3) 200 concurrent streams paced in real time: added TTFB and inter-chunk gaps."""
+        concurrency = 200
+        result: dict[str, Any] = {}
+        for name, server, rate in self.targets():
+            runs = []
+            for _ in range(self.repeats()):
+                before = cpu_seconds(server.pid)
+                data = load(
+                    self.url(server),
+                    self.workdir,
+                    requests=concurrency * 2,
+                    concurrency=concurrency,
+                    rate=rate,
+                    seconds=3,
+                    pace="realtime",
+                )
+                figures = latency(data)
+                figures["server_cpu_share"] = (cpu_seconds(server.pid) - before) / figures["wall"]
+                runs.append(figures)
+            result[name] = median_of(runs)
+        self.figures["realtime_streams"] = result
+
+    def memory(self) -> None:
+        """(4) RSS per active stream (1000 slow streams); then requests with hang-ups."""
+        assert self.gateway and self.upstream
+        gw = self.gateway
+        streams = 300 if self.quick else 1000
+        idle = rss_kib(gw.pid)
+        out = self.workdir / "slow.json"
+        args = [
+            PY,
+            "-m",
+            "bench.loadgen",
+            "--url",
+            self.url(gw),
+            "--json",
+            str(out),
+            "--requests",
+            str(streams),
+            "--concurrency",
+            str(streams),
+            "--rate",
+            "48000",
+            "--seconds",
+            "15",
+            "--pace",
+            "realtime",
+        ]
+        slow = subprocess.Popen(
+            args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        peak = idle
+        active = 0
+        deadline = time.monotonic() + 12
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            peak = max(peak, rss_kib(gw.pid))
+            active = max(active, connections_to(gw.pid, self.upstream.port))
+        slow.wait()
+        slow_figures = latency(json.loads(out.read_text()))
+        per_stream = (peak - idle) / max(active, 1)
+
+        requests = 2000 if self.quick else 10000
+        before = rss_kib(gw.pid)
+        data = load(
+            self.url(gw),
+            self.workdir,
+            requests=requests,
+            concurrency=50,
+            rate=48000,
+            seconds=1,
+            pace="fast",
+            drop=0.2,
+        )
+        time.sleep(1.0)
+        after = rss_kib(gw.pid)
+        dropped = sum(1 for r in data["results"] if r["dropped"])
+        self.figures["memory"] = {
+            "idle_rss_kib": idle,
+            "peak_rss_kib": peak,
+            "active_streams": active,
+            "slow_streams_ok": slow_figures["ok"],
+            "kib_per_stream": per_stream,
+            "drop_requests": requests,
+            "dropped": dropped,
+            "errors": sum(1 for r in data["results"] if r["error"]),
+            "rss_before_kib": before,
+            "rss_after_kib": after,
+            "upstream_connections_after": connections_to(gw.pid, self.upstream.port),
+            "pool_size": 50,
+        }
+
+    def local_voice(self) -> None:
+        """(5) The local Piper voice: first audio over HTTP, and real-time factor on one core."""
+        assert self.gateway
+        result: dict[str, Any] = {}
+        for label, text in (("one_sentence", ONE_SENTENCE), ("three_sentences", THREE_SENTENCES)):
+            data = load(
+                self.url(self.gateway),
+                self.workdir,
+                requests=10 if self.quick else 30,
+                rate=24000,
+                voice="joe",
+                text=text,
+            )
+            result[label] = latency(data)
+        rtf = subprocess.run(
+            [PY, "-c", RTF_SCRIPT], cwd=ROOT, capture_output=True, text=True, check=True
+        )
+        result["rtf_one_core"] = json.loads(rtf.stdout)
+        self.figures["local_voice"] = result
+
+
+# Synthesis time over audio duration, one ONNX thread, the process pinned to one core.
+RTF_SCRIPT = textwrap.dedent(f"""\
+    import asyncio, json, os, time
+    os.sched_setaffinity(0, {{min(os.sched_getaffinity(0))}})
+    from providers.base import ProviderConfig, SynthesisJob
+    from providers.piper import PiperProvider
+    async def main():
+        p = PiperProvider(ProviderConfig(name="local", type="piper", settings={{"threads": 1}},
+                                         max_concurrency=1))
+        await p.start()
+        text = {THREE_SENTENCES!r} * 2
+        runs = []
+        for _ in range(3):
+            start = time.process_time(); wall = time.perf_counter(); n = 0
+            async for piece in p.stream(SynthesisJob(text=text, voice="joe", sample_rate=22050)):
+                n += len(piece) // 4
+            runs.append((time.perf_counter() - wall, time.process_time() - start, n / p.sample_rate))
+        await p.aclose()
+        wall, cpu, audio = sorted(runs)[1]
+        print(json.dumps({{"audio_s": audio, "wall_s": wall, "rtf": wall / audio,
+                          "cpu_rtf": cpu / audio}}))
+    asyncio.run(main())
+""")
+
+
+# ------------------------------------------------------------------ report
+
+
+@dataclass
+class Target:
+    figure: str
+    value: float
+    limit: float
+    unit: str
+
+    @property
+    def ok(self) -> bool:
+        return self.value <= self.limit
+
+
+def targets(f: dict[str, Any]) -> list[Target]:
+    one = f["one_stream"]
+    cpu = f["cpu_full_speed"]
+    rt = f["realtime_streams"]
+    mem = f["memory"]
+    local = f["local_voice"]
+    return [
+        Target(
+            "added TTFB vs direct, 1 stream, p50",
+            one["gateway"]["ttfb_p50"] - one["direct"]["ttfb_p50"],
+            1.0,
+            "ms",
+        ),
+        Target(
+            "added TTFB vs direct, 1 stream, p99",
+            one["gateway"]["ttfb_p99"] - one["direct"]["ttfb_p99"],
+            5.0,
+            "ms",
+        ),
+        Target(
+            "gateway CPU per audio-second (24→48 kHz)",
+            cpu["gateway"]["server_cpu_ms_per_audio_s"],
+            1.0,
+            "ms",
+        ),
+        Target(
+            "gateway CPU / nginx CPU per audio-second",
+            cpu["gateway"]["server_cpu_ms_per_audio_s"]
+            / max(cpu["nginx"]["server_cpu_ms_per_audio_s"], 1e-9),
+            4.0,
+            "×",
+        ),
+        Target(
+            "200 real-time streams: added TTFB p99",
+            rt["gateway"]["ttfb_p99"] - rt["direct"]["ttfb_p99"],
+            20.0,
+            "ms",
+        ),
+        Target(
+            "200 real-time streams: added inter-chunk gap p99",
+            rt["gateway"]["gap_p99"] - rt["direct"]["gap_p99"],
+            10.0,
+            "ms",
+        ),
+        Target("memory per active stream", mem["kib_per_stream"], 64.0, "KiB"),
+        Target(
+            "RSS growth over the hang-up run",
+            max(0.0, (mem["rss_after_kib"] - mem["rss_before_kib"]) / 1024),
+            8.0,
+            "MiB",
+        ),
+        Target(
+            "upstream connections left after the hang-up run",
+            mem["upstream_connections_after"],
+            mem["pool_size"],
+            "conns",
+        ),
+        Target(
+            "local voice: first audio, one sentence (p50)",
+            local["one_sentence"]["ttfb_p50"],
+            150.0,
+            "ms",
+        ),
+        Target("local voice: real-time factor on one core", local["rtf_one_core"]["rtf"], 0.15, ""),
+    ]
+
+
+def render(f: dict[str, Any], meta: dict[str, Any]) -> str:
+    one, cpu, rt, mem, local = (
+        f["one_stream"],
+        f["cpu_full_speed"],
+        f["realtime_streams"],
+        f["memory"],
+        f["local_voice"],
+    )
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Measured {meta['date']} with `{meta['command']}` on {meta['cores']} cores "
+        f"({meta['cpu']}), load average before the run {meta['load_before']}, after "
+        f"{meta['load_after']}; Python {meta['python']}. Latencies are medians of "
+        f"{meta['repeats']} runs. The mock upstream streams a 24 kHz tone in 20 ms chunks; "
+        "direct and nginx deliver it as is, **the gateway resamples it 24 → 48 kHz** "
+        "(soxr) and parses, routes and logs each request.",
+        "",
+        "## Targets",
+        "",
+        "| Figure | Measured | Target | |",
+        "|---|---|---|---|",
+    ]
+    for t in targets(f):
+        lines.append(
+            f"| {t.figure} | {t.value:.2f} {t.unit} | ≤ {t.limit:g} {t.unit} | "
+            f"{'pass' if t.ok else '**FAIL**'} |"
+        )
+    lines += [
+        "",
+        "## (1) One stream at a time, 1 s of audio per request: time to first byte (ms)",
+        "",
+        "| | direct | nginx | gateway (24→48 kHz) |",
+        "|---|---|---|---|",
+        "| p50 | "
+        + " | ".join(f"{one[n]['ttfb_p50']:.2f}" for n in ("direct", "nginx", "gateway"))
+        + " |",
+        "| p99 | "
+        + " | ".join(f"{one[n]['ttfb_p99']:.2f}" for n in ("direct", "nginx", "gateway"))
+        + " |",
+        "",
+        "## (2) Full speed, 10 concurrent, 5 s of audio per request: CPU per second of audio (ms)",
+        "",
+        "| | direct (upstream only) | nginx | gateway (24→48 kHz) |",
+        "|---|---|---|---|",
+        "| server process | – | "
+        f"{cpu['nginx']['server_cpu_ms_per_audio_s']:.3f} | "
+        f"{cpu['gateway']['server_cpu_ms_per_audio_s']:.3f} |",
+        "| mock upstream | "
+        + " | ".join(
+            f"{cpu[n]['upstream_cpu_ms_per_audio_s']:.3f}" for n in ("direct", "nginx", "gateway")
+        )
+        + " |",
+        "| load generator | "
+        + " | ".join(
+            f"{cpu[n]['client_cpu_ms_per_audio_s']:.3f}" for n in ("direct", "nginx", "gateway")
+        )
+        + " |",
+        "| audio seconds per wall second | "
+        + " | ".join(f"{cpu[n]['audio_s_per_wall_s']:.0f}" for n in ("direct", "nginx", "gateway"))
+        + " |",
+        "",
+        "## (3) 200 concurrent streams paced in real time, 3 s each (ms)",
+        "",
+        "| | direct | nginx | gateway (24→48 kHz) |",
+        "|---|---|---|---|",
+    ]
+    for key, label in (
+        ("ttfb_p50", "TTFB p50"),
+        ("ttfb_p99", "TTFB p99"),
+        ("gap_p50", "inter-chunk gap p50"),
+        ("gap_p99", "inter-chunk gap p99"),
+    ):
+        lines.append(
+            f"| {label} | "
+            + " | ".join(f"{rt[n][key]:.2f}" for n in ("direct", "nginx", "gateway"))
+            + " |"
+        )
+    lines.append(
+        "| server CPU share (1 = one core) | – | "
+        f"{rt['nginx']['server_cpu_share']:.2f} | {rt['gateway']['server_cpu_share']:.2f} |"
+    )
+    lines += [
+        "",
+        "## (4) Memory",
+        "",
+        f"- {mem['active_streams']} slow streams active at once ({mem['slow_streams_ok']} "
+        f"completed): gateway RSS {mem['idle_rss_kib'] / 1024:.1f} MiB idle → "
+        f"{mem['peak_rss_kib'] / 1024:.1f} MiB, **{mem['kib_per_stream']:.1f} KiB per stream**.",
+        f"- {mem['drop_requests']} requests, 50 at a time, {mem['dropped']} hung up mid-stream "
+        f"({mem['errors']} errors): RSS {mem['rss_before_kib'] / 1024:.1f} MiB before, "
+        f"{mem['rss_after_kib'] / 1024:.1f} MiB after; "
+        f"{mem['upstream_connections_after']} upstream connections open afterwards "
+        f"(pool: at most {mem['pool_size']} in use at once).",
+        "",
+        "## (5) Local voice (Piper, bundled joe model, 22050 Hz → 24000 Hz)",
+        "",
+        f"- one sentence: first audio p50 {local['one_sentence']['ttfb_p50']:.1f} ms, "
+        f"p99 {local['one_sentence']['ttfb_p99']:.1f} ms",
+        f"- three sentences: first audio p50 {local['three_sentences']['ttfb_p50']:.1f} ms, "
+        f"p99 {local['three_sentences']['ttfb_p99']:.1f} ms",
+        f"- real-time factor, one core, one ONNX thread: {local['rtf_one_core']['rtf']:.3f} "
+        f"({local['rtf_one_core']['audio_s']:.1f} s of audio in "
+        f"{local['rtf_one_core']['wall_s'] * 1000:.0f} ms)",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+@contextmanager
+def servers(bench: Bench) -> Iterator[None]:
+    workdir = bench.workdir
+    try:
+        up_port, ng_port, gw_port = free_port(), free_port(), free_port()
+        bench.upstream = start(
+            "upstream", [PY, "-m", "bench.upstream", "--port", str(up_port)], up_port, workdir
+        )
+        nginx = ensure_nginx()
+        conf = nginx_conf(workdir, ng_port, up_port)
+        bench.nginx = start("nginx", [nginx, "-p", str(workdir), "-c", str(conf)], ng_port, workdir)
+        bench.gateway = start(
+            "gateway",
+            [
+                PY,
+                "-m",
+                "gateway.cli",
+                "serve",
+                "--config",
+                str(gateway_conf(workdir, up_port)),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(gw_port),
+            ],
+            gw_port,
+            workdir,
+        )
+        yield
+    finally:
+        for server in (bench.gateway, bench.nginx, bench.upstream):
+            if server is not None:
+                server.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="tts-gateway benchmark suite")
+    parser.add_argument("--quick", action="store_true", help="fewer requests, one repeat")
+    parser.add_argument("--out", default=str(ROOT / "docs"), help="where to write the report")
+    parser.add_argument("--only", help="comma-separated scenarios (one,cpu,realtime,memory,local)")
+    args = parser.parse_args()
+
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
+    started = time.perf_counter()
+    meta: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "command": "python -m bench.run" + (" --quick" if args.quick else ""),
+        "cores": os.cpu_count(),
+        "cpu": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+        "load_before": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+    }
+    steps: dict[str, Callable[[Bench], None]] = {
+        "one": Bench.one_stream,
+        "cpu": Bench.cpu_full_speed,
+        "realtime": Bench.realtime_streams,
+        "memory": Bench.memory,
+        "local": Bench.local_voice,
+    }
+    chosen = args.only.split(",") if args.only else list(steps)
+    with tempfile.TemporaryDirectory(prefix="tts-bench-") as tmp:
+        bench = Bench(Path(tmp), args.quick)
+        meta["repeats"] = bench.repeats()
+        with servers(bench):
+            for name in chosen:
+                t0 = time.perf_counter()
+                print(f"running {name} ...", flush=True)
+                steps[name](bench)
+                print(f"  done in {time.perf_counter() - t0:.0f} s", flush=True)
+    meta["load_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    meta["seconds"] = round(time.perf_counter() - started)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "benchmarks.json").write_text(
+        json.dumps({"meta": meta, "figures": bench.figures}, indent=2)
+    )
+    if set(chosen) == set(steps):
+        report = render(bench.figures, meta)
+        (out / "benchmarks.md").write_text(report)
+        print(report)
+        for t in targets(bench.figures):
+            print(
+                f"{'PASS' if t.ok else 'FAIL'}: {t.figure}: {t.value:.2f} {t.unit} "
+                f"(target ≤ {t.limit:g})"
+            )
+    else:
+        print(json.dumps(bench.figures, indent=2))
+    print(f"total {meta['seconds']} s")
+
+
+if __name__ == "__main__":
+    main()
