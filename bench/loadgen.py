@@ -151,7 +151,7 @@ async def worker(
     jobs: asyncio.Queue[float],
     results: list[Result],
     expected_bytes: int,
-    timeout: float,
+    patience: float,
 ) -> None:
     loop = asyncio.get_running_loop()
     protocol: Response | None = None
@@ -174,7 +174,7 @@ async def worker(
         assert protocol.transport is not None
         protocol.transport.write(request)
         try:
-            await asyncio.wait_for(protocol.waiter, timeout)
+            await asyncio.wait_for(protocol.waiter, patience)
         except TimeoutError:
             result.error = "timeout"
             protocol.transport.abort()
@@ -234,10 +234,10 @@ def summary(data: dict[str, Any]) -> str:
     errors = len(data["results"]) - len(results)
     if not ttfb:
         return f"no successful request ({errors} errors)"
-    p = lambda q: ttfb[min(len(ttfb) - 1, int(q * len(ttfb)))]  # noqa: E731
+    p99 = ttfb[min(len(ttfb) - 1, int(0.99 * len(ttfb)))]
     return (
         f"{len(ok)} ok, {errors} errors, ttfb p50 {statistics.median(ttfb):.2f} ms, "
-        f"p99 {p(0.99):.2f} ms, wall {data['wall']:.1f} s"
+        f"p99 {p99:.2f} ms, wall {data['wall']:.1f} s"
     )
 
 

@@ -414,6 +414,7 @@ class Bench:
 
         requests = 2000 if self.quick else 10000
         before = rss_kib(gw.pid)
+        pool_before = connections_to(gw.pid, self.upstream.port)
         data = load(
             self.url(gw),
             self.workdir,
@@ -438,8 +439,8 @@ class Bench:
             "errors": sum(1 for r in data["results"] if r["error"]),
             "rss_before_kib": before,
             "rss_after_kib": after,
+            "upstream_connections_before": pool_before,
             "upstream_connections_after": connections_to(gw.pid, self.upstream.port),
-            "pool_size": 50,
         }
 
     def local_voice(self) -> None:
@@ -457,35 +458,10 @@ class Bench:
             )
             result[label] = latency(data)
         rtf = subprocess.run(
-            [PY, "-c", RTF_SCRIPT], cwd=ROOT, capture_output=True, text=True, check=True
+            [PY, "-m", "bench.piper_rtf"], cwd=ROOT, capture_output=True, text=True, check=True
         )
         result["rtf_one_core"] = json.loads(rtf.stdout)
         self.figures["local_voice"] = result
-
-
-# Synthesis time over audio duration, one ONNX thread, the process pinned to one core.
-RTF_SCRIPT = textwrap.dedent(f"""\
-    import asyncio, json, os, time
-    os.sched_setaffinity(0, {{min(os.sched_getaffinity(0))}})
-    from providers.base import ProviderConfig, SynthesisJob
-    from providers.piper import PiperProvider
-    async def main():
-        p = PiperProvider(ProviderConfig(name="local", type="piper", settings={{"threads": 1}},
-                                         max_concurrency=1))
-        await p.start()
-        text = {THREE_SENTENCES!r} * 2
-        runs = []
-        for _ in range(3):
-            start = time.process_time(); wall = time.perf_counter(); n = 0
-            async for piece in p.stream(SynthesisJob(text=text, voice="joe", sample_rate=22050)):
-                n += len(piece) // 4
-            runs.append((time.perf_counter() - wall, time.process_time() - start, n / p.sample_rate))
-        await p.aclose()
-        wall, cpu, audio = sorted(runs)[1]
-        print(json.dumps({{"audio_s": audio, "wall_s": wall, "rtf": wall / audio,
-                          "cpu_rtf": cpu / audio}}))
-    asyncio.run(main())
-""")
 
 
 # ------------------------------------------------------------------ report
@@ -533,7 +509,7 @@ def targets(f: dict[str, Any]) -> list[Target]:
             cpu["gateway"]["server_cpu_ms_per_audio_s"]
             / max(cpu["nginx"]["server_cpu_ms_per_audio_s"], 1e-9),
             4.0,
-            "×",
+            "x",
         ),
         Target(
             "200 real-time streams: added TTFB p99",
@@ -615,7 +591,7 @@ def render(f: dict[str, Any], meta: dict[str, Any]) -> str:
         "",
         "| | direct (upstream only) | nginx | gateway (24→48 kHz) |",
         "|---|---|---|---|",
-        "| server process | – | "
+        "| server process | - | "
         f"{cpu['nginx']['server_cpu_ms_per_audio_s']:.3f} | "
         f"{cpu['gateway']['server_cpu_ms_per_audio_s']:.3f} |",
         "| mock upstream | "
@@ -649,7 +625,7 @@ def render(f: dict[str, Any], meta: dict[str, Any]) -> str:
             + " |"
         )
     lines.append(
-        "| server CPU share (1 = one core) | – | "
+        "| server CPU share (1 = one core) | - | "
         f"{rt['nginx']['server_cpu_share']:.2f} | {rt['gateway']['server_cpu_share']:.2f} |"
     )
     lines += [
@@ -662,8 +638,8 @@ def render(f: dict[str, Any], meta: dict[str, Any]) -> str:
         f"- {mem['drop_requests']} requests, 50 at a time, {mem['dropped']} hung up mid-stream "
         f"({mem['errors']} errors): RSS {mem['rss_before_kib'] / 1024:.1f} MiB before, "
         f"{mem['rss_after_kib'] / 1024:.1f} MiB after; "
-        f"{mem['upstream_connections_after']} upstream connections open afterwards "
-        f"(pool: at most {mem['pool_size']} in use at once).",
+        f"upstream connections {mem['upstream_connections_before']} before (idle pool), "
+        f"{mem['upstream_connections_after']} after.",
         "",
         "## (5) Local voice (Piper, bundled joe model, 22050 Hz → 24000 Hz)",
         "",

@@ -28,7 +28,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route as HTTPRoute
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from providers.base import Provider, ProviderError, build_provider
 
@@ -504,8 +504,9 @@ def create_app(config: GatewayConfig | None = None, config_path: str | None = No
     async def metrics(request: Request) -> Response:
         return Response(gateway.metrics.render(), media_type="text/plain; version=0.0.4")
 
+    synthesis = SynthesisEndpoint(gateway)
     routes = [
-        HTTPRoute(gateway.config.server.path, SynthesisEndpoint(gateway), methods=["POST"]),
+        HTTPRoute(gateway.config.server.path, synthesis, methods=["POST"]),
         HTTPRoute("/healthz", healthz, methods=["GET"]),
         HTTPRoute("/readyz", readyz, methods=["GET"]),
         HTTPRoute("/voices", voices, methods=["GET"]),
@@ -520,11 +521,31 @@ def create_app(config: GatewayConfig | None = None, config_path: str | None = No
         error.headers = dict(exc.headers or {})
         return error.to_response()
 
-    app = Starlette(
+    app = GatewayApp(
         routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error}
     )
+    app.synthesis = (gateway.config.server.path, synthesis)
     app.state.gateway = gateway
     return app
+
+
+class GatewayApp(Starlette):
+    """Starlette, with the synthesis route taken before its middleware: that route handles
+    its own errors, and every audio chunk would otherwise pass through two wrappers of
+    ``send``."""
+
+    synthesis: tuple[str, ASGIApp] | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            self.synthesis is not None
+            and scope["type"] == "http"
+            and scope["method"] == "POST"
+            and scope["path"] == self.synthesis[0]
+        ):
+            await self.synthesis[1](scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
 
 
 def app_from_env() -> Starlette:

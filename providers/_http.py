@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 
+from ._pool import StreamingTransport
 from .base import (
     ProviderConfig,
     ProviderConnectionError,
@@ -40,6 +41,7 @@ def make_client(config: ProviderConfig, **kwargs: Any) -> httpx.AsyncClient:
         max_keepalive_connections=config.max_concurrency,
         keepalive_expiry=120,
     )
+    kwargs.setdefault("transport", StreamingTransport(limits=limits))
     return httpx.AsyncClient(timeout=timeout, limits=limits, **kwargs)
 
 

@@ -25,6 +25,9 @@ from tests.support import Upstream, live_server, peak_frequency, scripted_config
 
 URL = "https://tts.upstream.test/stream-audio"
 
+# The providers' pool sits under httpx's transport: respx intercepts at that transport.
+pytestmark = pytest.mark.respx(using="httpx")
+
 
 def provider(**settings: object) -> CustomProvider:
     return CustomProvider(
@@ -64,9 +67,8 @@ def test_closest_rate_prefers_the_higher_on_a_tie() -> None:
     assert closest_rate(8000, (8000, 16000, 24000, 48000)) == 8000
 
 
-@respx.mock
-async def test_request_follows_the_interface() -> None:
-    route = respx.post(URL).mock(return_value=httpx.Response(200, content=b"\x01\x00" * 100))
+async def test_request_follows_the_interface(respx_mock: respx.MockRouter) -> None:
+    route = respx_mock.post(URL).mock(return_value=httpx.Response(200, content=b"\x01\x00" * 100))
     p = provider(token="up-token", headers={"X-Tenant": "t1"})
     audio = await collect(p, job(emotion="happy", options={"Speed": 1.2}))
     assert audio == b"\x01\x00" * 100
@@ -84,9 +86,10 @@ async def test_request_follows_the_interface() -> None:
     assert extend == {"InstanceId": "i-1", "SentenceId": 3, "Emotion": "happy"}
 
 
-@respx.mock
-async def test_upstream_with_fewer_rates_is_asked_for_the_closest() -> None:
-    route = respx.post(URL).mock(return_value=httpx.Response(200, content=b"\x00\x00" * 10))
+async def test_upstream_with_fewer_rates_is_asked_for_the_closest(
+    respx_mock: respx.MockRouter,
+) -> None:
+    route = respx_mock.post(URL).mock(return_value=httpx.Response(200, content=b"\x00\x00" * 10))
     p = provider(sample_rates=[48000])
     assert p.native_format(job()).sample_rate == 48000
     await collect(p, job())
@@ -97,9 +100,10 @@ async def test_upstream_with_fewer_rates_is_asked_for_the_closest() -> None:
     ("status", "retryable"),
     [(400, False), (401, False), (404, False), (408, True), (429, True), (500, True), (503, True)],
 )
-@respx.mock
-async def test_error_statuses_map_to_provider_errors(status: int, retryable: bool) -> None:
-    respx.post(URL).mock(
+async def test_error_statuses_map_to_provider_errors(
+    status: int, retryable: bool, respx_mock: respx.MockRouter
+) -> None:
+    respx_mock.post(URL).mock(
         return_value=httpx.Response(
             status,
             json={"error": {"code": "nope", "message": f"upstream said {status}"}},
@@ -114,21 +118,19 @@ async def test_error_statuses_map_to_provider_errors(status: int, retryable: boo
     assert caught.value.retry_after == 2.0
 
 
-@respx.mock
-async def test_connection_errors_and_timeouts_are_retryable() -> None:
-    respx.post(URL).mock(side_effect=httpx.ConnectError("refused"))
+async def test_connection_errors_and_timeouts_are_retryable(respx_mock: respx.MockRouter) -> None:
+    respx_mock.post(URL).mock(side_effect=httpx.ConnectError("refused"))
     with pytest.raises(ProviderConnectionError) as refused:
         await collect(provider(), job())
     assert refused.value.retryable
-    respx.post(URL).mock(side_effect=httpx.ReadTimeout("slow"))
+    respx_mock.post(URL).mock(side_effect=httpx.ReadTimeout("slow"))
     with pytest.raises(ProviderTimeout) as slow:
         await collect(provider(), job())
     assert slow.value.retryable
 
 
-@respx.mock
-async def test_token_is_never_in_an_error_message() -> None:
-    respx.post(URL).mock(return_value=httpx.Response(401, text="bad credentials"))
+async def test_token_is_never_in_an_error_message(respx_mock: respx.MockRouter) -> None:
+    respx_mock.post(URL).mock(return_value=httpx.Response(401, text="bad credentials"))
     with pytest.raises(ProviderHTTPError) as caught:
         await collect(provider(token="sup3r-secret"), job())
     assert "sup3r-secret" not in str(caught.value)
