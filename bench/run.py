@@ -318,7 +318,8 @@ class Bench:
 
     def cpu_full_speed(self) -> None:
         """(2) Full speed, 10 concurrent: server CPU per second of audio delivered."""
-        requests = 60 if self.quick else 300
+        # Enough audio for the CPU clock's 10 ms ticks to be a small error even for nginx.
+        requests = 100 if self.quick else 1000
         result: dict[str, Any] = {}
         for name, server, rate in self.targets():
             runs = []
@@ -531,9 +532,9 @@ def targets(f: dict[str, Any]) -> list[Target]:
             "MiB",
         ),
         Target(
-            "upstream connections left after the hang-up run",
+            "upstream connections after the hang-up run (vs the idle pool before it)",
             mem["upstream_connections_after"],
-            mem["pool_size"],
+            max(mem["upstream_connections_before"], 50),
             "conns",
         ),
         Target(

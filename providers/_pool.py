@@ -290,6 +290,12 @@ class FastPool:
             # Mid-body (the caller hung up): the rest of this response is not wanted.
             connection.close()
 
+    async def __aenter__(self) -> FastPool:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
     async def aclose(self) -> None:
         for idle in self._idle.values():
             for connection in idle:

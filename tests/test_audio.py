@@ -7,6 +7,7 @@ import struct
 import wave
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -154,13 +155,16 @@ def stream_bytes(fmt: AudioFormat, seconds: float, freq: float = 440.0) -> bytes
     return audio
 
 
+@pytest.mark.parametrize("mode", ["block", "low_latency"])
 @pytest.mark.parametrize(
     ("fmt", "out_rate"), [c[1:] for c in CHUNKING_CASES], ids=[c[0] for c in CHUNKING_CASES]
 )
-def test_output_is_independent_of_chunking(fmt: AudioFormat, out_rate: int) -> None:
+def test_output_is_independent_of_chunking(
+    fmt: AudioFormat, out_rate: int, mode: Literal["block", "low_latency"]
+) -> None:
     data = stream_bytes(fmt, 0.4)
-    whole = convert(Converter(fmt, out_rate), data)
-    cut = convert(Converter(fmt, out_rate), data, ODD_SIZES)
+    whole = convert(Converter(fmt, out_rate, mode=mode), data)
+    cut = convert(Converter(fmt, out_rate, mode=mode), data, ODD_SIZES)
     assert len(whole) > 0
     # soxr is run in float32, whose streamed output is bit-identical to one-piece output.
     np.testing.assert_array_equal(cut, whole)
@@ -218,8 +222,9 @@ def test_non_finite_float_input_does_not_poison_the_resampler() -> None:
     x = sine(440, 24000, 24000)
     bad = x.copy()
     bad[[2400, 12000, 20000]] = [np.inf, -np.inf, np.nan]
-    out = convert(Converter(AudioFormat(24000, "f32le"), 16000), encode(bad, "f32le"), ODD_SIZES)
-    ref = convert(Converter(AudioFormat(24000, "f32le"), 16000), encode(x, "f32le"))
+    fmt = AudioFormat(24000, "f32le")
+    out = convert(Converter(fmt, 16000, mode="block"), encode(bad, "f32le"), ODD_SIZES)
+    ref = convert(Converter(fmt, 16000, mode="block"), encode(x, "f32le"))
     assert len(out) == len(ref)
     # Each bad sample disturbs only the resampler's filter span around it, not the rest.
     differs = np.flatnonzero(out != ref)
@@ -243,10 +248,14 @@ def test_bytes_that_are_not_floats_do_not_crash(out_rate: int) -> None:
 @pytest.mark.parametrize("out_rate", [16000, 24000])
 def test_stereo_downmix(encoding: Encoding, out_rate: int) -> None:
     x = sine(440, 16000, 8000)
-    mono = convert(Converter(AudioFormat(16000, encoding), out_rate), encode(x, encoding))
+    mono = convert(
+        Converter(AudioFormat(16000, encoding), out_rate, mode="block"), encode(x, encoding)
+    )
 
     same = encode(np.stack([x, x], axis=1), encoding)
-    out = convert(Converter(AudioFormat(16000, encoding, 2), out_rate), same, ODD_SIZES)
+    out = convert(
+        Converter(AudioFormat(16000, encoding, 2), out_rate, mode="block"), same, ODD_SIZES
+    )
     np.testing.assert_array_equal(out, mono)
     assert rms(out) > 0.3 * 32767
 
@@ -471,3 +480,34 @@ def test_write_wav(tmp_path: Path) -> None:
         assert w.readframes(w.getnframes()) == pcm
     with pytest.raises(ValueError):
         write_wav(path, b"\0", 24000)
+
+
+def test_first_chunk_picks_the_resampler() -> None:
+    """A trickle (real-time provider) gets the low-latency filter, which answers the very first
+    20 ms chunk; a large first piece gets the cheap block filter."""
+    twenty_ms = encode(sine(440, 24000, 480), "s16le")
+    trickle = Converter(AudioFormat(24000), 48000)
+    first = trickle.feed(twenty_ms)
+    assert trickle.mode == "low_latency"
+    assert len(first) > 0  # audio out after the first chunk already
+    burst = Converter(AudioFormat(24000), 48000)
+    burst.feed(encode(sine(440, 24000, 24000), "s16le"))
+    assert burst.mode == "block"
+    block = Converter(AudioFormat(24000), 48000, mode="block")
+    assert block.feed(twenty_ms) == b""  # the block filter waits for ~40 ms of input
+
+
+@pytest.mark.parametrize("mode", ["block", "low_latency"])
+@pytest.mark.parametrize(("in_rate", "out_rate"), [(24000, 48000), (22050, 8000), (44100, 16000)])
+def test_both_resamplers_keep_length_and_frequency(
+    mode: Literal["block", "low_latency"], in_rate: int, out_rate: int
+) -> None:
+    n = in_rate
+    out = convert(
+        Converter(AudioFormat(in_rate), out_rate, mode=mode),
+        encode(sine(1000, in_rate, n, 0.5), "s16le"),
+        [in_rate // 50],  # 20 ms chunks, as a real-time provider sends them
+    )
+    assert abs(len(out) - n * out_rate / in_rate) <= 1
+    spectrum = np.abs(np.fft.rfft(out.astype(np.float64) * np.hanning(len(out))))
+    assert abs(np.argmax(spectrum) * out_rate / len(out) - 1000) <= out_rate / len(out)
