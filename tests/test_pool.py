@@ -101,13 +101,16 @@ async def test_chunks_that_have_arrived_are_handed_over_together() -> None:
         writer.write(b"0\r\n\r\n")
         await writer.drain()
 
-    async with serving(answer) as server, client() as c:
-        async with c.stream("POST", f"http://127.0.0.1:{server.port}/x") as response:
-            await asyncio.sleep(0.05)  # all 50 chunks are in the socket by now
-            stream = response.aiter_raw()
-            first = await anext(stream)
-            release.set()
-            rest = b"".join([part async for part in stream])
+    async with (
+        serving(answer) as server,
+        client() as c,
+        c.stream("POST", f"http://127.0.0.1:{server.port}/x") as response,
+    ):
+        await asyncio.sleep(0.05)  # all 50 chunks are in the socket by now
+        stream = response.aiter_raw()
+        first = await anext(stream)
+        release.set()
+        rest = b"".join([part async for part in stream])
     assert first == b"ab" * 50  # one piece, not fifty
     assert rest == b""
 
