@@ -34,8 +34,9 @@ import httpx
 
 Origin = tuple[bytes, bytes, int]
 
-#: Body bytes held for a slow consumer before reading from the socket pauses.
-_HIGH_WATER = 256 * 1024
+#: Body bytes held for a slow consumer before reading from the socket pauses (~0.7 s of
+#: 24 kHz audio): beyond it the kernel buffers, not this process, so memory per stream stays small.
+_HIGH_WATER = 32 * 1024
 
 
 class _Connection(asyncio.Protocol):
