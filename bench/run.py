@@ -26,6 +26,7 @@ import sys
 import tempfile
 import textwrap
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -118,6 +119,15 @@ def connections_to(pid: int, port: int) -> int:
         if remote_port == port and parts[3] == "01" and parts[9] in inodes:
             count += 1
     return count
+
+
+def streams_active(port: int) -> int:
+    """The gateway's ``tts_streams_active`` gauge."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+        for line in answer.read().decode().splitlines():
+            if line.startswith("tts_streams_active "):
+                return int(float(line.split()[1]))
+    return 0
 
 
 @dataclass
@@ -425,8 +435,9 @@ class Bench:
         deadline = time.monotonic() + 12
         while time.monotonic() < deadline:
             time.sleep(0.5)
-            # RSS at the moment the most streams are open.
-            now_active = connections_to(gw.pid, self.upstream.port)
+            # RSS at the moment the most streams are open, by the gateway's own gauge (idle
+            # pooled connections would make a socket count overstate it).
+            now_active = streams_active(gw.port)
             if now_active >= active:
                 active, peak = now_active, max(peak, rss_kib(gw.pid))
         process.wait()

@@ -63,7 +63,7 @@ class Routing:
         self.providers: dict[str, Provider] = {
             name: build_provider(pc) for name, pc in config.providers.items()
         }
-        self.relay = Relay(self.providers, metrics)
+        self.relay = Relay(self.providers, metrics, config.server.resampler)
         self._tokens = tuple(t.encode() for t in config.server.tokens)
         self.users = 0
         self._idle = asyncio.Event()

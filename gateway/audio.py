@@ -40,9 +40,12 @@ __all__ = [
     "STREAMING_DATA_BYTES",
     "AudioFormatError",
     "Converter",
+    "ResamplerMode",
     "wav_header",
     "write_wav",
 ]
+
+ResamplerMode = Literal["auto", "block", "low_latency"]
 
 #: A first chunk shorter than this (seconds of audio) picks the low-latency resampler.
 LOW_LATENCY_FIRST_CHUNK: Final = 0.25
@@ -113,7 +116,7 @@ class Converter:
         out_rate: int,
         *,
         quality: str = "HQ",
-        mode: Literal["auto", "block", "low_latency"] = "auto",
+        mode: ResamplerMode = "auto",
     ) -> None:
         if mode not in ("auto", "block", "low_latency"):
             raise ValueError(f"unknown resampling mode {mode!r}")

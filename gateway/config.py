@@ -49,6 +49,7 @@ __all__ = [
 _GLOB_CHARS: Final = frozenset("*?[")
 _LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 _UNKNOWN_VOICE: Final = ("default", "reject")
+_RESAMPLERS: Final = ("auto", "low_latency", "block")
 
 _TOP_KEYS: Final = ("server", "providers", "voices")
 _SERVER_KEYS: Final = (
@@ -66,6 +67,7 @@ _SERVER_KEYS: Final = (
     "ssl_keyfile",
     "log_level",
     "drain_seconds",
+    "resampler",
 )
 _PROVIDER_COMMON_KEYS: Final = ("type", "max_concurrency", "timeout", "retry", "options")
 _TIMEOUT_KEYS: Final = ("connect", "first_byte", "total")
@@ -122,6 +124,10 @@ class ServerConfig:
     ssl_keyfile: str | None = None
     log_level: str = "info"
     drain_seconds: float = 10.0
+    resampler: str = "auto"
+    """``auto`` (by the first chunk), ``low_latency`` (soxr variable-rate: first 20 ms chunk
+    answered, ~0.85 ms CPU and ~120 KiB per stream) or ``block`` (soxr's default filter:
+    ~0.1 ms CPU and ~54 KiB per stream, ~40 ms held back)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -633,6 +639,7 @@ class _Parser:
         put("ssl_certfile", lambda v, p: self.string(v, p, non_empty=True))
         put("ssl_keyfile", lambda v, p: self.string(v, p, non_empty=True))
         put("log_level", lambda v, p: self.choice(v, p, _LOG_LEVELS))
+        put("resampler", lambda v, p: self.choice(v, p, _RESAMPLERS))
         put("drain_seconds", lambda v, p: self.number(v, p, 0))
 
         pair = ("ssl_certfile", "ssl_keyfile")

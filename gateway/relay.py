@@ -12,7 +12,7 @@ import asyncio
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from tenacity import (
     AsyncRetrying,
@@ -33,7 +33,7 @@ from providers.base import (
     SynthesisJob,
 )
 
-from .audio import AudioFormatError, Converter
+from .audio import AudioFormatError, Converter, ResamplerMode
 from .errors import ProvidersFailed, ProvidersTimedOut
 from .metrics import Metrics
 from .request import TTSRequest
@@ -153,9 +153,11 @@ class Relay:
         self,
         providers: Mapping[str, Provider],
         metrics: Metrics,
+        resampler: str = "auto",
     ) -> None:
         self.providers = providers
         self.metrics = metrics
+        self.resampler = cast(ResamplerMode, resampler)
         self.slots = {
             name: asyncio.Semaphore(p.config.max_concurrency) for name, p in providers.items()
         }
@@ -223,7 +225,9 @@ class Relay:
         source: AsyncGenerator[bytes, None] | None = None
         try:
             try:
-                converter = Converter(provider.native_format(job), job.sample_rate)
+                converter = Converter(
+                    provider.native_format(job), job.sample_rate, mode=self.resampler
+                )
                 self.metrics.characters.labels(provider.name).inc(provider.characters(job))
                 source = provider.stream(job)
                 async for native in source:

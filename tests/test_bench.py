@@ -70,8 +70,9 @@ async def test_realtime_pacing_shows_in_the_gaps_and_the_total() -> None:
 async def test_dropped_requests_hang_up_midway() -> None:
     task, port = await start_upstream()
     try:
-        data = await run(arguments(port, requests=20, drop=0.5, seconds=0.5, pace="realtime",
-                                   concurrency=10))
+        data = await run(
+            arguments(port, requests=20, drop=0.5, seconds=0.5, pace="realtime", concurrency=10)
+        )
     finally:
         task.cancel()
     dropped = [r for r in data["results"] if r["dropped"]]

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from gateway.app import create_app
-from gateway.config import parse_config
+from gateway.config import ConfigError, parse_config
 from providers.base import ProviderConnectionError, ProviderHTTPError
 from tests.support import (
     Plan,
@@ -271,3 +271,35 @@ async def test_audio_is_resampled_to_the_requested_rate(rate: int) -> None:
     assert response.status_code == 200
     assert response.headers["x-sample-rate"] == str(rate)
     assert abs(len(response.content) // 2 - rate // 2) <= 1
+
+
+@pytest.mark.parametrize("resampler", ["auto", "block"])
+async def test_resampler_setting_decides_whether_the_first_chunk_is_answered_at_once(
+    resampler: str,
+) -> None:
+    release = asyncio.Event()
+    plans(pa=Plan([[CHUNK, release, CHUNK, CHUNK]]), pb=Plan([[CHUNK]]))
+    async with live_server(two_voice_app(resampler=resampler)) as url:
+        posting = asyncio.create_task(raw_post(url, "/stream-audio", dict(BODY, SampleRate=48000)))
+        if resampler == "auto":
+            # A real-time trickle: the variable-rate filter answers the first 20 ms chunk.
+            response = await asyncio.wait_for(posting, 2)
+            assert await asyncio.wait_for(response.read_chunk(), 2)
+        else:
+            # The block filter holds the first 20 ms back: no audio, so no answer yet.
+            await asyncio.sleep(0.3)
+            assert not posting.done()
+        release.set()
+        response = await asyncio.wait_for(posting, 5)
+        assert response.status == 200
+        rest = await asyncio.wait_for(response.read_all(), 5)
+        response.close()
+    assert rest
+
+
+def test_unknown_resampler_setting_is_refused() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(
+            scripted_config({"a": {"provider": "pa"}}, {"pa": provider_block()}, resampler="fast")
+        )
+    assert "server.resampler" in str(caught.value)
