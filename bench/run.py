@@ -122,11 +122,15 @@ def connections_to(pid: int, port: int) -> int:
 
 
 def streams_active(port: int) -> int:
-    """The gateway's ``tts_streams_active`` gauge."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
-        for line in answer.read().decode().splitlines():
-            if line.startswith("tts_streams_active "):
-                return int(float(line.split()[1]))
+    """The gateway's ``tts_streams_active`` gauge (0 if it cannot answer in time: a busy
+    gateway serves /metrics behind the streams it is opening)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as answer:
+            for line in answer.read().decode().splitlines():
+                if line.startswith("tts_streams_active "):
+                    return int(float(line.split()[1]))
+    except OSError:
+        pass
     return 0
 
 

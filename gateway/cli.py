@@ -247,6 +247,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT)
     try:
         return int(args.func(args))
+    except BrokenPipeError:  # `tts-gateway voices | head`
+        sys.stderr.close()
+        return 0
     except ConfigError as error:
         print(f"invalid routing file:\n{error}", file=sys.stderr)
         return 1
