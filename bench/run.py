@@ -626,7 +626,8 @@ def render(f: dict[str, Any], meta: dict[str, Any]) -> str:
         f"{meta['load_after']}; Python {meta['python']}. Latencies are medians of "
         f"{meta['repeats']} runs. The mock upstream streams a 24 kHz tone in 20 ms chunks; "
         "direct and nginx deliver it as is, **the gateway resamples it 24 → 48 kHz** "
-        "(soxr) and parses and routes each request (at log level warning: no per-request log line).",
+        "(soxr) and parses and routes each request (at log level warning: no per-request "
+        "log line).",
         "",
         "## Targets",
         "",
