@@ -320,7 +320,8 @@ class SynthesisEndpoint:
                 gw.active_streams -= 1
                 gw.metrics.active.dec()
             info["duration_ms"] = round((time.perf_counter() - started) * 1000, 1)
-            log.info(" ".join(f"{k}={_log_value(v)}" for k, v in info.items()))
+            if log.isEnabledFor(logging.INFO):  # the line is built only if it is written
+                log.info(" ".join(f"{k}={_log_value(v)}" for k, v in info.items()))
 
     async def _relay(
         self,
