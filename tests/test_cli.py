@@ -82,6 +82,23 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def wait_ready(
+    process: subprocess.Popen[str], url: str, verify: ssl.SSLContext | bool = True
+) -> None:
+    """Poll /readyz until the gateway subprocess answers 200 (or fail if it exits)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/readyz", verify=verify).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if process.poll() is not None:
+            break
+        time.sleep(0.1)
+    raise RuntimeError(f"the gateway did not become ready (exit status {process.poll()})")
+
+
 @pytest.fixture
 def tls_gateway(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """``tts-gateway serve`` with a self-signed certificate, as a subprocess."""
@@ -113,21 +130,7 @@ def tls_gateway(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     )
     url = f"https://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if (
-                    httpx.get(
-                        url + "/readyz", verify=ssl.create_default_context(cafile=str(cafile))
-                    ).status_code
-                    == 200
-                ):
-                    break
-            except httpx.TransportError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"gateway did not start: {process.stdout}")
-            time.sleep(0.1)
+        wait_ready(process, url, ssl.create_default_context(cafile=str(cafile)))
         yield url, cafile
     finally:
         process.terminate()
@@ -185,13 +188,7 @@ def test_sighup_without_a_routing_file_does_not_kill_the_gateway() -> None:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(url + "/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
+        wait_ready(process, url)
         process.send_signal(signal.SIGHUP)
         time.sleep(0.5)
         assert process.poll() is None, "SIGHUP ended the process"
