@@ -12,7 +12,6 @@ Errors raised by providers form one tree; ``retryable`` tells the relay whether 
     ├── ProviderTimeout           yes: connect / first byte / read timed out
     ├── ProviderConnectionError   yes: refused, reset, DNS, TLS
     ├── ProviderNoAudio           yes: the stream ended without a single audio byte
-    ├── ProviderBusy              yes: the provider's own max_concurrency stayed full
     └── ProviderHTTPError         408, 429, 5xx yes; any other status no
 """
 
@@ -21,7 +20,7 @@ from __future__ import annotations
 import importlib
 import re
 from abc import ABC, abstractmethod
-from collections.abc import AsyncGenerator, Callable, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any, ClassVar, Literal
@@ -151,12 +150,6 @@ class ProviderNoAudio(ProviderError):
     summary = "no audio"
 
 
-class ProviderBusy(ProviderError):
-    """All of the provider's ``max_concurrency`` slots stayed taken."""
-
-    summary = "busy"
-
-
 class ProviderHTTPError(ProviderError):
     """The provider answered an error status (or an error inside a 200 body)."""
 
@@ -260,8 +253,6 @@ class Provider(ABC):
 
 #: Settings whose values are secrets, masked wherever upstream text is logged.
 _SECRET_KEY = re.compile(r"key|token|secret|password|credential", re.IGNORECASE)
-
-ProviderFactory = Callable[[ProviderConfig], Provider]
 
 #: Built-in plugins, imported on first use so that an unused one costs nothing.
 _BUILTIN: dict[str, str] = {

@@ -22,7 +22,6 @@ from providers.base import (
     Container,
     Encoding,
     Provider,
-    ProviderConfig,
     SynthesisJob,
     register,
 )
@@ -340,7 +339,3 @@ def provider_block(**overrides: Any) -> dict[str, Any]:
     }
     block.update(overrides)
     return block
-
-
-def provider_config(name: str = "p", **kwargs: Any) -> ProviderConfig:
-    return ProviderConfig(name=name, type="scripted", **kwargs)
