@@ -290,7 +290,7 @@ class SynthesisEndpoint:
             # The work runs beside a watcher of the connection: whichever ends first wins, so
             # a caller hanging up cancels the provider whether or not audio has started.
             work = asyncio.create_task(
-                self._relay(routing, scope, send, chain, request, request_id, started, info)
+                self._relay(routing, send, chain, request, request_id, started, info)
             )
             watcher = asyncio.create_task(_wait_for_disconnect(receive))
             try:
@@ -326,7 +326,6 @@ class SynthesisEndpoint:
     async def _relay(
         self,
         routing: Routing,
-        scope: Scope,
         send: Send,
         chain: list[Route],
         request: TTSRequest,
