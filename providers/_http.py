@@ -6,19 +6,23 @@ from __future__ import annotations
 import contextlib
 import email.utils
 import json
+import re
 import time
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from abc import abstractmethod
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
+from typing import Any, ClassVar
 
 import httpx
 
 from ._pool import StreamingTransport
 from .base import (
+    Provider,
     ProviderConfig,
     ProviderConnectionError,
     ProviderError,
     ProviderHTTPError,
     ProviderTimeout,
+    SynthesisJob,
 )
 
 #: How much of an error body is read to find its message.
@@ -154,3 +158,101 @@ def parse_retry_after(value: str | None) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(0.0, when.timestamp() - time.time())
+
+
+class HTTPProvider(Provider):
+    """Base of the providers that speak HTTP: one pooled client for the provider's life, and
+    long texts cut at sentence boundaries into consecutive requests streamed as one answer.
+
+    A subclass builds the request for one piece of text (:meth:`build`) and, if the body is not
+    plain audio bytes, decodes it (:meth:`audio`)."""
+
+    #: The provider's limit on one request's text, in :meth:`text_size` units (None: no limit).
+    max_text: ClassVar[int | None] = None
+    default_base_url: ClassVar[str] = ""
+
+    def __init__(self, config: ProviderConfig) -> None:
+        super().__init__(config)
+        settings = config.settings
+        self.api_key = str(settings.get("api_key") or "")
+        self.base_url = str(settings.get("base_url") or self.default_base_url).rstrip("/")
+        self._client: httpx.AsyncClient | None = None
+
+    async def start(self) -> None:
+        if self._client is None:
+            self._client = make_client(self.config)
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        if self._client is None:
+            self._client = make_client(self.config)
+        return self._client
+
+    def text_size(self, text: str) -> int:
+        """How the provider counts its text limit (characters unless said otherwise)."""
+        return len(text)
+
+    @abstractmethod
+    def build(self, job: SynthesisJob, text: str) -> httpx.Request:
+        """The HTTP request for one piece of the job's text."""
+
+    async def audio(self, response: httpx.Response) -> AsyncIterator[bytes]:
+        """The native audio in a successful response (default: the body as it arrives)."""
+        async for chunk in iter_body(response, self.name):
+            yield chunk
+
+    async def stream(self, job: SynthesisJob) -> AsyncGenerator[bytes, None]:
+        pieces = (
+            split_text(job.text, self.max_text, self.text_size) if self.max_text else [job.text]
+        )
+        for piece in pieces:
+            request = self.build(job, piece)
+            async with open_stream(self.client, self.name, request) as response:
+                async for chunk in self.audio(response):
+                    yield chunk
+
+
+# Latin punctuation ends a sentence or clause before whitespace; CJK punctuation needs none.
+_SENTENCE = re.compile(r"(?<=[.!?])\s+|(?<=[\u3002\uff01\uff1f])\s*")
+_CLAUSE = re.compile(r"(?<=[,;:])\s+|(?<=[\uff0c\uff1b\uff1a])\s*")
+_WORD = re.compile(r"\s+")
+
+
+def split_text(text: str, limit: int, size: Callable[[str], int] = len) -> list[str]:
+    """Cut ``text`` into pieces of at most ``limit`` (as ``size`` measures), at sentence
+    boundaries where possible, then clauses, then words, then characters."""
+    if size(text) <= limit:
+        return [text]
+    parts, glue = _parts(text)
+    pieces: list[str] = []
+    current = ""
+    for part in parts:
+        joined = f"{current}{glue}{part}" if current else part
+        if size(joined) <= limit:
+            current = joined
+            continue
+        if current:
+            pieces.append(current)
+        if size(part) <= limit:
+            current = part
+        else:  # one part alone is too long: cut it finer
+            finer = split_text(part, limit, size)
+            pieces.extend(finer[:-1])
+            current = finer[-1]
+    if current:
+        pieces.append(current)
+    return pieces
+
+
+def _parts(text: str) -> tuple[list[str], str]:
+    """The coarsest cut of ``text`` into more than one part, and what joins parts again."""
+    for pattern in (_SENTENCE, _CLAUSE, _WORD):
+        parts = [p for p in pattern.split(text) if p]
+        if len(parts) > 1:
+            return parts, " " if _WORD.search(text) else ""
+    return list(text), ""

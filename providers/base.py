@@ -258,6 +258,7 @@ _SECRET_KEY = re.compile(r"key|token|secret|password|credential", re.IGNORECASE)
 _BUILTIN: dict[str, str] = {
     "piper": "providers.piper:PiperProvider",
     "custom": "providers.custom:CustomProvider",
+    "openai": "providers.openai:OpenAIProvider",
 }
 _REGISTERED: dict[str, type[Provider]] = {}
 

@@ -13,13 +13,13 @@ body as extra fields. Emotion is passed on as ``ExtendData.Emotion``.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import httpx
 
-from ._http import iter_body, make_client, open_stream
-from .base import SAMPLE_RATES, AudioFormat, Provider, ProviderConfig, SynthesisJob
+from ._http import HTTPProvider
+from .base import SAMPLE_RATES, AudioFormat, ProviderConfig, SynthesisJob
 
 
 def closest_rate(wanted: int, offered: tuple[int, ...]) -> int:
@@ -28,7 +28,7 @@ def closest_rate(wanted: int, offered: tuple[int, ...]) -> int:
     return min(offered, key=lambda rate: (abs(rate - wanted), -rate))
 
 
-class CustomProvider(Provider):
+class CustomProvider(HTTPProvider):
     """An upstream custom-TTS-interface server."""
 
     type_name = "custom"
@@ -42,7 +42,6 @@ class CustomProvider(Provider):
         self.token: str | None = settings.get("token") or None
         self.rates = tuple(int(r) for r in settings.get("sample_rates") or SAMPLE_RATES)
         self.headers = {str(k): str(v) for k, v in (settings.get("headers") or {}).items()}
-        self._client: httpx.AsyncClient | None = None
 
     @classmethod
     def validate_settings(cls, settings: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -63,35 +62,23 @@ class CustomProvider(Provider):
             problems.append(("headers", "must be a mapping of header names to values"))
         return problems
 
-    async def start(self) -> None:
-        self._client = make_client(self.config, headers=self.headers)
-
-    async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
-
     def native_format(self, job: SynthesisJob) -> AudioFormat:
         return AudioFormat(sample_rate=closest_rate(job.sample_rate, self.rates))
 
-    async def stream(self, job: SynthesisJob) -> AsyncGenerator[bytes, None]:
-        if self._client is None:
-            await self.start()
-        assert self._client is not None
+    def build(self, job: SynthesisJob, text: str) -> httpx.Request:
         extend = dict(job.extend_data)
         if job.emotion:
             extend["Emotion"] = job.emotion
         body: dict[str, Any] = dict(job.options)
         body.update(
-            Text=job.text,
+            Text=text,
             VoiceId=job.voice,
             SampleRate=self.native_format(job).sample_rate,
             ExtendData=json.dumps(extend, ensure_ascii=False),
         )
         if self.token:
             body["Token"] = self.token
-        headers = {"X-Request-Id": job.request_id} if job.request_id else {}
-        request = self._client.build_request("POST", self.url, json=body, headers=headers)
-        async with open_stream(self._client, self.name, request) as response:
-            async for chunk in iter_body(response, self.name):
-                yield chunk
+        headers = dict(self.headers)
+        if job.request_id:
+            headers["X-Request-Id"] = job.request_id
+        return self.client.build_request("POST", self.url, json=body, headers=headers)
