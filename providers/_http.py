@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import email.utils
 import json
+import logging
 import re
 import time
 from abc import abstractmethod
@@ -24,6 +25,8 @@ from .base import (
     ProviderTimeout,
     SynthesisJob,
 )
+
+log = logging.getLogger("gateway.providers")
 
 #: How much of an error body is read to find its message.
 _ERROR_BODY_LIMIT = 16 * 1024
@@ -133,12 +136,17 @@ def error_message(body: bytes, fallback: str = "") -> str:
         data = None
     found: Any = None
     if isinstance(data, dict):
-        for key in ("error", "message", "detail", "title"):
+        for key in ("error", "message", "detail", "err_msg", "title"):
             if key in data:
                 found = data[key]
                 break
         if isinstance(found, dict):
             found = found.get("message") or found.get("code") or found
+        elif isinstance(found, list):  # FastAPI-style validation errors (ElevenLabs 422)
+            found = "; ".join(
+                str(item.get("msg", item)) if isinstance(item, dict) else str(item)
+                for item in found
+            )
     message = str(found) if found not in (None, "") else text
     message = " ".join(message.split())
     return (message[:300] + "…") if len(message) > 300 else (message or fallback)
@@ -179,6 +187,8 @@ class HTTPProvider(Provider):
         self._client: httpx.AsyncClient | None = None
 
     async def start(self) -> None:
+        if "api_key" in self.required_settings and not self.api_key:
+            log.warning("provider %s has an empty api_key: its requests will be refused", self.name)
         if self._client is None:
             self._client = make_client(self.config)
 

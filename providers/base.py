@@ -174,6 +174,12 @@ class ProviderHTTPError(ProviderError):
         return f"HTTP {self.status}"
 
 
+def closest_rate(wanted: int, offered: tuple[int, ...]) -> int:
+    """The offered rate nearest to ``wanted``, preferring the higher one on a tie so that no
+    bandwidth the caller asked for is thrown away."""
+    return min(offered, key=lambda rate: (abs(rate - wanted), -rate))
+
+
 def is_retryable_status(status: int) -> bool:
     """408 Request Timeout, 429 Too Many Requests and every 5xx may succeed on another try."""
     return status in (408, 429) or status >= 500
@@ -259,6 +265,9 @@ _BUILTIN: dict[str, str] = {
     "piper": "providers.piper:PiperProvider",
     "custom": "providers.custom:CustomProvider",
     "openai": "providers.openai:OpenAIProvider",
+    "elevenlabs": "providers.elevenlabs:ElevenLabsProvider",
+    "cartesia": "providers.cartesia:CartesiaProvider",
+    "deepgram": "providers.deepgram:DeepgramProvider",
 }
 _REGISTERED: dict[str, type[Provider]] = {}
 

@@ -19,13 +19,7 @@ from typing import Any, ClassVar
 import httpx
 
 from ._http import HTTPProvider
-from .base import SAMPLE_RATES, AudioFormat, ProviderConfig, SynthesisJob
-
-
-def closest_rate(wanted: int, offered: tuple[int, ...]) -> int:
-    """The offered rate nearest to ``wanted``, preferring the higher one on a tie so that no
-    bandwidth the caller asked for is thrown away."""
-    return min(offered, key=lambda rate: (abs(rate - wanted), -rate))
+from .base import SAMPLE_RATES, AudioFormat, ProviderConfig, SynthesisJob, closest_rate
 
 
 class CustomProvider(HTTPProvider):

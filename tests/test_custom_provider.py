@@ -19,8 +19,9 @@ from providers.base import (
     RetryPolicy,
     SynthesisJob,
     Timeouts,
+    closest_rate,
 )
-from providers.custom import CustomProvider, closest_rate
+from providers.custom import CustomProvider
 from tests.support import Upstream, live_server, peak_frequency, scripted_config, tone
 
 URL = "https://tts.upstream.test/stream-audio"

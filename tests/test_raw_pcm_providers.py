@@ -1,0 +1,263 @@
+"""ElevenLabs, Cartesia and Deepgram — the providers that stream raw PCM bytes — against respx
+mocks of their documented requests, answers and errors, and through the gateway."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import pytest
+import respx
+from starlette.testclient import TestClient
+
+from gateway.app import create_app
+from gateway.config import parse_config
+from providers.base import ProviderConfig, ProviderHTTPError, SynthesisJob, build_provider
+from providers.cartesia import CartesiaProvider
+from providers.deepgram import DeepgramProvider
+from providers.elevenlabs import ElevenLabsProvider
+from tests.support import peak_frequency, tone
+
+pytestmark = pytest.mark.respx(using="httpx")
+
+KEY = "key-0123456789"
+
+
+async def collect(provider_type: str, job: SynthesisJob, **settings: Any) -> bytes:
+    provider = build_provider(
+        ProviderConfig(
+            name=provider_type, type=provider_type, settings={"api_key": KEY, **settings}
+        )
+    )
+    try:
+        return b"".join([chunk async for chunk in provider.stream(job)])
+    finally:
+        await provider.aclose()
+
+
+def job(**fields: Any) -> SynthesisJob:
+    values: dict[str, Any] = {"text": "Hello there.", "voice": "v-1", "sample_rate": 16000}
+    values.update(fields)
+    return SynthesisJob(**values)
+
+
+def pcm(data: bytes = b"\x01\x00" * 100) -> httpx.Response:
+    return httpx.Response(200, content=data, headers={"Content-Type": "audio/pcm"})
+
+
+# ------------------------------------------------------------------ ElevenLabs
+
+EL = "https://api.elevenlabs.io/v1/text-to-speech/v-1/stream"
+
+
+async def test_elevenlabs_request(respx_mock: respx.MockRouter) -> None:
+    route = respx_mock.post(EL).mock(return_value=pcm())
+    settings = {"stability": 0.4, "similarity_boost": 0.8}
+    audio = await collect("elevenlabs", job(options={"voice_settings": settings}))
+    assert audio == b"\x01\x00" * 100
+    sent = route.calls.last.request
+    assert sent.headers["xi-api-key"] == KEY
+    assert sent.url.params["output_format"] == "pcm_16000"
+    assert json.loads(sent.content) == {
+        "model_id": "eleven_flash_v2_5",
+        "text": "Hello there.",
+        "voice_settings": settings,
+    }
+
+
+@pytest.mark.parametrize(("wanted", "native"), [(8000, 8000), (24000, 24000), (48000, 48000)])
+def test_elevenlabs_asks_for_the_callers_rate(wanted: int, native: int) -> None:
+    provider = ElevenLabsProvider(ProviderConfig(name="e", type="elevenlabs", settings={}))
+    assert provider.native_format(job(sample_rate=wanted)).sample_rate == native
+
+
+@pytest.mark.parametrize(
+    ("model", "emotion", "text"),
+    [
+        ("eleven_v3", "happy", "[happy] Hello there."),
+        ("eleven_v3", "sad", "[sad] Hello there."),
+        ("eleven_v3", None, "Hello there."),
+        ("eleven_flash_v2_5", "happy", "Hello there."),  # no tags outside v3
+    ],
+)
+async def test_elevenlabs_v3_emotion_tags(
+    respx_mock: respx.MockRouter, model: str, emotion: str | None, text: str
+) -> None:
+    route = respx_mock.post(EL).mock(return_value=pcm())
+    await collect("elevenlabs", job(emotion=emotion, options={"model_id": model}))
+    assert json.loads(route.calls.last.request.content)["text"] == text
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "retryable", "words"),
+    [
+        (
+            401,
+            {"detail": {"status": "invalid_api_key", "message": "Invalid API key"}},
+            False,
+            "Invalid API key",
+        ),
+        (
+            422,
+            {
+                "detail": [
+                    {
+                        "loc": ["body", "text"],
+                        "msg": "field required",
+                        "type": "value_error.missing",
+                    }
+                ]
+            },
+            False,
+            "field required",
+        ),
+        (
+            429,
+            {
+                "detail": {
+                    "status": "too_many_concurrent_requests",
+                    "message": "Too many concurrent requests",
+                }
+            },
+            True,
+            "concurrent",
+        ),
+        (429, {"detail": {"status": "system_busy", "message": "System busy"}}, True, "busy"),
+    ],
+)
+async def test_elevenlabs_errors(
+    respx_mock: respx.MockRouter, status: int, body: Any, retryable: bool, words: str
+) -> None:
+    respx_mock.post(EL).mock(return_value=httpx.Response(status, json=body))
+    with pytest.raises(ProviderHTTPError) as caught:
+        await collect("elevenlabs", job())
+    assert (caught.value.status, caught.value.retryable) == (status, retryable)
+    assert words in str(caught.value)
+
+
+# ------------------------------------------------------------------ Cartesia
+
+CA = "https://api.cartesia.ai/tts/bytes"
+
+
+@pytest.mark.parametrize("emotion", ["happy", "sad", "neutral", None])
+async def test_cartesia_request(respx_mock: respx.MockRouter, emotion: str | None) -> None:
+    route = respx_mock.post(CA).mock(return_value=pcm())
+    await collect("cartesia", job(sample_rate=48000, emotion=emotion, options={"language": "en"}))
+    sent = route.calls.last.request
+    assert sent.headers["authorization"] == f"Bearer {KEY}"
+    assert sent.headers["cartesia-version"] == "2025-04-16"
+    body = json.loads(sent.content)
+    expected: dict[str, Any] = {
+        "model_id": "sonic-3",
+        "language": "en",
+        "transcript": "Hello there.",
+        "voice": {"mode": "id", "id": "v-1"},
+        "output_format": {"container": "raw", "encoding": "pcm_s16le", "sample_rate": 48000},
+    }
+    if emotion:
+        expected["generation_config"] = {"emotion": emotion}
+    assert body == expected
+
+
+async def test_cartesia_keeps_a_configured_emotion_and_version(
+    respx_mock: respx.MockRouter,
+) -> None:
+    route = respx_mock.post(CA).mock(return_value=pcm())
+    options = {"generation_config": {"speed": 1.1, "emotion": "excited"}}
+    await collect("cartesia", job(emotion="happy", options=options), version="2026-01-01")
+    sent = route.calls.last.request
+    assert sent.headers["cartesia-version"] == "2026-01-01"
+    assert json.loads(sent.content)["generation_config"] == {"speed": 1.1, "emotion": "excited"}
+
+
+async def test_cartesia_error_shape(respx_mock: respx.MockRouter) -> None:
+    body = {
+        "error_code": "invalid_voice",
+        "title": "Invalid voice",
+        "message": "Voice v-1 was not found",
+        "request_id": "r-1",
+    }
+    respx_mock.post(CA).mock(return_value=httpx.Response(400, json=body))
+    with pytest.raises(ProviderHTTPError) as caught:
+        await collect("cartesia", job())
+    assert not caught.value.retryable
+    assert "Voice v-1 was not found" in str(caught.value)
+
+
+def test_cartesia_streams_at_the_callers_rate() -> None:
+    provider = CartesiaProvider(ProviderConfig(name="c", type="cartesia", settings={}))
+    assert provider.native_format(job(sample_rate=8000)).sample_rate == 8000
+
+
+# ------------------------------------------------------------------ Deepgram
+
+DG = "https://api.deepgram.com/v1/speak"
+
+
+async def test_deepgram_request(respx_mock: respx.MockRouter) -> None:
+    route = respx_mock.post(DG).mock(return_value=pcm())
+    await collect("deepgram", job(voice="aura-2-thalia-en", sample_rate=48000, emotion="happy"))
+    sent = route.calls.last.request
+    assert sent.headers["authorization"] == f"Token {KEY}"
+    assert dict(sent.url.params) == {
+        "model": "aura-2-thalia-en",
+        "encoding": "linear16",
+        "sample_rate": "48000",
+        "container": "none",  # the default WAV container would put a header into the stream
+    }
+    assert json.loads(sent.content) == {"text": "Hello there."}  # no emotion control
+
+
+def test_deepgram_rates() -> None:
+    provider = DeepgramProvider(ProviderConfig(name="d", type="deepgram", settings={}))
+    assert provider.native_format(job(sample_rate=24000)).sample_rate == 24000
+    assert provider.native_format(job(sample_rate=16000)).sample_rate == 16000
+
+
+async def test_deepgram_text_limit_and_errors(respx_mock: respx.MockRouter) -> None:
+    route = respx_mock.post(DG).mock(return_value=pcm())
+    long = " ".join(["A sentence of a few words here."] * 100)  # ~3200 characters
+    await collect("deepgram", job(text=long))
+    texts = [json.loads(call.request.content)["text"] for call in route.calls]
+    assert len(texts) == 2 and all(len(t) <= 2000 for t in texts)
+    body = {"err_code": "INVALID_AUTH", "err_msg": "Invalid credentials.", "request_id": "r"}
+    respx_mock.post(DG).mock(return_value=httpx.Response(401, json=body))
+    with pytest.raises(ProviderHTTPError) as caught:
+        await collect("deepgram", job())
+    assert not caught.value.retryable and "Invalid credentials." in str(caught.value)
+    respx_mock.post(DG).mock(return_value=httpx.Response(429, json={"err_msg": "Too many"}))
+    with pytest.raises(ProviderHTTPError) as caught:
+        await collect("deepgram", job())
+    assert caught.value.retryable
+
+
+# ------------------------------------------------------------------ through the gateway
+
+
+@pytest.mark.parametrize(
+    ("provider_type", "url", "native_rate"),
+    [
+        ("elevenlabs", EL, 24000),
+        ("cartesia", CA, 16000),
+        ("deepgram", DG, 16000),
+    ],
+)
+def test_tone_survives_the_gateway(
+    respx_mock: respx.MockRouter, provider_type: str, url: str, native_rate: int
+) -> None:
+    respx_mock.route(host="testserver").pass_through()
+    respx_mock.post(url).mock(return_value=pcm(tone(1000, 1.0, native_rate)))
+    routing = f"""
+server: {{default_voice: v-1}}
+providers: {{p: {{type: {provider_type}, api_key: "{KEY}"}}}}
+voices: {{v-1: {{provider: p}}}}
+"""
+    wanted = 24000 if provider_type == "elevenlabs" else 16000
+    with TestClient(create_app(parse_config(routing))) as client:
+        response = client.post("/stream-audio", json={"Text": "Hi.", "SampleRate": wanted})
+    assert response.status_code == 200
+    out = response.content
+    assert abs(len(out) // 2 - wanted) <= 1
+    assert abs(peak_frequency(out, wanted) - 1000) <= 2
