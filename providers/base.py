@@ -268,6 +268,8 @@ _BUILTIN: dict[str, str] = {
     "elevenlabs": "providers.elevenlabs:ElevenLabsProvider",
     "cartesia": "providers.cartesia:CartesiaProvider",
     "deepgram": "providers.deepgram:DeepgramProvider",
+    "fish": "providers.fish:FishProvider",
+    "azure": "providers.azure:AzureProvider",
 }
 _REGISTERED: dict[str, type[Provider]] = {}
 

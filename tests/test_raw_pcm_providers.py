@@ -12,7 +12,7 @@ import respx
 from starlette.testclient import TestClient
 
 from gateway.app import create_app
-from gateway.config import parse_config
+from gateway.config import ConfigError, parse_config
 from providers.base import ProviderConfig, ProviderHTTPError, SynthesisJob, build_provider
 from providers.cartesia import CartesiaProvider
 from providers.deepgram import DeepgramProvider
@@ -242,6 +242,8 @@ async def test_deepgram_text_limit_and_errors(respx_mock: respx.MockRouter) -> N
         ("elevenlabs", EL, 24000),
         ("cartesia", CA, 16000),
         ("deepgram", DG, 16000),
+        ("fish", "https://api.fish.audio/v1/tts", 16000),
+        ("azure", "https://westeurope.tts.speech.microsoft.com/cognitiveservices/v1", 16000),
     ],
 )
 def test_tone_survives_the_gateway(
@@ -249,9 +251,10 @@ def test_tone_survives_the_gateway(
 ) -> None:
     respx_mock.route(host="testserver").pass_through()
     respx_mock.post(url).mock(return_value=pcm(tone(1000, 1.0, native_rate)))
+    region = ", region: westeurope" if provider_type == "azure" else ""
     routing = f"""
 server: {{default_voice: v-1}}
-providers: {{p: {{type: {provider_type}, api_key: "{KEY}"}}}}
+providers: {{p: {{type: {provider_type}, api_key: "{KEY}"{region}}}}}
 voices: {{v-1: {{provider: p}}}}
 """
     wanted = 24000 if provider_type == "elevenlabs" else 16000
@@ -261,3 +264,123 @@ voices: {{v-1: {{provider: p}}}}
     out = response.content
     assert abs(len(out) // 2 - wanted) <= 1
     assert abs(peak_frequency(out, wanted) - 1000) <= 2
+
+
+# ------------------------------------------------------------------ Fish Audio
+
+FISH = "https://api.fish.audio/v1/tts"
+
+
+@pytest.mark.parametrize(
+    ("model", "emotion", "text"),
+    [
+        (None, "happy", "[happy] Hello there."),
+        ("s1", "sad", "(sad) Hello there."),  # the s1 models take parentheses
+        ("s1", None, "Hello there."),
+    ],
+)
+async def test_fish_request(
+    respx_mock: respx.MockRouter, model: str | None, emotion: str | None, text: str
+) -> None:
+    route = respx_mock.post(FISH).mock(return_value=pcm())
+    options: dict[str, Any] = {"latency": "balanced", "prosody": {"speed": 1.1}}
+    if model:
+        options["model"] = model
+    await collect("fish", job(sample_rate=48000, emotion=emotion, options=options))
+    sent = route.calls.last.request
+    assert sent.headers["authorization"] == f"Bearer {KEY}"
+    assert sent.headers.get("model") == model
+    assert json.loads(sent.content) == {
+        "latency": "balanced",
+        "prosody": {"speed": 1.1},
+        "text": text,
+        "reference_id": "v-1",
+        "format": "pcm",
+        "sample_rate": 44100,  # the closest Fish rate to 48 kHz
+    }
+
+
+async def test_fish_error_shape(respx_mock: respx.MockRouter) -> None:
+    respx_mock.post(FISH).mock(
+        return_value=httpx.Response(402, json={"status": 402, "message": "Insufficient balance"})
+    )
+    with pytest.raises(ProviderHTTPError) as caught:
+        await collect("fish", job())
+    assert not caught.value.retryable and "Insufficient balance" in str(caught.value)
+
+
+# ------------------------------------------------------------------ Azure
+
+AZ = "https://westeurope.tts.speech.microsoft.com/cognitiveservices/v1"
+
+
+async def test_azure_request_escapes_the_text_and_maps_emotion(
+    respx_mock: respx.MockRouter,
+) -> None:
+    import xml.etree.ElementTree as ET
+
+    route = respx_mock.post(AZ).mock(return_value=pcm())
+    text = 'Tom & Jerry say "<hi>" & it\'s 5 > 3.'
+    options = {"language": "en-GB", "rate": "+10%", "styledegree": 1.5}
+    await collect(
+        "azure",
+        job(
+            text=text,
+            voice="en-GB-SoniaNeural",
+            sample_rate=48000,
+            emotion="happy",
+            options=options,
+        ),
+        region="westeurope",
+    )
+    sent = route.calls.last.request
+    assert sent.headers["ocp-apim-subscription-key"] == KEY
+    assert sent.headers["content-type"] == "application/ssml+xml"
+    assert sent.headers["x-microsoft-outputformat"] == "raw-48khz-16bit-mono-pcm"
+    assert sent.headers["user-agent"]
+    root = ET.fromstring(sent.content)  # well-formed XML whatever the text
+    ns = {"s": "http://www.w3.org/2001/10/synthesis", "m": "https://www.w3.org/2001/mstts"}
+    assert root.get("{http://www.w3.org/XML/1998/namespace}lang") == "en-GB"
+    voice = root.find("s:voice", ns)
+    assert voice is not None and voice.get("name") == "en-GB-SoniaNeural"
+    style = voice.find("m:express-as", ns)
+    assert style is not None
+    assert (style.get("style"), style.get("styledegree")) == ("cheerful", "1.5")
+    prosody = style.find("s:prosody", ns)
+    assert prosody is not None and prosody.get("rate") == "+10%"
+    assert prosody.text == text
+
+
+@pytest.mark.parametrize(
+    ("wanted", "fmt"), [(8000, "raw-8khz-16bit-mono-pcm"), (24000, "raw-24khz-16bit-mono-pcm")]
+)
+async def test_azure_output_format_and_endpoint(
+    respx_mock: respx.MockRouter, wanted: int, fmt: str
+) -> None:
+    route = respx_mock.post("https://my.proxy/tts").mock(return_value=pcm())
+    await collect(
+        "azure", job(sample_rate=wanted, emotion="neutral"), endpoint="https://my.proxy/tts"
+    )
+    sent = route.calls.last.request
+    assert sent.headers["x-microsoft-outputformat"] == fmt
+    assert b"express-as" not in sent.content  # neutral: no style
+
+
+@pytest.mark.parametrize(
+    ("status", "retryable"),
+    [(400, False), (401, False), (415, False), (429, True), (502, True), (503, True)],
+)
+async def test_azure_statuses(respx_mock: respx.MockRouter, status: int, retryable: bool) -> None:
+    respx_mock.post(AZ).mock(return_value=httpx.Response(status, headers={"Retry-After": "1"}))
+    with pytest.raises(ProviderHTTPError) as caught:
+        await collect("azure", job(), region="westeurope")
+    assert caught.value.retryable is retryable
+
+
+def test_azure_needs_a_region_or_endpoint() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(
+            "providers: {az: {type: azure, api_key: k}}\nvoices: {v: {provider: az}}\n"
+            "server: {default_voice: v}\n"
+        )
+    assert "providers.az.region" in str(caught.value)
