@@ -266,3 +266,38 @@ def _parts(text: str) -> tuple[list[str], str]:
         if len(parts) > 1:
             return parts, " " if _WORD.search(text) else ""
     return list(text), ""
+
+
+async def iter_sse(response: httpx.Response, provider: str) -> AsyncIterator[tuple[str, str]]:
+    """Server-sent events of a streaming response as (event name, data) pairs; the data lines
+    of one event are joined with newlines. Comments and ids are skipped."""
+    buffer = b""
+    async for chunk in iter_body(response, provider):
+        buffer += chunk
+        while True:
+            cut = _EVENT_END.search(buffer)
+            if cut is None:
+                break
+            block, buffer = buffer[: cut.start()], buffer[cut.end() :]
+            event = _sse_event(block)
+            if event is not None:
+                yield event
+    if buffer.strip():
+        event = _sse_event(buffer)
+        if event is not None:
+            yield event
+
+
+_EVENT_END = re.compile(rb"\r?\n\r?\n")
+
+
+def _sse_event(block: bytes) -> tuple[str, str] | None:
+    name, data = "message", []
+    for line in block.decode("utf-8", "replace").splitlines():
+        field, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if field == "data":
+            data.append(value)
+        elif field == "event":
+            name = value
+    return (name, "\n".join(data)) if data else None

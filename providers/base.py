@@ -270,6 +270,7 @@ _BUILTIN: dict[str, str] = {
     "deepgram": "providers.deepgram:DeepgramProvider",
     "fish": "providers.fish:FishProvider",
     "azure": "providers.azure:AzureProvider",
+    "minimax": "providers.minimax:MiniMaxProvider",
 }
 _REGISTERED: dict[str, type[Provider]] = {}
 
