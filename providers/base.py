@@ -271,6 +271,7 @@ _BUILTIN: dict[str, str] = {
     "fish": "providers.fish:FishProvider",
     "azure": "providers.azure:AzureProvider",
     "minimax": "providers.minimax:MiniMaxProvider",
+    "qwen": "providers.qwen:QwenProvider",
 }
 _REGISTERED: dict[str, type[Provider]] = {}
 

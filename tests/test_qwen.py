@@ -1,0 +1,141 @@
+"""``type: qwen`` against respx mocks of DashScope's streamed Qwen-TTS: SSE events with base64
+PCM (some with a RIFF header of their own), a finish event, and errors."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import httpx
+import pytest
+import respx
+from starlette.testclient import TestClient
+
+from gateway.app import create_app
+from gateway.audio import wav_header
+from gateway.config import parse_config
+from providers.base import ProviderConfig, ProviderHTTPError, SynthesisJob, build_provider
+from providers.qwen import strip_riff
+from tests.support import peak_frequency, tone
+
+pytestmark = pytest.mark.respx(using="httpx")
+
+URL = "https://dashscope-intl.aliyuncs.com/api/v1/services/aigc/multimodal-generation/generation"
+KEY = "sk-dashscope-0123"
+
+
+def event(pcm: bytes | None, finish: str | None = None) -> dict[str, Any]:
+    audio = {"id": "a-1"} | ({"data": base64.b64encode(pcm).decode()} if pcm else {})
+    return {
+        "output": {"audio": audio, "finish_reason": finish},
+        "request_id": "r-1",
+        "usage": {"characters": 12},
+    }
+
+
+def sse(*events: dict[str, Any]) -> httpx.Response:
+    body = "".join(f"id:{i}\nevent:result\ndata:{json.dumps(e)}\n\n" for i, e in enumerate(events))
+    return httpx.Response(200, content=body.encode(), headers={"Content-Type": "text/event-stream"})
+
+
+async def collect(job: SynthesisJob) -> bytes:
+    provider = build_provider(ProviderConfig(name="qwen", type="qwen", settings={"api_key": KEY}))
+    try:
+        return b"".join([chunk async for chunk in provider.stream(job)])
+    finally:
+        await provider.aclose()
+
+
+def job(**fields: Any) -> SynthesisJob:
+    values: dict[str, Any] = {"text": "Hello there.", "voice": "Cherry", "sample_rate": 24000}
+    values.update(fields)
+    return SynthesisJob(**values)
+
+
+async def test_request_and_base64_audio(respx_mock: respx.MockRouter) -> None:
+    pcm = tone(440, 0.2, 24000)
+    route = respx_mock.post(URL).mock(
+        return_value=sse(event(pcm[:4000]), event(pcm[4000:]), event(None, "stop"))
+    )
+    assert await collect(job(options={"language_type": "English"})) == pcm
+    sent = route.calls.last.request
+    assert sent.headers["authorization"] == f"Bearer {KEY}"
+    assert sent.headers["x-dashscope-sse"] == "enable"
+    assert json.loads(sent.content) == {
+        "model": "qwen3-tts-flash",
+        "input": {"text": "Hello there.", "voice": "Cherry", "language_type": "English"},
+    }
+
+
+async def test_riff_headers_inside_chunks_are_stripped(respx_mock: respx.MockRouter) -> None:
+    pcm = tone(440, 0.1, 24000)
+    respx_mock.post(URL).mock(
+        return_value=sse(
+            event(wav_header(24000, data_bytes=len(pcm[:1000])) + pcm[:1000]),
+            event(wav_header(24000, data_bytes=len(pcm[1000:])) + pcm[1000:]),
+            event(None, "stop"),
+        )
+    )
+    assert await collect(job()) == pcm
+
+
+def test_strip_riff_walks_to_the_data_chunk() -> None:
+    header = wav_header(24000, data_bytes=4)
+    with_list = header[:36] + b"LIST\x04\x00\x00\x00INFO" + header[36:]
+    with_list = b"RIFF" + (len(with_list) - 8 + 4).to_bytes(4, "little") + with_list[8:]
+    assert strip_riff(with_list + b"\x01\x00\x02\x00") == b"\x01\x00\x02\x00"
+    assert strip_riff(b"\x05\x00") == b"\x05\x00"
+
+
+@pytest.mark.parametrize(
+    ("model", "emotion", "instructions"),
+    [
+        ("qwen3-tts-instruct-flash", "happy", "Speak in a cheerful, happy tone."),
+        ("qwen3-tts-flash", "happy", None),  # not an instruct model
+        ("qwen3-tts-instruct-flash", None, None),
+    ],
+)
+async def test_emotion_as_instructions(
+    respx_mock: respx.MockRouter, model: str, emotion: str | None, instructions: str | None
+) -> None:
+    route = respx_mock.post(URL).mock(return_value=sse(event(b"\x00\x00"), event(None, "stop")))
+    await collect(job(emotion=emotion, options={"model": model}))
+    assert json.loads(route.calls.last.request.content)["input"].get("instructions") == instructions
+
+
+async def test_http_and_in_stream_errors(respx_mock: respx.MockRouter) -> None:
+    body = {"code": "InvalidApiKey", "message": "Invalid API-key provided.", "request_id": "r"}
+    respx_mock.post(URL).mock(return_value=httpx.Response(401, json=body))
+    with pytest.raises(ProviderHTTPError) as caught:
+        await collect(job())
+    assert not caught.value.retryable and "Invalid API-key" in str(caught.value)
+
+    throttled = {
+        "code": "Throttling.RateQuota",
+        "message": "Requests rate limit exceeded",
+        "request_id": "r",
+    }
+    respx_mock.post(URL).mock(return_value=sse(event(b"\x00\x00"), throttled))
+    with pytest.raises(ProviderHTTPError) as caught:
+        await collect(job())
+    assert caught.value.retryable and "Throttling.RateQuota" in str(caught.value)
+
+
+def test_qwen_through_the_gateway(respx_mock: respx.MockRouter) -> None:
+    respx_mock.route(host="testserver").pass_through()
+    pcm = tone(1000, 1.0, 24000)
+    respx_mock.post(URL).mock(
+        return_value=sse(event(pcm[:24000]), event(pcm[24000:]), event(None, "stop"))
+    )
+    routing = f"""
+server: {{default_voice: Cherry}}
+providers: {{qw: {{type: qwen, api_key: "{KEY}"}}}}
+voices: {{Cherry: {{provider: qw}}}}
+"""
+    with TestClient(create_app(parse_config(routing))) as client:
+        response = client.post("/stream-audio", json={"Text": "Hi.", "SampleRate": 16000})
+    assert response.status_code == 200
+    out = response.content
+    assert abs(len(out) // 2 - 16000) <= 1
+    assert abs(peak_frequency(out, 16000) - 1000) <= 2
