@@ -17,6 +17,7 @@ import httpx
 
 from ._pool import StreamingTransport
 from .base import (
+    AudioFormat,
     Provider,
     ProviderConfig,
     ProviderConnectionError,
@@ -24,6 +25,7 @@ from .base import (
     ProviderHTTPError,
     ProviderTimeout,
     SynthesisJob,
+    closest_rate,
 )
 
 log = logging.getLogger("gateway.providers")
@@ -175,9 +177,13 @@ class HTTPProvider(Provider):
     A subclass builds the request for one piece of text (:meth:`build`) and, if the body is not
     plain audio bytes, decodes it (:meth:`audio`)."""
 
+    settings_keys: ClassVar[frozenset[str]] = frozenset({"api_key", "base_url"})
+    required_settings: ClassVar[frozenset[str]] = frozenset({"api_key"})
     #: The provider's limit on one request's text, in :meth:`text_size` units (None: no limit).
     max_text: ClassVar[int | None] = None
     default_base_url: ClassVar[str] = ""
+    #: The rates the provider can send raw PCM at (empty: any rate the caller asks for).
+    native_rates: ClassVar[tuple[int, ...]] = ()
 
     def __init__(self, config: ProviderConfig) -> None:
         super().__init__(config)
@@ -202,6 +208,11 @@ class HTTPProvider(Provider):
         if self._client is None:
             self._client = make_client(self.config)
         return self._client
+
+    def native_format(self, job: SynthesisJob) -> AudioFormat:
+        """Raw S16LE mono at the offered rate closest to the caller's."""
+        rates = self.native_rates
+        return AudioFormat(closest_rate(job.sample_rate, rates) if rates else job.sample_rate)
 
     def text_size(self, text: str) -> int:
         """How the provider counts its text limit (characters unless said otherwise)."""

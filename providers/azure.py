@@ -21,7 +21,7 @@ from xml.sax.saxutils import escape, quoteattr
 import httpx
 
 from ._http import HTTPProvider
-from .base import AudioFormat, ProviderConfig, SynthesisJob, closest_rate
+from .base import ProviderConfig, SynthesisJob
 
 FORMATS = {
     8000: "raw-8khz-16bit-mono-pcm",
@@ -58,8 +58,8 @@ class AzureProvider(HTTPProvider):
 
     type_name = "azure"
     settings_keys: ClassVar[frozenset[str]] = frozenset({"api_key", "region", "endpoint"})
-    required_settings: ClassVar[frozenset[str]] = frozenset({"api_key"})
     max_text = 5000
+    native_rates = tuple(FORMATS)
 
     def __init__(self, config: ProviderConfig) -> None:
         super().__init__(config)
@@ -74,9 +74,6 @@ class AzureProvider(HTTPProvider):
         if not settings.get("region") and not settings.get("endpoint"):
             return [("region", "give the Speech resource's region (or a full endpoint)")]
         return []
-
-    def native_format(self, job: SynthesisJob) -> AudioFormat:
-        return AudioFormat(sample_rate=closest_rate(job.sample_rate, tuple(FORMATS)))
 
     def build(self, job: SynthesisJob, text: str) -> httpx.Request:
         style = job.options.get("style") or EMOTION_STYLES.get(job.emotion or "")

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import httpx
 
 from ._http import HTTPProvider
-from .base import EMOTIONS, AudioFormat, ProviderConfig, SynthesisJob
+from .base import EMOTIONS, ProviderConfig, SynthesisJob
 
 
 class CartesiaProvider(HTTPProvider):
@@ -26,15 +26,11 @@ class CartesiaProvider(HTTPProvider):
 
     type_name = "cartesia"
     settings_keys: ClassVar[frozenset[str]] = frozenset({"api_key", "base_url", "version"})
-    required_settings: ClassVar[frozenset[str]] = frozenset({"api_key"})
     default_base_url = "https://api.cartesia.ai"
 
     def __init__(self, config: ProviderConfig) -> None:
         super().__init__(config)
         self.version = str(config.settings.get("version") or "2025-04-16")
-
-    def native_format(self, job: SynthesisJob) -> AudioFormat:
-        return AudioFormat(sample_rate=job.sample_rate)
 
     def build(self, job: SynthesisJob, text: str) -> httpx.Request:
         body: dict[str, Any] = {"model_id": "sonic-3"}

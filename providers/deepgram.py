@@ -12,12 +12,12 @@ Options: further query parameters.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 import httpx
 
 from ._http import HTTPProvider
-from .base import AudioFormat, SynthesisJob, closest_rate
+from .base import SynthesisJob
 
 RATES = (8000, 16000, 24000, 32000, 48000)
 
@@ -26,13 +26,9 @@ class DeepgramProvider(HTTPProvider):
     """Deepgram text-to-speech."""
 
     type_name = "deepgram"
-    settings_keys: ClassVar[frozenset[str]] = frozenset({"api_key", "base_url"})
-    required_settings: ClassVar[frozenset[str]] = frozenset({"api_key"})
     default_base_url = "https://api.deepgram.com"
+    native_rates = RATES
     max_text = 2000
-
-    def native_format(self, job: SynthesisJob) -> AudioFormat:
-        return AudioFormat(sample_rate=closest_rate(job.sample_rate, RATES))
 
     def build(self, job: SynthesisJob, text: str) -> httpx.Request:
         params: dict[str, Any] = dict(job.options)

@@ -13,13 +13,13 @@ no emotion control and ignore it.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 from urllib.parse import quote
 
 import httpx
 
 from ._http import HTTPProvider
-from .base import AudioFormat, SynthesisJob, closest_rate
+from .base import SynthesisJob
 
 RATES = (8000, 16000, 22050, 24000, 32000, 44100, 48000)
 EMOTION_TAGS = {"happy": "[happy]", "sad": "[sad]"}
@@ -29,13 +29,9 @@ class ElevenLabsProvider(HTTPProvider):
     """ElevenLabs."""
 
     type_name = "elevenlabs"
-    settings_keys: ClassVar[frozenset[str]] = frozenset({"api_key", "base_url"})
-    required_settings: ClassVar[frozenset[str]] = frozenset({"api_key"})
     default_base_url = "https://api.elevenlabs.io"
+    native_rates = RATES
     max_text = 5000
-
-    def native_format(self, job: SynthesisJob) -> AudioFormat:
-        return AudioFormat(sample_rate=closest_rate(job.sample_rate, RATES))
 
     def build(self, job: SynthesisJob, text: str) -> httpx.Request:
         body: dict[str, Any] = {"model_id": "eleven_flash_v2_5"}

@@ -13,12 +13,12 @@ newer ones.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 import httpx
 
 from ._http import HTTPProvider
-from .base import AudioFormat, SynthesisJob, closest_rate
+from .base import SynthesisJob
 
 RATES = (8000, 16000, 24000, 32000, 44100)
 
@@ -27,12 +27,8 @@ class FishProvider(HTTPProvider):
     """Fish Audio."""
 
     type_name = "fish"
-    settings_keys: ClassVar[frozenset[str]] = frozenset({"api_key", "base_url"})
-    required_settings: ClassVar[frozenset[str]] = frozenset({"api_key"})
     default_base_url = "https://api.fish.audio"
-
-    def native_format(self, job: SynthesisJob) -> AudioFormat:
-        return AudioFormat(sample_rate=closest_rate(job.sample_rate, RATES))
+    native_rates = RATES
 
     def build(self, job: SynthesisJob, text: str) -> httpx.Request:
         options = dict(job.options)

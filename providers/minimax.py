@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 import httpx
 
 from ._http import HTTPProvider, iter_body, iter_sse
-from .base import AudioFormat, ProviderConfig, ProviderHTTPError, SynthesisJob, closest_rate
+from .base import ProviderConfig, ProviderHTTPError, SynthesisJob
 
 RATES = (8000, 16000, 22050, 24000, 32000, 44100)
 RETRYABLE_CODES = frozenset({1000, 1001, 1002, 1024, 1039})
@@ -35,16 +35,13 @@ class MiniMaxProvider(HTTPProvider):
 
     type_name = "minimax"
     settings_keys: ClassVar[frozenset[str]] = frozenset({"api_key", "base_url", "group_id"})
-    required_settings: ClassVar[frozenset[str]] = frozenset({"api_key"})
     default_base_url = "https://api.minimax.io"
+    native_rates = RATES
     max_text = 5000
 
     def __init__(self, config: ProviderConfig) -> None:
         super().__init__(config)
         self.group_id = config.settings.get("group_id")
-
-    def native_format(self, job: SynthesisJob) -> AudioFormat:
-        return AudioFormat(sample_rate=closest_rate(job.sample_rate, RATES))
 
     def build(self, job: SynthesisJob, text: str) -> httpx.Request:
         options = dict(job.options)

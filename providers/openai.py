@@ -13,12 +13,12 @@ Options (body fields): ``model`` (default ``gpt-4o-mini-tts``), ``speed`` (0.25-
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 import httpx
 
 from ._http import HTTPProvider
-from .base import AudioFormat, SynthesisJob
+from .base import SynthesisJob
 
 #: The built-in Emotion → ``instructions`` mapping (override per voice in the routing file).
 EMOTION_INSTRUCTIONS = {
@@ -31,13 +31,9 @@ class OpenAIProvider(HTTPProvider):
     """OpenAI text-to-speech."""
 
     type_name = "openai"
-    settings_keys: ClassVar[frozenset[str]] = frozenset({"api_key", "base_url"})
-    required_settings: ClassVar[frozenset[str]] = frozenset({"api_key"})
     default_base_url = "https://api.openai.com/v1"
+    native_rates = (24000,)
     max_text = 4096
-
-    def native_format(self, job: SynthesisJob) -> AudioFormat:
-        return AudioFormat(sample_rate=24000)
 
     def build(self, job: SynthesisJob, text: str) -> httpx.Request:
         body: dict[str, Any] = {"model": "gpt-4o-mini-tts"}

@@ -19,12 +19,12 @@ import binascii
 import json
 import struct
 from collections.abc import AsyncIterator
-from typing import Any, ClassVar
+from typing import Any
 
 import httpx
 
 from ._http import HTTPProvider, iter_sse
-from .base import AudioFormat, ProviderHTTPError, SynthesisJob
+from .base import ProviderHTTPError, SynthesisJob
 from .openai import EMOTION_INSTRUCTIONS
 
 
@@ -46,13 +46,9 @@ class QwenProvider(HTTPProvider):
     """Qwen-TTS on DashScope."""
 
     type_name = "qwen"
-    settings_keys: ClassVar[frozenset[str]] = frozenset({"api_key", "base_url"})
-    required_settings: ClassVar[frozenset[str]] = frozenset({"api_key"})
     default_base_url = "https://dashscope-intl.aliyuncs.com"
+    native_rates = (24000,)
     max_text = 600
-
-    def native_format(self, job: SynthesisJob) -> AudioFormat:
-        return AudioFormat(sample_rate=24000)
 
     def build(self, job: SynthesisJob, text: str) -> httpx.Request:
         options = dict(job.options)
