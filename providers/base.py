@@ -272,6 +272,7 @@ _BUILTIN: dict[str, str] = {
     "azure": "providers.azure:AzureProvider",
     "minimax": "providers.minimax:MiniMaxProvider",
     "qwen": "providers.qwen:QwenProvider",
+    "volcengine": "providers.volcengine:VolcengineProvider",
 }
 _REGISTERED: dict[str, type[Provider]] = {}
 
