@@ -273,6 +273,7 @@ _BUILTIN: dict[str, str] = {
     "minimax": "providers.minimax:MiniMaxProvider",
     "qwen": "providers.qwen:QwenProvider",
     "volcengine": "providers.volcengine:VolcengineProvider",
+    "google": "providers.google:GoogleProvider",
 }
 _REGISTERED: dict[str, type[Provider]] = {}
 

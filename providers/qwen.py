@@ -17,29 +17,14 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import struct
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 
-from ._http import HTTPProvider, iter_sse
+from ._http import HTTPProvider, iter_sse, strip_riff
 from .base import ProviderHTTPError, SynthesisJob
 from .openai import EMOTION_INSTRUCTIONS
-
-
-def strip_riff(pcm: bytes) -> bytes:
-    """The samples of a chunk that carries its own RIFF/WAVE header (walking to ``data``)."""
-    if not pcm.startswith(b"RIFF") or pcm[8:12] != b"WAVE":
-        return pcm
-    offset = 12
-    while offset + 8 <= len(pcm):
-        chunk_id = pcm[offset : offset + 4]
-        (size,) = struct.unpack_from("<I", pcm, offset + 4)
-        if chunk_id == b"data":
-            return pcm[offset + 8 :]
-        offset += 8 + size + (size & 1)
-    return b""
 
 
 class QwenProvider(HTTPProvider):
@@ -82,7 +67,7 @@ class QwenProvider(HTTPProvider):
             if encoded:
                 try:
                     pcm = strip_riff(base64.b64decode(encoded))
-                except (binascii.Error, struct.error):
+                except (binascii.Error, ValueError):
                     raise ProviderHTTPError(
                         self.name, 200, "undecodable audio", retryable=False
                     ) from None

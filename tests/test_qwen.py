@@ -15,8 +15,8 @@ from starlette.testclient import TestClient
 from gateway.app import create_app
 from gateway.audio import wav_header
 from gateway.config import parse_config
+from providers._http import strip_riff
 from providers.base import ProviderConfig, ProviderHTTPError, SynthesisJob, build_provider
-from providers.qwen import strip_riff
 from tests.support import peak_frequency, tone
 
 pytestmark = pytest.mark.respx(using="httpx")
