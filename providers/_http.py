@@ -92,13 +92,17 @@ def translate_errors(provider: str) -> Iterator[None]:
 
 @contextlib.asynccontextmanager
 async def open_stream(
-    client: httpx.AsyncClient, provider: str, request: httpx.Request
+    client: httpx.AsyncClient,
+    provider: str,
+    request: httpx.Request,
+    retryable: Callable[[httpx.Response], bool | None] | None = None,
 ) -> AsyncIterator[httpx.Response]:
     """Send ``request`` and hand over the streaming response once its status is a success.
 
     An error status raises :class:`ProviderHTTPError` with the provider's own message and any
-    ``Retry-After``. The response is always closed on exit, which is what releases the upstream
-    connection when the caller hangs up."""
+    ``Retry-After``; ``retryable`` may overrule the status-based retry decision (an API that
+    answers throttling with a 400). The response is always closed on exit, which is what
+    releases the upstream connection when the caller hangs up."""
     with translate_errors(provider):
         response = await client.send(request, stream=True)
     try:
@@ -114,6 +118,7 @@ async def open_stream(
                 response.status_code,
                 error_message(body, response.reason_phrase),
                 retry_after=parse_retry_after(response.headers.get("retry-after")),
+                retryable=retryable(response) if retryable else None,
             )
         yield response
     finally:
@@ -214,6 +219,10 @@ class HTTPProvider(Provider):
         rates = self.native_rates
         return AudioFormat(closest_rate(job.sample_rate, rates) if rates else job.sample_rate)
 
+    def error_retryable(self, response: httpx.Response) -> bool | None:
+        """Whether an error answer may succeed on retry; None: decide by the status code."""
+        return None
+
     def text_size(self, text: str) -> int:
         """How the provider counts its text limit (characters unless said otherwise)."""
         return len(text)
@@ -233,7 +242,9 @@ class HTTPProvider(Provider):
         )
         for piece in pieces:
             request = self.build(job, piece)
-            async with open_stream(self.client, self.name, request) as response:
+            async with open_stream(
+                self.client, self.name, request, self.error_retryable
+            ) as response:
                 async for chunk in self.audio(response):
                     yield chunk
 

@@ -274,6 +274,7 @@ _BUILTIN: dict[str, str] = {
     "qwen": "providers.qwen:QwenProvider",
     "volcengine": "providers.volcengine:VolcengineProvider",
     "google": "providers.google:GoogleProvider",
+    "polly": "providers.polly:PollyProvider",
 }
 _REGISTERED: dict[str, type[Provider]] = {}
 
