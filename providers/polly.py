@@ -15,14 +15,16 @@ Settings: ``region`` (required), ``access_key_id`` and ``secret_access_key`` (re
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import logging
 from typing import Any, ClassVar
 
 import httpx
 
 from ._http import HTTPProvider
-from .base import ProviderConfig, SynthesisJob
+from .base import ProviderConfig, ProviderError, SynthesisJob
 
+log = logging.getLogger("gateway.providers")
+_NO_BOTOCORE = "type polly needs botocore: pip install 'tts-gateway[polly]'"
 RETRYABLE_TYPES = ("ThrottlingException", "ServiceFailureException", "ServiceUnavailable")
 
 
@@ -45,23 +47,21 @@ class PollyProvider(HTTPProvider):
         self.region = str(settings["region"])
         if not settings.get("base_url"):
             self.base_url = f"https://polly.{self.region}.amazonaws.com"
-        from botocore.credentials import Credentials
-
-        self.credentials = Credentials(
-            str(settings["access_key_id"]),
-            str(settings["secret_access_key"]),
-            str(settings["session_token"]) if settings.get("session_token") else None,
-        )
-
-    @classmethod
-    def validate_settings(cls, settings: Mapping[str, Any]) -> list[tuple[str, str]]:
+        self.credentials: Any = None
         try:
-            import botocore  # noqa: F401
-        except ImportError:
-            return [("", "type polly needs botocore: pip install 'tts-gateway[polly]'")]
-        return []
+            from botocore.credentials import Credentials
+        except ImportError:  # the routing file stays valid; this provider's voices fall back
+            log.error("provider %s: %s", self.name, _NO_BOTOCORE)
+        else:
+            self.credentials = Credentials(
+                str(settings["access_key_id"]),
+                str(settings["secret_access_key"]),
+                str(settings["session_token"]) if settings.get("session_token") else None,
+            )
 
     def build(self, job: SynthesisJob, text: str) -> httpx.Request:
+        if self.credentials is None:
+            raise ProviderError(self.name, _NO_BOTOCORE, retryable=False)
         from botocore.auth import SigV4Auth
         from botocore.awsrequest import AWSRequest
 

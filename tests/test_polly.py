@@ -107,3 +107,31 @@ voices: {Joanna: {provider: aws}}
     assert response.status_code == 200
     assert abs(len(response.content) // 2 - 48000) <= 1  # 16 kHz from Polly, resampled
     assert abs(peak_frequency(response.content, 48000) - 1000) <= 2
+
+
+async def test_without_botocore_the_file_loads_and_the_voice_fails_over(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import sys
+
+    from providers.base import ProviderError
+
+    monkeypatch.setitem(sys.modules, "botocore.credentials", None)  # as if not installed
+    routing = """
+server: {default_voice: Joanna}
+providers:
+  aws: {type: polly, region: eu-west-1, access_key_id: AKID, secret_access_key: SECRET}
+voices: {Joanna: {provider: aws}}
+"""
+    parse_config(routing)  # check-config passes without the extra
+    provider = build_provider(ProviderConfig(name="aws", type="polly", settings=SETTINGS))
+    with pytest.raises(ProviderError) as caught:
+        await collect_from(provider)
+    assert not caught.value.retryable and "tts-gateway[polly]" in str(caught.value)
+
+
+async def collect_from(provider: Any) -> bytes:
+    try:
+        return b"".join([c async for c in provider.stream(job())])
+    finally:
+        await provider.aclose()
