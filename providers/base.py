@@ -275,6 +275,7 @@ _BUILTIN: dict[str, str] = {
     "volcengine": "providers.volcengine:VolcengineProvider",
     "google": "providers.google:GoogleProvider",
     "polly": "providers.polly:PollyProvider",
+    "cosyvoice": "providers.cosyvoice:CosyVoiceProvider",
 }
 _REGISTERED: dict[str, type[Provider]] = {}
 
