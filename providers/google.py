@@ -5,9 +5,11 @@ WAV header (walked and dropped here, since every piece of a long text has its ow
 caller's own ``sampleRateHertz``; the answer starts when the reply has arrived. Input is capped
 at 5000 *bytes*: longer text goes out in pieces.
 
-Settings: ``api_key`` (sent as ``?key=``; required), ``base_url`` (default
-``https://texttospeech.googleapis.com``). The voice is Google's voice name (``en-US-Neural2-F``);
-its language code is taken from the name unless the ``languageCode`` option says otherwise.
+Settings: ``api_key`` (sent as ``?key=``) or ``credentials_file`` (a service-account JSON key;
+its OAuth token is fetched and refreshed by google-auth, the ``tts-gateway[google]`` extra),
+``base_url`` (default ``https://texttospeech.googleapis.com``). The voice is Google's voice
+name (``en-US-Neural2-F``); its language code is taken from the name unless the
+``languageCode`` option says otherwise.
 Options: ``languageCode``, ``speakingRate``, ``pitch``, ``volumeGainDb``, ``model_name``
 (Gemini-TTS). Emotion: for Gemini-TTS voices (``model_name`` set), ``input.prompt``; classic
 voices have no emotion control and ignore it.
@@ -15,27 +17,92 @@ voices have no emotion control and ignore it.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from pathlib import Path
+from typing import Any, ClassVar
 
 import httpx
 
 from ._http import HTTPProvider, iter_body, strip_riff
-from .base import AudioFormat, ProviderHTTPError, SynthesisJob
+from .base import (
+    AudioFormat,
+    ProviderConfig,
+    ProviderConnectionError,
+    ProviderHTTPError,
+    SynthesisJob,
+)
 from .openai import EMOTION_INSTRUCTIONS
 
 _AUDIO_CONFIG = ("speakingRate", "pitch", "volumeGainDb")
+
+
+SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 
 
 class GoogleProvider(HTTPProvider):
     """Google Cloud Text-to-Speech."""
 
     type_name = "google"
+    settings_keys: ClassVar[frozenset[str]] = frozenset({"api_key", "credentials_file", "base_url"})
+    required_settings: ClassVar[frozenset[str]] = frozenset()
     default_base_url = "https://texttospeech.googleapis.com"
     max_text = 5000
+
+    def __init__(self, config: ProviderConfig) -> None:
+        super().__init__(config)
+        self._credentials: Any = None
+        path = config.settings.get("credentials_file")
+        if path:
+            from google.oauth2 import service_account
+
+            self._credentials = service_account.Credentials.from_service_account_file(  # type: ignore[no-untyped-call]
+                str(path), scopes=[SCOPE]
+            )
+            self._token_client = httpx.Client(timeout=config.timeout.first_byte)
+
+    @classmethod
+    def validate_settings(cls, settings: Mapping[str, Any]) -> list[tuple[str, str]]:
+        path = settings.get("credentials_file")
+        if not settings.get("api_key") and not path:
+            return [("api_key", "give an api_key or a service-account credentials_file")]
+        if path:
+            try:
+                import google.oauth2.service_account  # noqa: F401
+            except ImportError:
+                return [
+                    ("credentials_file", "needs google-auth: pip install 'tts-gateway[google]'")
+                ]
+            if not Path(str(path)).is_file():
+                return [("credentials_file", f"no such file: {path!r}")]
+        return []
+
+    async def aclose(self) -> None:
+        await super().aclose()
+        if self._credentials is not None:
+            self._token_client.close()
+
+    async def stream(self, job: SynthesisJob) -> AsyncGenerator[bytes, None]:
+        if self._credentials is not None and not self._credentials.valid:
+            # google-auth refreshes synchronously: off the event loop.
+            await asyncio.to_thread(self._refresh)
+        async for chunk in super().stream(job):
+            yield chunk
+
+    def _refresh(self) -> None:
+        from google.auth.exceptions import RefreshError, TransportError
+
+        try:
+            self._credentials.refresh(_TokenRequest(self._token_client))
+        except TransportError as exc:
+            raise ProviderConnectionError(self.name, f"token endpoint: {exc}") from exc
+        except RefreshError as exc:
+            raise ProviderHTTPError(
+                self.name, 401, f"service-account token refused: {exc}"
+            ) from exc
 
     def text_size(self, text: str) -> int:
         return len(text.encode("utf-8"))
@@ -58,12 +125,14 @@ class GoogleProvider(HTTPProvider):
             "sampleRateHertz": job.sample_rate,
         }
         audio_config.update({k: options[k] for k in _AUDIO_CONFIG if k in options})
-        return self.client.build_request(
-            "POST",
-            f"{self.base_url}/v1/text:synthesize",
-            params={"key": self.api_key},
-            json={"input": source, "voice": voice, "audioConfig": audio_config},
-        )
+        body = {"input": source, "voice": voice, "audioConfig": audio_config}
+        url = f"{self.base_url}/v1/text:synthesize"
+        if self._credentials is not None:
+            token = f"Bearer {self._credentials.token}"
+            return self.client.build_request(
+                "POST", url, json=body, headers={"Authorization": token}
+            )
+        return self.client.build_request("POST", url, json=body, params={"key": self.api_key})
 
     async def audio(self, response: httpx.Response) -> AsyncIterator[bytes]:
         body = b"".join([chunk async for chunk in iter_body(response, self.name)])
@@ -74,3 +143,36 @@ class GoogleProvider(HTTPProvider):
             raise ProviderHTTPError(
                 self.name, response.status_code, "no audioContent in the reply", retryable=False
             ) from None
+
+
+class _TokenResponse:
+    """google-auth's view of an HTTP response."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.status = response.status_code
+        self.headers = dict(response.headers)
+        self.data = response.content
+
+
+class _TokenRequest:
+    """google-auth's transport, on httpx (so that the token exchange is mockable like the rest)."""
+
+    def __init__(self, client: httpx.Client) -> None:
+        self.client = client
+
+    def __call__(
+        self,
+        url: str,
+        method: str = "GET",
+        body: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+        **kwargs: Any,
+    ) -> _TokenResponse:
+        from google.auth.exceptions import TransportError
+
+        try:
+            answer = self.client.request(method, url, content=body, headers=headers)
+        except httpx.HTTPError as exc:
+            raise TransportError(str(exc)) from exc  # type: ignore[no-untyped-call]
+        return _TokenResponse(answer)

@@ -116,3 +116,97 @@ voices: {{en-US-Neural2-F: {{provider: g}}}}
     assert response.status_code == 200
     assert len(response.content) == 48000 * 2  # the header never reaches the caller
     assert abs(peak_frequency(response.content, 48000) - 1000) <= 2
+
+
+def service_account_file(tmp_path: Any) -> str:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    path = tmp_path / "sa.json"
+    path.write_text(
+        json.dumps(
+            {
+                "type": "service_account",
+                "project_id": "demo",
+                "private_key_id": "k1",
+                "private_key": pem,
+                "client_email": "tts@demo.iam.gserviceaccount.com",
+                "client_id": "1",
+                "token_uri": "https://oauth2.googleapis.com/token",
+            }
+        )
+    )
+    return str(path)
+
+
+async def test_service_account_token_is_fetched_once_and_sent_as_bearer(
+    respx_mock: respx.MockRouter, tmp_path: Any
+) -> None:
+    token = respx_mock.post("https://oauth2.googleapis.com/token").mock(
+        return_value=httpx.Response(
+            200,
+            json={"access_token": "ya29.test-token", "expires_in": 3600, "token_type": "Bearer"},
+        )
+    )
+    synth = respx_mock.post(URL).mock(return_value=reply(b"\x01\x00", 16000))
+    provider = build_provider(
+        ProviderConfig(
+            name="g", type="google", settings={"credentials_file": service_account_file(tmp_path)}
+        )
+    )
+    try:
+        for _ in range(2):
+            assert b"".join([c async for c in provider.stream(job())]) == b"\x01\x00"
+    finally:
+        await provider.aclose()
+    assert token.call_count == 1  # cached until it expires
+    grant = token.calls.last.request.content.decode()
+    assert "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer" in grant
+    sent = synth.calls.last.request
+    assert sent.headers["authorization"] == "Bearer ya29.test-token"
+    assert "key" not in sent.url.params
+
+
+async def test_a_refused_service_account_is_not_retried(
+    respx_mock: respx.MockRouter, tmp_path: Any
+) -> None:
+    respx_mock.post("https://oauth2.googleapis.com/token").mock(
+        return_value=httpx.Response(
+            400, json={"error": "invalid_grant", "error_description": "Invalid JWT Signature."}
+        )
+    )
+    provider = build_provider(
+        ProviderConfig(
+            name="g", type="google", settings={"credentials_file": service_account_file(tmp_path)}
+        )
+    )
+    with pytest.raises(ProviderHTTPError) as caught:
+        await collect_from(provider)
+    assert not caught.value.retryable and "invalid_grant" in str(caught.value)
+
+
+async def collect_from(provider: Any) -> bytes:
+    try:
+        return b"".join([c async for c in provider.stream(job())])
+    finally:
+        await provider.aclose()
+
+
+def test_google_needs_a_key_or_a_credentials_file(tmp_path: Any) -> None:
+    from gateway.config import ConfigError
+
+    base = "voices: {v: {provider: g}}\nserver: {default_voice: v}\n"
+    with pytest.raises(ConfigError) as caught:
+        parse_config("providers: {g: {type: google}}\n" + base)
+    assert "providers.g.api_key" in str(caught.value)
+    with pytest.raises(ConfigError) as caught:
+        parse_config(
+            f"providers: {{g: {{type: google, credentials_file: {tmp_path}/no.json}}}}\n" + base
+        )
+    assert "providers.g.credentials_file" in str(caught.value)
