@@ -67,7 +67,7 @@ class GoogleProvider(HTTPProvider):
     @classmethod
     def validate_settings(cls, settings: Mapping[str, Any]) -> list[tuple[str, str]]:
         path = settings.get("credentials_file")
-        if not settings.get("api_key") and not path:
+        if "api_key" not in settings and not path:  # an empty key is warned about at start
             return [("api_key", "give an api_key or a service-account credentials_file")]
         if path:
             try:
