@@ -198,7 +198,7 @@ class HTTPProvider(Provider):
         self._client: httpx.AsyncClient | None = None
 
     async def start(self) -> None:
-        if "api_key" in self.required_settings and not self.api_key:
+        if "api_key" in self.config.settings and not self.api_key:
             log.warning("provider %s has an empty api_key: its requests will be refused", self.name)
         if self._client is None:
             self._client = make_client(self.config)
