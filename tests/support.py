@@ -22,7 +22,9 @@ from providers.base import (
     Container,
     Encoding,
     Provider,
+    ProviderConfig,
     SynthesisJob,
+    build_provider,
     register,
 )
 
@@ -134,6 +136,20 @@ class FakeProvider(Provider):
 
 
 register("fake", FakeProvider)
+
+
+async def drain(provider: Provider, job: SynthesisJob) -> bytes:
+    """Everything a provider streams for one job; the provider is closed after."""
+    try:
+        return b"".join([chunk async for chunk in provider.stream(job)])
+    finally:
+        await provider.aclose()
+
+
+async def synthesize(provider_type: str, job: SynthesisJob, **settings: Any) -> bytes:
+    """:func:`drain` a provider of ``provider_type`` (named after it) built from ``settings``."""
+    config = ProviderConfig(name=provider_type, type=provider_type, settings=settings)
+    return await drain(build_provider(config), job)
 
 
 async def eventually(condition: Callable[[], object], seconds: float = 2.0) -> bool:

@@ -20,7 +20,7 @@ from providers.base import (
     SynthesisJob,
     build_provider,
 )
-from tests.support import tone
+from tests.support import synthesize, tone
 
 KEY = "sk-cosy-0123"
 
@@ -94,10 +94,7 @@ async def running(server: TaskServer) -> AsyncIterator[str]:
 
 
 async def collect(url: str, job: SynthesisJob) -> bytes:
-    provider = build_provider(
-        ProviderConfig(name="cosy", type="cosyvoice", settings={"api_key": KEY, "url": url})
-    )
-    return b"".join([chunk async for chunk in provider.stream(job)])
+    return await synthesize("cosyvoice", job, api_key=KEY, url=url)
 
 
 def job(**fields: Any) -> SynthesisJob:

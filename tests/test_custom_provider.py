@@ -22,7 +22,7 @@ from providers.base import (
     closest_rate,
 )
 from providers.custom import CustomProvider
-from tests.support import Upstream, live_server, peak_frequency, scripted_config, tone
+from tests.support import Upstream, drain, live_server, peak_frequency, scripted_config, tone
 
 URL = "https://tts.upstream.test/stream-audio"
 
@@ -56,10 +56,7 @@ def job(**fields: object) -> SynthesisJob:
 
 async def collect(p: CustomProvider, j: SynthesisJob) -> bytes:
     await p.start()
-    try:
-        return b"".join([chunk async for chunk in p.stream(j)])
-    finally:
-        await p.aclose()
+    return await drain(p, j)
 
 
 def test_closest_rate_prefers_the_higher_on_a_tie() -> None:

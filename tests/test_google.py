@@ -16,7 +16,7 @@ from gateway.app import create_app
 from gateway.audio import wav_header
 from gateway.config import parse_config
 from providers.base import ProviderConfig, ProviderHTTPError, SynthesisJob, build_provider
-from tests.support import peak_frequency, tone
+from tests.support import drain, peak_frequency, synthesize, tone
 
 pytestmark = pytest.mark.respx(using="httpx")
 
@@ -30,11 +30,7 @@ def reply(pcm: bytes, rate: int) -> httpx.Response:
 
 
 async def collect(job: SynthesisJob) -> bytes:
-    provider = build_provider(ProviderConfig(name="g", type="google", settings={"api_key": KEY}))
-    try:
-        return b"".join([c async for c in provider.stream(job)])
-    finally:
-        await provider.aclose()
+    return await synthesize("google", job, api_key=KEY)
 
 
 def job(**fields: Any) -> SynthesisJob:
@@ -187,15 +183,8 @@ async def test_a_refused_service_account_is_not_retried(
         )
     )
     with pytest.raises(ProviderHTTPError) as caught:
-        await collect_from(provider)
+        await drain(provider, job())
     assert not caught.value.retryable and "invalid_grant" in str(caught.value)
-
-
-async def collect_from(provider: Any) -> bytes:
-    try:
-        return b"".join([c async for c in provider.stream(job())])
-    finally:
-        await provider.aclose()
 
 
 def test_google_needs_a_key_or_a_credentials_file(tmp_path: Any) -> None:

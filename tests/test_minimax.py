@@ -14,7 +14,7 @@ from starlette.testclient import TestClient
 from gateway.app import create_app
 from gateway.config import parse_config
 from providers.base import ProviderConfig, ProviderHTTPError, SynthesisJob, build_provider
-from tests.support import peak_frequency, tone
+from tests.support import peak_frequency, synthesize, tone
 
 pytestmark = pytest.mark.respx(using="httpx")
 
@@ -44,13 +44,7 @@ def stream_of(pcm: bytes, pieces: int = 3) -> httpx.Response:
 
 
 async def collect(job: SynthesisJob, **settings: Any) -> bytes:
-    provider = build_provider(
-        ProviderConfig(name="minimax", type="minimax", settings={"api_key": KEY, **settings})
-    )
-    try:
-        return b"".join([chunk async for chunk in provider.stream(job)])
-    finally:
-        await provider.aclose()
+    return await synthesize("minimax", job, api_key=KEY, **settings)
 
 
 def job(**fields: Any) -> SynthesisJob:

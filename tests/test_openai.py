@@ -19,7 +19,7 @@ from providers.base import (
     SynthesisJob,
 )
 from providers.openai import OpenAIProvider
-from tests.support import peak_frequency, tone
+from tests.support import drain, peak_frequency, tone
 
 pytestmark = pytest.mark.respx(using="httpx")
 
@@ -34,10 +34,7 @@ def provider(**settings: Any) -> OpenAIProvider:
 
 
 async def collect(p: OpenAIProvider, job: SynthesisJob) -> bytes:
-    try:
-        return b"".join([chunk async for chunk in p.stream(job)])
-    finally:
-        await p.aclose()
+    return await drain(p, job)
 
 
 def job(text: str = "Hello there.", **fields: Any) -> SynthesisJob:

@@ -15,7 +15,7 @@ from starlette.testclient import TestClient
 from gateway.app import create_app
 from gateway.config import parse_config
 from providers.base import ProviderConfig, ProviderHTTPError, SynthesisJob, build_provider
-from tests.support import peak_frequency, tone
+from tests.support import drain, peak_frequency, synthesize, tone
 
 pytestmark = pytest.mark.respx(using="httpx")
 
@@ -28,11 +28,7 @@ SETTINGS = {
 
 
 async def collect(job: SynthesisJob) -> bytes:
-    provider = build_provider(ProviderConfig(name="polly", type="polly", settings=SETTINGS))
-    try:
-        return b"".join([c async for c in provider.stream(job)])
-    finally:
-        await provider.aclose()
+    return await synthesize("polly", job, **SETTINGS)
 
 
 def job(**fields: Any) -> SynthesisJob:
@@ -126,12 +122,5 @@ voices: {Joanna: {provider: aws}}
     parse_config(routing)  # check-config passes without the extra
     provider = build_provider(ProviderConfig(name="aws", type="polly", settings=SETTINGS))
     with pytest.raises(ProviderError) as caught:
-        await collect_from(provider)
+        await drain(provider, job())
     assert not caught.value.retryable and "tts-gateway[polly]" in str(caught.value)
-
-
-async def collect_from(provider: Any) -> bytes:
-    try:
-        return b"".join([c async for c in provider.stream(job())])
-    finally:
-        await provider.aclose()

@@ -16,8 +16,8 @@ from gateway.app import create_app
 from gateway.audio import wav_header
 from gateway.config import parse_config
 from providers._http import strip_riff
-from providers.base import ProviderConfig, ProviderHTTPError, SynthesisJob, build_provider
-from tests.support import peak_frequency, tone
+from providers.base import ProviderHTTPError, SynthesisJob
+from tests.support import peak_frequency, synthesize, tone
 
 pytestmark = pytest.mark.respx(using="httpx")
 
@@ -40,11 +40,7 @@ def sse(*events: dict[str, Any]) -> httpx.Response:
 
 
 async def collect(job: SynthesisJob) -> bytes:
-    provider = build_provider(ProviderConfig(name="qwen", type="qwen", settings={"api_key": KEY}))
-    try:
-        return b"".join([chunk async for chunk in provider.stream(job)])
-    finally:
-        await provider.aclose()
+    return await synthesize("qwen", job, api_key=KEY)
 
 
 def job(**fields: Any) -> SynthesisJob:

@@ -13,11 +13,11 @@ from starlette.testclient import TestClient
 
 from gateway.app import create_app
 from gateway.config import ConfigError, parse_config
-from providers.base import ProviderConfig, ProviderHTTPError, SynthesisJob, build_provider
+from providers.base import ProviderConfig, ProviderHTTPError, SynthesisJob
 from providers.cartesia import CartesiaProvider
 from providers.deepgram import DeepgramProvider
 from providers.elevenlabs import ElevenLabsProvider
-from tests.support import peak_frequency, tone
+from tests.support import peak_frequency, synthesize, tone
 
 pytestmark = pytest.mark.respx(using="httpx")
 
@@ -25,15 +25,7 @@ KEY = "key-0123456789"
 
 
 async def collect(provider_type: str, job: SynthesisJob, **settings: Any) -> bytes:
-    provider = build_provider(
-        ProviderConfig(
-            name=provider_type, type=provider_type, settings={"api_key": KEY, **settings}
-        )
-    )
-    try:
-        return b"".join([chunk async for chunk in provider.stream(job)])
-    finally:
-        await provider.aclose()
+    return await synthesize(provider_type, job, api_key=KEY, **settings)
 
 
 def job(**fields: Any) -> SynthesisJob:

@@ -13,8 +13,8 @@ from starlette.testclient import TestClient
 
 from gateway.app import create_app
 from gateway.config import ConfigError, parse_config
-from providers.base import ProviderConfig, ProviderHTTPError, SynthesisJob, build_provider
-from tests.support import peak_frequency, tone
+from providers.base import ProviderHTTPError, SynthesisJob
+from tests.support import peak_frequency, synthesize, tone
 
 pytestmark = pytest.mark.respx(using="httpx")
 
@@ -41,11 +41,7 @@ END = {"code": 20000000, "message": "ok", "data": None}
 
 
 async def collect(job: SynthesisJob) -> bytes:
-    provider = build_provider(ProviderConfig(name="volc", type="volcengine", settings=SETTINGS))
-    try:
-        return b"".join([c async for c in provider.stream(job)])
-    finally:
-        await provider.aclose()
+    return await synthesize("volcengine", job, **SETTINGS)
 
 
 def job(**fields: Any) -> SynthesisJob:
