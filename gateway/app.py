@@ -19,9 +19,11 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
+from types import FrameType
 from typing import Any
+from urllib.parse import quote
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -130,6 +132,9 @@ class Gateway:
         self.ready = False
         self.draining = False
         self._retiring: set[asyncio.Task[None]] = set()
+        # Deadlines of the requests under way, brought forward to the drain deadline on drain.
+        self._deadlines: set[asyncio.Timeout] = set()
+        self._drain_at: float | None = None
 
     @property
     def config(self) -> GatewayConfig:
@@ -152,6 +157,49 @@ class Gateway:
             len(self.config.voices),
             self.config.source,
         )
+
+    def begin_drain(self) -> None:
+        """Stop taking requests (503, ``/readyz`` too) and give the streams under way
+        ``server.drain_seconds`` to finish; those still running then are ended (``drain``)."""
+        if self.draining:
+            return
+        self.draining = True
+        seconds = self.config.server.drain_seconds
+        self._drain_at = asyncio.get_running_loop().time() + seconds
+        log.info(
+            "draining: %d stream(s) under way have up to %g s to finish",
+            self.active_streams,
+            seconds,
+        )
+        for deadline in self._deadlines:
+            self._bring_forward(deadline)
+
+    @property
+    def drain_expired(self) -> bool:
+        """Whether the drain deadline has passed."""
+        return self._drain_at is not None and asyncio.get_running_loop().time() >= self._drain_at
+
+    @contextlib.contextmanager
+    def drain_deadline(self, deadline: asyncio.Timeout) -> Iterator[asyncio.Timeout]:
+        """Bring ``deadline`` forward to the drain deadline if a drain starts (or has started)
+        while it is in force."""
+        self._deadlines.add(deadline)
+        if self._drain_at is not None:
+            self._bring_forward(deadline)
+        try:
+            yield deadline
+        finally:
+            self._deadlines.discard(deadline)
+
+    def cut_by_drain(self, deadline: asyncio.Timeout) -> bool:
+        """Whether ``deadline`` expired because it was brought forward by the drain."""
+        return self._drain_at is not None and deadline.when() == self._drain_at
+
+    def _bring_forward(self, deadline: asyncio.Timeout) -> None:
+        assert self._drain_at is not None
+        when = deadline.when()
+        if when is None or when > self._drain_at:
+            deadline.reschedule(self._drain_at)
 
     async def stop(self) -> None:
         """Refuse new work and release every provider."""
@@ -212,9 +260,16 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _LAST_SEND_SECONDS = 10.0
 
 
+#: Longest value written into a request's log line (what a caller sends is cut to this).
+_LOG_VALUE_CHARS = 256
+
+
 def _log_value(value: Any) -> str:
-    """A value for a ``key=value`` log line; quoted when it could break the line's format."""
+    """A value for a ``key=value`` log line: at most ``_LOG_VALUE_CHARS`` characters (the rest
+    is counted, not written), quoted when it could break the line's format."""
     text = str(value)
+    if len(text) > _LOG_VALUE_CHARS:
+        text = f"{text[:_LOG_VALUE_CHARS]}...(+{len(text) - _LOG_VALUE_CHARS} chars)"
     if text and text.isprintable() and " " not in text and "=" not in text:
         return text
     return repr(text)
@@ -225,6 +280,12 @@ def _answering_voice(stream: AudioStream, request: TTSRequest) -> str:
     matched it)."""
     voice = stream.route.voice
     return request.voice_id if voice.is_pattern else voice.key
+
+
+def _header_value(text: str) -> bytes:
+    """``text`` as a header value that no caller can use to break the head: UTF-8, with every
+    byte outside visible ASCII (and ``%``) percent-encoded."""
+    return quote(text, safe="".join(chr(c) for c in range(0x21, 0x7F) if chr(c) != "%")).encode()
 
 
 class _ClientGone(Exception):
@@ -309,8 +370,10 @@ class SynthesisEndpoint:
             if not work.cancelled():
                 work.result()
         except _ClientGone:
-            info["status"] = 499
-            gw.metrics.requests.labels("499").inc()
+            # The connection layer answered 408 itself if the body did not arrive in time.
+            status = 408 if scope.get("gateway.timed_out") else 499
+            info["status"] = status
+            gw.metrics.requests.labels(str(status)).inc()
         except GatewayError as error:
             info.update(status=error.status, error=error.code)
             gw.metrics.requests.labels(str(error.status)).inc()
@@ -333,7 +396,16 @@ class SynthesisEndpoint:
         started: float,
         info: dict[str, Any],
     ) -> None:
-        stream = await routing.relay.open(chain, request, request_id)
+        gw = self.gateway
+        try:
+            async with asyncio.timeout(None) as opening:
+                with gw.drain_deadline(opening):
+                    stream = await routing.relay.open(chain, request, request_id)
+        except TimeoutError:
+            if not opening.expired():
+                raise
+            # The drain deadline passed before any audio existed: nothing has gone out yet.
+            raise NotReady("the gateway is shutting down", headers={"Retry-After": "1"}) from None
         try:
             info.update(provider=stream.provider.name, answered_by=stream.route.voice.key)
             content_type = routing.config.server.content_type
@@ -358,7 +430,7 @@ class SynthesisEndpoint:
             (b"x-sample-rate", str(request.sample_rate).encode()),
             (b"x-channels", b"1"),
             (b"x-request-id", request_id.encode()),
-            (b"x-voice", _answering_voice(stream, request).encode()),
+            (b"x-voice", _header_value(_answering_voice(stream, request))),
             (b"cache-control", b"no-store"),
         ]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
@@ -368,16 +440,17 @@ class SynthesisEndpoint:
         deadline = asyncio.get_running_loop().time() + stream.provider.config.timeout.total
         first = True
         try:
-            async with asyncio.timeout_at(deadline):
-                async for pcm in stream.chunks():
-                    await send({"type": "http.response.body", "body": pcm, "more_body": True})
-                    if first:
-                        first = False
-                        ttfb = time.perf_counter() - started
-                        gw.metrics.ttfb.labels(provider).observe(ttfb)
-                        info["ttfb_ms"] = round(ttfb * 1000, 1)
+            async with asyncio.timeout_at(deadline) as budget:
+                with gw.drain_deadline(budget):
+                    async for pcm in stream.chunks():
+                        await send({"type": "http.response.body", "body": pcm, "more_body": True})
+                        if first:
+                            first = False
+                            ttfb = time.perf_counter() - started
+                            gw.metrics.ttfb.labels(provider).observe(ttfb)
+                            info["ttfb_ms"] = round(ttfb * 1000, 1)
         except TimeoutError:
-            end = "timeout"
+            end = "drain" if gw.cut_by_drain(budget) else "timeout"
         except Exception as error:
             # Audio has gone out: no retry, no fallback, no error bytes. End what we have.
             end = "provider_error"
@@ -468,14 +541,25 @@ def create_app(config: GatewayConfig | None = None, config_path: str | None = No
         await gateway.start()
         loop = asyncio.get_running_loop()
         hooked = False
+        chained: dict[signal.Signals, Any] = {}
         if threading.current_thread() is threading.main_thread():
             loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(gateway.reload()))
             hooked = True
+            # The server's own SIGTERM/SIGINT handling stops accepting and waits for the
+            # connections; the gateway hears of it here too, to start the drain clock.
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                previous = _chain_signal(
+                    signum, lambda: loop.call_soon_threadsafe(gateway.begin_drain)
+                )
+                if previous is not None:
+                    chained[signum] = previous
         try:
             yield
         finally:
             if hooked:
                 loop.remove_signal_handler(signal.SIGHUP)
+            for signum, handler in chained.items():
+                signal.signal(signum, handler)
             await gateway.stop()
 
     async def healthz(request: Request) -> Response:
@@ -546,6 +630,21 @@ class GatewayApp(Starlette):
             await self.synthesis[1](scope, receive, send)
             return
         await super().__call__(scope, receive, send)
+
+
+def _chain_signal(signum: int, hook: Callable[[], object]) -> Any:
+    """Run ``hook`` on ``signum`` before the handler the server installed; returns that
+    handler, or None (and installs nothing) where no server handles the signal itself."""
+    previous = signal.getsignal(signum)
+    if not callable(previous):
+        return None
+
+    def handler(number: int, frame: FrameType | None) -> None:
+        hook()
+        previous(number, frame)
+
+    signal.signal(signum, handler)
+    return previous
 
 
 def app_from_env() -> Starlette:

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
+import resource
 import ssl
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
-from .config import ConfigError, GatewayConfig, default_config, load_config
+from .config import ConfigError, GatewayConfig, ServerConfig, default_config, load_config
+from .protocol import ConnectionLimits, protocol_factory
 from .routing import Router
 
 
@@ -51,6 +53,49 @@ def format_table(config: GatewayConfig) -> str:
     return "\n".join(lines)
 
 
+#: Seconds the server waits, after the gateway's own drain deadline, before cancelling requests.
+_DRAIN_BACKSTOP_SECONDS = 5.0
+#: File descriptors kept back from client connections (listening socket, logs, models, pools).
+_RESERVED_FILES = 256
+
+
+def open_file_limit() -> int:
+    """Raise this process's soft limit on open files to its hard limit; the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return soft if soft != resource.RLIM_INFINITY else 1 << 20
+
+
+def connection_limits(server: ServerConfig, open_files: int | None = None) -> ConnectionLimits:
+    """The connection deadlines and cap for ``server``. The cap is lowered, with a warning, to
+    what the open-file limit leaves room for: each connection may need a second descriptor for
+    its upstream, and accepting beyond the limit fails for everyone instead of answering 503."""
+    cap = server.max_connections
+    if open_files is not None:
+        room = max(1, (open_files - _RESERVED_FILES) // 2)
+        if cap > room:
+            logging.getLogger("gateway").warning(
+                "server.max_connections is %d, but the open-file limit (%d) leaves room for %d "
+                "connections: using %d (raise LimitNOFILE / ulimit -n to allow more)",
+                cap,
+                open_files,
+                room,
+                room,
+            )
+            cap = room
+    timeouts = server.timeouts
+    return ConnectionLimits(
+        header=timeouts.header,
+        body=timeouts.body,
+        keep_alive=timeouts.keep_alive,
+        max_connections=cap,
+    )
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -68,12 +113,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if tls_file and not Path(tls_file).is_file():
             print(f"error: no such TLS file: {tls_file}", file=sys.stderr)
             return 2
+    limits = connection_limits(server, open_file_limit())
     options: dict[str, Any] = {
         "host": args.host or server.host,
         "port": server.port if args.port is None else args.port,
         "log_level": server.log_level,
         "access_log": False,  # the gateway logs one richer line per request itself
-        "timeout_graceful_shutdown": server.drain_seconds,
+        "http": protocol_factory(limits),
+        "ws": "none",
+        # The gateway ends streams itself at server.drain_seconds (end reason "drain"); this
+        # is only the server's backstop for anything still running after that.
+        "timeout_graceful_shutdown": server.drain_seconds + _DRAIN_BACKSTOP_SECONDS,
         "ssl_certfile": certfile,
         "ssl_keyfile": keyfile,
         "log_config": None,
@@ -85,18 +135,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         uvicorn.run("gateway.app:app_from_env", factory=True, workers=args.workers, **options)
     else:
         path = args.config or os.environ.get("TTS_GATEWAY_CONFIG") or None
-        app = create_app(config, path)
-        gateway = app.state.gateway
-
-        class DrainingServer(uvicorn.Server):
-            """On SIGTERM/SIGINT, answer 503 (readyz, new requests on open connections) while
-            the streams under way finish."""
-
-            def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-                gateway.draining = True
-                super().handle_exit(sig, frame)
-
-        DrainingServer(uvicorn.Config(app, **options)).run()
+        uvicorn.Server(uvicorn.Config(create_app(config, path), **options)).run()
     return 0
 
 

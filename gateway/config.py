@@ -36,6 +36,7 @@ from providers.base import (
 )
 
 __all__ = [
+    "ClientTimeouts",
     "ConfigError",
     "ConfigProblem",
     "GatewayConfig",
@@ -68,11 +69,14 @@ _SERVER_KEYS: Final = (
     "log_level",
     "drain_seconds",
     "resampler",
+    "timeouts",
+    "max_connections",
 )
 _PROVIDER_COMMON_KEYS: Final = ("type", "max_concurrency", "timeout", "retry", "options")
 _TIMEOUT_KEYS: Final = ("connect", "first_byte", "total")
 _RETRY_KEYS: Final = ("attempts", "backoff", "max_backoff")
 _VOICE_KEYS: Final = ("provider", "voice", "options", "emotions", "fallback")
+_CLIENT_TIMEOUT_KEYS: Final = ("header", "body", "keep_alive")
 
 _EMPTY: Final[Mapping[str, Any]] = MappingProxyType({})
 
@@ -107,6 +111,17 @@ class ConfigError(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class ClientTimeouts:
+    """``server.timeouts``, seconds: the request head must arrive within ``header`` of the
+    connection opening (or of its first byte after a keep-alive pause), the body within ``body``
+    of the head; an idle keep-alive connection is closed after ``keep_alive``."""
+
+    header: float = 5.0
+    body: float = 10.0
+    keep_alive: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
 class ServerConfig:
     """The ``server:`` block: the HTTP endpoint, its limits and how unknown VoiceIds are met."""
 
@@ -124,6 +139,9 @@ class ServerConfig:
     ssl_keyfile: str | None = None
     log_level: str = "info"
     drain_seconds: float = 10.0
+    timeouts: ClientTimeouts = field(default_factory=ClientTimeouts)
+    max_connections: int = 4096
+    """Open client connections per process; beyond it a new connection gets 503 and is closed."""
     resampler: str = "auto"
     """``auto`` (by the first chunk), ``low_latency`` (soxr variable-rate: first 20 ms chunk
     answered, ~0.85 ms CPU and ~120 KiB per stream) or ``block`` (soxr's default filter:
@@ -641,6 +659,8 @@ class _Parser:
         put("log_level", lambda v, p: self.choice(v, p, _LOG_LEVELS))
         put("resampler", lambda v, p: self.choice(v, p, _RESAMPLERS))
         put("drain_seconds", lambda v, p: self.number(v, p, 0))
+        put("timeouts", self.client_timeouts)
+        put("max_connections", lambda v, p: self.integer(v, p, 1))
 
         pair = ("ssl_certfile", "ssl_keyfile")
         # A value that failed its own check is already reported; don't also call it missing.
@@ -651,6 +671,20 @@ class _Parser:
 
         self.check_default_voice(block, fields, voice_keys)
         return ServerConfig(**fields)
+
+    def client_timeouts(self, value: Any, path: str) -> ClientTimeouts | None:
+        block = self.mapping(value, path)
+        if block is None:
+            return None
+        self.check_keys(block, path, _CLIENT_TIMEOUT_KEYS)
+        values: dict[str, float] = {}
+        for key in _CLIENT_TIMEOUT_KEYS:
+            if key in block:
+                number = self.number(block[key], _child(path, key), 0, strict=True)
+                if number is None:
+                    return None
+                values[key] = number
+        return ClientTimeouts(**values)
 
     def server_path(self, value: Any, path: str) -> str | None:
         text = self.string(value, path)

@@ -45,7 +45,7 @@ class Metrics:
         self.streams_ended = Counter(
             "tts_streams_ended",
             "Audio streams by how they ended (complete, client_disconnect, provider_error, "
-            "timeout).",
+            "timeout, drain).",
             ["reason"],
             registry=r,
         )

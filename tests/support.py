@@ -17,6 +17,7 @@ import numpy as np
 import uvicorn
 from starlette.applications import Starlette
 
+from gateway.protocol import ConnectionLimits, protocol_factory
 from providers.base import (
     AudioFormat,
     Container,
@@ -172,12 +173,22 @@ def free_socket() -> socket.socket:
 
 
 @contextlib.asynccontextmanager
-async def live_server(app: Starlette | Callable[..., Any]) -> AsyncIterator[str]:
-    """Serve ``app`` with uvicorn on a loopback port inside the running loop; yields the base
-    URL. Real sockets, so chunking, timing and disconnects are what a caller would see."""
+async def live_server(
+    app: Starlette | Callable[..., Any], limits: ConnectionLimits | None = None
+) -> AsyncIterator[str]:
+    """Serve ``app`` with uvicorn and the gateway's own HTTP protocol (as ``tts-gateway serve``
+    does) on a loopback port inside the running loop; yields the base URL. Real sockets, so
+    chunking, timing and disconnects are what a caller would see."""
     sock = free_socket()
     port = sock.getsockname()[1]
-    config = uvicorn.Config(app, lifespan="on", log_level="warning", access_log=False)
+    config = uvicorn.Config(
+        app,
+        lifespan="on",
+        log_level="warning",
+        access_log=False,
+        http=protocol_factory(limits or ConnectionLimits()),
+        ws="none",
+    )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:

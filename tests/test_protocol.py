@@ -1,0 +1,376 @@
+"""The gateway's HTTP/1.1 connections, driven over real loopback sockets: deadlines on heads,
+bodies and idle keep-alives, the connection cap, bounded heads, answers that end the exchange,
+HTTP/1.0 framing, pipelining, Upgrade and Expect."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from starlette.types import Receive, Scope, Send
+
+from gateway.app import create_app
+from gateway.config import parse_config
+from gateway.protocol import ConnectionLimits
+from tests.support import (
+    Plan,
+    ScriptedProvider,
+    live_server,
+    provider_block,
+    scripted_config,
+    tone,
+)
+
+CHUNK = tone(440, 0.02, 24000)
+SYNTH = json.dumps({"Text": "Hello.", "SampleRate": 24000, "VoiceId": "a"}).encode()
+#: Long enough never to fire in a test that is not about it, short enough to wait for when it is.
+SHORT = 0.3
+#: How long a test waits for the event that proves its point before failing.
+PATIENCE = 10.0
+
+
+@pytest.fixture
+def plan() -> Plan:
+    ScriptedProvider.plans.clear()
+    ScriptedProvider.plans["pa"] = Plan([[CHUNK, CHUNK]])
+    return ScriptedProvider.plans["pa"]
+
+
+def gateway_app() -> Any:
+    return create_app(
+        parse_config(scripted_config({"a": {"provider": "pa"}}, {"pa": provider_block()}))
+    )
+
+
+@pytest.fixture
+async def gateway(plan: Plan) -> AsyncIterator[tuple[str, int]]:
+    limits = ConnectionLimits(header=SHORT, body=SHORT, keep_alive=SHORT, max_connections=50)
+    async with live_server(gateway_app(), limits) as url:
+        host, port = url.removeprefix("http://").split(":")
+        yield host, int(port)
+
+
+async def connect(address: tuple[str, int]) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection(*address)
+
+
+async def until_eof(reader: asyncio.StreamReader) -> bytes:
+    """Everything the server sends until it closes the connection (or fail after PATIENCE)."""
+    return await asyncio.wait_for(reader.read(), PATIENCE)
+
+
+def split_response(raw: bytes) -> tuple[int, dict[str, str], bytes]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return int(lines[0].split()[1]), headers, body
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
+    """One response: head, then a Content-Length or chunked body."""
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), PATIENCE)
+    status, headers, _ = split_response(head)
+    if "content-length" in headers:
+        body = await reader.readexactly(int(headers["content-length"]))
+    elif headers.get("transfer-encoding") == "chunked":
+        parts = []
+        while size := int((await reader.readline()).strip(), 16):
+            parts.append(await reader.readexactly(size))
+            await reader.readline()
+        await reader.readline()
+        body = b"".join(parts)
+    else:
+        body = b""
+    return status, headers, body
+
+
+def post(body: bytes, version: str = "1.1", extra: str = "") -> bytes:
+    return (
+        f"POST /stream-audio HTTP/{version}\r\nHost: t\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n{extra}\r\n"
+    ).encode() + body
+
+
+# ---------------------------------------------------------------- deadlines
+
+
+async def test_an_idle_new_connection_is_closed_after_the_header_deadline(
+    gateway: tuple[str, int],
+) -> None:
+    reader, writer = await connect(gateway)
+    assert await until_eof(reader) == b""  # nothing was asked, so nothing is answered
+    writer.close()
+
+
+async def test_a_head_that_does_not_arrive_in_time_is_answered_408_and_closed(
+    gateway: tuple[str, int],
+) -> None:
+    reader, writer = await connect(gateway)
+    writer.write(b"POST /stream-audio HTTP/1.1\r\nHost: t\r\n")  # and never the rest
+    status, headers, body = split_response(await until_eof(reader))
+    assert status == 408
+    assert headers["connection"] == "close"
+    assert json.loads(body)["error"]["code"] == "request_timeout"
+    writer.close()
+
+
+async def test_a_body_that_does_not_arrive_in_time_is_answered_408_and_logged(
+    gateway: tuple[str, int], plan: Plan, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="gateway")
+    reader, writer = await connect(gateway)
+    writer.write(post(SYNTH)[:-10])  # ten bytes short, forever
+    status, _, body = split_response(await until_eof(reader))
+    assert status == 408
+    assert "body" in json.loads(body)["error"]["message"]
+    assert plan.jobs == []
+    for _ in range(int(PATIENCE / 0.01)):  # the app's log line comes once its task ends
+        if any("status=408" in r.getMessage() for r in caplog.records):
+            break
+        await asyncio.sleep(0.01)
+    assert any("status=408" in r.getMessage() for r in caplog.records)
+    writer.close()
+
+
+async def test_a_never_ending_chunked_body_is_cut_off(gateway: tuple[str, int]) -> None:
+    reader, writer = await connect(gateway)
+    writer.write(
+        b"POST /stream-audio HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n1\r\n{\r\n"
+    )
+
+    async def drip() -> None:
+        while True:  # a byte every 50 ms: never idle, never done
+            writer.write(b"1\r\n \r\n")
+            await writer.drain()
+            await asyncio.sleep(0.05)
+
+    dripping = asyncio.create_task(drip())
+    try:
+        raw = await until_eof(reader)
+    finally:
+        dripping.cancel()
+        writer.close()
+    assert split_response(raw)[0] == 408
+
+
+async def test_an_idle_keep_alive_connection_is_closed(gateway: tuple[str, int]) -> None:
+    reader, writer = await connect(gateway)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+    status, headers, _ = await read_response(reader)
+    assert status == 200
+    assert "connection" not in headers  # kept alive ...
+    assert await until_eof(reader) == b""  # ... until idle for keep_alive seconds
+    writer.close()
+
+
+async def test_a_keep_alive_connection_serves_several_requests(gateway: tuple[str, int]) -> None:
+    reader, writer = await connect(gateway)
+    for _ in range(3):
+        writer.write(post(SYNTH))
+        status, _headers, body = await read_response(reader)
+        assert status == 200
+        assert body == CHUNK * 2
+    writer.close()
+
+
+# ---------------------------------------------------------------- the connection cap
+
+
+async def test_connections_beyond_the_cap_get_503_and_are_closed(
+    plan: Plan, caplog: pytest.LogCaptureFixture
+) -> None:
+    limits = ConnectionLimits(header=PATIENCE, max_connections=3)
+    async with live_server(gateway_app(), limits) as url:
+        host, port = url.removeprefix("http://").split(":")
+        address = (host, int(port))
+        held = [await connect(address) for _ in range(3)]
+        # Prove the three are accepted (served), not merely queued in the kernel.
+        for reader, writer in held:
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+            assert (await read_response(reader))[0] == 200
+        reader, writer = await connect(address)
+        status, headers, body = split_response(await until_eof(reader))
+        assert status == 503
+        assert headers["retry-after"] == "1"
+        assert json.loads(body)["error"]["code"] == "too_many_connections"
+        writer.close()
+        assert any("connection limit reached" in r.getMessage() for r in caplog.records)
+        # One leaves; the next caller is served again.
+        held[0][1].close()
+        await held[0][1].wait_closed()
+        for _ in range(int(PATIENCE / 0.01)):
+            reader, writer = await connect(address)
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+            status = (await read_response(reader))[0]
+            writer.close()
+            if status == 200:
+                break
+            await asyncio.sleep(0.01)  # the server has not yet seen the first one go
+        assert status == 200
+        for _, held_writer in held[1:]:
+            held_writer.close()
+
+
+# ---------------------------------------------------------------- bounded heads, bad requests
+
+
+async def test_an_oversized_head_is_answered_431(gateway: tuple[str, int], plan: Plan) -> None:
+    reader, writer = await connect(gateway)
+    writer.write(b"POST /stream-audio HTTP/1.1\r\nHost: t\r\n")
+    for i in range(1000):
+        writer.write(b"X-Filler-%d: %s\r\n" % (i, b"a" * 100))
+    status, _, body = split_response(await until_eof(reader))
+    assert status == 431
+    assert json.loads(body)["error"]["code"] == "headers_too_large"
+    assert plan.jobs == []
+    writer.close()
+
+
+async def test_a_malformed_request_is_answered_400(gateway: tuple[str, int]) -> None:
+    reader, writer = await connect(gateway)
+    writer.write(b"POST /stream-audio HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: x\r\n\r\n")
+    status, _headers, body = split_response(await until_eof(reader))
+    assert status == 400
+    assert json.loads(body)["error"]["code"] == "malformed_request"
+    writer.close()
+
+
+async def test_a_413_closes_the_connection_without_reading_on(
+    gateway: tuple[str, int], plan: Plan
+) -> None:
+    reader, writer = await connect(gateway)
+    size = 50 * 1024 * 1024
+    writer.write(
+        f"POST /stream-audio HTTP/1.1\r\nHost: t\r\nContent-Length: {size}\r\n\r\n".encode()
+        + b"x" * 65536
+    )
+    await writer.drain()
+    status, headers, body = await read_response(reader)
+    assert status == 413
+    assert headers["connection"] == "close"
+    assert json.loads(body)["error"]["code"] == "too_large"
+    # A caller that goes on sending is cut off long before its 50 MB have gone out.
+    sent = 65536
+    with pytest.raises(ConnectionError):
+        async with asyncio.timeout(PATIENCE):
+            while sent < size:
+                writer.write(b"x" * 65536)
+                await writer.drain()
+                sent += 65536
+    assert sent < size // 4
+    writer.close()
+    assert plan.jobs == []
+
+
+# ---------------------------------------------------------------- framing
+
+
+async def test_an_http10_caller_gets_a_close_delimited_stream(
+    gateway: tuple[str, int], plan: Plan
+) -> None:
+    reader, writer = await connect(gateway)
+    writer.write(post(SYNTH, version="1.0"))
+    status, headers, body = split_response(await until_eof(reader))
+    assert status == 200
+    assert "transfer-encoding" not in headers
+    assert headers["connection"] == "close"
+    assert body == CHUNK * 2  # raw PCM up to the close, no chunk framing
+    writer.close()
+
+
+async def test_an_http10_keep_alive_caller_keeps_its_connection_for_sized_answers(
+    gateway: tuple[str, int],
+) -> None:
+    reader, writer = await connect(gateway)
+    for _ in range(2):
+        writer.write(b"GET /healthz HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        status, headers, body = await read_response(reader)
+        assert status == 200
+        assert headers["connection"] == "keep-alive"
+        assert json.loads(body) == {"status": "ok"}
+    writer.close()
+
+
+async def test_pipelined_requests_are_answered_in_order(gateway: tuple[str, int]) -> None:
+    reader, writer = await connect(gateway)
+    writer.write(post(SYNTH) + b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n" + post(SYNTH))
+    first, second, third = [await read_response(reader) for _ in range(3)]
+    assert (first[0], first[2]) == (200, CHUNK * 2)
+    assert (second[0], json.loads(second[2])) == (200, {"status": "ok"})
+    assert (third[0], third[2]) == (200, CHUNK * 2)
+    writer.close()
+
+
+async def test_an_upgrade_request_is_answered_over_http11_with_its_body(
+    gateway: tuple[str, int], plan: Plan
+) -> None:
+    reader, writer = await connect(gateway)
+    writer.write(post(SYNTH, extra="Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"))
+    status, _headers, body = await read_response(reader)
+    assert status == 200
+    assert body == CHUNK * 2
+    assert plan.jobs[0].text == "Hello."
+    writer.close()
+
+
+async def test_expect_100_continue_is_honoured(gateway: tuple[str, int], plan: Plan) -> None:
+    reader, writer = await connect(gateway)
+    head, body = post(SYNTH, extra="Expect: 100-continue\r\n").split(b"\r\n\r\n", 1)
+    writer.write(head + b"\r\n\r\n")
+    interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), PATIENCE)
+    assert interim.startswith(b"HTTP/1.1 100 Continue")
+    writer.write(body)
+    status, _, audio = await read_response(reader)
+    assert (status, audio) == (200, CHUNK * 2)
+    writer.close()
+
+
+async def test_head_requests_get_no_body(gateway: tuple[str, int]) -> None:
+    reader, writer = await connect(gateway)
+    writer.write(
+        b"HEAD /healthz HTTP/1.1\r\nHost: t\r\n\r\nGET /healthz HTTP/1.1\r\nHost: t\r\n\r\n"
+    )
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), PATIENCE)
+    assert split_response(head)[0] == 200
+    # The next bytes are the second answer, not a body of the first.
+    status, _, body = await read_response(reader)
+    assert (status, json.loads(body)) == (200, {"status": "ok"})
+    writer.close()
+
+
+# ---------------------------------------------------------------- app failures
+
+
+async def failing_app(scope: Scope, receive: Receive, send: Send) -> None:
+    if scope["type"] == "lifespan":
+        message = await receive()
+        await send({"type": "lifespan.startup.complete"})
+        await receive()
+        await send({"type": "lifespan.shutdown.complete"})
+        del message
+        return
+    if scope["path"] == "/bad-header":
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": [(b"x-a", b"1\r\nx: 2")]}
+        )
+    raise RuntimeError("boom")
+
+
+async def test_an_app_error_before_any_byte_is_a_json_500() -> None:
+    async with live_server(failing_app) as url:
+        host, port = url.removeprefix("http://").split(":")
+        for path in ("/boom", "/bad-header"):
+            reader, writer = await connect((host, int(port)))
+            writer.write(f"GET {path} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+            status, headers, body = split_response(await until_eof(reader))
+            assert status == 500
+            assert "\r\nx: 2" not in headers.get("x-a", "")
+            assert json.loads(body)["error"]["code"] == "internal_error"
+            writer.close()
