@@ -8,7 +8,7 @@ single-quoted and missing a quote: it is salvaged, never a reason to fail a synt
 Everything here reads caller bytes on the event loop, before anything else does, so every step
 costs time linear in its input: a fixed number of passes in C (``json``, possessive regexes that
 cannot backtrack, ``str`` methods), and Python loops that do a constant amount of work per item
-(ExtendData tokens), with the one that has no natural bound capped (ExtendData
+(body keys, ExtendData tokens), with the one that has no natural bound capped (ExtendData
 tokens). ``bench/hostile_parse.py`` times each step on hostile input.
 """
 
@@ -31,6 +31,14 @@ log = logging.getLogger("gateway.request")
 
 #: The fields of ExtendData that go into the request's log line.
 LOGGED_EXTEND_FIELDS = ("InstanceId", "ChannelId", "SentenceId", "Emotion")
+
+#: The longest VoiceId accepted. Real voice names are far shorter (``zh-CN-XiaoxiaoNeural``,
+#: MiniMax's ``Chinese (Mandarin)_Reliable_Executive``, 32-36 character ids of cloned voices);
+#: 128 leaves room for any of them with a prefix, and bounds what a VoiceId costs in a log line,
+#: the ``X-Voice`` header and the pattern scan.
+MAX_VOICE_ID_CHARS = 128
+
+_FIELDS = ("Text", "SampleRate", "VoiceId", "Token", "ExtendData")
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,29 +113,26 @@ def field_value(data: Mapping[str, Any], name: str) -> Any:
     return None
 
 
+def _interface_fields(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The interface's fields of a body, looked up as :func:`field_value` does, in one pass
+    over the body's keys however many there are."""
+    found = {name: data[name] for name in _FIELDS if name in data}
+    wanted = {name.lower(): name for name in _FIELDS if name not in found}
+    if wanted:
+        for key, value in data.items():
+            if isinstance(key, str):
+                name = wanted.get(key.lower())
+                if name is not None and name not in found:
+                    found[name] = value
+    return found
+
+
 def validate(data: Mapping[str, Any], *, max_text_chars: int) -> TTSRequest:
     """Check the fields of a decoded body; raise ``BadRequest`` / ``PayloadTooLarge``."""
-    text = field_value(data, "Text")
-    if text is None:
-        raise BadRequest("Text is required", field="Text", code="missing_field")
-    if not isinstance(text, str):
-        raise BadRequest("Text must be a string", field="Text", code="invalid_field")
-    if not text.strip():
-        raise BadRequest("Text is empty", field="Text", code="empty_text")
-    if not any(ch.isalnum() for ch in text):
-        # Punctuation or symbols only: no voice can speak it, so it is the caller's mistake,
-        # not a provider failure to retry and fail over.
-        raise BadRequest("Text has nothing to speak", field="Text", code="empty_text")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise BadRequest("Text is not valid Unicode", field="Text", code="invalid_field") from None
-    if len(text) > max_text_chars:
-        raise PayloadTooLarge(
-            f"Text has {len(text)} characters; the limit is {max_text_chars}", field="Text"
-        )
+    fields = _interface_fields(data)
+    text = _text(fields.get("Text"), max_text_chars)
 
-    raw_rate = field_value(data, "SampleRate")
+    raw_rate = fields.get("SampleRate")
     if raw_rate is None or raw_rate == "":
         raise BadRequest("SampleRate is required", field="SampleRate", code="missing_field")
     rate = _as_int(raw_rate)
@@ -139,25 +144,88 @@ def validate(data: Mapping[str, Any], *, max_text_chars: int) -> TTSRequest:
             code="invalid_sample_rate",
         )
 
-    voice_id = field_value(data, "VoiceId")
-    if voice_id is None:
-        voice_id = ""
-    elif isinstance(voice_id, int | float) and not isinstance(voice_id, bool):
-        voice_id = str(voice_id)
-    elif not isinstance(voice_id, str):
-        raise BadRequest("VoiceId must be a string", field="VoiceId", code="invalid_field")
-
-    token = field_value(data, "Token")
+    token = fields.get("Token")
     if token is not None and not isinstance(token, str):
         token = str(token)
 
     return TTSRequest(
         text=text,
         sample_rate=rate,
-        voice_id=voice_id.strip(),
+        voice_id=_voice_id(fields.get("VoiceId")),
         token=token,
-        extend_data=parse_extend_data(field_value(data, "ExtendData")),
+        extend_data=parse_extend_data(fields.get("ExtendData")),
     )
+
+
+#: Tabs and line breaks: a pause in speech, so a space (a run of them, one space).
+_TEXT_BREAKS = re.compile(r"[\t\n\v\f\r\x1c-\x1e\x85\u2028\u2029]+")
+#: The other C0 and C1 controls and DEL: nothing a voice can speak, and some upstreams fail on
+#: them. Format characters (ZWJ, variation selectors, bidi marks) stay: scripts and emoji need
+#: them.
+_TEXT_CONTROLS = re.compile(r"[\x00-\x08\x0e-\x1b\x1f\x7f-\x84\x86-\x9f]+")
+#: A letter or digit of any script (``\w`` without the underscore): something to speak.
+_SPEAKABLE = re.compile(r"[^\W_]")
+
+
+def _text(value: Any, max_text_chars: int) -> str:
+    """``Text`` as the voice gets it: tabs and line breaks read as spaces, other control
+    characters dropped. A text that is blank or left with nothing to speak (punctuation,
+    symbols or controls only) is the caller's mistake, a 400, not a provider failure to retry
+    and fail over. The length limit applies to the text as sent, before anything is dropped."""
+    if value is None:
+        raise BadRequest("Text is required", field="Text", code="missing_field")
+    if not isinstance(value, str):
+        raise BadRequest("Text must be a string", field="Text", code="invalid_field")
+    if not value.strip():
+        raise BadRequest("Text is empty", field="Text", code="empty_text")
+    if len(value) > max_text_chars:
+        raise PayloadTooLarge(
+            f"Text has {len(value)} characters; the limit is {max_text_chars}", field="Text"
+        )
+    text = _TEXT_CONTROLS.sub("", _TEXT_BREAKS.sub(" ", value))
+    if not _SPEAKABLE.search(text):
+        raise BadRequest("Text has nothing to speak", field="Text", code="empty_text")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequest("Text is not valid Unicode", field="Text", code="invalid_field") from None
+    return text
+
+
+def _voice_id(value: Any) -> str:
+    """``VoiceId`` as routing sees it: surrounding whitespace stripped; empty when absent.
+
+    A voice name is printable text of at most :data:`MAX_VOICE_ID_CHARS` characters: letters
+    and digits of any script (Chinese voice names included), punctuation such as ``-_.:@/()``
+    and spaces inside the name (MiniMax's system voices have them). Anything that cannot be a
+    voice name is a 400 naming ``VoiceId`` before any routing: control characters (C0, C1,
+    DEL, CR/LF), line and paragraph separators, other whitespace than the space, format
+    characters (bidi overrides, zero-width characters), lone surrogates, unassigned code points.
+    Such a VoiceId would otherwise go on into the ``X-Voice`` header, the log line and an
+    upstream's request.
+    """
+    if value is None:
+        return ""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        voice_id = str(value)
+    elif isinstance(value, str):
+        voice_id = value.strip()
+    else:
+        raise BadRequest("VoiceId must be a string", field="VoiceId", code="invalid_field")
+    if len(voice_id) > MAX_VOICE_ID_CHARS:
+        raise BadRequest(
+            f"VoiceId has {len(voice_id)} characters; a voice name has at most "
+            f"{MAX_VOICE_ID_CHARS}",
+            field="VoiceId",
+            code="invalid_field",
+        )
+    if not voice_id.isprintable():
+        raise BadRequest(
+            "VoiceId must be printable text: no control, line-break or invisible characters",
+            field="VoiceId",
+            code="invalid_field",
+        )
+    return voice_id
 
 
 def _as_int(value: Any) -> int | None:
@@ -168,11 +236,14 @@ def _as_int(value: Any) -> int | None:
     if isinstance(value, float) and value.is_integer():
         return int(value)
     if isinstance(value, str):
+        value = value.strip()
+        if len(value) > 32:  # no sample rate is this long; int() of 4000 digits is slow
+            return None
         try:
-            return int(value.strip())
+            return int(value)
         except ValueError:
             try:
-                as_float = float(value.strip())
+                as_float = float(value)
             except ValueError:
                 return None
             return int(as_float) if as_float.is_integer() else None

@@ -13,7 +13,9 @@ from starlette.testclient import TestClient
 
 from gateway.app import create_app
 from gateway.config import parse_config
+from gateway.errors import PayloadTooLarge
 from gateway.request import (
+    MAX_VOICE_ID_CHARS,
     TTSRequest,
     parse_extend_data,
     validate,
@@ -157,3 +159,120 @@ async def test_extend_data_with_a_lone_surrogate_reaches_a_custom_upstream() -> 
     assert response.status_code == 200, response.text
     assert response.content == CHUNK
     assert json.loads(upstream.requests[0]["ExtendData"]) == {"InstanceId": "i-?"}
+
+
+# ------------------------------------------------------------------------------ VoiceId
+
+BAD_VOICE_IDS = [
+    "a\x01",
+    "a\r\nX-Injected: 1",
+    "ab\ncd",
+    "a\x7f",
+    "a\x85b",
+    "a\x9bb",
+    "a\u2028b",
+    "a\u2029b",
+    "a\u202eb",  # right-to-left override
+    "a\u200bb",  # zero-width space
+    "a\tb",
+    "a" * (MAX_VOICE_ID_CHARS + 1),
+]
+
+
+@pytest.mark.parametrize("voice_id", BAD_VOICE_IDS)
+def test_a_voice_id_that_cannot_be_a_voice_name_is_a_400_before_routing(
+    client: TestClient, plan: Plan, voice_id: str
+) -> None:
+    response = client.post("/stream-audio", json=dict(BODY, VoiceId=voice_id))
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert (error["field"], error["code"]) == ("VoiceId", "invalid_field")
+    assert plan.jobs == []  # no provider was called
+
+
+def test_a_lone_surrogate_voice_id_is_a_400(client: TestClient, plan: Plan) -> None:
+    raw = b'{"Text": "Hi.", "SampleRate": 24000, "VoiceId": "a\\ud800"}'
+    response = client.post(
+        "/stream-audio", content=raw, headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["field"] == "VoiceId"
+    assert plan.jobs == []
+
+
+async def test_a_voice_id_with_a_line_break_gets_a_json_400_over_a_real_socket(
+    plan: Plan,
+) -> None:
+    """Over uvicorn, such a VoiceId once reached the X-Voice header after the provider had
+    been called, and the caller got an empty reply."""
+    async with live_server(app()) as url, httpx.AsyncClient(base_url=url) as http:
+        response = await http.post("/stream-audio", json=dict(BODY, VoiceId="ann\r\nX-Evil: 1"))
+    assert response.status_code == 400
+    assert response.json()["error"]["field"] == "VoiceId"
+    assert plan.jobs == []
+
+
+@pytest.mark.parametrize(
+    ("voice_id", "routed_as"),
+    [
+        ("zh-CN-XiaoxiaoNeural", "zh-CN-XiaoxiaoNeural"),
+        ("Chinese (Mandarin)_Warm_Bestie", "Chinese (Mandarin)_Warm_Bestie"),
+        ("voice@v2:en/US.1", "voice@v2:en/US.1"),
+        ("  joe \n", "joe"),
+        ("a" * MAX_VOICE_ID_CHARS, "a" * MAX_VOICE_ID_CHARS),
+    ],
+)
+def test_real_voice_names_are_accepted(
+    client: TestClient, plan: Plan, voice_id: str, routed_as: str
+) -> None:
+    response = client.post("/stream-audio", json=dict(BODY, VoiceId=voice_id))
+    assert response.status_code == 200, response.text
+    assert plan.jobs[0].voice == routed_as
+
+
+@pytest.mark.parametrize(
+    ("voice_id", "read_as"), [("晓晓", "晓晓"), ("ja-JP-七海", "ja-JP-七海"), (7, "7"), (None, "")]
+)
+def test_voice_names_in_any_script_and_numbers_are_read(voice_id: Any, read_as: str) -> None:
+    assert read(VoiceId=voice_id).voice_id == read_as
+
+
+# ------------------------------------------------------------------------------ Text
+
+
+@pytest.mark.parametrize(
+    ("text", "spoken"),
+    [
+        ("Hello\x00 world.", "Hello world."),
+        ("Line one.\nLine two.\r\n\tEnd.", "Line one. Line two. End."),
+        ("a\x1b[31mred\x1b[0m", "a[31mred[0m"),
+        ("Next\x85line\u2028and\u2029more", "Next line and more"),
+        ("C1\x9b and DEL\x7f gone", "C1 and DEL gone"),
+        ("👩\u200d💻 codes, caf\u0065\u0301.", "👩\u200d💻 codes, caf\u0065\u0301."),
+    ],
+)
+def test_text_loses_what_cannot_be_spoken(
+    client: TestClient, plan: Plan, text: str, spoken: str
+) -> None:
+    response = client.post("/stream-audio", json=dict(BODY, Text=text))
+    assert response.status_code == 200, response.text
+    assert plan.jobs[0].text == spoken
+
+
+@pytest.mark.parametrize("text", ["\x00", "\x00\x01\x02", "\x00 ?!", "\x7f\x9f.", "\u200d\u200d"])
+def test_text_with_nothing_speakable_left_is_a_400(
+    client: TestClient, plan: Plan, text: str
+) -> None:
+    response = client.post("/stream-audio", json=dict(BODY, Text=text))
+    assert response.status_code == 400
+    assert (response.json()["error"]["code"], response.json()["error"]["field"]) == (
+        "empty_text",
+        "Text",
+    )
+    assert plan.jobs == []
+
+
+def test_the_text_limit_counts_what_was_sent() -> None:
+    with pytest.raises(PayloadTooLarge):
+        validate(dict(BODY, Text="Hi." + "\x00" * 10), max_text_chars=12)
+    assert validate(dict(BODY, Text="Hi." + "\n" * 9), max_text_chars=12).text == "Hi. "
