@@ -127,6 +127,25 @@ def _interface_fields(data: Mapping[str, Any]) -> dict[str, Any]:
     return found
 
 
+def request_token(data: Mapping[str, Any], bearer: str | None) -> str | None:
+    """The token a synthesis request presents: the body's ``Token`` when it has one, else the
+    ``Authorization: Bearer`` header's; ``None`` when neither does.
+
+    The body wins because ``Token`` is the interface's own field: the workflow copies its token
+    into every request body, and a caller that sends both means the body's. An empty or
+    blank body ``Token`` counts as absent: it is what a workflow without a token sends, and it
+    must not hide a header that a script or a proxy in front added. A non-string body token is
+    read as its ``str()`` (``123`` is ``"123"``); neither token is otherwise altered.
+    """
+    value = field_value(data, "Token")
+    token = None if value is None else value if isinstance(value, str) else str(value)
+    if token is not None and token.strip():
+        return token
+    if bearer is not None and bearer.strip():
+        return bearer.strip()
+    return None
+
+
 def validate(data: Mapping[str, Any], *, max_text_chars: int) -> TTSRequest:
     """Check the fields of a decoded body; raise ``BadRequest`` / ``PayloadTooLarge``."""
     fields = _interface_fields(data)
@@ -144,15 +163,11 @@ def validate(data: Mapping[str, Any], *, max_text_chars: int) -> TTSRequest:
             code="invalid_sample_rate",
         )
 
-    token = fields.get("Token")
-    if token is not None and not isinstance(token, str):
-        token = str(token)
-
     return TTSRequest(
         text=text,
         sample_rate=rate,
         voice_id=_voice_id(fields.get("VoiceId")),
-        token=token,
+        token=request_token(fields, None),
         extend_data=parse_extend_data(fields.get("ExtendData")),
     )
 

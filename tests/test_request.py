@@ -18,6 +18,7 @@ from gateway.request import (
     MAX_VOICE_ID_CHARS,
     TTSRequest,
     parse_extend_data,
+    request_token,
     validate,
 )
 from tests.support import (
@@ -276,3 +277,33 @@ def test_the_text_limit_counts_what_was_sent() -> None:
     with pytest.raises(PayloadTooLarge):
         validate(dict(BODY, Text="Hi." + "\x00" * 10), max_text_chars=12)
     assert validate(dict(BODY, Text="Hi." + "\n" * 9), max_text_chars=12).text == "Hi. "
+
+
+# ------------------------------------------------------------------------------ Token
+
+
+@pytest.mark.parametrize(
+    ("data", "bearer", "expected"),
+    [
+        ({"Token": "body"}, "header", "body"),  # the interface's own field wins
+        ({"Token": ""}, "header", "header"),  # an empty body token is no token
+        ({"Token": "  \t"}, "header", "header"),
+        ({"Token": None}, "header", "header"),
+        ({}, "header", "header"),
+        ({"token": "lower"}, "header", "lower"),
+        ({"Token": 123}, "header", "123"),  # non-string body tokens read as before
+        ({"Token": ""}, None, None),
+        ({"Token": ""}, "   ", None),
+        ({}, None, None),
+        ({"Token": " spaced "}, None, " spaced "),  # a body token is never altered
+    ],
+)
+def test_request_token_picks_the_body_token_unless_it_is_empty(
+    data: dict[str, Any], bearer: str | None, expected: str | None
+) -> None:
+    assert request_token(data, bearer) == expected
+
+
+def test_validate_reads_an_empty_body_token_as_none() -> None:
+    assert read(Token="").token is None
+    assert read(Token="t").token == "t"
