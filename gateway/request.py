@@ -32,6 +32,9 @@ log = logging.getLogger("gateway.request")
 #: The fields of ExtendData that go into the request's log line.
 LOGGED_EXTEND_FIELDS = ("InstanceId", "ChannelId", "SentenceId", "Emotion")
 
+#: The most characters of one caller-supplied value that a log line shows.
+LOG_VALUE_CHARS = 128
+
 #: The longest VoiceId accepted. Real voice names are far shorter (``zh-CN-XiaoxiaoNeural``,
 #: MiniMax's ``Chinese (Mandarin)_Reliable_Executive``, 32-36 character ids of cloned voices);
 #: 128 leaves room for any of them with a prefix, and bounds what a VoiceId costs in a log line,
@@ -60,8 +63,50 @@ class TTSRequest:
         return None
 
     def log_fields(self) -> dict[str, Any]:
-        """What ExtendData told us, for the log line (never the text or the token)."""
-        return {k: self.extend_data[k] for k in LOGGED_EXTEND_FIELDS if k in self.extend_data}
+        """What ExtendData told us, for the log line (never the text or the token), each value
+        made safe for a log line by :func:`loggable`."""
+        return {
+            key: loggable(self.extend_data[key])
+            for key in LOGGED_EXTEND_FIELDS
+            if key in self.extend_data
+        }
+
+
+def printable_excerpt(text: str, limit: int = LOG_VALUE_CHARS) -> str:
+    """``text`` made safe to write into one log line or a header: its first ``limit``
+    characters, followed by ``...(+N chars)`` when ``N`` more were cut, with every character
+    that is not printable (C0 and C1 controls, DEL, line and paragraph separators, format
+    characters such as bidi overrides, lone surrogates) written as its Python escape
+    (``\\n``, ``\\x01``, ``\\u202e``), so the result is one line of printable text."""
+    head = text[:limit]
+    if not head.isprintable():
+        head = "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in head)
+    if len(text) > limit:
+        head += f"...(+{len(text) - limit} chars)"
+    return head
+
+
+def loggable(value: Any, limit: int = LOG_VALUE_CHARS) -> Any:
+    """A caller-supplied value as a log line may show it: ``None``, booleans, floats and short
+    integers as they are; anything else as text (containers as JSON) through
+    :func:`printable_excerpt`."""
+    if value is None or isinstance(value, bool | float):
+        return value
+    if isinstance(value, int):
+        try:
+            text = str(value)
+        except ValueError:  # over Python's limit on digits
+            text = hex(value)
+        if len(text) <= limit:
+            return value
+    elif isinstance(value, str):
+        text = value
+    else:
+        try:
+            text = json.dumps(value, ensure_ascii=False, default=str)
+        except (ValueError, TypeError, RecursionError):
+            text = f"<{type(value).__name__}>"
+    return printable_excerpt(text, limit)
 
 
 def parse_body(body: bytes, content_type: str | None) -> dict[str, Any]:
@@ -158,7 +203,7 @@ def validate(data: Mapping[str, Any], *, max_text_chars: int) -> TTSRequest:
     if rate not in SAMPLE_RATES:
         allowed = ", ".join(str(r) for r in SAMPLE_RATES)
         raise BadRequest(
-            f"SampleRate must be one of {allowed} (got {raw_rate!r})",
+            f"SampleRate must be one of {allowed} (got {printable_excerpt(repr(raw_rate), 40)})",
             field="SampleRate",
             code="invalid_sample_rate",
         )

@@ -13,11 +13,14 @@ from starlette.testclient import TestClient
 
 from gateway.app import create_app
 from gateway.config import parse_config
-from gateway.errors import PayloadTooLarge
+from gateway.errors import BadRequest, PayloadTooLarge
 from gateway.request import (
+    LOG_VALUE_CHARS,
     MAX_VOICE_ID_CHARS,
     TTSRequest,
+    loggable,
     parse_extend_data,
+    printable_excerpt,
     request_token,
     validate,
 )
@@ -307,3 +310,50 @@ def test_request_token_picks_the_body_token_unless_it_is_empty(
 def test_validate_reads_an_empty_body_token_as_none() -> None:
     assert read(Token="").token is None
     assert read(Token="t").token == "t"
+
+
+# ------------------------------------------------------------------------------ log values
+
+
+def test_log_fields_are_capped_and_say_how_much_was_cut() -> None:
+    request = read(ExtendData={"InstanceId": "i" * 60000, "ChannelId": "c-1", "SentenceId": 9})
+    fields = request.log_fields()
+    assert fields["ChannelId"] == "c-1" and fields["SentenceId"] == 9
+    assert fields["InstanceId"] == "i" * LOG_VALUE_CHARS + f"...(+{60000 - LOG_VALUE_CHARS} chars)"
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["i-1\nINFO forged", "\x1b[31mred", "a\rb", "a\u2028b", "\u202eevil", "nul\x00"],
+)
+def test_log_fields_hold_no_control_or_invisible_character(value: str) -> None:
+    shown = read(ExtendData={"InstanceId": value}).log_fields()["InstanceId"]
+    assert isinstance(shown, str) and shown.isprintable()
+    assert "\\" in shown  # the character is shown as its escape, not dropped silently
+
+
+def test_loggable_keeps_small_values_and_flattens_containers() -> None:
+    assert loggable(None) is None and loggable(True) is True and loggable(3) == 3
+    assert loggable(1.5) == 1.5
+    assert loggable(10**200) == printable_excerpt(str(10**200))
+    assert loggable({"a": ["\n"]}) == '{"a": ["\\n"]}'
+    assert printable_excerpt("abc", 2) == "ab...(+1 chars)"
+    assert printable_excerpt("a\ud800\U000e0001") == "a\\ud800\\U000e0001"
+
+
+def test_a_huge_caller_value_makes_a_short_log_line(
+    client: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    extend = {"InstanceId": "x" * 30000, "ChannelId": "y\n" * 10000}
+    with caplog.at_level(logging.INFO, logger="gateway"):
+        response = client.post("/stream-audio", json=dict(BODY, ExtendData=extend))
+    assert response.status_code == 200
+    line = next(r.getMessage() for r in caplog.records if "status=200" in r.getMessage())
+    assert len(line) < 1000
+    assert "(+29872 chars)" in line
+
+
+def test_an_invalid_sample_rate_is_not_echoed_whole() -> None:
+    with pytest.raises(BadRequest) as raised:
+        read(SampleRate="9" * 60000)
+    assert len(raised.value.message) < 200
