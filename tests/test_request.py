@@ -16,9 +16,11 @@ from gateway.config import parse_config
 from gateway.errors import BadRequest, PayloadTooLarge
 from gateway.request import (
     LOG_VALUE_CHARS,
+    MAX_FORM_FIELDS,
     MAX_VOICE_ID_CHARS,
     TTSRequest,
     loggable,
+    parse_body,
     parse_extend_data,
     printable_excerpt,
     request_token,
@@ -357,3 +359,30 @@ def test_an_invalid_sample_rate_is_not_echoed_whole() -> None:
     with pytest.raises(BadRequest) as raised:
         read(SampleRate="9" * 60000)
     assert len(raised.value.message) < 200
+
+
+# ------------------------------------------------------------------------------ form bodies
+
+FORM = "application/x-www-form-urlencoded"
+
+
+def test_a_form_is_read_like_parse_qsl_reads_it() -> None:
+    raw = "Text=你好+world%21&SampleRate=24000&VoiceId=&Flag&&Text2=%E4%BD%A0%ZZ".encode()
+    assert parse_body(raw, FORM) == {
+        "Text": "你好 world!",
+        "SampleRate": "24000",
+        "VoiceId": "",
+        "Flag": "",
+        "Text2": "你%ZZ",
+    }
+
+
+def test_a_form_that_is_not_utf8_is_a_400() -> None:
+    with pytest.raises(BadRequest, match="not UTF-8"):
+        parse_body(b"Text=\xff", FORM)
+
+
+def test_a_form_with_too_many_fields_is_a_400() -> None:
+    parse_body(b"a=1" + b"&a=1" * (MAX_FORM_FIELDS - 1), FORM)
+    with pytest.raises(BadRequest, match="fields"):
+        parse_body(b"a=1" + b"&a=1" * MAX_FORM_FIELDS, FORM)
