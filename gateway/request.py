@@ -4,18 +4,24 @@ The workflow posts ``Text``, ``VoiceId``, ``SampleRate``, ``Token`` and ``Extend
 (the vendor text also says "form data", so urlencoded and multipart forms are read too).
 ``ExtendData`` is documented as a string holding a JSON object, but the vendor's own example is
 single-quoted and missing a quote: it is salvaged, never a reason to fail a synthesis.
+
+Everything here reads caller bytes on the event loop, before anything else does, so every step
+costs time linear in its input: a fixed number of passes in C (``json``, possessive regexes that
+cannot backtrack, ``str`` methods), and Python loops that do a constant amount of work per item
+(body keys, form fields, ExtendData tokens), with the ones that have no natural bound capped
+(form fields, ExtendData tokens). ``bench/hostile_parse.py`` times each step on hostile input.
 """
 
 from __future__ import annotations
 
-import ast
 import json
 import logging
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import unquote_to_bytes
 
 from providers.base import SAMPLE_RATES
 
@@ -25,6 +31,20 @@ log = logging.getLogger("gateway.request")
 
 #: The fields of ExtendData that go into the request's log line.
 LOGGED_EXTEND_FIELDS = ("InstanceId", "ChannelId", "SentenceId", "Emotion")
+
+#: The most characters of one caller-supplied value that a log line shows.
+LOG_VALUE_CHARS = 128
+
+#: The longest VoiceId accepted. Real voice names are far shorter (``zh-CN-XiaoxiaoNeural``,
+#: MiniMax's ``Chinese (Mandarin)_Reliable_Executive``, 32-36 character ids of cloned voices);
+#: 128 leaves room for any of them with a prefix, and bounds what a VoiceId costs in a log line,
+#: the ``X-Voice`` header and the pattern scan.
+MAX_VOICE_ID_CHARS = 128
+
+#: The most fields a urlencoded form may have; the interface has five.
+MAX_FORM_FIELDS = 100
+
+_FIELDS = ("Text", "SampleRate", "VoiceId", "Token", "ExtendData")
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,8 +66,50 @@ class TTSRequest:
         return None
 
     def log_fields(self) -> dict[str, Any]:
-        """What ExtendData told us, for the log line (never the text or the token)."""
-        return {k: self.extend_data[k] for k in LOGGED_EXTEND_FIELDS if k in self.extend_data}
+        """What ExtendData told us, for the log line (never the text or the token), each value
+        made safe for a log line by :func:`loggable`."""
+        return {
+            key: loggable(self.extend_data[key])
+            for key in LOGGED_EXTEND_FIELDS
+            if key in self.extend_data
+        }
+
+
+def printable_excerpt(text: str, limit: int = LOG_VALUE_CHARS) -> str:
+    """``text`` made safe to write into one log line or a header: its first ``limit``
+    characters, followed by ``...(+N chars)`` when ``N`` more were cut, with every character
+    that is not printable (C0 and C1 controls, DEL, line and paragraph separators, format
+    characters such as bidi overrides, lone surrogates) written as its Python escape
+    (``\\n``, ``\\x01``, ``\\u202e``), so the result is one line of printable text."""
+    head = text[:limit]
+    if not head.isprintable():
+        head = "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in head)
+    if len(text) > limit:
+        head += f"...(+{len(text) - limit} chars)"
+    return head
+
+
+def loggable(value: Any, limit: int = LOG_VALUE_CHARS) -> Any:
+    """A caller-supplied value as a log line may show it: ``None``, booleans, floats and short
+    integers as they are; anything else as text (containers as JSON) through
+    :func:`printable_excerpt`."""
+    if value is None or isinstance(value, bool | float):
+        return value
+    if isinstance(value, int):
+        try:
+            text = str(value)
+        except ValueError:  # over Python's limit on digits
+            text = hex(value)
+        if len(text) <= limit:
+            return value
+    elif isinstance(value, str):
+        text = value
+    else:
+        try:
+            text = json.dumps(value, ensure_ascii=False, default=str)
+        except (ValueError, TypeError, RecursionError):
+            text = f"<{type(value).__name__}>"
+    return printable_excerpt(text, limit)
 
 
 def parse_body(body: bytes, content_type: str | None) -> dict[str, Any]:
@@ -77,15 +139,34 @@ def parse_body(body: bytes, content_type: str | None) -> dict[str, Any]:
             raise BadRequest("body must be a JSON object", code="malformed_body")
         return data
     if media == "application/x-www-form-urlencoded":
-        try:
-            text = body.decode("utf-8")
-        except UnicodeDecodeError:
-            raise BadRequest("form body is not UTF-8", code="malformed_body") from None
-        return dict(parse_qsl(text, keep_blank_values=True))
+        return _parse_form(body)
     raise UnsupportedMediaType(
         f"Content-Type {media!r} is not supported; send application/json or a form",
         field="Content-Type",
     )
+
+
+def _parse_form(body: bytes) -> dict[str, Any]:
+    """A urlencoded form as ``dict(parse_qsl(..., keep_blank_values=True))`` reads it, but
+    decoded as bytes: ``parse_qsl`` on text makes one Python call per run of raw non-ASCII
+    characters (which ``curl -d`` sends as they are), several times slower on hostile input.
+    Each field costs a few Python calls, so their number is capped."""
+    if body.count(b"&") >= MAX_FORM_FIELDS:
+        raise BadRequest(f"form has more than {MAX_FORM_FIELDS} fields", code="malformed_body")
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest("form body is not UTF-8", code="malformed_body") from None
+    fields: dict[str, Any] = {}
+    for pair in body.split(b"&"):
+        if pair:
+            name, _, value = pair.partition(b"=")
+            fields[_form_text(name)] = _form_text(value)
+    return fields
+
+
+def _form_text(part: bytes) -> str:
+    return unquote_to_bytes(part.replace(b"+", b" ")).decode("utf-8", "replace")
 
 
 def field_value(data: Mapping[str, Any], name: str) -> Any:
@@ -99,59 +180,134 @@ def field_value(data: Mapping[str, Any], name: str) -> Any:
     return None
 
 
+def _interface_fields(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The interface's fields of a body, looked up as :func:`field_value` does, in one pass
+    over the body's keys however many there are."""
+    found = {name: data[name] for name in _FIELDS if name in data}
+    wanted = {name.lower(): name for name in _FIELDS if name not in found}
+    if wanted:
+        for key, value in data.items():
+            if isinstance(key, str):
+                name = wanted.get(key.lower())
+                if name is not None and name not in found:
+                    found[name] = value
+    return found
+
+
+def request_token(data: Mapping[str, Any], bearer: str | None) -> str | None:
+    """The token a synthesis request presents: the body's ``Token`` when it has one, else the
+    ``Authorization: Bearer`` header's; ``None`` when neither does.
+
+    The body wins because ``Token`` is the interface's own field: the workflow copies its token
+    into every request body, and a caller that sends both means the body's. An empty or
+    blank body ``Token`` counts as absent: it is what a workflow without a token sends, and it
+    must not hide a header that a script or a proxy in front added. A non-string body token is
+    read as its ``str()`` (``123`` is ``"123"``); neither token is otherwise altered.
+    """
+    value = field_value(data, "Token")
+    token = None if value is None else value if isinstance(value, str) else str(value)
+    if token is not None and token.strip():
+        return token
+    if bearer is not None and bearer.strip():
+        return bearer.strip()
+    return None
+
+
 def validate(data: Mapping[str, Any], *, max_text_chars: int) -> TTSRequest:
     """Check the fields of a decoded body; raise ``BadRequest`` / ``PayloadTooLarge``."""
-    text = field_value(data, "Text")
-    if text is None:
-        raise BadRequest("Text is required", field="Text", code="missing_field")
-    if not isinstance(text, str):
-        raise BadRequest("Text must be a string", field="Text", code="invalid_field")
-    if not text.strip():
-        raise BadRequest("Text is empty", field="Text", code="empty_text")
-    if not any(ch.isalnum() for ch in text):
-        # Punctuation or symbols only: no voice can speak it, so it is the caller's mistake,
-        # not a provider failure to retry and fail over.
-        raise BadRequest("Text has nothing to speak", field="Text", code="empty_text")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise BadRequest("Text is not valid Unicode", field="Text", code="invalid_field") from None
-    if len(text) > max_text_chars:
-        raise PayloadTooLarge(
-            f"Text has {len(text)} characters; the limit is {max_text_chars}", field="Text"
-        )
+    fields = _interface_fields(data)
+    text = _text(fields.get("Text"), max_text_chars)
 
-    raw_rate = field_value(data, "SampleRate")
+    raw_rate = fields.get("SampleRate")
     if raw_rate is None or raw_rate == "":
         raise BadRequest("SampleRate is required", field="SampleRate", code="missing_field")
     rate = _as_int(raw_rate)
     if rate not in SAMPLE_RATES:
         allowed = ", ".join(str(r) for r in SAMPLE_RATES)
         raise BadRequest(
-            f"SampleRate must be one of {allowed} (got {raw_rate!r})",
+            f"SampleRate must be one of {allowed} (got {printable_excerpt(repr(raw_rate), 40)})",
             field="SampleRate",
             code="invalid_sample_rate",
         )
 
-    voice_id = field_value(data, "VoiceId")
-    if voice_id is None:
-        voice_id = ""
-    elif isinstance(voice_id, int | float) and not isinstance(voice_id, bool):
-        voice_id = str(voice_id)
-    elif not isinstance(voice_id, str):
-        raise BadRequest("VoiceId must be a string", field="VoiceId", code="invalid_field")
-
-    token = field_value(data, "Token")
-    if token is not None and not isinstance(token, str):
-        token = str(token)
-
     return TTSRequest(
         text=text,
         sample_rate=rate,
-        voice_id=voice_id.strip(),
-        token=token,
-        extend_data=parse_extend_data(field_value(data, "ExtendData")),
+        voice_id=_voice_id(fields.get("VoiceId")),
+        token=request_token(fields, None),
+        extend_data=parse_extend_data(fields.get("ExtendData")),
     )
+
+
+#: Tabs and line breaks: a pause in speech, so a space (a run of them, one space).
+_TEXT_BREAKS = re.compile(r"[\t\n\v\f\r\x1c-\x1e\x85\u2028\u2029]+")
+#: The other C0 and C1 controls and DEL: nothing a voice can speak, and some upstreams fail on
+#: them. Format characters (ZWJ, variation selectors, bidi marks) stay: scripts and emoji need
+#: them.
+_TEXT_CONTROLS = re.compile(r"[\x00-\x08\x0e-\x1b\x1f\x7f-\x84\x86-\x9f]+")
+#: A letter or digit of any script (``\w`` without the underscore): something to speak.
+_SPEAKABLE = re.compile(r"[^\W_]")
+
+
+def _text(value: Any, max_text_chars: int) -> str:
+    """``Text`` as the voice gets it: tabs and line breaks read as spaces, other control
+    characters dropped. A text that is blank or left with nothing to speak (punctuation,
+    symbols or controls only) is the caller's mistake, a 400, not a provider failure to retry
+    and fail over. The length limit applies to the text as sent, before anything is dropped."""
+    if value is None:
+        raise BadRequest("Text is required", field="Text", code="missing_field")
+    if not isinstance(value, str):
+        raise BadRequest("Text must be a string", field="Text", code="invalid_field")
+    if not value.strip():
+        raise BadRequest("Text is empty", field="Text", code="empty_text")
+    if len(value) > max_text_chars:
+        raise PayloadTooLarge(
+            f"Text has {len(value)} characters; the limit is {max_text_chars}", field="Text"
+        )
+    text = _TEXT_CONTROLS.sub("", _TEXT_BREAKS.sub(" ", value))
+    if not _SPEAKABLE.search(text):
+        raise BadRequest("Text has nothing to speak", field="Text", code="empty_text")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequest("Text is not valid Unicode", field="Text", code="invalid_field") from None
+    return text
+
+
+def _voice_id(value: Any) -> str:
+    """``VoiceId`` as routing sees it: surrounding whitespace stripped; empty when absent.
+
+    A voice name is printable text of at most :data:`MAX_VOICE_ID_CHARS` characters: letters
+    and digits of any script (Chinese voice names included), punctuation such as ``-_.:@/()``
+    and spaces inside the name (MiniMax's system voices have them). Anything that cannot be a
+    voice name is a 400 naming ``VoiceId`` before any routing: control characters (C0, C1,
+    DEL, CR/LF), line and paragraph separators, other whitespace than the space, format
+    characters (bidi overrides, zero-width characters), lone surrogates, unassigned code points.
+    Such a VoiceId would otherwise go on into the ``X-Voice`` header, the log line and an
+    upstream's request.
+    """
+    if value is None:
+        return ""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        voice_id = str(value)
+    elif isinstance(value, str):
+        voice_id = value.strip()
+    else:
+        raise BadRequest("VoiceId must be a string", field="VoiceId", code="invalid_field")
+    if len(voice_id) > MAX_VOICE_ID_CHARS:
+        raise BadRequest(
+            f"VoiceId has {len(voice_id)} characters; a voice name has at most "
+            f"{MAX_VOICE_ID_CHARS}",
+            field="VoiceId",
+            code="invalid_field",
+        )
+    if not voice_id.isprintable():
+        raise BadRequest(
+            "VoiceId must be printable text: no control, line-break or invisible characters",
+            field="VoiceId",
+            code="invalid_field",
+        )
+    return voice_id
 
 
 def _as_int(value: Any) -> int | None:
@@ -162,39 +318,84 @@ def _as_int(value: Any) -> int | None:
     if isinstance(value, float) and value.is_integer():
         return int(value)
     if isinstance(value, str):
+        value = value.strip()
+        if len(value) > 32:  # no sample rate is this long; int() of 4000 digits is slow
+            return None
         try:
-            return int(value.strip())
+            return int(value)
         except ValueError:
             try:
-                as_float = float(value.strip())
+                as_float = float(value)
             except ValueError:
                 return None
             return int(as_float) if as_float.is_integer() else None
     return None
 
 
-# A key (quoted or not, or missing its opening quote) followed by a quoted or bare value. The
-# value alternatives consume whole quoted strings, so quotes nested inside a value (UserData
-# holding JSON) are never mistaken for keys.
-_PAIR = re.compile(
-    r"""['"]?(?P<key>[A-Za-z_][\w-]*)['"]?\s*:\s*
-        (?: '(?P<sq>[^']*)' | "(?P<dq>(?:[^"\\]|\\.)*)" | (?P<bare>[^,}\s]+) )""",
-    re.VERBOSE,
+# ------------------------------------------------------------------------------ ExtendData
+
+#: How many times ExtendData may have been JSON-encoded (a JSON string holding a JSON string...).
+_JSON_LAYERS = 3
+#: Tokens (and escapes) the salvage reads at most: a real ExtendData has a few dozen.
+_SALVAGE_TOKENS = 2048
+#: Containers nested deeper than this are skipped by the salvage.
+_SALVAGE_DEPTH = 16
+
+_SENTENCE_ID = re.compile(r"-?[0-9]{1,18}")
+_DECIMAL = re.compile(r"-?[0-9]{1,18}(?:\.[0-9]{1,18})?(?:[eE][-+]?[0-9]{1,3})?")
+
+# One token of a JSON-like or Python-like literal, after any whitespace. Each alternative is
+# told apart by its first character and is possessive, so the scan never backtracks and every
+# character is read a bounded number of times: a quoted string runs to its closing quote or to
+# the end of the text; a bare word runs to the next space, quote or punctuation, and takes a
+# quote right after it with it when a colon follows (a key missing its opening quote, as in
+# the vendor's example ``,UserData':'...'``). ``\Z`` ends the scan, also after trailing spaces.
+_TOKEN = re.compile(
+    r"""\s*+(?:
+        (?P<open>[{\[(]) | (?P<close>[}\])]) | (?P<colon>:) | (?P<comma>,)
+      | '(?P<sq>(?:[^'\\]++|\\.)*+)'?
+      | "(?P<dq>(?:[^"\\]++|\\.)*+)"?
+      | (?P<bare>[^\s{}\[\]():,'"]++)(?:['"](?=\s*+:))?
+      | \Z
+    )""",
+    re.VERBOSE | re.DOTALL,
 )
+
+#: A backslash escape in a quoted string: a UTF-16 surrogate pair as JSON writes characters
+#: beyond the BMP, ``\uXXXX``, ``\xXX``, or one character.
+_ESCAPE = re.compile(
+    r"\\(u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+    r"|u[0-9a-fA-F]{4}|x[0-9a-fA-F]{2}|.)",
+    re.DOTALL,
+)
+_SIMPLE_ESCAPES = {
+    "n": "\n",
+    "r": "\r",
+    "t": "\t",
+    "b": "\b",
+    "f": "\f",
+    "/": "/",
+    "\\": "\\",
+    "'": "'",
+    '"': '"',
+}
 
 
 def parse_extend_data(value: Any) -> dict[str, Any]:
-    """Read ExtendData however it came: a JSON string, an object, a Python-style dict literal,
-    the vendor's broken example, empty or absent. Never raises; salvages what it can. The
-    result holds JSON values only (it is passed on to upstreams)."""
+    """Read ExtendData however it came: a JSON string (also encoded twice), an object, a
+    Python-style dict literal (single quotes, ``True``, ``None``), the vendor's broken example,
+    empty or absent. Never raises; salvages what it can. The result holds JSON values only, and
+    its strings encode as UTF-8 (it is passed on to upstreams)."""
     try:
         if isinstance(value, Mapping):
             parsed: dict[str, Any] = {str(k): v for k, v in value.items()}
         elif isinstance(value, str):
-            parsed = _parse_extend_string(value.strip())
+            parsed = _read_extend_string(value)
         else:
             return {}
-        parsed = json.loads(json.dumps(parsed, default=str, allow_nan=False))
+        # Plain JSON whatever came in; a lone surrogate (``"\ud800"`` in the JSON) becomes "?".
+        plain = json.dumps(parsed, default=str, allow_nan=False, ensure_ascii=False)
+        parsed = json.loads(plain.encode("utf-8", "replace"))
     except Exception:  # hostile input of any kind: keep nothing rather than fail
         log.info("ExtendData could not be read; ignored")
         return {}
@@ -204,45 +405,120 @@ def parse_extend_data(value: Any) -> dict[str, Any]:
     return parsed
 
 
-_SENTENCE_ID = re.compile(r"-?[0-9]{1,18}")
+def _read_extend_string(text: str) -> dict[str, Any]:
+    for _ in range(_JSON_LAYERS):
+        text = text.strip()
+        if not text:
+            return {}
+        try:
+            loaded = json.loads(text)
+        except (ValueError, RecursionError):
+            break
+        if isinstance(loaded, dict):
+            return {str(k): v for k, v in loaded.items()}
+        if not isinstance(loaded, str):
+            break
+        text = loaded  # JSON-encoded twice: read what it holds
+    return _salvage(text)
 
 
-def _parse_extend_string(text: str) -> dict[str, Any]:
-    if not text:
-        return {}
-    try:
-        loaded = json.loads(text)
-    except json.JSONDecodeError:
-        loaded = None
-    if isinstance(loaded, dict):
-        return {str(k): v for k, v in loaded.items()}
-    if isinstance(loaded, str):  # JSON-encoded twice
-        return _parse_extend_string(loaded.strip()) if loaded.strip() != text else {}
-    try:
-        literal = ast.literal_eval(text)
-    except (ValueError, SyntaxError, MemoryError, RecursionError):
-        literal = None
-    if isinstance(literal, dict):
-        return {str(k): v for k, v in literal.items()}
-    salvaged: dict[str, Any] = {}
-    for match in _PAIR.finditer(text):
-        key = match.group("key")
-        if match.group("sq") is not None:
-            salvaged[key] = match.group("sq")
-        elif match.group("dq") is not None:
-            salvaged[key] = match.group("dq")
-        else:
-            bare = match.group("bare").strip("'\"")
-            salvaged[key] = _bare_value(bare)
-    return salvaged
+class _Container:
+    """A ``{`` or ``[`` the salvage is inside of: what it fills and, in an object, the key read
+    so far and whether its colon has been seen."""
+
+    __slots__ = ("colon", "items", "key")
+
+    def __init__(self, items: dict[str, Any] | list[Any]) -> None:
+        self.items = items
+        self.key: str | None = None
+        self.colon = False
 
 
-def _bare_value(text: str) -> Any:
-    if _SENTENCE_ID.fullmatch(text):
-        return int(text)
-    lowered = text.lower()
+def _salvage(text: str) -> dict[str, Any]:
+    """Read ``key: value`` pairs out of anything that looks like a literal object.
+
+    One pass over :data:`_TOKEN`'s tokens. Keys and values may be quoted either way or bare;
+    ``true``/``True``/``null``/``None`` and numbers are read as such; nested objects and lists
+    (``[...]`` or ``(...)``) are read into their key. What does not fit is skipped: a key without
+    its colon, a stray colon or closer, a value without a key. A ``{`` where a key is expected
+    adds its pairs to the object around it (so the outer braces are optional), an unterminated
+    input keeps what was read, and reading stops after :data:`_SALVAGE_TOKENS` tokens.
+    """
+    result: dict[str, Any] = {}
+    stack = [_Container(result)]
+    skipping = 0  # how deep inside a group that is being skipped
+    work = 0
+    for match in _TOKEN.finditer(text):
+        kind = match.lastgroup
+        work += 1
+        if kind in ("sq", "dq"):
+            work += match.group(kind).count("\\")
+        if work > _SALVAGE_TOKENS:
+            log.info("ExtendData is long and not JSON; read only its first part")
+            break
+        if skipping:
+            skipping += 1 if kind == "open" else -1 if kind == "close" else 0
+            continue
+        top = stack[-1]
+        items = top.items
+        if kind == "open":
+            child: dict[str, Any] | list[Any] | None = None
+            if len(stack) < _SALVAGE_DEPTH:
+                child = {} if match.group("open") == "{" else []
+                if isinstance(items, list):
+                    items.append(child)
+                elif top.key is not None and top.colon:
+                    items[top.key] = child
+                elif top.key is None and isinstance(child, dict):
+                    child = items  # braces where a key belongs: more pairs of this object
+                else:
+                    child = None
+            top.key, top.colon = None, False
+            if child is None:
+                skipping = 1
+            else:
+                stack.append(_Container(child))
+        elif kind == "close":
+            if len(stack) > 1:
+                stack.pop()
+        elif kind == "colon":
+            top.colon = top.key is not None
+        elif kind == "comma":
+            top.key, top.colon = None, False
+        elif kind is not None:
+            word = match.group(kind)
+            quoted = kind != "bare"
+            if quoted and "\\" in word:
+                word = _ESCAPE.sub(_unescape, word)
+            if isinstance(items, list):
+                items.append(word if quoted else _bare_value(word))
+            elif top.key is not None and top.colon:
+                items[top.key] = word if quoted else _bare_value(word)
+                top.key, top.colon = None, False
+            else:  # a key (or, with no colon yet, the key before it was none)
+                top.key, top.colon = word, False
+    return result
+
+
+def _unescape(match: re.Match[str]) -> str:
+    code = match.group(1)
+    if len(code) == 1:
+        return _SIMPLE_ESCAPES.get(code, match.group(0))
+    if len(code) == 11:  # a surrogate pair, as JSON writes characters beyond the BMP
+        high, low = int(code[1:5], 16), int(code[7:], 16)
+        return chr(0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00))
+    return chr(int(code[1:], 16))
+
+
+def _bare_value(word: str) -> Any:
+    if _SENTENCE_ID.fullmatch(word):
+        return int(word)
+    if _DECIMAL.fullmatch(word):
+        number = float(word)
+        return number if math.isfinite(number) else word
+    lowered = word.lower() if len(word) <= 5 else ""
     if lowered in ("true", "false"):
         return lowered == "true"
     if lowered in ("null", "none"):
         return None
-    return text
+    return word
