@@ -452,7 +452,8 @@ class _BoundedLoader(yaml.SafeLoader):
     def compose_node(self, parent: Node | None, index: int) -> Node | None:
         event = self.peek_event()  # type: ignore[no-untyped-call]
         line = event.start_mark.line + 1 if event.start_mark is not None else None
-        if not isinstance(event, AliasEvent):
+        is_key = isinstance(parent, MappingNode) and index is None  # how PyYAML composes keys
+        if not isinstance(event, AliasEvent) and not is_key:
             self._nodes += 1
             if self._nodes > _MAX_VALUES:
                 raise _TooLarge(f"the file has more than {_MAX_VALUES} values", line)

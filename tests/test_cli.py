@@ -419,6 +419,15 @@ def test_check_config_warns_about_polly_without_botocore(tmp_path: Path) -> None
         "pip install 'tts-gateway[polly]'\n"
     )
     assert f"{path}: OK (1 providers, 1 voices)" in result.stdout
+    result = subprocess.run(
+        [sys.executable, "-c", hide_botocore, "voices", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0 and "Joanna" in result.stdout
+    assert result.stderr.startswith(f"warning: {path}:3: providers.aws: type polly needs")
     # With botocore there, nothing to warn about.
     result = run("check-config", str(path))
     assert result.returncode == 0 and result.stderr == ""

@@ -362,28 +362,36 @@ async def test_a_malformed_service_account_file_refuses_the_reload_on_sighup(
     assert "lacks client_email, token_uri" in caplog.text
 
 
-async def test_a_reload_logs_the_files_warnings(
+POLLY_ROUTING = scripted_config(
+    {"a": {"provider": "old"}, "b": {"provider": "aws"}},
+    {
+        "old": provider_block(),
+        "aws": {
+            "type": "polly",
+            "region": "eu-west-1",
+            "access_key_id": "AKID",
+            "secret_access_key": "SECRET",
+        },
+    },
+)
+WARNING = "providers.aws: type polly needs botocore: pip install 'tts-gateway[polly]'"
+
+
+async def test_the_files_warnings_are_logged_at_start_and_on_reload(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setitem(sys.modules, "botocore.credentials", None)  # as if not installed
+    ScriptedProvider.plans.clear()
+    ScriptedProvider.plans.update(old=Plan([[CHUNK]]))
     path = tmp_path / "gateway.yaml"
-    path.write_text(GOOD)
-    gateway = create_app(config_path=str(path)).state.gateway
-    path.write_text(
-        scripted_config(
-            {"a": {"provider": "old"}, "b": {"provider": "aws"}},
-            {
-                "old": provider_block(),
-                "aws": {
-                    "type": "polly",
-                    "region": "eu-west-1",
-                    "access_key_id": "AKID",
-                    "secret_access_key": "SECRET",
-                },
-            },
-        )
-    )
+    path.write_text(POLLY_ROUTING)
+    app = create_app(config_path=str(path))
+    gateway: Gateway = app.state.gateway
     with caplog.at_level(logging.WARNING, logger="gateway"):
-        assert await gateway.reload() is True
-    await gateway.stop()
-    assert "providers.aws: type polly needs botocore" in caplog.text
+        async with live_server(app):
+            assert [r.getMessage() for r in caplog.records if WARNING in r.getMessage()] == [
+                f"{path}:1: {WARNING}"
+            ]
+            assert await gateway.reload() is True
+    warned = [r for r in caplog.records if WARNING in r.getMessage()]
+    assert [r.levelname for r in warned] == ["WARNING", "WARNING"]  # at start, then reload
