@@ -89,7 +89,7 @@ _EMPTY: Final[Mapping[str, Any]] = MappingProxyType({})
 MAX_FILE_BYTES: Final = 1 << 20
 #: Nesting levels of YAML collections (a routing file needs fewer than ten).
 _MAX_DEPTH: Final = 64
-#: YAML nodes in the file, and values once its aliases are expanded.
+#: Values in the file (mapping keys not counted), and again once its aliases are expanded.
 _MAX_VALUES: Final = 100_000
 #: Characters of a mapping key, and of a name (provider, voice, fallback, default voice).
 _MAX_NAME: Final = 256
