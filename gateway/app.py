@@ -46,7 +46,7 @@ from .errors import (
 )
 from .metrics import Metrics
 from .relay import AudioStream, Relay
-from .request import TTSRequest, field_value, parse_body, validate
+from .request import TTSRequest, parse_body, request_token, validate
 from .routing import Route, Router
 
 log = logging.getLogger("gateway")
@@ -119,6 +119,43 @@ class Routing:
         if not chain:
             raise VoiceNotFound(f"unknown VoiceId {voice_id!r}", field="VoiceId")
         return chain
+
+
+def log_config_warnings(config: GatewayConfig) -> None:
+    """Log what the routing file's providers warned about (see ``GatewayConfig.warnings``)."""
+    for warning in config.warnings:
+        log.warning("%s", warning)
+
+
+class Reloader:
+    """Runs :meth:`Gateway.reload` for SIGHUP, one reload at a time: a SIGHUP during a reload
+    queues one more (any number of them, one), since the file may have changed again after
+    the running reload read it. The task is kept, so that it is neither garbage-collected
+    mid-reload nor left running after shutdown."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.task: asyncio.Task[None] | None = None
+        self._again = False
+
+    def request(self) -> None:
+        """Ask for a reload (from the event loop's thread)."""
+        if self.task is not None and not self.task.done():
+            self._again = True
+            return
+        self.task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        self._again = True
+        while self._again:
+            self._again = False
+            await self.gateway.reload()  # never raises
+
+    async def aclose(self) -> None:
+        """Cancel a reload under way (shutdown)."""
+        if self.task is not None:
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
 
 
 class Gateway:
@@ -213,22 +250,45 @@ class Gateway:
     async def reload(self) -> bool:
         """Load the routing file again. A file with errors is refused (every error logged) and
         the running routing stays; a good one takes over for new requests, while requests under
-        way finish on the old one. Returns whether the new file took over."""
+        way finish on the old one. Returns whether the new file took over.
+
+        Never raises (but for cancellation): whatever goes wrong refuses the reload and counts
+        it as ``refused``. Reading, checking and building run in a worker thread, so that a
+        large or hostile file never holds up the requests being served."""
         if not self.config_path:
             log.warning("reload asked, but the gateway runs on the built-in default")
             return False
         try:
-            config = load_config(self.config_path)
+            return await self._reload(self.config_path)
+        except Exception:  # a bug must cost one reload, not the reload task
+            log.exception("reload refused: unexpected error, keeping the running routing file")
+            self.metrics.reloads.labels("refused").inc()
+            return False
+
+    async def _reload(self, path: str) -> bool:
+        try:
+            config = await asyncio.to_thread(load_config, path)
         except ConfigError as error:
             log.error("reload refused, keeping the running routing file:\n%s", error)
             self.metrics.reloads.labels("refused").inc()
             return False
+        log_config_warnings(config)
         fixed = ("path", "host", "port", "ssl_certfile", "ssl_keyfile")
         changed = [k for k in fixed if getattr(config.server, k) != getattr(self.config.server, k)]
         if changed:
             names = ", ".join(f"server.{k}" for k in changed)
             log.warning("reload: %s take effect only on restart", names)
-        routing = Routing(config, self.metrics)
+        try:
+            # Building providers may read files (credentials, model configs): off the loop too.
+            routing = await asyncio.to_thread(Routing, config, self.metrics)
+        except Exception as exc:
+            log.error(
+                "reload refused: the providers could not be built (%s: %s)",
+                type(exc).__name__,
+                exc,
+            )
+            self.metrics.reloads.labels("refused").inc()
+            return False
         try:
             await routing.start()
         except Exception:
@@ -502,12 +562,7 @@ class SynthesisEndpoint:
             data = await _parse_multipart(scope, body)
         else:
             data = parse_body(body, content_type)
-        token = field_value(data, "Token")
-        if token is None:
-            token = _bearer(scope)
-        elif not isinstance(token, str):
-            token = str(token)
-        if not routing.token_ok(token):
+        if not routing.token_ok(request_token(data, _bearer(scope))):
             raise Unauthorized("Token is missing or not accepted", field="Token")
         return validate(data, max_text_chars=server.max_text_chars)
 
@@ -538,12 +593,14 @@ def create_app(config: GatewayConfig | None = None, config_path: str | None = No
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        log_config_warnings(gateway.config)
         await gateway.start()
         loop = asyncio.get_running_loop()
+        reloader = app.state.reloader = Reloader(gateway)
         hooked = False
         chained: dict[signal.Signals, Any] = {}
         if threading.current_thread() is threading.main_thread():
-            loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(gateway.reload()))
+            loop.add_signal_handler(signal.SIGHUP, reloader.request)
             hooked = True
             # The server's own SIGTERM/SIGINT handling stops accepting and waits for the
             # connections; the gateway hears of it here too, to start the drain clock.
@@ -560,6 +617,7 @@ def create_app(config: GatewayConfig | None = None, config_path: str | None = No
                 loop.remove_signal_handler(signal.SIGHUP)
             for signum, handler in chained.items():
                 signal.signal(signum, handler)
+            await reloader.aclose()
             await gateway.stop()
 
     async def healthz(request: Request) -> Response:

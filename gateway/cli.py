@@ -16,7 +16,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, GatewayConfig, ServerConfig, default_config, load_config
+from .config import (
+    ConfigError,
+    ConfigProblem,
+    GatewayConfig,
+    ServerConfig,
+    default_config,
+    load_config,
+)
 from .protocol import ConnectionLimits, protocol_factory
 from .routing import Router
 
@@ -113,6 +120,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if tls_file and not Path(tls_file).is_file():
             print(f"error: no such TLS file: {tls_file}", file=sys.stderr)
             return 2
+    if certfile and keyfile:
+        problem = tls_problem(certfile, keyfile)
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+            return 2
     limits = connection_limits(server, open_file_limit())
     options: dict[str, Any] = {
         "host": args.host or server.host,
@@ -139,8 +151,50 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+class _EncryptedKey(Exception):
+    """The TLS key asks for a passphrase (which the gateway has no way to give)."""
+
+
+def _no_passphrase() -> str:
+    raise _EncryptedKey
+
+
+def tls_problem(certfile: str, keyfile: str) -> str | None:
+    """What is wrong with a TLS certificate and key, loaded as the server will load them;
+    None if they make a working pair. Checked before serving, so that a wrong file is one
+    clear line rather than a traceback from inside the server."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_verify_locations(cafile=certfile)  # the certificate file alone
+    except ssl.SSLError:
+        return f"TLS certificate {certfile}: not a PEM certificate"
+    except OSError as exc:
+        return f"TLS certificate {certfile}: {exc.strerror or exc}"
+    try:
+        context.load_cert_chain(certfile, keyfile, password=_no_passphrase)
+    except _EncryptedKey:
+        return f"TLS key {keyfile}: encrypted with a passphrase; give the key unencrypted"
+    except ssl.SSLError as exc:
+        if exc.reason == "KEY_VALUES_MISMATCH":
+            return f"TLS key {keyfile} does not match the certificate {certfile}"
+        return f"TLS key {keyfile}: not a PEM private key"
+    except OSError as exc:
+        return f"TLS key {keyfile}: {exc.strerror or exc}"
+    return None
+
+
+def _print_warnings(warnings: Sequence[ConfigProblem]) -> None:
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
-    config = load_config(args.file)
+    try:
+        config = load_config(args.file)
+    except ConfigError as error:
+        _print_warnings(error.warnings)
+        raise
+    _print_warnings(config.warnings)
     print(f"{args.file}: OK ({len(config.providers)} providers, {len(config.voices)} voices)")
     print(format_table(config))
     return 0
@@ -148,6 +202,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def cmd_voices(args: argparse.Namespace) -> int:
     config = _load(args.config)
+    _print_warnings(config.warnings)
     if args.json:
         print(json.dumps(Router(config).table(), indent=2))
     else:

@@ -5,9 +5,14 @@ wrong types, dangling references and fallback cycles are all errors, each naming
 key path (``voices.alloy.fallback[0]``) and the line. Nothing stops at the first problem; the
 whole file is checked and :class:`ConfigError` carries every problem found.
 
-The file is read with ``yaml.compose`` rather than ``yaml.safe_load`` because the loader needs the
-nodes: they carry the line of every key and value, and they reveal duplicate keys, which PyYAML's
-constructor silently collapses to the last one.
+The file is composed into YAML nodes rather than loaded with ``yaml.safe_load`` because the loader
+needs the nodes: they carry the line of every key and value, and they reveal duplicate keys, which
+PyYAML's constructor silently collapses to the last one.
+
+A routing file may be crafted, so reading it is bounded: at most :data:`MAX_FILE_BYTES` are read,
+and only from a regular file; nesting is limited, and so is the number of values once YAML aliases
+are expanded (a "billion laughs" file is a few hundred bytes). Every such limit is reported as a
+problem like any other mistake.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import difflib
 import math
 import os
 import re
+import stat
 from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -23,7 +29,9 @@ from typing import Any, Final, TypeVar
 
 import yaml
 from yaml.constructor import ConstructorError, SafeConstructor
+from yaml.events import AliasEvent
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+from yaml.reader import ReaderError
 
 from providers.base import (
     EMOTIONS,
@@ -36,6 +44,7 @@ from providers.base import (
 )
 
 __all__ = [
+    "MAX_FILE_BYTES",
     "ClientTimeouts",
     "ConfigError",
     "ConfigProblem",
@@ -80,6 +89,25 @@ _CLIENT_TIMEOUT_KEYS: Final = ("header", "body", "keep_alive")
 
 _EMPTY: Final[Mapping[str, Any]] = MappingProxyType({})
 
+#: The largest routing file read (1 MiB); a longer one is refused without reading on.
+MAX_FILE_BYTES: Final = 1 << 20
+#: Nesting levels of YAML collections (a routing file needs fewer than ten).
+_MAX_DEPTH: Final = 64
+#: Values in the file (mapping keys not counted), and again once its aliases are expanded.
+_MAX_VALUES: Final = 100_000
+#: Characters of a mapping key, and of a name (provider, voice, fallback, default voice).
+_MAX_NAME: Final = 256
+#: Characters of a key path (``voices.alloy.options...``): bounds what every value costs.
+_MAX_PATH: Final = 512
+#: Voices in one flattened fallback chain, the voice itself included.
+_MAX_CHAIN: Final = 16
+#: Problems listed; beyond this only their number is given.
+_MAX_PROBLEMS: Final = 100
+
+# What must never be in a name: it would end up in a response header or a log line. C0 and C1
+# controls, DEL, and the Unicode line and paragraph separators.
+_CONTROL: Final = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
 _T = TypeVar("_T")
 
 
@@ -103,11 +131,15 @@ class ConfigProblem:
 
 
 class ConfigError(Exception):
-    """The routing file is unusable; :attr:`problems` lists every mistake found."""
+    """The routing file is unusable; :attr:`problems` lists every mistake found, and
+    :attr:`warnings` what was found besides (see :attr:`GatewayConfig.warnings`)."""
 
-    def __init__(self, problems: list[ConfigProblem]) -> None:
+    def __init__(
+        self, problems: list[ConfigProblem], warnings: tuple[ConfigProblem, ...] = ()
+    ) -> None:
         super().__init__("\n".join(str(p) for p in problems))
         self.problems = problems
+        self.warnings = warnings
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +206,9 @@ class GatewayConfig:
     providers: Mapping[str, ProviderConfig]
     voices: Mapping[str, VoiceConfig]
     source: str
+    warnings: tuple[ConfigProblem, ...] = ()
+    """What does not make the file invalid but will make a provider fail (a missing optional
+    dependency): from :meth:`providers.base.Provider.check_environment`."""
 
 
 def parse_config(
@@ -181,23 +216,65 @@ def parse_config(
 ) -> GatewayConfig:
     """Validate a routing file's text; ``${VAR}`` is expanded from ``env`` (default: the
     process environment). Raises :class:`ConfigError` listing every problem."""
-    return _Parser(source, os.environ if env is None else env).parse(text)
+    try:
+        return _Parser(source, os.environ if env is None else env).parse(text)
+    except (RecursionError, MemoryError) as exc:  # a last line of defence behind the bounds
+        message = f"the file is too complex to check ({type(exc).__name__})"
+        raise ConfigError([ConfigProblem(source, "", message)]) from None
 
 
 def load_config(
     path: str | os.PathLike[str], env: Mapping[str, str] | None = None
 ) -> GatewayConfig:
-    """Read and validate the routing file at ``path``; see :func:`parse_config`."""
+    """Read and validate the routing file at ``path``; see :func:`parse_config`.
+
+    Only a regular file is read (a FIFO would block, a device never end), and at most
+    :data:`MAX_FILE_BYTES` of it."""
     source = os.fspath(path)
+    return parse_config(_read_text(source), source, env)
+
+
+def _read_text(source: str) -> str:
+    def refuse(message: str) -> ConfigError:
+        return ConfigError([ConfigProblem(source, "", message)])
+
     try:
-        with open(source, encoding="utf-8") as f:
-            text = f.read()
+        # Non-blocking, so that opening a FIFO without a writer returns at once (and is refused
+        # below); regular files ignore the flag.
+        fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
-        reason = exc.strerror or str(exc)
-        raise ConfigError([ConfigProblem(source, "", f"cannot read file: {reason}")]) from None
+        raise refuse(f"cannot read file: {exc.strerror or exc}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise refuse(f"cannot read file: not a regular file ({_file_kind(mode)})")
+        chunks: list[bytes] = []
+        size = 0
+        while size <= MAX_FILE_BYTES and (chunk := os.read(fd, MAX_FILE_BYTES + 1 - size)):
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as exc:
+        raise refuse(f"cannot read file: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    if len(data) > MAX_FILE_BYTES:
+        raise refuse(f"the file is larger than {MAX_FILE_BYTES / (1 << 20):g} MiB")
+    try:
+        return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ConfigError([ConfigProblem(source, "", f"file is not UTF-8: {exc}")]) from None
-    return parse_config(text, source, env)
+        raise refuse(f"file is not UTF-8: {exc}") from None
+
+
+def _file_kind(mode: int) -> str:
+    kinds = (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    )
+    return next((name for test, name in kinds if test(mode)), "not a file")
 
 
 def default_config() -> GatewayConfig:
@@ -232,6 +309,19 @@ class _Invalid:
 _INVALID: Final = _Invalid()
 
 
+def _first_control(value: Any) -> str | None:
+    """The first string in ``value`` (a string, or lists and mappings of them) that holds a
+    control character."""
+    if isinstance(value, str):
+        return value if _CONTROL.search(value) else None
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    for item in items:
+        found = _first_control(item)
+        if found is not None:
+            return found
+    return None
+
+
 def _contains_invalid(value: Any) -> bool:
     if value is _INVALID:
         return True
@@ -244,10 +334,23 @@ def _contains_invalid(value: Any) -> bool:
 
 def _child(path: str, key: str) -> str:
     # Keys that would make the path ambiguous are quoted; globs like en-US-* stay readable.
-    if not key or any(c in key for c in ".[]\"' \t"):
-        key = '"' + key.replace('"', '\\"') + '"'
+    # Control characters are escaped: paths go into log lines.
+    if not key or any(c in key for c in ".[]\"' \t") or not key.isprintable():
+        key = '"' + _escape(key.replace('"', '\\"')) + '"'
         return f"{path}[{key}]" if path else f"[{key}]"
     return f"{path}.{key}" if path else key
+
+
+def _escape(text: str) -> str:
+    """``text`` with every unprintable character written as its Python escape."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _shown(text: str, limit: int = 40) -> str:
+    """``repr(text)``, shortened: values from the file go into messages, which must stay short."""
+    return repr(text) if len(text) <= limit else repr(text[: limit - 3] + "...")
 
 
 def _item(path: str, index: int) -> str:
@@ -273,7 +376,13 @@ def _describe(value: Any) -> str:
     return type(value).__name__
 
 
+#: Above this many candidates a did-you-mean hint is not worth its cost (and would be a guess).
+_MAX_SUGGEST: Final = 1000
+
+
 def _suggest(word: str, choices: Collection[str]) -> str:
+    if len(choices) > _MAX_SUGGEST or len(word) > _MAX_NAME:
+        return ""
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
@@ -282,15 +391,105 @@ def _quoted_list(items: Collection[str]) -> str:
     return ", ".join(repr(i) for i in items)
 
 
+def _some(names: Collection[str], limit: int = 10) -> str:
+    """The first ``limit`` names, comma-separated, and how many there are in all if more."""
+    shown = [_escape(name) for _, name in zip(range(limit), names, strict=False)]
+    more = f", ... ({len(names)} in all)" if len(names) > limit else ""
+    return ", ".join(shown) + more
+
+
 # A reference is ${NAME} or ${NAME:-default}; $$ is a literal dollar. Anything else after a
 # dollar sign is left alone so that values like passwords with a lone "$" survive.
-_ENV_REF: Final = re.compile(r"\$\$|\$\{(?P<body>[^}]*)\}|\$\{")
 _ENV_BODY: Final = re.compile(r"(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>.*))?", re.S)
 
 _TIMESTAMP_TAG: Final = "tag:yaml.org,2002:timestamp"
 _MERGE_TAG: Final = "tag:yaml.org,2002:merge"
 _SEQ_TAG: Final = "tag:yaml.org,2002:seq"
 _MAP_TAG: Final = "tag:yaml.org,2002:map"
+
+
+def _substitute(text: str, replace: Callable[[str, str | None], str]) -> str:
+    """``text`` with every ``$$``, ``${body}`` and unclosed ``${`` replaced by
+    ``replace(whole, body)`` (``body`` is None for ``$$`` and an unclosed ``${``).
+
+    One pass, linear in the text: a regex with ``[^}]*`` would scan the rest of the text
+    again at every unclosed ``${``, quadratic on a value of many of them."""
+    out: list[str] = []
+    start = 0
+    may_close = True  # False once no "}" is left after the last unclosed "${"
+    while (dollar := text.find("$", start)) >= 0:
+        out.append(text[start:dollar])
+        follower = text[dollar + 1 : dollar + 2]
+        if follower == "$":
+            out.append(replace("$$", None))
+            start = dollar + 2
+        elif follower == "{":
+            close = text.find("}", dollar + 2) if may_close else -1
+            if close < 0:
+                may_close = False
+                out.append(replace("${", None))
+                start = dollar + 2
+            else:
+                out.append(replace(text[dollar : close + 1], text[dollar + 2 : close]))
+                start = close + 1
+        else:
+            out.append("$")
+            start = dollar + 1
+    out.append(text[start:])
+    return "".join(out)
+
+
+def _control_message(text: str) -> str:
+    found = _CONTROL.search(text)
+    char = found.group() if found else ""
+    return f"must not contain control characters or line breaks (found {char!r})"
+
+
+# ------------------------------------------------------------------------------ YAML in bounds
+
+
+class _TooLarge(Exception):
+    """A limit of :class:`_BoundedLoader` or of the value budget was reached."""
+
+    def __init__(self, message: str, line: int | None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.line = line
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader (the pure-Python one, so that messages stay PyYAML's), composing
+    within bounds: its composer recurses once per nesting level, so 10 000 nested brackets end
+    in a ``RecursionError``, and a file of a million tiny values takes seconds to compose."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self._depth = 0
+        self._nodes = 0
+
+    def compose_node(self, parent: Node | None, index: int) -> Node | None:
+        event = self.peek_event()  # type: ignore[no-untyped-call]
+        line = event.start_mark.line + 1 if event.start_mark is not None else None
+        is_key = isinstance(parent, MappingNode) and index is None  # how PyYAML composes keys
+        if not isinstance(event, AliasEvent) and not is_key:
+            self._nodes += 1
+            if self._nodes > _MAX_VALUES:
+                raise _TooLarge(f"the file has more than {_MAX_VALUES} values", line)
+        if self._depth >= _MAX_DEPTH:
+            raise _TooLarge(f"the file nests deeper than {_MAX_DEPTH} levels", line)
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _compose(text: str) -> Node | None:
+    loader = _BoundedLoader(text)
+    try:
+        return loader.get_single_node()
+    finally:
+        loader.dispose()
 
 
 # ------------------------------------------------------------------------------ the parser
@@ -304,6 +503,12 @@ class _Parser:
         self.source = source
         self.env = env
         self.problems: list[ConfigProblem] = []
+        self.unlisted = 0  # problems beyond _MAX_PROBLEMS, only counted
+        self.warnings: list[ConfigProblem] = []
+        self.built = 0  # values built, aliases expanded: bounded by _MAX_VALUES
+        self._seen: set[int] = set()  # the nodes built at least once
+        self._copying = 0  # > 0 while building an alias's copy of a node built before
+        self._origin = 0  # the line of the last node built for the first time outside a copy
         self.key_lines: dict[str, int] = {}
         self.value_lines: dict[str, int] = {}
         self._scalars = SafeConstructor()
@@ -315,6 +520,7 @@ class _Parser:
         # cross-checks, which need every voice key first.
         self.fallback_refs: dict[str, list[tuple[str, str]]] = {}
         self.plugins: dict[str, type[Provider]] = {}  # provider name -> its plugin class
+        self._known_types: list[str] | None = None
 
     # -------------------------------------------------------------- problems and lines
 
@@ -325,15 +531,44 @@ class _Parser:
         return self.value_lines.get(path, self.key_lines.get(path))
 
     def error(self, path: str, message: str, *, key: bool = False, line: int | None = None) -> None:
+        if len(self.problems) >= _MAX_PROBLEMS:
+            self.unlisted += 1
+            return
         if line is None:
             line = self.line_of(path, key=key)
         self.problems.append(ConfigProblem(self.source, path, message, line))
+
+    def fail(self) -> ConfigError:
+        """The error listing every problem so far, in line order."""
+        problems = sorted(self.problems, key=lambda p: p.line if p.line is not None else math.inf)
+        if self.unlisted:
+            more = f"... and {self.unlisted} more problems (fix these first)"
+            problems.append(ConfigProblem(self.source, "", more))
+        return ConfigError(problems, tuple(self.warnings))
 
     # -------------------------------------------------------------- nodes -> values
 
     def build(self, node: Node, path: str) -> Any:
         """The plain value of ``node`` with env references expanded in every string."""
-        self.value_lines.setdefault(path, node.start_mark.line + 1)
+        line = node.start_mark.line + 1
+        # Aliases let a tiny file name a huge tree (a "billion laughs"): every value built
+        # counts, whichever anchor it came from. A node built before is an alias's copy; the
+        # limit is reported at the line that asked for the copies, not at the anchor.
+        again = id(node) in self._seen
+        if not again:
+            self._seen.add(id(node))
+            if not self._copying:
+                self._origin = line
+        self.built += 1
+        if self.built > _MAX_VALUES:
+            raise _TooLarge(
+                f"the file expands to more than {_MAX_VALUES} values (through YAML aliases)",
+                self._origin,
+            )
+        if len(path) > _MAX_PATH:
+            self.error(path[:_MAX_PATH] + "...", "nested too deeply (key path too long)", line=line)
+            return _INVALID
+        self.value_lines.setdefault(path, line)
         if isinstance(node, ScalarNode):
             return self._scalar(node, path)
         # An alias may point back at a node that contains it; following it would never end.
@@ -341,6 +576,7 @@ class _Parser:
             self.error(path, "recursive YAML alias")
             return _INVALID
         self._building.add(id(node))
+        self._copying += again
         try:
             if isinstance(node, SequenceNode):
                 if node.tag != _SEQ_TAG:
@@ -354,6 +590,7 @@ class _Parser:
                 return self._mapping(node, path)
         finally:
             self._building.discard(id(node))
+            self._copying -= again
         self.error(path, "unsupported YAML node")
         return _INVALID
 
@@ -390,7 +627,14 @@ class _Parser:
             # Keys are names (VoiceIds, provider names), so their text is taken as written:
             # "1234" stays a string and "yes" does not turn into True.
             key = str(key_node.value)
+            if len(key) > _MAX_NAME:
+                shown = _child(path, key[:40] + "...")
+                self.error(shown, f"key longer than {_MAX_NAME} characters", line=key_line)
+                continue
             child = _child(path, key)
+            if _CONTROL.search(key):
+                self.error(child, _control_message(key), line=key_line)
+                continue
             if key in first_line:
                 self.error(
                     child, f"duplicate key {key!r} (first at line {first_line[key]})", line=key_line
@@ -422,11 +666,9 @@ class _Parser:
         missing: list[str] = []
         malformed: list[str] = []
 
-        def replace(match: re.Match[str]) -> str:
-            whole = match.group(0)
+        def replace(whole: str, body: str | None) -> str:
             if whole == "$$":
                 return "$"
-            body = match.group("body")
             parsed = _ENV_BODY.fullmatch(body) if body is not None else None
             if parsed is None:
                 malformed.append(whole)
@@ -441,11 +683,13 @@ class _Parser:
                 return whole
             return value
 
-        expanded = _ENV_REF.sub(replace, text)
+        expanded = _substitute(text, replace)
         for name in missing:
-            self.error(path, f"environment variable {name!r} is not set (and has no default)")
+            self.error(path, f"environment variable {_shown(name)} is not set (and has no default)")
         for ref in malformed:
-            self.error(path, f"malformed reference {ref!r}; use ${{NAME}} or ${{NAME:-default}}")
+            self.error(
+                path, f"malformed reference {_shown(ref)}; use ${{NAME}} or ${{NAME:-default}}"
+            )
         return _INVALID if missing or malformed else expanded
 
     # -------------------------------------------------------------- typed readers
@@ -476,7 +720,11 @@ class _Parser:
             return None
         return value
 
-    def string(self, value: Any, path: str, *, non_empty: bool = False) -> str | None:
+    def string(
+        self, value: Any, path: str, *, non_empty: bool = False, limit: int | None = None
+    ) -> str | None:
+        """A string: every string read this way is a name, a path or a header value, so
+        control characters (which would reach a response header or a log line) are refused."""
         if value is None or value is _INVALID:
             return None
         if not isinstance(value, str):
@@ -486,13 +734,21 @@ class _Parser:
         if non_empty and not value.strip():
             self.error(path, "must not be empty")
             return None
+        if limit is not None and len(value) > limit:
+            self.error(path, f"longer than {limit} characters")
+            return None
+        if _CONTROL.search(value):
+            self.error(path, _control_message(value))
+            return None
         return value
 
-    def name(self, value: Any, path: str, *, non_empty: bool = True) -> str | None:
+    def name(
+        self, value: Any, path: str, *, non_empty: bool = True, limit: int | None = _MAX_NAME
+    ) -> str | None:
         """A name (voice, provider, token): a string, or any other scalar taken as written."""
         if value is not None and value is not _INVALID and path in self.raw:
-            return self.string(self.raw[path], path, non_empty=non_empty)
-        return self.string(value, path, non_empty=non_empty)
+            value = self.raw[path]
+        return self.string(value, path, non_empty=non_empty, limit=limit)
 
     def choice(self, value: Any, path: str, choices: Collection[str]) -> str | None:
         text = self.string(value, path)
@@ -500,7 +756,7 @@ class _Parser:
             return None
         if text.lower() not in choices:
             hint = _suggest(text.lower(), choices)
-            self.error(path, f"must be one of {_quoted_list(choices)}, got {text!r}{hint}")
+            self.error(path, f"must be one of {_quoted_list(choices)}, got {_shown(text)}{hint}")
             return None
         return text.lower()
 
@@ -551,20 +807,20 @@ class _Parser:
         return number
 
     def strings(
-        self, value: Any, path: str, *, allow_empty: bool = False
+        self, value: Any, path: str, *, allow_empty: bool = False, limit: int | None = _MAX_NAME
     ) -> list[tuple[int, str]] | None:
         """A list of names (a single one counts as a list of one), with their indexes."""
         if value is None or value is _INVALID:
             return None
         if isinstance(value, str) or path in self.raw:
-            text = self.name(value, path, non_empty=not allow_empty)
+            text = self.name(value, path, non_empty=not allow_empty, limit=limit)
             return [] if text is None else [(0, text)]
         if not isinstance(value, list):
             self.error(path, f"expected a list of strings, got {_describe(value)}")
             return None
         result: list[tuple[int, str]] = []
         for i, item in enumerate(value):
-            text = self.name(item, _item(path, i), non_empty=not allow_empty)
+            text = self.name(item, _item(path, i), non_empty=not allow_empty, limit=limit)
             if text is not None:
                 result.append((i, text))
         return result
@@ -573,7 +829,18 @@ class _Parser:
 
     def parse(self, text: str) -> GatewayConfig:
         try:
-            root_node = yaml.compose(text, Loader=yaml.SafeLoader)
+            return self.check(text)
+        except _TooLarge as exc:
+            # Nothing after a limit is worth reporting: it would be about a file cut short.
+            raise ConfigError([ConfigProblem(self.source, "", exc.message, exc.line)]) from None
+
+    def check(self, text: str) -> GatewayConfig:
+        try:
+            root_node = _compose(text)
+        except ReaderError as exc:
+            where = text.count("\n", 0, exc.position) + 1
+            message = f"invalid YAML: unacceptable character #x{exc.character:04x} ({exc.reason})"
+            raise ConfigError([ConfigProblem(self.source, "", message, where)]) from None
         except yaml.MarkedYAMLError as exc:
             mark = exc.problem_mark or exc.context_mark
             line = mark.line + 1 if mark is not None else None
@@ -594,7 +861,7 @@ class _Parser:
         self.value_lines.pop("", None)
         if not isinstance(root, dict):
             self.error("", f"the file must be a mapping of {', '.join(_TOP_KEYS)}")
-            raise ConfigError(self.problems)
+            raise self.fail()
         self.check_keys(root, "", _TOP_KEYS, required=("providers", "voices"))
 
         provider_blocks = self.section(root, "providers")
@@ -611,13 +878,13 @@ class _Parser:
         server = self.server(root.get("server"), set(voice_blocks))
 
         if self.problems:
-            self.problems.sort(key=lambda p: p.line if p.line is not None else math.inf)
-            raise ConfigError(self.problems)
+            raise self.fail()
         return GatewayConfig(
             server=_present(server),
             providers=MappingProxyType({k: _present(v) for k, v in providers.items()}),
             voices=MappingProxyType({k: _present(v) for k, v in voices.items()}),
             source=self.source,
+            warnings=tuple(self.warnings),
         )
 
     def section(self, root: Mapping[str, Any], name: str) -> dict[str, Any]:
@@ -689,12 +956,12 @@ class _Parser:
     def server_path(self, value: Any, path: str) -> str | None:
         text = self.string(value, path)
         if text is not None and not text.startswith("/"):
-            self.error(path, f"must start with '/', got {text!r}")
+            self.error(path, f"must start with '/', got {_shown(text)}")
             return None
         return text
 
     def tokens(self, value: Any, path: str) -> tuple[str, ...] | None:
-        items = self.strings(value, path, allow_empty=True)
+        items = self.strings(value, path, allow_empty=True, limit=None)
         if items is None:
             return None
         # "${TTS_GATEWAY_TOKEN:-}" expands to "" when unset: that means "no such token".
@@ -762,8 +1029,10 @@ class _Parser:
             self.option_checks(cls, options, _child(path, "options"))
         settings = {k: v for k, v in block.items() if k in cls.settings_keys and v is not None}
         missing = cls.required_settings - settings.keys()
-        if not missing and not _contains_invalid(settings):
+        clean = self.check_settings_text(settings, path)
+        if not missing and clean and not _contains_invalid(settings):
             self.plugin_checks(cls, settings, path)
+            self.environment_checks(cls, settings, path)
         return ProviderConfig(
             name=name,
             type=block["type"],
@@ -778,10 +1047,16 @@ class _Parser:
         if block.get("type") is None:
             self.error(path, "missing required key 'type'", key=True)
             return None
-        type_name = self.string(block["type"], _child(path, "type"), non_empty=True)
+        type_name = self.string(
+            block["type"], _child(path, "type"), non_empty=True, limit=_MAX_NAME
+        )
         if type_name is None:
             return None
-        known = provider_types()
+        if self._known_types is None:
+            # Listing the types scans every installed package's entry points (milliseconds):
+            # once per file, not once per provider block.
+            self._known_types = provider_types()
+        known = self._known_types
         if type_name not in known:
             self.error(
                 _child(path, "type"),
@@ -807,6 +1082,30 @@ class _Parser:
         for key, problem in found:
             target = _child(path, key) if key else path
             self.error(target, problem, line=self.line_of(target) or self.line_of(path, key=True))
+
+    def check_settings_text(self, settings: Mapping[str, Any], path: str) -> bool:
+        """Settings are keys, URLs, regions, file names: they go into request headers and
+        URLs, where a control character (an env value's trailing newline) breaks the request
+        late and obscurely. Whether none has one. (Options may hold prose: not checked.)"""
+        clean = True
+        for key, value in settings.items():
+            text = _first_control(value)
+            if text is not None:
+                # The message names the character, never the value: it may be a secret.
+                self.error(_child(path, key), _control_message(text))
+                clean = False
+        return clean
+
+    def environment_checks(self, cls: type[Provider], settings: dict[str, Any], path: str) -> None:
+        """The plugin's warnings about this machine (a missing optional dependency)."""
+        try:
+            found = cls.check_environment(MappingProxyType(settings))
+        except Exception as exc:  # a plugin bug must not fail a valid file
+            found = [("", f"environment check failed: {type(exc).__name__}: {exc}")]
+        for key, message in found:
+            target = _child(path, key) if key else path
+            line = self.line_of(target) or self.line_of(path, key=True)
+            self.warnings.append(ConfigProblem(self.source, target, message, line))
 
     def option_checks(self, cls: type[Provider], options: dict[str, Any], path: str) -> None:
         """The plugin's own check of an ``options`` block (provider, voice or emotion)."""
@@ -892,13 +1191,16 @@ class _Parser:
         self.check_keys(block, path, _VOICE_KEYS, required=("provider",))
         provider = self.name(block.get("provider"), _child(path, "provider"))
         if provider is not None and provider not in providers:
-            hint = _suggest(provider, providers) or f"; providers: {', '.join(providers)}"
+            hint = _suggest(provider, providers) or f"; providers: {_some(providers)}"
             self.error(_child(path, "provider"), f"unknown provider {provider!r}{hint}")
         voice = self.name(block.get("voice"), _child(path, "voice"))
         options = self.mapping(block.get("options"), _child(path, "options"))
         emotions = self.emotions(block.get("emotions"), _child(path, "emotions"))
         fallback_path = _child(path, "fallback")
         fallback = self.strings(block.get("fallback"), fallback_path)
+        if fallback is not None and len(fallback) >= _MAX_CHAIN:
+            self.error(fallback_path, f"at most {_MAX_CHAIN - 1} fallbacks, got {len(fallback)}")
+            fallback = None
         single = not isinstance(block.get("fallback"), list)
         self.fallback_refs[key] = [
             (fallback_path if single else _item(fallback_path, i), name)
@@ -951,7 +1253,8 @@ class _Parser:
         return result
 
     def check_fallbacks(self, voice_keys: Collection[str]) -> None:
-        """Fallbacks must name other, exact, existing voices, and must not loop."""
+        """Fallbacks must name other, exact, existing voices, must not loop, and a flattened
+        chain must stay short (the router precomputes one per voice)."""
         exact = [k for k in voice_keys if not _is_pattern(k)]
         edges: dict[str, list[tuple[str, str]]] = {}
         for key, refs in self.fallback_refs.items():
@@ -966,42 +1269,79 @@ class _Parser:
                     )
                 else:
                     edges.setdefault(key, []).append((path, target))
-        self.check_cycles(edges, list(voice_keys))
+        order = list(voice_keys)
+        if not self.check_cycles(edges, order):
+            self.check_chain_lengths(edges, order)
 
-    def check_cycles(self, edges: Mapping[str, list[tuple[str, str]]], order: list[str]) -> None:
-        """Report each fallback cycle once, written from its earliest voice in the file."""
+    def check_cycles(self, edges: Mapping[str, list[tuple[str, str]]], order: list[str]) -> bool:
+        """Report each fallback cycle once, written from its earliest voice in the file;
+        whether there is one. A depth-first walk with its own stack: a chain of thousands of
+        voices must not exhaust Python's."""
         rank = {key: i for i, key in enumerate(order)}
         reported: set[tuple[str, ...]] = set()
-        on_path: set[str] = set()
+        position: dict[str, int] = {}  # the voices on the current path: their index in stack
         done: set[str] = set()
         stack: list[str] = []
-
-        def visit(key: str) -> None:
-            on_path.add(key)
-            stack.append(key)
-            for _, target in edges.get(key, ()):
-                if target in on_path:
-                    cycle = stack[stack.index(target) :]
-                    start = min(range(len(cycle)), key=lambda j: rank[cycle[j]])
-                    cycle = cycle[start:] + cycle[:start]
-                    if tuple(cycle) not in reported:
-                        reported.add(tuple(cycle))
-                        self.report_cycle(cycle, edges)
-                elif target not in done:
-                    visit(target)
-            stack.pop()
-            on_path.discard(key)
-            done.add(key)
-
-        for key in order:
-            if key not in done:
-                visit(key)
+        found = False
+        for root in order:
+            if root in done:
+                continue
+            position[root] = 0
+            stack.append(root)
+            walks = [iter(edges.get(root, ()))]
+            while walks:
+                for _, target in walks[-1]:
+                    if target in position:
+                        found = True
+                        if len(self.problems) >= _MAX_PROBLEMS:
+                            self.unlisted += 1  # not worth building a cycle nobody sees
+                            continue
+                        cycle = stack[position[target] :]
+                        start = min(range(len(cycle)), key=lambda j: rank[cycle[j]])
+                        cycle = cycle[start:] + cycle[:start]
+                        if tuple(cycle) not in reported:
+                            reported.add(tuple(cycle))
+                            self.report_cycle(cycle, edges)
+                    elif target not in done:
+                        position[target] = len(stack)
+                        stack.append(target)
+                        walks.append(iter(edges.get(target, ())))
+                        break
+                else:
+                    walks.pop()
+                    key = stack.pop()
+                    del position[key]
+                    done.add(key)
+        return found
 
     def report_cycle(self, cycle: list[str], edges: Mapping[str, list[tuple[str, str]]]) -> None:
         """One problem, at the fallback entry where the cycle leaves its earliest voice."""
         head, succ = cycle[0], cycle[1 % len(cycle)]
         path = next(p for p, target in edges[head] if target == succ)
-        self.error(path, "fallback cycle: " + " -> ".join([*cycle, head]))
+        shown = cycle if len(cycle) <= 8 else [*cycle[:6], f"... ({len(cycle)} voices)", cycle[-1]]
+        self.error(path, "fallback cycle: " + " -> ".join([*shown, head]))
+
+    def check_chain_lengths(
+        self, edges: Mapping[str, list[tuple[str, str]]], order: list[str]
+    ) -> None:
+        """A voice's chain (itself, its fallbacks, theirs, each voice once) has at most
+        ``_MAX_CHAIN`` voices. Each walk stops once over the limit, so this costs at most
+        ``_MAX_CHAIN`` steps per voice."""
+        for key in order:
+            seen = {key}
+            todo = [key]
+            while todo and len(seen) <= _MAX_CHAIN:
+                for _, target in edges.get(todo.pop(), ()):
+                    if target not in seen:
+                        seen.add(target)
+                        todo.append(target)
+            if len(seen) > _MAX_CHAIN:
+                path = _child(_child("voices", key), "fallback")
+                self.error(
+                    path,
+                    f"the fallback chain of {key!r} (fallbacks of fallbacks included) "
+                    f"has more than {_MAX_CHAIN} voices",
+                )
 
 
 def _present(value: _T | None) -> _T:

@@ -227,6 +227,15 @@ class Provider(ABC):
         return []
 
     @classmethod
+    def check_environment(cls, settings: Mapping[str, Any]) -> list[tuple[str, str]]:
+        """Warnings about this machine for a valid config block: a list of (key, message).
+
+        For what does not make the routing file wrong but will make this provider fail here,
+        such as a missing optional dependency. ``check-config`` prints them and the gateway
+        logs them; the file still loads. ``key`` may be empty (the block as a whole)."""
+        return []
+
+    @classmethod
     def validate_options(cls, options: Mapping[str, Any]) -> list[tuple[str, str]]:
         """Checks of an ``options`` block (the provider's, a voice's or an emotion override's):
         a list of (key, problem). Cloud plugins usually pass options through to the API and

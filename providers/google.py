@@ -76,8 +76,9 @@ class GoogleProvider(HTTPProvider):
                 return [
                     ("credentials_file", "needs google-auth: pip install 'tts-gateway[google]'")
                 ]
-            if not Path(str(path)).is_file():
-                return [("credentials_file", f"no such file: {path!r}")]
+            problem = _credentials_problem(str(path))
+            if problem:
+                return [("credentials_file", problem)]
         return []
 
     async def aclose(self) -> None:
@@ -143,6 +144,48 @@ class GoogleProvider(HTTPProvider):
             raise ProviderHTTPError(
                 self.name, response.status_code, "no audioContent in the reply", retryable=False
             ) from None
+
+
+#: A service-account key file is about 2.3 KB; anything much larger is something else.
+_MAX_CREDENTIALS_BYTES = 64 * 1024
+_CREDENTIAL_FIELDS = ("client_email", "token_uri", "private_key")
+
+
+def _credentials_problem(path: str) -> str | None:
+    """What makes ``path`` unusable as a service-account key, checked by loading it the way
+    the provider will (google-auth, private key included); None if it loads. The messages
+    never quote the file's content: it holds a private key."""
+    from google.oauth2 import service_account
+
+    file = Path(path)
+    if not file.is_file():  # also keeps a FIFO or a device from being read
+        return f"no such file: {path!r}"
+    try:
+        with file.open("rb") as f:
+            data = f.read(_MAX_CREDENTIALS_BYTES + 1)
+    except OSError as exc:
+        return f"cannot read {path!r}: {exc.strerror or exc}"
+    if len(data) > _MAX_CREDENTIALS_BYTES:
+        return f"{path!r} is over {_MAX_CREDENTIALS_BYTES // 1024} KiB: not a service-account key"
+    try:
+        info = json.loads(data)
+    except (ValueError, RecursionError):
+        return f"{path!r} is not JSON: expected a service-account key file"
+    if not isinstance(info, dict):
+        return f"{path!r} is not a JSON object: expected a service-account key file"
+    kind = info.get("type")
+    if kind != "service_account":
+        shown = repr(kind)[:40] if isinstance(kind, str) else "missing"
+        return f"{path!r} is not a service-account key ('type' is {shown}, not 'service_account')"
+    missing = [k for k in _CREDENTIAL_FIELDS if not (isinstance(info.get(k), str) and info[k])]
+    if missing:
+        return f"{path!r} lacks {', '.join(missing)} (needed for a service-account token)"
+    try:
+        service_account.Credentials.from_service_account_info(info, scopes=[SCOPE])  # type: ignore[no-untyped-call]
+    except Exception as exc:  # google-auth and cryptography raise several types
+        reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        return f"{path!r}: google-auth cannot load the key: {reason}"
+    return None
 
 
 class _TokenResponse:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import httpx
@@ -58,6 +59,14 @@ class PollyProvider(HTTPProvider):
                 str(settings["secret_access_key"]),
                 str(settings["session_token"]) if settings.get("session_token") else None,
             )
+
+    @classmethod
+    def check_environment(cls, settings: Mapping[str, Any]) -> list[tuple[str, str]]:
+        try:
+            import botocore.credentials  # noqa: F401
+        except ImportError:
+            return [("", _NO_BOTOCORE)]
+        return []
 
     def build(self, job: SynthesisJob, text: str) -> httpx.Request:
         if self.credentials is None:

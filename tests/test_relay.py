@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import pytest
@@ -236,14 +236,32 @@ async def test_gateway_stream_limit_answers_429_without_calling_the_provider() -
         first.close()
 
 
-async def test_provider_max_concurrency_queues_within_the_first_byte_budget() -> None:
+def watch_waiting(slot: asyncio.Semaphore, monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
+    """An event set when someone has to wait for ``slot`` (the semaphore keeps its size)."""
+    waited = asyncio.Event()
+    acquire = slot.acquire
+
+    async def watched_acquire() -> Literal[True]:
+        if slot.locked():
+            waited.set()
+        return await acquire()
+
+    monkeypatch.setattr(slot, "acquire", watched_acquire)
+    return waited
+
+
+async def test_provider_max_concurrency_queues_within_the_first_byte_budget(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     release = asyncio.Event()
     yaml = scripted_config(
         voices={"a": {"provider": "pa"}},
         providers={"pa": provider_block(max_concurrency=1)},
     )
     plans(pa=Plan([[CHUNK, release, CHUNK], [CHUNK]]))
-    async with live_server(create_app(parse_config(yaml))) as url:
+    app = create_app(parse_config(yaml))
+    waited = watch_waiting(app.state.gateway.routing.relay.slots["pa"], monkeypatch)
+    async with live_server(app) as url:
         first = await raw_post(url, "/stream-audio", BODY)
         assert await first.read_chunk() == CHUNK
 
@@ -252,8 +270,9 @@ async def test_provider_max_concurrency_queues_within_the_first_byte_budget() ->
                 return await client.post(url + "/stream-audio", json=BODY)
 
         waiting = asyncio.create_task(second())
-        await asyncio.sleep(0.2)
-        assert len(ScriptedProvider.plans["pa"].jobs) == 1  # the second waits for the slot
+        # The second request found the provider's only slot taken and is waiting for it.
+        await asyncio.wait_for(waited.wait(), 5)
+        assert len(ScriptedProvider.plans["pa"].jobs) == 1
         release.set()
         assert await first.read_all() == CHUNK
         first.close()
@@ -273,23 +292,42 @@ async def test_audio_is_resampled_to_the_requested_rate(rate: int) -> None:
     assert abs(len(response.content) // 2 - rate // 2) <= 1
 
 
+class Gate(asyncio.Event):
+    """A scripted provider's step that tells when the provider reached it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting = asyncio.Event()
+
+    async def wait(self) -> Literal[True]:
+        self.waiting.set()
+        return await super().wait()
+
+
 @pytest.mark.parametrize("resampler", ["auto", "block"])
 async def test_resampler_setting_decides_whether_the_first_chunk_is_answered_at_once(
     resampler: str,
 ) -> None:
-    release = asyncio.Event()
-    plans(pa=Plan([[CHUNK, release, CHUNK, CHUNK]]), pb=Plan([[CHUNK]]))
-    async with live_server(two_voice_app(resampler=resampler)) as url:
+    gate = Gate()
+    plans(pa=Plan([[CHUNK, gate, CHUNK, CHUNK]]), pb=Plan([[CHUNK]]))
+    app = two_voice_app(resampler=resampler)
+    gateway = app.state.gateway
+    async with live_server(app) as url:
         posting = asyncio.create_task(raw_post(url, "/stream-audio", dict(BODY, SampleRate=48000)))
         if resampler == "auto":
             # A real-time trickle: the variable-rate filter answers the first 20 ms chunk.
             response = await asyncio.wait_for(posting, 2)
             assert await asyncio.wait_for(response.read_chunk(), 2)
         else:
-            # The block filter holds the first 20 ms back: no audio, so no answer yet.
-            await asyncio.sleep(0.3)
-            assert not posting.done()
-        release.set()
+            # The block filter holds the first 20 ms back: no audio, so no answer yet. The
+            # provider is asked for its next chunk (waits for the gate) only once the first
+            # has been taken in; an answer to the first would have started before that.
+            await asyncio.wait_for(gate.waiting.wait(), 5)
+            answered = gateway.metrics.registry.get_sample_value(
+                "tts_requests_total", {"status": "200"}
+            )
+            assert answered is None and not posting.done()
+        gate.set()
         response = await asyncio.wait_for(posting, 5)
         assert response.status == 200
         rest = await asyncio.wait_for(response.read_all(), 5)
