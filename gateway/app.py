@@ -183,8 +183,6 @@ class Gateway:
 
     async def start(self) -> None:
         """Start the providers; then ready."""
-        if not self.config.server.tokens:
-            log.warning("no tokens configured: every caller is accepted")
         await self.routing.start()
         self.metrics.set_config(self.config.source, len(self.config.voices))
         self.ready = True
@@ -594,6 +592,8 @@ def create_app(config: GatewayConfig | None = None, config_path: str | None = No
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         log_config_warnings(gateway.config)
+        if not gateway.config.server.tokens:
+            log.warning("no tokens configured: every caller is accepted")
         await gateway.start()
         loop = asyncio.get_running_loop()
         reloader = app.state.reloader = Reloader(gateway)

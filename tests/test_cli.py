@@ -70,6 +70,8 @@ def test_say_in_process_writes_a_wav_of_speech(tmp_path: Path) -> None:
     result = run("say", "Hello from the gateway.", "--sample-rate", "16000", "-o", str(out))
     assert result.returncode == 0, result.stderr
     assert "first byte after" in result.stdout
+    # Tokens guard a served gateway; in-process there is no caller to warn about.
+    assert "token" not in result.stderr.lower()
     with wave.open(str(out)) as wav:
         assert wav.getframerate() == 16000
         assert wav.getnchannels() == 1 and wav.getsampwidth() == 2

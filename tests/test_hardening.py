@@ -236,3 +236,26 @@ async def test_stopping_closes_a_routing_still_being_retired(tmp_path: Path) -> 
     # The server stopped while the old routing waited for its stream: it was closed all the same.
     assert ScriptedProvider.plans["old"].shut_down == 1
     assert ScriptedProvider.plans["new"].shut_down == 1
+
+
+def test_x_voice_never_carries_raw_caller_bytes(plan: Plan) -> None:
+    yaml = scripted_config({"*": {"provider": "pa"}}, {"pa": provider_block()}, default_voice=None)
+    yaml = yaml.replace('"default_voice": null', '"unknown_voice": "reject"')
+    with TestClient(create_app(parse_config(yaml))) as client:
+        response = client.post("/stream-audio", json=dict(BODY, VoiceId="晓晓 x%41"))
+    assert response.status_code == 200
+    # Visible ASCII as it is; UTF-8, spaces and '%' percent-encoded: one safe header token.
+    assert response.headers["x-voice"] == "%E6%99%93%E6%99%93%20x%2541"
+    assert plan.jobs[0].voice == "晓晓 x%41"
+
+
+def test_an_empty_body_token_does_not_hide_a_valid_bearer(plan: Plan) -> None:
+    yaml = scripted_config({"a": {"provider": "pa"}}, {"pa": provider_block()}, tokens=["s3cret"])
+    with TestClient(create_app(parse_config(yaml))) as client:
+        bearer = {"Authorization": "Bearer s3cret"}
+        accepted = client.post("/stream-audio", json=dict(BODY, Token=""), headers=bearer)
+        # A non-empty body token still wins over the header (it is the interface's own field).
+        refused = client.post("/stream-audio", json=dict(BODY, Token="wrong"), headers=bearer)
+    assert accepted.status_code == 200
+    assert refused.status_code == 401
+    assert len(plan.jobs) == 1

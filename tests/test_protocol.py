@@ -374,3 +374,18 @@ async def test_an_app_error_before_any_byte_is_a_json_500() -> None:
             assert "\r\nx: 2" not in headers.get("x-a", "")
             assert json.loads(body)["error"]["code"] == "internal_error"
             writer.close()
+
+
+# ---------------------------------------------------------------- the cap and the open-file limit
+
+
+def test_the_cap_is_fitted_to_the_open_file_limit(caplog: pytest.LogCaptureFixture) -> None:
+    from gateway.cli import connection_limits
+    from gateway.config import ServerConfig
+
+    server = ServerConfig(max_connections=4096)
+    assert connection_limits(server, 1 << 20).max_connections == 4096
+    fitted = connection_limits(server, 1024)
+    # Each connection may need a second descriptor for its upstream; some are kept back.
+    assert fitted.max_connections == (1024 - 256) // 2
+    assert any("open-file limit (1024)" in r.getMessage() for r in caplog.records)
