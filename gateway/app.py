@@ -271,7 +271,15 @@ class Gateway:
             self.metrics.reloads.labels("refused").inc()
             return False
         log_config_warnings(config)
-        fixed = ("path", "host", "port", "ssl_certfile", "ssl_keyfile")
+        fixed = (
+            "path",
+            "host",
+            "port",
+            "ssl_certfile",
+            "ssl_keyfile",
+            "timeouts",
+            "max_connections",
+        )
         changed = [k for k in fixed if getattr(config.server, k) != getattr(self.config.server, k)]
         if changed:
             names = ", ".join(f"server.{k}" for k in changed)
