@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import os
 import ssl
 import sys
@@ -16,6 +15,7 @@ from types import FrameType
 from typing import Any
 
 from .config import ConfigError, GatewayConfig, default_config, load_config
+from .logs import configure_logging
 from .routing import Router
 
 
@@ -54,11 +54,11 @@ def format_table(config: GatewayConfig) -> str:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from .app import LOG_FORMAT, create_app
+    from .app import create_app
 
     config = _load(args.config)
     server = config.server
-    logging.basicConfig(level=server.log_level.upper(), format=LOG_FORMAT)
+    configure_logging(server.log_level)
     certfile = args.ssl_certfile or server.ssl_certfile
     keyfile = args.ssl_keyfile or server.ssl_keyfile
     if bool(certfile) != bool(keyfile):
@@ -242,9 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command != "serve":
-        from .app import LOG_FORMAT
-
-        logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT)
+        configure_logging("warning")
     try:
         return int(args.func(args))
     except BrokenPipeError:  # `tts-gateway voices | head`
