@@ -38,7 +38,14 @@ class VolcengineProvider(HTTPProvider):
     default_base_url = "https://openspeech.bytedance.com"
     native_rates = (8000, 16000, 22050, 24000, 32000, 44100, 48000)
     max_text = 1000
-    answer_types = ("application/json", "application/x-ndjson", "text/plain")
+    # The documentation names no type for the stream; the objects' framing is checked anyway,
+    # so any type a JSON stream could carry passes, and a page (HTML, XML) does not.
+    answer_types = (
+        "application/json",
+        "application/x-ndjson",
+        "text/plain",
+        "application/octet-stream",
+    )
 
     def __init__(self, config: ProviderConfig) -> None:
         super().__init__(config)

@@ -222,3 +222,16 @@ async def test_an_object_without_end_is_refused_at_its_bound(respx_mock: respx.M
     with pytest.raises(ProviderProtocolError) as caught:
         await asyncio.wait_for(collect(job()), 10)
     assert "an object over 2 MiB" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "content_type", ["application/json", "text/plain; charset=utf-8", "application/octet-stream"]
+)
+async def test_a_json_stream_under_any_type_it_could_carry_is_read(
+    respx_mock: respx.MockRouter, content_type: str
+) -> None:
+    pcm = tone(440, 0.05, 16000)
+    answer = objects(chunk(pcm), END)
+    answer.headers["Content-Type"] = content_type
+    respx_mock.post(URL).mock(return_value=answer)
+    assert await collect(job()) == pcm
