@@ -44,15 +44,14 @@ from .errors import (
     Unauthorized,
     VoiceNotFound,
 )
+from .logs import LOG_FORMAT as LOG_FORMAT  # re-exported: the format lives with logging
+from .logs import configure_logging
 from .metrics import Metrics
 from .relay import AudioStream, Relay
 from .request import TTSRequest, parse_body, request_token, validate
 from .routing import Route, Router
 
 log = logging.getLogger("gateway")
-
-#: One format for the gateway's and uvicorn's log lines.
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
 
 class Routing:
@@ -719,5 +718,5 @@ def app_from_env() -> Starlette:
     path = os.environ.get("TTS_GATEWAY_CONFIG") or None
     config = load_config(path) if path else default_config()
     if not logging.getLogger().handlers:  # a fresh worker process: log like the parent
-        logging.basicConfig(level=config.server.log_level.upper(), format=LOG_FORMAT)
+        configure_logging(config.server.log_level)
     return create_app(config, path)

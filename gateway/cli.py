@@ -24,6 +24,7 @@ from .config import (
     default_config,
     load_config,
 )
+from .logs import configure_logging
 from .protocol import ConnectionLimits, protocol_factory
 from .routing import Router
 
@@ -106,11 +107,11 @@ def connection_limits(server: ServerConfig, open_files: int | None = None) -> Co
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from .app import LOG_FORMAT, create_app
+    from .app import create_app
 
     config = _load(args.config)
     server = config.server
-    logging.basicConfig(level=server.log_level.upper(), format=LOG_FORMAT)
+    configure_logging(server.log_level)
     certfile = args.ssl_certfile or server.ssl_certfile
     keyfile = args.ssl_keyfile or server.ssl_keyfile
     if bool(certfile) != bool(keyfile):
@@ -336,9 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command != "serve":
-        from .app import LOG_FORMAT
-
-        logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT)
+        configure_logging("warning")
     try:
         return int(args.func(args))
     except BrokenPipeError:  # `tts-gateway voices | head`

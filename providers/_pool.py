@@ -1,42 +1,50 @@
-"""A lean HTTP/1.1 connection pool for streaming audio, under httpx's own transport.
+"""A lean HTTP/1.1 transport for streaming audio, on httpx's public transport interface.
 
-httpx stays the client (requests, responses, exceptions, respx in tests); only the pool beneath
-it changes. httpcore's pool walks every connection, and polls each socket, on every request and
-every release, and hands the body over one HTTP chunk at a time through several layers. With
-hundreds of concurrent streams of 20 ms chunks that was most of the gateway's CPU. This pool:
+httpx stays the client (requests, responses, exceptions, respx in tests); this module is what a
+client sends through: an :class:`httpx.AsyncBaseTransport` with a pool of its own. httpcore's
+pool walks every connection, and polls each socket, on every request and every release, and
+hands the body over one HTTP chunk at a time through several layers. With hundreds of
+concurrent streams of 20 ms chunks that was most of the gateway's CPU. This transport:
 
 - keeps idle connections per origin in a list and checks them without system calls (a closed
   connection has told us so through ``connection_lost``);
 - parses responses with httptools (C) in an ``asyncio.Protocol``;
 - hands over *everything that has arrived* at each read, so chunks that are already here are
   coalesced instead of travelling the stack one by one;
-- pauses reading when the consumer falls behind (back-pressure), and never buffers a whole body.
+- pauses reading when the consumer falls behind (back-pressure), and never buffers a whole body;
+- bounds what an upstream can make it hold: the response head (size and number of headers) and
+  the body read ahead of the consumer.
 
-It speaks httpcore's interface (``handle_async_request`` taking an ``httpcore.Request`` and
-raising httpcore's exceptions), so :class:`StreamingTransport` is httpx's ``AsyncHTTPTransport``
-with this pool in place of httpcore's: exceptions are mapped by httpx as usual, and respx's
-``using="httpx"`` mocker still intercepts requests in tests. Proxies configured through the
-environment are mounted by httpx on its own transports, untouched; HTTP/2 is not offered.
+Failures are httpx's own exceptions (``ConnectTimeout``, ``ReadTimeout``, ``PoolTimeout``,
+``ConnectError``, ``ReadError``, ``RemoteProtocolError``, ``LocalProtocolError``), raised with the
+request attached. TLS uses the context :func:`httpx.create_ssl_context` builds. Proxies configured
+through the environment are mounted by httpx on its own transports, untouched; HTTP/2 is not
+offered.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import re
 import ssl
 import time
 from collections.abc import AsyncIterator
-from typing import Any, cast
+from typing import cast
 
-import httpcore
 import httptools
 import httpx
 
-Origin = tuple[bytes, bytes, int]
+Origin = tuple[str, str, int]
 
 #: Body bytes held for a slow consumer before reading from the socket pauses (~0.7 s of
 #: 24 kHz audio): beyond it the kernel buffers, not this process, so memory per stream stays small.
 _HIGH_WATER = 32 * 1024
+#: The most a response's status line and headers may take, and the most headers it may have:
+#: far above what any TTS API sends, far below what would hurt.
+MAX_HEAD_BYTES = 64 * 1024
+MAX_HEADERS = 100
+#: What a header of ours must never carry: it would end the header, or the head, early.
+_UNSAFE_IN_HEADER = re.compile(rb"[\x00\r\n]")
 
 
 class _Connection(asyncio.Protocol):
@@ -55,12 +63,15 @@ class _Connection(asyncio.Protocol):
         self.status = 0
         self.reason = b""
         self.headers: list[tuple[bytes, bytes]] = []
+        self.head_bytes = 0
         self.head_done = False
+        self.until_eof = False  # a body without length or chunking ends when the server closes
+        self.informational = False
         self.complete = False
         self.keep_alive = True
         self.body: list[bytes] = []
         self.buffered = 0
-        self.error: Exception | None = None
+        self.error: httpx.TransportError | None = None
         self.paused = False
 
     # ------------------------------------------------------------ asyncio protocol
@@ -70,20 +81,30 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self.head_done and self.until_eof and exc is None:
+            self.complete = True
         if not self.complete and self.error is None:
-            self.error = httpcore.ReadError("the connection was closed mid-response")
+            self.error = httpx.ReadError("the connection was closed mid-response")
         self._wake()
 
     def data_received(self, data: bytes) -> None:
+        if self.complete:  # nothing was asked: a server that talks out of turn is not reused
+            self.close()
+            return
+        if not self.head_done:
+            self.head_bytes += len(data)
         try:
             self.parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            self._fail(httpx.RemoteProtocolError(str(exc.__context__ or exc)))
         except httptools.HttpParserUpgrade:  # pragma: no cover - never asked for
-            self.error = httpcore.RemoteProtocolError("unexpected protocol upgrade")
+            self._fail(httpx.RemoteProtocolError("unexpected protocol upgrade"))
         except httptools.HttpParserError as exc:
-            self.error = httpcore.RemoteProtocolError(f"malformed response: {exc}")
-            if self.transport is not None:
-                self.transport.close()
-        if self.buffered > _HIGH_WATER and self.transport is not None and not self.paused:
+            self._fail(httpx.RemoteProtocolError(f"malformed response: {exc}"))
+        else:
+            if not self.head_done and self.head_bytes > MAX_HEAD_BYTES:
+                self._fail(httpx.RemoteProtocolError(f"response head over {MAX_HEAD_BYTES} bytes"))
+        if self.buffered > _HIGH_WATER and not self.paused and self.transport is not None:
             self.paused = True
             self.transport.pause_reading()
         self._wake()
@@ -91,24 +112,50 @@ class _Connection(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         return None
 
+    def _fail(self, error: httpx.TransportError) -> None:
+        if self.complete:  # the response was whole; only what came after it was bad
+            self.close()
+            return
+        if self.error is None:
+            self.error = error
+        self.close()
+
     # ------------------------------------------------------------ httptools callbacks
 
     def on_status(self, status: bytes) -> None:
         self.reason += status
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self.complete:
+            raise ValueError("data after the end of the response")
         self.headers.append((name, value))
+        if len(self.headers) > MAX_HEADERS:
+            raise ValueError(f"more than {MAX_HEADERS} response headers")
 
     def on_headers_complete(self) -> None:
-        self.status = self.parser.get_status_code()
+        status = self.parser.get_status_code()
+        if 100 <= status < 200:  # an interim answer (103 Early Hints): the real one follows
+            self.informational = True
+            self.reason = b""
+            self.headers = []
+            return
+        self.status = status
         self.keep_alive = self.parser.should_keep_alive()
+        self.until_eof = status not in (204, 304) and not any(
+            name.lower() in (b"content-length", b"transfer-encoding") for name, _ in self.headers
+        )
         self.head_done = True
 
     def on_body(self, body: bytes) -> None:
+        if self.complete:
+            raise ValueError("data after the end of the response")
         self.body.append(body)
         self.buffered += len(body)
 
     def on_message_complete(self) -> None:
+        if self.informational:
+            self.informational = False
+            return
         self.complete = True
 
     # ------------------------------------------------------------ waiting
@@ -127,7 +174,7 @@ class _Connection(asyncio.Protocol):
             await waiter
         except asyncio.CancelledError:
             if handle is not None and waiter.cancelled() and not _task_cancelling():
-                raise httpcore.ReadTimeout(f"no data within {seconds:g} s") from None
+                raise httpx.ReadTimeout(f"no data within {seconds:g} s") from None
             raise
         finally:
             self._waiter = None
@@ -172,11 +219,13 @@ def _task_cancelling() -> bool:
     return bool(task is not None and task.cancelling())
 
 
-class _Body:
-    """The response body as httpcore hands it to httpx: an async iterable with ``aclose``."""
+class _ResponseStream(httpx.AsyncByteStream):
+    """A response body as it arrives; closing it hands the connection back to the pool."""
 
-    def __init__(self, pool: FastPool, connection: _Connection, timeout: float | None) -> None:
-        self._pool = pool
+    def __init__(
+        self, transport: StreamingTransport, connection: _Connection, timeout: float | None
+    ) -> None:
+        self._transport = transport
         self._connection = connection
         self._timeout = timeout
         self._released = False
@@ -192,65 +241,80 @@ class _Body:
     async def aclose(self) -> None:
         if not self._released:
             self._released = True
-            self._pool.release(self._connection)
+            self._transport.release(self._connection)
 
 
-class FastPool:
-    """Connections per origin, at most ``max_connections`` in use at once."""
+class StreamingTransport(httpx.AsyncBaseTransport):
+    """HTTP/1.1 connections per origin, at most ``limits.max_connections`` in use at once;
+    ``verify`` as httpx takes it (``True``: the certifi bundle; an ``SSLContext``; ``False``)."""
 
     def __init__(
-        self,
-        *,
-        ssl_context: ssl.SSLContext | None,
-        max_connections: int,
-        max_keepalive_connections: int,
-        keepalive_expiry: float,
+        self, *, limits: httpx.Limits | None = None, verify: ssl.SSLContext | bool = True
     ) -> None:
-        self._ssl_context = ssl_context
-        self._max_keepalive = max_keepalive_connections
-        self._expiry = keepalive_expiry
+        limits = limits or httpx.Limits()
+        self._ssl_context = httpx.create_ssl_context(verify=verify)
+        self._max_keepalive = limits.max_keepalive_connections or 0
+        self._expiry = limits.keepalive_expiry or 5.0
         self._idle: dict[Origin, list[_Connection]] = {}
-        self._slots = asyncio.Semaphore(max_connections)
+        self._slots = asyncio.Semaphore(limits.max_connections or 1000)
         self._in_use: set[_Connection] = set()
 
     @property
     def connections(self) -> int:
         """Open connections, idle or in use (for tests and metrics)."""
-        return len(self._in_use) + sum(len(idle) for idle in self._idle.values())
+        idle = sum(not c.closed for connections in self._idle.values() for c in connections)
+        return len(self._in_use) + idle
 
-    async def handle_async_request(self, request: httpcore.Request) -> httpcore.Response:
+    @property
+    def buffered(self) -> int:
+        """Body bytes received and not yet handed to a reader, over every response under way."""
+        return sum(c.buffered for c in self._in_use)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         timeouts: dict[str, float | None] = request.extensions.get("timeout", {})
         url = request.url
-        origin: Origin = (url.scheme, url.host, url.port or (443 if url.scheme == b"https" else 80))
-        try:
-            async with asyncio.timeout(timeouts.get("pool")):
-                await self._slots.acquire()
-        except TimeoutError:
-            raise httpcore.PoolTimeout("no connection free in the pool") from None
+        scheme = url.scheme
+        if scheme not in ("http", "https"):
+            raise httpx.UnsupportedProtocol(f"cannot send {scheme!r} URLs", request=request)
+        host = url.raw_host.decode("ascii")
+        origin: Origin = (scheme, host, url.port or (443 if scheme == "https" else 80))
+        head = _request_head(request)
+        body = b"".join([part async for part in cast(AsyncIterator[bytes], request.stream)])
+        if request.headers.get("transfer-encoding", "").lower() == "chunked":
+            body = (b"%x\r\n%s\r\n" % (len(body), body) if body else b"") + b"0\r\n\r\n"
+        if self._slots.locked():
+            try:
+                async with asyncio.timeout(timeouts.get("pool")):
+                    await self._slots.acquire()
+            except TimeoutError:
+                raise httpx.PoolTimeout("no connection free in the pool", request=request) from None
+        else:
+            await self._slots.acquire()  # free: returns at once
         connection: _Connection | None = None
         try:
-            body = b"".join([part async for part in cast(Any, request.stream)])
-            connection = await self._connection_for(origin, timeouts.get("connect"))
+            connection = await self._connection_for(origin, timeouts.get("connect"), request)
             self._in_use.add(connection)
-            head = [b"%s %s HTTP/1.1\r\n" % (request.method, url.target)]
-            head += [b"%s: %s\r\n" % (name, value) for name, value in request.headers]
             assert connection.transport is not None
-            connection.transport.write(b"".join(head) + b"\r\n" + body)
+            connection.transport.write(head + body)
             await connection.read_head(timeouts.get("read"))
-        except BaseException:
+        except BaseException as exc:
             if connection is not None:
                 self._in_use.discard(connection)
                 connection.close()
             self._slots.release()
+            if isinstance(exc, httpx.RequestError):
+                exc.request = request
             raise
-        return httpcore.Response(
-            status=connection.status,
+        return httpx.Response(
+            connection.status,
             headers=connection.headers,
-            content=_Body(self, connection, timeouts.get("read")),
+            stream=_ResponseStream(self, connection, timeouts.get("read")),
             extensions={"http_version": b"HTTP/1.1", "reason_phrase": connection.reason},
         )
 
-    async def _connection_for(self, origin: Origin, seconds: float | None) -> _Connection:
+    async def _connection_for(
+        self, origin: Origin, seconds: float | None, request: httpx.Request
+    ) -> _Connection:
         idle = self._idle.get(origin)
         now = time.monotonic()
         while idle:
@@ -261,20 +325,23 @@ class FastPool:
             connection.close()
         scheme, host, port = origin
         loop = asyncio.get_running_loop()
-        use_tls = scheme == b"https"
+        use_tls = scheme == "https"
         try:
             async with asyncio.timeout(seconds):
                 _, protocol = await loop.create_connection(
                     lambda: _Connection(origin),
-                    host.decode("ascii"),
+                    host,
                     port,
                     ssl=self._ssl_context if use_tls else None,
-                    server_hostname=host.decode("ascii") if use_tls else None,
+                    server_hostname=host if use_tls else None,
                 )
         except TimeoutError:
-            raise httpcore.ConnectTimeout(f"no connection within {seconds:g} s") from None
-        except OSError as exc:
-            raise httpcore.ConnectError(str(exc) or type(exc).__name__) from exc
+            raise httpx.ConnectTimeout(
+                f"no connection within {seconds:g} s", request=request
+            ) from None
+        except OSError as exc:  # refused, unreachable, DNS, and TLS (ssl.SSLError)
+            message = str(exc) or type(exc).__name__
+            raise httpx.ConnectError(message, request=request) from exc
         return protocol
 
     def release(self, connection: _Connection) -> None:
@@ -291,12 +358,6 @@ class FastPool:
             # Mid-body (the caller hung up): the rest of this response is not wanted.
             connection.close()
 
-    async def __aenter__(self) -> FastPool:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
-
     async def aclose(self) -> None:
         for idle in self._idle.values():
             for connection in idle:
@@ -307,17 +368,15 @@ class FastPool:
         self._in_use.clear()
 
 
-class StreamingTransport(httpx.AsyncHTTPTransport):
-    """httpx's transport with :class:`FastPool` beneath it."""
-
-    def __init__(self, *, limits: httpx.Limits, verify: ssl.SSLContext | bool = True) -> None:
-        super().__init__(limits=limits, verify=verify)
-        ssl_context: ssl.SSLContext | None = None
-        with contextlib.suppress(AttributeError):
-            ssl_context = self._pool._ssl_context  # httpx built it from `verify`
-        self._pool = FastPool(  # type: ignore[assignment]
-            ssl_context=ssl_context,
-            max_connections=limits.max_connections or 1000,
-            max_keepalive_connections=limits.max_keepalive_connections or 0,
-            keepalive_expiry=limits.keepalive_expiry or 5.0,
-        )
+def _request_head(request: httpx.Request) -> bytes:
+    """The request line and headers; a line break or NUL in any of them is refused, since it
+    would let a value end the head early and smuggle a header or request of its own."""
+    lines = [b"%s %s HTTP/1.1\r\n" % (request.method.encode("ascii"), request.url.raw_path)]
+    for name, value in request.headers.raw:
+        if _UNSAFE_IN_HEADER.search(name) or _UNSAFE_IN_HEADER.search(value):
+            raise httpx.LocalProtocolError(
+                f"header {name[:40]!r} holds a line break or NUL", request=request
+            )
+        lines.append(b"%s: %s\r\n" % (name, value))
+    lines.append(b"\r\n")
+    return b"".join(lines)

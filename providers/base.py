@@ -12,18 +12,27 @@ Errors raised by providers form one tree; ``retryable`` tells the relay whether 
     ├── ProviderTimeout           yes: connect / first byte / read timed out
     ├── ProviderConnectionError   yes: refused, reset, DNS, TLS
     ├── ProviderNoAudio           yes: the stream ended without a single audio byte
-    └── ProviderHTTPError         408, 429, 5xx yes; any other status no
+    ├── ProviderProtocolError     no unless stated: an answer the API never sends (not audio
+    │                             where audio was due, a malformed frame, over its size bound)
+    └── ProviderHTTPError         408, 429, 5xx yes; any other status no; an error code inside a
+                                  success answer as the provider classes it
+
+What the caller is told of an error is its :attr:`ProviderError.summary`: a status, a timeout or
+the provider's own error code, never the upstream's text (which may echo a secret); the reason,
+with every secret masked (:meth:`Provider.redact`), goes to the log.
 """
 
 from __future__ import annotations
 
 import importlib
 import re
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any, ClassVar, Literal
+from urllib.parse import quote
 
 Encoding = Literal["s16le", "f32le"]
 Container = Literal["raw", "wav"]
@@ -116,20 +125,24 @@ class ProviderError(Exception):
         provider: str,
         message: str,
         *,
+        code: str | int | None = None,
         retryable: bool | None = None,
         retry_after: float | None = None,
     ) -> None:
         super().__init__(f"{provider}: {message}")
         self.provider = provider
         self.reason = message
+        #: The provider's own error code, if it gave one that looks like a code.
+        self.code = safe_code(code)
         if retryable is not None:
             self.retryable = retryable
         self.retry_after = retry_after
 
     @property
     def summary(self) -> str:
-        """A few words for the caller: never the upstream's own text, which may echo secrets."""
-        return "failed"
+        """A few words for the caller: never the upstream's own text, which may echo secrets;
+        the provider's error code where there is one."""
+        return f"error {self.code}" if self.code else "failed"
 
 
 class ProviderTimeout(ProviderError):
@@ -150,8 +163,19 @@ class ProviderNoAudio(ProviderError):
     summary = "no audio"
 
 
+class ProviderProtocolError(ProviderError):
+    """The answer is not one the provider's API sends: an error page or document where audio
+    was due, a malformed or oversized frame. Usually a proxy, an outage page or a changed API,
+    so not retried unless the raiser says otherwise; the next voice is tried as usual."""
+
+    retryable = False
+    summary = "unexpected answer"
+
+
 class ProviderHTTPError(ProviderError):
-    """The provider answered an error status (or an error inside a 200 body)."""
+    """The provider answered an error status, or reported an error inside a success answer:
+    then ``code`` is its own error code (``1008``, ``Throttling.RateQuota``), which the caller
+    is shown instead of the status."""
 
     def __init__(
         self,
@@ -159,19 +183,30 @@ class ProviderHTTPError(ProviderError):
         status: int,
         message: str,
         *,
+        code: str | int | None = None,
         retry_after: float | None = None,
         retryable: bool | None = None,
     ) -> None:
         if retryable is None:
             retryable = is_retryable_status(status)
-        super().__init__(
-            provider, f"HTTP {status}: {message}", retryable=retryable, retry_after=retry_after
-        )
         self.status = status
+        super().__init__(provider, message, code=code, retryable=retryable, retry_after=retry_after)
+        self.reason = f"{self.summary}: {message}"
+        self.args = (f"{provider}: {self.reason}",)
 
     @property
     def summary(self) -> str:
-        return f"HTTP {self.status}"
+        return f"error {self.code}" if self.code else f"HTTP {self.status}"
+
+
+def safe_code(code: object) -> str | None:
+    """A provider's error code if it looks like one (a short word of letters, digits and
+    ``._:-``), else None: the code is shown to callers, and an upstream could send anything."""
+    text = str(code) if code is not None else ""
+    return text if _ERROR_CODE.fullmatch(text) else None
+
+
+_ERROR_CODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,47}")
 
 
 def closest_rate(wanted: int, offered: tuple[int, ...]) -> int:
@@ -201,20 +236,30 @@ class Provider(ABC):
     def __init__(self, config: ProviderConfig) -> None:
         self.config = config
         self.name = config.name
-        self._secrets = sorted(
-            (
-                str(value)
-                for key, value in config.settings.items()
-                if _SECRET_KEY.search(key) and value and len(str(value)) >= 4
-            ),
-            key=len,
-            reverse=True,
-        )
+        self._secrets: list[str] = []
+        for key, value in config.settings.items():
+            if is_secret_name(key) and isinstance(value, str | int):
+                self.add_secret(str(value))
+        _LIVE.add(self)
+
+    def add_secret(self, value: str) -> None:
+        """Mask ``value`` wherever this provider's text is logged (and in every log line):
+        for secrets that are not a setting of their own, such as a header value or a token
+        fetched at run time. Values under 4 characters are not secrets worth the noise."""
+        for form in {value, quote(value, safe="")}:  # as sent, and as it reads in a URL
+            if len(form) >= 4 and form not in self._secrets:
+                self._secrets.append(form)
+        self._secrets.sort(key=len, reverse=True)  # a secret inside another is masked whole
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """This provider's secrets, longest first."""
+        return tuple(self._secrets)
 
     def redact(self, text: str) -> str:
         """``text`` with this provider's secrets (keys, tokens) masked: for anything logged
         that came from upstream, which may echo what it was sent."""
-        for secret in self._secrets:
+        for secret in self.secrets:
             text = text.replace(secret, "***")
         return text
 
@@ -266,8 +311,26 @@ class Provider(ABC):
         return len(job.text)
 
 
-#: Settings whose values are secrets, masked wherever upstream text is logged.
-_SECRET_KEY = re.compile(r"key|token|secret|password|credential", re.IGNORECASE)
+#: Names of settings (and of headers) whose values are secrets, masked wherever text is logged.
+_SECRET_KEY = re.compile(
+    r"key|token|secret|password|credential|auth|cookie|signature", re.IGNORECASE
+)
+
+#: Every provider built in this process and not yet collected: the log masks their secrets.
+_LIVE: weakref.WeakSet[Provider] = weakref.WeakSet()
+
+
+def is_secret_name(name: str) -> bool:
+    """Whether a setting or header called ``name`` holds a secret (``api_key``,
+    ``Authorization``, ``X-Api-Access-Key``…)."""
+    return bool(_SECRET_KEY.search(name))
+
+
+def live_secrets() -> list[str]:
+    """The secrets of every provider alive in this process, longest first."""
+    found = {secret for provider in list(_LIVE) for secret in provider.secrets}
+    return sorted(found, key=len, reverse=True)
+
 
 #: Built-in plugins, imported on first use so that an unused one costs nothing.
 _BUILTIN: dict[str, str] = {

@@ -11,15 +11,21 @@ Settings: ``api_key`` (required), ``url`` (the WebSocket endpoint). Options: ``m
 (default ``cosyvoice-v2``), ``volume``, ``rate``, ``pitch``. Rates: 8000, 16000, 22050, 24000,
 44100, 48000 Hz. No emotion control: Emotion is ignored. Uses the ``websockets`` package
 (installed with uvicorn[standard]; also the ``tts-gateway[cosyvoice]`` extra).
+
+Every wait for a frame is bounded by the ``first_byte`` timeout (as an HTTP provider's read),
+and a frame by :data:`MAX_FRAME_BYTES`; a text frame that is not a JSON event is a provider
+error, and a failed task's ``error_code`` is what the caller is shown.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import AsyncGenerator
 from typing import Any, ClassVar
 
+from ._http import json_object, member, short_text
 from .base import (
     AudioFormat,
     Provider,
@@ -27,6 +33,8 @@ from .base import (
     ProviderConnectionError,
     ProviderError,
     ProviderHTTPError,
+    ProviderProtocolError,
+    ProviderTimeout,
     SynthesisJob,
     closest_rate,
 )
@@ -35,6 +43,9 @@ RATES = (8000, 16000, 22050, 24000, 44100, 48000)
 DEFAULT_URL = "wss://dashscope-intl.aliyuncs.com/api-ws/v1/inference"
 #: task-failed codes worth another attempt.
 RETRYABLE_CODES = ("Throttling", "InternalError", "RequestTimeOut")
+#: The largest frame accepted: audio frames carry a fraction of a second (a few KiB); 2 MiB is
+#: over 20 s of 48 kHz PCM. A bigger frame ends the task (close code 1009) as a provider error.
+MAX_FRAME_BYTES = 2 * 1024 * 1024
 
 
 class CosyVoiceProvider(Provider):
@@ -58,7 +69,7 @@ class CosyVoiceProvider(Provider):
 
     async def stream(self, job: SynthesisJob) -> AsyncGenerator[bytes, None]:
         from websockets.asyncio.client import connect
-        from websockets.exceptions import InvalidStatus, WebSocketException
+        from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
         options = dict(job.options)
         model = str(options.pop("model", "cosyvoice-v2"))
@@ -66,12 +77,13 @@ class CosyVoiceProvider(Provider):
         parameters.update(options)
         parameters.update(format="pcm", sample_rate=self.native_format(job).sample_rate)
         task = uuid.uuid4().hex
+        gap = self.config.timeout.first_byte
         try:
             async with connect(
                 self.url,
                 additional_headers={"Authorization": f"bearer {self.api_key}"},
                 open_timeout=self.config.timeout.connect,
-                max_size=None,
+                max_size=MAX_FRAME_BYTES,
             ) as socket:
                 await socket.send(
                     self._message(
@@ -88,13 +100,18 @@ class CosyVoiceProvider(Provider):
                     )
                 )
                 started = False
-                async for frame in socket:
+                while True:
+                    try:
+                        async with asyncio.timeout(gap):
+                            frame = await socket.recv()
+                    except TimeoutError:
+                        raise ProviderTimeout(self.name, f"no frame within {gap:g} s") from None
                     if isinstance(frame, bytes):
                         if frame:
                             yield frame
                         continue
-                    event = json.loads(frame).get("header", {})
-                    kind = event.get("event")
+                    event = member(json_object(frame, self.name), "header")
+                    kind = member(event, "event") if isinstance(event, dict) else None
                     if kind == "task-started" and not started:
                         started = True
                         await socket.send(
@@ -104,15 +121,22 @@ class CosyVoiceProvider(Provider):
                     elif kind == "task-finished":
                         return
                     elif kind == "task-failed":
+                        assert isinstance(event, dict)
                         code = str(event.get("error_code", ""))
                         raise ProviderError(
                             self.name,
-                            f"{code}: {event.get('error_message', '')}",
+                            f"{short_text(code)}: {short_text(event.get('error_message', ''))}",
+                            code=code,
                             retryable=code.startswith(RETRYABLE_CODES),
                         )
-                raise ProviderConnectionError(self.name, "the connection closed mid-task")
         except InvalidStatus as exc:
             status = exc.response.status_code
             raise ProviderHTTPError(self.name, status, "WebSocket handshake refused") from exc
+        except ConnectionClosed as exc:
+            if exc.sent is not None and exc.sent.code == 1009:  # we refused an oversized frame
+                raise ProviderProtocolError(
+                    self.name, f"a frame over {MAX_FRAME_BYTES // (1024 * 1024)} MiB"
+                ) from exc
+            raise ProviderConnectionError(self.name, "the connection closed mid-task") from exc
         except (OSError, TimeoutError, WebSocketException) as exc:
             raise ProviderConnectionError(self.name, f"{type(exc).__name__}: {exc}") from exc

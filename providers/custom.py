@@ -6,20 +6,35 @@ answers raw S16LE mono PCM at the ``SampleRate`` it was asked for.
 
 Settings: ``url`` (the upstream's full synthesis URL), ``token`` (sent as ``Token``),
 ``sample_rates`` (the rates the upstream serves, default all four; the gateway asks for the
-closest one and resamples), ``headers`` (extra HTTP headers). ``options`` are added to the JSON
-body as extra fields. Emotion is passed on as ``ExtendData.Emotion``.
+closest one and resamples), ``headers`` (extra HTTP headers; the values of those named like
+a credential, such as ``Authorization`` or ``X-Api-Key``, are secrets, masked in every log
+line). ``options`` are added to the JSON body as extra fields. Emotion is passed on as
+``ExtendData.Emotion``. A success answer must be audio (``audio/*``, ``application/octet-stream``
+or no type at all): a JSON, text or HTML answer is the upstream's error, not sound.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import httpx
 
 from ._http import HTTPProvider
-from .base import SAMPLE_RATES, AudioFormat, ProviderConfig, SynthesisJob, closest_rate
+from .base import (
+    SAMPLE_RATES,
+    AudioFormat,
+    ProviderConfig,
+    SynthesisJob,
+    closest_rate,
+    is_secret_name,
+)
+
+#: An HTTP header name (RFC 9110 token) and a value that cannot end the header early.
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_HEADER_VALUE = re.compile(r"[^\x00-\x08\x0a-\x1f\x7f]*")
 
 
 class CustomProvider(HTTPProvider):
@@ -33,9 +48,20 @@ class CustomProvider(HTTPProvider):
         super().__init__(config)
         settings = config.settings
         self.url = httpx.URL(str(settings["url"]))  # parsed once, not per request
+        if self.url.password:  # https://user:secret@host/...
+            self.add_secret(self.url.password)
+        for name, value in self.url.params.multi_items():  # ...?api_key=secret
+            if is_secret_name(name):
+                self.add_secret(value)
         self.token: str | None = settings.get("token") or None
         self.rates = tuple(int(r) for r in settings.get("sample_rates") or SAMPLE_RATES)
         self.headers = {str(k): str(v) for k, v in (settings.get("headers") or {}).items()}
+        for name, value in self.headers.items():
+            if is_secret_name(name):
+                self.add_secret(value)
+                scheme, _, credential = value.partition(" ")  # "Bearer <token>"
+                if credential and scheme.isalpha():
+                    self.add_secret(credential.strip())
 
     @classmethod
     def validate_settings(cls, settings: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -54,6 +80,14 @@ class CustomProvider(HTTPProvider):
         headers = settings.get("headers")
         if headers is not None and not isinstance(headers, dict):
             problems.append(("headers", "must be a mapping of header names to values"))
+        elif headers:
+            for name, value in headers.items():
+                if not _HEADER_NAME.fullmatch(str(name)):
+                    problems.append(("headers", f"{str(name)[:40]!r} is not a header name"))
+                elif not _HEADER_VALUE.fullmatch(str(value)):
+                    problems.append(
+                        ("headers", f"the value of {name} holds a line break or control character")
+                    )
         return problems
 
     def native_format(self, job: SynthesisJob) -> AudioFormat:

@@ -5,14 +5,18 @@ WAV header (walked and dropped here, since every piece of a long text has its ow
 caller's own ``sampleRateHertz``; the answer starts when the reply has arrived. Input is capped
 at 5000 *bytes*: longer text goes out in pieces.
 
-Settings: ``api_key`` (sent as ``?key=``) or ``credentials_file`` (a service-account JSON key;
-its OAuth token is fetched and refreshed by google-auth, the ``tts-gateway[google]`` extra),
-``base_url`` (default ``https://texttospeech.googleapis.com``). The voice is Google's voice
-name (``en-US-Neural2-F``); its language code is taken from the name unless the
-``languageCode`` option says otherwise.
+Settings: ``api_key`` (sent in the ``X-Goog-Api-Key`` header, never in the URL, which HTTP
+libraries and proxies log) or ``credentials_file`` (a service-account JSON key; its OAuth token
+is fetched and refreshed by google-auth, the ``tts-gateway[google]`` extra), ``base_url``
+(default ``https://texttospeech.googleapis.com``). The voice is Google's voice name. Its
+``voice.languageCode`` is the ``languageCode`` option if given, else the locale a voice name
+starts with (``en-US`` of ``en-US-Neural2-F``), else ``en-US``: Gemini-TTS voices (``Kore``,
+``Puck``, …) carry no locale, and the API requires one, so set ``languageCode`` for any other
+language.
 Options: ``languageCode``, ``speakingRate``, ``pitch``, ``volumeGainDb``, ``model_name``
 (Gemini-TTS). Emotion: for Gemini-TTS voices (``model_name`` set), ``input.prompt``; classic
-voices have no emotion control and ignore it.
+voices have no emotion control and ignore it. The reply may take what the text could need at a
+slow pace (``clip_bound``); a bigger one is refused.
 """
 
 from __future__ import annotations
@@ -21,23 +25,28 @@ import asyncio
 import base64
 import binascii
 import json
+import re
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
 import httpx
 
-from ._http import HTTPProvider, iter_body, strip_riff
+from ._http import HTTPProvider, clip_bound, json_object, member, read_body, short_text, strip_riff
 from .base import (
     AudioFormat,
     ProviderConfig,
     ProviderConnectionError,
     ProviderHTTPError,
+    ProviderProtocolError,
     SynthesisJob,
 )
 from .openai import EMOTION_INSTRUCTIONS
 
 _AUDIO_CONFIG = ("speakingRate", "pitch", "volumeGainDb")
+#: A voice name that starts with a BCP-47 locale: ``en-US-Neural2-F``, ``cmn-CN-Wavenet-A``.
+_LOCALE_VOICE = re.compile(r"([a-z]{2,3}-(?:[A-Z]{2}|[0-9]{3}))-")
+DEFAULT_LANGUAGE = "en-US"
 
 
 SCOPE = "https://www.googleapis.com/auth/cloud-platform"
@@ -51,6 +60,7 @@ class GoogleProvider(HTTPProvider):
     required_settings: ClassVar[frozenset[str]] = frozenset()
     default_base_url = "https://texttospeech.googleapis.com"
     max_text = 5000
+    answer_types = ("application/json",)
 
     def __init__(self, config: ProviderConfig) -> None:
         super().__init__(config)
@@ -105,6 +115,14 @@ class GoogleProvider(HTTPProvider):
                 self.name, 401, f"service-account token refused: {exc}"
             ) from exc
 
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        credentials = getattr(self, "_credentials", None)  # None until __init__ has run
+        token = credentials.token if credentials is not None else None
+        if isinstance(token, str) and len(token) >= 4:  # the OAuth token of the hour
+            return (token, *super().secrets)
+        return super().secrets
+
     def text_size(self, text: str) -> int:
         return len(text.encode("utf-8"))
 
@@ -113,7 +131,8 @@ class GoogleProvider(HTTPProvider):
 
     def build(self, job: SynthesisJob, text: str) -> httpx.Request:
         options = dict(job.options)
-        language = options.get("languageCode") or "-".join(job.voice.split("-")[:2])
+        locale = _LOCALE_VOICE.match(job.voice)
+        language = options.get("languageCode") or (locale[1] if locale else DEFAULT_LANGUAGE)
         voice: dict[str, Any] = {"languageCode": language, "name": job.voice}
         source: dict[str, Any] = {"text": text}
         if options.get("model_name"):
@@ -133,17 +152,32 @@ class GoogleProvider(HTTPProvider):
             return self.client.build_request(
                 "POST", url, json=body, headers={"Authorization": token}
             )
-        return self.client.build_request("POST", url, json=body, params={"key": self.api_key})
+        return self.client.build_request(
+            "POST", url, json=body, headers={"X-Goog-Api-Key": self.api_key}
+        )
 
-    async def audio(self, response: httpx.Response) -> AsyncIterator[bytes]:
-        body = b"".join([chunk async for chunk in iter_body(response, self.name)])
-        try:
-            encoded = json.loads(body)["audioContent"]
-            yield strip_riff(base64.b64decode(encoded))
-        except (ValueError, KeyError, TypeError, binascii.Error):
+    async def audio(
+        self, response: httpx.Response, job: SynthesisJob, text: str
+    ) -> AsyncIterator[bytes]:
+        body = await read_body(response, self.name, clip_bound(text, job.sample_rate))
+        reply = json_object(body, self.name)
+        error = reply.get("error")
+        if error:  # Google's error shape, inside a success status
             raise ProviderHTTPError(
-                self.name, response.status_code, "no audioContent in the reply", retryable=False
-            ) from None
+                self.name,
+                200,
+                short_text(member(reply, "error", "message") or error),
+                code=member(reply, "error", "status") or member(reply, "error", "code"),
+                retryable=False,
+            )
+        encoded = reply.get("audioContent")
+        if not isinstance(encoded, str) or not encoded:
+            raise ProviderProtocolError(self.name, "no audioContent in the reply")
+        try:
+            audio = strip_riff(base64.b64decode(encoded))
+        except (binascii.Error, ValueError):
+            raise ProviderProtocolError(self.name, "undecodable audioContent") from None
+        yield audio
 
 
 #: A service-account key file is about 2.3 KB; anything much larger is something else.

@@ -17,17 +17,18 @@ neutral sends none).
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
 import httpx
 
-from ._http import HTTPProvider, iter_body, iter_sse
-from .base import ProviderConfig, ProviderHTTPError, SynthesisJob
+from ._http import HTTPProvider, iter_sse, json_object, media_type, member, read_body, short_text
+from .base import ProviderConfig, ProviderHTTPError, ProviderProtocolError, SynthesisJob
 
 RATES = (8000, 16000, 22050, 24000, 32000, 44100)
 RETRYABLE_CODES = frozenset({1000, 1001, 1002, 1024, 1039})
+#: A reply that is not a stream is an error document (a stream is always asked for).
+_DOCUMENT_LIMIT = 64 * 1024
 
 
 class MiniMaxProvider(HTTPProvider):
@@ -38,6 +39,7 @@ class MiniMaxProvider(HTTPProvider):
     default_base_url = "https://api.minimax.io"
     native_rates = RATES
     max_text = 5000
+    answer_types = ("text/event-stream", "application/json")
 
     def __init__(self, config: ProviderConfig) -> None:
         super().__init__(config)
@@ -71,37 +73,43 @@ class MiniMaxProvider(HTTPProvider):
             headers={"Authorization": f"Bearer {self.api_key}"},
         )
 
-    async def audio(self, response: httpx.Response) -> AsyncIterator[bytes]:
-        if "text/event-stream" not in response.headers.get("content-type", ""):
+    async def audio(
+        self, response: httpx.Response, job: SynthesisJob, text: str
+    ) -> AsyncIterator[bytes]:
+        if media_type(response) != "text/event-stream":
             # An error (or a non-streamed answer) as one JSON document.
-            body = b"".join([chunk async for chunk in iter_body(response, self.name)])
-            self._check(_json(body, self.name))
+            body = await read_body(response, self.name, _DOCUMENT_LIMIT)
+            event = json_object(body, self.name)
+            self._check(event)
+            audio = self._audio(event)
+            if audio:
+                yield audio
             return
         async for _, data in iter_sse(response, self.name):
-            event = _json(data.encode(), self.name)
+            event = json_object(data, self.name)
             self._check(event)
-            payload = event.get("data") or {}
-            if payload.get("status") == 2:  # the aggregate repeat of everything already sent
+            if member(event, "data", "status") == 2:  # the aggregate repeat of all already sent
                 continue
-            audio = payload.get("audio")
+            audio = self._audio(event)
             if audio:
-                yield bytes.fromhex(audio)
+                yield audio
 
     def _check(self, event: dict[str, Any]) -> None:
-        base = event.get("base_resp") or {}
-        code = base.get("status_code", 0)
+        code = member(event, "base_resp", "status_code")
         if code:
             raise ProviderHTTPError(
                 self.name,
                 200,
-                f"base_resp {code}: {base.get('status_msg', '')}",
-                retryable=code in RETRYABLE_CODES,
+                short_text(member(event, "base_resp", "status_msg") or ""),
+                code=code,
+                retryable=isinstance(code, int) and code in RETRYABLE_CODES,
             )
 
-
-def _json(data: bytes, provider: str) -> dict[str, Any]:
-    try:
-        value = json.loads(data)
-    except ValueError:
-        raise ProviderHTTPError(provider, 200, "not JSON", retryable=True) from None
-    return value if isinstance(value, dict) else {}
+    def _audio(self, event: dict[str, Any]) -> bytes:
+        hex_audio = member(event, "data", "audio")
+        if not hex_audio:
+            return b""
+        try:
+            return bytes.fromhex(hex_audio)
+        except (TypeError, ValueError):
+            raise ProviderProtocolError(self.name, "audio that is not hex") from None

@@ -3,7 +3,8 @@
 ``POST {base_url}/api/v3/tts/unidirectional`` with ``X-Api-App-Id``, ``X-Api-Access-Key`` and
 ``X-Api-Resource-Id``; the body asks for ``audio_params.format: "pcm"``. The answer is a chunked
 stream of JSON objects, each ``{"code": 0, "data": "<base64 PCM>"}``, the last with code
-20000000; any other non-zero code is an error *inside an HTTP 200*.
+20000000; any other non-zero code is an error *inside an HTTP 200*. The objects are cut from
+the stream as their closing brackets arrive, each parsed once (``JSONObjectStream``).
 
 Settings: ``app_id`` and ``access_key`` (required), ``resource_id`` (default
 ``seed-tts-1.0``), ``base_url`` (default ``https://openspeech.bytedance.com``). Options:
@@ -15,18 +16,15 @@ from __future__ import annotations
 
 import base64
 import binascii
-import codecs
-import json
 from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
 import httpx
 
-from ._http import HTTPProvider, iter_body
-from .base import ProviderConfig, ProviderHTTPError, SynthesisJob
+from ._http import HTTPProvider, JSONObjectStream, iter_body, json_object, short_text
+from .base import ProviderConfig, ProviderHTTPError, ProviderProtocolError, SynthesisJob
 
 FINISHED = 20000000
-_DECODER = json.JSONDecoder()
 
 
 class VolcengineProvider(HTTPProvider):
@@ -40,6 +38,14 @@ class VolcengineProvider(HTTPProvider):
     default_base_url = "https://openspeech.bytedance.com"
     native_rates = (8000, 16000, 22050, 24000, 32000, 44100, 48000)
     max_text = 1000
+    # The documentation names no type for the stream; the objects' framing is checked anyway,
+    # so any type a JSON stream could carry passes, and a page (HTML, XML) does not.
+    answer_types = (
+        "application/json",
+        "application/x-ndjson",
+        "text/plain",
+        "application/octet-stream",
+    )
 
     def __init__(self, config: ProviderConfig) -> None:
         super().__init__(config)
@@ -71,36 +77,27 @@ class VolcengineProvider(HTTPProvider):
             headers=headers,
         )
 
-    async def audio(self, response: httpx.Response) -> AsyncIterator[bytes]:
-        text = ""
-        utf8 = codecs.getincrementaldecoder("utf-8")("replace")  # characters split by chunks
+    async def audio(
+        self, response: httpx.Response, job: SynthesisJob, text: str
+    ) -> AsyncIterator[bytes]:
+        objects = JSONObjectStream(self.name)
         async for chunk in iter_body(response, self.name):
-            text += utf8.decode(chunk)
-            while True:
-                text = text.lstrip()
-                if not text:
-                    break
-                try:
-                    event, end = _DECODER.raw_decode(text)
-                except ValueError:
-                    break  # an object split across chunks: wait for the rest
-                text = text[end:]
-                audio = self._audio_of(event)
+            for raw in objects.feed(chunk):
+                audio = self._audio_of(json_object(raw, self.name))
                 if audio:
                     yield audio
+        objects.finish()
 
-    def _audio_of(self, event: Any) -> bytes:
-        if not isinstance(event, dict):
-            return b""
+    def _audio_of(self, event: dict[str, Any]) -> bytes:
         code = event.get("code", 0)
         if code not in (0, FINISHED):
             raise ProviderHTTPError(
-                self.name, 200, f"code {code}: {event.get('message', '')}", retryable=False
+                self.name, 200, short_text(event.get("message") or ""), code=code, retryable=False
             )
         data = event.get("data")
         if not data:
             return b""
         try:
             return base64.b64decode(data)
-        except (binascii.Error, ValueError):
-            raise ProviderHTTPError(self.name, 200, "undecodable audio", retryable=False) from None
+        except (binascii.Error, TypeError, ValueError):
+            raise ProviderProtocolError(self.name, "undecodable audio") from None

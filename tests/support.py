@@ -1,5 +1,6 @@
 """Test fixtures that are real parts: a uvicorn server on loopback, a scripted provider, a
-loopback upstream speaking the custom TTS interface, and tone generators."""
+loopback upstream speaking the custom TTS interface, a loopback CosyVoice WebSocket server, the
+transport that keeps provider clients off the network, and tone generators."""
 
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import httpx
 import numpy as np
 import uvicorn
 from starlette.applications import Starlette
+from websockets.asyncio.server import ServerConnection, serve
 
 from gateway.protocol import ConnectionLimits, protocol_factory
 from providers.base import (
@@ -366,3 +369,111 @@ def provider_block(**overrides: Any) -> dict[str, Any]:
     }
     block.update(overrides)
     return block
+
+
+# ---------------------------------------------------------------- no network
+
+
+class LoopbackOnly(httpx.AsyncBaseTransport):
+    """The transport under provider clients in tests (``tests/conftest.py`` puts it into
+    ``providers._http.transport_factory``): loopback hosts go through the real transport, any
+    other host is refused and recorded, so that no test reaches the network by mistake. (respx's
+    mocks answer above the transport, so mocked requests never get here.)"""
+
+    HOSTS: ClassVar[frozenset[str]] = frozenset({"127.0.0.1", "::1", "localhost"})
+    refused: ClassVar[list[str]] = []
+
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        self.inner = inner
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.host not in self.HOSTS:
+            self.refused.append(f"{request.method} {request.url.copy_with(query=None)}")
+            raise httpx.ConnectError("tests stay on loopback", request=request)
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+# ---------------------------------------------------------------- loopback CosyVoice
+
+
+class TaskServer:
+    """A loopback CosyVoice (DashScope WebSocket task protocol) server: records what the client
+    sent; answers as the service does, fails as told, or sends ``frames`` of the test's own."""
+
+    def __init__(
+        self,
+        audio: list[bytes],
+        fail: tuple[str, str] | None = None,
+        frames: list[str | bytes] | None = None,
+    ) -> None:
+        self.audio = audio
+        self.fail = fail
+        self.frames = frames  # sent after finish-task instead of the audio and task-finished
+        self.messages: list[dict[str, Any]] = []
+        self.headers: dict[str, str] = {}
+        self.closed = asyncio.Event()
+
+    async def handle(self, socket: ServerConnection) -> None:
+        assert socket.request is not None
+        self.headers = {k.lower(): v for k, v in socket.request.headers.raw_items()}
+        try:
+            async for raw in socket:
+                message = json.loads(raw)
+                self.messages.append(message)
+                header = message["header"]
+                task = header["task_id"]
+                if header["action"] == "run-task":
+                    if self.fail:
+                        code, text = self.fail
+                        await socket.send(
+                            json.dumps(
+                                {
+                                    "header": {
+                                        "task_id": task,
+                                        "event": "task-failed",
+                                        "error_code": code,
+                                        "error_message": text,
+                                    },
+                                    "payload": {},
+                                }
+                            )
+                        )
+                        continue
+                    await socket.send(
+                        json.dumps(
+                            {"header": {"task_id": task, "event": "task-started"}, "payload": {}}
+                        )
+                    )
+                elif header["action"] == "finish-task" and self.frames is not None:
+                    for frame in self.frames:
+                        await socket.send(frame)
+                    await socket.wait_closed()  # then silence, until the client goes
+                elif header["action"] == "finish-task":
+                    for chunk in self.audio:
+                        await socket.send(chunk)
+                        await socket.send(
+                            json.dumps(
+                                {
+                                    "header": {"task_id": task, "event": "result-generated"},
+                                    "payload": {},
+                                }
+                            )
+                        )
+                    await socket.send(
+                        json.dumps(
+                            {"header": {"task_id": task, "event": "task-finished"}, "payload": {}}
+                        )
+                    )
+        finally:
+            self.closed.set()
+
+
+@contextlib.asynccontextmanager
+async def running_task_server(server: TaskServer) -> AsyncIterator[str]:
+    """Serve ``server`` on a loopback port; yields the WebSocket URL."""
+    async with serve(server.handle, "127.0.0.1", 0) as ws:
+        port = next(iter(ws.sockets)).getsockname()[1]
+        yield f"ws://127.0.0.1:{port}/api-ws/v1/inference"

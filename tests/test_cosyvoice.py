@@ -6,91 +6,24 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
-from websockets.asyncio.server import ServerConnection, serve
 
 from providers.base import (
     ProviderConfig,
     ProviderConnectionError,
     ProviderError,
+    ProviderProtocolError,
+    ProviderTimeout,
     SynthesisJob,
+    Timeouts,
     build_provider,
 )
-from tests.support import synthesize, tone
+from providers.cosyvoice import MAX_FRAME_BYTES
+from tests.support import TaskServer, running_task_server, synthesize, tone
 
 KEY = "sk-cosy-0123"
-
-
-class TaskServer:
-    """Records what the client sent; answers as the service does (or fails as told)."""
-
-    def __init__(self, audio: list[bytes], fail: tuple[str, str] | None = None) -> None:
-        self.audio = audio
-        self.fail = fail
-        self.messages: list[dict[str, Any]] = []
-        self.headers: dict[str, str] = {}
-        self.closed = asyncio.Event()
-
-    async def handle(self, socket: ServerConnection) -> None:
-        assert socket.request is not None
-        self.headers = {k.lower(): v for k, v in socket.request.headers.raw_items()}
-        try:
-            async for raw in socket:
-                message = json.loads(raw)
-                self.messages.append(message)
-                header = message["header"]
-                task = header["task_id"]
-                if header["action"] == "run-task":
-                    if self.fail:
-                        code, text = self.fail
-                        await socket.send(
-                            json.dumps(
-                                {
-                                    "header": {
-                                        "task_id": task,
-                                        "event": "task-failed",
-                                        "error_code": code,
-                                        "error_message": text,
-                                    },
-                                    "payload": {},
-                                }
-                            )
-                        )
-                        continue
-                    await socket.send(
-                        json.dumps(
-                            {"header": {"task_id": task, "event": "task-started"}, "payload": {}}
-                        )
-                    )
-                elif header["action"] == "finish-task":
-                    for chunk in self.audio:
-                        await socket.send(chunk)
-                        await socket.send(
-                            json.dumps(
-                                {
-                                    "header": {"task_id": task, "event": "result-generated"},
-                                    "payload": {},
-                                }
-                            )
-                        )
-                    await socket.send(
-                        json.dumps(
-                            {"header": {"task_id": task, "event": "task-finished"}, "payload": {}}
-                        )
-                    )
-        finally:
-            self.closed.set()
-
-
-@asynccontextmanager
-async def running(server: TaskServer) -> AsyncIterator[str]:
-    async with serve(server.handle, "127.0.0.1", 0) as ws:
-        port = next(iter(ws.sockets)).getsockname()[1]
-        yield f"ws://127.0.0.1:{port}/api-ws/v1/inference"
 
 
 async def collect(url: str, job: SynthesisJob) -> bytes:
@@ -110,7 +43,7 @@ def job(**fields: Any) -> SynthesisJob:
 async def test_task_protocol_and_binary_audio() -> None:
     pcm = tone(440, 0.3, 24000)
     server = TaskServer([pcm[:5000], pcm[5000:]])
-    async with running(server) as url:
+    async with running_task_server(server) as url:
         audio = await collect(url, job(options={"volume": 60}))
     assert audio == pcm
     assert server.headers["authorization"] == f"bearer {KEY}"
@@ -141,7 +74,7 @@ async def test_task_protocol_and_binary_audio() -> None:
     ("code", "retryable"), [("InvalidParameter", False), ("Throttling.RateQuota", True)]
 )
 async def test_task_failed(code: str, retryable: bool) -> None:
-    async with running(TaskServer([], fail=(code, "it went wrong"))) as url:
+    async with running_task_server(TaskServer([], fail=(code, "it went wrong"))) as url:
         with pytest.raises(ProviderError) as caught:
             await collect(url, job())
     assert caught.value.retryable is retryable
@@ -150,7 +83,7 @@ async def test_task_failed(code: str, retryable: bool) -> None:
 
 async def test_closing_the_stream_closes_the_socket() -> None:
     server = TaskServer([b"\x01\x00" * 100, b"\x02\x00" * 100])
-    async with running(server) as url:
+    async with running_task_server(server) as url:
         provider = build_provider(
             ProviderConfig(name="cosy", type="cosyvoice", settings={"api_key": KEY, "url": url})
         )
@@ -174,7 +107,7 @@ async def test_cosyvoice_through_the_gateway() -> None:
 
     pcm = tone(1000, 1.0, 24000)
     server = TaskServer([pcm[i : i + 4801] for i in range(0, len(pcm), 4801)])  # odd cuts
-    async with running(server) as url:
+    async with running_task_server(server) as url:
         routing = f"""
 server: {{default_voice: longxiaochun_v2}}
 providers: {{cosy: {{type: cosyvoice, api_key: "{KEY}", url: "{url}"}}}}
@@ -189,3 +122,67 @@ voices: {{longxiaochun_v2: {{provider: cosy}}}}
     assert server.messages[0]["payload"]["parameters"]["sample_rate"] == 24000
     assert response.content == pcm
     assert abs(peak_frequency(response.content, 24000) - 1000) <= 2
+
+
+def event_frame(event: str) -> str:
+    return json.dumps({"header": {"task_id": "t", "event": event}, "payload": {}})
+
+
+@pytest.mark.parametrize(
+    ("frame", "reason"),
+    [
+        ("not json", "not JSON"),
+        ("5", "JSON int where an object was due"),
+        ("[]", "JSON list where an object was due"),
+        ('"task-finished"', "JSON str where an object was due"),
+    ],
+)
+async def test_malformed_text_frames_are_provider_errors(frame: str, reason: str) -> None:
+    server = TaskServer([], frames=[b"\x01\x00" * 10, frame])
+    async with running_task_server(server) as url:
+        with pytest.raises(ProviderProtocolError) as caught:
+            await asyncio.wait_for(collect(url, job()), 10)
+    assert reason in str(caught.value)
+
+
+async def test_an_event_of_another_shape_is_skipped_not_a_crash() -> None:
+    odd = json.dumps({"header": 5, "payload": []})
+    server = TaskServer([], frames=[odd, b"\x01\x00" * 10, event_frame("task-finished")])
+    async with running_task_server(server) as url:
+        assert await asyncio.wait_for(collect(url, job()), 10) == b"\x01\x00" * 10
+
+
+async def test_the_caller_is_shown_the_task_failed_code() -> None:
+    async with running_task_server(
+        TaskServer([], fail=("Throttling.RateQuota", "slow down"))
+    ) as url:
+        with pytest.raises(ProviderError) as caught:
+            await collect(url, job())
+    assert caught.value.summary == "error Throttling.RateQuota"
+
+
+async def test_an_oversized_frame_is_a_provider_error() -> None:
+    server = TaskServer([], frames=[b"\x00" * (MAX_FRAME_BYTES + 2)])
+    async with running_task_server(server) as url:
+        with pytest.raises(ProviderProtocolError) as caught:
+            await asyncio.wait_for(collect(url, job()), 10)
+    assert "a frame over 2 MiB" in str(caught.value)
+
+
+async def test_a_silent_server_is_a_timeout_not_a_wait_forever() -> None:
+    server = TaskServer([], frames=[b"\x01\x00" * 10])  # some audio, then nothing
+    async with running_task_server(server) as url:
+        provider = build_provider(
+            ProviderConfig(
+                name="cosy",
+                type="cosyvoice",
+                settings={"api_key": KEY, "url": url},
+                timeout=Timeouts(connect=2, first_byte=0.3, total=10),
+            )
+        )
+        received: list[bytes] = []
+        with pytest.raises(ProviderTimeout):
+            async with asyncio.timeout(10):
+                async for chunk in provider.stream(job()):
+                    received.append(chunk)
+    assert received == [b"\x01\x00" * 10]

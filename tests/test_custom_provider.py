@@ -4,6 +4,7 @@ shape, error mapping) and as a real loopback server (streaming through the gatew
 from __future__ import annotations
 
 import json
+import logging
 
 import httpx
 import pytest
@@ -15,6 +16,7 @@ from providers.base import (
     ProviderConfig,
     ProviderConnectionError,
     ProviderHTTPError,
+    ProviderProtocolError,
     ProviderTimeout,
     RetryPolicy,
     SynthesisJob,
@@ -22,11 +24,19 @@ from providers.base import (
     closest_rate,
 )
 from providers.custom import CustomProvider
-from tests.support import Upstream, drain, live_server, peak_frequency, scripted_config, tone
+from tests.support import (
+    LoopbackOnly,
+    Upstream,
+    drain,
+    live_server,
+    peak_frequency,
+    scripted_config,
+    tone,
+)
 
 URL = "https://tts.upstream.test/stream-audio"
 
-# The providers' pool sits under httpx's transport: respx intercepts at that transport.
+# respx's httpx mocker answers at the client, above whatever transport the client has.
 pytestmark = pytest.mark.respx(using="httpx")
 
 
@@ -187,3 +197,138 @@ async def test_upstream_error_status_falls_back() -> None:
     assert response.headers["x-voice"] == "b"
     assert len(broken.requests) == 2  # retried once (503 is retryable), then fell back
     assert len(response.content) == len(tone(440, 0.1, 24000))
+
+
+async def test_a_json_error_answered_with_200_is_not_audio(respx_mock: respx.MockRouter) -> None:
+    respx_mock.post(URL).mock(return_value=httpx.Response(200, json={"error": "quota exceeded"}))
+    with pytest.raises(ProviderProtocolError) as caught:
+        await collect(provider(), job())
+    assert "application/json" in caught.value.reason and "quota exceeded" in caught.value.reason
+    assert not caught.value.retryable
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        ("text/html; charset=utf-8", b"<html><title>502 Bad Gateway</title></html>"),
+        ("text/plain", b"upstream overloaded"),
+        ("application/xml", b"<Error><Message>denied</Message></Error>"),
+        ("application/problem+json", b'{"title": "quota exceeded"}'),
+    ],
+)
+async def test_text_answered_with_200_is_not_audio(
+    respx_mock: respx.MockRouter, content_type: str, body: bytes
+) -> None:
+    respx_mock.post(URL).mock(
+        return_value=httpx.Response(200, content=body, headers={"Content-Type": content_type})
+    )
+    with pytest.raises(ProviderProtocolError) as caught:
+        await collect(provider(), job())
+    assert content_type.partition(";")[0] in caught.value.reason
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Content-Type": "audio/mpeg"},  # how the vendor's sample server labels its PCM
+        {"Content-Type": "audio/pcm;rate=16000"},
+        {"Content-Type": "application/octet-stream"},
+        {},  # no type at all
+    ],
+)
+async def test_audio_types_and_no_type_are_audio(
+    respx_mock: respx.MockRouter, headers: dict[str, str]
+) -> None:
+    respx_mock.post(URL).mock(
+        return_value=httpx.Response(200, content=b"\x01\x00" * 8, headers=headers)
+    )
+    assert await collect(provider(), job()) == b"\x01\x00" * 8
+
+
+def test_a_json_error_at_200_falls_back_and_is_logged(
+    respx_mock: respx.MockRouter, caplog: pytest.LogCaptureFixture
+) -> None:
+    from starlette.testclient import TestClient
+
+    respx_mock.route(host="testserver").pass_through()
+    respx_mock.post(URL).mock(return_value=httpx.Response(200, json={"error": "quota exceeded"}))
+    respx_mock.post("https://backup.upstream.test/stream-audio").mock(
+        return_value=httpx.Response(200, content=b"\x05\x00" * 240)
+    )
+    yaml = scripted_config(
+        voices={"a": {"provider": "main", "fallback": ["b"]}, "b": {"provider": "backup"}},
+        providers={
+            "main": {"type": "custom", "url": URL},
+            "backup": {"type": "custom", "url": "https://backup.upstream.test/stream-audio"},
+        },
+    )
+    with (
+        caplog.at_level(logging.INFO, logger="gateway"),
+        TestClient(create_app(parse_config(yaml))) as client,
+    ):
+        response = client.post("/stream-audio", json={"Text": "Hi.", "SampleRate": 24000})
+    assert response.status_code == 200 and response.headers["x-voice"] == "b"
+    assert response.content == b"\x05\x00" * 240  # the backup's audio, not 26 bytes of JSON
+    failed = [r.getMessage() for r in caplog.records if "failed before audio" in r.getMessage()]
+    assert len(failed) == 1 and "quota exceeded" in failed[0]
+
+
+async def test_credential_headers_are_secrets(respx_mock: respx.MockRouter) -> None:
+    respx_mock.post(URL).mock(
+        return_value=httpx.Response(401, text="bad token Bearer-less tok-9f8e7d6c and sig=abcdef")
+    )
+    p = provider(headers={"Authorization": "Bearer tok-9f8e7d6c", "X-Tenant": "tenant-1"})
+    with pytest.raises(ProviderHTTPError) as caught:
+        await collect(p, job())
+    logged = p.redact(caught.value.reason)
+    assert "tok-9f8e7d6c" not in logged and "***" in logged
+    assert "tenant-1" not in p.secrets  # a header that is no credential stays readable
+
+
+@pytest.mark.parametrize(
+    ("headers", "problem"),
+    [
+        ({"X-Tenant": "a\r\nX-Injected: 1"}, "line break"),
+        ({"X-Tenant": "a\nb"}, "line break"),
+        ({"Bad Name": "x"}, "not a header name"),
+        ({"X:Colon": "x"}, "not a header name"),
+    ],
+)
+def test_headers_that_could_break_the_request_are_refused(
+    headers: dict[str, str], problem: str
+) -> None:
+    problems = dict(CustomProvider.validate_settings({"url": URL, "headers": headers}))
+    assert problem in problems["headers"]
+
+
+async def test_no_test_reaches_the_network_by_mistake() -> None:
+    # No respx here: the request would leave the machine; the tests' transport refuses it.
+    with pytest.raises(ProviderConnectionError):
+        await collect(provider(), job())
+    assert LoopbackOnly.refused == [f"POST {URL}"]
+    LoopbackOnly.refused.clear()  # refused on purpose
+
+
+def test_credentials_in_the_url_are_secrets() -> None:
+    p = provider()
+    assert p.secrets == ()
+    p = CustomProvider(
+        ProviderConfig(
+            name="up",
+            type="custom",
+            settings={"url": "https://user:pa55-word@tts.upstream.test/x?api_key=k-123456&v=1"},
+        )
+    )
+    assert p.redact("echo pa55-word k-123456 v=1") == "echo *** *** v=1"
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "-inf", "1e400"])
+async def test_a_retry_after_that_is_no_number_of_seconds_is_ignored(
+    respx_mock: respx.MockRouter, value: str
+) -> None:
+    respx_mock.post(URL).mock(
+        return_value=httpx.Response(503, text="busy", headers={"Retry-After": value})
+    )
+    with pytest.raises(ProviderHTTPError) as caught:
+        await collect(provider(), job())
+    assert caught.value.retry_after is None

@@ -15,7 +15,13 @@ from starlette.testclient import TestClient
 from gateway.app import create_app
 from gateway.audio import wav_header
 from gateway.config import parse_config
-from providers.base import ProviderConfig, ProviderHTTPError, SynthesisJob, build_provider
+from providers.base import (
+    ProviderConfig,
+    ProviderHTTPError,
+    ProviderProtocolError,
+    SynthesisJob,
+    build_provider,
+)
 from tests.support import drain, peak_frequency, synthesize, tone
 
 pytestmark = pytest.mark.respx(using="httpx")
@@ -48,7 +54,8 @@ async def test_request_and_wav_header_dropped(respx_mock: respx.MockRouter) -> N
     route = respx_mock.post(URL).mock(return_value=reply(pcm, 16000))
     assert await collect(job(options={"speakingRate": 1.2})) == pcm
     sent = route.calls.last.request
-    assert sent.url.params["key"] == KEY
+    assert sent.headers["x-goog-api-key"] == KEY
+    assert KEY not in str(sent.url)  # never in the URL, which HTTP libraries log
     assert json.loads(sent.content) == {
         "input": {"text": "Hello there."},
         "voice": {"languageCode": "en-US", "name": "en-US-Neural2-F"},
@@ -95,8 +102,9 @@ async def test_errors(
 
 async def test_a_reply_without_audio_is_an_error(respx_mock: respx.MockRouter) -> None:
     respx_mock.post(URL).mock(return_value=httpx.Response(200, json={"unexpected": True}))
-    with pytest.raises(ProviderHTTPError):
+    with pytest.raises(ProviderProtocolError) as caught:
         await collect(job())
+    assert "no audioContent" in str(caught.value) and caught.value.summary == "unexpected answer"
 
 
 def test_google_through_the_gateway(respx_mock: respx.MockRouter) -> None:
@@ -199,3 +207,87 @@ def test_google_needs_a_key_or_a_credentials_file(tmp_path: Any) -> None:
             f"providers: {{g: {{type: google, credentials_file: {tmp_path}/no.json}}}}\n" + base
         )
     assert "providers.g.credentials_file" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("voice", "options", "language"),
+    [
+        ("en-US-Neural2-F", {}, "en-US"),
+        ("cmn-CN-Wavenet-A", {}, "cmn-CN"),
+        ("es-419-Standard-A", {}, "es-419"),
+        ("Kore", {"model_name": "gemini-2.5-flash-tts"}, "en-US"),  # no locale: the default
+        ("Puck", {"model_name": "gemini-2.5-flash-tts", "languageCode": "de-DE"}, "de-DE"),
+        ("en-US-Neural2-F", {"languageCode": "en-GB"}, "en-GB"),  # the option wins
+    ],
+)
+async def test_language_code_comes_from_a_locale_or_the_option(
+    respx_mock: respx.MockRouter, voice: str, options: dict[str, Any], language: str
+) -> None:
+    route = respx_mock.post(URL).mock(return_value=reply(b"\x00\x00", 16000))
+    await collect(job(voice=voice, options=options))
+    sent = json.loads(route.calls.last.request.content)["voice"]
+    assert sent["languageCode"] == language and sent["name"] == voice
+
+
+def test_the_caller_is_shown_googles_error_status_from_a_200_body(
+    respx_mock: respx.MockRouter,
+) -> None:
+    respx_mock.route(host="testserver").pass_through()
+    body = {"error": {"code": 400, "message": "voice not found", "status": "INVALID_ARGUMENT"}}
+    respx_mock.post(URL).mock(return_value=httpx.Response(200, json=body))
+    routing = f"""
+server: {{default_voice: en-US-Neural2-F}}
+providers: {{g: {{type: google, api_key: "{KEY}"}}}}
+voices: {{en-US-Neural2-F: {{provider: g}}}}
+"""
+    with TestClient(create_app(parse_config(routing))) as client:
+        response = client.post("/stream-audio", json={"Text": "Hi.", "SampleRate": 16000})
+    assert response.status_code == 502
+    message = response.json()["error"]["message"]
+    assert "(g): error INVALID_ARGUMENT" in message and "HTTP 200" not in message
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (b"not json", "not JSON"),
+        (b"[]", "JSON list where an object was due"),
+        (b'{"audioContent": 5}', "no audioContent"),
+        (b'{"audioContent": "abc"}', "undecodable audioContent"),
+    ],
+)
+async def test_malformed_replies_are_provider_errors(
+    respx_mock: respx.MockRouter, content: bytes, reason: str
+) -> None:
+    respx_mock.post(URL).mock(
+        return_value=httpx.Response(
+            200, content=content, headers={"Content-Type": "application/json; charset=UTF-8"}
+        )
+    )
+    with pytest.raises(ProviderProtocolError) as caught:
+        await collect(job())
+    assert reason in str(caught.value)
+
+
+async def test_an_html_page_at_200_is_an_error(respx_mock: respx.MockRouter) -> None:
+    respx_mock.post(URL).mock(
+        return_value=httpx.Response(
+            200, content=b"<html>captive portal</html>", headers={"Content-Type": "text/html"}
+        )
+    )
+    with pytest.raises(ProviderProtocolError) as caught:
+        await collect(job())
+    assert "text/html" in str(caught.value) and "captive portal" in str(caught.value)
+
+
+async def test_a_reply_bigger_than_the_text_could_need_is_refused(
+    respx_mock: respx.MockRouter,
+) -> None:
+    # "Hi." at 8 kHz may take ~30 s of audio (~700 KB in base64); this reply is 8 MB.
+    respx_mock.post(URL).mock(return_value=reply(b"\x00\x00" * 3_000_000, 8000))
+    with pytest.raises(ProviderProtocolError) as caught:
+        await collect(job(text="Hi.", sample_rate=8000))
+    assert "the answer is over" in str(caught.value)
+    # A reply of the size the text needs is fine.
+    respx_mock.post(URL).mock(return_value=reply(b"\x00\x00" * 8000, 8000))
+    assert len(await collect(job(text="Hi.", sample_rate=8000))) == 16000

@@ -1,16 +1,21 @@
-"""The upstream connection pool under httpx (``providers._pool``), against a real loopback
-server: keep-alive reuse, coalescing, back-pressure, hang-ups, timeouts, broken responses."""
+"""The upstream transport under httpx (``providers._pool``), against a real loopback server:
+keep-alive reuse, coalescing, back-pressure, hang-ups, timeouts, broken and hostile responses,
+and TLS."""
 
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import httpx
 import pytest
+import trustme
 
-from providers._pool import StreamingTransport
+from providers import _pool
+from providers._pool import MAX_HEAD_BYTES, MAX_HEADERS, StreamingTransport
+from tests.support import eventually
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -23,9 +28,11 @@ class Server:
         self.connections = 0
         self.requests = 0
         self.port = 0
+        self.open: set[asyncio.StreamWriter] = set()
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
+        self.open.add(writer)
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -39,27 +46,42 @@ class Server:
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
+            self.open.discard(writer)
             writer.close()
 
 
 @asynccontextmanager
-async def serving(answer: Handler) -> AsyncIterator[Server]:
+async def serving(answer: Handler, tls: ssl.SSLContext | None = None) -> AsyncIterator[Server]:
     server = Server(answer)
-    listener = await asyncio.start_server(server.handle, "127.0.0.1", 0)
+    listener = await asyncio.start_server(server.handle, "127.0.0.1", 0, ssl=tls)
     server.port = listener.sockets[0].getsockname()[1]
     try:
         yield server
     finally:
         listener.close()
         await listener.wait_closed()
+        for writer in list(server.open):  # handlers still reading end at EOF, not cancelled
+            writer.transport.abort()
+        await eventually(lambda: not server.open)
 
 
-def client(read: float = 2.0, connections: int = 4) -> httpx.AsyncClient:
+def client(
+    read: float = 2.0,
+    connections: int = 4,
+    pool: float = 2.0,
+    verify: ssl.SSLContext | bool = True,
+) -> httpx.AsyncClient:
     limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
     return httpx.AsyncClient(
-        transport=StreamingTransport(limits=limits),
-        timeout=httpx.Timeout(connect=2.0, read=read, write=2.0, pool=2.0),
+        transport=StreamingTransport(limits=limits, verify=verify),
+        timeout=httpx.Timeout(connect=2.0, read=read, write=2.0, pool=pool),
     )
+
+
+def transport_of(c: httpx.AsyncClient) -> StreamingTransport:
+    transport = c._transport
+    assert isinstance(transport, StreamingTransport)
+    return transport
 
 
 def chunked(*parts: bytes) -> bytes:
@@ -106,7 +128,8 @@ async def test_chunks_that_have_arrived_are_handed_over_together() -> None:
         client() as c,
         c.stream("POST", f"http://127.0.0.1:{server.port}/x") as response,
     ):
-        await asyncio.sleep(0.05)  # all 50 chunks are in the socket by now
+        # All 50 chunks have arrived (and wait, unread, in the transport) before the first read.
+        assert await eventually(lambda: transport_of(c).buffered == 100, seconds=10)
         stream = response.aiter_raw()
         first = await anext(stream)
         release.set()
@@ -157,7 +180,7 @@ async def test_closing_mid_body_closes_the_connection_and_frees_the_slot() -> No
 
 async def test_read_timeout_and_connect_errors_are_httpx_errors() -> None:
     async def stall(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await asyncio.sleep(5)
+        await reader.read()  # never answers; returns when the connection is gone
 
     async with serving(stall) as server, client(read=0.2) as c:
         with pytest.raises(httpx.ReadTimeout):
@@ -197,6 +220,186 @@ async def test_a_connection_the_server_closed_is_not_reused() -> None:
     async with serving(answer) as server, client() as c:
         url = f"http://127.0.0.1:{server.port}/x"
         assert (await c.get(url)).content == b"ok"
-        await asyncio.sleep(0.05)
+        # The server's close has reached the pool: the idle connection is known to be gone.
+        assert await eventually(lambda: transport_of(c).connections == 0, seconds=10)
         assert (await c.get(url)).content == b"ok"
     assert server.connections == 2
+
+
+# ------------------------------------------------------------------ TLS
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+def tls_server_context(ca: trustme.CA) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    return context
+
+
+async def test_https_through_the_transport(ca: trustme.CA) -> None:
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(HEAD + chunked(b"secure ", b"audio"))
+        await writer.drain()
+
+    trusted = ssl.create_default_context()
+    ca.configure_trust(trusted)
+    async with serving(answer, tls=tls_server_context(ca)) as server, client(verify=trusted) as c:
+        url = f"https://127.0.0.1:{server.port}/x"
+        first = await c.post(url, json={"a": 1})
+        second = await c.post(url, json={"a": 2})
+    assert (first.content, second.content) == (b"secure audio", b"secure audio")
+    assert server.connections == 1  # the TLS connection was kept alive and reused
+
+
+async def test_an_untrusted_certificate_is_a_connect_error(ca: trustme.CA) -> None:
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nno")
+        await writer.drain()
+
+    async with serving(answer, tls=tls_server_context(ca)) as server, client() as c:
+        with pytest.raises(httpx.ConnectError) as caught:
+            await c.get(f"https://127.0.0.1:{server.port}/x")  # the certifi bundle, not our CA
+    assert "CERTIFICATE_VERIFY_FAILED" in str(caught.value)
+    assert server.requests == 0
+
+
+def test_the_transport_is_httpx_public_interface_with_httpx_tls_context() -> None:
+    transport = StreamingTransport(verify=False)
+    assert isinstance(transport, httpx.AsyncBaseTransport)
+    assert not isinstance(transport, httpx.AsyncHTTPTransport)  # no httpcore pool beneath
+    context = transport._ssl_context
+    assert context.verify_mode == ssl.CERT_NONE and not context.check_hostname
+
+
+# ------------------------------------------------------------------ hostile upstreams
+
+
+async def test_an_endless_response_head_is_refused() -> None:
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nX-Long: ")
+        for _ in range(MAX_HEAD_BYTES // 1024 + 8):  # one header value that never ends
+            writer.write(b"a" * 1024)
+            await writer.drain()
+        await reader.read()
+
+    async with serving(answer) as server, client() as c:
+        with pytest.raises(httpx.RemoteProtocolError) as caught:
+            await c.get(f"http://127.0.0.1:{server.port}/x")
+    assert f"over {MAX_HEAD_BYTES} bytes" in str(caught.value)
+
+
+async def test_too_many_response_headers_are_refused() -> None:
+    headers = b"".join(b"X-%d: 1\r\n" % i for i in range(MAX_HEADERS + 1))
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\n" + headers + b"Content-Length: 0\r\n\r\n")
+        await writer.drain()
+
+    async with serving(answer) as server, client() as c:
+        with pytest.raises(httpx.RemoteProtocolError) as caught:
+            await c.get(f"http://127.0.0.1:{server.port}/x")
+    assert f"more than {MAX_HEADERS}" in str(caught.value)
+
+
+async def test_a_body_the_consumer_does_not_read_is_held_back_at_the_server() -> None:
+    body = b"\x01" * (32 * 1024 * 1024)  # more than any kernel buffers between the two
+    held_back = asyncio.Event()
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        if writer.transport.get_write_buffer_size() > 0:
+            held_back.set()
+        await writer.drain()
+
+    async with (
+        serving(answer) as server,
+        client() as c,
+        c.stream("GET", f"http://127.0.0.1:{server.port}/x") as response,
+    ):
+        transport = transport_of(c)
+        # Reading pauses in the very callback that crosses the high-water mark, so once the
+        # transport holds more than that, it cannot grow any further until the consumer reads.
+        assert await eventually(lambda: transport.buffered > _pool._HIGH_WATER, seconds=10)
+        assert transport.buffered <= _pool._HIGH_WATER + 512 * 1024
+        await asyncio.wait_for(held_back.wait(), 10)  # most of the body still at the server
+        received = b"".join([part async for part in response.aiter_raw()])
+    assert received == body
+
+
+async def test_a_header_with_a_line_break_is_never_sent() -> None:
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+
+    async with serving(answer) as server, client() as c:
+        url = f"http://127.0.0.1:{server.port}/x"
+        for value in ("a\r\nX-Injected: 1", "a\nb", "a\x00b"):
+            with pytest.raises(httpx.LocalProtocolError):
+                await c.get(url, headers={"X-Tenant": value})
+        assert (await c.get(url)).status_code == 200  # the slot was given back each time
+    assert server.requests == 1
+
+
+async def test_a_body_delimited_by_the_close_is_read_to_the_end() -> None:
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nall of ")
+        await writer.drain()
+        writer.write(b"it")
+        writer.close()
+
+    async with serving(answer) as server, client() as c:
+        response = await c.get(f"http://127.0.0.1:{server.port}/x")
+        assert response.content == b"all of it"
+        assert transport_of(c).connections == 0  # such a connection is never reused
+
+
+async def test_an_interim_response_is_skipped() -> None:
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(
+            b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Final: 1\r\n\r\nfinal"
+        )
+        await writer.drain()
+
+    async with serving(answer) as server, client() as c:
+        response = await c.get(f"http://127.0.0.1:{server.port}/x")
+    assert (response.status_code, response.content) == (200, b"final")
+    assert "link" not in response.headers and response.headers["x-final"] == "1"
+
+
+async def test_data_after_the_response_is_not_taken_for_the_next_one() -> None:
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstale"
+        )
+        await writer.drain()
+
+    async with serving(answer) as server, client() as c:
+        url = f"http://127.0.0.1:{server.port}/x"
+        assert (await c.get(url)).content == b"ok"
+        assert (await c.get(url)).content == b"ok"  # not "stale"
+    assert server.connections == 2
+
+
+async def test_a_full_pool_is_a_pool_timeout_with_the_request_attached() -> None:
+    release = asyncio.Event()
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(HEAD + b"2\r\nok\r\n")
+        await writer.drain()
+        await release.wait()
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+
+    async with serving(answer) as server, client(connections=1, pool=0.1) as c:
+        url = f"http://127.0.0.1:{server.port}/x"
+        async with c.stream("GET", url):
+            with pytest.raises(httpx.PoolTimeout) as caught:
+                await c.get(url + "?second")
+        release.set()
+    assert caught.value.request.url.query == b"second"

@@ -16,7 +16,7 @@ from gateway.app import create_app
 from gateway.audio import wav_header
 from gateway.config import parse_config
 from providers._http import strip_riff
-from providers.base import ProviderHTTPError, SynthesisJob
+from providers.base import ProviderHTTPError, ProviderProtocolError, SynthesisJob
 from tests.support import peak_frequency, synthesize, tone
 
 pytestmark = pytest.mark.respx(using="httpx")
@@ -97,7 +97,10 @@ async def test_emotion_as_instructions(
 ) -> None:
     route = respx_mock.post(URL).mock(return_value=sse(event(b"\x00\x00"), event(None, "stop")))
     await collect(job(emotion=emotion, options={"model": model}))
-    assert json.loads(route.calls.last.request.content)["input"].get("instructions") == instructions
+    body = json.loads(route.calls.last.request.content)
+    # Where DashScope's SDK puts it: under parameters, not input.
+    assert "instructions" not in body["input"]
+    assert body.get("parameters", {}).get("instructions") == instructions
 
 
 async def test_http_and_in_stream_errors(respx_mock: respx.MockRouter) -> None:
@@ -135,3 +138,88 @@ voices: {{Cherry: {{provider: qw}}}}
     out = response.content
     assert abs(len(out) // 2 - 16000) <= 1
     assert abs(peak_frequency(out, 16000) - 1000) <= 2
+
+
+async def test_options_go_where_the_sdk_puts_them(respx_mock: respx.MockRouter) -> None:
+    route = respx_mock.post(URL).mock(return_value=sse(event(b"\x00\x00"), event(None, "stop")))
+    options = {
+        "model": "qwen3-tts-instruct-flash",
+        "language_type": "English",
+        "instructions": "Warm and calm.",
+        "optimize_instructions": True,
+    }
+    await collect(job(emotion="happy", options=options))
+    assert json.loads(route.calls.last.request.content) == {
+        "model": "qwen3-tts-instruct-flash",
+        "input": {"text": "Hello there.", "voice": "Cherry", "language_type": "English"},
+        "parameters": {"instructions": "Warm and calm.", "optimize_instructions": True},
+    }
+
+
+async def test_a_plain_json_reply_is_read_as_one_event(respx_mock: respx.MockRouter) -> None:
+    pcm = tone(440, 0.1, 24000)
+    respx_mock.post(URL).mock(return_value=httpx.Response(200, json=event(pcm, "stop")))
+    assert await collect(job()) == pcm
+
+    error = {"code": "InvalidParameter", "message": "voice not found", "request_id": "r"}
+    respx_mock.post(URL).mock(return_value=httpx.Response(200, json=error))
+    with pytest.raises(ProviderHTTPError) as caught:
+        await collect(job())
+    assert caught.value.summary == "error InvalidParameter" and not caught.value.retryable
+
+    linked = {"output": {"audio": {"url": "https://oss.example/a.wav"}, "finish_reason": "stop"}}
+    respx_mock.post(URL).mock(return_value=httpx.Response(200, json=linked))
+    with pytest.raises(ProviderProtocolError) as refused:
+        await collect(job())
+    assert "audio URL" in str(refused.value)
+
+
+def test_the_caller_is_shown_the_error_code_of_an_event(respx_mock: respx.MockRouter) -> None:
+    respx_mock.route(host="testserver").pass_through()
+    throttled = {"code": "Throttling.RateQuota", "message": "rate limit", "request_id": "r"}
+    respx_mock.post(URL).mock(return_value=sse(throttled))
+    routing = f"""
+server: {{default_voice: Cherry}}
+providers: {{qw: {{type: qwen, api_key: "{KEY}", retry: {{attempts: 1}}}}}}
+voices: {{Cherry: {{provider: qw}}}}
+"""
+    with TestClient(create_app(parse_config(routing))) as client:
+        response = client.post("/stream-audio", json={"Text": "Hi.", "SampleRate": 24000})
+    assert response.status_code == 502
+    message = response.json()["error"]["message"]
+    assert "(qw): error Throttling.RateQuota" in message and "HTTP 200" not in message
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        ("not json", "not JSON"),
+        ("5", "JSON int where an object was due"),
+        ("[]", "JSON list where an object was due"),
+        ('{"output": {"audio": {"data": "abc"}}}', "undecodable audio"),
+        ('{"output": {"audio": {"data": 7}}}', "undecodable audio"),
+    ],
+)
+async def test_malformed_events_are_provider_errors(
+    respx_mock: respx.MockRouter, data: str, reason: str
+) -> None:
+    body = f"event:result\ndata:{data}\n\n".encode()
+    respx_mock.post(URL).mock(
+        return_value=httpx.Response(
+            200, content=body, headers={"Content-Type": "text/event-stream"}
+        )
+    )
+    with pytest.raises(ProviderProtocolError) as caught:
+        await collect(job())
+    assert reason in str(caught.value)
+
+
+async def test_an_html_page_at_200_is_an_error(respx_mock: respx.MockRouter) -> None:
+    respx_mock.post(URL).mock(
+        return_value=httpx.Response(
+            200, content=b"<html>Service Unavailable</html>", headers={"Content-Type": "text/html"}
+        )
+    )
+    with pytest.raises(ProviderProtocolError) as caught:
+        await collect(job())
+    assert "text/html" in str(caught.value)

@@ -1,8 +1,10 @@
-"""ElevenLabs, Cartesia and Deepgram — the providers that stream raw PCM bytes — against respx
-mocks of their documented requests, answers and errors, and through the gateway."""
+"""ElevenLabs, Cartesia, Deepgram and Fish — providers that stream raw PCM bytes — against respx
+mocks of their documented requests, answers and errors, and through the gateway; and, for every
+provider whose answer is the audio itself, the check that an answer of another type is an error."""
 
 from __future__ import annotations
 
+import gzip
 import json
 from typing import Any
 
@@ -13,7 +15,7 @@ from starlette.testclient import TestClient
 
 from gateway.app import create_app
 from gateway.config import ConfigError, parse_config
-from providers.base import ProviderConfig, ProviderHTTPError, SynthesisJob
+from providers.base import ProviderConfig, ProviderHTTPError, ProviderProtocolError, SynthesisJob
 from providers.cartesia import CartesiaProvider
 from providers.deepgram import DeepgramProvider
 from providers.elevenlabs import ElevenLabsProvider
@@ -264,15 +266,16 @@ FISH = "https://api.fish.audio/v1/tts"
 
 
 @pytest.mark.parametrize(
-    ("model", "emotion", "text"),
+    ("model", "emotion", "text", "header"),
     [
-        (None, "happy", "[happy] Hello there."),
-        ("s1", "sad", "(sad) Hello there."),  # the s1 models take parentheses
-        ("s1", None, "Hello there."),
+        # No model configured: the SDK's default is sent, never left to the server's choice.
+        (None, "happy", "[happy] Hello there.", "s2-pro"),
+        ("s1", "sad", "(sad) Hello there.", "s1"),  # the s1 models take parentheses
+        ("s1", None, "Hello there.", "s1"),
     ],
 )
 async def test_fish_request(
-    respx_mock: respx.MockRouter, model: str | None, emotion: str | None, text: str
+    respx_mock: respx.MockRouter, model: str | None, emotion: str | None, text: str, header: str
 ) -> None:
     route = respx_mock.post(FISH).mock(return_value=pcm())
     options: dict[str, Any] = {"latency": "balanced", "prosody": {"speed": 1.1}}
@@ -281,7 +284,7 @@ async def test_fish_request(
     await collect("fish", job(sample_rate=48000, emotion=emotion, options=options))
     sent = route.calls.last.request
     assert sent.headers["authorization"] == f"Bearer {KEY}"
-    assert sent.headers.get("model") == model
+    assert sent.headers["model"] == header
     assert json.loads(sent.content) == {
         "latency": "balanced",
         "prosody": {"speed": 1.1},
@@ -376,3 +379,84 @@ def test_azure_needs_a_region_or_endpoint() -> None:
             "server: {default_voice: v}\n"
         )
     assert "providers.az.region" in str(caught.value)
+
+
+# ------------------------------------------------------------------ every raw-audio provider
+
+#: Each provider whose success answer is the audio itself: where it posts, what it needs.
+RAW_AUDIO: dict[str, tuple[str, dict[str, Any]]] = {
+    "openai": ("https://api.openai.com/v1/audio/speech", {"api_key": KEY}),
+    "azure": (
+        "https://westeurope.tts.speech.microsoft.com/cognitiveservices/v1",
+        {"api_key": KEY, "region": "westeurope"},
+    ),
+    "elevenlabs": (EL, {"api_key": KEY}),
+    "cartesia": ("https://api.cartesia.ai/tts/bytes", {"api_key": KEY}),
+    "deepgram": ("https://api.deepgram.com/v1/speak", {"api_key": KEY}),
+    "fish": (FISH, {"api_key": KEY}),
+    "polly": (
+        "https://polly.eu-west-1.amazonaws.com/v1/speech",
+        {"region": "eu-west-1", "access_key_id": "AKIDEXAMPLE", "secret_access_key": "s3cr3t-key"},
+    ),
+    "custom": (
+        "https://tts.upstream.test/stream-audio",
+        {"url": "https://tts.upstream.test/stream-audio"},
+    ),
+}
+
+NOT_AUDIO = [
+    ("text/html", b"<html><body><h1>503 Service Unavailable</h1></body></html>"),
+    ("application/json", b'{"error": {"message": "quota exceeded"}}'),
+    ("text/plain; charset=utf-8", b"quota exceeded"),
+    ("application/xml", b"<Error><Message>quota exceeded</Message></Error>"),
+]
+
+
+@pytest.mark.parametrize("kind", RAW_AUDIO)
+@pytest.mark.parametrize(("content_type", "body"), NOT_AUDIO)
+async def test_an_answer_that_is_not_audio_is_an_error(
+    respx_mock: respx.MockRouter, kind: str, content_type: str, body: bytes
+) -> None:
+    url, settings = RAW_AUDIO[kind]
+    respx_mock.post(url__startswith=url).mock(
+        return_value=httpx.Response(200, content=body, headers={"Content-Type": content_type})
+    )
+    with pytest.raises(ProviderProtocolError) as caught:
+        await synthesize(kind, job(voice="v-1"), **settings)
+    assert caught.value.reason.startswith(f"answered {content_type.partition(';')[0]}")
+    assert "503 Service Unavailable" in caught.value.reason or "quota" in caught.value.reason
+
+
+@pytest.mark.parametrize("kind", RAW_AUDIO)
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Content-Type": "audio/pcm"},
+        {"Content-Type": "audio/mpeg"},
+        {"Content-Type": "application/octet-stream"},
+        {},
+    ],
+)
+async def test_audio_and_unlabelled_answers_are_audio(
+    respx_mock: respx.MockRouter, kind: str, headers: dict[str, str]
+) -> None:
+    url, settings = RAW_AUDIO[kind]
+    respx_mock.post(url__startswith=url).mock(
+        return_value=httpx.Response(200, content=b"\x01\x00" * 16, headers=headers)
+    )
+    assert await synthesize(kind, job(voice="v-1"), **settings) == b"\x01\x00" * 16
+
+
+async def test_a_compressed_answer_is_refused_before_it_is_expanded(
+    respx_mock: respx.MockRouter,
+) -> None:
+    bomb = gzip.compress(b"\x00" * 4_000_000)  # 4 KB that would become 4 MB in one read
+    route = respx_mock.post(EL).mock(
+        return_value=httpx.Response(
+            200, content=bomb, headers={"Content-Type": "audio/pcm", "Content-Encoding": "gzip"}
+        )
+    )
+    with pytest.raises(ProviderProtocolError) as caught:
+        await collect("elevenlabs", job())
+    assert "compressed" in caught.value.reason
+    assert route.calls.last.request.headers["accept-encoding"] == "identity"
