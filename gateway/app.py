@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import signal
+import sys
 import threading
 import time
 import uuid
@@ -716,7 +717,13 @@ def app_from_env() -> Starlette:
     """Factory for ``uvicorn --factory`` and worker processes: the routing file named by
     ``TTS_GATEWAY_CONFIG``, or the built-in default."""
     path = os.environ.get("TTS_GATEWAY_CONFIG") or None
-    config = load_config(path) if path else default_config()
+    try:
+        config = load_config(path) if path else default_config()
+    except ConfigError as error:
+        # A worker started after the file went bad (the parent checked it): say what is
+        # wrong, as check-config would, instead of a traceback.
+        print(f"invalid routing file:\n{error}", file=sys.stderr)
+        raise SystemExit(1) from None
     if not logging.getLogger().handlers:  # a fresh worker process: log like the parent
         configure_logging(config.server.log_level)
     return create_app(config, path)

@@ -395,3 +395,20 @@ async def test_the_files_warnings_are_logged_at_start_and_on_reload(
             assert await gateway.reload() is True
     warned = [r for r in caplog.records if WARNING in r.getMessage()]
     assert [r.levelname for r in warned] == ["WARNING", "WARNING"]  # at start, then reload
+
+
+def test_a_worker_started_on_a_broken_file_says_why_without_a_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gateway.app import app_from_env
+
+    broken = tmp_path / "gateway.yaml"
+    broken.write_text("providers: {}\nvoices: {}\nserver: {bogus: 1}\n")
+    monkeypatch.setenv("TTS_GATEWAY_CONFIG", str(broken))
+    with pytest.raises(SystemExit) as exited:
+        app_from_env()
+    assert exited.value.code == 1
+    err = capsys.readouterr().err
+    assert "invalid routing file" in err
+    assert "server.bogus" in err
+    assert "Traceback" not in err
