@@ -177,9 +177,9 @@ class _Exchange:
                 }
                 self.body.clear()
                 self.body_done = not self.more_body
-                conn.resume_reading()
+                conn.want_body(self)
                 return message
-            conn.resume_reading()
+            conn.want_body(self)
             self._waiter = asyncio.get_running_loop().create_future()
             try:
                 await self._waiter
@@ -637,6 +637,12 @@ class HTTPProtocol(asyncio.Protocol):
         if waiter is None or waiter.done():
             waiter = self._drain_waiter = self.loop.create_future()
         await waiter
+
+    def want_body(self, exchange: _Exchange) -> None:
+        """The app is ready for more of ``exchange``'s body (or, once it has it all, to hear of
+        a hang-up): read on, unless a pipelined request is waiting its turn."""
+        if exchange is self._reading and not self._queue:
+            self.resume_reading()
 
     def pause_reading(self) -> None:
         if not self._reading_paused and self.transport is not None and not self._closed:

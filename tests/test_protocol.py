@@ -389,3 +389,35 @@ def test_the_cap_is_fitted_to_the_open_file_limit(caplog: pytest.LogCaptureFixtu
     # Each connection may need a second descriptor for its upstream; some are kept back.
     assert fitted.max_connections == (1024 - 256) // 2
     assert any("open-file limit (1024)" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_hang_up_after_a_large_body_still_cancels_the_provider() -> None:
+    # A body past the read-ahead mark pauses reading; once the app has it, reading must resume
+    # or the caller's hang-up would go unseen until the provider answers.
+    ScriptedProvider.plans.clear()
+    never = asyncio.Event()
+    plan = ScriptedProvider.plans["pa"] = Plan([[never]])
+    yaml = scripted_config(
+        {"a": {"provider": "pa"}},
+        {"pa": provider_block(timeout={"connect": 1, "first_byte": 30, "total": 60})},
+        max_body_bytes=1 << 20,
+    )
+    async with live_server(create_app(parse_config(yaml))) as url:
+        host, port = url.removeprefix("http://").split(":")
+        reader, writer = await connect((host, int(port)))
+        big = json.dumps(
+            {"Text": "Hello.", "SampleRate": 24000, "ExtendData": {"Pad": "x" * 300_000}}
+        ).encode()
+        writer.write(post(big))
+        for _ in range(int(PATIENCE / 0.01)):
+            if plan.jobs:
+                break
+            await asyncio.sleep(0.01)
+        assert plan.jobs
+        writer.close()
+        for _ in range(int(PATIENCE / 0.01)):
+            if plan.closed:
+                break
+            await asyncio.sleep(0.01)
+        assert plan.closed  # the provider's stream was closed because the caller left
+        del reader
