@@ -48,6 +48,7 @@ from .errors import (
 from .logs import LOG_FORMAT as LOG_FORMAT  # re-exported: the format lives with logging
 from .logs import configure_logging
 from .metrics import Metrics
+from .protocol import EVENTS_STATE_KEY
 from .relay import AudioStream, Relay
 from .request import TTSRequest, parse_body, request_token, validate
 from .routing import Route, Router
@@ -598,7 +599,7 @@ def create_app(config: GatewayConfig | None = None, config_path: str | None = No
     gateway = Gateway(config, config_path)
 
     @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         log_config_warnings(gateway.config)
         if not gateway.config.server.tokens:
             log.warning("no tokens configured: every caller is accepted")
@@ -619,7 +620,8 @@ def create_app(config: GatewayConfig | None = None, config_path: str | None = No
                 if previous is not None:
                     chained[signum] = previous
         try:
-            yield
+            # The server layer counts connections into the gateway's metrics (see protocol).
+            yield {EVENTS_STATE_KEY: gateway.metrics}
         finally:
             if hooked:
                 loop.remove_signal_handler(signal.SIGHUP)

@@ -56,12 +56,34 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.connections_open = Gauge(
+            "tts_connections_open", "Client connections open (HTTP, any route).", registry=r
+        )
+        self.connections_refused = Counter(
+            "tts_connections_refused",
+            "Client connections ended by the server layer: max_connections (answered 503), "
+            "header_timeout, body_timeout (408), head_too_large (431), malformed_request (400).",
+            ["reason"],
+            registry=r,
+        )
         self.config_info = Gauge(
             "tts_config_voices",
             "Voices in the routing file in use, by its source.",
             ["source"],
             registry=r,
         )
+
+    def opened(self) -> None:
+        """A client connection opened (the server layer's ``ConnectionEvents``)."""
+        self.connections_open.inc()
+
+    def closed(self) -> None:
+        """A client connection closed."""
+        self.connections_open.dec()
+
+    def refused(self, reason: str) -> None:
+        """The server layer ended a connection itself, for ``reason``."""
+        self.connections_refused.labels(reason).inc()
 
     def set_config(self, source: str, voices: int) -> None:
         """Name the routing file in use (one series at a time)."""

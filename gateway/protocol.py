@@ -35,7 +35,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Any, Final, cast
+from typing import Any, Final, Protocol, cast
 from urllib.parse import unquote
 
 import httptools
@@ -57,6 +57,34 @@ _CAP_LOG_INTERVAL: Final = 10.0
 _HEADER_NAME: Final = re.compile(rb"[^!#$%&'*+\-.^_`|~0-9A-Za-z]")
 _HEADER_VALUE: Final = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _NO_BODY_STATUS: Final = frozenset({204, 304})
+
+
+class ConnectionEvents(Protocol):
+    """Where connection counts go (the gateway's metrics): found in the lifespan state under
+    :data:`EVENTS_STATE_KEY`, so that the server layer needs no reference to the app."""
+
+    def opened(self) -> None: ...
+
+    def closed(self) -> None: ...
+
+    def refused(self, reason: str) -> None:
+        """A connection ended by the server layer itself: ``max_connections``,
+        ``header_timeout``, ``body_timeout``, ``head_too_large``, ``malformed_request``."""
+
+
+#: The lifespan-state key under which the app offers its :class:`ConnectionEvents`.
+EVENTS_STATE_KEY: Final = "gateway.connection_events"
+
+
+class _NoEvents:
+    def opened(self) -> None:
+        pass
+
+    def closed(self) -> None:
+        pass
+
+    def refused(self, reason: str) -> None:
+        pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,6 +328,7 @@ class HTTPProtocol(asyncio.Protocol):
         self.loop = _loop or asyncio.get_event_loop()
         self.limits = limits
         self.app_state = app_state
+        self.events: ConnectionEvents = app_state.get(EVENTS_STATE_KEY) or _NoEvents()
         self.connections: set[Any] = server_state.connections
         self.tasks: set[asyncio.Task[None]] = server_state.tasks
         self.parser = httptools.HttpRequestParser(self)
@@ -331,8 +360,10 @@ class HTTPProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.connections.add(self)
+        self.events.opened()
         if len(self.connections) > self.limits.max_connections:
             self._refused = True
+            self.events.refused("max_connections")
             _CapLog.refuse(len(self.connections), self.limits.max_connections)
             self.transport.write(  # type: ignore[union-attr]
                 error_response(
@@ -358,6 +389,7 @@ class HTTPProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
         self.connections.discard(self)
+        self.events.closed()
         self._disarm()
         for exchange in (self._active, *self._queue):
             if exchange is not None and not exchange.response_complete:
@@ -571,6 +603,7 @@ class HTTPProtocol(asyncio.Protocol):
 
     def _head_timed_out(self) -> None:
         if self._in_head and self._active is None:
+            self.events.refused("header_timeout")
             self._answer_and_close(
                 408,
                 "request_timeout",
@@ -584,6 +617,7 @@ class HTTPProtocol(asyncio.Protocol):
         if exchange is None or not exchange.more_body:
             return
         exchange.scope["gateway.timed_out"] = "body"
+        self.events.refused("body_timeout")
         if exchange.response_started:
             self._close()
             return
@@ -597,6 +631,7 @@ class HTTPProtocol(asyncio.Protocol):
 
     def _bad_request(self, error: Exception) -> None:
         self._ignore_input = True
+        self.events.refused("malformed_request")
         active = self._active
         if active is not None and active.response_started:
             self._close()
@@ -608,6 +643,7 @@ class HTTPProtocol(asyncio.Protocol):
 
     def _head_too_large(self) -> None:
         self._ignore_input = True
+        self.events.refused("head_too_large")
         if self._active is not None:
             self._close()
             return

@@ -421,3 +421,20 @@ async def test_a_hang_up_after_a_large_body_still_cancels_the_provider() -> None
             await asyncio.sleep(0.01)
         assert plan.closed  # the provider's stream was closed because the caller left
         del reader
+
+
+async def test_connections_ended_by_the_server_layer_are_counted(
+    gateway: tuple[str, int],
+) -> None:
+    reader, writer = await connect(gateway)
+    writer.write(b"GET /healthz HTTP/1.1\r\n")  # a head that never completes
+    assert split_response(await until_eof(reader))[0] == 408
+    writer.close()
+    reader, writer = await connect(gateway)
+    writer.write(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n")
+    status, _, body = await read_response(reader)
+    writer.close()
+    text = body.decode()
+    assert status == 200
+    assert 'tts_connections_refused_total{reason="header_timeout"} 1.0' in text
+    assert "tts_connections_open 1.0" in text  # the one asking
