@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from types import FrameType
 from typing import Any
@@ -48,7 +48,7 @@ from .errors import (
 from .logs import LOG_FORMAT as LOG_FORMAT  # re-exported: the format lives with logging
 from .logs import configure_logging
 from .metrics import Metrics
-from .protocol import EVENTS_STATE_KEY
+from .protocol import ANSWERED_SCOPE_KEY, EVENTS_STATE_KEY
 from .relay import AudioStream, Relay
 from .request import TTSRequest, parse_body, request_token, validate
 from .routing import Route, Router
@@ -323,8 +323,13 @@ class Gateway:
 #: A caller's X-Request-Id is kept only if it is this tame (it goes into logs and upstream headers).
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
-#: How long the last bytes of an answer may take to go out to a caller that stopped reading.
-_LAST_SEND_SECONDS = 10.0
+#: How long the last bytes of an answer may take to go out to a caller that stopped reading
+#: (kept under the server's drain backstop, so that a drain never has to cancel a request).
+_LAST_SEND_SECONDS = 5.0
+#: A send that waits longer than this waited for the caller, not for the event loop.
+_SEND_WAIT_NOTICED = 0.002
+#: How far behind real time a caller may fall, taking the audio, before its stream is ended.
+_SLOW_CALLER_GRACE_SECONDS = 5.0
 
 
 #: Longest value written into a request's log line (what a caller sends is cut to this).
@@ -437,8 +442,8 @@ class SynthesisEndpoint:
             if not work.cancelled():
                 work.result()
         except _ClientGone:
-            # The connection layer answered 408 itself if the body did not arrive in time.
-            status = 408 if scope.get("gateway.timed_out") else 499
+            # The connection layer may have answered itself (a body late or malformed).
+            status = int(scope.get(ANSWERED_SCOPE_KEY) or 499)
             info["status"] = status
             gw.metrics.requests.labels(str(status)).inc()
         except GatewayError as error:
@@ -506,16 +511,30 @@ class SynthesisEndpoint:
         end = "complete"
         deadline = asyncio.get_running_loop().time() + stream.provider.config.timeout.total
         first = True
+        # Seconds spent waiting for the caller to take what was sent, and the seconds of audio
+        # sent in those waits: a real-time player takes audio at least as fast as it plays, so
+        # the two stay close; one far behind would hold the provider's slot while it dawdles.
+        blocked = blocked_audio = 0.0
+        bytes_per_second = 2 * request.sample_rate
+        chunks = stream.chunks()
         try:
             async with asyncio.timeout_at(deadline) as budget:
                 with gw.drain_deadline(budget):
-                    async for pcm in stream.chunks():
+                    async for pcm in chunks:
+                        sending = time.perf_counter()
                         await send({"type": "http.response.body", "body": pcm, "more_body": True})
+                        waited = time.perf_counter() - sending
                         if first:
                             first = False
-                            ttfb = time.perf_counter() - started
+                            ttfb = sending - started
                             gw.metrics.ttfb.labels(provider).observe(ttfb)
                             info["ttfb_ms"] = round(ttfb * 1000, 1)
+                        elif waited > _SEND_WAIT_NOTICED:
+                            blocked += waited
+                            blocked_audio += len(pcm) / bytes_per_second
+                            if blocked > blocked_audio + _SLOW_CALLER_GRACE_SECONDS:
+                                end = "caller_too_slow"
+                                break
         except TimeoutError:
             end = "drain" if gw.cut_by_drain(budget) else "timeout"
         except Exception as error:
@@ -527,6 +546,7 @@ class SynthesisEndpoint:
             else:
                 info["error"] = type(error).__name__
                 log.exception("request_id=%s provider %s failed mid-stream", request_id, provider)
+        await chunks.aclose()
         # Release the provider (slot, upstream connection) before the last sends, which a
         # caller that stopped reading could hold up.
         tail = stream.flush() if end != "complete" else b""
@@ -604,29 +624,14 @@ def create_app(config: GatewayConfig | None = None, config_path: str | None = No
         if not gateway.config.server.tokens:
             log.warning("no tokens configured: every caller is accepted")
         await gateway.start()
-        loop = asyncio.get_running_loop()
         reloader = app.state.reloader = Reloader(gateway)
-        hooked = False
-        chained: dict[signal.Signals, Any] = {}
-        if threading.current_thread() is threading.main_thread():
-            loop.add_signal_handler(signal.SIGHUP, reloader.request)
-            hooked = True
-            # The server's own SIGTERM/SIGINT handling stops accepting and waits for the
-            # connections; the gateway hears of it here too, to start the drain clock.
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                previous = _chain_signal(
-                    signum, lambda: loop.call_soon_threadsafe(gateway.begin_drain)
-                )
-                if previous is not None:
-                    chained[signum] = previous
+        hooked = _SIGNALS.add(gateway, reloader)
         try:
             # The server layer counts connections into the gateway's metrics (see protocol).
             yield {EVENTS_STATE_KEY: gateway.metrics}
         finally:
             if hooked:
-                loop.remove_signal_handler(signal.SIGHUP)
-            for signum, handler in chained.items():
-                signal.signal(signum, handler)
+                _SIGNALS.remove(gateway)
             await reloader.aclose()
             await gateway.stop()
 
@@ -677,6 +682,9 @@ def create_app(config: GatewayConfig | None = None, config_path: str | None = No
         routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error}
     )
     app.synthesis = (gateway.config.server.path, synthesis)
+    # A path with a stray slash is a 404 like any other, not a redirect built from the
+    # caller's own Host header.
+    app.router.redirect_slashes = False
     app.state.gateway = gateway
     return app
 
@@ -700,19 +708,60 @@ class GatewayApp(Starlette):
         await super().__call__(scope, receive, send)
 
 
-def _chain_signal(signum: int, hook: Callable[[], object]) -> Any:
-    """Run ``hook`` on ``signum`` before the handler the server installed; returns that
-    handler, or None (and installs nothing) where no server handles the signal itself."""
-    previous = signal.getsignal(signum)
-    if not callable(previous):
-        return None
+class _ProcessSignals:
+    """The signals a served gateway answers: SIGHUP reloads its routing file; SIGTERM and
+    SIGINT start its drain clock (the server's own handler, which runs next, stops accepting
+    and waits for the connections). One set of handlers serves every gateway of the process
+    (tests serve several at once): installed with the first, removed with the last, and a
+    handler is put back only if it is still ours."""
 
-    def handler(number: int, frame: FrameType | None) -> None:
-        hook()
-        previous(number, frame)
+    def __init__(self) -> None:
+        self._members: dict[Gateway, tuple[Reloader, asyncio.AbstractEventLoop]] = {}
+        self._previous: dict[int, Any] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
 
-    signal.signal(signum, handler)
-    return previous
+    def add(self, gateway: Gateway, reloader: Reloader) -> bool:
+        """Hook ``gateway`` up; False where signals cannot be handled (not the main thread)."""
+        if threading.current_thread() is not threading.main_thread():
+            return False
+        loop = asyncio.get_running_loop()
+        if not self._members:
+            self._loop = loop
+            loop.add_signal_handler(signal.SIGHUP, self._reload)
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                previous = signal.getsignal(signum)
+                if callable(previous):  # a server handles it: run before it
+                    self._previous[signum] = previous
+                    signal.signal(signum, self._drain)
+        self._members[gateway] = (reloader, loop)
+        return True
+
+    def remove(self, gateway: Gateway) -> None:
+        self._members.pop(gateway, None)
+        if self._members:
+            return
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_signal_handler(signal.SIGHUP)
+        self._loop = None
+        for signum, previous in self._previous.items():
+            if signal.getsignal(signum) == self._drain:
+                signal.signal(signum, previous)
+        self._previous.clear()
+
+    def _reload(self) -> None:
+        for reloader, _ in list(self._members.values()):
+            reloader.request()
+
+    def _drain(self, number: int, frame: FrameType | None) -> None:
+        for gateway, (_, loop) in list(self._members.items()):
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(gateway.begin_drain)
+        previous = self._previous.get(number)
+        if callable(previous):
+            previous(number, frame)
+
+
+_SIGNALS = _ProcessSignals()
 
 
 def app_from_env() -> Starlette:

@@ -417,7 +417,9 @@ def write_wav(path: str | os.PathLike[str], pcm_s16le: bytes, sample_rate: int) 
     """Write mono S16LE PCM to ``path`` as a WAV file."""
     if len(pcm_s16le) % 2:
         raise ValueError("S16LE PCM must have an even number of bytes")
-    with wave.open(os.fspath(path), "wb") as w:
+    # The file is opened here, not by wave.open: if that open fails, wave's half-built writer
+    # complains again when it is collected.
+    with open(os.fspath(path), "wb") as f, wave.open(f, "wb") as w:
         w.setnchannels(1)
         w.setsampwidth(2)
         w.setframerate(sample_rate)

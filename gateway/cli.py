@@ -25,7 +25,7 @@ from .config import (
     load_config,
 )
 from .logs import configure_logging
-from .protocol import ConnectionLimits, protocol_factory
+from .protocol import ConnectionLimits, TLSFiles, protocol_factory
 from .routing import Router
 
 
@@ -62,7 +62,7 @@ def format_table(config: GatewayConfig) -> str:
 
 
 #: Seconds the server waits, after the gateway's own drain deadline, before cancelling requests.
-_DRAIN_BACKSTOP_SECONDS = 5.0
+_DRAIN_BACKSTOP_SECONDS = 10.0
 #: File descriptors kept back from client connections (listening socket, logs, models, pools).
 _RESERVED_FILES = 256
 
@@ -78,10 +78,13 @@ def open_file_limit() -> int:
     return soft if soft != resource.RLIM_INFINITY else 1 << 20
 
 
-def connection_limits(server: ServerConfig, open_files: int | None = None) -> ConnectionLimits:
-    """The connection deadlines and cap for ``server``. The cap is lowered, with a warning, to
-    what the open-file limit leaves room for: each connection may need a second descriptor for
-    its upstream, and accepting beyond the limit fails for everyone instead of answering 503."""
+def connection_limits(
+    server: ServerConfig, open_files: int | None = None, tls: TLSFiles | None = None
+) -> ConnectionLimits:
+    """The connection deadlines and bounds for ``server`` (and ``tls`` to serve HTTPS). The
+    cap is lowered, with a warning, to what the open-file limit leaves room for: each
+    connection may need a second descriptor for its upstream, and accepting beyond the limit
+    fails for everyone instead of answering 503."""
     cap = server.max_connections
     if open_files is not None:
         room = max(1, (open_files - _RESERVED_FILES) // 2)
@@ -96,11 +99,15 @@ def connection_limits(server: ServerConfig, open_files: int | None = None) -> Co
             )
             cap = room
     timeouts = server.timeouts
+    head = ConnectionLimits().max_head_bytes
     return ConnectionLimits(
         header=timeouts.header,
         body=timeouts.body,
         keep_alive=timeouts.keep_alive,
         max_connections=cap,
+        # A body as sent may carry chunk framing: room for it, and for the head and trailers.
+        max_request_bytes=head + 4 * server.max_body_bytes + 65536,
+        tls=tls,
     )
 
 
@@ -126,7 +133,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if problem:
             print(f"error: {problem}", file=sys.stderr)
             return 2
-    limits = connection_limits(server, open_file_limit())
+    tls = TLSFiles(certfile, keyfile) if certfile and keyfile else None
+    limits = connection_limits(server, open_file_limit(), tls)
+    if tls is not None:
+        # TLS is terminated by the gateway's connection layer, not by the server, which would
+        # name the scheme in its start-up line as plain http.
+        logging.getLogger("uvicorn.error").addFilter(_https_in_start_line)
     options: dict[str, Any] = {
         "host": args.host or server.host,
         "port": server.port if args.port is None else args.port,
@@ -137,8 +149,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # The gateway ends streams itself at server.drain_seconds (end reason "drain"); this
         # is only the server's backstop for anything still running after that.
         "timeout_graceful_shutdown": server.drain_seconds + _DRAIN_BACKSTOP_SECONDS,
-        "ssl_certfile": certfile,
-        "ssl_keyfile": keyfile,
         "log_config": None,
     }
     if args.workers > 1:
@@ -150,6 +160,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         path = args.config or os.environ.get("TTS_GATEWAY_CONFIG") or None
         uvicorn.Server(uvicorn.Config(create_app(config, path), **options)).run()
     return 0
+
+
+def _https_in_start_line(record: logging.LogRecord) -> bool:
+    if str(record.msg).startswith("Uvicorn running on") and isinstance(record.args, tuple):
+        record.args = ("https", *record.args[1:])
+    return True
 
 
 class _EncryptedKey(Exception):
@@ -227,7 +243,11 @@ def cmd_say(args: argparse.Namespace) -> int:
             return 1
     else:
         pcm, ttfb, total = asyncio.run(_say_local(args))
-    write_wav(args.output, pcm, args.sample_rate)
+    try:
+        write_wav(args.output, pcm, args.sample_rate)
+    except OSError as error:
+        print(f"error: cannot write {args.output}: {error.strerror or error}", file=sys.stderr)
+        return 1
     seconds = len(pcm) / 2 / args.sample_rate
     print(
         f"wrote {args.output}: {seconds:.2f} s of audio at {args.sample_rate} Hz; "
@@ -238,16 +258,23 @@ def cmd_say(args: argparse.Namespace) -> int:
 
 async def _say_local(args: argparse.Namespace) -> tuple[bytes, float, float]:
     from .app import Gateway
-    from .request import TTSRequest
+    from .request import validate
 
-    gateway = Gateway(_load(args.config))
+    config = _load(args.config)
+    # The same checks as a request to the server (text cleaned, nothing-to-speak refused).
+    request = validate(
+        {
+            "Text": args.text,
+            "SampleRate": args.sample_rate,
+            "VoiceId": args.voice,
+            "ExtendData": {"Emotion": args.emotion} if args.emotion else {},
+        },
+        max_text_chars=config.server.max_text_chars,
+    )
+    gateway = Gateway(config)
     loading = time.perf_counter()
     await gateway.start()
     print(f"providers started in {(time.perf_counter() - loading) * 1000:.0f} ms", file=sys.stderr)
-    extend = {"Emotion": args.emotion} if args.emotion else {}
-    request = TTSRequest(
-        text=args.text, sample_rate=args.sample_rate, voice_id=args.voice, extend_data=extend
-    )
     try:
         started = time.perf_counter()
         stream = await gateway.open(request, "cli")

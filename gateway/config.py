@@ -915,7 +915,8 @@ class _Parser:
         put("content_type", lambda v, p: self.string(v, p, non_empty=True))
         put("tokens", self.tokens)
         put("max_text_chars", lambda v, p: self.integer(v, p, 1))
-        put("max_body_bytes", lambda v, p: self.integer(v, p, 1024))
+        # Bodies are parsed on the event loop: 1 MiB bounds that at tens of milliseconds.
+        put("max_body_bytes", lambda v, p: self.integer(v, p, 1024, 1 << 20))
         put("max_concurrent_streams", lambda v, p: self.integer(v, p, 1))
         put("unknown_voice", lambda v, p: self.choice(v, p, _UNKNOWN_VOICE))
         put("default_voice", self.name)

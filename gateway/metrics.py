@@ -62,7 +62,8 @@ class Metrics:
         self.connections_refused = Counter(
             "tts_connections_refused",
             "Client connections ended by the server layer: max_connections (answered 503), "
-            "header_timeout, body_timeout (408), head_too_large (431), malformed_request (400).",
+            "header_timeout, body_timeout (408), head_too_large (431), request_too_large (413), "
+            "malformed_request (400).",
             ["reason"],
             registry=r,
         )

@@ -30,6 +30,7 @@ import functools
 import json
 import logging
 import re
+import ssl
 import time
 from collections import deque
 from collections.abc import Callable
@@ -51,6 +52,11 @@ _MAX_PIPELINED: Final = 8
 #: and thrown away before the connection is closed (so that the answer is not lost to a reset).
 _LINGER_SECONDS: Final = 2.0
 _LINGER_BYTES: Final = 1024 * 1024
+#: A caller that takes none of what is written for this long is cut off (a real-time player
+#: drains the write buffer's 64 KiB in well under a second).
+_WRITE_STALL_SECONDS: Final = 10.0
+#: Plaintext taken out of the TLS layer at a time.
+_TLS_READ_BYTES: Final = 64 * 1024
 #: The connection-cap warning is logged at most this often.
 _CAP_LOG_INTERVAL: Final = 10.0
 
@@ -74,6 +80,9 @@ class ConnectionEvents(Protocol):
 
 #: The lifespan-state key under which the app offers its :class:`ConnectionEvents`.
 EVENTS_STATE_KEY: Final = "gateway.connection_events"
+#: The scope key under which the connection layer leaves the status it answered a request with
+#: itself (a body that timed out or was malformed), for the app's log line.
+ANSWERED_SCOPE_KEY: Final = "gateway.answered"
 
 
 class _NoEvents:
@@ -88,15 +97,80 @@ class _NoEvents:
 
 
 @dataclass(frozen=True, slots=True)
+class TLSFiles:
+    """A certificate chain and its key (PEM files) for serving HTTPS."""
+
+    certfile: str
+    keyfile: str
+
+
+@functools.lru_cache(maxsize=4)
+def tls_context(files: TLSFiles) -> ssl.SSLContext:
+    """The server-side TLS context for ``files``: built once per process (workers included)."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(files.certfile, files.keyfile)
+    context.set_alpn_protocols(["http/1.1"])
+    return context
+
+
+class _TLSSession:
+    """TLS on one connection, through memory buffers: bytes from the socket go in, plaintext
+    and the bytes to send back come out. Done here rather than by the server so that the
+    handshake is a connection's first step under the gateway's own deadline and cap, and so
+    that no byte can be taken for plain HTTP before it (a server-side TLS layer started after
+    the connection is accepted can miss the first bytes)."""
+
+    def __init__(self, context: ssl.SSLContext) -> None:
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        self._tls = context.wrap_bio(self._incoming, self._outgoing, server_side=True)
+        self.established = False
+        self.closed_by_peer = False
+
+    def receive(self, data: bytes) -> tuple[bytes, bytes]:
+        """(plaintext, bytes to send back) for ``data`` from the socket; ``ssl.SSLError`` on a
+        failed handshake or a corrupt record."""
+        self._incoming.write(data)
+        if not self.established:
+            try:
+                self._tls.do_handshake()
+            except ssl.SSLWantReadError:
+                return b"", self._outgoing.read()
+            self.established = True
+        plain: list[bytes] = []
+        while True:
+            try:
+                piece = self._tls.read(_TLS_READ_BYTES)
+            except ssl.SSLWantReadError:
+                break
+            except ssl.SSLZeroReturnError:
+                self.closed_by_peer = True
+                break
+            if not piece:
+                break
+            plain.append(piece)
+        return b"".join(plain), self._outgoing.read()
+
+    def send(self, data: bytes) -> bytes:
+        """``data`` as TLS records to write to the socket."""
+        self._tls.write(data)
+        return self._outgoing.read()
+
+
+@dataclass(frozen=True, slots=True)
 class ConnectionLimits:
     """Deadlines (seconds) and bounds for client connections: ``server.timeouts`` and
-    ``server.max_connections`` of the routing file."""
+    ``server.max_connections`` of the routing file; ``tls`` to serve HTTPS (the handshake is
+    held to the ``header`` deadline). ``max_request_bytes`` bounds a request as sent (head,
+    body with its chunk framing, trailers); the app bounds the body itself more tightly."""
 
     header: float = 5.0
     body: float = 10.0
     keep_alive: float = 5.0
     max_connections: int = 4096
     max_head_bytes: int = 32 * 1024
+    max_request_bytes: int = 32 * 1024 + 4 * 65536 + 65536
+    tls: TLSFiles | None = None
 
 
 def protocol_factory(limits: ConnectionLimits) -> type[asyncio.Protocol]:
@@ -277,7 +351,7 @@ class _Exchange:
             lines.append(b"%s: %s\r\n" % (name, value))
         framed = remaining is not None or chunked
         bodyless = self.head_only or status in _NO_BODY_STATUS or status < 200
-        keep_alive = self.keep_alive and not close and not self.conn.shutting_down
+        keep_alive = self.keep_alive and not close and not self.conn.closes_after_this
         if self.more_body:
             # Answered before the request body was all read: the rest is not read (413, 408,
             # an early error), so this connection cannot carry another request.
@@ -305,6 +379,10 @@ _REASONS: Final = {int(status): status.phrase.encode() for status in HTTPStatus}
 
 def _reason(status: int) -> bytes:
     return _REASONS.get(status, b"")
+
+
+class _StopParsing(Exception):
+    """Raised from a parser callback to stop reading a connection's input at once."""
 
 
 class HTTPProtocol(asyncio.Protocol):
@@ -340,16 +418,23 @@ class HTTPProtocol(asyncio.Protocol):
         self.write_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
         self._reading_paused = False
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | None = None  # head, body, keep-alive, linger
+        self._stall: asyncio.TimerHandle | None = None  # a write that makes no progress
+        self._tls: _TLSSession | None = None
         self._closed = False
         self._refused = False
         self._lingering = False
         self._linger_bytes = 0
-        self._ignore_input = False  # after an ignored Upgrade or a parse error
+        self._ignore_input = False  # after an ignored Upgrade, a parse error, an overflow
+        self._stop_reason = ""
+        self._continue_after_drain = False
+        self._answered = 0  # answers completed on this connection
         # The request being parsed, and the exchanges waiting to be (or being) answered.
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
-        self._head_bytes = 0
+        self._head_bytes = 0  # URL and header fields, as the parser hands them over
+        self._head_raw = 0  # bytes received while the head is incomplete
+        self._request_raw = 0  # bytes received for the request being read
         self._in_head = False
         self._reading: _Exchange | None = None
         self._active: _Exchange | None = None
@@ -365,15 +450,18 @@ class HTTPProtocol(asyncio.Protocol):
             self._refused = True
             self.events.refused("max_connections")
             _CapLog.refuse(len(self.connections), self.limits.max_connections)
-            self.transport.write(  # type: ignore[union-attr]
-                error_response(
-                    503,
-                    "too_many_connections",
-                    "the gateway has too many open connections; try again shortly",
-                    b"retry-after: 1\r\n",
+            if self.limits.tls is None:
+                self.transport.write(  # type: ignore[union-attr]
+                    error_response(
+                        503,
+                        "too_many_connections",
+                        "the gateway has too many open connections; try again shortly",
+                        b"retry-after: 1\r\n",
+                    )
                 )
-            )
-            self._close()
+                self._close()
+            else:  # no answer is possible before a handshake that would cost what is short
+                transport.abort()  # type: ignore[attr-defined]
             return
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and len(peer) >= 2:
@@ -381,16 +469,22 @@ class HTTPProtocol(asyncio.Protocol):
         local = transport.get_extra_info("sockname")
         if isinstance(local, tuple) and len(local) >= 2:
             self.server = (str(local[0]), int(local[1]))
-        if transport.get_extra_info("sslcontext") is not None:
+        if self.limits.tls is not None:
+            self._tls = _TLSSession(tls_context(self.limits.tls))
             self.scheme = "https"
-        # The first request's head is due within the header deadline of the connection opening.
+        # The first request's head (and, over TLS, the handshake before it) is due within the
+        # header deadline of the connection opening.
         self._arm(self.limits.header, self._head_timed_out)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._closed:
+            return
         self._closed = True
         self.connections.discard(self)
         self.events.closed()
         self._disarm()
+        if self._stall is not None:
+            self._stall.cancel()
         for exchange in (self._active, *self._queue):
             if exchange is not None and not exchange.response_complete:
                 exchange.disconnected = True
@@ -404,64 +498,131 @@ class HTTPProtocol(asyncio.Protocol):
         return None
 
     def data_received(self, data: bytes) -> None:
-        if self._refused or self._closed or self._ignore_input:
+        if self._refused or self._closed:
             return
+        tls = self._tls
+        if tls is not None:
+            try:
+                data, reply = tls.receive(data)
+            except ssl.SSLError as exc:
+                log.debug("TLS with %s failed: %s", self.client, exc)
+                self._abort()
+                return
+            if reply and self.transport is not None and not self.transport.is_closing():
+                self.transport.write(reply)
+            if tls.closed_by_peer:
+                self._close()
+            if not data:
+                return
         if self._lingering:
             self._linger_bytes += len(data)
             if self._linger_bytes > _LINGER_BYTES:
                 self._close()
             return
-        exchange = self._reading
-        if exchange is not None and exchange.manual_body is not None:
-            data = self._take_manual_body(exchange, data)
-            if not data:
-                return
+        if self._ignore_input:
+            # Past an ignored Upgrade only the request's own body is read.
+            reading = self._reading
+            if reading is not None and reading.manual_body is not None:
+                self._take_manual_body(reading, data)
+            return
+        was_in_head = self._in_head
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
             # An Upgrade (h2c, websocket) is not offered: the request is answered over HTTP/1.1
-            # (RFC 9110 lets a server ignore Upgrade); its body is what follows the head.
-            self._ignore_input = True  # nothing after this request's body is read
-            self._take_manual_body(self._reading, data[upgrade.args[0] :])
-        except httptools.HttpParserError as error:
-            self._bad_request(error)
+            # (RFC 9110 lets a server ignore Upgrade); its body is what follows the head, and
+            # nothing after that body is read.
+            self._ignore_input = True
+            reading = self._reading
+            if reading is not None and reading.manual_body is not None:
+                self._take_manual_body(reading, data[upgrade.args[0] :])
             return
-        if self._head_bytes > self.limits.max_head_bytes:
-            self._head_too_large()
+        except httptools.HttpParserError as error:
+            self._ignore_input = True
+            reason, self._stop_reason = self._stop_reason, ""
+            if reason == "head_too_large":
+                self._head_too_large()
+            elif reason == "request_too_large":
+                self._request_too_large()
+            elif reason == "pipelined":
+                self._pipeline_overflow()
+            else:
+                self._bad_request(error)
+            return
+        # What the parser holds of an unfinished head (a header line that never ends) is not
+        # seen by its callbacks: bound the raw bytes too.
+        if self._in_head:
+            self._head_raw = self._head_raw + len(data) if was_in_head else len(data)
+            if self._head_raw > self.limits.max_head_bytes:
+                self._ignore_input = True
+                self._head_too_large()
+                return
+        reading = self._reading
+        if reading is not None and reading.more_body and not self._in_head:
+            self._request_raw += len(data)
+            if self._request_raw > self.limits.max_request_bytes:
+                self._ignore_input = True
+                self._request_too_large()
 
     def pause_writing(self) -> None:
         self.write_paused = True
+        if self._stall is None:
+            # A caller that stops reading altogether is let go after a while.
+            self._stall = self.loop.call_later(_WRITE_STALL_SECONDS, self._abort)
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        if self._stall is not None:
+            self._stall.cancel()
+            self._stall = None
         if self._drain_waiter is not None and not self._drain_waiter.done():
             self._drain_waiter.set_result(None)
+        if self._continue_after_drain:
+            self._continue_after_drain = False
+            self._next()
 
     # ------------------------------------------------------------------ parser callbacks
+
+    @property
+    def closes_after_this(self) -> bool:
+        """Whether the answer being started is the connection's last (it is shutting down and
+        no pipelined request waits)."""
+        return self.shutting_down and not self._queue
+
+    def _stop(self, reason: str) -> None:
+        self._stop_reason = reason
+        raise _StopParsing(reason)
 
     def on_message_begin(self) -> None:
         self._reading = None
         self._url = b""
         self._headers = []
         self._head_bytes = 0
+        self._head_raw = 0
+        self._request_raw = 0
         self._in_head = True
-        if self._active is None:
+        if self._active is None and self._answered:
             # After a keep-alive pause, the head is due within the header deadline of its
-            # first byte.
+            # first byte (the first request's deadline runs from the connection opening).
             self._arm(self.limits.header, self._head_timed_out)
 
     def on_url(self, url: bytes) -> None:
         self._url += url
         self._head_bytes += len(url)
+        if self._head_bytes > self.limits.max_head_bytes:
+            self._stop("head_too_large")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name.lower(), value))
         self._head_bytes += len(name) + len(value) + 4
+        if self._head_bytes > self.limits.max_head_bytes:
+            self._stop("head_too_large")
+        if self._in_head:
+            self._headers.append((name.lower(), value))
+        # Otherwise a trailer of a chunked body: counted, never merged into the headers the
+        # app has already been given (RFC 9110 section 6.5.1).
 
     def on_headers_complete(self) -> None:
         self._in_head = False
-        if self._head_bytes > self.limits.max_head_bytes:
-            return  # answered 431 once the parser returns
         parser = self.parser
         version = parser.get_http_version()
         parsed = httptools.parse_url(self._url)
@@ -481,27 +642,26 @@ class HTTPProtocol(asyncio.Protocol):
             "headers": self._headers,
             "state": self.app_state.copy(),
         }
-        expect = any(n == b"expect" and v.lower() == b"100-continue" for n, v in self._headers)
+        expect = version == "1.1" and any(
+            n == b"expect" and v.lower() == b"100-continue" for n, v in self._headers
+        )
         exchange = _Exchange(
-            self,
-            scope,
-            keep_alive=parser.should_keep_alive() and not self.shutting_down,
-            expect_continue=expect,
+            self, scope, keep_alive=parser.should_keep_alive(), expect_continue=expect
         )
         if parser.should_upgrade():
             exchange.keep_alive = False
             exchange.manual_body = self._content_length()
-        self._reading = exchange
-        if self._active is None:
+        if self._active is None and not self._continue_after_drain:
+            self._reading = exchange
             # The body is due within the body deadline of the head (disarmed once it is in).
             self._arm(self.limits.body, self._body_timed_out)
             self._start(exchange)
         elif len(self._queue) < _MAX_PIPELINED:
+            self._reading = exchange
             self._queue.append(exchange)
             self.pause_reading()
         else:
-            log.info("connection from %s dropped: too many pipelined requests", self.client)
-            self._close()
+            self._stop("pipelined")
 
     def on_body(self, body: bytes) -> None:
         if self._reading is not None:
@@ -527,7 +687,7 @@ class HTTPProtocol(asyncio.Protocol):
         try:
             await self.app(exchange.scope, exchange.receive, exchange.send)
         except asyncio.CancelledError:
-            self._close()
+            self._abort()
             raise
         except Exception:
             log.exception(
@@ -535,11 +695,15 @@ class HTTPProtocol(asyncio.Protocol):
             )
             self._fail(exchange)
         else:
-            if not exchange.disconnected and not exchange.response_complete:
-                if exchange.response_started:
-                    log.error("the app returned without finishing its response")
-                else:
-                    log.error("the app returned without a response")
+            if exchange.disconnected or exchange.response_complete:
+                return
+            if exchange.response_started and not exchange.head:
+                # The app gave up on an answer already under way (its caller stopped reading,
+                # say): drop the connection, so that the cut answer cannot look complete.
+                log.debug("an answer to %s was left unfinished", self.client)
+                self._abort()
+            else:
+                log.error("the app returned without a response")
                 self._fail(exchange)
 
     def _fail(self, exchange: _Exchange) -> None:
@@ -548,7 +712,7 @@ class HTTPProtocol(asyncio.Protocol):
         if exchange.disconnected or exchange.response_complete:
             return
         if exchange.response_started and not exchange.head:
-            self._close()
+            self._abort()
             return
         exchange.head = b""
         exchange.response_started = exchange.response_complete = True
@@ -559,43 +723,60 @@ class HTTPProtocol(asyncio.Protocol):
         if exchange is not self._active:
             return
         self._active = None
-        if not exchange.keep_alive or self.shutting_down:
+        self._answered += 1
+        if not exchange.keep_alive:
             self._end_connection()
+        elif self.write_paused:
+            # The caller has not read this answer yet: take nothing more from it until it has.
+            self._continue_after_drain = True
+            self.pause_reading()
+        else:
+            self._next()
+
+    def _next(self) -> None:
+        """After an answer: the next pipelined request, else (keep-alive) wait for one."""
+        if self._closed:
             return
         if self._queue:
-            self.resume_reading()
             following = self._queue.popleft()
+            if not self._queue:
+                self.resume_reading()
             self._arm(self.limits.body, self._body_timed_out)
             if not following.more_body:
                 self._disarm()
             self._start(following)
+        elif self.shutting_down:
+            self._close()
         elif self._in_head:
             self._arm(self.limits.header, self._head_timed_out)
+            self.resume_reading()
         else:
             self._arm(self.limits.keep_alive, self._close)
-        self.resume_reading()
+            self.resume_reading()
 
     def _end_connection(self) -> None:
-        """Close after an answer; see :meth:`_linger` for a request body left unread."""
+        """Close after an answer; see :meth:`_linger` for a request left unread."""
         reading = self._reading
-        if reading is not None and (reading.more_body or reading.manual_body is not None):
+        if self._ignore_input or (
+            reading is not None and (reading.more_body or reading.manual_body is not None)
+        ):
             self._linger()
         else:
             self._close()
 
     def _linger(self) -> None:
-        """Half-close and throw away what still arrives, for a moment, then close: closing a
-        socket with unread input sends a reset, which can destroy the answer before the caller
-        has read it."""
+        """Stop taking requests, and throw away what still arrives for a moment before closing:
+        closing a socket with unread input sends a reset, which can destroy the answer before
+        the caller has read it. (Over TCP the write side is half-closed at once; TLS has no
+        half-close, so there the caller's own close ends it, or the moment's end.)"""
         transport = self.transport
         if transport is None or self._closed or self._lingering:
             return
-        if not transport.can_write_eof():  # TLS: no half-close
-            self._close()
-            return
         self._lingering = True
         self._reading = None
-        transport.write_eof()
+        self._queue.clear()
+        if self._tls is None and transport.can_write_eof():
+            transport.write_eof()
         self.resume_reading()
         self._arm(_LINGER_SECONDS, self._close)
 
@@ -616,42 +797,78 @@ class HTTPProtocol(asyncio.Protocol):
         exchange = self._active
         if exchange is None or not exchange.more_body:
             return
-        exchange.scope["gateway.timed_out"] = "body"
         self.events.refused("body_timeout")
-        if exchange.response_started:
-            self._close()
-            return
-        exchange.disconnected = True
-        exchange.wake()
-        self._answer_and_close(
+        self._give_up_reading(
+            exchange,
             408,
             "request_timeout",
             f"the request body did not arrive within {self.limits.body:g} s",
         )
 
-    def _bad_request(self, error: Exception) -> None:
+    def _request_too_large(self) -> None:
+        self.events.refused("request_too_large")
+        exchange = self._active
+        if exchange is None or exchange is not self._reading:
+            self._close()
+            return
+        self._give_up_reading(
+            exchange,
+            413,
+            "too_large",
+            f"the request is over {self.limits.max_request_bytes} bytes as sent",
+        )
+
+    def _give_up_reading(self, exchange: _Exchange, status: int, code: str, message: str) -> None:
+        """The request being answered cannot be read to its end: answer it now if nothing has
+        gone out yet (the app hears that its caller has gone), else drop the connection."""
         self._ignore_input = True
+        if exchange.response_started:
+            self._abort()
+            return
+        self._answered_for(exchange, status)
+        self._answer_and_close(status, code, message)
+
+    @staticmethod
+    def _answered_for(exchange: _Exchange, status: int) -> None:
+        """The connection layer answers ``exchange`` itself: the app hears that its caller has
+        gone, and finds the status it was given under ``gateway.answered`` in the scope."""
+        exchange.scope[ANSWERED_SCOPE_KEY] = status
+        exchange.disconnected = True
+        exchange.wake()
+
+    def _bad_request(self, error: Exception) -> None:
         self.events.refused("malformed_request")
         active = self._active
         if active is not None and active.response_started:
-            self._close()
+            self._abort()
             return
         if active is not None:
-            active.disconnected = True
-            active.wake()
+            self._answered_for(active, 400)
         self._answer_and_close(400, "malformed_request", f"malformed HTTP request: {error}")
 
     def _head_too_large(self) -> None:
-        self._ignore_input = True
         self.events.refused("head_too_large")
-        if self._active is not None:
-            self._close()
-            return
+        active = self._active
+        if active is not None:
+            # A trailer or a pipelined head over the bound while an answer is under way.
+            if active.response_started:
+                self._abort()
+                return
+            self._answered_for(active, 431)
         self._answer_and_close(
             431,
             "headers_too_large",
             f"the request head is over {self.limits.max_head_bytes} bytes",
         )
+
+    def _pipeline_overflow(self) -> None:
+        """More requests queued than answered: answer those already taken, read no more."""
+        log.info("connection from %s: too many pipelined requests; closing after", self.client)
+        last = self._queue[-1] if self._queue else self._active
+        if last is not None:
+            last.keep_alive = False
+        else:
+            self._close()
 
     def _answer_and_close(self, status: int, code: str, message: str) -> None:
         """An error answer on a connection that takes no further requests."""
@@ -663,6 +880,10 @@ class HTTPProtocol(asyncio.Protocol):
     def write(self, data: bytes) -> None:
         transport = self.transport
         if transport is not None and not self._lingering and not transport.is_closing():
+            if self._tls is not None:
+                if not self._tls.established:
+                    return  # nothing can be said before the handshake
+                data = self._tls.send(data)
             transport.write(data)
 
     async def drained(self) -> None:
@@ -690,14 +911,16 @@ class HTTPProtocol(asyncio.Protocol):
             self._reading_paused = False
             self.transport.resume_reading()
 
-    def _take_manual_body(self, exchange: _Exchange | None, data: bytes) -> bytes:
+    def _take_manual_body(self, exchange: _Exchange, data: bytes) -> None:
         """Body bytes of a request whose Upgrade was ignored (the parser stops at its head)."""
-        if exchange is None or exchange.manual_body is None:
-            return b""
+        assert exchange.manual_body is not None
         if exchange.manual_body < 0:  # chunked under an Upgrade: not worth supporting
-            exchange.disconnected = True
-            self._answer_and_close(400, "malformed_request", "a chunked body with Upgrade")
-            return b""
+            exchange.manual_body = None
+            if exchange is self._active:
+                self._give_up_reading(
+                    exchange, 400, "malformed_request", "a chunked body with Upgrade"
+                )
+            return
         take = data[: exchange.manual_body]
         exchange.manual_body -= len(take)
         if take:
@@ -707,7 +930,6 @@ class HTTPProtocol(asyncio.Protocol):
             exchange.body_complete()
             if exchange is self._active:
                 self._disarm()
-        return b""  # nothing after it is read: the connection closes after this answer
 
     def _content_length(self) -> int:
         for name, value in self._headers:
@@ -728,15 +950,24 @@ class HTTPProtocol(asyncio.Protocol):
             self._timer = None
 
     def _close(self) -> None:
+        """Close once what is written has gone out; a caller that will not take it is cut off
+        after a while (see :meth:`pause_writing`)."""
         self._disarm()
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.close()
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.close()
+            if transport.get_write_buffer_size() and self._stall is None:
+                self._stall = self.loop.call_later(_WRITE_STALL_SECONDS, self._abort)
+
+    def _abort(self) -> None:
+        """Drop the connection now, with whatever is still unsent."""
+        self._disarm()
+        if self.transport is not None:
+            self.transport.abort()
 
     def shutdown(self) -> None:
-        """uvicorn's graceful shutdown: close an idle connection now, a busy one after its
-        answer."""
+        """uvicorn's graceful shutdown: close an idle connection now; a busy one answers what
+        it has taken (the app answers 503 while draining) and closes after the last."""
         self.shutting_down = True
-        if self._active is None:
+        if self._active is None and not self._queue:
             self._close()
-        else:
-            self._active.keep_alive = False

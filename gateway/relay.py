@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -68,7 +68,7 @@ class AudioStream:
     bytes_out: int = 0
     _closed: bool = False
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    async def chunks(self) -> AsyncGenerator[bytes, None]:
         """The first chunk, then the rest as it arrives, then the resampler's tail.
 
         A provider error after the first chunk propagates; the caller ends the stream."""

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import importlib
 import re
+import threading
 import weakref
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, Mapping
@@ -240,7 +241,8 @@ class Provider(ABC):
         for key, value in config.settings.items():
             if is_secret_name(key) and isinstance(value, str | int):
                 self.add_secret(str(value))
-        _LIVE.add(self)
+        with _LIVE_LOCK:  # a reload builds providers in a worker thread
+            _LIVE.add(self)
 
     def add_secret(self, value: str) -> None:
         """Mask ``value`` wherever this provider's text is logged (and in every log line):
@@ -318,6 +320,7 @@ _SECRET_KEY = re.compile(
 
 #: Every provider built in this process and not yet collected: the log masks their secrets.
 _LIVE: weakref.WeakSet[Provider] = weakref.WeakSet()
+_LIVE_LOCK = threading.Lock()
 
 
 def is_secret_name(name: str) -> bool:
@@ -328,7 +331,9 @@ def is_secret_name(name: str) -> bool:
 
 def live_secrets() -> list[str]:
     """The secrets of every provider alive in this process, longest first."""
-    found = {secret for provider in list(_LIVE) for secret in provider.secrets}
+    with _LIVE_LOCK:
+        providers = list(_LIVE)
+    found = {secret for provider in providers for secret in list(provider.secrets)}
     return sorted(found, key=len, reverse=True)
 
 

@@ -17,16 +17,17 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any, ClassVar
 
 import httpx
 
-from ._http import HTTPProvider
+from ._http import HTTPProvider, short_text
 from .base import (
     SAMPLE_RATES,
     AudioFormat,
     ProviderConfig,
+    ProviderProtocolError,
     SynthesisJob,
     closest_rate,
     is_secret_name,
@@ -110,3 +111,19 @@ class CustomProvider(HTTPProvider):
         if job.request_id:
             headers["X-Request-Id"] = job.request_id
         return self.client.build_request("POST", self.url, json=body, headers=headers)
+
+    async def audio(
+        self, response: httpx.Response, job: SynthesisJob, text: str
+    ) -> AsyncIterator[bytes]:
+        # An upstream that says it answers at another rate than asked would otherwise be
+        # played at the wrong speed and pitch: refuse it (the next voice is tried).
+        declared = response.headers.get("x-sample-rate")
+        asked = self.native_format(job).sample_rate
+        if declared is not None and declared.strip() != str(asked):
+            raise ProviderProtocolError(
+                self.name,
+                f"answered at X-Sample-Rate {short_text(declared[:20])!r} "
+                f"where {asked} was asked for",
+            )
+        async for chunk in super().audio(response, job, text):
+            yield chunk

@@ -160,6 +160,27 @@ class GoogleProvider(HTTPProvider):
         self, response: httpx.Response, job: SynthesisJob, text: str
     ) -> AsyncIterator[bytes]:
         body = await read_body(response, self.name, clip_bound(text, job.sample_rate))
+        found = _AUDIO_CONTENT.search(body)
+        if found is not None:
+            # The usual reply, {"audioContent": "<base64>"}: decoded piece by piece, off a
+            # full JSON parse, so that a long clip (tens of MB) never holds the event loop.
+            end = body.find(b'"', found.end())
+            if end < 0:
+                raise ProviderProtocolError(self.name, "a truncated audioContent")
+            first = True
+            for start in range(found.end(), end, _DECODE_PIECE):
+                try:
+                    audio = base64.b64decode(
+                        body[start : min(start + _DECODE_PIECE, end)], validate=True
+                    )
+                except (binascii.Error, ValueError):
+                    raise ProviderProtocolError(self.name, "undecodable audioContent") from None
+                if first:
+                    audio, first = strip_riff(audio), False
+                if audio:
+                    yield audio
+                await asyncio.sleep(0)  # let the other streams have the loop between pieces
+            return
         reply = json_object(body, self.name)
         error = reply.get("error")
         if error:  # Google's error shape, inside a success status
@@ -179,6 +200,11 @@ class GoogleProvider(HTTPProvider):
             raise ProviderProtocolError(self.name, "undecodable audioContent") from None
         yield audio
 
+
+#: Where the audio starts in a reply: the opening quote of audioContent's value.
+_AUDIO_CONTENT = re.compile(rb'"audioContent"\s*+:\s*+"')
+#: Base64 characters decoded at a time (a multiple of 4): 192 KiB of audio, ~1 ms.
+_DECODE_PIECE = 256 * 1024
 
 #: A service-account key file is about 2.3 KB; anything much larger is something else.
 _MAX_CREDENTIALS_BYTES = 64 * 1024

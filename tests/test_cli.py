@@ -501,3 +501,19 @@ def test_serve_refuses_unusable_tls_files_in_one_line(
     )
     assert result.returncode == 2, result.stderr[-2000:]
     assert result.stderr == "error: " + message.format(**tls_files) + "\n"
+
+
+def test_say_in_process_applies_the_servers_text_checks(tmp_path: Path) -> None:
+    out = tmp_path / "x.wav"
+    for text in ("!!!", ""):
+        result = run("say", text, "-o", str(out))
+        assert result.returncode == 1
+        assert "400 empty_text" in result.stderr
+    assert not out.exists()
+
+
+def test_say_to_an_unwritable_path_says_so_in_one_line(tmp_path: Path) -> None:
+    result = run("say", "Hello.", "-o", str(tmp_path / "missing" / "x.wav"))
+    assert result.returncode == 1
+    assert "error: cannot write" in result.stderr
+    assert "Traceback" not in result.stderr

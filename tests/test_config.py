@@ -334,7 +334,7 @@ def test_wrong_types_are_reported_with_what_was_found() -> None:
     """
     assert problems(text) == [
         (3, "server.port", "expected an integer from 0 to 65535, got a string ('eighty')"),
-        (4, "server.max_body_bytes", "must be an integer >= 1024, got 100"),
+        (4, "server.max_body_bytes", "must be an integer from 1024 to 1048576, got 100"),
         (9, "providers.p.max_concurrency", "expected an integer >= 1, got a list"),
         (10, "providers.p.options", "expected a mapping, got a string ('fast')"),
         (14, "voices.joe.voice", "expected a string, got a list"),
@@ -972,3 +972,15 @@ def test_a_failing_environment_check_is_a_warning_not_an_error(
     assert [w.message for w in config.warnings] == [
         "environment check failed: RuntimeError: plugin bug"
     ]
+
+
+def test_max_body_bytes_is_bounded() -> None:
+    yaml = (
+        "providers: {p: {type: fake, api_key: k}}\nvoices: {v: {provider: p}}\n"
+        "server: {default_voice: v, max_body_bytes: 1099511627776}\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        parse_config(yaml)
+    assert "server.max_body_bytes" in str(caught.value)
+    assert "1048576" in str(caught.value)
+    assert parse_config(yaml.replace("1099511627776", "1048576")).server.max_body_bytes == 1048576

@@ -332,3 +332,29 @@ async def test_a_retry_after_that_is_no_number_of_seconds_is_ignored(
     with pytest.raises(ProviderHTTPError) as caught:
         await collect(provider(), job())
     assert caught.value.retry_after is None
+
+
+async def test_an_answer_at_another_rate_than_asked_is_refused(
+    respx_mock: respx.MockRouter,
+) -> None:
+    # An upstream that ignores SampleRate and says so: played as asked, it would be slowed
+    # down threefold and pitched down.
+    respx_mock.post(URL).mock(
+        return_value=httpx.Response(
+            200, content=b"\x01\x00" * 480, headers={"X-Sample-Rate": "24000"}
+        )
+    )
+    with pytest.raises(ProviderProtocolError) as caught:
+        await collect(provider(), job(sample_rate=8000))
+    assert "24000" in caught.value.reason and "8000" in caught.value.reason
+
+
+async def test_an_answer_that_names_the_rate_asked_for_is_audio(
+    respx_mock: respx.MockRouter,
+) -> None:
+    respx_mock.post(URL).mock(
+        return_value=httpx.Response(
+            200, content=b"\x01\x00" * 480, headers={"X-Sample-Rate": "16000"}
+        )
+    )
+    assert await collect(provider(), job(sample_rate=16000)) == b"\x01\x00" * 480

@@ -79,6 +79,8 @@ async def test_sigterm_lets_a_stream_run_until_drain_seconds_then_ends_it_cleanl
             assert response.status == 200
             first = await response.read_chunk()
             assert first
+            # A request pipelined behind the stream, on the same connection.
+            response.writer.write(b"GET /readyz HTTP/1.1\r\nHost: t\r\n\r\n")
             process.send_signal(signal.SIGTERM)
             # The stream goes on during the drain, then ends with a proper last chunk: the
             # caller's reader finishes instead of hitting a reset.
@@ -86,6 +88,10 @@ async def test_sigterm_lets_a_stream_run_until_drain_seconds_then_ends_it_cleanl
             audio = len(first) + len(rest)
             assert audio % 2 == 0
             assert len(CHUNK) * 3 < audio < len(CHUNK) * 200
+            # The request that waited is answered, 503 (draining), and the connection closes.
+            after = await asyncio.wait_for(response.reader.read(), 30)
+            assert after.startswith(b"HTTP/1.1 503"), after
+            assert b"connection: close" in after.lower()
             response.close()
             # The server re-raises the signal once it has shut down, as a service manager expects.
             assert await asyncio.wait_for(process.wait(), 30) in (0, -signal.SIGTERM)

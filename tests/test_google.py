@@ -291,3 +291,21 @@ async def test_a_reply_bigger_than_the_text_could_need_is_refused(
     # A reply of the size the text needs is fine.
     respx_mock.post(URL).mock(return_value=reply(b"\x00\x00" * 8000, 8000))
     assert len(await collect(job(text="Hi.", sample_rate=8000))) == 16000
+
+
+async def test_a_long_clip_is_decoded_piece_by_piece(respx_mock: respx.MockRouter) -> None:
+    # 60 s at 48 kHz is 7.7 MB of base64: decoded whole, it would hold the event loop for tens
+    # of milliseconds; in pieces the other streams get the loop between them.
+    pcm = tone(440, 60.0, 48000)
+    respx_mock.post(URL).mock(return_value=reply(pcm, 48000))
+    provider = build_provider(
+        ProviderConfig(name="google", type="google", settings={"api_key": KEY})
+    )
+    pieces = [
+        piece
+        async for piece in provider.stream(job(sample_rate=48000, text="A long answer. " * 40))
+    ]
+    await provider.aclose()
+    assert len(pieces) > 10
+    assert max(len(p) for p in pieces) <= 200 * 1024
+    assert b"".join(pieces) == pcm  # the WAV header dropped, nothing else lost

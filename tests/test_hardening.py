@@ -259,3 +259,46 @@ def test_an_empty_body_token_does_not_hide_a_valid_bearer(plan: Plan) -> None:
     assert accepted.status_code == 200
     assert refused.status_code == 401
     assert len(plan.jobs) == 1
+
+
+async def test_a_caller_far_slower_than_real_time_releases_the_provider(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import socket
+
+    import gateway.app
+
+    monkeypatch.setattr(gateway.app, "_SLOW_CALLER_GRACE_SECONDS", 0.5)
+    monkeypatch.setattr(gateway.app, "_LAST_SEND_SECONDS", 0.5)
+    ScriptedProvider.plans.clear()
+    # 200 s of audio at once: more than the kernel's socket buffers hold, even on loopback.
+    plan = ScriptedProvider.plans["pa"] = Plan([[CHUNK] * 10000])
+    caplog.set_level(logging.INFO, logger="gateway")
+    async with live_server(one_voice()) as url:
+        host, port = url.removeprefix("http://").split(":")
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
+        reader, writer = await asyncio.open_connection(sock=sock)
+        payload = json.dumps(dict(BODY, SampleRate=48000)).encode()
+        writer.write(
+            b"POST /stream-audio HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(payload), payload)
+        )
+
+        # A trickle: 1 KiB every 50 ms is a fifth of real time at 48 kHz.
+        async def trickle() -> None:
+            while not plan.closed:
+                if not await reader.read(1024):
+                    return
+                await asyncio.sleep(0.05)
+
+        reading = asyncio.create_task(trickle())
+        assert await eventually(lambda: bool(plan.closed), 30)
+        assert not plan.finished  # cut short, not run to its end
+        reading.cancel()
+        writer.close()
+    assert await eventually(lambda: any("end=" in r.getMessage() for r in caplog.records), 10)
+    line = next(r.getMessage() for r in caplog.records if "end=" in r.getMessage())
+    assert "end=caller_too_slow" in line

@@ -7,15 +7,18 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import ssl
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 from starlette.types import Receive, Scope, Send
 
 from gateway.app import create_app
 from gateway.config import parse_config
-from gateway.protocol import ConnectionLimits
+from gateway.protocol import ConnectionLimits, TLSFiles
 from tests.support import (
     Plan,
     ScriptedProvider,
@@ -438,3 +441,208 @@ async def test_connections_ended_by_the_server_layer_are_counted(
     assert status == 200
     assert 'tts_connections_refused_total{reason="header_timeout"} 1.0' in text
     assert "tts_connections_open 1.0" in text  # the one asking
+
+
+# ---------------------------------------------------------------- TLS
+
+
+@pytest.fixture
+def tls_files(tmp_path: Path) -> tuple[TLSFiles, ssl.SSLContext]:
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    certfile, keyfile = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.cert_chain_pems[0].write_to_path(str(certfile))
+    cert.private_key_pem.write_to_path(str(keyfile))
+    client = ssl.create_default_context()
+    ca.configure_trust(client)
+    return TLSFiles(str(certfile), str(keyfile)), client
+
+
+async def test_tls_handshakes_are_held_to_the_header_deadline_and_the_cap(
+    plan: Plan, tls_files: tuple[TLSFiles, ssl.SSLContext]
+) -> None:
+    files, client = tls_files
+    limits = ConnectionLimits(header=SHORT, max_connections=2, tls=files)
+    async with live_server(gateway_app(), limits) as url:
+        host, port = url.removeprefix("http://").split(":")
+        address = (host, int(port))
+        # A TCP connection that never says hello is closed at the header deadline...
+        reader, writer = await connect(address)
+        assert await until_eof(reader) == b""
+        writer.close()
+        # ... and counts against the cap while it waits.
+        silent = [await connect(address) for _ in range(2)]
+        extra_reader, extra_writer = await connect(address)
+        assert await until_eof(extra_reader) == b""  # closed at once, not at the deadline
+        extra_writer.close()
+        for _, silent_writer in silent:
+            silent_writer.close()
+        # A real client is served over TLS once there is room.
+        for _ in range(int(PATIENCE / 0.05)):
+            try:
+                reader, writer = await asyncio.open_connection(*address, ssl=client)
+                break
+            except (ConnectionError, ssl.SSLError):
+                await asyncio.sleep(0.05)
+        writer.write(post(SYNTH))
+        status, _, body = await read_response(reader)
+        assert (status, body) == (200, CHUNK * 2)
+        writer.close()
+
+
+async def test_plain_http_to_a_tls_port_is_never_answered_as_http(
+    plan: Plan, tls_files: tuple[TLSFiles, ssl.SSLContext]
+) -> None:
+    files, _ = tls_files
+    async with live_server(gateway_app(), ConnectionLimits(tls=files)) as url:
+        host, port = url.removeprefix("http://").split(":")
+        reader, writer = await connect((host, int(port)))
+        writer.write(post(SYNTH))
+        assert b"HTTP/1.1" not in await until_eof(reader)
+        writer.close()
+    assert plan.jobs == []
+
+
+# ---------------------------------------------------------------- review regressions
+
+
+async def test_a_header_line_that_never_ends_is_bounded(gateway: tuple[str, int]) -> None:
+    reader, writer = await connect(gateway)
+    # No line end ever comes: the parser holds the value, its callbacks see nothing.
+    writer.write(b"GET /healthz HTTP/1.1\r\nX-Fill: " + b"a" * 40000)
+    status, _, body = split_response(await until_eof(reader))
+    assert status == 431
+    assert json.loads(body)["error"]["code"] == "headers_too_large"
+    writer.close()
+
+
+async def test_an_oversized_head_is_refused_even_when_another_request_follows(
+    gateway: tuple[str, int], plan: Plan
+) -> None:
+    reader, writer = await connect(gateway)
+    big = (
+        b"POST /stream-audio HTTP/1.1\r\nX-Big: " + b"b" * 40000 + b"\r\nContent-Length: 0\r\n\r\n"
+    )
+    writer.write(big + b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+    status, _, _body = split_response(await until_eof(reader))
+    assert status == 431  # not the next request's 200
+    assert plan.jobs == []
+    writer.close()
+
+
+async def test_trailers_never_join_the_request_headers(plan: Plan) -> None:
+    yaml = scripted_config({"a": {"provider": "pa"}}, {"pa": provider_block()}, tokens=["s3cret"])
+    async with live_server(create_app(parse_config(yaml))) as url:
+        host, port = url.removeprefix("http://").split(":")
+        reader, writer = await connect((host, int(port)))
+        writer.write(
+            b"POST /stream-audio HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+            + b"%x\r\n%s\r\n" % (len(SYNTH), SYNTH)
+            + b"0\r\nAuthorization: Bearer s3cret\r\n\r\n"
+        )
+        status, _, _body = await read_response(reader)
+        writer.close()
+    assert status == 401
+    assert plan.jobs == []
+
+
+async def test_an_upgrade_request_with_its_body_sent_later_is_served(
+    gateway: tuple[str, int], plan: Plan
+) -> None:
+    reader, writer = await connect(gateway)
+    head, body = post(SYNTH, extra="Connection: Upgrade\r\nUpgrade: h2c\r\n").split(b"\r\n\r\n", 1)
+    writer.write(head + b"\r\n\r\n")
+    await writer.drain()
+    await asyncio.sleep(0.05)  # the body comes in a read of its own
+    writer.write(body)
+    status, _, audio = await read_response(reader)
+    assert (status, audio) == (200, CHUNK * 2)
+    writer.close()
+
+
+async def test_too_many_pipelined_requests_answer_those_taken_then_close(
+    gateway: tuple[str, int], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    reader, writer = await connect(gateway)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n" * 40)
+    answered = 0
+    raw = await until_eof(reader)
+    answered = raw.count(b"HTTP/1.1 200")
+    assert answered == 9  # the one answered at once and the eight that could wait
+    assert raw.endswith(b'{"status":"ok"}')
+    assert sum("pipelined" in r.getMessage() for r in caplog.records) == 1
+    writer.close()
+
+
+async def test_a_caller_that_never_reads_cannot_make_the_gateway_buffer_answers(
+    gateway: tuple[str, int],
+) -> None:
+    reader, writer = await connect(gateway)
+    # Each request is small; each answer (a 404 naming the path) is 30 KB. A caller that never
+    # reads must find the gateway stops taking its requests, not buffer answers without end.
+    request = b"GET /" + b"p" * 30000 + b" HTTP/1.1\r\nHost: t\r\n\r\n"
+    sent = 0
+    with pytest.raises(TimeoutError):
+        for _ in range(20000):  # 600 MB of requests, 600 MB of answers
+            writer.write(request)
+            await asyncio.wait_for(writer.drain(), 2.0)
+            sent += len(request)
+    assert sent < 100 * 1024 * 1024
+    writer.transport.abort()
+    del reader
+
+
+async def test_a_malformed_body_is_logged_with_the_status_the_caller_got(
+    gateway: tuple[str, int], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="gateway")
+    reader, writer = await connect(gateway)
+    writer.write(
+        b"POST /stream-audio HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b'5\r\n{"Tex\r\nZZ\r\n'
+    )
+    status, _, _ = split_response(await until_eof(reader))
+    assert status == 400
+    writer.close()
+    for _ in range(int(PATIENCE / 0.01)):
+        if any("status=" in r.getMessage() for r in caplog.records):
+            break
+        await asyncio.sleep(0.01)
+    line = next(r.getMessage() for r in caplog.records if "status=" in r.getMessage())
+    assert "status=400" in line
+
+
+async def test_a_caller_that_stops_reading_is_let_go(
+    plan: Plan, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gateway.protocol
+
+    monkeypatch.setattr(gateway.protocol, "_WRITE_STALL_SECONDS", 0.5)
+    ScriptedProvider.plans["pa"] = Plan([[CHUNK] * 10000])  # 200 s: more than any buffer
+    async with live_server(gateway_app()) as url:
+        host, port = url.removeprefix("http://").split(":")
+        address = (host, int(port))
+        reader, writer = await connect(address)
+        writer.write(post(json.dumps(dict(json.loads(SYNTH), SampleRate=48000)).encode()))
+
+        async def open_connections() -> str:
+            metrics_reader, metrics_writer = await connect(address)
+            metrics_writer.write(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n")
+            _, _, body = await read_response(metrics_reader)
+            metrics_writer.close()
+            return next(
+                line
+                for line in body.decode().splitlines()
+                if line.startswith("tts_connections_open ")
+            )
+
+        for _ in range(int(PATIENCE / 0.05)):
+            if await open_connections() == "tts_connections_open 1.0":  # only the one asking
+                break
+            await asyncio.sleep(0.05)
+        assert await open_connections() == "tts_connections_open 1.0"
+        assert ScriptedProvider.plans["pa"].closed  # the provider was released too
+        writer.transport.abort()
+        del reader

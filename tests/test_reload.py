@@ -412,3 +412,21 @@ def test_a_worker_started_on_a_broken_file_says_why_without_a_traceback(
     assert "invalid routing file" in err
     assert "server.bogus" in err
     assert "Traceback" not in err
+
+
+async def test_sighup_still_reloads_a_gateway_after_another_in_the_process_stopped(
+    tmp_path: Path,
+) -> None:
+    ScriptedProvider.plans.clear()
+    ScriptedProvider.plans.update(a=Plan([[CHUNK]]))
+    path = tmp_path / "gateway.yaml"
+    path.write_text(scripted_config({"a": {"provider": "a"}}, {"a": provider_block()}))
+    outer = create_app(config_path=str(path))
+    inner = create_app(config_path=str(path))
+    async with live_server(outer):
+        async with live_server(inner):
+            pass
+        # The inner gateway is gone; the outer one must still hear SIGHUP (not die of it).
+        os.kill(os.getpid(), signal.SIGHUP)
+        assert await eventually(lambda: reloaded(outer.state.gateway) == 1.0)
+    assert reloaded(inner.state.gateway) == 0.0
