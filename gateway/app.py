@@ -48,7 +48,7 @@ from .errors import (
 from .logs import LOG_FORMAT as LOG_FORMAT  # re-exported: the format lives with logging
 from .logs import configure_logging
 from .metrics import Metrics
-from .protocol import ANSWERED_SCOPE_KEY, EVENTS_STATE_KEY
+from .protocol import ANSWERED_SCOPE_KEY, EVENTS_STATE_KEY, WRITE_DRAIN_BYTES
 from .relay import AudioStream, Relay
 from .request import TTSRequest, parse_body, request_token, validate
 from .routing import Route, Router
@@ -512,9 +512,10 @@ class SynthesisEndpoint:
         deadline = asyncio.get_running_loop().time() + stream.provider.config.timeout.total
         first = True
         # Seconds spent waiting for the caller to take what was sent, and the seconds of audio
-        # sent in those waits: a real-time player takes audio at least as fast as it plays, so
-        # the two stay close; one far behind would hold the provider's slot while it dawdles.
-        blocked = blocked_audio = 0.0
+        # it took meanwhile (a wait ends when it has taken WRITE_DRAIN_BYTES): a real-time
+        # player takes audio at least as fast as it plays, so the two stay close; one far
+        # behind would hold the provider's slot for as long as it dawdles.
+        blocked = taken = 0.0
         bytes_per_second = 2 * request.sample_rate
         chunks = stream.chunks()
         try:
@@ -531,8 +532,8 @@ class SynthesisEndpoint:
                             info["ttfb_ms"] = round(ttfb * 1000, 1)
                         elif waited > _SEND_WAIT_NOTICED:
                             blocked += waited
-                            blocked_audio += len(pcm) / bytes_per_second
-                            if blocked > blocked_audio + _SLOW_CALLER_GRACE_SECONDS:
+                            taken += WRITE_DRAIN_BYTES / bytes_per_second
+                            if blocked > taken + _SLOW_CALLER_GRACE_SECONDS:
                                 end = "caller_too_slow"
                                 break
         except TimeoutError:

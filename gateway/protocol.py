@@ -52,6 +52,11 @@ _MAX_PIPELINED: Final = 8
 #: and thrown away before the connection is closed (so that the answer is not lost to a reset).
 _LINGER_SECONDS: Final = 2.0
 _LINGER_BYTES: Final = 1024 * 1024
+#: The write buffer's marks: writing pauses above the high one and resumes at the low one, so
+#: a wait for the caller ends when it has taken at least their difference.
+_WRITE_HIGH_WATER: Final = 64 * 1024
+_WRITE_LOW_WATER: Final = 16 * 1024
+WRITE_DRAIN_BYTES: Final = _WRITE_HIGH_WATER - _WRITE_LOW_WATER
 #: A caller that takes none of what is written for this long is cut off (a real-time player
 #: drains the write buffer's 64 KiB in well under a second).
 _WRITE_STALL_SECONDS: Final = 10.0
@@ -446,6 +451,9 @@ class HTTPProtocol(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         self.connections.add(self)
         self.events.opened()
+        transport.set_write_buffer_limits(  # type: ignore[attr-defined]
+            high=_WRITE_HIGH_WATER, low=_WRITE_LOW_WATER
+        )
         if len(self.connections) > self.limits.max_connections:
             self._refused = True
             self.events.refused("max_connections")

@@ -261,44 +261,96 @@ def test_an_empty_body_token_does_not_hide_a_valid_bearer(plan: Plan) -> None:
     assert len(plan.jobs) == 1
 
 
-async def test_a_caller_far_slower_than_real_time_releases_the_provider(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
+@pytest.fixture
+def small_send_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A send buffer like a long-distance connection's, instead of loopback's megabytes, so
+    that a stream meets its caller's pace within a second of audio."""
     import socket
 
+    from gateway.protocol import HTTPProtocol
+
+    original = HTTPProtocol.connection_made
+
+    def connection_made(self: HTTPProtocol, transport: asyncio.BaseTransport) -> None:
+        transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+        original(self, transport)
+
+    monkeypatch.setattr(HTTPProtocol, "connection_made", connection_made)
+
+
+async def read_at_pace(
+    url: str, body: dict[str, Any], bytes_per_second: float, stop: asyncio.Event
+) -> bytes:
+    """POST ``body`` and take the answer at a set pace, as a player would; everything read."""
+    import socket
+
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    payload = json.dumps(body).encode()
+    writer.write(
+        b"POST /stream-audio HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(payload), payload)
+    )
+    got = bytearray()
+    step = 0.05
+    try:
+        while not stop.is_set():
+            piece = await reader.read(int(bytes_per_second * step))
+            if not piece:
+                break
+            got += piece
+            await asyncio.sleep(step)
+    finally:
+        writer.transport.abort()
+    return bytes(got)
+
+
+async def test_a_caller_far_slower_than_real_time_releases_the_provider(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, small_send_window: None
+) -> None:
     import gateway.app
 
     monkeypatch.setattr(gateway.app, "_SLOW_CALLER_GRACE_SECONDS", 0.5)
     monkeypatch.setattr(gateway.app, "_LAST_SEND_SECONDS", 0.5)
     ScriptedProvider.plans.clear()
-    # 200 s of audio at once: more than the kernel's socket buffers hold, even on loopback.
-    plan = ScriptedProvider.plans["pa"] = Plan([[CHUNK] * 10000])
+    plan = ScriptedProvider.plans["pa"] = Plan([[CHUNK] * 3000])  # 60 s of audio, at once
     caplog.set_level(logging.INFO, logger="gateway")
+    stop = asyncio.Event()
     async with live_server(one_voice()) as url:
-        host, port = url.removeprefix("http://").split(":")
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.setblocking(False)
-        await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
-        reader, writer = await asyncio.open_connection(sock=sock)
-        payload = json.dumps(dict(BODY, SampleRate=48000)).encode()
-        writer.write(
-            b"POST /stream-audio HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
-            b"Content-Length: %d\r\n\r\n%s" % (len(payload), payload)
+        # A fifth of real time at 48 kHz.
+        reading = asyncio.create_task(
+            read_at_pace(url, dict(BODY, SampleRate=48000), 96000 / 5, stop)
         )
-
-        # A trickle: 1 KiB every 50 ms is a fifth of real time at 48 kHz.
-        async def trickle() -> None:
-            while not plan.closed:
-                if not await reader.read(1024):
-                    return
-                await asyncio.sleep(0.05)
-
-        reading = asyncio.create_task(trickle())
         assert await eventually(lambda: bool(plan.closed), 30)
         assert not plan.finished  # cut short, not run to its end
-        reading.cancel()
-        writer.close()
+        stop.set()
+        await reading
     assert await eventually(lambda: any("end=" in r.getMessage() for r in caplog.records), 10)
     line = next(r.getMessage() for r in caplog.records if "end=" in r.getMessage())
     assert "end=caller_too_slow" in line
+
+
+async def test_a_caller_taking_audio_in_real_time_is_never_cut(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, small_send_window: None
+) -> None:
+    import gateway.app
+
+    monkeypatch.setattr(gateway.app, "_SLOW_CALLER_GRACE_SECONDS", 0.5)
+    ScriptedProvider.plans.clear()
+    # 5 s of audio at once (a burst, as the local voice gives it), taken at 1.25x real time:
+    # the sends wait for the caller all along, and that is no reason to cut it.
+    plan = ScriptedProvider.plans["pa"] = Plan([[CHUNK] * 250])
+    caplog.set_level(logging.INFO, logger="gateway")
+    async with live_server(one_voice()) as url:
+        got = await read_at_pace(url, dict(BODY, SampleRate=48000), 96000 * 1.25, asyncio.Event())
+    assert plan.finished
+    head, _, chunked = got.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    assert chunked.endswith(b"0\r\n\r\n")  # the whole answer, properly ended
+    assert await eventually(lambda: any("end=" in r.getMessage() for r in caplog.records), 10)
+    line = next(r.getMessage() for r in caplog.records if "end=" in r.getMessage())
+    assert "end=complete" in line and "audio_ms=5000" in line
