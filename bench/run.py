@@ -26,7 +26,6 @@ import sys
 import tempfile
 import textwrap
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -119,19 +118,6 @@ def connections_to(pid: int, port: int) -> int:
         if remote_port == port and parts[3] == "01" and parts[9] in inodes:
             count += 1
     return count
-
-
-def streams_active(port: int) -> int:
-    """The gateway's ``tts_streams_active`` gauge (0 if it cannot answer in time: a busy
-    gateway serves /metrics behind the streams it is opening)."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as answer:
-            for line in answer.read().decode().splitlines():
-                if line.startswith("tts_streams_active "):
-                    return int(float(line.split()[1]))
-    except OSError:
-        pass
-    return 0
 
 
 @dataclass
@@ -438,10 +424,12 @@ class Bench:
         peak, active = idle, 0
         deadline = time.monotonic() + 12
         while time.monotonic() < deadline:
-            time.sleep(0.5)
-            # RSS at the moment the most streams are open, by the gateway's own gauge (idle
-            # pooled connections would make a socket count overstate it).
-            now_active = streams_active(gw.port)
+            time.sleep(0.2)
+            # RSS at the moment the most streams are open, counted as the load generator's
+            # connections to the gateway (one per stream, from its request to its last byte):
+            # read from /proc, so a gateway too busy to answer /metrics is still measured
+            # (the gateway's gauge, asked over HTTP, missed the peak on a saturated machine).
+            now_active = connections_to(process.pid, gw.port)
             if now_active >= active:
                 active, peak = now_active, max(peak, rss_kib(gw.pid))
         process.wait()
