@@ -1,17 +1,22 @@
 """The gateway's HTTP/1.1 connections: an ``asyncio.Protocol`` that speaks ASGI to the app.
 
-uvicorn runs the process (sockets, TLS, workers, signals, lifespan) and is handed this protocol
-in place of its own (``uvicorn.Config(http=protocol_factory(limits))``), because a server that
+uvicorn runs the process (sockets, workers, signals, lifespan) and is handed this protocol in
+place of its own (``uvicorn.Config(http=protocol_factory(limits))``), because a server that
 faces the public internet needs what uvicorn's HTTP layer does not give:
 
-- **deadlines on every wait** — the request head must arrive within ``header`` seconds of the
-  connection opening (or of its first byte, after a keep-alive pause), the body within ``body``
-  seconds of the head, and an idle keep-alive connection is closed after ``keep_alive`` seconds.
-  A head or body that misses its deadline is answered ``408`` where an answer is still possible;
+- **deadlines on every wait** — a connection's first request head (and, over TLS, the
+  handshake before it) must arrive within ``header`` seconds of the connection opening, a later
+  one within ``header`` of its first byte, the body within ``body`` seconds of the head; an idle
+  keep-alive connection is closed after ``keep_alive`` seconds, and a caller that takes none of
+  an answer for a while is cut off. A head or body that misses its deadline is answered ``408``
+  where an answer is still possible;
 - **a cap on open connections** — beyond ``max_connections`` a new connection is answered ``503``
-  and closed at once (logged, at most every few seconds), before it can hold a file descriptor;
-- **bounds on every buffer** — the request head (URL and headers) is capped, a request body is
-  buffered only up to a high-water mark before reading pauses, pipelined requests are capped;
+  (over TLS, closed) at once, logged at most every few seconds; TLS is terminated here, through
+  memory buffers, so that a handshake counts against the cap and the header deadline;
+- **bounds on every buffer** — the request head (URL and headers, counted as sent too, so that
+  a header line that never ends is caught) and the request as sent are capped, a request body
+  is buffered only up to a high-water mark before reading pauses, pipelined requests are
+  capped, and no further request is read while the caller has not taken the last answer;
 - **an answer that ends the exchange** — a response that leaves the request body unread (413,
   408, an early error) closes the connection instead of reading on: the connection stops taking
   requests, says ``Connection: close``, half-closes, and discards what is still in flight for a
@@ -20,7 +25,9 @@ faces the public internet needs what uvicorn's HTTP layer does not give:
   is delimited by closing the connection.
 
 Requests are parsed by httptools (llhttp, in C). Requests on one connection are answered in
-order; a pipelined request waits for the previous answer to finish.
+order; a pipelined request waits for the previous answer to finish. Trailers of a chunked body
+are counted and dropped, never merged into the headers; an Upgrade is ignored (the request is
+answered over HTTP/1.1, its body read, the connection closed after it).
 """
 
 from __future__ import annotations
