@@ -45,10 +45,10 @@ from .errors import (
     Unauthorized,
     VoiceNotFound,
 )
+from .http1 import ANSWERED_SCOPE_KEY, EVENTS_STATE_KEY, WRITE_DRAIN_BYTES
 from .logs import LOG_FORMAT as LOG_FORMAT  # re-exported: the format lives with logging
 from .logs import configure_logging
 from .metrics import Metrics
-from .protocol import ANSWERED_SCOPE_KEY, EVENTS_STATE_KEY, WRITE_DRAIN_BYTES
 from .relay import AudioStream, Relay
 from .request import TTSRequest, parse_body, request_token, validate
 from .routing import Route, Router

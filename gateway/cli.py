@@ -24,8 +24,8 @@ from .config import (
     default_config,
     load_config,
 )
+from .http1 import ConnectionLimits, TLSFiles, protocol_factory
 from .logs import configure_logging
-from .protocol import ConnectionLimits, TLSFiles, protocol_factory
 from .routing import Router
 
 

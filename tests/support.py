@@ -20,7 +20,7 @@ import uvicorn
 from starlette.applications import Starlette
 from websockets.asyncio.server import ServerConnection, serve
 
-from gateway.protocol import ConnectionLimits, protocol_factory
+from gateway.http1 import ConnectionLimits, protocol_factory
 from providers.base import (
     AudioFormat,
     Container,

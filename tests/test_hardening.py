@@ -267,7 +267,7 @@ def small_send_window(monkeypatch: pytest.MonkeyPatch) -> None:
     that a stream meets its caller's pace within a second of audio."""
     import socket
 
-    from gateway.protocol import HTTPProtocol
+    from gateway.http1 import HTTPProtocol
 
     original = HTTPProtocol.connection_made
 

@@ -18,7 +18,7 @@ from starlette.types import Receive, Scope, Send
 
 from gateway.app import create_app
 from gateway.config import parse_config
-from gateway.protocol import ConnectionLimits, TLSFiles
+from gateway.http1 import ConnectionLimits, TLSFiles
 from tests.support import (
     Plan,
     ScriptedProvider,
@@ -617,9 +617,9 @@ async def test_a_malformed_body_is_logged_with_the_status_the_caller_got(
 async def test_a_caller_that_stops_reading_is_let_go(
     plan: Plan, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import gateway.protocol
+    import gateway.http1.io
 
-    monkeypatch.setattr(gateway.protocol, "_WRITE_STALL_SECONDS", 0.5)
+    monkeypatch.setattr(gateway.http1.io, "_WRITE_STALL_SECONDS", 0.5)
     ScriptedProvider.plans["pa"] = Plan([[CHUNK] * 10000])  # 200 s: more than any buffer
     async with live_server(gateway_app()) as url:
         host, port = url.removeprefix("http://").split(":")

@@ -1,0 +1,177 @@
+"""One request and its response on a connection: the ASGI ``receive`` and ``send`` the app is
+given, the response head checked and framed (chunked, sized, or close-delimited for HTTP/1.0)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import TYPE_CHECKING, Any, Final
+
+from starlette.types import Message, Scope
+
+from .limits import reason_phrase
+
+if TYPE_CHECKING:
+    from .connection import HTTPProtocol
+
+#: Request body bytes buffered for the app before reading from the socket pauses.
+BODY_HIGH_WATER: Final = 64 * 1024
+
+_HEADER_NAME: Final = re.compile(rb"[^!#$%&'*+\-.^_`|~0-9A-Za-z]")
+_HEADER_VALUE: Final = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_NO_BODY_STATUS: Final = frozenset({204, 304})
+
+
+class Exchange:
+    """One request and its response on a connection: the ASGI ``receive`` and ``send``."""
+
+    def __init__(
+        self, conn: HTTPProtocol, scope: Scope, *, keep_alive: bool, expect_continue: bool
+    ) -> None:
+        self.conn = conn
+        self.scope = scope
+        self.keep_alive = keep_alive
+        self.expect_continue = expect_continue
+        self.http10 = scope["http_version"] == "1.0"
+        self.head_only = scope["method"] == "HEAD"
+        # Request side.
+        self.body = bytearray()
+        self.more_body = True
+        self.body_done = False  # the final http.request message has been handed to the app
+        # Response side.
+        self.response_started = False
+        self.response_complete = False
+        self.disconnected = False
+        self.chunked = False
+        self.remaining: int | None = None  # bytes still owed under a Content-Length
+        self.head = b""
+        self._waiter: asyncio.Future[None] | None = None
+
+    # ----------------------------------------------------------------- wake-ups
+
+    def wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def body_arrived(self, data: bytes) -> None:
+        if self.response_complete:
+            return
+        self.body += data
+        if len(self.body) > BODY_HIGH_WATER:
+            self.conn.pause_reading()
+        self.wake()
+
+    def body_complete(self) -> None:
+        self.more_body = False
+        self.wake()
+
+    # ----------------------------------------------------------------- ASGI
+
+    async def receive(self) -> Message:
+        conn = self.conn
+        if self.expect_continue and not self.response_started and not self.disconnected:
+            self.expect_continue = False
+            conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        while not (self.disconnected or self.response_complete):
+            if self.body or (not self.more_body and not self.body_done):
+                message: Message = {
+                    "type": "http.request",
+                    "body": bytes(self.body),
+                    "more_body": self.more_body,
+                }
+                self.body.clear()
+                self.body_done = not self.more_body
+                conn.want_body(self)
+                return message
+            conn.want_body(self)
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return {"type": "http.disconnect"}
+
+    async def send(self, message: Message) -> None:
+        if self.disconnected:
+            return
+        kind = message["type"]
+        if not self.response_started:
+            if kind != "http.response.start":
+                raise RuntimeError(f"expected http.response.start, got {kind!r}")
+            self._start(message["status"], message.get("headers", ()))
+            return
+        if self.response_complete:
+            raise RuntimeError(f"{kind!r} sent after the response was complete")
+        if kind != "http.response.body":
+            raise RuntimeError(f"expected http.response.body, got {kind!r}")
+        body: bytes = message.get("body", b"")
+        more = bool(message.get("more_body", False))
+        if self.head_only:
+            body = b""
+        elif self.remaining is not None:
+            if len(body) > self.remaining:
+                raise RuntimeError("response body longer than its Content-Length")
+            self.remaining -= len(body)
+            if not more and self.remaining:
+                raise RuntimeError("response body shorter than its Content-Length")
+        if self.chunked and body:
+            out = [self.head, b"%x\r\n" % len(body), body, b"\r\n"]
+        else:
+            out = [self.head, body]
+        if not more and self.chunked:
+            out.append(b"0\r\n\r\n")
+        self.head = b""
+        self.conn.write(b"".join(out))
+        if not more:
+            self.response_complete = True
+            self.wake()
+            self.conn.response_complete(self)
+        elif self.conn.write_paused:
+            await self.conn.drained()
+
+    def _start(self, status: int, headers: Any) -> None:
+        """Check and build the head; it leaves with the first body bytes (one write, not two).
+        A header the app got wrong raises before anything counts as started, so the caller
+        still gets a clean 500."""
+        lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason_phrase(status))]
+        remaining: int | None = None
+        chunked = False
+        close = False
+        for name, value in headers:
+            if not name or _HEADER_NAME.search(name):
+                raise ValueError(f"invalid response header name {name!r}")
+            if _HEADER_VALUE.search(value):
+                raise ValueError(f"invalid value for response header {name!r}")
+            lowered = name.lower()
+            if lowered == b"content-length":
+                remaining = int(value)
+            elif lowered == b"transfer-encoding":
+                chunked = b"chunked" in value.lower()
+            elif lowered == b"connection":
+                close = close or b"close" in value.lower()
+                continue  # written below, once
+            lines.append(b"%s: %s\r\n" % (name, value))
+        framed = remaining is not None or chunked
+        bodyless = self.head_only or status in _NO_BODY_STATUS or status < 200
+        keep_alive = self.keep_alive and not close and not self.conn.closes_after_this
+        if self.more_body:
+            # Answered before the request body was all read: the rest is not read (413, 408,
+            # an early error), so this connection cannot carry another request.
+            keep_alive = False
+        if not framed and not bodyless:
+            if self.http10:
+                # HTTP/1.0 has no chunked coding: the body ends where the connection does.
+                keep_alive = False
+            else:
+                chunked = True
+                lines.append(b"transfer-encoding: chunked\r\n")
+        if not keep_alive:
+            lines.append(b"connection: close\r\n")
+        elif self.http10:
+            lines.append(b"connection: keep-alive\r\n")
+        lines.append(b"\r\n")
+        self.head = b"".join(lines)
+        self.remaining, self.chunked, self.keep_alive = remaining, chunked, keep_alive
+        self.response_started = True
+        self.expect_continue = False

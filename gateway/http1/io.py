@@ -1,0 +1,183 @@
+"""The byte side of a client connection: TLS, writes under flow control, reading paused and
+resumed, the one timer that holds the connection's current deadline, a cut-off for a caller that
+takes nothing, and the ways a connection ends (close, abort, linger)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import Callable
+from typing import Final
+
+from .tls import TLSSession
+
+log = logging.getLogger("gateway.http")
+
+#: The write buffer's marks: writing pauses above the high one and resumes at the low one, so
+#: a wait for the caller ends when it has taken at least their difference.
+WRITE_HIGH_WATER: Final = 64 * 1024
+WRITE_LOW_WATER: Final = 16 * 1024
+WRITE_DRAIN_BYTES: Final = WRITE_HIGH_WATER - WRITE_LOW_WATER
+#: A caller that takes none of what is written for this long is cut off (a real-time player
+#: drains the write buffer's 64 KiB in well under a second).
+_WRITE_STALL_SECONDS: Final = 10.0
+#: After an answer that left the request unread: how long, and how many bytes, are read and
+#: thrown away before the connection is closed (so that the answer is not lost to a reset).
+_LINGER_SECONDS: Final = 2.0
+_LINGER_BYTES: Final = 1024 * 1024
+
+
+class ConnectionIO(asyncio.Protocol):
+    """Base of :class:`~gateway.http1.connection.HTTPProtocol`: everything that is about bytes
+    and time rather than requests. Subclasses hear of the transport becoming writable again
+    through :meth:`_writable_again` and stop taking requests in :meth:`_stop_taking_requests`."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.transport: asyncio.Transport | None = None
+        self.client: tuple[str, int] | None = None
+        self.write_paused = False
+        self._tls: TLSSession | None = None
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._reading_paused = False
+        self._timer: asyncio.TimerHandle | None = None  # head, body, keep-alive, linger
+        self._stall: asyncio.TimerHandle | None = None  # a write that makes no progress
+        self._closed = False
+        self._lingering = False
+        self._linger_bytes = 0
+
+    # ------------------------------------------------------------------ hooks
+
+    def _writable_again(self) -> None:
+        """The caller has taken what was written (writing resumed)."""
+
+    def _stop_taking_requests(self) -> None:
+        """The connection is ending: no further request is read."""
+
+    # ------------------------------------------------------------------ transport events
+
+    def _lost(self) -> None:
+        """What every ending shares: deadlines dropped, waiting writers released."""
+        self._closed = True
+        self._disarm()
+        if self._stall is not None:
+            self._stall.cancel()
+        if self._drain_waiter is not None and not self._drain_waiter.done():
+            self._drain_waiter.set_result(None)
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        if self._stall is None:
+            # A caller that stops reading altogether is let go after a while.
+            self._stall = self.loop.call_later(_WRITE_STALL_SECONDS, self._abort)
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self._stall is not None:
+            self._stall.cancel()
+            self._stall = None
+        if self._drain_waiter is not None and not self._drain_waiter.done():
+            self._drain_waiter.set_result(None)
+        self._writable_again()
+
+    def _plaintext(self, data: bytes) -> bytes | None:
+        """What the connection's bytes say (decrypted over TLS, the handshake answered);
+        None when there is nothing to read on, the connection lingering or ending."""
+        tls = self._tls
+        if tls is not None:
+            try:
+                data, reply = tls.receive(data)
+            except ssl.SSLError as exc:
+                log.debug("TLS with %s failed: %s", self.client, exc)
+                self._abort()
+                return None
+            if reply and self.transport is not None and not self.transport.is_closing():
+                self.transport.write(reply)
+            if tls.closed_by_peer:
+                self._close()
+            if not data:
+                return None
+        if self._lingering:
+            self._linger_bytes += len(data)
+            if self._linger_bytes > _LINGER_BYTES:
+                self._close()
+            return None
+        return data
+
+    # ------------------------------------------------------------------ writing
+
+    def write(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is not None and not self._lingering and not transport.is_closing():
+            if self._tls is not None:
+                if not self._tls.established:
+                    return  # nothing can be said before the handshake
+                data = self._tls.send(data)
+            transport.write(data)
+
+    async def drained(self) -> None:
+        """Wait until the transport's write buffer has room again (or the connection is gone)."""
+        if not self.write_paused or self._closed:
+            return
+        waiter = self._drain_waiter
+        if waiter is None or waiter.done():
+            waiter = self._drain_waiter = self.loop.create_future()
+        await waiter
+
+    # ------------------------------------------------------------------ reading
+
+    def pause_reading(self) -> None:
+        if not self._reading_paused and self.transport is not None and not self._closed:
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._reading_paused and self.transport is not None and not self._closed:
+            self._reading_paused = False
+            self.transport.resume_reading()
+
+    # ------------------------------------------------------------------ deadlines
+
+    def _arm(self, seconds: float, callback: Callable[[], None]) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self.loop.call_later(seconds, callback)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    # ------------------------------------------------------------------ endings
+
+    def _close(self) -> None:
+        """Close once what is written has gone out; a caller that will not take it is cut off
+        after a while (see :meth:`pause_writing`)."""
+        self._disarm()
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.close()
+            if transport.get_write_buffer_size() and self._stall is None:
+                self._stall = self.loop.call_later(_WRITE_STALL_SECONDS, self._abort)
+
+    def _abort(self) -> None:
+        """Drop the connection now, with whatever is still unsent."""
+        self._disarm()
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _linger(self) -> None:
+        """Stop taking requests, and throw away what still arrives for a moment before closing:
+        closing a socket with unread input sends a reset, which can destroy the answer before
+        the caller has read it. (Over TCP the write side is half-closed at once; TLS has no
+        half-close, so there the caller's own close ends it, or the moment's end.)"""
+        transport = self.transport
+        if transport is None or self._closed or self._lingering:
+            return
+        self._lingering = True
+        self._stop_taking_requests()
+        if self._tls is None and transport.can_write_eof():
+            transport.write_eof()
+        self.resume_reading()
+        self._arm(_LINGER_SECONDS, self._close)
