@@ -257,8 +257,9 @@ def cmd_say(args: argparse.Namespace) -> int:
 
 
 async def _say_local(args: argparse.Namespace) -> tuple[bytes, float, float]:
-    from .app import Gateway
     from .request import validate
+    from .runtime import Gateway
+    from .synthesis import Outcome
 
     config = _load(args.config)
     # The same checks as a request to the server (text cleaned, nothing-to-speak refused).
@@ -275,19 +276,17 @@ async def _say_local(args: argparse.Namespace) -> tuple[bytes, float, float]:
     loading = time.perf_counter()
     await gateway.start()
     print(f"providers started in {(time.perf_counter() - loading) * 1000:.0f} ms", file=sys.stderr)
+    parts: list[bytes] = []
+
+    async def keep(pcm: bytes) -> None:
+        parts.append(pcm)
+
     try:
-        started = time.perf_counter()
-        stream = await gateway.open(request, "cli")
-        parts: list[bytes] = []
-        ttfb = 0.0
-        try:
-            async for pcm in stream.chunks():
-                if not parts:
-                    ttfb = time.perf_counter() - started
-                parts.append(pcm)
-        finally:
-            await stream.aclose()
-        return b"".join(parts), ttfb, time.perf_counter() - started
+        outcome = Outcome(gateway.metrics, "cli")
+        async with gateway.core.open(gateway.routing, request, outcome) as synthesis:
+            parts.append(await synthesis.pump(keep))
+        ttfb = outcome.ttfb or 0.0
+        return b"".join(parts), ttfb, time.perf_counter() - outcome.started
     finally:
         await gateway.stop()
 

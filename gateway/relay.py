@@ -33,11 +33,12 @@ from providers.base import (
     SynthesisJob,
 )
 
+from .admission import ProviderSlots
 from .audio import AudioFormatError, Converter, ResamplerMode
 from .errors import ProvidersFailed, ProvidersTimedOut
 from .metrics import Metrics
 from .request import TTSRequest
-from .routing import Route
+from .routing import ChainStep
 
 log = logging.getLogger("gateway.relay")
 
@@ -58,7 +59,7 @@ class AudioStream:
     Iterate :meth:`chunks` for S16LE mono PCM at the requested rate; always :meth:`aclose`
     (closing is what releases the upstream connection and the provider slot)."""
 
-    route: Route
+    route: ChainStep
     provider: Provider
     first: bytes
     converter: Converter
@@ -108,7 +109,7 @@ class AudioStream:
             self.slot.release()
 
 
-def build_job(route: Route, request: TTSRequest, request_id: str) -> SynthesisJob:
+def build_job(route: ChainStep, request: TTSRequest, request_id: str) -> SynthesisJob:
     """The provider's job for one voice: options merged provider < voice < emotion override."""
     options: dict[str, Any] = dict(route.provider.options)
     options.update(route.voice.options)
@@ -147,23 +148,23 @@ def _retryable(error: BaseException) -> bool:
 
 
 class Relay:
-    """Opens audio streams over voice chains. One per gateway; stateless apart from slots."""
+    """Opens audio streams over voice chains, for one routing file's providers, taking each
+    provider's slot (see :mod:`gateway.admission`) for as long as its stream is open."""
 
     def __init__(
         self,
         providers: Mapping[str, Provider],
         metrics: Metrics,
+        slots: ProviderSlots,
         resampler: str = "auto",
     ) -> None:
         self.providers = providers
         self.metrics = metrics
+        self.slots = slots
         self.resampler = cast(ResamplerMode, resampler)
-        self.slots = {
-            name: asyncio.Semaphore(p.config.max_concurrency) for name, p in providers.items()
-        }
 
     async def open(
-        self, chain: Sequence[Route], request: TTSRequest, request_id: str
+        self, chain: Sequence[ChainStep], request: TTSRequest, request_id: str
     ) -> AudioStream:
         """The first voice of ``chain`` that yields audio, as an open stream.
 
@@ -196,7 +197,9 @@ class Relay:
             raise ProvidersTimedOut(f"every voice timed out: {summary}")
         raise ProvidersFailed(f"every voice failed: {summary}")
 
-    async def _open_voice(self, route: Route, provider: Provider, job: SynthesisJob) -> AudioStream:
+    async def _open_voice(
+        self, route: ChainStep, provider: Provider, job: SynthesisJob
+    ) -> AudioStream:
         """Attempts on one voice, all inside its first-byte budget."""
         policy = provider.config.retry
         budget = provider.config.timeout.first_byte
@@ -218,7 +221,9 @@ class Relay:
             ) from None
         raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
 
-    async def _open_once(self, route: Route, provider: Provider, job: SynthesisJob) -> AudioStream:
+    async def _open_once(
+        self, route: ChainStep, provider: Provider, job: SynthesisJob
+    ) -> AudioStream:
         slot = self.slots[provider.name]
         # Waiting for a slot counts against the first-byte budget like any other wait.
         await slot.acquire()

@@ -17,11 +17,11 @@ from providers.base import ProviderConfig
 
 from .config import GatewayConfig, VoiceConfig
 
-__all__ = ["Route", "Router"]
+__all__ = ["ChainStep", "Router"]
 
 
 @dataclass(frozen=True, slots=True)
-class Route:
+class ChainStep:
     """One step of a chain: the voice, its provider, and the voice name to send the provider."""
 
     voice: VoiceConfig
@@ -48,21 +48,21 @@ class Router:
             else:
                 self._exact[voice.key] = voice
         # Fallback routes never depend on the VoiceId: precompute them for every voice.
-        self._fallbacks: dict[str, tuple[Route, ...]] = {
+        self._fallbacks: dict[str, tuple[ChainStep, ...]] = {
             key: tuple(self._route(v, v.key) for v in self._flatten(voice)[1:])
             for key, voice in config.voices.items()
         }
-        self._chains: dict[str, tuple[Route, ...]] = {
+        self._chains: dict[str, tuple[ChainStep, ...]] = {
             key: self._chain(voice, key) for key, voice in self._exact.items()
         }
         default = config.server.default_voice
-        self._default: tuple[Route, ...] | None = None
+        self._default: tuple[ChainStep, ...] | None = None
         if default is not None:
             if default not in self._exact:
                 raise ValueError(f"default voice {default!r} is not an exact voice")
             self._default = self._chains[default]
 
-    def resolve(self, voice_id: str) -> list[Route] | None:
+    def resolve(self, voice_id: str) -> list[ChainStep] | None:
         """The chain for ``voice_id``; ``None`` when it is unknown and unknown VoiceIds are
         rejected (or, for an empty VoiceId, when there is no default voice)."""
         if not voice_id:
@@ -96,16 +96,16 @@ class Router:
     # ---------------------------------------------------------------------------- internals
 
     @staticmethod
-    def _copy(chain: tuple[Route, ...] | None) -> list[Route] | None:
+    def _copy(chain: tuple[ChainStep, ...] | None) -> list[ChainStep] | None:
         return None if chain is None else list(chain)
 
-    def _chain(self, voice: VoiceConfig, requested: str) -> tuple[Route, ...]:
+    def _chain(self, voice: VoiceConfig, requested: str) -> tuple[ChainStep, ...]:
         return (self._route(voice, requested), *self._fallbacks[voice.key])
 
-    def _route(self, voice: VoiceConfig, requested: str) -> Route:
+    def _route(self, voice: VoiceConfig, requested: str) -> ChainStep:
         # Without an explicit provider voice the provider gets the name that was asked for:
         # the VoiceId itself for exact and pattern matches, the voice key otherwise.
-        return Route(voice, self._provider(voice), voice.voice or requested)
+        return ChainStep(voice, self._provider(voice), voice.voice or requested)
 
     def _provider(self, voice: VoiceConfig) -> ProviderConfig:
         try:

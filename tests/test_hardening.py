@@ -13,8 +13,9 @@ import httpx
 import pytest
 from starlette.testclient import TestClient
 
-from gateway.app import Gateway, create_app
+from gateway.app import create_app
 from gateway.config import parse_config
+from gateway.runtime import Gateway
 from tests.support import (
     Plan,
     ScriptedProvider,
@@ -312,10 +313,10 @@ async def read_at_pace(
 async def test_a_caller_far_slower_than_real_time_releases_the_provider(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, small_send_window: None
 ) -> None:
-    import gateway.app
+    import gateway.budgets
 
-    monkeypatch.setattr(gateway.app, "_SLOW_CALLER_GRACE_SECONDS", 0.5)
-    monkeypatch.setattr(gateway.app, "_LAST_SEND_SECONDS", 0.5)
+    monkeypatch.setattr(gateway.budgets, "SLOW_CALLER_GRACE_SECONDS", 0.5)
+    monkeypatch.setattr(gateway.budgets, "LAST_SEND_SECONDS", 0.5)
     ScriptedProvider.plans.clear()
     plan = ScriptedProvider.plans["pa"] = Plan([[CHUNK] * 3000])  # 60 s of audio, at once
     caplog.set_level(logging.INFO, logger="gateway")
@@ -337,9 +338,9 @@ async def test_a_caller_far_slower_than_real_time_releases_the_provider(
 async def test_a_caller_taking_audio_in_real_time_is_never_cut(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, small_send_window: None
 ) -> None:
-    import gateway.app
+    import gateway.budgets
 
-    monkeypatch.setattr(gateway.app, "_SLOW_CALLER_GRACE_SECONDS", 0.5)
+    monkeypatch.setattr(gateway.budgets, "SLOW_CALLER_GRACE_SECONDS", 0.5)
     ScriptedProvider.plans.clear()
     # 5 s of audio at once (a burst, as the local voice gives it), taken at 1.25x real time:
     # the sends wait for the caller all along, and that is no reason to cut it.

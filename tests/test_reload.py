@@ -19,8 +19,9 @@ import httpx
 import pytest
 import yaml
 
-from gateway.app import Gateway, create_app
+from gateway.app import create_app
 from gateway.config import load_config
+from gateway.runtime import Gateway
 from providers.base import ProviderConfig, register
 from tests.support import (
     Plan,
@@ -223,7 +224,7 @@ async def test_healthz_answers_while_a_reload_is_loading(
 ) -> None:
     """The proof that loading runs off the loop: ``/healthz`` is answered while a load is
     known to be in progress (held in the middle until the answer has come)."""
-    import gateway.app as app_module
+    import gateway.runtime as app_module
 
     ScriptedProvider.plans.clear()
     ScriptedProvider.plans.update(old=Plan([[CHUNK]]))
@@ -257,7 +258,7 @@ async def test_healthz_answers_while_a_reload_is_loading(
 async def test_sighups_during_a_reload_queue_one_more(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import gateway.app as app_module
+    import gateway.runtime as app_module
 
     ScriptedProvider.plans.clear()
     ScriptedProvider.plans.update(old=Plan([[CHUNK]]), new=Plan([[CHUNK * 2]]))

@@ -7,7 +7,7 @@ from textwrap import dedent
 import pytest
 
 from gateway.config import GatewayConfig, default_config, parse_config
-from gateway.routing import Route, Router
+from gateway.routing import ChainStep, Router
 from tests.support import FakeProvider  # noqa: F401 - registers type: fake
 
 ROUTES = """
@@ -35,7 +35,7 @@ def load(unknown_voice: str = "default") -> GatewayConfig:
     return parse_config(text, "routes.yaml", env={})
 
 
-def steps(chain: list[Route] | None) -> list[tuple[str, str, str]]:
+def steps(chain: list[ChainStep] | None) -> list[tuple[str, str, str]]:
     """(voice key, provider name, provider voice) of every route in a chain."""
     assert chain is not None
     return [(r.voice.key, r.provider.name, r.provider_voice) for r in chain]

@@ -1,0 +1,106 @@
+"""Time budgets: how long each part of a request may take, in one place.
+
+==========================  ======================================================  ===========
+budget                      bounds                                                  enforced by
+==========================  ======================================================  ===========
+``timeout.first_byte``      one voice, before its first audio: slot wait, connect,  relay
+                            every retry and backoff
+``timeout.total``           one stream, from its first audio to its end             synthesis
+drain (``drain_seconds``)   every request under way once SIGTERM arrives; brings     DrainClock
+                            the two above forward
+caller pace                 a caller taking the audio far slower than real time     CallerPace
+last send                   the end of an answer to a caller that stopped reading   front doors
+``server.timeouts``         request head, body, keep-alive; a caller taking nothing  http1
+==========================  ======================================================  ===========
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterator
+from typing import Final
+
+log = logging.getLogger("gateway")
+
+#: How long the last bytes of an answer may take to go out to a caller that stopped reading
+#: (kept under the server's drain backstop, so that a drain never has to cancel a request).
+LAST_SEND_SECONDS: Final = 5.0
+#: A send that waits longer than this waited for the caller, not for the event loop.
+SEND_WAIT_NOTICED: Final = 0.002
+#: How far behind real time a caller may fall, taking the audio, before its stream is ended.
+SLOW_CALLER_GRACE_SECONDS: Final = 5.0
+
+
+class DrainClock:
+    """The drain deadline: when it starts, every deadline in force (and every one set later)
+    is brought forward to it, so that the requests under way end by it."""
+
+    def __init__(self) -> None:
+        self._deadlines: set[asyncio.Timeout] = set()
+        self._at: float | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._at is not None
+
+    def start(self, seconds: float) -> None:
+        """Start the clock: ``seconds`` from now."""
+        if self._at is not None:
+            return
+        self._at = asyncio.get_running_loop().time() + seconds
+        for deadline in self._deadlines:
+            self._bring_forward(deadline)
+
+    @property
+    def expired(self) -> bool:
+        """Whether the drain deadline has passed."""
+        return self._at is not None and asyncio.get_running_loop().time() >= self._at
+
+    @contextlib.contextmanager
+    def watch(self, deadline: asyncio.Timeout) -> Iterator[asyncio.Timeout]:
+        """Bring ``deadline`` forward to the drain deadline if a drain starts (or has started)
+        while it is in force."""
+        self._deadlines.add(deadline)
+        if self._at is not None:
+            self._bring_forward(deadline)
+        try:
+            yield deadline
+        finally:
+            self._deadlines.discard(deadline)
+
+    def cut(self, deadline: asyncio.Timeout) -> bool:
+        """Whether ``deadline`` expired because the drain brought it forward."""
+        return self._at is not None and deadline.when() == self._at
+
+    def _bring_forward(self, deadline: asyncio.Timeout) -> None:
+        assert self._at is not None
+        when = deadline.when()
+        if when is None or when > self._at:
+            deadline.reschedule(self._at)
+
+
+class CallerPace:
+    """Whether a caller keeps up with the audio it is sent.
+
+    A real-time player takes audio at least as fast as it plays. Every send that had to wait
+    for the caller counts: the seconds waited, against the seconds of audio the caller took
+    meanwhile (a wait ends when it has taken ``drained_bytes``, the connection's write-buffer
+    span). A caller that falls ``grace`` seconds behind (default
+    :data:`SLOW_CALLER_GRACE_SECONDS`) is too slow: its stream would hold the
+    provider's slot for as long as it dawdles."""
+
+    def __init__(self, sample_rate: int, drained_bytes: int, grace: float | None = None) -> None:
+        self._taken_per_wait = drained_bytes / (2 * sample_rate)
+        self._grace = SLOW_CALLER_GRACE_SECONDS if grace is None else grace
+        self._blocked = 0.0
+        self._taken = 0.0
+
+    def waited(self, seconds: float) -> bool:
+        """Note a send that waited ``seconds``; whether the caller is now too slow."""
+        if seconds <= SEND_WAIT_NOTICED:
+            return False
+        self._blocked += seconds
+        self._taken += self._taken_per_wait
+        return self._blocked > self._taken + self._grace

@@ -1,0 +1,60 @@
+"""The routes beside the front doors: liveness, readiness, the voice table, metrics, and the
+JSON shape of Starlette's own 404/405."""
+
+from __future__ import annotations
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from ..errors import GatewayError, NotReady, Unauthorized
+from ..runtime import Gateway
+from .body import bearer
+
+
+def ops_routes(gateway: Gateway) -> list[Route]:
+    """``/healthz``, ``/readyz``, ``/voices``, ``/metrics``."""
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        if gateway.ready and not gateway.draining:
+            return JSONResponse({"status": "ready"})
+        state = "draining" if gateway.draining else "starting"
+        return NotReady(f"the gateway is {state}").to_response()
+
+    async def voices(request: Request) -> Response:
+        if not gateway.routing.token_ok(bearer(request.scope)):
+            return Unauthorized(
+                "send a configured token as 'Authorization: Bearer <token>'", field="Authorization"
+            ).to_response()
+        server = gateway.config.server
+        return JSONResponse(
+            {
+                "default_voice": server.default_voice,
+                "unknown_voice": server.unknown_voice,
+                "voices": gateway.routing.router.table(),
+            }
+        )
+
+    async def metrics(request: Request) -> Response:
+        return Response(gateway.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    return [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/voices", voices, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+    ]
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's 404 and 405 in the gateway's JSON error shape."""
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    error = GatewayError(f"{request.method} {request.url.path}: {exc.detail}", code=code)
+    error.status = exc.status_code
+    error.headers = dict(exc.headers or {})
+    return error.to_response()

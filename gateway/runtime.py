@@ -1,0 +1,255 @@
+"""The running gateway: its current routing file and what that built, reloads on SIGHUP (one at
+a time, off the event loop), readiness and the drain."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+from collections.abc import Iterator
+
+from providers.base import Provider, build_provider
+
+from .admission import ProviderSlots, StreamLimit
+from .budgets import DrainClock
+from .config import ConfigError, GatewayConfig, load_config
+from .errors import VoiceNotFound
+from .metrics import Metrics
+from .relay import Relay
+from .routing import ChainStep, Router
+from .synthesis import SynthesisCore
+
+log = logging.getLogger("gateway")
+
+
+class LoadedRouting:
+    """One loaded routing file and what it built: the router, the providers, their slots and
+    the relay. A request uses one from start to end, so a reload never changes a request under
+    way."""
+
+    def __init__(self, config: GatewayConfig, metrics: Metrics) -> None:
+        self.config = config
+        self.router = Router(config)
+        self.providers: dict[str, Provider] = {
+            name: build_provider(pc) for name, pc in config.providers.items()
+        }
+        self.slots = ProviderSlots(self.providers)
+        self.relay = Relay(self.providers, metrics, self.slots, config.server.resampler)
+        self._tokens = tuple(t.encode() for t in config.server.tokens)
+        self.users = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def start(self) -> None:
+        """Start every provider (load local models, open pooled clients)."""
+        try:
+            await asyncio.gather(*(p.start() for p in self.providers.values()))
+        except BaseException:
+            await self.aclose()
+            raise
+
+    async def aclose(self) -> None:
+        await asyncio.gather(*(p.aclose() for p in self.providers.values()))
+
+    async def retire(self, grace: float) -> None:
+        """Close the providers once the requests still using them are done (or after
+        ``grace`` seconds)."""
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), grace)
+        finally:  # also when shutdown cancels the wait
+            await self.aclose()
+
+    @contextlib.contextmanager
+    def in_use(self) -> Iterator[None]:
+        """Mark one request as using this routing."""
+        self.users += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self.users -= 1
+            if not self.users:
+                self._idle.set()
+
+    def token_ok(self, token: str | None) -> bool:
+        """Constant-time match against every configured token (no early exit)."""
+        if not self._tokens:
+            return True
+        given = (token or "").encode("utf-8", "surrogatepass")
+        matched = False
+        for accepted in self._tokens:
+            matched |= hmac.compare_digest(given, accepted)
+        return matched
+
+    def chain_for(self, voice_id: str) -> list[ChainStep]:
+        """The voice chain for a VoiceId, or ``VoiceNotFound``."""
+        chain = self.router.resolve(voice_id)
+        if not chain:
+            raise VoiceNotFound(f"unknown VoiceId {voice_id!r}", field="VoiceId")
+        return chain
+
+
+def log_config_warnings(config: GatewayConfig) -> None:
+    """Log what the routing file's providers warned about (see ``GatewayConfig.warnings``)."""
+    for warning in config.warnings:
+        log.warning("%s", warning)
+
+
+class Reloader:
+    """Runs :meth:`Gateway.reload` for SIGHUP, one reload at a time: a SIGHUP during a reload
+    queues one more (any number of them, one), since the file may have changed again after
+    the running reload read it. The task is kept, so that it is neither garbage-collected
+    mid-reload nor left running after shutdown."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.task: asyncio.Task[None] | None = None
+        self._again = False
+
+    def request(self) -> None:
+        """Ask for a reload (from the event loop's thread)."""
+        if self.task is not None and not self.task.done():
+            self._again = True
+            return
+        self.task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        self._again = True
+        while self._again:
+            self._again = False
+            await self.gateway.reload()  # never raises
+
+    async def aclose(self) -> None:
+        """Cancel a reload under way (shutdown)."""
+        if self.task is not None:
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
+
+
+class Gateway:
+    """The running gateway: the current :class:`LoadedRouting`, readiness, the drain, reloads,
+    and the synthesis core its front doors call."""
+
+    def __init__(self, config: GatewayConfig, config_path: str | None = None) -> None:
+        self.metrics = Metrics()
+        self.routing = LoadedRouting(config, self.metrics)
+        self.config_path = config_path
+        self.streams = StreamLimit(self.metrics.active)
+        self.drain = DrainClock()
+        self.core = SynthesisCore(self.streams, self.drain)
+        self.ready = False
+        self.draining = False
+        self._retiring: set[asyncio.Task[None]] = set()
+
+    @property
+    def config(self) -> GatewayConfig:
+        return self.routing.config
+
+    @property
+    def providers(self) -> dict[str, Provider]:
+        return self.routing.providers
+
+    async def start(self) -> None:
+        """Start the providers; then ready."""
+        await self.routing.start()
+        self.metrics.set_config(self.config.source, len(self.config.voices))
+        self.ready = True
+        log.info(
+            "ready: %d providers, %d voices, config %s",
+            len(self.providers),
+            len(self.config.voices),
+            self.config.source,
+        )
+
+    def begin_drain(self) -> None:
+        """Stop taking requests (503, ``/readyz`` too) and give the streams under way
+        ``server.drain_seconds`` to finish; those still running then are ended (``drain``)."""
+        if self.draining:
+            return
+        self.draining = True
+        seconds = self.config.server.drain_seconds
+        log.info(
+            "draining: %d stream(s) under way have up to %g s to finish",
+            self.streams.active,
+            seconds,
+        )
+        self.drain.start(seconds)
+
+    async def stop(self) -> None:
+        """Refuse new work and release every provider."""
+        self.ready = False
+        self.draining = True
+        for task in list(self._retiring):
+            task.cancel()
+        await asyncio.gather(*self._retiring, return_exceptions=True)
+        await self.routing.aclose()
+
+    async def reload(self) -> bool:
+        """Load the routing file again. A file with errors is refused (every error logged) and
+        the running routing stays; a good one takes over for new requests, while requests under
+        way finish on the old one. Returns whether the new file took over.
+
+        Never raises (but for cancellation): whatever goes wrong refuses the reload and counts
+        it as ``refused``. Reading, checking and building run in a worker thread, so that a
+        large or hostile file never holds up the requests being served."""
+        if not self.config_path:
+            log.warning("reload asked, but the gateway runs on the built-in default")
+            return False
+        try:
+            return await self._reload(self.config_path)
+        except Exception:  # a bug must cost one reload, not the reload task
+            log.exception("reload refused: unexpected error, keeping the running routing file")
+            self.metrics.reloads.labels("refused").inc()
+            return False
+
+    async def _reload(self, path: str) -> bool:
+        try:
+            config = await asyncio.to_thread(load_config, path)
+        except ConfigError as error:
+            log.error("reload refused, keeping the running routing file:\n%s", error)
+            self.metrics.reloads.labels("refused").inc()
+            return False
+        log_config_warnings(config)
+        fixed = (
+            "path",
+            "host",
+            "port",
+            "ssl_certfile",
+            "ssl_keyfile",
+            "timeouts",
+            "max_connections",
+        )
+        changed = [k for k in fixed if getattr(config.server, k) != getattr(self.config.server, k)]
+        if changed:
+            names = ", ".join(f"server.{k}" for k in changed)
+            log.warning("reload: %s take effect only on restart", names)
+        try:
+            # Building providers may read files (credentials, model configs): off the loop too.
+            routing = await asyncio.to_thread(LoadedRouting, config, self.metrics)
+        except Exception as exc:
+            log.error(
+                "reload refused: the providers could not be built (%s: %s)",
+                type(exc).__name__,
+                exc,
+            )
+            self.metrics.reloads.labels("refused").inc()
+            return False
+        try:
+            await routing.start()
+        except Exception:
+            log.exception("reload refused: a provider failed to start")
+            self.metrics.reloads.labels("refused").inc()
+            return False
+        old, self.routing = self.routing, routing
+        grace = old.config.server.drain_seconds + max(
+            (p.timeout.total for p in old.config.providers.values()), default=0.0
+        )
+        task = asyncio.create_task(old.retire(grace))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+        self.metrics.reloads.labels("ok").inc()
+        self.metrics.set_config(config.source, len(config.voices))
+        log.info("reloaded %s: %d voices", config.source, len(config.voices))
+        return True

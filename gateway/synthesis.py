@@ -1,0 +1,236 @@
+"""The synthesis core: what every front door calls once it has a validated request.
+
+::
+
+    front door ──► SynthesisCore.open(routing, request, outcome)
+                     route the VoiceId (404) ─► admit the stream (429) ─► relay: first audio
+                     of the voice chain (502/504), under the drain deadline (503)
+                   ──► Synthesis.pump(write)
+                     every PCM chunk to ``write`` within the stream's budgets (total, drain,
+                     the caller's pace); returns the resampler's tail
+                   ──► the front door ends its answer; Outcome.finish() writes the log line
+
+A front door owns its wire format (headers, framing, encoding) and its connection (the
+caller hanging up); the core owns routing, admission, budgets and the :class:`Outcome`, the
+one record of a request from which its metrics and its log line are written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from providers.base import ProviderError
+
+from .admission import StreamLimit
+from .budgets import CallerPace, DrainClock
+from .errors import NotReady
+from .metrics import Metrics
+from .relay import AudioStream, FailedAttempt
+from .request import TTSRequest
+
+if TYPE_CHECKING:
+    from .runtime import LoadedRouting
+
+log = logging.getLogger("gateway")
+
+#: Longest value written into a request's log line (what a caller sends is cut to this).
+_LOG_VALUE_CHARS = 256
+
+
+def _log_value(value: Any) -> str:
+    """A value for a ``key=value`` log line: at most ``_LOG_VALUE_CHARS`` characters (the rest
+    is counted, not written), quoted when it could break the line's format."""
+    text = str(value)
+    if len(text) > _LOG_VALUE_CHARS:
+        text = f"{text[:_LOG_VALUE_CHARS]}...(+{len(text) - _LOG_VALUE_CHARS} chars)"
+    if text and text.isprintable() and " " not in text and "=" not in text:
+        return text
+    return repr(text)
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What one request came to. Every metric of a request is written through it as the fact
+    is known (so that a scrape mid-stream sees the status already answered), and its log line
+    is written from it once, by :meth:`finish`."""
+
+    metrics: Metrics
+    request_id: str
+    started: float = field(default_factory=time.perf_counter)
+    voice_id: str | None = None
+    sample_rate: int | None = None
+    call: dict[str, Any] = field(default_factory=dict)  # ExtendData's fields for the log
+    provider: str | None = None
+    answered_by: str | None = None
+    attempts: list[FailedAttempt] = field(default_factory=list)
+    status: int | None = None
+    ttfb: float | None = None
+    error: str | None = None
+    end: str | None = None
+    audio_seconds: float | None = None
+    duration: float | None = None
+
+    def describe(self, request: TTSRequest) -> None:
+        """The request, as far as the log line tells of it."""
+        self.voice_id = request.voice_id
+        self.sample_rate = request.sample_rate
+        self.call = request.log_fields()
+
+    def answered(self, status: int, error: str | None = None) -> None:
+        """The caller was answered ``status`` (``error``: the code of a failure)."""
+        self.status = status
+        if error is not None:
+            self.error = error
+        self.metrics.requests.labels(str(status)).inc()
+
+    def first_audio(self, at: float) -> None:
+        """The first audio went out at ``at`` (``time.perf_counter``)."""
+        self.ttfb = at - self.started
+        self.metrics.ttfb.labels(self.provider or "").observe(self.ttfb)
+
+    def ended(self, end: str, audio_seconds: float | None = None) -> None:
+        """The stream ended (``complete``, ``timeout``, ``drain``, ``provider_error``,
+        ``caller_too_slow``, ``client_disconnect``) after ``audio_seconds`` of audio."""
+        self.end = end
+        self.metrics.streams_ended.labels(end).inc()
+        if audio_seconds is not None:
+            self.audio_seconds = audio_seconds
+            self.metrics.audio_seconds.labels(self.provider or "").inc(audio_seconds)
+
+    def log_line(self) -> str:
+        fields: dict[str, Any] = {"request_id": self.request_id}
+        if self.voice_id is not None:
+            fields.update(voice=self.voice_id, sample_rate=self.sample_rate)
+        fields.update(self.call)
+        if self.provider is not None:
+            fields.update(provider=self.provider, answered_by=self.answered_by)
+        optional = {
+            "status": self.status,
+            "ttfb_ms": None if self.ttfb is None else round(self.ttfb * 1000, 1),
+            "error": self.error,
+            "end": self.end,
+            "audio_ms": None if self.audio_seconds is None else round(self.audio_seconds * 1000),
+            "duration_ms": None if self.duration is None else round(self.duration * 1000, 1),
+        }
+        fields.update((k, v) for k, v in optional.items() if v is not None)
+        return " ".join(f"{k}={_log_value(v)}" for k, v in fields.items())
+
+    def finish(self) -> None:
+        """The request is over: its log line (built only if it is written)."""
+        self.duration = time.perf_counter() - self.started
+        if log.isEnabledFor(logging.INFO):
+            log.info(self.log_line())
+
+
+class Synthesis:
+    """An open stream whose first audio is in hand: :meth:`pump` sends it."""
+
+    def __init__(
+        self, stream: AudioStream, request: TTSRequest, outcome: Outcome, drain: DrainClock
+    ) -> None:
+        self.stream = stream
+        self.request = request
+        self.outcome = outcome
+        self._drain = drain
+
+    @property
+    def answering_voice(self) -> str:
+        """The routing file's name for the voice that answered (the VoiceId itself when a
+        pattern matched it)."""
+        voice = self.stream.route.voice
+        return self.request.voice_id if voice.is_pattern else voice.key
+
+    async def pump(
+        self, write: Callable[[bytes], Awaitable[None]], pace: CallerPace | None = None
+    ) -> bytes:
+        """Every PCM chunk to ``write`` (the first one already in hand), within the provider's
+        ``total`` budget and the drain deadline, while the caller keeps ``pace``. After audio
+        has gone out nothing is retried and nothing but audio is sent: a failure ends the
+        stream early. The provider is released before this returns; what is returned is the
+        resampler's tail, for the front door to send before ending its answer."""
+        stream, outcome = self.stream, self.outcome
+        end = "complete"
+        deadline = asyncio.get_running_loop().time() + stream.provider.config.timeout.total
+        first = True
+        chunks = stream.chunks()
+        try:
+            async with asyncio.timeout_at(deadline) as budget:
+                with self._drain.watch(budget):
+                    async for pcm in chunks:
+                        sending = time.perf_counter()
+                        await write(pcm)
+                        if first:
+                            first = False
+                            outcome.first_audio(sending)
+                        elif pace is not None and pace.waited(time.perf_counter() - sending):
+                            end = "caller_too_slow"
+                            break
+        except TimeoutError:
+            end = "drain" if self._drain.cut(budget) else "timeout"
+        except Exception as error:
+            end = "provider_error"
+            if isinstance(error, ProviderError):
+                outcome.error = stream.provider.redact(error.reason)
+                log.warning(
+                    "request_id=%s stream ended early: %s", outcome.request_id, outcome.error
+                )
+            else:
+                outcome.error = type(error).__name__
+                log.exception(
+                    "request_id=%s provider %s failed mid-stream",
+                    outcome.request_id,
+                    stream.provider.name,
+                )
+        await chunks.aclose()
+        # Release the provider (slot, upstream connection) before the last sends, which a
+        # caller that stopped reading could hold up.
+        tail = stream.flush() if end != "complete" else b""
+        await stream.aclose()
+        outcome.ended(end, stream.bytes_out / 2 / self.request.sample_rate)
+        return tail
+
+
+class SynthesisCore:
+    """Routes, admits and opens a validated request (see the module docstring)."""
+
+    def __init__(self, streams: StreamLimit, drain: DrainClock) -> None:
+        self.streams = streams
+        self.drain = drain
+
+    @contextlib.asynccontextmanager
+    async def open(
+        self, routing: LoadedRouting, request: TTSRequest, outcome: Outcome
+    ) -> AsyncIterator[Synthesis]:
+        """The request's stream with its first audio in hand, held open (and counted against
+        the stream limit) for the block. Raises a :class:`GatewayError` before any audio:
+        ``VoiceNotFound``, ``TooManyStreams``, ``ProvidersFailed``, ``ProvidersTimedOut``,
+        ``NotReady`` (the drain deadline passed first)."""
+        chain = routing.chain_for(request.voice_id)
+        with self.streams.admit(routing.config.server.max_concurrent_streams):
+            try:
+                async with asyncio.timeout(None) as opening:
+                    with self.drain.watch(opening):
+                        stream = await routing.relay.open(chain, request, outcome.request_id)
+            except TimeoutError:
+                if not opening.expired():
+                    raise
+                # The drain deadline passed before any audio existed: nothing has gone out.
+                raise NotReady(
+                    "the gateway is shutting down", headers={"Retry-After": "1"}
+                ) from None
+            try:
+                outcome.provider = stream.provider.name
+                outcome.answered_by = stream.route.voice.key
+                outcome.attempts = stream.attempts
+                yield Synthesis(stream, request, outcome, self.drain)
+            finally:
+                await stream.aclose()
+
+
+__all__ = ["Outcome", "Synthesis", "SynthesisCore"]
