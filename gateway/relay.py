@@ -59,7 +59,7 @@ class AudioStream:
     Iterate :meth:`chunks` for S16LE mono PCM at the requested rate; always :meth:`aclose`
     (closing is what releases the upstream connection and the provider slot)."""
 
-    route: ChainStep
+    step: ChainStep
     provider: Provider
     first: bytes
     converter: Converter
@@ -109,18 +109,18 @@ class AudioStream:
             self.slot.release()
 
 
-def build_job(route: ChainStep, request: TTSRequest, request_id: str) -> SynthesisJob:
+def build_job(step: ChainStep, request: TTSRequest, request_id: str) -> SynthesisJob:
     """The provider's job for one voice: options merged provider < voice < emotion override."""
-    options: dict[str, Any] = dict(route.provider.options)
-    options.update(route.voice.options)
+    options: dict[str, Any] = dict(step.provider.options)
+    options.update(step.voice.options)
     emotion = request.emotion
-    override = route.voice.emotions.get(emotion) if emotion else None
+    override = step.voice.emotions.get(emotion) if emotion else None
     if override is not None:
         options.update(override)
         emotion = None  # the voice's override replaces the provider's built-in mapping
     return SynthesisJob(
         text=request.text,
-        voice=route.provider_voice,
+        voice=step.provider_voice,
         sample_rate=request.sample_rate,
         options=options,
         emotion=emotion,
@@ -171,24 +171,24 @@ class Relay:
         Raises ``ProvidersTimedOut`` if every voice timed out, ``ProvidersFailed`` otherwise.
         Cancellation (the caller hung up) propagates and leaves nothing open."""
         failures: list[FailedAttempt] = []
-        for index, route in enumerate(chain):
-            provider = self.providers[route.provider.name]
-            job = build_job(route, request, request_id)
+        for index, step in enumerate(chain):
+            provider = self.providers[step.provider.name]
+            job = build_job(step, request, request_id)
             try:
-                stream = await self._open_voice(route, provider, job)
+                stream = await self._open_voice(step, provider, job)
             except ProviderError as error:
-                failures.append(FailedAttempt(route.voice.key, provider.name, error))
+                failures.append(FailedAttempt(step.voice.key, provider.name, error))
                 log.warning(
                     "request_id=%s voice=%s provider=%s failed before audio: %s",
                     request_id,
-                    route.voice.key,
+                    step.voice.key,
                     provider.name,
                     provider.redact(error.reason),
                 )
                 continue
             stream.attempts = failures
             if index:
-                self.metrics.fallbacks.labels(route.voice.key).inc()
+                self.metrics.fallbacks.labels(step.voice.key).inc()
             return stream
         # The caller learns which voices failed and how, not the upstreams' own words (they are
         # in the log, redacted).
@@ -198,7 +198,7 @@ class Relay:
         raise ProvidersFailed(f"every voice failed: {summary}")
 
     async def _open_voice(
-        self, route: ChainStep, provider: Provider, job: SynthesisJob
+        self, step: ChainStep, provider: Provider, job: SynthesisJob
     ) -> AudioStream:
         """Attempts on one voice, all inside its first-byte budget."""
         policy = provider.config.retry
@@ -213,7 +213,7 @@ class Relay:
             async with asyncio.timeout(budget):
                 async for attempt in retrying:
                     with attempt:
-                        return await self._open_once(route, provider, job)
+                        return await self._open_once(step, provider, job)
         except TimeoutError:
             self.metrics.attempts.labels(provider.name, "timeout").inc()
             raise ProviderTimeout(
@@ -222,7 +222,7 @@ class Relay:
         raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
 
     async def _open_once(
-        self, route: ChainStep, provider: Provider, job: SynthesisJob
+        self, step: ChainStep, provider: Provider, job: SynthesisJob
     ) -> AudioStream:
         slot = self.slots[provider.name]
         # Waiting for a slot counts against the first-byte budget like any other wait.
@@ -239,7 +239,7 @@ class Relay:
                     first = converter.feed(native)
                     if first:
                         self.metrics.attempts.labels(provider.name, "ok").inc()
-                        return AudioStream(route, provider, first, converter, source, slot)
+                        return AudioStream(step, provider, first, converter, source, slot)
                 first = converter.flush()
             except AudioFormatError as exc:
                 raise ProviderError(
@@ -254,7 +254,7 @@ class Relay:
                 ) from exc
             if first:
                 self.metrics.attempts.labels(provider.name, "ok").inc()
-                return AudioStream(route, provider, first, converter, None, slot)
+                return AudioStream(step, provider, first, converter, None, slot)
             raise ProviderNoAudio(provider.name, "the stream ended without audio")
         except BaseException as error:
             if isinstance(error, ProviderError):

@@ -143,7 +143,7 @@ class Synthesis:
     def answering_voice(self) -> str:
         """The routing file's name for the voice that answered (the VoiceId itself when a
         pattern matched it)."""
-        voice = self.stream.route.voice
+        voice = self.stream.step.voice
         return self.request.voice_id if voice.is_pattern else voice.key
 
     async def pump(
@@ -226,7 +226,7 @@ class SynthesisCore:
                 ) from None
             try:
                 outcome.provider = stream.provider.name
-                outcome.answered_by = stream.route.voice.key
+                outcome.answered_by = stream.step.voice.key
                 outcome.attempts = stream.attempts
                 yield Synthesis(stream, request, outcome, self.drain)
             finally:
