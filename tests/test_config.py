@@ -560,7 +560,7 @@ def test_several_errors_are_all_reported_in_line_order() -> None:
 
 
 def test_only_plugins_named_in_the_file_are_loaded(monkeypatch: pytest.MonkeyPatch) -> None:
-    import gateway.config as config_module
+    import gateway.config.plugin_checks as plugin_checks
 
     loaded: list[str] = []
 
@@ -568,18 +568,18 @@ def test_only_plugins_named_in_the_file_are_loaded(monkeypatch: pytest.MonkeyPat
         loaded.append(type_name)
         return FakeProvider
 
-    monkeypatch.setattr(config_module, "provider_class", recording_provider_class)
+    monkeypatch.setattr(plugin_checks, "provider_class", recording_provider_class)
     parse_config(yml(MINIMAL), env={})
     assert loaded == ["fake"]
 
 
 def test_a_plugin_that_cannot_be_imported_is_a_problem(monkeypatch: pytest.MonkeyPatch) -> None:
-    import gateway.config as config_module
+    import gateway.config.plugin_checks as plugin_checks
 
     def broken_provider_class(type_name: str) -> type[Provider]:
         raise ImportError("No module named 'piper'")
 
-    monkeypatch.setattr(config_module, "provider_class", broken_provider_class)
+    monkeypatch.setattr(plugin_checks, "provider_class", broken_provider_class)
     assert only_problem(MINIMAL.replace("type: fake", "type: piper")) == (
         5,
         "providers.p.type",
