@@ -23,12 +23,13 @@ def check_fallbacks(
     per voice key, the (path, target) of each of its fallback entries; ``voice_keys`` every
     voice key in file order."""
     exact = [k for k in voice_keys if not is_pattern(k)]
+    known = set(voice_keys)  # a lookup per fallback: a scan of a list would be quadratic
     edges: dict[str, list[tuple[str, str]]] = {}
     for key, refs in fallback_refs.items():
         for path, target in refs:
             if target == key:
                 report.error(path, f"voice {key!r} cannot fall back to itself")
-            elif target not in voice_keys:
+            elif target not in known:
                 report.error(path, f"unknown voice {target!r}{suggest(target, exact)}")
             elif is_pattern(target):
                 report.error(path, f"{target!r} is a pattern; a fallback must name an exact voice")
