@@ -4,6 +4,7 @@ the file's size and kind."""
 
 from __future__ import annotations
 
+import difflib
 import os
 import threading
 import time
@@ -307,6 +308,31 @@ def test_an_unknown_provider_among_thousands_lists_only_a_few() -> None:
             "... (2000 in all)",
         )
     ]
+
+
+@pytest.mark.parametrize("field", ["fallback", "provider"])
+def test_did_you_mean_hints_are_sought_only_for_listed_problems(
+    monkeypatch: pytest.MonkeyPatch, field: str
+) -> None:
+    """A hint compares a name with every voice or provider (up to a thousand, milliseconds
+    each): sought for each of thousands of problems past the hundred listed, it took minutes."""
+    calls = 0
+    close_matches = difflib.get_close_matches
+
+    def counted(word: str, choices: list[str], n: int, cutoff: float) -> list[str]:
+        nonlocal calls
+        calls += 1
+        return close_matches(word, choices, n, cutoff)
+
+    monkeypatch.setattr(difflib, "get_close_matches", counted)
+    entry = "{provider: prov, fallback: [v%dx]}" if field == "fallback" else "{provider: prov%d}"
+    voices = ", ".join(f"v{i}: {entry % i}" for i in range(300))
+    text = "server: {unknown_voice: reject}\nproviders: {prov: {type: fake, api_key: k}}\n"
+    found = problems(text + f"voices: {{{voices}}}\n")
+    assert len(found) == 101
+    assert found[-1] == (None, "", "... and 200 more problems (fix these first)")
+    assert "(did you mean " in found[0][2]
+    assert calls == 100
 
 
 # ---------------------------------------------------------------- reading the file

@@ -30,7 +30,9 @@ def check_fallbacks(
             if target == key:
                 report.error(path, f"voice {key!r} cannot fall back to itself")
             elif target not in known:
-                report.error(path, f"unknown voice {target!r}{suggest(target, exact)}")
+                # A hint compares the name with every voice: only worth it for a listed problem.
+                hint = "" if report.full else suggest(target, exact)
+                report.error(path, f"unknown voice {target!r}{hint}")
             elif is_pattern(target):
                 report.error(path, f"{target!r} is a pattern; a fallback must name an exact voice")
             else:

@@ -49,7 +49,9 @@ class VoiceSection:
         read.check_keys(block, path, _VOICE_KEYS, required=("provider",))
         provider = read.name(block.get("provider"), child(path, "provider"))
         if provider is not None and provider not in providers:
-            hint = suggest(provider, providers) or f"; providers: {some(providers)}"
+            # A hint compares the name with every provider: only worth it for a listed problem.
+            hint = "" if self.report.full else suggest(provider, providers)
+            hint = hint or f"; providers: {some(providers)}"
             self.report.error(child(path, "provider"), f"unknown provider {provider!r}{hint}")
         voice = read.name(block.get("voice"), child(path, "voice"))
         options = read.mapping(block.get("options"), child(path, "options"))
