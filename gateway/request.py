@@ -1,9 +1,10 @@
-"""The custom TTS interface's request: body parsing, the tolerant ExtendData reader, validation.
+"""The custom TTS interface's request: body parsing, the fields, validation, the token.
 
 The workflow posts ``Text``, ``VoiceId``, ``SampleRate``, ``Token`` and ``ExtendData`` as JSON
 (the vendor text also says "form data", so urlencoded and multipart forms are read too).
 ``ExtendData`` is documented as a string holding a JSON object, but the vendor's own example is
-single-quoted and missing a quote: it is salvaged, never a reason to fail a synthesis.
+single-quoted and missing a quote: it is salvaged (:mod:`gateway.extend_data`), never a reason
+to fail a synthesis.
 
 Everything here reads caller bytes on the event loop, before anything else does, so every step
 costs time linear in its input: a fixed number of passes in C (``json``, possessive regexes that
@@ -15,8 +16,6 @@ cannot backtrack, ``str`` methods), and Python loops that do a constant amount o
 from __future__ import annotations
 
 import json
-import logging
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -26,8 +25,22 @@ from urllib.parse import unquote_to_bytes
 from providers.base import SAMPLE_RATES
 
 from .errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from .extend_data import parse_extend_data
 
-log = logging.getLogger("gateway.request")
+__all__ = [
+    "LOGGED_EXTEND_FIELDS",
+    "LOG_VALUE_CHARS",
+    "MAX_FORM_FIELDS",
+    "MAX_VOICE_ID_CHARS",
+    "TTSRequest",
+    "field_value",
+    "loggable",
+    "parse_body",
+    "parse_extend_data",
+    "printable_excerpt",
+    "request_token",
+    "validate",
+]
 
 #: The fields of ExtendData that go into the request's log line.
 LOGGED_EXTEND_FIELDS = ("InstanceId", "ChannelId", "SentenceId", "Emotion")
@@ -330,195 +343,3 @@ def _as_int(value: Any) -> int | None:
                 return None
             return int(as_float) if as_float.is_integer() else None
     return None
-
-
-# ------------------------------------------------------------------------------ ExtendData
-
-#: How many times ExtendData may have been JSON-encoded (a JSON string holding a JSON string...).
-_JSON_LAYERS = 3
-#: Tokens (and escapes) the salvage reads at most: a real ExtendData has a few dozen.
-_SALVAGE_TOKENS = 2048
-#: Containers nested deeper than this are skipped by the salvage.
-_SALVAGE_DEPTH = 16
-
-_SENTENCE_ID = re.compile(r"-?[0-9]{1,18}")
-_DECIMAL = re.compile(r"-?[0-9]{1,18}(?:\.[0-9]{1,18})?(?:[eE][-+]?[0-9]{1,3})?")
-
-# One token of a JSON-like or Python-like literal, after any whitespace. Each alternative is
-# told apart by its first character and is possessive, so the scan never backtracks and every
-# character is read a bounded number of times: a quoted string runs to its closing quote or to
-# the end of the text; a bare word runs to the next space, quote or punctuation, and takes a
-# quote right after it with it when a colon follows (a key missing its opening quote, as in
-# the vendor's example ``,UserData':'...'``). ``\Z`` ends the scan, also after trailing spaces.
-_TOKEN = re.compile(
-    r"""\s*+(?:
-        (?P<open>[{\[(]) | (?P<close>[}\])]) | (?P<colon>:) | (?P<comma>,)
-      | '(?P<sq>(?:[^'\\]++|\\.)*+)'?
-      | "(?P<dq>(?:[^"\\]++|\\.)*+)"?
-      | (?P<bare>[^\s{}\[\]():,'"]++)(?:['"](?=\s*+:))?
-      | \Z
-    )""",
-    re.VERBOSE | re.DOTALL,
-)
-
-#: A backslash escape in a quoted string: a UTF-16 surrogate pair as JSON writes characters
-#: beyond the BMP, ``\uXXXX``, ``\xXX``, or one character.
-_ESCAPE = re.compile(
-    r"\\(u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}"
-    r"|u[0-9a-fA-F]{4}|x[0-9a-fA-F]{2}|.)",
-    re.DOTALL,
-)
-_SIMPLE_ESCAPES = {
-    "n": "\n",
-    "r": "\r",
-    "t": "\t",
-    "b": "\b",
-    "f": "\f",
-    "/": "/",
-    "\\": "\\",
-    "'": "'",
-    '"': '"',
-}
-
-
-def parse_extend_data(value: Any) -> dict[str, Any]:
-    """Read ExtendData however it came: a JSON string (also encoded twice), an object, a
-    Python-style dict literal (single quotes, ``True``, ``None``), the vendor's broken example,
-    empty or absent. Never raises; salvages what it can. The result holds JSON values only, and
-    its strings encode as UTF-8 (it is passed on to upstreams)."""
-    try:
-        if isinstance(value, Mapping):
-            parsed: dict[str, Any] = {str(k): v for k, v in value.items()}
-        elif isinstance(value, str):
-            parsed = _read_extend_string(value)
-        else:
-            return {}
-        # Plain JSON whatever came in; a lone surrogate (``"\ud800"`` in the JSON) becomes "?".
-        plain = json.dumps(parsed, default=str, allow_nan=False, ensure_ascii=False)
-        parsed = json.loads(plain.encode("utf-8", "replace"))
-    except Exception:  # hostile input of any kind: keep nothing rather than fail
-        log.info("ExtendData could not be read; ignored")
-        return {}
-    sentence = parsed.get("SentenceId")
-    if isinstance(sentence, str) and _SENTENCE_ID.fullmatch(sentence.strip()):
-        parsed["SentenceId"] = int(sentence.strip())
-    return parsed
-
-
-def _read_extend_string(text: str) -> dict[str, Any]:
-    for _ in range(_JSON_LAYERS):
-        text = text.strip()
-        if not text:
-            return {}
-        try:
-            loaded = json.loads(text)
-        except (ValueError, RecursionError):
-            break
-        if isinstance(loaded, dict):
-            return {str(k): v for k, v in loaded.items()}
-        if not isinstance(loaded, str):
-            break
-        text = loaded  # JSON-encoded twice: read what it holds
-    return _salvage(text)
-
-
-class _Container:
-    """A ``{`` or ``[`` the salvage is inside of: what it fills and, in an object, the key read
-    so far and whether its colon has been seen."""
-
-    __slots__ = ("colon", "items", "key")
-
-    def __init__(self, items: dict[str, Any] | list[Any]) -> None:
-        self.items = items
-        self.key: str | None = None
-        self.colon = False
-
-
-def _salvage(text: str) -> dict[str, Any]:
-    """Read ``key: value`` pairs out of anything that looks like a literal object.
-
-    One pass over :data:`_TOKEN`'s tokens. Keys and values may be quoted either way or bare;
-    ``true``/``True``/``null``/``None`` and numbers are read as such; nested objects and lists
-    (``[...]`` or ``(...)``) are read into their key. What does not fit is skipped: a key without
-    its colon, a stray colon or closer, a value without a key. A ``{`` where a key is expected
-    adds its pairs to the object around it (so the outer braces are optional), an unterminated
-    input keeps what was read, and reading stops after :data:`_SALVAGE_TOKENS` tokens.
-    """
-    result: dict[str, Any] = {}
-    stack = [_Container(result)]
-    skipping = 0  # how deep inside a group that is being skipped
-    work = 0
-    for match in _TOKEN.finditer(text):
-        kind = match.lastgroup
-        work += 1
-        if kind in ("sq", "dq"):
-            work += match.group(kind).count("\\")
-        if work > _SALVAGE_TOKENS:
-            log.info("ExtendData is long and not JSON; read only its first part")
-            break
-        if skipping:
-            skipping += 1 if kind == "open" else -1 if kind == "close" else 0
-            continue
-        top = stack[-1]
-        items = top.items
-        if kind == "open":
-            child: dict[str, Any] | list[Any] | None = None
-            if len(stack) < _SALVAGE_DEPTH:
-                child = {} if match.group("open") == "{" else []
-                if isinstance(items, list):
-                    items.append(child)
-                elif top.key is not None and top.colon:
-                    items[top.key] = child
-                elif top.key is None and isinstance(child, dict):
-                    child = items  # braces where a key belongs: more pairs of this object
-                else:
-                    child = None
-            top.key, top.colon = None, False
-            if child is None:
-                skipping = 1
-            else:
-                stack.append(_Container(child))
-        elif kind == "close":
-            if len(stack) > 1:
-                stack.pop()
-        elif kind == "colon":
-            top.colon = top.key is not None
-        elif kind == "comma":
-            top.key, top.colon = None, False
-        elif kind is not None:
-            word = match.group(kind)
-            quoted = kind != "bare"
-            if quoted and "\\" in word:
-                word = _ESCAPE.sub(_unescape, word)
-            if isinstance(items, list):
-                items.append(word if quoted else _bare_value(word))
-            elif top.key is not None and top.colon:
-                items[top.key] = word if quoted else _bare_value(word)
-                top.key, top.colon = None, False
-            else:  # a key (or, with no colon yet, the key before it was none)
-                top.key, top.colon = word, False
-    return result
-
-
-def _unescape(match: re.Match[str]) -> str:
-    code = match.group(1)
-    if len(code) == 1:
-        return _SIMPLE_ESCAPES.get(code, match.group(0))
-    if len(code) == 11:  # a surrogate pair, as JSON writes characters beyond the BMP
-        high, low = int(code[1:5], 16), int(code[7:], 16)
-        return chr(0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00))
-    return chr(int(code[1:], 16))
-
-
-def _bare_value(word: str) -> Any:
-    if _SENTENCE_ID.fullmatch(word):
-        return int(word)
-    if _DECIMAL.fullmatch(word):
-        number = float(word)
-        return number if math.isfinite(number) else word
-    lowered = word.lower() if len(word) <= 5 else ""
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    if lowered in ("null", "none"):
-        return None
-    return word
