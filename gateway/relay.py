@@ -12,7 +12,7 @@ import asyncio
 import logging
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 from tenacity import (
     AsyncRetrying,
@@ -156,12 +156,12 @@ class Relay:
         providers: Mapping[str, Provider],
         metrics: Metrics,
         slots: ProviderSlots,
-        resampler: str = "auto",
+        resampler: ResamplerMode = "auto",
     ) -> None:
         self.providers = providers
         self.metrics = metrics
         self.slots = slots
-        self.resampler = cast(ResamplerMode, resampler)
+        self.resampler = resampler
 
     async def open(
         self, chain: Sequence[ChainStep], request: TTSRequest, request_id: str
