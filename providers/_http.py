@@ -545,17 +545,3 @@ def _sse_event(block: bytes) -> tuple[str, str] | None:
         elif field == "event":
             name = value
     return (name, "\n".join(data)) if data else None
-
-
-def strip_riff(pcm: bytes) -> bytes:
-    """The samples of a chunk that carries its own RIFF/WAVE header (walking to ``data``)."""
-    if not pcm.startswith(b"RIFF") or pcm[8:12] != b"WAVE":
-        return pcm
-    offset = 12
-    while offset + 8 <= len(pcm):
-        chunk_id = pcm[offset : offset + 4]
-        size = int.from_bytes(pcm[offset + 4 : offset + 8], "little")
-        if chunk_id == b"data":
-            return pcm[offset + 8 :]
-        offset += 8 + size + (size & 1)
-    return b""

@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 
 import httpx
 
-from ._http import HTTPProvider, clip_bound, json_object, member, read_body, short_text, strip_riff
+from ._http import HTTPProvider, clip_bound, json_object, member, read_body, short_text
 from .base import (
     AudioFormat,
     ProviderConfig,
@@ -42,6 +42,7 @@ from .base import (
     SynthesisJob,
 )
 from .openai import EMOTION_INSTRUCTIONS
+from .wav import strip_riff
 
 _AUDIO_CONFIG = ("speakingRate", "pitch", "volumeGainDb")
 #: A voice name that starts with a BCP-47 locale: ``en-US-Neural2-F``, ``cmn-CN-Wavenet-A``.

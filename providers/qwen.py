@@ -33,10 +33,10 @@ from ._http import (
     member,
     read_body,
     short_text,
-    strip_riff,
 )
 from .base import ProviderHTTPError, ProviderProtocolError, SynthesisJob
 from .openai import EMOTION_INSTRUCTIONS
+from .wav import strip_riff
 
 #: The option that goes into ``input`` beside the text and the voice; the rest are parameters.
 INPUT_OPTIONS = ("language_type",)

@@ -13,7 +13,6 @@ import respx
 from starlette.testclient import TestClient
 
 from gateway.app import create_app
-from gateway.audio import wav_header
 from gateway.config import parse_config
 from providers.base import (
     ProviderConfig,
@@ -22,6 +21,7 @@ from providers.base import (
     SynthesisJob,
     build_provider,
 )
+from providers.wav import wav_header
 from tests.support import drain, peak_frequency, synthesize, tone
 
 pytestmark = pytest.mark.respx(using="httpx")

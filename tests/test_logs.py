@@ -17,10 +17,10 @@ import pytest
 import respx
 
 from gateway.app import create_app
-from gateway.audio import wav_header
 from gateway.config import parse_config
 from gateway.logs import LOG_FORMAT, QUIET_LOGGERS, configure_logging
 from providers.base import ProviderConfig, build_provider
+from providers.wav import wav_header
 from tests.support import TaskServer, live_server, running_task_server, tone
 
 pytestmark = pytest.mark.respx(using="httpx")

@@ -13,10 +13,9 @@ import respx
 from starlette.testclient import TestClient
 
 from gateway.app import create_app
-from gateway.audio import wav_header
 from gateway.config import parse_config
-from providers._http import strip_riff
 from providers.base import ProviderHTTPError, ProviderProtocolError, SynthesisJob
+from providers.wav import wav_header
 from tests.support import peak_frequency, synthesize, tone
 
 pytestmark = pytest.mark.respx(using="httpx")
@@ -74,14 +73,6 @@ async def test_riff_headers_inside_chunks_are_stripped(respx_mock: respx.MockRou
         )
     )
     assert await collect(job()) == pcm
-
-
-def test_strip_riff_walks_to_the_data_chunk() -> None:
-    header = wav_header(24000, data_bytes=4)
-    with_list = header[:36] + b"LIST\x04\x00\x00\x00INFO" + header[36:]
-    with_list = b"RIFF" + (len(with_list) - 8 + 4).to_bytes(4, "little") + with_list[8:]
-    assert strip_riff(with_list + b"\x01\x00\x02\x00") == b"\x01\x00\x02\x00"
-    assert strip_riff(b"\x05\x00") == b"\x05\x00"
 
 
 @pytest.mark.parametrize(
