@@ -32,6 +32,7 @@ from .base import (
     SynthesisJob,
     closest_rate,
 )
+from .sentences import split_to_limit
 
 log = logging.getLogger("gateway.providers")
 
@@ -346,7 +347,7 @@ class HTTPProvider(Provider):
 
     async def stream(self, job: SynthesisJob) -> AsyncGenerator[bytes, None]:
         pieces = (
-            split_text(job.text, self.max_text, self.text_size) if self.max_text else [job.text]
+            split_to_limit(job.text, self.max_text, self.text_size) if self.max_text else [job.text]
         )
         for piece in pieces:
             request = self.build(job, piece)
@@ -356,47 +357,6 @@ class HTTPProvider(Provider):
                 await check_type(response, self.name, self.answer_types)
                 async for chunk in self.audio(response, job, piece):
                     yield chunk
-
-
-# Latin punctuation ends a sentence or clause before whitespace; CJK punctuation needs none.
-_SENTENCE = re.compile(r"(?<=[.!?])\s+|(?<=[\u3002\uff01\uff1f])\s*")
-_CLAUSE = re.compile(r"(?<=[,;:])\s+|(?<=[\uff0c\uff1b\uff1a])\s*")
-_WORD = re.compile(r"\s+")
-
-
-def split_text(text: str, limit: int, size: Callable[[str], int] = len) -> list[str]:
-    """Cut ``text`` into pieces of at most ``limit`` (as ``size`` measures), at sentence
-    boundaries where possible, then clauses, then words, then characters."""
-    if size(text) <= limit:
-        return [text]
-    parts, glue = _parts(text)
-    pieces: list[str] = []
-    current = ""
-    for part in parts:
-        joined = f"{current}{glue}{part}" if current else part
-        if size(joined) <= limit:
-            current = joined
-            continue
-        if current:
-            pieces.append(current)
-        if size(part) <= limit:
-            current = part
-        else:  # one part alone is too long: cut it finer
-            finer = split_text(part, limit, size)
-            pieces.extend(finer[:-1])
-            current = finer[-1]
-    if current:
-        pieces.append(current)
-    return pieces
-
-
-def _parts(text: str) -> tuple[list[str], str]:
-    """The coarsest cut of ``text`` into more than one part, and what joins parts again."""
-    for pattern in (_SENTENCE, _CLAUSE, _WORD):
-        parts = [p for p in pattern.split(text) if p]
-        if len(parts) > 1:
-            return parts, " " if _WORD.search(text) else ""
-    return list(text), ""
 
 
 async def iter_sse(response: httpx.Response, provider: str) -> AsyncIterator[tuple[str, str]]:
