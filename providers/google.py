@@ -41,7 +41,7 @@ from .base import (
     ProviderProtocolError,
     SynthesisJob,
 )
-from .openai import EMOTION_INSTRUCTIONS
+from .emotions import EMOTION_INSTRUCTIONS
 from .wav import strip_riff
 
 _AUDIO_CONFIG = ("speakingRate", "pitch", "volumeGainDb")

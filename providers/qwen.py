@@ -35,7 +35,7 @@ from ._http import (
     short_text,
 )
 from .base import ProviderHTTPError, ProviderProtocolError, SynthesisJob
-from .openai import EMOTION_INSTRUCTIONS
+from .emotions import EMOTION_INSTRUCTIONS
 from .wav import strip_riff
 
 #: The option that goes into ``input`` beside the text and the voice; the rest are parameters.
