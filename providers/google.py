@@ -32,7 +32,9 @@ from typing import Any, ClassVar
 
 import httpx
 
-from ._http import HTTPProvider, clip_bound, json_object, member, read_body, short_text
+from ._errors import short_text
+from ._http import HTTPProvider
+from ._streams import clip_bound, json_object, member, read_body
 from .base import (
     AudioFormat,
     ProviderConfig,

@@ -25,15 +25,9 @@ from typing import Any
 
 import httpx
 
-from ._http import (
-    HTTPProvider,
-    iter_sse,
-    json_object,
-    media_type,
-    member,
-    read_body,
-    short_text,
-)
+from ._errors import short_text
+from ._http import HTTPProvider, media_type
+from ._streams import iter_sse, json_object, member, read_body
 from .base import ProviderHTTPError, ProviderProtocolError, SynthesisJob
 from .emotions import EMOTION_INSTRUCTIONS
 from .wav import strip_riff
