@@ -202,6 +202,15 @@ def polly_error(status: int, message: str, kind: str = "") -> httpx.Response:
     return json_error(status, {"message": message}, headers)
 
 
+#: Polly's error types, which decide a retry whatever the status: (status, type, retryable).
+POLLY_ERRORS = [
+    (400, "ThrottlingException", True),  # throttling comes back as a 400
+    (400, "InvalidSampleRateException", False),
+    (403, "UnrecognizedClientException", False),
+    (500, "ServiceFailureException", True),
+]
+
+
 def elevenlabs_error(status: int, message: str) -> httpx.Response:
     if status == 422:  # validation errors come as FastAPI's list
         return json_error(422, {"detail": [{"loc": ["body", "text"], "msg": message}]})
@@ -221,6 +230,15 @@ def minimax_frames(pieces: list[bytes], rate: int) -> list[bytes]:
 
 def minimax_error(code: int, message: str, status: int = 200) -> httpx.Response:
     return json_error(status, {"base_resp": {"status_code": code, "status_msg": message}})
+
+
+#: MiniMax's codes inside an HTTP 200: (code, message, retryable).
+MINIMAX_ERRORS = [
+    (1004, "authentication failed", False),
+    (1008, "insufficient balance", False),
+    (2013, "invalid params", False),
+    (1002, "rate limit", True),
+]
 
 
 def qwen_event(pcm: bytes | None, finish: str | None = None) -> dict[str, Any]:
@@ -439,13 +457,8 @@ PROFILES = [
         secrets=(AWS_KEY_ID, AWS_SECRET, AWS_SESSION),
         text_limit=3000,
         own_errors=tuple(
-            (polly_error(status, f"{kind} message", kind), retryable, (f"{kind} message",))
-            for status, kind, retryable in [
-                (400, "ThrottlingException", True),  # throttling comes back as a 400
-                (400, "InvalidSampleRateException", False),
-                (403, "UnrecognizedClientException", False),
-                (500, "ServiceFailureException", True),
-            ]
+            (polly_error(status, f"{kind} says no", kind), retryable, (f"{kind} says no",))
+            for status, kind, retryable in POLLY_ERRORS
         ),
     ),
     Profile(
@@ -514,12 +527,7 @@ PROFILES = [
         ),
         own_errors=tuple(
             (minimax_error(code, message), retryable, (message, str(code)))
-            for code, message, retryable in [
-                (1004, "authentication failed", False),
-                (1008, "insufficient balance", False),
-                (2013, "invalid params", False),
-                (1002, "rate limit", True),
-            ]
+            for code, message, retryable in MINIMAX_ERRORS
         ),
     ),
     Profile(
