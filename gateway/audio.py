@@ -25,7 +25,6 @@ not depend on how the network happened to split it.
 from __future__ import annotations
 
 import os
-import struct
 import wave
 from typing import Final, Literal, cast
 
@@ -33,7 +32,8 @@ import numpy as np
 import numpy.typing as npt
 import soxr
 
-from providers.base import AudioFormat, Encoding
+from providers.base import AudioFormat
+from providers.wav import STREAMING_DATA_BYTES, WavFormatError, WavHeaderReader, wav_header
 
 __all__ = [
     "QUALITIES",
@@ -53,10 +53,6 @@ LOW_LATENCY_FIRST_CHUNK: Final = 0.25
 #: soxr quality presets, from quickest to best.
 QUALITIES: Final[frozenset[str]] = frozenset({"QQ", "LQ", "MQ", "HQ", "VHQ"})
 
-#: The ``data_bytes`` that makes :func:`wav_header` announce a stream of unknown length: the
-#: RIFF size (36 + data bytes) is then the largest 32-bit value.
-STREAMING_DATA_BYTES: Final[int] = 0xFFFFFFFF - 36
-
 _F32 = npt.NDArray[np.float32]
 
 _S16: Final = np.dtype("<i2")
@@ -65,27 +61,6 @@ _F32LE: Final = np.dtype("<f4")
 # Float input is limited to this (36 dB above full scale) before mixing and resampling: real
 # audio never gets near it, and it keeps garbage from overflowing float32 sums.
 _FLOAT_LIMIT: Final = np.float32(64.0)
-
-_TAG_PCM: Final = 0x0001
-_TAG_FLOAT: Final = 0x0003
-_TAG_EXTENSIBLE: Final = 0xFFFE
-# WAVE_FORMAT_EXTENSIBLE sub-format GUIDs are KSDATAFORMAT_SUBTYPE_*: the format tag in the first
-# two bytes, then this fixed tail.
-_GUID_TAIL: Final = b"\x00\x00\x00\x00\x10\x00\x80\x00\x00\xaa\x00\x38\x9b\x71"
-_TAG_NAMES: Final = {
-    0x0002: "MS ADPCM",
-    0x0006: "A-law",
-    0x0007: "mu-law",
-    0x0011: "IMA ADPCM",
-    0x0031: "GSM 6.10",
-    0x0055: "MP3",
-}
-# A real fmt chunk is 16, 18 or 40 bytes; a bound keeps a corrupt size from making us buffer
-# the whole stream as "header".
-_MAX_FMT_BYTES: Final = 1024
-
-# Stages of the incremental WAV header parser.
-_RIFF, _CHUNK, _SKIP, _FMT, _DONE = range(5)
 
 
 class AudioFormatError(ValueError):
@@ -141,14 +116,12 @@ class Converter:
         self._channels = 1
         self._float = False
         self._passthrough = False
-        # Header parser state, used only for container="wav".
-        self._stage = _RIFF
-        self._header = bytearray()
-        self._skip = 0
-        self._fmt_size = 0
-        self._wav: tuple[int, Encoding, int] | None = None
+        # The header reader of a container="wav" stream, until its data chunk starts.
+        self._wav: WavHeaderReader | None = None
         if source.container == "raw":
             self._set_format(source)
+        else:
+            self._wav = WavHeaderReader()
 
     @property
     def input_format(self) -> AudioFormat | None:
@@ -170,9 +143,9 @@ class Converter:
             raise RuntimeError("Converter.feed() after flush()")
         if type(data) is not bytes:
             data = bytes(data)  # bytearray/memoryview: the pass-through must return bytes
-        if self._format is None:
-            data = self._parse_header(data)
-            if self._format is None:
+        if self._wav is not None:
+            data = self._read_header(data)
+            if self._wav is not None:
                 return b""
         if self._carry:
             data = self._carry + data
@@ -199,7 +172,7 @@ class Converter:
             return b""
         self._finished = True
         self._carry = b""
-        self._header = bytearray()
+        self._wav = None
         if self._resampler is None:
             return b""  # nothing was ever fed to it
         tail = self._resample(np.zeros(0, np.float32), last=True)
@@ -281,136 +254,20 @@ class Converter:
 
     # -- WAV header ---------------------------------------------------------------------------
 
-    def _parse_header(self, data: bytes) -> bytes:
-        """Consume header bytes; once the data chunk starts, set the format and return the
-        audio bytes that followed it in ``data`` (``b""`` while the header is incomplete)."""
-        buf = self._header
-        if self._stage == _SKIP:
-            # Skipped chunk bodies are dropped as they arrive instead of being buffered.
-            drop = min(self._skip, len(data))
-            self._skip -= drop
-            data = data[drop:]
-            if self._skip:
-                return b""
-            self._stage = _CHUNK
-        buf += data
-        while True:
-            if self._stage == _RIFF:
-                head = bytes(buf[:4])
-                if not (b"RIFF".startswith(head) or b"RF64".startswith(head)):
-                    raise AudioFormatError(f"not a WAV stream: starts with {head!r}, not RIFF")
-                if len(buf) < 12:
-                    return b""
-                if buf[8:12] != b"WAVE":
-                    raise AudioFormatError(f"RIFF stream of type {bytes(buf[8:12])!r}, not WAVE")
-                del buf[:12]
-                self._stage = _CHUNK
-            elif self._stage == _CHUNK:
-                if len(buf) < 8:
-                    return b""
-                cid, size = struct.unpack_from("<4sI", buf)
-                if not all(0x20 <= c < 0x7F for c in cid):
-                    raise AudioFormatError(f"corrupt WAV header: chunk id {cid!r}")
-                del buf[:8]
-                if cid == b"data":
-                    return self._start_data()
-                if cid == b"fmt ":
-                    if not 16 <= size <= _MAX_FMT_BYTES:
-                        raise AudioFormatError(f"WAV fmt chunk of implausible size {size}")
-                    self._fmt_size = size
-                    self._stage = _FMT
-                else:
-                    # RIFF chunks are word-aligned: an odd-sized body has a pad byte.
-                    self._skip = size + (size & 1)
-                    self._stage = _SKIP
-            elif self._stage == _SKIP:
-                drop = min(self._skip, len(buf))
-                del buf[:drop]
-                self._skip -= drop
-                if self._skip:
-                    return b""
-                self._stage = _CHUNK
-            else:  # _FMT
-                need = self._fmt_size + (self._fmt_size & 1)
-                if len(buf) < need:
-                    return b""
-                self._wav = _parse_fmt(bytes(buf[: self._fmt_size]))
-                del buf[:need]
-                self._stage = _CHUNK
-
-    def _start_data(self) -> bytes:
-        if self._wav is None:
-            raise AudioFormatError("WAV data chunk before the fmt chunk")
-        rate, encoding, channels = self._wav
-        self._stage = _DONE
-        # The data chunk's size is ignored: streamed WAVs write 0 or 0xFFFFFFFF there, so the
-        # data runs to the end of the stream.
-        audio = bytes(self._header)
-        self._header = bytearray()
-        self._set_format(AudioFormat(rate, encoding, channels, "wav"))
+    def _read_header(self, data: bytes) -> bytes:
+        """Feed the WAV header reader; once the data chunk starts, set the format it declares
+        and return the audio bytes that followed the header in ``data``."""
+        assert self._wav is not None
+        try:
+            audio = self._wav.feed(data)
+        except WavFormatError as exc:
+            raise AudioFormatError(str(exc)) from None
+        if audio is None:
+            return b""
+        assert self._wav.format is not None  # a strict reader has read the fmt chunk
+        self._set_format(self._wav.format)
+        self._wav = None
         return audio
-
-
-def _parse_fmt(body: bytes) -> tuple[int, Encoding, int]:
-    """(sample rate, encoding, channels) from a fmt chunk body; AudioFormatError if unusable."""
-    tag, channels, rate, _byte_rate, _block_align, bits = struct.unpack_from("<HHIIHH", body)
-    if tag == _TAG_EXTENSIBLE:
-        if len(body) < 40:
-            raise AudioFormatError(f"WAVE_FORMAT_EXTENSIBLE fmt chunk too short ({len(body)} B)")
-        sub_tag = struct.unpack_from("<H", body, 24)[0]
-        if body[26:40] != _GUID_TAIL:
-            raise AudioFormatError(
-                f"WAVE_FORMAT_EXTENSIBLE with unknown sub-format {body[24:40]!r}"
-            )
-        tag = sub_tag
-    if tag == _TAG_PCM and bits == 16:
-        encoding: Encoding = "s16le"
-    elif tag == _TAG_FLOAT and bits == 32:
-        encoding = "f32le"
-    else:
-        name = _TAG_NAMES.get(tag, {_TAG_PCM: "PCM", _TAG_FLOAT: "float"}.get(tag, ""))
-        label = f"format tag 0x{tag:04X}" + (f" ({name})" if name else "")
-        raise AudioFormatError(
-            f"unsupported WAV {label}, {bits} bits; only 16-bit PCM and 32-bit float are handled"
-        )
-    if channels < 1:
-        raise AudioFormatError("WAV header declares 0 channels")
-    if rate <= 0:
-        raise AudioFormatError("WAV header declares a sample rate of 0")
-    return rate, encoding, channels
-
-
-def wav_header(
-    sample_rate: int, channels: int = 1, bits: int = 16, data_bytes: int = STREAMING_DATA_BYTES
-) -> bytes:
-    """A 44-byte canonical RIFF/WAVE header: 16-bit PCM (``bits=16``) or 32-bit IEEE float
-    (``bits=32``). The default ``data_bytes`` announces a stream of unknown length."""
-    if bits == 16:
-        tag = _TAG_PCM
-    elif bits == 32:
-        tag = _TAG_FLOAT
-    else:
-        raise ValueError(f"bits must be 16 (PCM) or 32 (float), got {bits}")
-    if sample_rate <= 0 or channels < 1 or not 0 <= data_bytes <= 0xFFFFFFFF:
-        raise ValueError("sample_rate and channels must be positive, data_bytes a 32-bit size")
-    block_align = channels * bits // 8
-    riff_size = min(36 + data_bytes, 0xFFFFFFFF)
-    return struct.pack(
-        "<4sI4s4sIHHIIHH4sI",
-        b"RIFF",
-        riff_size,
-        b"WAVE",
-        b"fmt ",
-        16,
-        tag,
-        channels,
-        sample_rate,
-        sample_rate * block_align,
-        block_align,
-        bits,
-        b"data",
-        data_bytes,
-    )
 
 
 def write_wav(path: str | os.PathLike[str], pcm_s16le: bytes, sample_rate: int) -> None:

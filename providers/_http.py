@@ -1,46 +1,36 @@
-"""What every HTTP provider shares: the pooled client, the one translation of httpx errors and
-error statuses into the provider error tree (``providers.base``), the check that a success
-answer is of a type the provider sends, and bounded, linear-time readers of JSON and
-server-sent events."""
+"""The base of the providers that speak HTTP (:class:`HTTPProvider`): the pooled client kept
+warm for the provider's life, one request per piece of text within the provider's limit, error
+statuses turned into provider errors with the upstream's own message and ``Retry-After``, and
+the check that a success answer is of a type the provider sends. Reading the answer is
+``providers._streams``'s; what an error says, ``providers._errors``'s."""
 
 from __future__ import annotations
 
 import contextlib
-import email.utils
-import json
 import logging
-import math
 import re
-import time
-import unicodedata
 from abc import abstractmethod
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any, ClassVar
 
 import httpx
 
+from ._errors import ERROR_BODY_LIMIT, error_message, parse_retry_after, translate_errors
 from ._pool import StreamingTransport
+from ._streams import iter_body
 from .base import (
     AudioFormat,
     Provider,
     ProviderConfig,
-    ProviderConnectionError,
-    ProviderError,
     ProviderHTTPError,
     ProviderProtocolError,
-    ProviderTimeout,
     SynthesisJob,
     closest_rate,
 )
+from .sentences import split_to_limit
 
 log = logging.getLogger("gateway.providers")
 
-#: How much of an error body is read to find its message.
-_ERROR_BODY_LIMIT = 16 * 1024
-#: The most one server-sent event or one JSON object of a stream may take. Streamed events
-#: carry a fraction of a second of audio each (a few KiB); 2 MiB is ~40 s of 24 kHz PCM in
-#: base64, so only a broken or hostile upstream gets near it, and memory per stream stays bounded.
-MAX_EVENT_BYTES = 2 * 1024 * 1024
 #: Media types of the raw-audio providers' success answers. A missing type is accepted too: a
 #: vendor-sample upstream labels its PCM ``audio/mpeg``, others label nothing.
 AUDIO_TYPES = ("audio/*", "application/octet-stream", "binary/octet-stream")
@@ -102,19 +92,6 @@ class _CookielessClient(httpx.AsyncClient):
 _NO_COOKIES = _NoCookies()
 
 
-@contextlib.contextmanager
-def translate_errors(provider: str) -> Iterator[None]:
-    """Turn httpx's exceptions into provider errors, around connecting and around reading."""
-    try:
-        yield
-    except httpx.TimeoutException as exc:
-        raise ProviderTimeout(provider, f"timed out ({type(exc).__name__})") from exc
-    except httpx.TransportError as exc:
-        raise ProviderConnectionError(provider, f"{type(exc).__name__}: {exc}") from exc
-    except httpx.HTTPError as exc:
-        raise ProviderError(provider, f"{type(exc).__name__}: {exc}") from exc
-
-
 @contextlib.asynccontextmanager
 async def open_stream(
     client: httpx.AsyncClient,
@@ -145,25 +122,6 @@ async def open_stream(
         await response.aclose()
 
 
-async def iter_body(response: httpx.Response, provider: str) -> AsyncIterator[bytes]:
-    """The response body, chunk by chunk as it arrives, with errors translated. Only ever
-    called on an answer :func:`check_type` passed, so nothing is decompressed on the way."""
-    with translate_errors(provider):
-        async for chunk in response.aiter_bytes():
-            if chunk:
-                yield chunk
-
-
-async def read_body(response: httpx.Response, provider: str, limit: int) -> bytes:
-    """The whole body of an answer that is one document; over ``limit`` bytes is an error."""
-    body = bytearray()
-    async for chunk in iter_body(response, provider):
-        body += chunk
-        if len(body) > limit:
-            raise ProviderProtocolError(provider, f"the answer is over {_size(limit)}")
-    return bytes(body)
-
-
 async def read_error_body(response: httpx.Response) -> bytes:
     """Up to 16 KiB of an answer that is an error: enough for its message, never more (and
     nothing of a compressed one, which could expand a thousandfold in one read)."""
@@ -173,9 +131,9 @@ async def read_error_body(response: httpx.Response) -> bytes:
     with contextlib.suppress(httpx.HTTPError):
         async for chunk in response.aiter_bytes():
             body += chunk
-            if len(body) >= _ERROR_BODY_LIMIT:
+            if len(body) >= ERROR_BODY_LIMIT:
                 break
-    return bytes(body[:_ERROR_BODY_LIMIT])
+    return bytes(body[:ERROR_BODY_LIMIT])
 
 
 def media_type(response: httpx.Response) -> str:
@@ -211,71 +169,6 @@ def _identity(response: httpx.Response) -> bool:
 def _shown(value: str) -> str:
     """An upstream's short token (a media type, an encoding) safe to put in a log line."""
     return re.sub(r"[^\w.+/*-]", "?", value[:60])
-
-
-def _size(limit: int) -> str:
-    return f"{limit // (1024 * 1024)} MiB" if limit >= 1024 * 1024 else f"{limit // 1024} KiB"
-
-
-def error_message(body: bytes, fallback: str = "") -> str:
-    """The human part of a provider's error body (JSON shapes vary: ``{"error": {"message"}}``,
-    ``{"error": "..."}``, ``{"message"}``, ``{"detail"}``), on one line of printable characters,
-    shortened for logs."""
-    text = body[:_ERROR_BODY_LIMIT].decode("utf-8", "replace").strip()
-    try:
-        data = json.loads(text)
-    except ValueError:
-        data = None
-    found: Any = None
-    if isinstance(data, dict):
-        for key in ("error", "message", "detail", "err_msg", "title"):
-            if key in data:
-                found = data[key]
-                break
-        if isinstance(found, dict):
-            found = found.get("message") or found.get("code") or found
-        elif isinstance(found, list):  # FastAPI-style validation errors (ElevenLabs 422)
-            found = "; ".join(
-                str(item.get("msg", item)) if isinstance(item, dict) else str(item)
-                for item in found
-            )
-    message = short_text(found) if found not in (None, "") else short_text(text)
-    return message or fallback
-
-
-def short_text(value: object) -> str:
-    """An upstream's message as one printable line of at most 300 characters: for the log,
-    where terminal escapes, line breaks and megabytes of text have no business."""
-    text = " ".join(str(value)[:_ERROR_BODY_LIMIT].split())
-    text = "".join(c if unicodedata.category(c)[0] != "C" else "?" for c in text[:301])
-    return (text[:300] + "…") if len(text) > 300 else text
-
-
-def clip_bound(text: str, sample_rate: int) -> int:
-    """The most bytes a one-document answer carrying the whole clip for ``text`` may take: the
-    text spoken at 4 characters a second (a quarter of a normal speaker's pace; 30 s at
-    least), as 16-bit mono at ``sample_rate`` in base64, with 64 KiB for the JSON around it.
-    A typical sentence at 48 kHz gets ~4 MiB; nothing the caller could not have asked for."""
-    seconds = max(30.0, len(text) / 4)
-    return int(seconds * sample_rate * 2 * 4 / 3) + 64 * 1024
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """``Retry-After`` as seconds from now: delta-seconds or an HTTP date."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        pass
-    else:  # "inf" and "nan" parse as floats too, and mean nothing here
-        return max(0.0, seconds) if math.isfinite(seconds) else None
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
 
 
 class HTTPProvider(Provider):
@@ -346,7 +239,7 @@ class HTTPProvider(Provider):
 
     async def stream(self, job: SynthesisJob) -> AsyncGenerator[bytes, None]:
         pieces = (
-            split_text(job.text, self.max_text, self.text_size) if self.max_text else [job.text]
+            split_to_limit(job.text, self.max_text, self.text_size) if self.max_text else [job.text]
         )
         for piece in pieces:
             request = self.build(job, piece)
@@ -356,206 +249,3 @@ class HTTPProvider(Provider):
                 await check_type(response, self.name, self.answer_types)
                 async for chunk in self.audio(response, job, piece):
                     yield chunk
-
-
-# Latin punctuation ends a sentence or clause before whitespace; CJK punctuation needs none.
-_SENTENCE = re.compile(r"(?<=[.!?])\s+|(?<=[\u3002\uff01\uff1f])\s*")
-_CLAUSE = re.compile(r"(?<=[,;:])\s+|(?<=[\uff0c\uff1b\uff1a])\s*")
-_WORD = re.compile(r"\s+")
-
-
-def split_text(text: str, limit: int, size: Callable[[str], int] = len) -> list[str]:
-    """Cut ``text`` into pieces of at most ``limit`` (as ``size`` measures), at sentence
-    boundaries where possible, then clauses, then words, then characters."""
-    if size(text) <= limit:
-        return [text]
-    parts, glue = _parts(text)
-    pieces: list[str] = []
-    current = ""
-    for part in parts:
-        joined = f"{current}{glue}{part}" if current else part
-        if size(joined) <= limit:
-            current = joined
-            continue
-        if current:
-            pieces.append(current)
-        if size(part) <= limit:
-            current = part
-        else:  # one part alone is too long: cut it finer
-            finer = split_text(part, limit, size)
-            pieces.extend(finer[:-1])
-            current = finer[-1]
-    if current:
-        pieces.append(current)
-    return pieces
-
-
-def _parts(text: str) -> tuple[list[str], str]:
-    """The coarsest cut of ``text`` into more than one part, and what joins parts again."""
-    for pattern in (_SENTENCE, _CLAUSE, _WORD):
-        parts = [p for p in pattern.split(text) if p]
-        if len(parts) > 1:
-            return parts, " " if _WORD.search(text) else ""
-    return list(text), ""
-
-
-async def iter_sse(response: httpx.Response, provider: str) -> AsyncIterator[tuple[str, str]]:
-    """Server-sent events of a streaming response as (event name, data) pairs; the data lines
-    of one event are joined with newlines. Comments and ids are skipped.
-
-    Each byte is searched once (a search resumes where the last one ended), and an event
-    longer than :data:`MAX_EVENT_BYTES` is an error rather than a growing buffer."""
-    buffer = bytearray()
-    searched = 0  # bytes of the buffer known to hold no event end
-    async for chunk in iter_body(response, provider):
-        buffer += chunk
-        start = 0
-        while (cut := _EVENT_END.search(buffer, max(start, searched - 3))) is not None:
-            event = _sse_event(bytes(buffer[start : cut.start()]))
-            start = cut.end()
-            if event is not None:
-                yield event
-        del buffer[:start]
-        searched = len(buffer)
-        if searched > MAX_EVENT_BYTES:
-            raise ProviderProtocolError(provider, f"an event over {_size(MAX_EVENT_BYTES)}")
-    if buffer.strip():
-        event = _sse_event(bytes(buffer))
-        if event is not None:
-            yield event
-
-
-_EVENT_END = re.compile(rb"\r?\n\r?\n")
-
-
-def json_object(data: str | bytes, provider: str) -> dict[str, Any]:
-    """One JSON object from an upstream; anything else (not JSON, ``5``, ``[]``) is an error."""
-    try:
-        value = json.loads(data)
-    except ValueError:
-        raise ProviderProtocolError(provider, "a frame that is not JSON", retryable=True) from None
-    if not isinstance(value, dict):
-        raise ProviderProtocolError(
-            provider, f"a JSON {type(value).__name__} where an object was due"
-        )
-    return value
-
-
-def member(value: dict[str, Any], *path: str) -> Any:
-    """``value[path[0]][path[1]]…``, or None where a step is missing or not an object: the
-    tolerant walk into an upstream's JSON, which may be shaped in any way."""
-    found: Any = value
-    for key in path:
-        if not isinstance(found, dict):
-            return None
-        found = found.get(key)
-    return found
-
-
-class JSONObjectStream:
-    """Cuts a byte stream of concatenated JSON objects (``{…}{…}`` or one per line) into the
-    objects' bytes, in time linear in the stream: brackets are counted and strings skipped
-    with one regular-expression search per token, so no object is ever parsed twice, and an
-    unfinished object over :data:`MAX_EVENT_BYTES` is an error."""
-
-    def __init__(self, provider: str) -> None:
-        self.provider = provider
-        self._buffer = bytearray()
-        self._scan = 0  # where scanning resumes
-        self._depth = 0
-        self._in_string = False
-
-    def feed(self, data: bytes) -> list[bytes]:
-        """The objects completed by ``data``."""
-        buffer = self._buffer
-        buffer += data
-        objects: list[bytes] = []
-        start = 0  # where the current object begins
-        pos = self._scan
-        while pos < len(buffer):
-            if self._in_string:
-                found = _STRING_STOP.search(buffer, pos)
-                if found is None:
-                    pos = len(buffer)
-                    break
-                if found.group() == b"\\":
-                    if found.end() >= len(buffer):  # the escaped character is yet to come
-                        pos = found.start()
-                        break
-                    pos = found.end() + 1
-                    continue
-                self._in_string = False
-                pos = found.end()
-                continue
-            if self._depth == 0:
-                found = _OBJECT_START.match(buffer, pos)
-                assert found is not None  # the pattern matches the empty string
-                if not found.group(1):
-                    if found.end() < len(buffer):
-                        raise ProviderProtocolError(
-                            self.provider, "a stream that is not JSON objects"
-                        )
-                    pos = start = len(buffer)  # whitespace between objects
-                    break
-                start = found.start(1)
-                self._depth = 1
-                pos = found.end()
-                continue
-            found = _STRUCTURE.search(buffer, pos)
-            if found is None:
-                pos = len(buffer)
-                break
-            token = found.group()
-            pos = found.end()
-            if token == b'"':
-                self._in_string = True
-            elif token in (b"{", b"["):
-                self._depth += 1
-            else:
-                self._depth -= 1
-                if self._depth == 0:
-                    objects.append(bytes(buffer[start:pos]))
-                    start = pos
-        del buffer[:start]
-        self._scan = pos - start
-        if len(buffer) > MAX_EVENT_BYTES:
-            raise ProviderProtocolError(self.provider, f"an object over {_size(MAX_EVENT_BYTES)}")
-        return objects
-
-    def finish(self) -> None:
-        """The stream ended: an object cut off midway is an error."""
-        if self._depth or self._in_string or self._buffer.strip():
-            raise ProviderProtocolError(
-                self.provider, "the stream ended inside an object", retryable=True
-            )
-
-
-_OBJECT_START = re.compile(rb"\s*({)?")
-_STRUCTURE = re.compile(rb'[{}\[\]"]')
-_STRING_STOP = re.compile(rb'["\\]')
-
-
-def _sse_event(block: bytes) -> tuple[str, str] | None:
-    name, data = "message", []
-    for line in block.decode("utf-8", "replace").splitlines():
-        field, _, value = line.partition(":")
-        value = value[1:] if value.startswith(" ") else value
-        if field == "data":
-            data.append(value)
-        elif field == "event":
-            name = value
-    return (name, "\n".join(data)) if data else None
-
-
-def strip_riff(pcm: bytes) -> bytes:
-    """The samples of a chunk that carries its own RIFF/WAVE header (walking to ``data``)."""
-    if not pcm.startswith(b"RIFF") or pcm[8:12] != b"WAVE":
-        return pcm
-    offset = 12
-    while offset + 8 <= len(pcm):
-        chunk_id = pcm[offset : offset + 4]
-        size = int.from_bytes(pcm[offset + 4 : offset + 8], "little")
-        if chunk_id == b"data":
-            return pcm[offset + 8 :]
-        offset += 8 + size + (size & 1)
-    return b""

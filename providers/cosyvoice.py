@@ -25,7 +25,8 @@ import uuid
 from collections.abc import AsyncGenerator
 from typing import Any, ClassVar
 
-from ._http import json_object, member, short_text
+from ._errors import short_text
+from ._streams import json_object, member
 from .base import (
     AudioFormat,
     Provider,

@@ -22,7 +22,8 @@ from typing import Any, ClassVar
 
 import httpx
 
-from ._http import HTTPProvider, short_text
+from ._errors import short_text
+from ._http import HTTPProvider
 from .base import (
     SAMPLE_RATES,
     AudioFormat,

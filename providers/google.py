@@ -32,7 +32,9 @@ from typing import Any, ClassVar
 
 import httpx
 
-from ._http import HTTPProvider, clip_bound, json_object, member, read_body, short_text, strip_riff
+from ._errors import short_text
+from ._http import HTTPProvider
+from ._streams import clip_bound, json_object, member, read_body
 from .base import (
     AudioFormat,
     ProviderConfig,
@@ -41,7 +43,8 @@ from .base import (
     ProviderProtocolError,
     SynthesisJob,
 )
-from .openai import EMOTION_INSTRUCTIONS
+from .emotions import EMOTION_INSTRUCTIONS
+from .wav import strip_riff
 
 _AUDIO_CONFIG = ("speakingRate", "pitch", "volumeGainDb")
 #: A voice name that starts with a BCP-47 locale: ``en-US-Neural2-F``, ``cmn-CN-Wavenet-A``.

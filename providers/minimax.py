@@ -22,7 +22,9 @@ from typing import Any, ClassVar
 
 import httpx
 
-from ._http import HTTPProvider, iter_sse, json_object, media_type, member, read_body, short_text
+from ._errors import short_text
+from ._http import HTTPProvider, media_type
+from ._streams import iter_sse, json_object, member, read_body
 from .base import ProviderConfig, ProviderHTTPError, ProviderProtocolError, SynthesisJob
 
 RATES = (8000, 16000, 22050, 24000, 32000, 44100)

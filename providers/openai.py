@@ -19,12 +19,7 @@ import httpx
 
 from ._http import HTTPProvider
 from .base import SynthesisJob
-
-#: The built-in Emotion → ``instructions`` mapping (override per voice in the routing file).
-EMOTION_INSTRUCTIONS = {
-    "happy": "Speak in a cheerful, happy tone.",
-    "sad": "Speak in a sad tone.",
-}
+from .emotions import EMOTION_INSTRUCTIONS
 
 
 class OpenAIProvider(HTTPProvider):

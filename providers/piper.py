@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import threading
 from collections.abc import AsyncGenerator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -30,60 +29,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from .base import AudioFormat, Provider, ProviderConfig, ProviderError, SynthesisJob
-
-# A sentence ends at . ! ? (their CJK full-width forms, an ellipsis), maybe followed by a closing
-# quote or bracket, then whitespace.
-_END = r"[.!?\u2026\u3002\uff01\uff1f]"
-_SENTENCE_END = re.compile(rf"(?:(?<={_END})|(?<={_END}[\"'\u201d\u2019)\]]))\s+")
-# A clause ends at a comma, semicolon, colon (also full-width) or dash, then whitespace.
-_CLAUSE_END = re.compile(r"(?<=[,;:\uff0c\uff1b\uff1a\u2014\u2013])\s+")
-#: The first clause is cut off only if it has at least this many words (shorter pieces sound
-#: clipped and gain nothing: they synthesize in a few milliseconds either way).
-_MIN_FIRST_CLAUSE_WORDS = 3
-
-
-#: A sentence longer than this is synthesized clause by clause (in pieces of at least
-#: ``_LONG_PIECE_WORDS``): one ONNX run cannot be interrupted, so pieces bound the work a
-#: hang-up leaves running.
-_LONG_SENTENCE_WORDS = 40
-_LONG_PIECE_WORDS = 12
-
-
-def split_text(text: str) -> list[str]:
-    """Cut text into pieces to synthesize one after another: the first clause of the first
-    sentence alone (when it has a few words and more follows), then whole sentences, long
-    ones by groups of clauses."""
-    sentences = [s.strip() for s in _SENTENCE_END.split(text.strip()) if s.strip()]
-    if not sentences:
-        return []
-    pieces: list[str] = []
-    clauses = [c for c in _CLAUSE_END.split(sentences[0]) if c.strip()]
-    head_words = 0
-    for index, clause in enumerate(clauses[:-1]):
-        head_words += len(clause.split())
-        if head_words >= _MIN_FIRST_CLAUSE_WORDS:
-            pieces.append(" ".join(clauses[: index + 1]))
-            sentences[0] = " ".join(clauses[index + 1 :])
-            break
-    for sentence in sentences:
-        pieces.extend(_group_clauses(sentence))
-    return pieces
-
-
-def _group_clauses(sentence: str) -> list[str]:
-    if len(sentence.split()) <= _LONG_SENTENCE_WORDS:
-        return [sentence]
-    groups: list[str] = []
-    current: list[str] = []
-    for clause in _CLAUSE_END.split(sentence):
-        current.append(clause)
-        if len(" ".join(current).split()) >= _LONG_PIECE_WORDS:
-            groups.append(" ".join(current))
-            current = []
-    if current:
-        groups.append(" ".join(current))
-    return groups
-
+from .sentences import split_for_speech
 
 _NUMBER_OPTIONS = frozenset({"length_scale", "noise_scale", "noise_w_scale", "volume"})
 
@@ -257,7 +203,7 @@ class PiperProvider(Provider):
         # Awaiting the executor can be cancelled, the thread cannot: tell it to stop.
         cancelled = threading.Event()
         try:
-            for piece in split_text(job.text):
+            for piece in split_for_speech(job.text):
                 try:
                     audio = await loop.run_in_executor(
                         self._executor, self._synthesize, piece, job.options, speaker, cancelled

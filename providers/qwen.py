@@ -25,18 +25,12 @@ from typing import Any
 
 import httpx
 
-from ._http import (
-    HTTPProvider,
-    iter_sse,
-    json_object,
-    media_type,
-    member,
-    read_body,
-    short_text,
-    strip_riff,
-)
+from ._errors import short_text
+from ._http import HTTPProvider, media_type
+from ._streams import iter_sse, json_object, member, read_body
 from .base import ProviderHTTPError, ProviderProtocolError, SynthesisJob
-from .openai import EMOTION_INSTRUCTIONS
+from .emotions import EMOTION_INSTRUCTIONS
+from .wav import strip_riff
 
 #: The option that goes into ``input`` beside the text and the voice; the rest are parameters.
 INPUT_OPTIONS = ("language_type",)

@@ -21,7 +21,9 @@ from typing import Any, ClassVar
 
 import httpx
 
-from ._http import HTTPProvider, JSONObjectStream, iter_body, json_object, short_text
+from ._errors import short_text
+from ._http import HTTPProvider
+from ._streams import JSONObjectStream, iter_body, json_object
 from .base import ProviderConfig, ProviderHTTPError, ProviderProtocolError, SynthesisJob
 
 FINISHED = 20000000

@@ -6,21 +6,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
+import logging
 import math
 import socket
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import httpx
 import numpy as np
+import pytest
 import uvicorn
 from starlette.applications import Starlette
 from websockets.asyncio.server import ServerConnection, serve
 
 from gateway.http1 import ConnectionLimits, protocol_factory
+from gateway.logs import LOG_FORMAT, QUIET_LOGGERS, configure_logging
 from providers.base import (
     AudioFormat,
     Container,
@@ -142,6 +146,17 @@ class FakeProvider(Provider):
 register("fake", FakeProvider)
 
 
+def job_maker(**defaults: Any) -> Callable[..., SynthesisJob]:
+    """A factory of jobs for one provider's tests: ``defaults``, with the fields a test gives
+    put over them."""
+    base = SynthesisJob(**defaults)
+
+    def job(**fields: Any) -> SynthesisJob:
+        return dataclasses.replace(base, **fields)
+
+    return job
+
+
 async def drain(provider: Provider, job: SynthesisJob) -> bytes:
     """Everything a provider streams for one job; the provider is closed after."""
     try:
@@ -163,6 +178,39 @@ async def eventually(condition: Callable[[], object], seconds: float = 2.0) -> b
             return True
         await asyncio.sleep(0.005)
     return bool(condition())
+
+
+@contextlib.contextmanager
+def logging_at_debug(capsys: pytest.CaptureFixture[str]) -> Iterator[Callable[[], str]]:
+    """The gateway's log configured at debug, as ``serve`` does; yields a reader of all it has
+    written to stderr so far. Everything it changed is put back after."""
+    root = logging.getLogger()
+    saved_level, saved_handlers = root.level, list(root.handlers)
+    saved_quiet = {name: logging.getLogger(name).level for name in QUIET_LOGGERS}
+    configure_logging("debug")
+    written: list[str] = []
+
+    def read() -> str:
+        written.append(capsys.readouterr().err)
+        return "".join(written)
+
+    try:
+        yield read
+    finally:
+        for handler in root.handlers:
+            if handler not in saved_handlers:
+                root.removeHandler(handler)
+        root.setLevel(saved_level)
+        for name, level in saved_quiet.items():
+            logging.getLogger(name).setLevel(level)
+
+
+def leaked(secrets: Sequence[str], written: str, records: Sequence[logging.LogRecord]) -> list[str]:
+    """The ``secrets`` in what the log wrote, or in any of its ``records`` as emitted (formatted
+    without the masking the gateway's handler adds)."""
+    raw = logging.Formatter(LOG_FORMAT)
+    emitted = [raw.format(record) for record in records]
+    return [s for s in secrets if s in written or any(s in line for line in emitted)]
 
 
 # ---------------------------------------------------------------- live server

@@ -13,8 +13,9 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from gateway.audio import AudioFormatError, Converter, wav_header, write_wav
+from gateway.audio import AudioFormatError, Converter, write_wav
 from providers.base import AudioFormat, Encoding
+from providers.wav import strip_riff, wav_header
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int16]
@@ -425,6 +426,30 @@ def test_truncated_wav_header_yields_no_audio() -> None:
 
 
 # -- life cycle -----------------------------------------------------------------------------------
+
+
+def test_strip_riff_walks_to_the_data_chunk() -> None:
+    header = wav_header(24000, data_bytes=4)
+    with_list = header[:36] + b"LIST\x04\x00\x00\x00INFO" + header[36:]
+    with_list = b"RIFF" + (len(with_list) - 8 + 4).to_bytes(4, "little") + with_list[8:]
+    assert strip_riff(with_list + b"\x01\x00\x02\x00") == b"\x01\x00\x02\x00"
+    assert strip_riff(b"\x05\x00") == b"\x05\x00"
+
+
+@pytest.mark.parametrize(
+    ("chunk", "samples"),
+    [
+        (wav_header(16000)[:30], b""),  # the header ends before the data chunk: no samples
+        (b"RIFF\x00\x00\x00\x00WAVEdata\x00\x00\x00\x00\x03\x00", b"\x03\x00"),  # no fmt
+        # a chunk id that is not text, skipped like any other
+        (b"RIFF\0\0\0\0WAVE\x01\x02\x03\x04\0\0\0\0data\0\0\0\0\x04", b"\x04"),
+        (b"RF64\xff\xff\xff\xffWAVE\x06\x00", b"RF64\xff\xff\xff\xffWAVE\x06\x00"),  # as is
+    ],
+)
+def test_strip_riff_only_walks_to_the_data_chunk(chunk: bytes, samples: bytes) -> None:
+    # A chunk that may carry a header of its own is not a stream declared as WAV: what the
+    # header says of the format is not looked at, only where the samples start.
+    assert strip_riff(chunk) == samples
 
 
 @pytest.mark.parametrize("out_rate", [16000, 48000])

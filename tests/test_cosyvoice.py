@@ -1,12 +1,12 @@
 """``type: cosyvoice`` against a loopback WebSocket server that follows DashScope's documented
 task protocol (run-task → task-started → continue-task/finish-task → binary audio →
-task-finished, or task-failed)."""
+task-finished, or task-failed): what is specific to it (the cases of the provider contract that
+apply to a WebSocket are in ``tests/test_provider_contract.py``)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
 
 import pytest
 
@@ -21,7 +21,7 @@ from providers.base import (
     build_provider,
 )
 from providers.cosyvoice import MAX_FRAME_BYTES
-from tests.support import TaskServer, running_task_server, synthesize, tone
+from tests.support import TaskServer, job_maker, running_task_server, synthesize, tone
 
 KEY = "sk-cosy-0123"
 
@@ -30,14 +30,7 @@ async def collect(url: str, job: SynthesisJob) -> bytes:
     return await synthesize("cosyvoice", job, api_key=KEY, url=url)
 
 
-def job(**fields: Any) -> SynthesisJob:
-    values: dict[str, Any] = {
-        "text": "Hello there.",
-        "voice": "longxiaochun_v2",
-        "sample_rate": 24000,
-    }
-    values.update(fields)
-    return SynthesisJob(**values)
+job = job_maker(text="Hello there.", voice="longxiaochun_v2", sample_rate=24000)
 
 
 async def test_task_protocol_and_binary_audio() -> None:
@@ -81,47 +74,9 @@ async def test_task_failed(code: str, retryable: bool) -> None:
     assert code in str(caught.value) and "it went wrong" in str(caught.value)
 
 
-async def test_closing_the_stream_closes_the_socket() -> None:
-    server = TaskServer([b"\x01\x00" * 100, b"\x02\x00" * 100])
-    async with running_task_server(server) as url:
-        provider = build_provider(
-            ProviderConfig(name="cosy", type="cosyvoice", settings={"api_key": KEY, "url": url})
-        )
-        stream = provider.stream(job())
-        assert await anext(stream) == b"\x01\x00" * 100
-        await stream.aclose()  # the caller hung up
-        await asyncio.wait_for(server.closed.wait(), 1.0)
-
-
 async def test_nobody_listening_is_a_connection_error() -> None:
     with pytest.raises(ProviderConnectionError):
         await collect("ws://127.0.0.1:9/api-ws/v1/inference", job())
-
-
-async def test_cosyvoice_through_the_gateway() -> None:
-    import httpx
-
-    from gateway.app import create_app
-    from gateway.config import parse_config
-    from tests.support import live_server, peak_frequency
-
-    pcm = tone(1000, 1.0, 24000)
-    server = TaskServer([pcm[i : i + 4801] for i in range(0, len(pcm), 4801)])  # odd cuts
-    async with running_task_server(server) as url:
-        routing = f"""
-server: {{default_voice: longxiaochun_v2}}
-providers: {{cosy: {{type: cosyvoice, api_key: "{KEY}", url: "{url}"}}}}
-voices: {{longxiaochun_v2: {{provider: cosy}}}}
-"""
-        async with live_server(create_app(parse_config(routing))) as base, httpx.AsyncClient() as c:
-            response = await c.post(
-                base + "/stream-audio", json={"Text": "Hi.", "SampleRate": 24000}
-            )
-    assert response.status_code == 200
-    # CosyVoice speaks every rate the interface allows: asked for as is, nothing resampled.
-    assert server.messages[0]["payload"]["parameters"]["sample_rate"] == 24000
-    assert response.content == pcm
-    assert abs(peak_frequency(response.content, 24000) - 1000) <= 2
 
 
 def event_frame(event: str) -> str:

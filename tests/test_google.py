@@ -1,19 +1,21 @@
 """``type: google`` against respx mocks of Cloud Text-to-Speech's ``text:synthesize``: one JSON
-reply with base64 LINEAR16 that carries a WAV header, errors in Google's JSON shape."""
+reply with base64 LINEAR16 that carries a WAV header, service-account tokens, Google's error
+shape; what is specific to it (the contract every provider keeps is
+``tests/test_provider_contract.py``)."""
 
 from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import respx
-from starlette.testclient import TestClient
 
 from gateway.app import create_app
-from gateway.audio import wav_header
 from gateway.config import parse_config
 from providers.base import (
     ProviderConfig,
@@ -22,7 +24,8 @@ from providers.base import (
     SynthesisJob,
     build_provider,
 )
-from tests.support import drain, peak_frequency, synthesize, tone
+from providers.wav import wav_header
+from tests.support import drain, job_maker, leaked, live_server, logging_at_debug, synthesize, tone
 
 pytestmark = pytest.mark.respx(using="httpx")
 
@@ -39,14 +42,7 @@ async def collect(job: SynthesisJob) -> bytes:
     return await synthesize("google", job, api_key=KEY)
 
 
-def job(**fields: Any) -> SynthesisJob:
-    values: dict[str, Any] = {
-        "text": "Hello there.",
-        "voice": "en-US-Neural2-F",
-        "sample_rate": 16000,
-    }
-    values.update(fields)
-    return SynthesisJob(**values)
+job = job_maker(text="Hello there.", voice="en-US-Neural2-F", sample_rate=16000)
 
 
 async def test_request_and_wav_header_dropped(respx_mock: respx.MockRouter) -> None:
@@ -63,16 +59,6 @@ async def test_request_and_wav_header_dropped(respx_mock: respx.MockRouter) -> N
     }
 
 
-async def test_long_text_in_byte_limited_pieces(respx_mock: respx.MockRouter) -> None:
-    pcm = tone(440, 0.05, 16000)
-    route = respx_mock.post(URL).mock(return_value=reply(pcm, 16000))
-    text = " ".join(["Ünïcödé sentence with accents."] * 250)  # ~8500 bytes in UTF-8
-    audio = await collect(job(text=text))
-    pieces = [json.loads(c.request.content)["input"]["text"] for c in route.calls]
-    assert len(pieces) == 2 and all(len(p.encode()) <= 5000 for p in pieces)
-    assert audio == pcm * 2  # each piece's WAV header dropped, not played
-
-
 async def test_gemini_voice_gets_the_emotion_as_prompt(respx_mock: respx.MockRouter) -> None:
     route = respx_mock.post(URL).mock(return_value=reply(b"\x00\x00", 16000))
     await collect(job(emotion="sad", options={"model_name": "gemini-2.5-flash-tts"}))
@@ -81,45 +67,11 @@ async def test_gemini_voice_gets_the_emotion_as_prompt(respx_mock: respx.MockRou
     assert body["voice"]["model_name"] == "gemini-2.5-flash-tts"
 
 
-@pytest.mark.parametrize(
-    ("status", "reason", "retryable"),
-    [
-        (400, "INVALID_ARGUMENT", False),
-        (403, "PERMISSION_DENIED", False),
-        (429, "RESOURCE_EXHAUSTED", True),
-        (503, "UNAVAILABLE", True),
-    ],
-)
-async def test_errors(
-    respx_mock: respx.MockRouter, status: int, reason: str, retryable: bool
-) -> None:
-    body = {"error": {"code": status, "message": f"{reason} happened", "status": reason}}
-    respx_mock.post(URL).mock(return_value=httpx.Response(status, json=body))
-    with pytest.raises(ProviderHTTPError) as caught:
-        await collect(job())
-    assert caught.value.retryable is retryable and f"{reason} happened" in str(caught.value)
-
-
 async def test_a_reply_without_audio_is_an_error(respx_mock: respx.MockRouter) -> None:
     respx_mock.post(URL).mock(return_value=httpx.Response(200, json={"unexpected": True}))
     with pytest.raises(ProviderProtocolError) as caught:
         await collect(job())
     assert "no audioContent" in str(caught.value) and caught.value.summary == "unexpected answer"
-
-
-def test_google_through_the_gateway(respx_mock: respx.MockRouter) -> None:
-    respx_mock.route(host="testserver").pass_through()
-    respx_mock.post(URL).mock(return_value=reply(tone(1000, 1.0, 48000), 48000))
-    routing = f"""
-server: {{default_voice: en-US-Neural2-F}}
-providers: {{g: {{type: google, api_key: "{KEY}"}}}}
-voices: {{en-US-Neural2-F: {{provider: g}}}}
-"""
-    with TestClient(create_app(parse_config(routing))) as client:
-        response = client.post("/stream-audio", json={"Text": "Hi.", "SampleRate": 48000})
-    assert response.status_code == 200
-    assert len(response.content) == 48000 * 2  # the header never reaches the caller
-    assert abs(peak_frequency(response.content, 48000) - 1000) <= 2
 
 
 def service_account_file(tmp_path: Any) -> str:
@@ -195,6 +147,57 @@ async def test_a_refused_service_account_is_not_retried(
     assert not caught.value.retryable and "invalid_grant" in str(caught.value)
 
 
+def private_key_line(credentials: str) -> str:
+    """A line from the middle of the key file's private key: a secret no log may show."""
+    key: str = json.loads(Path(credentials).read_text())["private_key"]
+    return key.splitlines()[5]
+
+
+@pytest.fixture
+def debug_log(capsys: pytest.CaptureFixture[str]) -> Iterator[Callable[[], str]]:
+    with logging_at_debug(capsys) as read:
+        yield read
+
+
+@pytest.mark.parametrize("outcome", ["success", "error"])
+async def test_the_service_accounts_key_and_token_are_never_logged(
+    respx_mock: respx.MockRouter,
+    caplog: pytest.LogCaptureFixture,
+    debug_log: Callable[[], str],
+    tmp_path: Path,
+    outcome: str,
+) -> None:
+    credentials = service_account_file(tmp_path)
+    key_line = private_key_line(credentials)
+    access_token = "ya29.LEAKCHECK-access-token-0123"
+    respx_mock.route(host="127.0.0.1").pass_through()  # the test's own client, to the gateway
+    respx_mock.post("https://oauth2.googleapis.com/token").mock(
+        return_value=httpx.Response(
+            200, json={"access_token": access_token, "expires_in": 3600, "token_type": "Bearer"}
+        )
+    )
+    echo = {"code": 401, "message": f"Invalid credentials: Bearer {access_token}"}
+    respx_mock.post(URL).mock(
+        return_value=reply(tone(440, 0.1, 24000), 24000)
+        if outcome == "success"
+        else httpx.Response(401, json={"error": {**echo, "status": "UNAUTHENTICATED"}})
+    )
+    routing = json.dumps(
+        {
+            "server": {"default_voice": "v", "log_level": "debug"},
+            "providers": {"g": {"type": "google", "credentials_file": credentials}},
+            "voices": {"v": {"provider": "g", "voice": "en-US-Neural2-F"}},
+        }
+    )
+    async with live_server(create_app(parse_config(routing))) as base, httpx.AsyncClient() as c:
+        response = await c.post(base + "/stream-audio", json={"Text": "Hi.", "SampleRate": 24000})
+    assert response.status_code == (200 if outcome == "success" else 502)
+    written = debug_log()
+    assert "failed before audio" in written or outcome == "success"
+    assert leaked([access_token, key_line], written, caplog.records) == []
+    assert access_token not in response.text
+
+
 def test_google_needs_a_key_or_a_credentials_file(tmp_path: Any) -> None:
     from gateway.config import ConfigError
 
@@ -227,57 +230,6 @@ async def test_language_code_comes_from_a_locale_or_the_option(
     await collect(job(voice=voice, options=options))
     sent = json.loads(route.calls.last.request.content)["voice"]
     assert sent["languageCode"] == language and sent["name"] == voice
-
-
-def test_the_caller_is_shown_googles_error_status_from_a_200_body(
-    respx_mock: respx.MockRouter,
-) -> None:
-    respx_mock.route(host="testserver").pass_through()
-    body = {"error": {"code": 400, "message": "voice not found", "status": "INVALID_ARGUMENT"}}
-    respx_mock.post(URL).mock(return_value=httpx.Response(200, json=body))
-    routing = f"""
-server: {{default_voice: en-US-Neural2-F}}
-providers: {{g: {{type: google, api_key: "{KEY}"}}}}
-voices: {{en-US-Neural2-F: {{provider: g}}}}
-"""
-    with TestClient(create_app(parse_config(routing))) as client:
-        response = client.post("/stream-audio", json={"Text": "Hi.", "SampleRate": 16000})
-    assert response.status_code == 502
-    message = response.json()["error"]["message"]
-    assert "(g): error INVALID_ARGUMENT" in message and "HTTP 200" not in message
-
-
-@pytest.mark.parametrize(
-    ("content", "reason"),
-    [
-        (b"not json", "not JSON"),
-        (b"[]", "JSON list where an object was due"),
-        (b'{"audioContent": 5}', "no audioContent"),
-        (b'{"audioContent": "abc"}', "undecodable audioContent"),
-    ],
-)
-async def test_malformed_replies_are_provider_errors(
-    respx_mock: respx.MockRouter, content: bytes, reason: str
-) -> None:
-    respx_mock.post(URL).mock(
-        return_value=httpx.Response(
-            200, content=content, headers={"Content-Type": "application/json; charset=UTF-8"}
-        )
-    )
-    with pytest.raises(ProviderProtocolError) as caught:
-        await collect(job())
-    assert reason in str(caught.value)
-
-
-async def test_an_html_page_at_200_is_an_error(respx_mock: respx.MockRouter) -> None:
-    respx_mock.post(URL).mock(
-        return_value=httpx.Response(
-            200, content=b"<html>captive portal</html>", headers={"Content-Type": "text/html"}
-        )
-    )
-    with pytest.raises(ProviderProtocolError) as caught:
-        await collect(job())
-    assert "text/html" in str(caught.value) and "captive portal" in str(caught.value)
 
 
 async def test_a_reply_bigger_than_the_text_could_need_is_refused(

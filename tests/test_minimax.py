@@ -1,20 +1,16 @@
 """``type: minimax`` against respx mocks of MiniMax's documented stream: SSE events with hex
-audio, errors inside HTTP 200 bodies, and the final event that repeats the whole audio."""
+audio, errors inside HTTP 200 bodies, and the final event that repeats the whole audio; what is
+specific to it (the contract every provider keeps is ``tests/test_provider_contract.py``)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 from typing import Any
 
 import httpx
 import pytest
 import respx
-from starlette.testclient import TestClient
 
-from gateway.app import create_app
-from gateway.config import parse_config
 from providers.base import (
     ProviderConfig,
     ProviderHTTPError,
@@ -22,7 +18,7 @@ from providers.base import (
     SynthesisJob,
     build_provider,
 )
-from tests.support import peak_frequency, synthesize, tone
+from tests.support import job_maker, synthesize, tone
 
 pytestmark = pytest.mark.respx(using="httpx")
 
@@ -55,10 +51,7 @@ async def collect(job: SynthesisJob, **settings: Any) -> bytes:
     return await synthesize("minimax", job, api_key=KEY, **settings)
 
 
-def job(**fields: Any) -> SynthesisJob:
-    values: dict[str, Any] = {"text": "Hello there.", "voice": "female-1", "sample_rate": 16000}
-    values.update(fields)
-    return SynthesisJob(**values)
+job = job_maker(text="Hello there.", voice="female-1", sample_rate=16000)
 
 
 async def test_request_and_hex_audio_without_the_aggregate_repeat(
@@ -83,26 +76,6 @@ async def test_request_and_hex_audio_without_the_aggregate_repeat(
     }
 
 
-@pytest.mark.parametrize(
-    ("code", "message", "retryable"),
-    [
-        (1004, "authentication failed", False),
-        (1008, "insufficient balance", False),
-        (2013, "invalid params", False),
-        (1002, "rate limit", True),
-    ],
-)
-async def test_errors_inside_http_200(
-    respx_mock: respx.MockRouter, code: int, message: str, retryable: bool
-) -> None:
-    body = {"base_resp": {"status_code": code, "status_msg": message}}
-    respx_mock.post(URL).mock(return_value=httpx.Response(200, json=body))
-    with pytest.raises(ProviderHTTPError) as caught:
-        await collect(job())
-    assert caught.value.retryable is retryable
-    assert message in str(caught.value) and str(code) in str(caught.value)
-
-
 async def test_an_error_event_in_the_stream(respx_mock: respx.MockRouter) -> None:
     respx_mock.post(URL).mock(
         return_value=sse(
@@ -118,22 +91,6 @@ async def test_an_error_event_in_the_stream(respx_mock: respx.MockRouter) -> Non
     await provider.aclose()
     assert received == [b"\x01\x00"]
     assert caught.value.retryable
-
-
-def test_minimax_through_the_gateway(respx_mock: respx.MockRouter) -> None:
-    respx_mock.route(host="testserver").pass_through()
-    respx_mock.post(URL).mock(return_value=stream_of(tone(1000, 1.0, 44100), pieces=7))
-    routing = f"""
-server: {{default_voice: v}}
-providers: {{mm: {{type: minimax, api_key: "{KEY}"}}}}
-voices: {{v: {{provider: mm, voice: female-1}}}}
-"""
-    with TestClient(create_app(parse_config(routing))) as client:
-        response = client.post("/stream-audio", json={"Text": "Hi.", "SampleRate": 48000})
-    assert response.status_code == 200
-    out = response.content
-    assert abs(len(out) // 2 - 48000) <= 1  # 44.1 kHz from MiniMax, resampled
-    assert abs(peak_frequency(out, 48000) - 1000) <= 2
 
 
 async def test_events_split_across_network_chunks(respx_mock: respx.MockRouter) -> None:
@@ -155,65 +112,6 @@ async def test_events_split_across_network_chunks(respx_mock: respx.MockRouter) 
     assert await collect(job()) == pcm
 
 
-def gateway_post(respx_mock: respx.MockRouter, answer: httpx.Response) -> httpx.Response:
-    respx_mock.route(host="testserver").pass_through()
-    respx_mock.post(URL).mock(return_value=answer)
-    routing = f"""
-server: {{default_voice: v}}
-providers: {{mm: {{type: minimax, api_key: "{KEY}"}}}}
-voices: {{v: {{provider: mm, voice: female-1}}}}
-"""
-    with TestClient(create_app(parse_config(routing))) as client:
-        response: httpx.Response = client.post(
-            "/stream-audio", json={"Text": "Hi.", "SampleRate": 16000}
-        )
-    return response
-
-
-def test_the_caller_is_shown_minimaxs_error_code_not_http_200(
-    respx_mock: respx.MockRouter,
-) -> None:
-    body = {"base_resp": {"status_code": 1008, "status_msg": "insufficient balance"}}
-    response = gateway_post(respx_mock, httpx.Response(200, json=body))
-    assert response.status_code == 502
-    message = response.json()["error"]["message"]
-    assert "(mm): error 1008" in message
-    assert "HTTP 200" not in message and "insufficient balance" not in message
-
-
-@pytest.mark.parametrize(
-    ("events", "reason"),
-    [
-        (b"data: not json\n\n", "not JSON"),
-        (b"data: 5\n\n", "JSON int where an object was due"),
-        (b"data: []\n\n", "JSON list where an object was due"),
-        (b'data: {"data": {"audio": "zz", "status": 1}}\n\n', "not hex"),
-        (b'data: {"data": {"audio": 12, "status": 1}}\n\n', "not hex"),
-    ],
-)
-async def test_malformed_events_are_provider_errors(
-    respx_mock: respx.MockRouter, events: bytes, reason: str
-) -> None:
-    respx_mock.post(URL).mock(
-        return_value=httpx.Response(
-            200, content=events, headers={"Content-Type": "text/event-stream"}
-        )
-    )
-    with pytest.raises(ProviderProtocolError) as caught:
-        await collect(job())
-    assert reason in str(caught.value)
-
-
-async def test_an_html_page_at_200_is_not_taken_for_a_reply(respx_mock: respx.MockRouter) -> None:
-    page = b"<html><body><h1>502 Bad Gateway</h1>nginx</body></html>"
-    respx_mock.post(URL).mock(
-        return_value=httpx.Response(200, content=page, headers={"Content-Type": "text/html"})
-    )
-    with pytest.raises(ProviderProtocolError) as caught:
-        await collect(job())
-    assert "text/html" in str(caught.value) and "502 Bad Gateway" in str(caught.value)
-
-
 async def test_a_reply_that_is_not_a_stream_is_read_to_a_bound(
     respx_mock: respx.MockRouter,
 ) -> None:
@@ -222,40 +120,3 @@ async def test_a_reply_that_is_not_a_stream_is_read_to_a_bound(
     with pytest.raises(ProviderProtocolError) as caught:
         await collect(job())
     assert "over 64 KiB" in str(caught.value)
-
-
-async def test_a_long_event_in_small_pieces_is_read_in_linear_time(
-    respx_mock: respx.MockRouter,
-) -> None:
-    pcm = b"\x01\x02" * 400_000  # one event of 1.6 MB of hex, sent without a break
-    body = f"data: {json.dumps({'data': {'audio': pcm.hex(), 'status': 1}})}\n\n".encode()
-
-    async def pieces() -> Any:
-        for i in range(0, len(body), 512):  # 3000 pieces, each a new search for the event end
-            yield body[i : i + 512]
-
-    respx_mock.post(URL).mock(
-        return_value=httpx.Response(
-            200, content=pieces(), headers={"Content-Type": "text/event-stream"}
-        )
-    )
-    started = time.perf_counter()
-    assert await collect(job()) == pcm
-    assert time.perf_counter() - started < 1.5  # searching from the start each time took seconds
-
-
-async def test_an_event_without_end_is_refused_at_its_bound(respx_mock: respx.MockRouter) -> None:
-    async def endless() -> Any:
-        yield b'data: {"data": {"audio": "'
-        for _ in range(48):  # 3 MiB, then nothing more: a reader without a bound waits on
-            yield b"00" * 32768
-        await asyncio.Event().wait()
-
-    respx_mock.post(URL).mock(
-        return_value=httpx.Response(
-            200, content=endless(), headers={"Content-Type": "text/event-stream"}
-        )
-    )
-    with pytest.raises(ProviderProtocolError) as caught:
-        await asyncio.wait_for(collect(job()), 10)
-    assert "an event over 2 MiB" in str(caught.value)

@@ -12,7 +12,8 @@ import pytest
 from gateway.app import create_app
 from gateway.config import ConfigError, default_config, parse_config
 from providers.base import ProviderConfig, SynthesisJob
-from providers.piper import PiperProvider, split_text
+from providers.piper import PiperProvider
+from providers.sentences import split_for_speech as split_text
 from tests.support import live_server, samples
 
 # Deterministic synthesis: Piper's noise makes durations vary from run to run otherwise.

@@ -1,21 +1,19 @@
 """``type: polly`` against respx mocks of Amazon Polly's SynthesizeSpeech: a SigV4-signed JSON
-request (botocore's signer), raw PCM back, errors typed by ``x-amzn-ErrorType``."""
+request (botocore's signer), raw PCM back, errors typed by ``x-amzn-ErrorType``; what is
+specific to it (the contract every provider keeps is ``tests/test_provider_contract.py``)."""
 
 from __future__ import annotations
 
 import json
 import re
-from typing import Any
 
 import httpx
 import pytest
 import respx
-from starlette.testclient import TestClient
 
-from gateway.app import create_app
 from gateway.config import parse_config
-from providers.base import ProviderConfig, ProviderHTTPError, SynthesisJob, build_provider
-from tests.support import drain, peak_frequency, synthesize, tone
+from providers.base import ProviderConfig, SynthesisJob, build_provider
+from tests.support import drain, job_maker, synthesize
 
 pytestmark = pytest.mark.respx(using="httpx")
 
@@ -31,10 +29,7 @@ async def collect(job: SynthesisJob) -> bytes:
     return await synthesize("polly", job, **SETTINGS)
 
 
-def job(**fields: Any) -> SynthesisJob:
-    values: dict[str, Any] = {"text": "Hello there.", "voice": "Joanna", "sample_rate": 48000}
-    values.update(fields)
-    return SynthesisJob(**values)
+job = job_maker(text="Hello there.", voice="Joanna", sample_rate=48000)
 
 
 async def test_signed_request(respx_mock: respx.MockRouter) -> None:
@@ -65,44 +60,6 @@ async def test_signature_covers_the_body(respx_mock: respx.MockRouter) -> None:
     await collect(job(text="Two."))
     first, second = (c.request.headers["authorization"] for c in route.calls)
     assert first.split("Signature=")[1] != second.split("Signature=")[1]
-
-
-@pytest.mark.parametrize(
-    ("status", "kind", "retryable"),
-    [
-        (400, "ThrottlingException", True),  # throttling comes back as a 400
-        (400, "InvalidSampleRateException", False),
-        (403, "UnrecognizedClientException", False),
-        (500, "ServiceFailureException", True),
-    ],
-)
-async def test_errors(
-    respx_mock: respx.MockRouter, status: int, kind: str, retryable: bool
-) -> None:
-    respx_mock.post(URL).mock(
-        return_value=httpx.Response(
-            status, json={"message": f"{kind} message"}, headers={"x-amzn-ErrorType": f"{kind}:"}
-        )
-    )
-    with pytest.raises(ProviderHTTPError) as caught:
-        await collect(job())
-    assert caught.value.retryable is retryable and f"{kind} message" in str(caught.value)
-
-
-def test_polly_through_the_gateway(respx_mock: respx.MockRouter) -> None:
-    respx_mock.route(host="testserver").pass_through()
-    respx_mock.post(URL).mock(return_value=httpx.Response(200, content=tone(1000, 1.0, 16000)))
-    routing = """
-server: {default_voice: Joanna}
-providers:
-  aws: {type: polly, region: eu-west-1, access_key_id: AKID, secret_access_key: SECRET}
-voices: {Joanna: {provider: aws}}
-"""
-    with TestClient(create_app(parse_config(routing))) as client:
-        response = client.post("/stream-audio", json={"Text": "Hi.", "SampleRate": 48000})
-    assert response.status_code == 200
-    assert abs(len(response.content) // 2 - 48000) <= 1  # 16 kHz from Polly, resampled
-    assert abs(peak_frequency(response.content, 48000) - 1000) <= 2
 
 
 async def test_without_botocore_the_file_loads_and_the_voice_fails_over(

@@ -1,5 +1,6 @@
 """``type: qwen`` against respx mocks of DashScope's streamed Qwen-TTS: SSE events with base64
-PCM (some with a RIFF header of their own), a finish event, and errors."""
+PCM (some with a RIFF header of their own), a finish event, and errors; what is specific to it
+(the contract every provider keeps is ``tests/test_provider_contract.py``)."""
 
 from __future__ import annotations
 
@@ -10,14 +11,10 @@ from typing import Any
 import httpx
 import pytest
 import respx
-from starlette.testclient import TestClient
 
-from gateway.app import create_app
-from gateway.audio import wav_header
-from gateway.config import parse_config
-from providers._http import strip_riff
 from providers.base import ProviderHTTPError, ProviderProtocolError, SynthesisJob
-from tests.support import peak_frequency, synthesize, tone
+from providers.wav import wav_header
+from tests.support import job_maker, synthesize, tone
 
 pytestmark = pytest.mark.respx(using="httpx")
 
@@ -43,10 +40,7 @@ async def collect(job: SynthesisJob) -> bytes:
     return await synthesize("qwen", job, api_key=KEY)
 
 
-def job(**fields: Any) -> SynthesisJob:
-    values: dict[str, Any] = {"text": "Hello there.", "voice": "Cherry", "sample_rate": 24000}
-    values.update(fields)
-    return SynthesisJob(**values)
+job = job_maker(text="Hello there.", voice="Cherry", sample_rate=24000)
 
 
 async def test_request_and_base64_audio(respx_mock: respx.MockRouter) -> None:
@@ -76,14 +70,6 @@ async def test_riff_headers_inside_chunks_are_stripped(respx_mock: respx.MockRou
     assert await collect(job()) == pcm
 
 
-def test_strip_riff_walks_to_the_data_chunk() -> None:
-    header = wav_header(24000, data_bytes=4)
-    with_list = header[:36] + b"LIST\x04\x00\x00\x00INFO" + header[36:]
-    with_list = b"RIFF" + (len(with_list) - 8 + 4).to_bytes(4, "little") + with_list[8:]
-    assert strip_riff(with_list + b"\x01\x00\x02\x00") == b"\x01\x00\x02\x00"
-    assert strip_riff(b"\x05\x00") == b"\x05\x00"
-
-
 @pytest.mark.parametrize(
     ("model", "emotion", "instructions"),
     [
@@ -101,43 +87,6 @@ async def test_emotion_as_instructions(
     # Where DashScope's SDK puts it: under parameters, not input.
     assert "instructions" not in body["input"]
     assert body.get("parameters", {}).get("instructions") == instructions
-
-
-async def test_http_and_in_stream_errors(respx_mock: respx.MockRouter) -> None:
-    body = {"code": "InvalidApiKey", "message": "Invalid API-key provided.", "request_id": "r"}
-    respx_mock.post(URL).mock(return_value=httpx.Response(401, json=body))
-    with pytest.raises(ProviderHTTPError) as caught:
-        await collect(job())
-    assert not caught.value.retryable and "Invalid API-key" in str(caught.value)
-
-    throttled = {
-        "code": "Throttling.RateQuota",
-        "message": "Requests rate limit exceeded",
-        "request_id": "r",
-    }
-    respx_mock.post(URL).mock(return_value=sse(event(b"\x00\x00"), throttled))
-    with pytest.raises(ProviderHTTPError) as caught:
-        await collect(job())
-    assert caught.value.retryable and "Throttling.RateQuota" in str(caught.value)
-
-
-def test_qwen_through_the_gateway(respx_mock: respx.MockRouter) -> None:
-    respx_mock.route(host="testserver").pass_through()
-    pcm = tone(1000, 1.0, 24000)
-    respx_mock.post(URL).mock(
-        return_value=sse(event(pcm[:24000]), event(pcm[24000:]), event(None, "stop"))
-    )
-    routing = f"""
-server: {{default_voice: Cherry}}
-providers: {{qw: {{type: qwen, api_key: "{KEY}"}}}}
-voices: {{Cherry: {{provider: qw}}}}
-"""
-    with TestClient(create_app(parse_config(routing))) as client:
-        response = client.post("/stream-audio", json={"Text": "Hi.", "SampleRate": 16000})
-    assert response.status_code == 200
-    out = response.content
-    assert abs(len(out) // 2 - 16000) <= 1
-    assert abs(peak_frequency(out, 16000) - 1000) <= 2
 
 
 async def test_options_go_where_the_sdk_puts_them(respx_mock: respx.MockRouter) -> None:
@@ -172,54 +121,3 @@ async def test_a_plain_json_reply_is_read_as_one_event(respx_mock: respx.MockRou
     with pytest.raises(ProviderProtocolError) as refused:
         await collect(job())
     assert "audio URL" in str(refused.value)
-
-
-def test_the_caller_is_shown_the_error_code_of_an_event(respx_mock: respx.MockRouter) -> None:
-    respx_mock.route(host="testserver").pass_through()
-    throttled = {"code": "Throttling.RateQuota", "message": "rate limit", "request_id": "r"}
-    respx_mock.post(URL).mock(return_value=sse(throttled))
-    routing = f"""
-server: {{default_voice: Cherry}}
-providers: {{qw: {{type: qwen, api_key: "{KEY}", retry: {{attempts: 1}}}}}}
-voices: {{Cherry: {{provider: qw}}}}
-"""
-    with TestClient(create_app(parse_config(routing))) as client:
-        response = client.post("/stream-audio", json={"Text": "Hi.", "SampleRate": 24000})
-    assert response.status_code == 502
-    message = response.json()["error"]["message"]
-    assert "(qw): error Throttling.RateQuota" in message and "HTTP 200" not in message
-
-
-@pytest.mark.parametrize(
-    ("data", "reason"),
-    [
-        ("not json", "not JSON"),
-        ("5", "JSON int where an object was due"),
-        ("[]", "JSON list where an object was due"),
-        ('{"output": {"audio": {"data": "abc"}}}', "undecodable audio"),
-        ('{"output": {"audio": {"data": 7}}}', "undecodable audio"),
-    ],
-)
-async def test_malformed_events_are_provider_errors(
-    respx_mock: respx.MockRouter, data: str, reason: str
-) -> None:
-    body = f"event:result\ndata:{data}\n\n".encode()
-    respx_mock.post(URL).mock(
-        return_value=httpx.Response(
-            200, content=body, headers={"Content-Type": "text/event-stream"}
-        )
-    )
-    with pytest.raises(ProviderProtocolError) as caught:
-        await collect(job())
-    assert reason in str(caught.value)
-
-
-async def test_an_html_page_at_200_is_an_error(respx_mock: respx.MockRouter) -> None:
-    respx_mock.post(URL).mock(
-        return_value=httpx.Response(
-            200, content=b"<html>Service Unavailable</html>", headers={"Content-Type": "text/html"}
-        )
-    )
-    with pytest.raises(ProviderProtocolError) as caught:
-        await collect(job())
-    assert "text/html" in str(caught.value)

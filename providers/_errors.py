@@ -1,0 +1,87 @@
+"""What an upstream's failure says, in the provider error tree (``providers.base``) and in a
+log line: httpx's exceptions translated in one place, the message found in an error body of any
+of the usual JSON shapes, and ``Retry-After``. Nothing an upstream sends reaches a log line but
+as one short line of printable text (:func:`short_text`)."""
+
+from __future__ import annotations
+
+import contextlib
+import email.utils
+import json
+import math
+import time
+import unicodedata
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+
+from .base import ProviderConnectionError, ProviderError, ProviderTimeout
+
+#: How much of an error body is read to find its message.
+ERROR_BODY_LIMIT = 16 * 1024
+
+
+@contextlib.contextmanager
+def translate_errors(provider: str) -> Iterator[None]:
+    """Turn httpx's exceptions into provider errors, around connecting and around reading."""
+    try:
+        yield
+    except httpx.TimeoutException as exc:
+        raise ProviderTimeout(provider, f"timed out ({type(exc).__name__})") from exc
+    except httpx.TransportError as exc:
+        raise ProviderConnectionError(provider, f"{type(exc).__name__}: {exc}") from exc
+    except httpx.HTTPError as exc:
+        raise ProviderError(provider, f"{type(exc).__name__}: {exc}") from exc
+
+
+def error_message(body: bytes, fallback: str = "") -> str:
+    """The human part of a provider's error body (JSON shapes vary: ``{"error": {"message"}}``,
+    ``{"error": "..."}``, ``{"message"}``, ``{"detail"}``), on one line of printable characters,
+    shortened for logs."""
+    text = body[:ERROR_BODY_LIMIT].decode("utf-8", "replace").strip()
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = None
+    found: Any = None
+    if isinstance(data, dict):
+        for key in ("error", "message", "detail", "err_msg", "title"):
+            if key in data:
+                found = data[key]
+                break
+        if isinstance(found, dict):
+            found = found.get("message") or found.get("code") or found
+        elif isinstance(found, list):  # FastAPI-style validation errors (ElevenLabs 422)
+            found = "; ".join(
+                str(item.get("msg", item)) if isinstance(item, dict) else str(item)
+                for item in found
+            )
+    message = short_text(found) if found not in (None, "") else short_text(text)
+    return message or fallback
+
+
+def short_text(value: object) -> str:
+    """An upstream's message as one printable line of at most 300 characters: for the log,
+    where terminal escapes, line breaks and megabytes of text have no business."""
+    text = " ".join(str(value)[:ERROR_BODY_LIMIT].split())
+    text = "".join(c if unicodedata.category(c)[0] != "C" else "?" for c in text[:301])
+    return (text[:300] + "…") if len(text) > 300 else text
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """``Retry-After`` as seconds from now: delta-seconds or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        pass
+    else:  # "inf" and "nan" parse as floats too, and mean nothing here
+        return max(0.0, seconds) if math.isfinite(seconds) else None
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
