@@ -4,22 +4,20 @@ Two limits, each in one place:
 
 - :class:`StreamLimit` — the gateway-wide number of streams in progress
   (``server.max_concurrent_streams``); a request beyond it is answered 429 with ``Retry-After``.
-- :class:`ProviderSlots` — per provider instance, the upstream syntheses in flight at once
-  (the provider's ``max_concurrency``); a request finding its provider full waits for a slot,
-  inside that voice's first-byte budget (see :mod:`gateway.relay`).
-
-The resilience work (queues, overflow to the next voice, breakers) extends these.
+- :class:`ProviderGate` — per provider, the upstream syntheses in flight at once (the
+  provider's ``max_concurrency``, or less when the provider signals less); a request finding
+  its provider full waits in line at most the provider's ``queue`` seconds, then its chain
+  moves on to the next voice (see :mod:`gateway.attempts`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator
 
 from prometheus_client import Gauge
-
-from providers.base import Provider
 
 from .errors import TooManyStreams
 
@@ -46,14 +44,81 @@ class StreamLimit:
             self._gauge.dec()
 
 
-class ProviderSlots:
-    """One semaphore per provider instance of a routing file, sized by its ``max_concurrency``."""
+class ProviderGate:
+    """The slots of one provider: at most :attr:`capacity` syntheses in flight, and a line of
+    requests waiting for one, each for at most its ``queue`` seconds.
 
-    def __init__(self, providers: Mapping[str, Provider]) -> None:
-        self._slots = {
-            name: asyncio.Semaphore(provider.config.max_concurrency)
-            for name, provider in providers.items()
-        }
+    A freed slot goes straight to the longest waiter, so a request arriving later cannot take
+    it first. A waiter that gives up (its wait is over, its caller hung up) leaves the line, and
+    a slot handed to it in that instant is passed on, never lost."""
 
-    def __getitem__(self, provider: str) -> asyncio.Semaphore:
-        return self._slots[provider]
+    def __init__(self, limit: int, signalled: Callable[[], int | None] = lambda: None) -> None:
+        self.limit = limit
+        self.in_flight = 0
+        self._signalled = signalled
+        self._line: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    @property
+    def capacity(self) -> int:
+        """``max_concurrency``, or less when the provider said it takes less."""
+        signalled = self._signalled()
+        return min(self.limit, signalled) if signalled else self.limit
+
+    @property
+    def waiting(self) -> int:
+        """Requests in line for a slot (a waiter leaves the line as it stops waiting)."""
+        return len(self._line)
+
+    def try_take(self) -> bool:
+        """Take a free slot if there is one and nobody is in line for it."""
+        if self.in_flight < self.capacity and not self.waiting:
+            self.in_flight += 1
+            return True
+        return False
+
+    async def take(self, wait: float) -> bool:
+        """A slot, waiting at most ``wait`` seconds for one; whether one was had."""
+        if self.try_take():
+            return True
+        if wait <= 0:
+            return False
+        waiter = asyncio.get_running_loop().create_future()
+        self._line.append(waiter)
+        try:
+            async with asyncio.timeout(wait):
+                await waiter
+            return True
+        except TimeoutError:
+            # Handed over just as the wait ran out: keep it.
+            return waiter.done() and not waiter.cancelled()
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self.release()  # handed over as the caller left: pass it on
+            raise
+        finally:
+            waiter.cancel()
+            with contextlib.suppress(ValueError):
+                self._line.remove(waiter)
+
+    def release(self) -> None:
+        """Give a slot back: to the longest waiter, if the capacity allows."""
+        self.in_flight -= 1
+        while self._line and self.in_flight < self.capacity:
+            waiter = self._line.popleft()
+            if not waiter.done():
+                self.in_flight += 1
+                waiter.set_result(None)
+
+
+class Lease:
+    """One slot of a :class:`ProviderGate`, given back once however often it is released."""
+
+    __slots__ = ("_gate",)
+
+    def __init__(self, gate: ProviderGate) -> None:
+        self._gate: ProviderGate | None = gate
+
+    def release(self) -> None:
+        gate, self._gate = self._gate, None
+        if gate is not None:
+            gate.release()

@@ -5,7 +5,10 @@ budget                      bounds                                              
 ==========================  ======================================================  ===========
 ``timeout.first_byte``      one voice, before its first audio: slot wait, connect,  relay
                             every retry and backoff
+``queue``                   one voice's wait for a provider slot, before its        admission
+                            first-byte budget starts
 ``timeout.total``           one stream, from its first audio to its end             synthesis
+``timeout.stall``           an upstream's silence mid-answer (end reason ``stall``) StallWatch
 drain (``drain_seconds``)   every request under way once SIGTERM arrives; brings     DrainClock
                             the two above forward
 caller pace                 a caller taking the audio far slower than real time     CallerPace
@@ -104,3 +107,54 @@ class CallerPace:
         self._blocked += seconds
         self._taken += self._taken_per_wait
         return self._blocked > self._taken + self._grace
+
+
+class StallWatch:
+    """Ends a stream whose upstream goes silent mid-answer for ``seconds``.
+
+    The pump marks each wait on the upstream (:meth:`resume`, after a chunk went out) and its
+    end (``waiting = False``, when the next chunk is in hand); time spent sending to the
+    caller is not the upstream's silence. One timer per stream checks the mark every
+    ``seconds``, not one per chunk: a chunk costs two attribute writes and a clock read."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.waiting = True
+        self.fired = False
+        self._since = 0.0
+        self._deadline: asyncio.Timeout | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def resume(self) -> None:
+        """The pump waits on the upstream again, from now."""
+        assert self._loop is not None
+        self._since = self._loop.time()
+        self.waiting = True
+
+    @contextlib.contextmanager
+    def armed(self, deadline: asyncio.Timeout) -> Iterator[StallWatch]:
+        """Watch for the block: a stall expires ``deadline`` (then :attr:`fired` is set)."""
+        loop = self._loop = asyncio.get_running_loop()
+        self._deadline = deadline
+        self._since = loop.time()
+        self._timer = loop.call_at(self._since + self.seconds, self._check)
+        try:
+            yield self
+        finally:
+            self._timer.cancel()
+            self._deadline = None
+
+    def _check(self) -> None:
+        loop, deadline = self._loop, self._deadline
+        if loop is None or deadline is None:
+            return
+        now = loop.time()
+        due = self._since + self.seconds
+        if not self.waiting:
+            due = now + self.seconds  # sending to the caller: not the upstream's silence
+        elif now >= due:
+            self.fired = True
+            deadline.reschedule(now)
+            return
+        self._timer = loop.call_at(due, self._check)

@@ -11,6 +11,8 @@
     ├── TooManyStreams          429     the gateway's own stream limit is full
     ├── ProvidersFailed         502     every voice in the chain failed
     ├── NotReady                503     starting or draining
+    ├── ProvidersBusy           503     every voice of the chain at its concurrency limit or
+    │                                   its circuit breaker open (with ``Retry-After``)
     └── ProvidersTimedOut       504     every voice in the chain timed out
 
 Provider-side errors (``providers.base.ProviderError``) never reach the caller as such: the
@@ -96,6 +98,10 @@ class ProvidersFailed(GatewayError):
 
 class NotReady(GatewayError):
     status, code = 503, "not_ready"
+
+
+class ProvidersBusy(GatewayError):
+    status, code = 503, "provider_busy"
 
 
 class ProvidersTimedOut(GatewayError):

@@ -45,7 +45,7 @@ class Metrics:
         self.streams_ended = Counter(
             "tts_streams_ended",
             "Audio streams by how they ended (complete, client_disconnect, provider_error, "
-            "timeout, drain).",
+            "stall, timeout, drain, caller_too_slow).",
             ["reason"],
             registry=r,
         )
@@ -65,6 +65,51 @@ class Metrics:
             "header_timeout, body_timeout (408), head_too_large (431), request_too_large (413), "
             "malformed_request (400).",
             ["reason"],
+            registry=r,
+        )
+        self.breaker_transitions = Counter(
+            "tts_breaker_transitions",
+            "Circuit-breaker transitions, by provider and the state entered (open, half_open, "
+            "closed).",
+            ["provider", "state"],
+            registry=r,
+        )
+        self.rejections = Counter(
+            "tts_provider_rejections",
+            "Requests that skipped a provider without asking it: its breaker was open (open), "
+            "its queue wait ran out (busy), it said it was at its concurrency limit (saturated).",
+            ["provider", "reason"],
+            registry=r,
+        )
+        self.retries_denied = Counter(
+            "tts_retries_denied",
+            "Retries not made because the provider's retry budget was spent.",
+            ["provider"],
+            registry=r,
+        )
+        self.overflow = Counter(
+            "tts_overflow",
+            "Requests answered by a later voice because an earlier one was open or busy, by the "
+            "voice that answered.",
+            ["voice"],
+            registry=r,
+        )
+        self.hedges = Counter(
+            "tts_hedges",
+            "Hedges started, by the voice whose first byte was late.",
+            ["voice"],
+            registry=r,
+        )
+        self.hedge_wins = Counter(
+            "tts_hedge_wins",
+            "Hedged requests by the side whose audio came first (primary, hedge).",
+            ["voice", "side"],
+            registry=r,
+        )
+        self.sticky_hits = Counter(
+            "tts_sticky_hits",
+            "Requests sent first to the fallback their call failed over to, by requested voice.",
+            ["voice"],
             registry=r,
         )
         self.config_info = Gauge(

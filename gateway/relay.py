@@ -1,112 +1,54 @@
-"""The relay: get the first audio out of a voice chain, then hand over an open stream.
+"""The relay: the first audio of a voice chain, as an open stream.
 
-For each voice of the chain, in order: open the provider stream and read until the first
-non-empty PCM exists, retrying retryable errors (tenacity, the provider's ``retry`` policy, any
-``Retry-After``), all inside the provider's ``first_byte`` budget. Only when audio exists is the
-caller answered; from then on nothing is retried or failed over, since that would repeat speech.
+The chain is walked in order (a call that failed over before starts at its sticky fallback:
+:mod:`gateway.sticky`). Each voice is opened by :class:`~gateway.attempts.VoiceOpener`
+(breaker, admission, retries inside the first-byte budget); a voice that is skipped or fails
+passes the request on to the next. A voice with ``hedge_after`` that has no audio after that
+many seconds has the next voice started beside it: the first to produce audio wins, the other
+is cancelled and its upstream closed (its characters stay counted: they are billed). Hedges
+are bounded to :data:`HEDGE_SHARE` of the voice's requests over a sliding window, so a slow
+provider cannot double the spend.
+
+Only when audio exists is the caller answered; from then on nothing is retried or failed over,
+since that would repeat speech. When no voice gives audio, the answer says why: 503
+``provider_busy`` when every voice was skipped (breaker open, at its concurrency limit), 504
+when every voice asked timed out, 502 otherwise.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, Mapping, Sequence
-from dataclasses import dataclass, field
+import math
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception,
-    stop_after_attempt,
-    stop_before_delay,
-    wait_exponential,
-    wait_random,
-)
+from providers.base import Provider, ProviderError, ProviderTimeout, SynthesisJob
 
-from providers.base import (
-    Provider,
-    ProviderError,
-    ProviderNoAudio,
-    ProviderTimeout,
-    RetryPolicy,
-    SynthesisJob,
-)
-
-from .admission import ProviderSlots
-from .audio import AudioFormatError, Converter, ResamplerMode
-from .errors import ProvidersFailed, ProvidersTimedOut
+from .attempts import VoiceOpener, VoiceSkipped
+from .audio import ResamplerMode
+from .errors import GatewayError, ProvidersBusy, ProvidersFailed, ProvidersTimedOut
+from .health import ProviderHealth
 from .metrics import Metrics
 from .request import TTSRequest
 from .routing import ChainStep
+from .sticky import StickyCalls, call_ids
+from .stream import AudioStream, VoiceTry
+from .window import ShareBudget
 
 log = logging.getLogger("gateway.relay")
 
-
-@dataclass(slots=True)
-class FailedAttempt:
-    """Why one voice of the chain gave no audio."""
-
-    voice: str
-    provider: str
-    error: ProviderError
-
-
-@dataclass(slots=True)
-class AudioStream:
-    """An open provider stream whose first PCM chunk is already in hand.
-
-    Iterate :meth:`chunks` for S16LE mono PCM at the requested rate; always :meth:`aclose`
-    (closing is what releases the upstream connection and the provider slot)."""
-
-    step: ChainStep
-    provider: Provider
-    first: bytes
-    converter: Converter
-    source: AsyncGenerator[bytes, None] | None
-    slot: asyncio.Semaphore
-    attempts: list[FailedAttempt] = field(default_factory=list)
-    bytes_out: int = 0
-    _closed: bool = False
-
-    async def chunks(self) -> AsyncGenerator[bytes, None]:
-        """The first chunk, then the rest as it arrives, then the resampler's tail.
-
-        A provider error after the first chunk propagates; the caller ends the stream."""
-        self.bytes_out += len(self.first)
-        yield self.first
-        source = self.source
-        if source is not None:
-            feed = self.converter.feed
-            async for native in source:
-                pcm = feed(native)
-                if pcm:
-                    self.bytes_out += len(pcm)
-                    yield pcm
-            self.source = None
-        tail = self.flush()
-        if tail:
-            yield tail
-
-    def flush(self) -> bytes:
-        """Drain the resampler (also after a provider error, so no buffered audio is lost)."""
-        if self.converter.finished:
-            return b""
-        tail = self.converter.flush()
-        self.bytes_out += len(tail)
-        return tail
-
-    async def aclose(self) -> None:
-        """Close the provider stream (and so its upstream response) and free its slot."""
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            if self.source is not None:
-                await self.source.aclose()
-        finally:
-            self.source = None
-            self.slot.release()
+#: At most this share of a voice's requests over the window start a hedge…
+HEDGE_SHARE = 0.2
+#: …or this many, whichever is more (a quiet voice may still hedge now and then).
+HEDGE_FLOOR = 2
+#: The outcomes of a voice that was not asked.
+SKIPPED = frozenset({"open", "busy", "saturated"})
+_SKIP_DETAIL = {
+    "open": "circuit open",
+    "busy": "at its concurrency limit (queue wait over)",
+    "saturated": "at its concurrency limit (said the provider)",
+}
 
 
 def build_job(step: ChainStep, request: TTSRequest, request_id: str) -> SynthesisJob:
@@ -129,148 +71,223 @@ def build_job(step: ChainStep, request: TTSRequest, request_id: str) -> Synthesi
     )
 
 
-def _wait_for(policy: RetryPolicy) -> Any:
-    backoff = wait_exponential(multiplier=policy.backoff, max=policy.max_backoff) + wait_random(
-        0, policy.backoff / 2
-    )
-
-    def wait(state: RetryCallState) -> float:
-        error = state.outcome.exception() if state.outcome else None
-        if isinstance(error, ProviderError) and error.retry_after is not None:
-            return error.retry_after
-        return float(backoff(state))
-
-    return wait
-
-
-def _retryable(error: BaseException) -> bool:
-    return isinstance(error, ProviderError) and error.retryable
-
-
 class Relay:
-    """Opens audio streams over voice chains, for one routing file's providers, taking each
-    provider's slot (see :mod:`gateway.admission`) for as long as its stream is open."""
+    """Opens audio streams over voice chains, for one routing file's providers."""
 
     def __init__(
         self,
         providers: Mapping[str, Provider],
+        health: Mapping[str, ProviderHealth],
         metrics: Metrics,
-        slots: ProviderSlots,
         resampler: ResamplerMode = "auto",
+        sticky: StickyCalls | None = None,
     ) -> None:
         self.providers = providers
+        self.health = health
         self.metrics = metrics
-        self.slots = slots
-        self.resampler = resampler
+        self.opener = VoiceOpener(providers, health, metrics, resampler)
+        self.sticky = sticky if sticky is not None else StickyCalls()
+        self._hedges: dict[str, ShareBudget] = {}
+        self._disposing: set[asyncio.Task[None]] = set()
 
     async def open(
-        self, chain: Sequence[ChainStep], request: TTSRequest, request_id: str
+        self,
+        chain: Sequence[ChainStep],
+        request: TTSRequest,
+        request_id: str,
+        tried: list[VoiceTry] | None = None,
     ) -> AudioStream:
-        """The first voice of ``chain`` that yields audio, as an open stream.
+        """The first voice of ``chain`` that yields audio, as an open stream; every voice
+        tried is appended to ``tried`` as it is settled. Raises ``ProvidersBusy``,
+        ``ProvidersTimedOut`` or ``ProvidersFailed``. Cancellation (the caller hung up)
+        propagates and leaves nothing open."""
+        tried = [] if tried is None else tried
+        call = call_ids(request.extend_data)
+        ordered, sticky = self.sticky.order(chain, call)
+        if sticky:
+            self.metrics.sticky_hits.labels(chain[0].voice.key).inc()
+        stream = await _Walk(self, ordered, request, request_id, tried).run()
+        stream.tried = tried
+        answered = stream.step.voice.key
+        self.sticky.answered(chain, call, answered)
+        if stream.step is not chain[0]:
+            self.metrics.fallbacks.labels(answered).inc()
+            if any(t.outcome in SKIPPED for t in tried):
+                self.metrics.overflow.labels(answered).inc()
+        return stream
 
-        Raises ``ProvidersTimedOut`` if every voice timed out, ``ProvidersFailed`` otherwise.
-        Cancellation (the caller hung up) propagates and leaves nothing open."""
-        failures: list[FailedAttempt] = []
-        for index, step in enumerate(chain):
-            provider = self.providers[step.provider.name]
-            job = build_job(step, request, request_id)
-            try:
-                stream = await self._open_voice(step, provider, job)
-            except ProviderError as error:
-                failures.append(FailedAttempt(step.voice.key, provider.name, error))
-                log.warning(
-                    "request_id=%s voice=%s provider=%s failed before audio: %s",
-                    request_id,
-                    step.voice.key,
-                    provider.name,
-                    provider.redact(error.reason),
-                )
-                continue
-            stream.attempts = failures
-            if index:
-                self.metrics.fallbacks.labels(step.voice.key).inc()
-            return stream
-        # The caller learns which voices failed and how, not the upstreams' own words (they are
-        # in the log, redacted).
-        summary = "; ".join(f"{f.voice} ({f.provider}): {f.error.summary}" for f in failures)
-        if failures and all(isinstance(f.error, ProviderTimeout) for f in failures):
-            raise ProvidersTimedOut(f"every voice timed out: {summary}")
-        raise ProvidersFailed(f"every voice failed: {summary}")
+    def hedge_budget(self, voice: str) -> ShareBudget:
+        budget = self._hedges.get(voice)
+        if budget is None:
+            budget = self._hedges[voice] = ShareBudget(HEDGE_SHARE, HEDGE_FLOOR)
+        return budget
 
-    async def _open_voice(
-        self, step: ChainStep, provider: Provider, job: SynthesisJob
-    ) -> AudioStream:
-        """Attempts on one voice, all inside its first-byte budget."""
-        policy = provider.config.retry
-        budget = provider.config.timeout.first_byte
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(policy.attempts) | stop_before_delay(budget),
-            wait=_wait_for(policy),
-            retry=retry_if_exception(_retryable),
-            reraise=True,
-        )
+    def dispose(self, task: asyncio.Task[AudioStream]) -> None:
+        """Cancel a losing attempt and close whatever it opened, in the background (the
+        winner's audio does not wait for it)."""
+        task.cancel()
+        closer = asyncio.get_running_loop().create_task(_close(task))
+        self._disposing.add(closer)
+        closer.add_done_callback(self._disposing.discard)
+
+
+async def _close(task: asyncio.Task[AudioStream]) -> None:
+    done = await asyncio.gather(task, return_exceptions=True)
+    if isinstance(done[0], AudioStream):
+        await done[0].aclose()
+
+
+class _Walk:
+    """One request's walk down its chain."""
+
+    def __init__(
+        self,
+        relay: Relay,
+        chain: Sequence[ChainStep],
+        request: TTSRequest,
+        request_id: str,
+        tried: list[VoiceTry],
+    ) -> None:
+        self.relay = relay
+        self.chain = chain
+        self.request = request
+        self.request_id = request_id
+        self.tried = tried
+        self.hedged = False
+
+    async def run(self) -> AudioStream:
+        index, chain = 0, self.chain
+        while index < len(chain):
+            step = chain[index]
+            if step.voice.hedge_after is None or self.hedged or index + 1 >= len(chain):
+                index += 1
+                stream = await self._direct(step)
+            else:
+                stream, index = await self._race(index, step.voice.hedge_after)
+            if stream is not None:
+                return stream
+        raise self._verdict()
+
+    async def _attempt(self, step: ChainStep) -> AudioStream:
+        return await self.relay.opener.open(step, build_job(step, self.request, self.request_id))
+
+    async def _direct(self, step: ChainStep) -> AudioStream | None:
         try:
-            async with asyncio.timeout(budget):
-                async for attempt in retrying:
-                    with attempt:
-                        return await self._open_once(step, provider, job)
-        except TimeoutError:
-            self.metrics.attempts.labels(provider.name, "timeout").inc()
-            raise ProviderTimeout(
-                provider.name, f"no audio within the first-byte budget of {budget:g} s"
-            ) from None
-        raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
-
-    async def _open_once(
-        self, step: ChainStep, provider: Provider, job: SynthesisJob
-    ) -> AudioStream:
-        slot = self.slots[provider.name]
-        # Waiting for a slot counts against the first-byte budget like any other wait.
-        await slot.acquire()
-        source: AsyncGenerator[bytes, None] | None = None
-        try:
-            try:
-                converter = Converter(
-                    provider.native_format(job), job.sample_rate, mode=self.resampler
-                )
-                self.metrics.characters.labels(provider.name).inc(provider.characters(job))
-                source = provider.stream(job)
-                async for native in source:
-                    first = converter.feed(native)
-                    if first:
-                        self.metrics.attempts.labels(provider.name, "ok").inc()
-                        return AudioStream(step, provider, first, converter, source, slot)
-                first = converter.flush()
-            except AudioFormatError as exc:
-                raise ProviderError(
-                    provider.name, f"undecodable audio: {exc}", retryable=False
-                ) from exc
-            except ProviderError:
-                raise
-            except Exception as exc:  # a provider bug must not take the whole chain down
-                log.exception("provider %s raised an unexpected error", provider.name)
-                raise ProviderError(
-                    provider.name, f"internal error: {type(exc).__name__}", retryable=False
-                ) from exc
-            if first:
-                self.metrics.attempts.labels(provider.name, "ok").inc()
-                return AudioStream(step, provider, first, converter, None, slot)
-            raise ProviderNoAudio(provider.name, "the stream ended without audio")
-        except BaseException as error:
-            if isinstance(error, ProviderError):
-                self.metrics.attempts.labels(provider.name, _outcome(error)).inc()
-            try:
-                if source is not None:
-                    await source.aclose()
-            finally:
-                # Even when closing is itself cancelled (budget over, caller gone).
-                slot.release()
+            stream = await self._attempt(step)
+        except (VoiceSkipped, ProviderError) as error:
+            self._failed(step, error)
+            return None
+        except BaseException:
+            self._note(step, "cancelled")
             raise
+        self._note(step, "ok")
+        return stream
 
+    async def _race(self, index: int, hedge_after: float) -> tuple[AudioStream | None, int]:
+        """The voice at ``index`` and, once it is ``hedge_after`` seconds late, the next one
+        beside it: (the winner or None, the index to go on from)."""
+        relay, chain = self.relay, self.chain
+        lead = chain[index]
+        budget = relay.hedge_budget(lead.voice.key)
+        budget.note()
+        primary = asyncio.get_running_loop().create_task(self._attempt(lead))
+        racers: dict[asyncio.Task[AudioStream], tuple[ChainStep, str]] = {
+            primary: (lead, "primary")
+        }
+        following = index + 1
+        hedge_due = asyncio.get_running_loop().time() + hedge_after
+        considered = False
+        winner: AudioStream | None = None
+        try:
+            while racers and winner is None:
+                timeout = None
+                if not considered and primary in racers:
+                    timeout = max(0.0, hedge_due - asyncio.get_running_loop().time())
+                done, _ = await asyncio.wait(
+                    racers, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                )
+                if not done:
+                    considered = True
+                    if budget.spend():
+                        self.hedged = True
+                        step = chain[following]
+                        following += 1
+                        relay.metrics.hedges.labels(lead.voice.key).inc()
+                        racers[asyncio.get_running_loop().create_task(self._attempt(step))] = (
+                            step,
+                            "hedge",
+                        )
+                    continue
+                # Of two that finished together, the earlier voice of the chain wins.
+                for task in sorted(done, key=lambda t: racers[t][1] != "primary"):
+                    step, side = racers.pop(task)
+                    error = task.exception()
+                    if error is not None:
+                        if not isinstance(error, VoiceSkipped | ProviderError):
+                            raise error
+                        self._failed(step, error)
+                    elif winner is None:
+                        winner = task.result()
+                        self._note(step, "ok")
+                        if self.hedged:
+                            relay.metrics.hedge_wins.labels(lead.voice.key, side).inc()
+                    else:
+                        self._note(step, "hedge_lost")
+                        relay.dispose(task)
+            return winner, following
+        finally:
+            if winner is not None:
+                for task, (step, _side) in racers.items():
+                    self._note(step, "hedge_lost")
+                    relay.dispose(task)
+            elif racers:  # the caller hung up, or a bug: close everything before going on
+                for task, (step, _side) in racers.items():
+                    self._note(step, "cancelled")
+                    task.cancel()
+                results = await asyncio.gather(*racers, return_exceptions=True)
+                for result in results:
+                    if isinstance(result, AudioStream):
+                        await result.aclose()
 
-def _outcome(error: ProviderError) -> str:
-    if isinstance(error, ProviderTimeout):
-        return "timeout"
-    if isinstance(error, ProviderNoAudio):
-        return "no_audio"
-    return "error"
+    def _note(
+        self,
+        step: ChainStep,
+        outcome: str,
+        detail: str = "",
+        retry_after: float | None = None,
+        error: ProviderError | None = None,
+    ) -> None:
+        self.tried.append(
+            VoiceTry(step.voice.key, step.provider.name, outcome, detail, retry_after, error)
+        )
+
+    def _failed(self, step: ChainStep, error: VoiceSkipped | ProviderError) -> None:
+        if isinstance(error, VoiceSkipped):
+            self._note(step, error.reason, _SKIP_DETAIL[error.reason], error.retry_after)
+            return
+        provider = self.relay.providers[step.provider.name]
+        outcome = "timeout" if isinstance(error, ProviderTimeout) else "failed"
+        self._note(step, outcome, error.summary, error=error)
+        log.warning(
+            "request_id=%s voice=%s provider=%s failed before audio: %s",
+            self.request_id,
+            step.voice.key,
+            provider.name,
+            provider.redact(error.reason),
+        )
+
+    def _verdict(self) -> GatewayError:
+        """Why no voice gave audio, as the caller's answer."""
+        settled = [t for t in self.tried if t.outcome not in ("hedge_lost", "cancelled")]
+        summary = "; ".join(f"{t.voice} ({t.provider}): {t.detail}" for t in settled)
+        asked = [t for t in settled if t.outcome not in SKIPPED]
+        if settled and not asked:
+            wait = min((t.retry_after or 0.0) for t in settled)
+            seconds = max(1, math.ceil(wait))
+            return ProvidersBusy(
+                f"every voice is busy or cooling down: {summary}",
+                headers={"Retry-After": str(seconds)},
+            )
+        if asked and all(t.outcome == "timeout" for t in asked):
+            return ProvidersTimedOut(f"every voice timed out: {summary}")
+        return ProvidersFailed(f"every voice failed: {summary}")

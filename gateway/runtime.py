@@ -11,35 +11,50 @@ from collections.abc import Iterator
 
 from providers.base import Provider, build_provider
 
-from .admission import ProviderSlots, StreamLimit
+from .admission import StreamLimit
 from .budgets import DrainClock
 from .config import ConfigError, GatewayConfig, load_config
 from .errors import VoiceNotFound
+from .health import HealthBoard, ProviderHealth
 from .metrics import Metrics
 from .relay import Relay
 from .routing import ChainStep, Router
+from .sticky import StickyCalls
 from .synthesis import SynthesisCore
 
 log = logging.getLogger("gateway")
 
 
 class LoadedRouting:
-    """One loaded routing file and what it built: the router, the providers, their slots and
-    the relay. A request uses one from start to end, so a reload never changes a request under
-    way."""
+    """One loaded routing file and what it built: the router, the providers and the relay.
+    A request uses one from start to end, so a reload never changes a request under way.
 
-    def __init__(self, config: GatewayConfig, metrics: Metrics) -> None:
+    The providers' health (admission, breakers, retry budgets) comes from the gateway's
+    :class:`HealthBoard` once the routing takes over (:meth:`attach`), so that a reload keeps
+    what is known of an unchanged provider; until then the routing has health of its own."""
+
+    def __init__(
+        self, config: GatewayConfig, metrics: Metrics, sticky: StickyCalls | None = None
+    ) -> None:
         self.config = config
+        self.metrics = metrics
         self.router = Router(config)
         self.providers: dict[str, Provider] = {
             name: build_provider(pc) for name, pc in config.providers.items()
         }
-        self.slots = ProviderSlots(self.providers)
-        self.relay = Relay(self.providers, metrics, self.slots, config.server.resampler)
+        self.health: dict[str, ProviderHealth] = {
+            name: ProviderHealth(provider, metrics) for name, provider in self.providers.items()
+        }
+        self.relay = Relay(self.providers, self.health, metrics, config.server.resampler, sticky)
         self._tokens = tuple(t.encode() for t in config.server.tokens)
         self.users = 0
         self._idle = asyncio.Event()
         self._idle.set()
+
+    def attach(self, board: HealthBoard) -> None:
+        """Take the providers' health from ``board`` (on the event loop, as the routing takes
+        over: the board is the gateway's, shared with the routing still serving)."""
+        self.health.update(board.adopt(self.providers))
 
     async def start(self) -> None:
         """Start every provider (load local models, open pooled clients)."""
@@ -134,7 +149,10 @@ class Gateway:
 
     def __init__(self, config: GatewayConfig, config_path: str | None = None) -> None:
         self.metrics = Metrics()
-        self.routing = LoadedRouting(config, self.metrics)
+        self.board = HealthBoard(self.metrics)
+        self.sticky = StickyCalls()
+        self.routing = LoadedRouting(config, self.metrics, self.sticky)
+        self.routing.attach(self.board)
         self.config_path = config_path
         self.streams = StreamLimit(self.metrics.active)
         self.drain = DrainClock()
@@ -227,7 +245,7 @@ class Gateway:
             log.warning("reload: %s take effect only on restart", names)
         try:
             # Building providers may read files (credentials, model configs): off the loop too.
-            routing = await asyncio.to_thread(LoadedRouting, config, self.metrics)
+            routing = await asyncio.to_thread(LoadedRouting, config, self.metrics, self.sticky)
         except Exception as exc:
             log.error(
                 "reload refused: the providers could not be built (%s: %s)",
@@ -242,6 +260,7 @@ class Gateway:
             log.exception("reload refused: a provider failed to start")
             self.metrics.reloads.labels("refused").inc()
             return False
+        routing.attach(self.board)
         old, self.routing = self.routing, routing
         grace = old.config.server.drain_seconds + max(
             (p.timeout.total for p in old.config.providers.values()), default=0.0

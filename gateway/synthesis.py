@@ -4,10 +4,10 @@
 
     front door ──► SynthesisCore.open(routing, request, outcome)
                      route the VoiceId (404) ─► admit the stream (429) ─► relay: first audio
-                     of the voice chain (502/504), under the drain deadline (503)
+                     of the voice chain (502/503/504), under the drain deadline (503)
                    ──► Synthesis.pump(write)
                      every PCM chunk to ``write`` within the stream's budgets (total, drain,
-                     the caller's pace); returns the resampler's tail
+                     upstream stall, the caller's pace); returns the resampler's tail
                    ──► the front door ends its answer; Outcome.finish() writes the log line
 
 A front door owns its wire format (headers, framing, encoding) and its connection (the
@@ -25,14 +25,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from providers.base import ProviderError
+from providers.base import ProviderError, ProviderTimeout
 
 from .admission import StreamLimit
-from .budgets import CallerPace, DrainClock
+from .budgets import CallerPace, DrainClock, StallWatch
 from .errors import NotReady
 from .metrics import Metrics
-from .relay import AudioStream, FailedAttempt
 from .request import TTSRequest
+from .stream import AudioStream, VoiceTry
 
 if TYPE_CHECKING:
     from .runtime import LoadedRouting
@@ -68,7 +68,7 @@ class Outcome:
     call: dict[str, Any] = field(default_factory=dict)  # ExtendData's fields for the log
     provider: str | None = None
     answered_by: str | None = None
-    attempts: list[FailedAttempt] = field(default_factory=list)
+    tried: list[VoiceTry] = field(default_factory=list)
     status: int | None = None
     ttfb: float | None = None
     error: str | None = None
@@ -96,7 +96,8 @@ class Outcome:
 
     def ended(self, end: str, audio_seconds: float | None = None) -> None:
         """The stream ended (``complete``, ``timeout``, ``drain``, ``provider_error``,
-        ``caller_too_slow``, ``client_disconnect``) after ``audio_seconds`` of audio."""
+        ``stall``, ``caller_too_slow``, ``client_disconnect``) after ``audio_seconds`` of
+        audio."""
         self.end = end
         self.metrics.streams_ended.labels(end).inc()
         if audio_seconds is not None:
@@ -110,6 +111,9 @@ class Outcome:
         fields.update(self.call)
         if self.provider is not None:
             fields.update(provider=self.provider, answered_by=self.answered_by)
+        if self.tried and (len(self.tried) > 1 or self.tried[0].outcome != "ok"):
+            # Every voice tried and what came of it: alloy:open,bella:busy,joe:ok
+            fields["tried"] = ",".join(str(t) for t in self.tried)
         optional = {
             "status": self.status,
             "ttfb_ms": None if self.ttfb is None else round(self.ttfb * 1000, 1),
@@ -156,15 +160,20 @@ class Synthesis:
         resampler's tail, for the front door to send before ending its answer."""
         stream, outcome = self.stream, self.outcome
         end = "complete"
-        deadline = asyncio.get_running_loop().time() + stream.provider.config.timeout.total
+        loop = asyncio.get_running_loop()
+        timeouts = stream.provider.config.timeout
+        deadline = loop.time() + timeouts.total
         first = True
         chunks = stream.chunks()
+        stall = StallWatch(timeouts.stall)
         try:
-            async with asyncio.timeout_at(deadline) as budget:
-                with self._drain.watch(budget):
+            async with asyncio.timeout_at(deadline) as budget, asyncio.timeout(None) as silence:
+                with self._drain.watch(budget), stall.armed(silence):
                     async for pcm in chunks:
+                        stall.waiting = False
                         sending = time.perf_counter()
                         await write(pcm)
+                        stall.resume()
                         if first:
                             first = False
                             outcome.first_audio(sending)
@@ -172,11 +181,19 @@ class Synthesis:
                             end = "caller_too_slow"
                             break
         except TimeoutError:
-            end = "drain" if self._drain.cut(budget) else "timeout"
+            if stall.fired:
+                end = "stall"
+                outcome.error = f"no audio for {timeouts.stall:g} s mid-answer"
+                stream.failed(ProviderTimeout(stream.provider.name, outcome.error))
+            else:
+                end = "drain" if self._drain.cut(budget) else "timeout"
         except Exception as error:
             end = "provider_error"
             if isinstance(error, ProviderError):
                 outcome.error = stream.provider.redact(error.reason)
+                stream.failed(error)
+                if isinstance(error, ProviderTimeout):
+                    end = "stall"  # the upstream's own read timeout: silence mid-answer
                 log.warning(
                     "request_id=%s stream ended early: %s", outcome.request_id, outcome.error
                 )
@@ -209,14 +226,16 @@ class SynthesisCore:
     ) -> AsyncIterator[Synthesis]:
         """The request's stream with its first audio in hand, held open (and counted against
         the stream limit) for the block. Raises a :class:`GatewayError` before any audio:
-        ``VoiceNotFound``, ``TooManyStreams``, ``ProvidersFailed``, ``ProvidersTimedOut``,
-        ``NotReady`` (the drain deadline passed first)."""
+        ``VoiceNotFound``, ``TooManyStreams``, ``ProvidersBusy``, ``ProvidersFailed``,
+        ``ProvidersTimedOut``, ``NotReady`` (the drain deadline passed first)."""
         chain = routing.chain_for(request.voice_id)
         with self.streams.admit(routing.config.server.max_concurrent_streams):
             try:
                 async with asyncio.timeout(None) as opening:
                     with self.drain.watch(opening):
-                        stream = await routing.relay.open(chain, request, outcome.request_id)
+                        stream = await routing.relay.open(
+                            chain, request, outcome.request_id, outcome.tried
+                        )
             except TimeoutError:
                 if not opening.expired():
                     raise
@@ -227,7 +246,6 @@ class SynthesisCore:
             try:
                 outcome.provider = stream.provider.name
                 outcome.answered_by = stream.step.voice.key
-                outcome.attempts = stream.attempts
                 yield Synthesis(stream, request, outcome, self.drain)
             finally:
                 await stream.aclose()

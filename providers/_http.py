@@ -11,6 +11,7 @@ import logging
 import re
 from abc import abstractmethod
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from functools import partial
 from typing import Any, ClassVar
 
 import httpx
@@ -22,6 +23,7 @@ from .base import (
     AudioFormat,
     Provider,
     ProviderConfig,
+    ProviderError,
     ProviderHTTPError,
     ProviderProtocolError,
     SynthesisJob,
@@ -49,13 +51,14 @@ transport_factory: Callable[[httpx.Limits], httpx.AsyncBaseTransport] = make_tra
 def make_client(config: ProviderConfig, **kwargs: Any) -> httpx.AsyncClient:
     """One pooled client per provider instance, created at start and kept warm.
 
-    The read timeout is the provider's ``first_byte`` timeout: it bounds the wait for the first
-    byte and every later gap between chunks. The pool holds a connection per concurrent job.
+    The read timeout is the longer of the provider's ``first_byte`` and ``stall`` timeouts: a
+    backstop under the relay's first-byte budget and the stream's stall watch, which end a
+    silent upstream on time. The pool holds a connection per concurrent job.
     Answers are asked for uncompressed: audio does not shrink, and a compressed answer could
     expand a thousandfold in one read."""
     timeout = httpx.Timeout(
         connect=config.timeout.connect,
-        read=config.timeout.first_byte,
+        read=max(config.timeout.first_byte, config.timeout.stall),
         write=config.timeout.first_byte,
         pool=config.timeout.first_byte,
     )
@@ -97,29 +100,40 @@ async def open_stream(
     client: httpx.AsyncClient,
     provider: str,
     request: httpx.Request,
-    retryable: Callable[[httpx.Response], bool | None] | None = None,
+    error_for: Callable[[httpx.Response, bytes], ProviderError] | None = None,
+    seen: Callable[[httpx.Response], None] | None = None,
 ) -> AsyncIterator[httpx.Response]:
     """Send ``request`` and hand over the streaming response once its status is a success.
 
-    An error status raises :class:`ProviderHTTPError` with the provider's own message and any
-    ``Retry-After``; ``retryable`` may overrule the status-based retry decision (an API that
-    answers throttling with a 400). The response is always closed on exit, which is what
+    ``seen`` is shown every response first (limits the API signals in its headers). An error
+    status raises what ``error_for`` makes of the answer and up to 16 KiB of its body (by
+    default :func:`http_error`). The response is always closed on exit, which is what
     releases the upstream connection when the caller hangs up."""
     with translate_errors(provider):
         response = await client.send(request, stream=True)
     try:
+        if seen is not None:
+            seen(response)
         if not response.is_success:
             body = await read_error_body(response)
-            raise ProviderHTTPError(
-                provider,
-                response.status_code,
-                error_message(body, response.reason_phrase),
-                retry_after=parse_retry_after(response.headers.get("retry-after")),
-                retryable=retryable(response) if retryable else None,
-            )
+            raise (error_for or partial(http_error, provider))(response, body)
         yield response
     finally:
         await response.aclose()
+
+
+def http_error(
+    provider: str, response: httpx.Response, body: bytes, retryable: bool | None = None
+) -> ProviderHTTPError:
+    """An error answer as a :class:`ProviderHTTPError`: the provider's own message and any
+    ``Retry-After``; ``retryable`` overrules the status-based retry decision."""
+    return ProviderHTTPError(
+        provider,
+        response.status_code,
+        error_message(body, response.reason_phrase),
+        retry_after=parse_retry_after(response.headers.get("retry-after")),
+        retryable=retryable,
+    )
 
 
 async def read_error_body(response: httpx.Response) -> bytes:
@@ -221,6 +235,14 @@ class HTTPProvider(Provider):
         """Whether an error answer may succeed on retry; None: decide by the status code."""
         return None
 
+    def error_for(self, response: httpx.Response, body: bytes) -> ProviderError:
+        """What an error answer (and up to 16 KiB of its body) means."""
+        return http_error(self.name, response, body, self.error_retryable(response))
+
+    def response_seen(self, response: httpx.Response) -> None:
+        """Every answer, before its status is looked at: for limits an API signals in its
+        headers (see :attr:`Provider.signalled_concurrency`)."""
+
     def text_size(self, text: str) -> int:
         """How the provider counts its text limit (characters unless said otherwise)."""
         return len(text)
@@ -244,7 +266,7 @@ class HTTPProvider(Provider):
         for piece in pieces:
             request = self.build(job, piece)
             async with open_stream(
-                self.client, self.name, request, self.error_retryable
+                self.client, self.name, request, self.error_for, self.response_seen
             ) as response:
                 await check_type(response, self.name, self.answer_types)
                 async for chunk in self.audio(response, job, piece):

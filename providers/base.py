@@ -12,6 +12,8 @@ Errors raised by providers form one tree; ``retryable`` tells the relay whether 
     ├── ProviderTimeout           yes: connect / first byte / read timed out
     ├── ProviderConnectionError   yes: refused, reset, DNS, TLS
     ├── ProviderNoAudio           yes: the stream ended without a single audio byte
+    ├── ProviderSaturated         no: the provider is at its concurrency limit (the chain
+    │                             moves on; not a failure for the circuit breaker)
     ├── ProviderProtocolError     no unless stated: an answer the API never sends (not audio
     │                             where audio was due, a malformed frame, over its size bound)
     └── ProviderHTTPError         408, 429, 5xx yes; any other status no; an error code inside a
@@ -66,12 +68,15 @@ class AudioFormat:
 
 @dataclass(frozen=True, slots=True)
 class Timeouts:
-    """Seconds. ``first_byte`` bounds everything before the first audio byte of one voice
-    (connect, queueing for a slot, every retry and backoff); ``total`` bounds one stream."""
+    """Seconds. ``first_byte`` bounds everything before the first audio byte of one voice once
+    it has a slot (connect, every retry and backoff); ``stall`` the silence of an upstream in the
+    middle of an answer (no byte for that long ends the stream, end reason ``stall``); ``total``
+    bounds one stream."""
 
     connect: float = 3.0
     first_byte: float = 5.0
     total: float = 60.0
+    stall: float = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +86,16 @@ class RetryPolicy:
     attempts: int = 3
     backoff: float = 0.2
     max_backoff: float = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerPolicy:
+    """``circuit_breaker``: after ``failures`` consecutive retryable failures the provider is
+    skipped for ``cooldown`` seconds, doubled after each failed probe up to ``max_cooldown``."""
+
+    failures: int = 5
+    cooldown: float = 10.0
+    max_cooldown: float = 120.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +109,15 @@ class ProviderConfig:
     options: Mapping[str, Any] = field(default_factory=dict)
     timeout: Timeouts = field(default_factory=Timeouts)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
-    max_concurrency: int = 16
+    max_concurrency: int = 1000
+    """Upstream syntheses in flight at once on this provider (by default the plugin's own
+    bound, else ``server.max_concurrent_streams``)."""
+    queue: float = 0.25
+    """Seconds a request may wait for a free slot before its chain moves on."""
+    circuit_breaker: BreakerPolicy | None = field(default_factory=BreakerPolicy)
+    """``None``: never skipped however it fails."""
+    retry_budget: float | None = 0.2
+    """Retries at most this share of first attempts over a sliding window (``None``: unbounded)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,6 +223,16 @@ class ProviderHTTPError(ProviderError):
         return f"error {self.code}" if self.code else f"HTTP {self.status}"
 
 
+class ProviderSaturated(ProviderHTTPError):
+    """The provider refused the job because it is at its concurrency limit (ElevenLabs'
+    ``too_many_concurrent_requests``): a wait for a slot, not an outage. The chain moves on at
+    once; it is neither retried nor counted against the circuit breaker."""
+
+    def __init__(self, provider: str, status: int, message: str, **kwargs: Any) -> None:
+        kwargs["retryable"] = False
+        super().__init__(provider, status, message, **kwargs)
+
+
 def safe_code(code: object) -> str | None:
     """A provider's error code if it looks like one (a short word of letters, digits and
     ``._:-``), else None: the code is shown to callers, and an upstream could send anything."""
@@ -233,10 +266,20 @@ class Provider(ABC):
     type_name: ClassVar[str]
     settings_keys: ClassVar[frozenset[str]] = frozenset()
     required_settings: ClassVar[frozenset[str]] = frozenset()
+    #: ``max_concurrency`` when the routing file gives none: ``None`` means the gateway's own
+    #: stream limit (an HTTP API is bounded by the plan, not by this machine); a plugin whose
+    #: work runs on this machine bounds it.
+    default_max_concurrency: ClassVar[int | None] = None
+    #: ``queue`` when the routing file gives none.
+    default_queue: ClassVar[float] = 0.25
 
     def __init__(self, config: ProviderConfig) -> None:
         self.config = config
         self.name = config.name
+        #: The most syntheses in flight the upstream says it takes (a plugin sets it from
+        #: what the API signals, such as ElevenLabs' ``maximum-concurrent-requests``); the
+        #: admission honours it under ``max_concurrency``.
+        self.signalled_concurrency: int | None = None
         self._secrets: list[str] = []
         for key, value in config.settings.items():
             if is_secret_name(key) and isinstance(value, str | int):

@@ -12,9 +12,9 @@ Settings: ``api_key`` (required), ``url`` (the WebSocket endpoint). Options: ``m
 44100, 48000 Hz. No emotion control: Emotion is ignored. Uses the ``websockets`` package
 (installed with uvicorn[standard]; also the ``tts-gateway[cosyvoice]`` extra).
 
-Every wait for a frame is bounded by the ``first_byte`` timeout (as an HTTP provider's read),
-and a frame by :data:`MAX_FRAME_BYTES`; a text frame that is not a JSON event is a provider
-error, and a failed task's ``error_code`` is what the caller is shown.
+Every wait for a frame is bounded by the longer of the ``first_byte`` and ``stall`` timeouts
+(as an HTTP provider's read), and a frame by :data:`MAX_FRAME_BYTES`; a text frame that is not
+a JSON event is a provider error, and a failed task's ``error_code`` is what the caller is shown.
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ class CosyVoiceProvider(Provider):
         parameters.update(options)
         parameters.update(format="pcm", sample_rate=self.native_format(job).sample_rate)
         task = uuid.uuid4().hex
-        gap = self.config.timeout.first_byte
+        gap = max(self.config.timeout.first_byte, self.config.timeout.stall)
         try:
             async with connect(
                 self.url,

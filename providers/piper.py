@@ -75,6 +75,10 @@ class PiperProvider(Provider):
 
     type_name = "piper"
     settings_keys: ClassVar[frozenset[str]] = frozenset({"model", "config", "threads"})
+    #: Syntheses run on this machine's cores: two at once keep a small machine responsive.
+    default_max_concurrency: ClassVar[int | None] = 2
+    #: A local voice usually has nothing to overflow to: a request waits its turn.
+    default_queue: ClassVar[float] = 5.0
 
     def __init__(self, config: ProviderConfig) -> None:
         super().__init__(config)

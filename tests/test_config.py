@@ -104,7 +104,9 @@ def test_full_file_loads_with_values_types_and_env_expansion() -> None:
     spare = config.providers["spare"]
     assert spare.settings == {"api_key": "other"}
     assert spare.options == {}
-    assert (spare.timeout, spare.retry, spare.max_concurrency) == (Timeouts(), RetryPolicy(), 16)
+    # An HTTP provider with no max_concurrency takes the gateway's own stream limit.
+    assert (spare.timeout, spare.retry) == (Timeouts(), RetryPolicy())
+    assert spare.max_concurrency == config.server.max_concurrent_streams == 50
 
     assert list(config.voices) == ["joe", "ann", "bob", "en-US-*"]
     joe = config.voices["joe"]
@@ -202,7 +204,7 @@ def test_default_config_is_the_bundled_piper_voice() -> None:
     assert isinstance(config, GatewayConfig)
     assert config.source == "<built-in default>"
     assert dict(config.providers) == {
-        "local": ProviderConfig(name="local", type="piper", max_concurrency=2)
+        "local": ProviderConfig(name="local", type="piper", max_concurrency=2, queue=5.0)
     }
     assert list(config.voices) == ["joe"]
     assert config.voices["joe"].provider == "local"

@@ -154,17 +154,44 @@ async def test_stream_without_audio_is_retried() -> None:
     assert ScriptedProvider.plans["pb"].jobs == []
 
 
-async def test_retry_after_is_honoured() -> None:
+async def test_retry_after_is_honoured_when_the_breaker_is_off() -> None:
     plans(
         pa=Plan([[ProviderHTTPError("pa", 429, "slow down", retry_after=0.4)], [CHUNK]]),
         pb=Plan([[CHUNK]]),
     )
-    async with live_server(two_voice_app()) as url, httpx.AsyncClient() as client:
+    yaml = scripted_config(
+        voices={"a": {"provider": "pa", "fallback": ["b"]}, "b": {"provider": "pb"}},
+        providers={"pa": provider_block(circuit_breaker=False), "pb": provider_block()},
+    )
+    app = create_app(parse_config(yaml))
+    async with live_server(app) as url, httpx.AsyncClient() as client:
         response = await client.post(url + "/stream-audio", json=BODY)
     assert response.status_code == 200
+    assert response.headers["x-voice"] == "a"
     started = ScriptedProvider.plans["pa"].started
     assert len(started) == 2
     assert started[1] - started[0] >= 0.4
+
+
+async def test_a_429_with_retry_after_opens_the_breaker_for_that_long() -> None:
+    plans(
+        pa=Plan([[ProviderHTTPError("pa", 429, "slow down", retry_after=0.6)], [CHUNK]]),
+        pb=Plan([[CHUNK]]),
+    )
+    async with live_server(two_voice_app()) as url, httpx.AsyncClient() as client:
+        first = await client.post(url + "/stream-audio", json=BODY)
+        # Not retried: the provider asked for 0.6 s of quiet, and the fallback answers now.
+        assert first.status_code == 200
+        assert first.headers["x-voice"] == "b"
+        assert len(ScriptedProvider.plans["pa"].jobs) == 1
+        second = await client.post(url + "/stream-audio", json=BODY)
+        assert second.headers["x-voice"] == "b"
+        assert len(ScriptedProvider.plans["pa"].jobs) == 1  # skipped while open
+        await asyncio.sleep(0.65)  # the provider's own Retry-After, the point of the test
+        third = await client.post(url + "/stream-audio", json=BODY)
+    assert third.status_code == 200
+    assert third.headers["x-voice"] == "a"  # the probe got audio: closed again
+    assert len(ScriptedProvider.plans["pa"].jobs) == 2
 
 
 async def test_caller_disconnect_mid_stream_closes_the_provider_at_once() -> None:
@@ -236,31 +263,15 @@ async def test_gateway_stream_limit_answers_429_without_calling_the_provider() -
         first.close()
 
 
-def watch_waiting(slot: asyncio.Semaphore, monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
-    """An event set when someone has to wait for ``slot`` (the semaphore keeps its size)."""
-    waited = asyncio.Event()
-    acquire = slot.acquire
-
-    async def watched_acquire() -> Literal[True]:
-        if slot.locked():
-            waited.set()
-        return await acquire()
-
-    monkeypatch.setattr(slot, "acquire", watched_acquire)
-    return waited
-
-
-async def test_provider_max_concurrency_queues_within_the_first_byte_budget(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+async def test_a_request_finding_the_provider_full_waits_its_queue_time_for_a_slot() -> None:
     release = asyncio.Event()
     yaml = scripted_config(
         voices={"a": {"provider": "pa"}},
-        providers={"pa": provider_block(max_concurrency=1)},
+        providers={"pa": provider_block(max_concurrency=1, queue=5)},
     )
     plans(pa=Plan([[CHUNK, release, CHUNK], [CHUNK]]))
     app = create_app(parse_config(yaml))
-    waited = watch_waiting(app.state.gateway.routing.relay.slots["pa"], monkeypatch)
+    gate = app.state.gateway.routing.health["pa"].gate
     async with live_server(app) as url:
         first = await raw_post(url, "/stream-audio", BODY)
         assert await first.read_chunk() == CHUNK
@@ -271,7 +282,7 @@ async def test_provider_max_concurrency_queues_within_the_first_byte_budget(
 
         waiting = asyncio.create_task(second())
         # The second request found the provider's only slot taken and is waiting for it.
-        await asyncio.wait_for(waited.wait(), 5)
+        assert await eventually(lambda: gate.waiting == 1)
         assert len(ScriptedProvider.plans["pa"].jobs) == 1
         release.set()
         assert await first.read_all() == CHUNK

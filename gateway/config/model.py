@@ -110,6 +110,10 @@ class VoiceConfig:
     emotions: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: _EMPTY)
     fallback: tuple[str, ...] = ()
     line: int | None = None
+    hedge_after: float | None = None
+    """Seconds without audio before the next voice of the chain starts beside this one."""
+    sticky_fallback: float | None = None
+    """Seconds a call answered by a fallback keeps it for its later sentences."""
 
     @property
     def is_pattern(self) -> bool:
@@ -134,7 +138,8 @@ def default_config() -> GatewayConfig:
     """What the gateway runs without a routing file: the bundled Piper voice ``joe``.
 
     Built directly rather than parsed so that it needs no provider plugin to be importable."""
-    local = ProviderConfig(name="local", type="piper", max_concurrency=2)
+    # Piper's own defaults (PiperProvider.default_max_concurrency, .default_queue).
+    local = ProviderConfig(name="local", type="piper", max_concurrency=2, queue=5.0)
     joe = VoiceConfig(key="joe", provider="local")
     return GatewayConfig(
         server=ServerConfig(default_voice="joe", unknown_voice="default"),

@@ -1,5 +1,6 @@
 """The ``providers:`` section: one block per provider, its plugin type, the common keys
-(``max_concurrency``, ``timeout``, ``retry``, ``options``) and the plugin's own settings."""
+(``max_concurrency``, ``queue``, ``timeout``, ``retry``, ``circuit_breaker``, ``retry_budget``,
+``options``) and the plugin's own settings."""
 
 from __future__ import annotations
 
@@ -7,16 +8,29 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, Final
 
-from providers.base import Provider, ProviderConfig, RetryPolicy, Timeouts
+from providers.base import BreakerPolicy, Provider, ProviderConfig, RetryPolicy, Timeouts
 
 from .messages import child, control_message, first_control
 from .plugin_checks import PluginChecks
 from .readers import Reader
 from .report import contains_invalid
 
-_PROVIDER_COMMON_KEYS: Final = ("type", "max_concurrency", "timeout", "retry", "options")
-_TIMEOUT_KEYS: Final = ("connect", "first_byte", "total")
+_PROVIDER_COMMON_KEYS: Final = (
+    "type",
+    "max_concurrency",
+    "queue",
+    "timeout",
+    "retry",
+    "circuit_breaker",
+    "retry_budget",
+    "options",
+)
+_TIMEOUT_KEYS: Final = ("connect", "first_byte", "total", "stall")
 _RETRY_KEYS: Final = ("attempts", "backoff", "max_backoff")
+_BREAKER_KEYS: Final = ("failures", "cooldown", "max_cooldown")
+#: The longest wait any of these seconds may name (a day): a typo of a few zeros must not
+#: park a provider, or a request, for a year.
+MAX_SECONDS: Final = 86_400.0
 
 
 class ProviderSection:
@@ -49,6 +63,26 @@ class ProviderSection:
             )
             if max_concurrency is not None:
                 fields["max_concurrency"] = max_concurrency
+        if cls is not None:
+            fields["queue"] = cls.default_queue
+        if block.get("queue") is not None:
+            queue = self.seconds(block["queue"], child(path, "queue"), strict=False)
+            if queue is not None:
+                fields["queue"] = queue
+        if "circuit_breaker" in block:
+            fields["circuit_breaker"] = self.breaker(
+                block["circuit_breaker"], child(path, "circuit_breaker")
+            )
+        if "retry_budget" in block and block["retry_budget"] is not None:
+            share = read.number(block["retry_budget"], child(path, "retry_budget"), 0)
+            if share is not None and share > 1:
+                self.report.error(
+                    child(path, "retry_budget"), f"must be a share from 0 to 1, got {share:g}"
+                )
+                share = None
+            fields["retry_budget"] = share
+        elif "retry_budget" in block:
+            fields["retry_budget"] = None  # `retry_budget: null`: retries unbounded
         if "timeout" in block:
             timeout = self.timeouts(block["timeout"], child(path, "timeout"))
             if timeout is not None:
@@ -89,6 +123,43 @@ class ProviderSection:
                 clean = False
         return clean
 
+    def seconds(self, value: Any, path: str, *, strict: bool = True) -> float | None:
+        """Seconds, ``> 0`` (``>= 0`` unless ``strict``) and at most :data:`MAX_SECONDS`."""
+        number = self.read.number(value, path, 0, strict=strict)
+        if number is not None and number > MAX_SECONDS:
+            self.report.error(path, f"must be at most {MAX_SECONDS:g} seconds, got {number:g}")
+            return None
+        return number
+
+    def breaker(self, value: Any, path: str) -> BreakerPolicy | None:
+        """``circuit_breaker``: ``false`` (or ``null``) turns it off; else ``failures`` >= 1 and
+        a cooldown no longer than its maximum."""
+        if value is None or value is False or (isinstance(value, str) and value == "off"):
+            return None
+        block = self.read.mapping(value, path)
+        if block is None:
+            return BreakerPolicy()
+        self.read.check_keys(block, path, _BREAKER_KEYS)
+        values: dict[str, Any] = {}
+        if "failures" in block:
+            failures = self.read.integer(block["failures"], child(path, "failures"), 1, 1_000_000)
+            if failures is not None:
+                values["failures"] = failures
+        for key in ("cooldown", "max_cooldown"):
+            if key in block:
+                number = self.seconds(block[key], child(path, key))
+                if number is not None:
+                    values[key] = number
+        policy = BreakerPolicy(**values)
+        if policy.max_cooldown < policy.cooldown:
+            target = "max_cooldown" if "max_cooldown" in values else "cooldown"
+            self.report.error(
+                child(path, target),
+                f"max_cooldown ({policy.max_cooldown:g}) must be at least "
+                f"cooldown ({policy.cooldown:g})",
+            )
+        return policy
+
     def timeouts(self, value: Any, path: str) -> Timeouts | None:
         """``timeout``: seconds > 0, the first byte due no later than the total."""
         block = self.read.mapping(value, path)
@@ -99,7 +170,7 @@ class ProviderSection:
         ok = True
         for key in _TIMEOUT_KEYS:
             if key in block:
-                number = self.read.number(block[key], child(path, key), 0, strict=True)
+                number = self.seconds(block[key], child(path, key))
                 ok = ok and number is not None
                 if number is not None:
                     values[key] = number

@@ -4,12 +4,15 @@ cross-checks, every problem collected before any is raised."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from types import MappingProxyType
-from typing import Final, TypeVar
+from typing import Any, Final, TypeVar
+
+from providers.base import ProviderConfig
 
 from .fallbacks import check_fallbacks
 from .messages import child
-from .model import GatewayConfig
+from .model import GatewayConfig, ServerConfig
 from .plugin_checks import PluginChecks
 from .provider_section import ProviderSection
 from .readers import Reader
@@ -53,13 +56,32 @@ def check_file(text: str, source: str, env: Mapping[str, str]) -> GatewayConfig:
 
     if report.problems:
         raise report.fail()
+    server = _present(server)
     return GatewayConfig(
-        server=_present(server),
-        providers=MappingProxyType({k: _present(v) for k, v in providers.items()}),
+        server=server,
+        providers=MappingProxyType(
+            {
+                name: _concurrency(_present(pc), provider_blocks[name], provider_section, server)
+                for name, pc in providers.items()
+            }
+        ),
         voices=MappingProxyType({k: _present(v) for k, v in voices.items()}),
         source=source,
         warnings=tuple(report.warnings),
     )
+
+
+def _concurrency(
+    config: ProviderConfig, block: Any, section: ProviderSection, server: ServerConfig
+) -> ProviderConfig:
+    """``max_concurrency`` as given, else the plugin's own bound, else the gateway's stream
+    limit: an HTTP API's limit is the plan's, which the gateway cannot know, and a default
+    under the stream limit would queue callers the provider could serve."""
+    if isinstance(block, dict) and block.get("max_concurrency") is not None:
+        return config
+    plugin = section.plugins.get(config.name)
+    default = plugin.default_max_concurrency if plugin is not None else None
+    return replace(config, max_concurrency=default or server.max_concurrent_streams)
 
 
 def _present(value: _T | None) -> _T:

@@ -15,7 +15,17 @@ from .model import VoiceConfig
 from .plugin_checks import PluginChecks
 from .readers import Reader
 
-_VOICE_KEYS: Final = ("provider", "voice", "options", "emotions", "fallback")
+_VOICE_KEYS: Final = (
+    "provider",
+    "voice",
+    "options",
+    "emotions",
+    "fallback",
+    "hedge_after",
+    "sticky_fallback",
+)
+#: The longest ``hedge_after`` and ``sticky_fallback`` (a day).
+_MAX_SECONDS: Final = 86_400.0
 
 
 class VoiceSection:
@@ -68,6 +78,22 @@ class VoiceSection:
             (fallback_path if single else item(fallback_path, i), name)
             for i, name in fallback or ()
         ]
+        timing: dict[str, float] = {}
+        for name in ("hedge_after", "sticky_fallback"):
+            if block.get(name) is not None:
+                seconds = read.number(block[name], child(path, name), 0, strict=True)
+                if seconds is not None and seconds > _MAX_SECONDS:
+                    self.report.error(
+                        child(path, name), f"must be at most {_MAX_SECONDS:g} seconds"
+                    )
+                elif seconds is not None:
+                    timing[name] = seconds
+        if timing and not fallback:
+            for name in timing:
+                # Both act on the next voice of the chain: without one they could do nothing.
+                where = child(path, name)
+                message = "has no effect: the voice has no fallback"
+                self.report.warn(where, message, self.report.line_of(where, key=True))
         if provider is None:
             return None
         cls = self.plugins.get(provider)
@@ -87,6 +113,8 @@ class VoiceSection:
             emotions=MappingProxyType(emotions or {}),
             fallback=tuple(name for _, name in fallback or ()),
             line=line,
+            hedge_after=timing.get("hedge_after"),
+            sticky_fallback=timing.get("sticky_fallback"),
         )
 
     def emotions(self, value: Any, path: str) -> dict[str, Mapping[str, Any]] | None:

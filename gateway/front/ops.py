@@ -1,5 +1,5 @@
-"""The routes beside the front doors: liveness, readiness, the voice table, metrics, and the
-JSON shape of Starlette's own 404/405."""
+"""The routes beside the front doors: liveness, readiness, the voice table, each provider's
+live state, metrics, and the JSON shape of Starlette's own 404/405."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from .body import bearer
 
 
 def ops_routes(gateway: Gateway) -> list[Route]:
-    """``/healthz``, ``/readyz``, ``/voices``, ``/metrics``."""
+    """``/healthz``, ``/readyz``, ``/voices``, ``/providers``, ``/metrics``."""
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -39,6 +39,13 @@ def ops_routes(gateway: Gateway) -> list[Route]:
             }
         )
 
+    async def providers(request: Request) -> Response:
+        if not gateway.routing.token_ok(bearer(request.scope)):
+            return Unauthorized(
+                "send a configured token as 'Authorization: Bearer <token>'", field="Authorization"
+            ).to_response()
+        return JSONResponse({"providers": [health.snapshot() for health in gateway.board]})
+
     async def metrics(request: Request) -> Response:
         return Response(gateway.metrics.render(), media_type="text/plain; version=0.0.4")
 
@@ -46,6 +53,7 @@ def ops_routes(gateway: Gateway) -> list[Route]:
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/voices", voices, methods=["GET"]),
+        Route("/providers", providers, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
     ]
 

@@ -1,0 +1,236 @@
+"""One voice of a chain, up to its first audio: breaker, admission, attempts.
+
+::
+
+    breaker admits?  no ─► skipped "open"   (nothing sent, no budget spent)
+    a slot within the provider's ``queue`` seconds?  no ─► skipped "busy"
+    attempts (tenacity), all inside ``timeout.first_byte`` from the slot on:
+        open the provider stream, read until the first non-empty PCM
+        a retryable failure counts against the breaker; another attempt only while the
+        breaker is closed, the ``retry`` policy allows one and the retry budget has one
+    ─► an AudioStream holding the slot, or a ProviderError
+
+The slot is held from the first attempt until the stream is closed, retries included, so a
+provider's ``max_concurrency`` bounds what it is asked at once whatever the retries do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncGenerator, Mapping
+from typing import Any
+
+from tenacity import AsyncRetrying, RetryCallState, stop_before_delay, wait_exponential, wait_random
+
+from providers.base import (
+    Provider,
+    ProviderError,
+    ProviderHTTPError,
+    ProviderNoAudio,
+    ProviderSaturated,
+    ProviderTimeout,
+    RetryPolicy,
+    SynthesisJob,
+)
+
+from .admission import Lease
+from .audio import AudioFormatError, Converter, ResamplerMode
+from .breaker import Ticket
+from .health import ProviderHealth
+from .metrics import Metrics
+from .routing import ChainStep
+from .stream import AudioStream
+
+log = logging.getLogger("gateway.relay")
+
+
+class VoiceSkipped(Exception):
+    """The voice was not asked: its breaker is open (``open``), no slot came within its
+    queue wait (``busy``), or the provider said it is at its limit (``saturated``)."""
+
+    def __init__(self, reason: str, retry_after: float) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+#: What a caller refused for a busy provider is told to wait before trying again.
+BUSY_RETRY_AFTER = 1.0
+
+
+def _wait_for(policy: RetryPolicy) -> Any:
+    backoff = wait_exponential(multiplier=policy.backoff, max=policy.max_backoff) + wait_random(
+        0, policy.backoff / 2
+    )
+
+    def wait(state: RetryCallState) -> float:
+        error = state.outcome.exception() if state.outcome else None
+        if isinstance(error, ProviderError) and error.retry_after is not None:
+            return error.retry_after
+        return float(backoff(state))
+
+    return wait
+
+
+class VoiceOpener:
+    """Opens one voice of a chain (see the module docstring)."""
+
+    def __init__(
+        self,
+        providers: Mapping[str, Provider],
+        health: Mapping[str, ProviderHealth],
+        metrics: Metrics,
+        resampler: ResamplerMode,
+    ) -> None:
+        self.providers = providers
+        self.health = health
+        self.metrics = metrics
+        self.resampler = resampler
+
+    async def open(self, step: ChainStep, job: SynthesisJob) -> AudioStream:
+        """The voice's stream with its first audio in hand. Raises :class:`VoiceSkipped` or a
+        :class:`ProviderError`; cancellation leaves nothing open and no verdict behind."""
+        provider = self.providers[step.provider.name]
+        health = self.health[provider.name]
+        ticket = health.breaker.admit()
+        if ticket is None:
+            self.metrics.rejections.labels(provider.name, "open").inc()
+            raise VoiceSkipped("open", health.breaker.retry_after())
+        try:
+            if not await health.gate.take(provider.config.queue):
+                self.metrics.rejections.labels(provider.name, "busy").inc()
+                raise VoiceSkipped("busy", BUSY_RETRY_AFTER)
+            lease = Lease(health.gate)
+            try:
+                return await self._attempts(step, provider, job, health, ticket, lease)
+            except BaseException:
+                lease.release()
+                raise
+        finally:
+            # No-op after a verdict; frees the probe of a request that ended without one.
+            health.breaker.released(ticket)
+
+    async def _attempts(
+        self,
+        step: ChainStep,
+        provider: Provider,
+        job: SynthesisJob,
+        health: ProviderHealth,
+        ticket: Ticket,
+        lease: Lease,
+    ) -> AudioStream:
+        policy = provider.config.retry
+        budget = provider.config.timeout.first_byte
+        breaker, metrics = health.breaker, self.metrics
+
+        def may_retry(state: RetryCallState) -> bool:
+            error = state.outcome.exception() if state.outcome else None
+            if not (isinstance(error, ProviderError) and error.retryable):
+                return False
+            if ticket is Ticket.PROBE or not breaker.allows_retry:
+                return False  # a probe is one attempt; an open breaker means no retries
+            if state.attempt_number >= policy.attempts:
+                return False
+            if not health.retries.spend():
+                metrics.retries_denied.labels(provider.name).inc()
+                return False
+            return True
+
+        retrying = AsyncRetrying(
+            stop=stop_before_delay(budget),
+            wait=_wait_for(policy),
+            retry=may_retry,
+            reraise=True,
+        )
+        health.retries.note()
+        attempting = False
+        try:
+            async with asyncio.timeout(budget):
+                async for attempt in retrying:
+                    with attempt:
+                        attempting = True
+                        try:
+                            stream = await self._open_once(step, provider, job, lease, health)
+                        except ProviderSaturated as error:
+                            health.noted(error)
+                            metrics.rejections.labels(provider.name, "saturated").inc()
+                            raise VoiceSkipped("saturated", error.retry_after or 0.0) from error
+                        except ProviderError as error:
+                            health.noted(error)
+                            if error.retryable:
+                                breaker.failed(ticket, _asked_to_wait(error))
+                            raise
+                        finally:
+                            attempting = False
+                        breaker.succeeded(ticket)
+                        return stream
+        except TimeoutError:
+            metrics.attempts.labels(provider.name, "timeout").inc()
+            timeout = ProviderTimeout(
+                provider.name, f"no audio within the first-byte budget of {budget:g} s"
+            )
+            health.noted(timeout)
+            if attempting:  # the budget ended an attempt (not a backoff between two)
+                breaker.failed(ticket)
+            raise timeout from None
+        raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
+
+    async def _open_once(
+        self,
+        step: ChainStep,
+        provider: Provider,
+        job: SynthesisJob,
+        lease: Lease,
+        health: ProviderHealth,
+    ) -> AudioStream:
+        source: AsyncGenerator[bytes, None] | None = None
+        try:
+            try:
+                converter = Converter(
+                    provider.native_format(job), job.sample_rate, mode=self.resampler
+                )
+                self.metrics.characters.labels(provider.name).inc(provider.characters(job))
+                source = provider.stream(job)
+                async for native in source:
+                    first = converter.feed(native)
+                    if first:
+                        self.metrics.attempts.labels(provider.name, "ok").inc()
+                        return AudioStream(step, provider, first, converter, source, lease, health)
+                first = converter.flush()
+            except AudioFormatError as exc:
+                raise ProviderError(
+                    provider.name, f"undecodable audio: {exc}", retryable=False
+                ) from exc
+            except ProviderError:
+                raise
+            except Exception as exc:  # a provider bug must not take the whole chain down
+                log.exception("provider %s raised an unexpected error", provider.name)
+                raise ProviderError(
+                    provider.name, f"internal error: {type(exc).__name__}", retryable=False
+                ) from exc
+            if first:
+                self.metrics.attempts.labels(provider.name, "ok").inc()
+                return AudioStream(step, provider, first, converter, None, lease, health)
+            raise ProviderNoAudio(provider.name, "the stream ended without audio")
+        except BaseException as error:
+            if isinstance(error, ProviderError):
+                self.metrics.attempts.labels(provider.name, _outcome(error)).inc()
+            if source is not None:
+                await source.aclose()
+            raise
+
+
+def _asked_to_wait(error: ProviderError) -> float | None:
+    """A 429's ``Retry-After``: the provider asked to be left alone that long."""
+    if isinstance(error, ProviderHTTPError) and error.status == 429:
+        return error.retry_after
+    return None
+
+
+def _outcome(error: ProviderError) -> str:
+    if isinstance(error, ProviderTimeout):
+        return "timeout"
+    if isinstance(error, ProviderNoAudio):
+        return "no_audio"
+    return "error"

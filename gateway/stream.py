@@ -1,0 +1,100 @@
+"""An open provider stream whose first audio is in hand: what the relay hands the core."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from providers.base import Provider, ProviderError
+
+from .admission import Lease
+from .audio import Converter
+from .breaker import Ticket
+from .routing import ChainStep
+
+if TYPE_CHECKING:
+    from .health import ProviderHealth
+
+
+@dataclass(slots=True)
+class VoiceTry:
+    """One voice of a request's chain and what came of it: ``ok``; skipped without asking
+    (``open``, ``busy``, ``saturated``); failed (``failed``, ``timeout``, ``no_audio``); or
+    ended by the gateway (``hedge_lost``, ``cancelled``). ``detail`` is what the caller may
+    be told of a failure."""
+
+    voice: str
+    provider: str
+    outcome: str
+    detail: str = ""
+    retry_after: float | None = None
+    error: ProviderError | None = None
+
+    def __str__(self) -> str:
+        return f"{self.voice}:{self.outcome}"
+
+
+@dataclass(slots=True)
+class AudioStream:
+    """An open provider stream whose first PCM chunk is already in hand.
+
+    Iterate :meth:`chunks` for S16LE mono PCM at the requested rate; always :meth:`aclose`
+    (closing is what releases the upstream connection and the provider slot)."""
+
+    step: ChainStep
+    provider: Provider
+    first: bytes
+    converter: Converter
+    source: AsyncGenerator[bytes, None] | None
+    lease: Lease
+    health: ProviderHealth | None = None
+    tried: list[VoiceTry] = field(default_factory=list)
+    bytes_out: int = 0
+    _closed: bool = False
+
+    async def chunks(self) -> AsyncGenerator[bytes, None]:
+        """The first chunk, then the rest as it arrives, then the resampler's tail.
+
+        A provider error after the first chunk propagates; the caller ends the stream."""
+        self.bytes_out += len(self.first)
+        yield self.first
+        source = self.source
+        if source is not None:
+            feed = self.converter.feed
+            async for native in source:
+                pcm = feed(native)
+                if pcm:
+                    self.bytes_out += len(pcm)
+                    yield pcm
+            self.source = None
+        tail = self.flush()
+        if tail:
+            yield tail
+
+    def flush(self) -> bytes:
+        """Drain the resampler (also after a provider error, so no buffered audio is lost)."""
+        if self.converter.finished:
+            return b""
+        tail = self.converter.flush()
+        self.bytes_out += len(tail)
+        return tail
+
+    def failed(self, error: ProviderError) -> None:
+        """The provider failed mid-answer (an error, a stall): a failure for its breaker."""
+        if self.health is not None:
+            self.health.noted(error)
+            if error.retryable:
+                self.health.breaker.failed(Ticket.NORMAL)
+
+    async def aclose(self) -> None:
+        """Close the provider stream (and so its upstream response) and free its slot."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self.source is not None:
+                await self.source.aclose()
+        finally:
+            self.source = None
+            self.lease.release()
