@@ -128,7 +128,7 @@ class VoiceOpener:
             error = state.outcome.exception() if state.outcome else None
             if not (isinstance(error, ProviderError) and error.retryable):
                 return False
-            if ticket is Ticket.PROBE or not breaker.allows_retry:
+            if ticket.probe or not breaker.allows_retry:
                 return False  # a probe is one attempt; an open breaker means no retries
             if state.attempt_number >= policy.attempts:
                 return False

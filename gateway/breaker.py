@@ -19,7 +19,6 @@ and ends it with exactly one of :meth:`~CircuitBreaker.succeeded`,
 
 from __future__ import annotations
 
-import enum
 import time
 from collections.abc import Callable
 from typing import Literal
@@ -31,11 +30,22 @@ State = Literal["closed", "open", "half_open"]
 STATE_VALUES: dict[State, int] = {"closed": 0, "half_open": 1, "open": 2}
 
 
-class Ticket(enum.Enum):
-    """What a request was admitted as."""
+class Ticket:
+    """What a request was admitted as: :data:`Ticket.NORMAL` (shared by every request while
+    the breaker is closed), or a probe of its own, so that only the probe's own request can
+    settle it (never a late verdict of an earlier probe)."""
 
-    NORMAL = "normal"
-    PROBE = "probe"
+    __slots__ = ("probe",)
+    NORMAL: Ticket
+
+    def __init__(self, probe: bool) -> None:
+        self.probe = probe
+
+    def __repr__(self) -> str:
+        return "Ticket(probe)" if self.probe else "Ticket.NORMAL"
+
+
+Ticket.NORMAL = Ticket(probe=False)
 
 
 class CircuitBreaker:
@@ -53,7 +63,7 @@ class CircuitBreaker:
         self.failures = 0
         self.cooldown = policy.cooldown if policy else 0.0
         self.open_until = 0.0
-        self._probing = False
+        self._probe: Ticket | None = None
         self._on_change = on_change
         self._clock = clock
 
@@ -61,7 +71,7 @@ class CircuitBreaker:
         """Take a reloaded policy; a breaker turned off closes."""
         self.policy = policy
         if policy is None:
-            self._probing = False
+            self._probe = None
             self._move("closed")
             self.failures = 0
         else:
@@ -75,10 +85,10 @@ class CircuitBreaker:
             if self._clock() < self.open_until:
                 return None
             self._move("half_open")
-        if self._probing:
+        if self._probe is not None:
             return None
-        self._probing = True
-        return Ticket.PROBE
+        self._probe = Ticket(probe=True)
+        return self._probe
 
     @property
     def allows_retry(self) -> bool:
@@ -94,8 +104,8 @@ class CircuitBreaker:
 
     def succeeded(self, ticket: Ticket) -> None:
         """The request got audio from the provider."""
-        if ticket is Ticket.PROBE:
-            self._probing = False
+        if ticket is self._probe:
+            self._probe = None
             if self.policy is not None:
                 self.cooldown = self.policy.cooldown
             self.failures = 0
@@ -109,8 +119,8 @@ class CircuitBreaker:
         policy = self.policy
         if policy is None:
             return
-        if ticket is Ticket.PROBE and self._probing:
-            self._probing = False
+        if ticket is self._probe:
+            self._probe = None
             self.cooldown = min(self.cooldown * 2, policy.max_cooldown)
             self._open(self.cooldown)
         elif self.state == "closed":
@@ -125,12 +135,12 @@ class CircuitBreaker:
     def released(self, ticket: Ticket) -> None:
         """The request ended without a verdict on the provider (the caller hung up, the other
         side of a hedge won, the answer was a refusal of this text)."""
-        if ticket is Ticket.PROBE and self._probing:
-            self._probing = False
+        if ticket is self._probe:
+            self._probe = None
 
     def _open(self, seconds: float) -> None:
         self.open_until = self._clock() + seconds
-        self._probing = False
+        self._probe = None
         self.failures = 0
         self._move("open")
 
