@@ -88,6 +88,8 @@ class Router:
                 "type": self._provider(voice).type,
                 "provider_voice": voice.voice,
                 "fallback": [route.voice.key for route in self._fallbacks[key]],
+                "hedge_after": voice.hedge_after,
+                "sticky_fallback": voice.sticky_fallback,
                 "default": key == default,
             }
             for key, voice in self.config.voices.items()

@@ -152,6 +152,8 @@ def test_table_lists_every_voice_in_file_order(router: Router) -> None:
         "type": "fake",
         "provider_voice": None,
         "fallback": ["ann"],
+        "hedge_after": None,
+        "sticky_fallback": None,
         "default": True,
     }
     assert rows["en-US-*"] == {
@@ -161,6 +163,8 @@ def test_table_lists_every_voice_in_file_order(router: Router) -> None:
         "type": "fake",
         "provider_voice": None,
         "fallback": ["joe", "ann"],
+        "hedge_after": None,
+        "sticky_fallback": None,
         "default": False,
     }
     assert rows["a"]["fallback"] == ["b", "d", "c"]
@@ -179,6 +183,8 @@ def test_built_in_default_routes_everything_to_joe() -> None:
             "type": "piper",
             "provider_voice": None,
             "fallback": [],
+            "hedge_after": None,
+            "sticky_fallback": None,
             "default": True,
         }
     ]
