@@ -226,6 +226,22 @@ def test_nothing_sticks_without_call_ids_or_sticky_fallback() -> None:
     assert len(calls) == 0
 
 
+def test_the_least_recently_used_call_is_forgotten_first() -> None:
+    steps = chain()
+    calls = StickyCalls(max_calls=2, clock=Clock())
+    calls.answered(steps, ("i", "1"), "b")
+    calls.answered(steps, ("i", "2"), "b")
+    assert calls.order(steps, ("i", "1"))[1] is True  # call 1 is in use: 2 is the older
+    calls.answered(steps, ("i", "3"), "c")
+    assert len(calls) == 2
+    assert calls.order(steps, ("i", "2"))[1] is False
+    assert calls.order(steps, ("i", "1"))[1] is True
+    assert calls.order(steps, ("i", "3"))[1] is True
+    for n in range(1000):  # however many calls fail over, two are kept
+        calls.answered(steps, ("i", f"x{n}"), "b")
+    assert len(calls) == 2
+
+
 # ---------------------------------------------------------------- stalls after the first byte
 
 
