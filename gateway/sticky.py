@@ -4,8 +4,9 @@ A voice with ``sticky_fallback: S`` remembers, per call (``InstanceId`` + ``Chan
 ExtendData), the fallback that answered it; for ``S`` seconds from then, the call's later
 sentences go to that fallback first (the rest of the chain behind it), so the caller does not
 hear the voice flip back and forth. A request without both ids is routed as usual. Memory is
-bounded: at most :data:`MAX_CALLS` calls are remembered, the least recently failed-over
-forgotten first, and an expired entry is dropped when it is next looked at.
+bounded: at most :data:`MAX_CALLS` calls are remembered, the least recently used (failed over,
+or routed to its fallback) forgotten first, so that a call still speaking keeps its voice
+however many others fail over meanwhile; an expired entry is dropped when it is next looked at.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ class StickyCalls:
             return chain, False
         for index, step in enumerate(chain):
             if index and step.voice.key == target:
+                self._calls.move_to_end(key)  # in use: the last to be forgotten
                 return [step, *chain[:index], *chain[index + 1 :]], True
         return chain, False  # the fallback is no longer in the chain (a reload)
 
