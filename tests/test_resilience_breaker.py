@@ -227,6 +227,30 @@ async def test_a_failed_probe_reopens_it_with_the_cooldown_doubled_up_to_its_max
         assert (state["state"], state["cooldown"]) == ("closed", 0.2)
 
 
+async def test_an_upstream_silent_past_the_first_byte_budget_counts_as_a_failure() -> None:
+    # Connected, then silent: the failure the first-byte budget exists for. Each such request
+    # costs its caller the whole budget, so they must open the breaker like any other failure.
+    primary = {
+        "timeout": {"connect": 2, "first_byte": 0.3, "total": 30},
+        "circuit_breaker": {"failures": 2, "cooldown": 0.3, "max_cooldown": 5},
+    }
+    async with gateway(primary) as (url, client, up_a, _up_b):
+        up_a.default = Answer(before=asyncio.Event())  # never a byte
+        for _ in range(2):
+            assert answered_by_fallback(await say(client, url))
+        state = await state_of(client, url)
+        assert state["state"] == "open"
+        assert answered_by_fallback(await say(client, url))
+        assert up_a.count == 2  # skipped: no third wait for the budget
+        # A probe that times out is a failed probe: open again, for twice as long.
+        await wait_out(client, url)
+        assert answered_by_fallback(await say(client, url))
+        assert up_a.count == 3
+        state = await state_of(client, url)
+        assert (state["state"], state["cooldown"]) == ("open", 0.6)
+        assert up_a.hung_up == 3  # every silent request was closed at the budget's end
+
+
 @pytest.mark.parametrize(("retry_after", "expected"), [("1", 1.0), ("3600", 1.5)])
 async def test_a_429_with_retry_after_opens_it_for_that_long_capped_at_max_cooldown(
     retry_after: str, expected: float
