@@ -488,6 +488,23 @@ async def test_gate_hands_freed_slots_to_the_line_in_order_before_any_latecomer(
     assert (gate.in_flight, gate.waiting) == (0, 0)
 
 
+async def test_gate_a_slot_freed_by_a_raised_capacity_goes_to_the_line_not_past_it() -> None:
+    signalled: list[int | None] = [1]
+    gate = ProviderGate(4, lambda: signalled[0])
+    assert gate.try_take()
+    waiting = asyncio.create_task(gate.take(10))
+    await asyncio.sleep(0)
+    signalled[0] = 2  # the provider now says it takes two at once: a slot is free
+    latecomer = asyncio.create_task(gate.take(10))
+    # The free slot goes to the one in line at once (not when its wait runs out), and the
+    # latecomer lines up behind it instead of waiting with a slot free.
+    assert await asyncio.wait_for(waiting, 5) is True
+    assert (gate.in_flight, gate.waiting) == (2, 1)
+    gate.release()
+    assert await asyncio.wait_for(latecomer, 5) is True
+    assert (gate.in_flight, gate.waiting) == (2, 0)
+
+
 async def test_gate_a_slot_handed_to_a_waiter_that_is_cancelled_passes_on() -> None:
     gate = ProviderGate(1)
     assert gate.try_take()
