@@ -30,7 +30,7 @@ from tests.scripted_upstream import (
     serving,
     upstreams,
 )
-from tests.support import eventually, scripted_config
+from tests.support import eventually, raw_post, scripted_config
 
 BODY = {"Text": "Hello there.", "SampleRate": 24000, "VoiceId": "a", "ExtendData": ""}
 DOWN = Answer(status=503)
@@ -299,6 +299,21 @@ async def test_a_caller_hanging_up_mid_attempt_is_no_failure() -> None:
             async with caller(url, BODY):
                 assert await eventually(lambda: up_a.count == calls)  # noqa: B023
             # The gateway closes the upstream request as the caller goes.
+            assert await eventually(lambda: up_a.hung_up == calls)  # noqa: B023
+        state = await state_of(client, url)
+        assert (state["state"], state["consecutive_failures"]) == ("closed", 0)
+        assert answered_by_primary(await say(client, url))
+        assert up_a.count == 4
+
+
+async def test_a_caller_hanging_up_mid_answer_is_no_failure() -> None:
+    async with gateway({}) as (url, client, up_a, _up_b):
+        for calls in range(1, 4):
+            up_a.script.append(Answer(after=asyncio.Event()))  # audio, then an open stream
+            response = await raw_post(url, "/stream-audio", BODY)
+            assert response.status == 200
+            assert await response.read_chunk() == CHUNK
+            response.close()
             assert await eventually(lambda: up_a.hung_up == calls)  # noqa: B023
         state = await state_of(client, url)
         assert (state["state"], state["consecutive_failures"]) == ("closed", 0)
