@@ -70,7 +70,9 @@ class ProviderGate:
         return len(self._line)
 
     def try_take(self) -> bool:
-        """Take a free slot if there is one and nobody is in line for it."""
+        """Take a free slot if there is one and nobody is in line for it. Slots freed since the
+        last release (the capacity was raised) go to those in line first."""
+        self._hand_over()
         if self.in_flight < self.capacity and not self.waiting:
             self.in_flight += 1
             return True
@@ -103,6 +105,10 @@ class ProviderGate:
     def release(self) -> None:
         """Give a slot back: to the longest waiter, if the capacity allows."""
         self.in_flight -= 1
+        self._hand_over()
+
+    def _hand_over(self) -> None:
+        """Free slots to the longest waiters, as many as the capacity allows."""
         while self._line and self.in_flight < self.capacity:
             waiter = self._line.popleft()
             if not waiter.done():

@@ -149,20 +149,23 @@ class VoiceOpener:
             async with asyncio.timeout(budget):
                 async for attempt in retrying:
                     with attempt:
+                        # Left set when the budget's cancellation ends the attempt, which
+                        # passes through here on its way to the TimeoutError below.
                         attempting = True
                         try:
                             stream = await self._open_once(step, provider, job, lease, health)
                         except ProviderSaturated as error:
+                            attempting = False
                             health.noted(error)
                             metrics.rejections.labels(provider.name, "saturated").inc()
                             raise VoiceSkipped("saturated", error.retry_after or 0.0) from error
                         except ProviderError as error:
+                            attempting = False
                             health.noted(error)
                             if error.retryable:
                                 breaker.failed(ticket, _asked_to_wait(error))
                             raise
-                        finally:
-                            attempting = False
+                        attempting = False
                         breaker.succeeded(ticket)
                         return stream
         except TimeoutError:

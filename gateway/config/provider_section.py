@@ -132,10 +132,16 @@ class ProviderSection:
         return number
 
     def breaker(self, value: Any, path: str) -> BreakerPolicy | None:
-        """``circuit_breaker``: ``false`` (or ``null``) turns it off; else ``failures`` >= 1 and
-        a cooldown no longer than its maximum."""
-        if value is None or value is False or (isinstance(value, str) and value == "off"):
+        """``circuit_breaker``: ``false`` (or ``off``) turns it off, ``true`` or ``null`` keeps
+        the defaults; else ``failures`` >= 1 and a cooldown no longer than its maximum."""
+        if value is False or (isinstance(value, str) and value.strip().lower() in ("off", "false")):
             return None
+        if (
+            value is None
+            or value is True
+            or (isinstance(value, str) and value.strip().lower() in ("on", "true"))
+        ):
+            return BreakerPolicy()
         block = self.read.mapping(value, path)
         if block is None:
             return BreakerPolicy()
