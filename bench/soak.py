@@ -315,9 +315,15 @@ class Soak:
     def faults(self) -> dict[str, Any]:
         """Phase 1 (see the module docstring): a pass with the breaker, then one without."""
         size = self.size
-        # Warm up with every upstream healthy: pools filled, code paths taken once.
-        for voice in ("primary", "exposed", "backup"):
-            self.load(voice=voice, requests=4 * size.callers, concurrency=size.callers, **ANSWER)
+        # Warm up: pools filled, and every code path taken once (the faults through the voice
+        # without a breaker, which leaves the primary's breaker closed), so that the RSS
+        # compared after the passes is the gateway's in use, not its first use of a path.
+        warm = {"requests": 4 * size.callers, "concurrency": size.callers, "drop": size.hang_ups}
+        for voice in ("primary", "backup"):
+            self.load(voice=voice, **warm, **ANSWER)
+        self.set_plan(self.faulty, SOAK)
+        self.load(voice="exposed", **warm, **ANSWER)
+        self.set_plan(self.faulty, HEALTHY)
         self.settle()
         rss_before, sockets_before = rss_kib(self._server(self.gateway).pid), self.sockets()
         passes = {
@@ -371,6 +377,7 @@ class Soak:
 
         figures.update(
             wall_s=wall,
+            rss_after_kib=rss_kib(self._server(self.gateway).pid),
             gateway={
                 "breaker_opened": of_provider("tts_breaker_transitions_total", state="open"),
                 "breaker_closed": of_provider("tts_breaker_transitions_total", state="closed"),

@@ -277,8 +277,14 @@ def render(f: dict[str, Any]) -> list[str]:
             ),
         ),
         _row("wall time", passes, lambda p: f"{p['wall_s']:.0f} s"),
+        _row(
+            "gateway RSS after the pass",
+            passes,
+            lambda p: f"{p['rss_after_kib'] / 1024:.1f} MiB",
+        ),
         "",
-        f"Over both passes: gateway RSS {faults['rss_before_kib'] / 1024:.1f} MiB before, "
+        f"Over both passes: gateway RSS {faults['rss_before_kib'] / 1024:.1f} MiB before (after "
+        "a warm-up through the same faults), "
         f"{faults['rss_after_kib'] / 1024:.1f} MiB after; the gateway's connections to the "
         f"faulty / healthy upstream {faults['sockets_before']['faulty']} / "
         f"{faults['sockets_before']['healthy']} before (the pools after a warm-up at the same "
