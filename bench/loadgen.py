@@ -7,6 +7,10 @@ body byte, total time, body bytes, and the gaps between body data arriving. A sh
 requests (``drop``) hangs up mid-stream after a random part of the answer, as a caller who
 barges in does.
 
+With ``--ids PREFIX`` every request is its own: ``X-Request-Id: PREFIX-<n>`` and a text ending
+in that id. With ``--expect VOICE,...`` as well, each answer is kept and checked by content
+(``bench.integrity``) against what each of those voices would have said for its text.
+
     python -m bench.loadgen --url http://127.0.0.1:8080/stream-audio --concurrency 10 \\
         --requests 300 --rate 48000 --seconds 1 --pace fast --json out.json
 """
@@ -24,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, cast
 from urllib.parse import urlsplit
 
+from bench.integrity import answer_samples, check, expected_pcm
 from bench.upstream import run_fast
 
 
@@ -38,6 +43,12 @@ class Result:
     dropped: bool = False
     error: str = ""
     gaps: list[float] = field(default_factory=list)
+    id: str = ""
+    voice: str = ""  # the answer's X-Voice header
+    tail: float = 0.0  # from the last audio to the end of the answer
+    verdict: str = ""  # the content check's (bench.integrity), with --expect
+    answer_voice: str = ""  # whose audio the content is
+    detail: str = ""
 
 
 class Response(asyncio.Protocol):
@@ -50,10 +61,11 @@ class Response(asyncio.Protocol):
         self.closed = False
         self.reset(Result(), 0.0, -1)
 
-    def reset(self, result: Result, started: float, drop_at: int) -> None:
+    def reset(self, result: Result, started: float, drop_at: int, keep: bool = False) -> None:
         self.result = result
         self.started = started
         self.drop_at = drop_at
+        self.body: bytearray | None = bytearray() if keep else None
         self.head_done = False
         self.chunked = False
         self.remaining = 0  # body bytes left (sized) or in the current chunk (chunked)
@@ -86,6 +98,8 @@ class Response(asyncio.Protocol):
             self.last = now
         if self.done:
             self.result.total = (now - self.started) * 1000
+            if self.last:
+                self.result.tail = (now - self.last) * 1000
             self._wake()
         elif self.drop_at >= 0 and self.result.bytes >= self.drop_at:
             self.result.dropped = True
@@ -100,9 +114,14 @@ class Response(asyncio.Protocol):
             end = buf.find(b"\r\n\r\n")
             if end < 0:
                 return
-            head = bytes(buf[:end]).decode("latin-1").lower()
+            raw = bytes(buf[:end]).decode("latin-1")
+            head = raw.lower()
             del buf[: end + 4]
             self.result.status = int(head.split(" ", 2)[1])
+            for line in raw.split("\r\n")[1:]:
+                name, _, value = line.partition(":")
+                if name.strip().lower() == "x-voice":
+                    self.result.voice = value.strip()
             self.head_done = True
             self.chunked = "transfer-encoding: chunked" in head
             if not self.chunked:
@@ -111,6 +130,8 @@ class Response(asyncio.Protocol):
                         self.remaining = int(line.split(":")[1])
         if not self.chunked:
             take = min(self.remaining, len(buf))
+            if self.body is not None:
+                self.body += buf[:take]
             self.result.bytes += take
             self.remaining -= take
             del buf[:take]
@@ -121,6 +142,8 @@ class Response(asyncio.Protocol):
                 take = min(self.remaining, len(buf))
                 if not take:
                     return
+                if self.body is not None:
+                    self.body += buf[:take]
                 self.result.bytes += take
                 self.remaining -= take
                 del buf[:take]
@@ -144,11 +167,50 @@ class Response(asyncio.Protocol):
             self.remaining = size
 
 
+@dataclass(frozen=True)
+class Plan:
+    """What the workers send: the request for each job, and how to check its answer."""
+
+    url: str
+    rate: int
+    seconds: float
+    pace: str
+    voice: str
+    text: str
+    speed: float = 0.0  # with pace "realtime": times real time (0: real time)
+    ids: str = ""  # prefix of per-request ids ("": every request the same)
+    expect: tuple[str, ...] = ()  # voices whose answers the content is checked against
+
+    def text_of(self, index: int) -> str:
+        return f"{self.text} ({self.ids}-{index})" if self.ids else self.text
+
+    def request(self, index: int) -> bytes:
+        return build_request(
+            self.url,
+            self.rate,
+            self.seconds,
+            self.pace,
+            self.voice,
+            self.text_of(index),
+            request_id=f"{self.ids}-{index}" if self.ids else None,
+            speed=self.speed,
+        )
+
+    def judge(self, index: int, result: Result, body: bytes) -> None:
+        """Check ``body`` by content against every expected voice's answer for its text."""
+        samples = answer_samples(self.seconds, self.rate)
+        text = self.text_of(index)
+        verdict = check(body, {v: expected_pcm(v, text, samples) for v in self.expect})
+        result.verdict = verdict.kind
+        result.answer_voice = verdict.voice or ""
+        result.detail = verdict.detail
+
+
 async def worker(
     host: str,
     port: int,
-    request: bytes,
-    jobs: asyncio.Queue[float],
+    plan: Plan,
+    jobs: asyncio.Queue[tuple[int, float]],
     results: list[Result],
     expected_bytes: int,
     patience: float,
@@ -158,9 +220,10 @@ async def worker(
     if delay:
         await asyncio.sleep(delay)
     protocol: Response | None = None
+    same = None if plan.ids else plan.request(0)
     while True:
         try:
-            drop = jobs.get_nowait()
+            index, drop = jobs.get_nowait()
         except asyncio.QueueEmpty:
             break
         if protocol is None or protocol.closed:
@@ -171,16 +234,18 @@ async def worker(
                 protocol = None
                 continue
         drop_at = int(drop * expected_bytes) if drop >= 0 else -1
-        result = Result()
-        protocol.reset(result, time.perf_counter(), drop_at)
+        result = Result(id=f"{plan.ids}-{index}" if plan.ids else "")
+        protocol.reset(result, time.perf_counter(), drop_at, keep=bool(plan.expect))
         protocol.waiter = loop.create_future()
         assert protocol.transport is not None
-        protocol.transport.write(request)
+        protocol.transport.write(same or plan.request(index))
         try:
             await asyncio.wait_for(protocol.waiter, patience)
         except TimeoutError:
             result.error = "timeout"
             protocol.transport.abort()
+        if protocol.body is not None and result.status == 200:
+            plan.judge(index, result, bytes(protocol.body))
         results.append(result)
         if result.dropped or result.error:
             protocol = None
@@ -189,26 +254,46 @@ async def worker(
 
 
 def build_request(
-    url: str, rate: int, seconds: float, pace: str, voice: str, text: str = "Benchmark."
+    url: str,
+    rate: int,
+    seconds: float,
+    pace: str,
+    voice: str,
+    text: str = "Benchmark.",
+    request_id: str | None = None,
+    speed: float = 0.0,
 ) -> bytes:
     parts = urlsplit(url)
-    extend = json.dumps({"InstanceId": "bench", "BenchSeconds": seconds, "BenchPace": pace})
+    bench: dict[str, Any] = {"InstanceId": "bench", "BenchSeconds": seconds, "BenchPace": pace}
+    if speed:
+        bench["BenchSpeed"] = speed
     body = json.dumps(
-        {"Text": text, "VoiceId": voice, "SampleRate": rate, "ExtendData": extend}
+        {"Text": text, "VoiceId": voice, "SampleRate": rate, "ExtendData": json.dumps(bench)}
     ).encode()
+    extra = f"X-Request-Id: {request_id}\r\n" if request_id else ""
     return (
-        f"POST {parts.path or '/'} HTTP/1.1\r\nHost: {parts.hostname}\r\n"
+        f"POST {parts.path or '/'} HTTP/1.1\r\nHost: {parts.hostname}\r\n{extra}"
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
     ).encode() + body
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     parts = urlsplit(args.url)
-    request = build_request(args.url, args.rate, args.seconds, args.pace, args.voice, args.text)
+    plan = Plan(
+        args.url,
+        args.rate,
+        args.seconds,
+        args.pace,
+        args.voice,
+        args.text,
+        speed=args.speed,
+        ids=args.ids,
+        expect=tuple(v for v in args.expect.split(",") if v),
+    )
     rng = random.Random(args.seed)
-    jobs: asyncio.Queue[float] = asyncio.Queue()
-    for _ in range(args.requests):
-        jobs.put_nowait(rng.uniform(0.05, 0.9) if rng.random() < args.drop else -1.0)
+    jobs: asyncio.Queue[tuple[int, float]] = asyncio.Queue()
+    for index in range(args.requests):
+        jobs.put_nowait((index, rng.uniform(0.05, 0.9) if rng.random() < args.drop else -1.0))
     expected = int(args.seconds * args.rate) * 2
     results: list[Result] = []
     started = time.perf_counter()
@@ -217,7 +302,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             worker(
                 parts.hostname or "127.0.0.1",
                 parts.port or 80,
-                request,
+                plan,
                 jobs,
                 results,
                 expected,
@@ -256,6 +341,13 @@ def main() -> None:
     parser.add_argument("--pace", choices=("fast", "realtime"), default="fast")
     parser.add_argument("--voice", default="bench")
     parser.add_argument("--text", default="Benchmark.")
+    parser.add_argument(
+        "--speed", type=float, default=0.0, help="with --pace realtime: times real time"
+    )
+    parser.add_argument("--ids", default="", help="give each request its own id with this prefix")
+    parser.add_argument(
+        "--expect", default="", help="with --ids: check each answer against these voices' audio"
+    )
     parser.add_argument("--drop", type=float, default=0.0, help="share of requests hung up on")
     parser.add_argument("--timeout", type=float, default=120.0)
     parser.add_argument("--seed", type=int, default=1)

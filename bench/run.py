@@ -2,13 +2,17 @@
 baselines measured in the same run — the client straight to the mock upstream (the floor) and
 nginx as a plain streaming reverse proxy (what a proxy written in C costs).
 
-    python -m bench.run            # everything, about five minutes on 2 cores
-    python -m bench.run --quick    # fewer requests and repeats, for a smoke test
+    python -m bench.run              # everything, about seven minutes on 2 cores
+    python -m bench.run --quick      # fewer requests and repeats, for a smoke test
+    python -m bench.run --only soak  # some scenarios: one, cpu, realtime, memory, local, soak
 
 Writes ``docs/benchmarks.md`` (the table printed at the end) and ``docs/benchmarks.json`` (every
-figure). All traffic stays on 127.0.0.1. Each server's CPU time comes from ``/proc/PID/stat``,
-memory from ``/proc/PID/status``. Shared, noisy machines: latency figures are medians of
-repeated runs, and the targets are judged on those medians and on ratios.
+figure). A run of some scenarios (``--only``) replaces their figures in the JSON and keeps the
+others', and rewrites the report when every scenario has figures. The fault soak (``soak``,
+``bench.soak``) runs its own gateway and upstreams. All traffic stays on 127.0.0.1. Each
+server's CPU time comes from ``/proc/PID/stat``, memory from ``/proc/PID/status``. Shared,
+noisy machines: latency figures are medians of repeated runs, and the targets are judged on
+those medians and on ratios.
 """
 
 from __future__ import annotations
@@ -18,11 +22,8 @@ import json
 import os
 import platform
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import textwrap
 import time
@@ -32,9 +33,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-PY = sys.executable
-TICKS = os.sysconf("SC_CLK_TCK")
+from bench import soak, soak_report
+from bench.harness import (
+    PY,
+    ROOT,
+    Server,
+    Target,
+    connections_to,
+    cpu_seconds,
+    free_port,
+    load,
+    pct,
+    rss_kib,
+    start,
+)
+
 UPSTREAM_RATE = 24000
 ONE_SENTENCE = "Thanks for calling the clinic, how can I help you today?"
 THREE_SENTENCES = (
@@ -44,116 +57,6 @@ THREE_SENTENCES = (
 
 
 # ------------------------------------------------------------------ processes
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, seconds: float = 60.0) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on port {port}")
-
-
-def process_tree(pid: int) -> list[int]:
-    """``pid`` and its children (nginx: master and worker)."""
-    pids = [pid]
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                pids.append(int(entry.name))
-    return pids
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process and its children, from /proc."""
-    total = 0
-    for p in process_tree(pid):
-        try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])
-    return total / TICKS
-
-
-def rss_kib(pid: int) -> int:
-    """Resident memory of a process and its children, KiB."""
-    total = 0
-    for p in process_tree(pid):
-        try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-        except OSError:
-            continue
-    return total
-
-
-def connections_to(pid: int, port: int) -> int:
-    """Established TCP connections owned by ``pid`` whose remote port is ``port``."""
-    inodes = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        try:
-            target = os.readlink(fd)
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[8:-1])
-    count = 0
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        parts = line.split()
-        remote_port = int(parts[2].split(":")[1], 16)
-        if remote_port == port and parts[3] == "01" and parts[9] in inodes:
-            count += 1
-    return count
-
-
-@dataclass
-class Server:
-    name: str
-    process: subprocess.Popen[bytes]
-    port: int
-    log: Path
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
-def start(
-    name: str, args: list[str], port: int, workdir: Path, env: dict[str, str] | None = None
-) -> Server:
-    log = workdir / f"{name}.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-    server = Server(name, process, port, log)
-    try:
-        wait_port(port)
-    except RuntimeError:
-        server.stop()
-        raise RuntimeError(f"{name} did not start:\n{log.read_text()[-2000:]}") from None
-    return server
 
 
 def ensure_nginx() -> str:
@@ -229,24 +132,6 @@ def gateway_conf(workdir: Path, upstream: int) -> Path:
 
 
 # ------------------------------------------------------------------ load
-
-
-def load(url: str, workdir: Path, **options: Any) -> dict[str, Any]:
-    """Run the load generator in its own process; its raw results."""
-    out = workdir / "load.json"
-    args = [PY, "-m", "bench.loadgen", "--url", url, "--json", str(out)]
-    for key, value in options.items():
-        args += [f"--{key}", str(value)]
-    subprocess.run(args, check=True, cwd=ROOT, capture_output=True)
-    data: dict[str, Any] = json.loads(out.read_text())
-    return data
-
-
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def latency(data: dict[str, Any]) -> dict[str, float]:
@@ -504,23 +389,27 @@ class Bench:
         result["rtf_one_core"] = json.loads(rtf.stdout)
         self.figures["local_voice"] = result
 
+    def fault_soak(self) -> None:
+        """(6) The fault soak (``bench.soak``), on its own gateway and upstreams."""
+        self.figures["soak"] = soak.run_soak(self.workdir, self.quick)
+
 
 # ------------------------------------------------------------------ report
 
 
-@dataclass
-class Target:
-    figure: str
-    value: float
-    limit: float
-    unit: str
-
-    @property
-    def ok(self) -> bool:
-        return self.value <= self.limit
-
-
 def targets(f: dict[str, Any]) -> list[Target]:
+    """The targets of every scenario in ``f``."""
+    found = suite_targets(f) if all(key in f for key in SUITE_FIGURES) else []
+    if "soak" in f:
+        found += soak_report.targets(f["soak"])
+    return found
+
+
+#: The figures of the scenarios measured against the direct and nginx baselines.
+SUITE_FIGURES = ("one_stream", "cpu_full_speed", "realtime_streams", "memory", "local_voice")
+
+
+def suite_targets(f: dict[str, Any]) -> list[Target]:
     one = f["one_stream"]
     cpu = f["cpu_full_speed"]
     rt = f["realtime_streams"]
@@ -606,6 +495,11 @@ def render(f: dict[str, Any], meta: dict[str, Any]) -> str:
         f["memory"],
         f["local_voice"],
     )
+    remeasured = "".join(
+        f" Since then, {', '.join(later['scenarios'])} re-measured {later['date']} with "
+        f"`{later['command']}`."
+        for later in meta.get("remeasured", [])
+    )
     lines = [
         "# Benchmarks",
         "",
@@ -615,7 +509,7 @@ def render(f: dict[str, Any], meta: dict[str, Any]) -> str:
         f"{meta['repeats']} runs. The mock upstream streams a 24 kHz tone in 20 ms chunks; "
         "direct and nginx deliver it as is, **the gateway resamples it 24 → 48 kHz** "
         "(soxr) and parses and routes each request (at log level warning: no per-request "
-        "log line).",
+        f"log line). The fault soak (6) runs on its own gateway and upstreams.{remeasured}",
         "",
         "## Targets",
         "",
@@ -624,7 +518,7 @@ def render(f: dict[str, Any], meta: dict[str, Any]) -> str:
     ]
     for t in targets(f):
         lines.append(
-            f"| {t.figure} | {t.value:.2f} {t.unit} | ≤ {t.limit:g} {t.unit} | "
+            f"| {t.figure} | {t.value:.2f} {t.unit} | {t.bound} | "
             f"{'pass' if t.ok else '**FAIL**'} |"
         )
     lines += [
@@ -732,6 +626,8 @@ def render(f: dict[str, Any], meta: dict[str, Any]) -> str:
         f"{local['rtf_one_core']['wall_s'] * 1000:.0f} ms)",
         "",
     ]
+    if "soak" in f:
+        lines += soak_report.render(f["soak"])
     history = Path(__file__).with_name("changes.md")
     if history.exists():
         lines.append(history.read_text())
@@ -739,7 +635,12 @@ def render(f: dict[str, Any], meta: dict[str, Any]) -> str:
 
 
 @contextmanager
-def servers(bench: Bench) -> Iterator[None]:
+def servers(bench: Bench, needed: bool = True) -> Iterator[None]:
+    """The mock upstream, nginx and the gateway, for the scenarios that compare them (not
+    started when ``needed`` is false)."""
+    if not needed:
+        yield
+        return
     workdir = bench.workdir
     try:
         up_port, ng_port, gw_port = free_port(), free_port(), free_port()
@@ -777,7 +678,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="tts-gateway benchmark suite")
     parser.add_argument("--quick", action="store_true", help="fewer requests, one repeat")
     parser.add_argument("--out", default=str(ROOT / "docs"), help="where to write the report")
-    parser.add_argument("--only", help="comma-separated scenarios (one,cpu,realtime,memory,local)")
+    parser.add_argument(
+        "--only", help="comma-separated scenarios (one,cpu,realtime,memory,local,soak)"
+    )
     parser.add_argument(
         "--render", action="store_true", help="only rewrite benchmarks.md from benchmarks.json"
     )
@@ -786,56 +689,79 @@ def main() -> None:
         saved = json.loads((Path(args.out) / "benchmarks.json").read_text())
         (Path(args.out) / "benchmarks.md").write_text(render(saved["figures"], saved["meta"]))
         return
-
-    import resource
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
-    started = time.perf_counter()
-    meta: dict[str, Any] = {
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "command": "python -m bench.run" + (" --quick" if args.quick else ""),
-        "cores": os.cpu_count(),
-        "cpu": platform.processor() or platform.machine(),
-        "python": platform.python_version(),
-        "load_before": " ".join(f"{x:.2f}" for x in os.getloadavg()),
-    }
     steps: dict[str, Callable[[Bench], None]] = {
         "one": Bench.one_stream,
         "cpu": Bench.cpu_full_speed,
         "realtime": Bench.realtime_streams,
         "memory": Bench.memory,
         "local": Bench.local_voice,
+        "soak": Bench.fault_soak,
     }
     chosen = args.only.split(",") if args.only else list(steps)
+    unknown = [name for name in chosen if name not in steps]
+    if unknown:
+        parser.error(f"unknown scenarios {', '.join(unknown)}; choose from {', '.join(steps)}")
+
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
+    started = time.perf_counter()
+    command = "python -m bench.run" + (" --quick" if args.quick else "")
+    if args.only:
+        command += f" --only {args.only}"
+    meta: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "command": command,
+        "cores": os.cpu_count(),
+        "cpu": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+        "load_before": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+    }
     with tempfile.TemporaryDirectory(prefix="tts-bench-") as tmp:
         bench = Bench(Path(tmp), args.quick)
         meta["repeats"] = bench.repeats()
-        with servers(bench):
+        with servers(bench, needed=any(name != "soak" for name in chosen)):
             for name in chosen:
                 t0 = time.perf_counter()
                 print(f"running {name} ...", flush=True)
                 steps[name](bench)
                 print(f"  done in {time.perf_counter() - t0:.0f} s", flush=True)
     meta["load_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    meta["seconds"] = round(time.perf_counter() - started)
+    meta["seconds"] = seconds = round(time.perf_counter() - started)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "benchmarks.json").write_text(
-        json.dumps({"meta": meta, "figures": bench.figures}, indent=2)
-    )
-    if set(chosen) == set(steps):
-        report = render(bench.figures, meta)
+    figures, meta = merged(out / "benchmarks.json", bench.figures, meta, partial=bool(args.only))
+    (out / "benchmarks.json").write_text(json.dumps({"meta": meta, "figures": figures}, indent=2))
+    if all(key in figures for key in (*SUITE_FIGURES, "soak")):
+        report = render(figures, meta)
         (out / "benchmarks.md").write_text(report)
         print(report)
-        for t in targets(bench.figures):
-            print(
-                f"{'PASS' if t.ok else 'FAIL'}: {t.figure}: {t.value:.2f} {t.unit} "
-                f"(target ≤ {t.limit:g})"
-            )
     else:
         print(json.dumps(bench.figures, indent=2))
-    print(f"total {meta['seconds']} s")
+    for t in targets(bench.figures):
+        print(
+            f"{'PASS' if t.ok else 'FAIL'}: {t.figure}: {t.value:.2f} {t.unit} (target {t.bound})"
+        )
+    print(f"total {seconds} s")
+
+
+def merged(
+    saved: Path, figures: dict[str, Any], meta: dict[str, Any], partial: bool
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The figures and meta to write: a run of some scenarios replaces theirs in the saved
+    report and is noted in its meta; a whole run replaces everything."""
+    if not partial or not saved.exists():
+        return figures, meta
+    old = json.loads(saved.read_text())
+    kept_meta: dict[str, Any] = old["meta"]
+    later = {"date": meta["date"], "command": meta["command"], "scenarios": sorted(figures)}
+    kept_meta["remeasured"] = [
+        entry
+        for entry in kept_meta.get("remeasured", [])
+        if not set(entry["scenarios"]) <= set(figures)
+    ] + [later]
+    return {**old["figures"], **figures}, kept_meta
 
 
 if __name__ == "__main__":

@@ -6,8 +6,10 @@ is read from its ``ExtendData`` (which a gateway passes on untouched), so the lo
 can drive the same upstream directly, through nginx and through the gateway::
 
     {"BenchSeconds": 3, "BenchPace": "realtime"}   # or "fast"
+    {"BenchSeconds": 1, "BenchPace": "realtime", "BenchSpeed": 4}   # 20 ms chunks 5 ms apart
 
 Plain asyncio protocol code on uvloop: no framework, responses built from precomputed bytes.
+:class:`UpstreamProtocol` is also the base of the fault-injecting upstream (``bench.faults``).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import json
 import math
 import re
 import struct
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, cast
 
 RATE = 24000
@@ -47,18 +49,21 @@ HEAD = (
 END = b"0\r\n\r\n"
 
 
-def parameters(body: bytes) -> tuple[float, bool]:
-    """(seconds, realtime) from the request's ExtendData; defaults: 1 s, fast."""
-    seconds, realtime = 1.0, False
+def parameters(body: bytes) -> tuple[float, float | None]:
+    """(seconds of audio, speed) from the request's ExtendData; speed is how many times real
+    time the chunks are paced (``BenchPace: realtime``, sped up by ``BenchSpeed``), or None
+    for as fast as the socket takes them. Defaults: 1 s, fast."""
+    seconds, speed = 1.0, None
     try:
         extend = json.loads(body).get("ExtendData") or {}
         if isinstance(extend, str):
             extend = json.loads(extend) if extend.strip() else {}
         seconds = float(extend.get("BenchSeconds", seconds))
-        realtime = extend.get("BenchPace") == "realtime"
+        if extend.get("BenchPace") == "realtime":
+            speed = max(0.01, float(extend.get("BenchSpeed", 1.0)))
     except (ValueError, AttributeError, TypeError):
         pass
-    return seconds, realtime
+    return seconds, speed
 
 
 class UpstreamProtocol(asyncio.Protocol):
@@ -103,40 +108,59 @@ class UpstreamProtocol(asyncio.Protocol):
             return
         body = self.buffer[end + 4 : end + 4 + length]
         self.buffer = self.buffer[end + 4 + length :]
-        self.task = asyncio.get_running_loop().create_task(self.respond(body))
+        self.task = asyncio.get_running_loop().create_task(self.respond(head, body))
 
-    async def respond(self, body: bytes) -> None:
-        seconds, realtime = parameters(body)
+    def finished(self) -> None:
+        """The answer is out: serve the next request of the connection, if it is in."""
+        self.task = None
+        self.maybe_start()
+
+    async def respond(self, head: bytes, body: bytes) -> None:
+        """Answer one request (``head``: its request line and headers)."""
+        seconds, speed = parameters(body)
         count = max(1, round(seconds * 1000 / CHUNK_MS))
         transport = self.transport
         if transport is None:
             return
         transport.write(HEAD)
-        if not realtime:
+        if speed is None:
             # Whole response at once, still as 20 ms HTTP chunks.
             full, rest = divmod(count, len(CHUNKS))
             transport.write(b"".join(CHUNKS) * full + b"".join(CHUNKS[:rest]) + END)
         else:
-            loop = asyncio.get_running_loop()
-            start = loop.time()
-            for index in range(count):
-                delay = start + index * CHUNK_MS / 1000 - loop.time()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                if self.transport is None:
-                    return
-                await self.writable.wait()
-                self.transport.write(CHUNKS[index % len(CHUNKS)])
-            if self.transport is None:
+            chunks = (CHUNKS[index % len(CHUNKS)] for index in range(count))
+            if not await self.send_paced(chunks, CHUNK_MS / 1000 / speed):
                 return
-            self.transport.write(END)
-        self.task = None
-        self.maybe_start()
+            transport.write(END)
+        self.finished()
+
+    async def send_paced(self, chunks: Iterable[bytes], interval: float) -> bool:
+        """Write ``chunks`` ``interval`` seconds apart, on a fixed schedule (a late chunk does
+        not delay the next ones), each once the socket takes more; whether the connection
+        stayed open."""
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        for index, chunk in enumerate(chunks):
+            delay = start + index * interval - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if self.transport is None:
+                return False
+            await self.writable.wait()
+            if self.transport is None:
+                return False
+            self.transport.write(chunk)
+        return self.transport is not None
 
 
-async def serve(host: str, port: int, ready: asyncio.Event | None = None) -> None:
+async def serve(
+    host: str,
+    port: int,
+    ready: asyncio.Event | None = None,
+    protocol: Callable[[], asyncio.Protocol] = UpstreamProtocol,
+) -> None:
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(UpstreamProtocol, host, port, backlog=4096)
+    server = await loop.create_server(protocol, host, port, backlog=4096)
     if ready is not None:
         ready.set()
     print(f"upstream listening on {host}:{port}", flush=True)

@@ -1,17 +1,29 @@
 """The benchmark's own parts measure what they claim: the mock upstream sends the tone it
-announces, the load generator counts bytes, first bytes, gaps and hang-ups correctly."""
+announces, the load generator counts bytes, first bytes, gaps and hang-ups correctly; the
+fault soak's upstream injects each fault it names, its integrity check tells a sound answer
+from a duplicated, skipped, mixed, garbled or cut one, and a small soak runs end to end."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import math
+from collections.abc import Callable
+from pathlib import Path
 
+import httpx
 import numpy as np
+import pytest
 
+from bench import soak_report
+from bench.faults import HEALTHY, SOAK, FaultPlan, FaultyUpstream
+from bench.integrity import Verdict, answer_samples, check, expected_pcm
 from bench.loadgen import run
+from bench.run import merged
+from bench.soak import Soak, SoakSize
 from bench.upstream import CHUNK_SAMPLES, RATE, serve
-from tests.support import free_socket, peak_frequency
+from tests.support import eventually, free_socket, peak_frequency
 
 
 async def start_upstream() -> tuple[asyncio.Task[None], int]:
@@ -38,6 +50,9 @@ def arguments(port: int, **overrides: object) -> argparse.Namespace:
         "timeout": 10.0,
         "seed": 1,
         "ramp": 0.0,
+        "speed": 0.0,
+        "ids": "",
+        "expect": "",
     }
     values.update(overrides)
     return argparse.Namespace(**values)
@@ -92,3 +107,249 @@ def test_the_tone_chunks_join_into_a_continuous_440_hz_sine() -> None:
     x = np.frombuffer(pcm, dtype="<i2").astype(float)
     # No jump between the last sample of one cycle of chunks and the first of the next.
     assert np.abs(np.diff(x)).max() <= 2 * math.pi * 440 / RATE * 0.4 * 32767 + 2
+
+
+# ------------------------------------------------------------------ the fault soak
+
+
+async def start_faulty(plan: FaultPlan) -> tuple[asyncio.Task[None], int, FaultyUpstream]:
+    sock = free_socket()
+    port = sock.getsockname()[1]
+    sock.close()
+    upstream = FaultyUpstream(plan)
+    ready = asyncio.Event()
+    task = asyncio.create_task(serve("127.0.0.1", port, ready, protocol=upstream.protocol))
+    await ready.wait()
+    return task, port, upstream
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Wait (at most 10 s) for ``condition`` to hold."""
+    assert await eventually(condition, 10.0), "the condition never held"
+
+
+def synthesis_body(voice: str = "v", text: str = "Hello.", seconds: float = 0.2) -> bytes:
+    extend = json.dumps({"BenchSeconds": seconds})
+    return json.dumps(
+        {"Text": text, "VoiceId": voice, "SampleRate": 24000, "ExtendData": extend}
+    ).encode()
+
+
+async def ask(port: int, request_id: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Send one synthesis request (0.2 s of voice "v" saying "Hello.") on a new connection."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    body = synthesis_body()
+    writer.write(
+        b"POST /stream-audio HTTP/1.1\r\nHost: x\r\nX-Request-Id: %s\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+        % (request_id.encode(), len(body), body)
+    )
+    return reader, writer
+
+
+async def stalled_answer(port: int, upstream: FaultyUpstream, request_id: str) -> bytes:
+    """Everything the upstream sends before it stalls: once it holds the stall, the client
+    half-closes, the upstream closes, and the client reads all there was."""
+    reader, writer = await ask(port, request_id)
+    await until(lambda: upstream.ledger.stalls_open == 1)
+    writer.write_eof()
+    received = await reader.read()
+    await until(lambda: upstream.ledger.stalls_open == 0)
+    writer.close()
+    return received
+
+
+def dechunk(body: bytes) -> tuple[bytes, bool]:
+    """The data of a chunked body, and whether its last chunk came."""
+    data, pos = bytearray(), 0
+    while (end := body.find(b"\r\n", pos)) >= 0:
+        size = int(body[pos:end], 16)
+        if size == 0:
+            return bytes(data), True
+        data += body[end + 2 : end + 2 + size]
+        pos = end + 2 + size + 2
+    return bytes(data), False
+
+
+async def test_the_faulty_upstream_answers_in_full_by_content() -> None:
+    task, port, upstream = await start_faulty(HEALTHY)
+    try:
+        async with httpx.AsyncClient() as client:
+            answer = await client.post(
+                f"http://127.0.0.1:{port}/stream-audio", content=synthesis_body("v", "Hi.")
+            )
+    finally:
+        task.cancel()
+    assert answer.status_code == 200
+    assert answer.headers["x-sample-rate"] == "24000"
+    assert answer.content == expected_pcm("v", "Hi.", answer_samples(0.2, 24000))
+    assert upstream.ledger.kinds == {"ok": 1}
+
+
+async def test_the_faulty_upstream_answers_5xx_and_429_with_retry_after() -> None:
+    task, port, upstream = await start_faulty(FaultPlan(error=1.0))
+    try:
+        async with httpx.AsyncClient() as client:
+            url = f"http://127.0.0.1:{port}/stream-audio"
+            errors = [(await client.post(url, content=synthesis_body())) for _ in range(20)]
+            upstream.set_plan(FaultPlan(throttle=1.0, retry_after=2))
+            throttled = await client.post(url, content=synthesis_body())
+    finally:
+        task.cancel()
+    assert {a.status_code for a in errors} == {500, 502, 503}  # the draw picks each of them
+    assert all(a.json()["error"]["message"] for a in errors)
+    assert throttled.status_code == 429
+    assert throttled.headers["retry-after"] == "2"
+    assert upstream.ledger.kinds == {"throttle": 1}
+
+
+async def test_the_faulty_upstream_resets_the_connection_before_the_first_byte() -> None:
+    task, port, upstream = await start_faulty(FaultPlan(reset=1.0))
+    try:
+        reader, writer = await ask(port, "r-1")
+        with pytest.raises(ConnectionResetError):  # an RST, not a clean end of stream
+            await reader.read()
+        writer.close()
+    finally:
+        task.cancel()
+    assert upstream.ledger.kinds == {"reset": 1}
+
+
+async def test_the_faulty_upstream_stalls_before_the_first_byte() -> None:
+    task, port, upstream = await start_faulty(FaultPlan(stall_before=1.0))
+    try:
+        sent = [await stalled_answer(port, upstream, f"r-{n}") for n in range(8)]
+    finally:
+        task.cancel()
+    assert upstream.ledger.kinds == {"stall_before": 8}
+    nothing = [s for s in sent if s == b""]
+    head_only = [s for s in sent if s.startswith(b"HTTP/1.1 200 OK\r\n")]
+    assert nothing and head_only and len(nothing) + len(head_only) == 8
+    assert all(s.endswith(b"\r\n\r\n") for s in head_only)  # the head, and no byte of audio
+
+
+async def test_the_faulty_upstream_stalls_mid_answer() -> None:
+    task, port, upstream = await start_faulty(FaultPlan(stall_mid=1.0))
+    try:
+        sent = [await stalled_answer(port, upstream, f"r-{n}") for n in range(4)]
+    finally:
+        task.cancel()
+    assert upstream.ledger.kinds == {"stall_mid": 4}
+    whole = expected_pcm("v", "Hello.", answer_samples(0.2, 24000))
+    for answer in sent:
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 OK")
+        audio, ended = dechunk(body)
+        assert not ended
+        assert 0 < len(audio) < len(whole) and whole.startswith(audio)
+
+
+async def test_the_faulty_upstream_draws_the_same_faults_for_the_same_request_ids() -> None:
+    plans = []
+    for _ in range(2):
+        upstream = FaultyUpstream(SOAK)
+        plans.append([upstream.draw(f"soak-{n % 50}")[0] for n in range(200)])
+    assert plans[0] == plans[1]
+    assert set(plans[0]) == {"ok", "error", "reset", "stall_before", "stall_mid", "throttle"}
+    assert 0.2 < plans[0].count("error") / 200 < 0.4  # roughly the plan's 30 %
+
+
+# The integrity check, on crafted answers: voice "a" and voice "b" saying the same text.
+WHOLE_A = expected_pcm("a", "Text (soak-1)", 9600)
+WHOLE_B = expected_pcm("b", "Text (soak-1)", 9600)
+CANDIDATES = {"a": WHOLE_A, "b": WHOLE_B}
+
+
+def test_the_integrity_check_passes_a_whole_answer_of_either_voice_and_its_start() -> None:
+    assert check(WHOLE_A, CANDIDATES) == Verdict("complete", "a")
+    assert check(WHOLE_B, CANDIDATES) == Verdict("complete", "b")
+    assert check(WHOLE_B[:6000], CANDIDATES) == Verdict("cut", "b")
+    assert check(b"", CANDIDATES).kind == "empty"
+    # Another text's answer by the same voice is not this one.
+    assert check(expected_pcm("a", "Text (soak-2)", 9600), CANDIDATES).kind == "garbled"
+
+
+@pytest.mark.parametrize(
+    ("body", "kind"),
+    [
+        (WHOLE_A[:4000] + WHOLE_A[2000:], "duplicated"),  # a chunk sent twice
+        (WHOLE_A + WHOLE_A[-960:], "duplicated"),  # the last chunk again, after the end
+        (WHOLE_A[:2000] + WHOLE_A[4000:], "skipped"),  # a chunk lost
+        (WHOLE_A[:2000] + WHOLE_B[2000:], "mixed"),  # failed over mid-answer
+        (WHOLE_A[:2000] + WHOLE_B, "mixed"),  # the fallback from its start, after audio
+        (WHOLE_A[:2001], "garbled"),  # not whole samples
+        (WHOLE_A[:2000] + WHOLE_A[2001:4001], "garbled"),  # shifted by a byte
+        (WHOLE_A[:2000] + bytes(2000), "garbled"),  # silence no voice sent
+        (bytes(2000), "garbled"),
+    ],
+)
+def test_the_integrity_check_catches_a_bad_answer(body: bytes, kind: str) -> None:
+    verdict = check(body, CANDIDATES)
+    assert verdict.kind == kind
+    assert not verdict.sound
+
+
+async def test_the_load_generator_checks_each_answer_by_content() -> None:
+    task, port, upstream = await start_faulty(FaultPlan(stall_mid=0.5))
+    try:
+        data = await run(
+            arguments(port, requests=20, concurrency=20, ids="t", expect="other,bench", timeout=2.0)
+        )
+    finally:
+        task.cancel()
+    results = {r["id"]: r for r in data["results"]}
+    assert len(results) == 20
+    for request_id, kinds in upstream.ledger.by_request.items():
+        result = results[request_id]
+        assert result["answer_voice"] == "bench"
+        # A stalled answer is the start of the right audio; every other one is all of it.
+        assert result["verdict"] == ("cut" if kinds == ["stall_mid"] else "complete")
+    assert {"cut", "complete"} == {r["verdict"] for r in results.values()}
+
+
+def test_a_small_fault_soak_runs_end_to_end(tmp_path: Path) -> None:
+    size = SoakSize(
+        requests=200,
+        callers=20,
+        outage_rounds=1,
+        outage_requests=20,
+        saturation_callers=100,
+        saturation_requests=100,
+        saturation_seconds=1.0,
+    )
+    figures = Soak(tmp_path, size).run()
+    for key in ("breaker_on", "breaker_off"):
+        faults = figures["faults"]["passes"][key]
+        assert faults["requests"] == 200
+        assert faults["complete"] + faults["hung_up"] + faults["cut_by_upstream_stall"] > 180
+        assert faults["bad_audio"] == {"duplicated": 0, "skipped": 0, "mixed": 0, "garbled": 0}
+    exposed = figures["faults"]["passes"]["breaker_off"]
+    assert exposed["upstream_requests"]["exposed"] >= 200  # every request met the faults
+    assert figures["faults"]["held_after"] == {"in_flight": 0, "queued": 0, "stalls_open": 0}
+    assert figures["outage"]["breaker_before"] == "open"
+    saturation = figures["saturation"]
+    assert saturation["statuses"] == {"200": 100}
+    assert saturation["complete"] == 100 and saturation["bad_audio"] == 0
+    # 100 callers on 50 slots: the later half find them full past the queue wait.
+    assert saturation["answered_by"]["overflow"] == saturation["overflow_metric"] >= 10
+    assert figures["gateway_log"]["errors"] == 0
+    judged = {t.figure: t for t in soak_report.targets(figures)}
+    assert len(judged) == 9
+    assert all(judged[name].ok for name in judged if "audio" in name or "held" in name)
+    report = "\n".join(soak_report.render(figures))
+    assert report.startswith("## (6) Fault soak") and "| **share served**" in report
+
+
+def test_a_run_of_some_scenarios_keeps_the_other_figures(tmp_path: Path) -> None:
+    saved = tmp_path / "benchmarks.json"
+    saved.write_text(
+        json.dumps({"meta": {"date": "then"}, "figures": {"one_stream": 1, "soak": 2}})
+    )
+    figures, meta = merged(saved, {"soak": 3}, {"date": "now", "command": "c"}, partial=True)
+    assert figures == {"one_stream": 1, "soak": 3}
+    assert meta == {
+        "date": "then",
+        "remeasured": [{"date": "now", "command": "c", "scenarios": ["soak"]}],
+    }
+    whole, _ = merged(saved, {"soak": 4}, {"date": "now"}, partial=False)
+    assert whole == {"soak": 4}

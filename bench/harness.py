@@ -1,0 +1,169 @@
+"""The bench's harness: servers run as processes of their own, what /proc says of them (CPU,
+memory, connections), the load generator run in its own process (so that no figure measures
+the process that takes it), and the targets the figures are judged by."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, seconds: float = 60.0) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port}")
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its children (nginx: master and worker)."""
+    pids = [pid]
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                pids.append(int(entry.name))
+    return pids
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and its children, from /proc."""
+    total = 0
+    for p in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / TICKS
+
+
+def rss_kib(pid: int) -> int:
+    """Resident memory of a process and its children, KiB."""
+    total = 0
+    for p in process_tree(pid):
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return total
+
+
+def connections_to(pid: int, port: int) -> int:
+    """Established TCP connections owned by ``pid`` whose remote port is ``port``."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    count = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        parts = line.split()
+        remote_port = int(parts[2].split(":")[1], 16)
+        if remote_port == port and parts[3] == "01" and parts[9] in inodes:
+            count += 1
+    return count
+
+
+@dataclass
+class Server:
+    name: str
+    process: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start(
+    name: str, args: list[str], port: int, workdir: Path, env: dict[str, str] | None = None
+) -> Server:
+    log = workdir / f"{name}.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    server = Server(name, process, port, log)
+    try:
+        wait_port(port)
+    except RuntimeError:
+        server.stop()
+        raise RuntimeError(f"{name} did not start:\n{log.read_text()[-2000:]}") from None
+    return server
+
+
+def load(url: str, workdir: Path, **options: Any) -> dict[str, Any]:
+    """Run the load generator in its own process; its raw results."""
+    out = workdir / "load.json"
+    args = [PY, "-m", "bench.loadgen", "--url", url, "--json", str(out)]
+    for key, value in options.items():
+        args += [f"--{key}", str(value)]
+    done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"the load generator failed:\n{done.stderr[-2000:]}")
+    data: dict[str, Any] = json.loads(out.read_text())
+    return data
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+@dataclass
+class Target:
+    """A figure beside its target: at most ``limit``, or at least it with ``at_least``."""
+
+    figure: str
+    value: float
+    limit: float
+    unit: str
+    at_least: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.value >= self.limit if self.at_least else self.value <= self.limit
+
+    @property
+    def bound(self) -> str:
+        return f"{'≥' if self.at_least else '≤'} {self.limit:g} {self.unit}".rstrip()
