@@ -84,7 +84,9 @@ class _Connection(asyncio.Protocol):
         if self.head_done and self.until_eof and exc is None:
             self.complete = True
         if not self.complete and self.error is None:
-            self.error = httpx.ReadError("the connection was closed mid-response")
+            where = "mid-response" if self.head_bytes else "before any response"
+            how = f" ({type(exc).__name__})" if exc is not None else ""
+            self.error = httpx.ReadError(f"the connection was closed {where}{how}")
         self._wake()
 
     def data_received(self, data: bytes) -> None:

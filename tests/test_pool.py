@@ -197,7 +197,16 @@ async def test_a_server_that_hangs_up_mid_body_is_a_read_error() -> None:
         writer.close()
 
     async with serving(answer) as server, client() as c:
-        with pytest.raises(httpx.ReadError):
+        with pytest.raises(httpx.ReadError, match="closed mid-response"):
+            await c.get(f"http://127.0.0.1:{server.port}/x")
+
+
+async def test_a_server_that_hangs_up_before_answering_says_so() -> None:
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()  # the request was read: hang up without a word
+
+    async with serving(answer) as server, client() as c:
+        with pytest.raises(httpx.ReadError, match="closed before any response"):
             await c.get(f"http://127.0.0.1:{server.port}/x")
 
 
