@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.app import create_app
 from gateway.config import parse_config
-from tests.support import live_server, tone
+from tests.support import LoopbackServer, live_server, read_request, tone
 
 #: 20 ms of a 440 Hz tone at 24 kHz: what a healthy upstream answers.
 CHUNK = tone(440, 0.02, 24000)
@@ -55,7 +55,7 @@ class Received:
         return str(self.body.get("Text", self.body.get("text", "")))
 
 
-class AnsweringUpstream:
+class AnsweringUpstream(LoopbackServer):
     """Answers each request with the next :class:`Answer` of :attr:`script`, or with
     :attr:`default` once the script is used up. Records every request (:attr:`requests`), the
     requests being answered at once (:attr:`active`, :attr:`peak`) and the answers the gateway
@@ -68,8 +68,6 @@ class AnsweringUpstream:
         self.active = 0
         self.peak = 0
         self.hung_up = 0
-        self.port = 0
-        self._server: asyncio.AbstractServer | None = None
 
     @property
     def base_url(self) -> str:
@@ -85,16 +83,6 @@ class AnsweringUpstream:
         """Requests received so far."""
         return len(self.requests)
 
-    async def __aenter__(self) -> AnsweringUpstream:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        await self._server.wait_closed()
-
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while await self._one_request(reader, writer):
@@ -108,16 +96,9 @@ class AnsweringUpstream:
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> bool:
         """Answer one request; whether the connection stays open for another."""
-        head = await reader.readuntil(b"\r\n\r\n")
-        request_line, *lines = head.decode("latin-1").split("\r\n")
-        headers: dict[str, str] = {}
-        for line in lines:
-            if ":" in line:
-                key, _, value = line.partition(":")
-                headers[key.strip().lower()] = value.strip()
-        raw = await reader.readexactly(int(headers.get("content-length", "0")))
+        target, headers, raw = await read_request(reader)
         answer = self.script.popleft() if self.script else self.default
-        self.requests.append(Received(request_line.split()[1], headers, json.loads(raw or b"{}")))
+        self.requests.append(Received(target, headers, json.loads(raw or b"{}")))
         self.active += 1
         self.peak = max(self.peak, self.active)
         try:

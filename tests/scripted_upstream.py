@@ -27,6 +27,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
+from tests.support import LoopbackServer, read_request
+
 HEAD: Final = "head"
 HOLD: Final = "hold"
 
@@ -65,19 +67,13 @@ class Exchange:
     ended: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-class ScriptedUpstream:
+class ScriptedUpstream(LoopbackServer):
     """Request *i* plays ``replies[i]`` (the last reply repeats); a test may replace
     ``replies`` between requests (a provider that recovers)."""
 
     def __init__(self, *replies: Sequence[Step]) -> None:
         self.replies: list[Sequence[Step]] = list(replies)
         self.exchanges: list[Exchange] = []
-        self.port = 0
-        self._server: asyncio.AbstractServer | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/stream-audio"
 
     @property
     def hung_up(self) -> list[Exchange]:
@@ -90,26 +86,11 @@ class ScriptedUpstream:
         await asyncio.wait_for(asyncio.gather(*(e.ended.wait() for e in exchanges)), seconds)
         return [str(e.end) for e in exchanges]
 
-    async def __aenter__(self) -> ScriptedUpstream:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        await self._server.wait_closed()
-
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         exchange: Exchange | None = None
         try:
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = 0
-            for line in head.decode().split("\r\n")[1:]:
-                name, _, value = line.partition(":")
-                if name.strip().lower() == "content-length":
-                    length = int(value)
-            body = json.loads(await reader.readexactly(length))
+            _, _, raw = await read_request(reader)
+            body = json.loads(raw)
             script = self.replies[min(len(self.exchanges), len(self.replies) - 1)]
             exchange = Exchange(body, time.perf_counter())
             self.exchanges.append(exchange)

@@ -14,7 +14,7 @@ import socket
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 import httpx
 import numpy as np
@@ -307,8 +307,48 @@ async def raw_post(base_url: str, path: str, body: dict[str, Any]) -> RawRespons
 # ---------------------------------------------------------------- loopback upstream
 
 
+class LoopbackServer:
+    """A server on 127.0.0.1, on a port of the system's choosing, for the span of an
+    ``async with``; a subclass answers each connection in :meth:`_handle`."""
+
+    port: int = 0
+    _server: asyncio.AbstractServer | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/stream-audio"
+
+    async def __aenter__(self) -> Self:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
+
+
+async def read_request(reader: asyncio.StreamReader) -> tuple[str, dict[str, str], bytes]:
+    """One HTTP/1.1 request off ``reader``: its target, its headers (names in lower case) and
+    its body (as long as its Content-Length says)."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    request_line, *lines = head.decode("latin-1").split("\r\n")
+    headers: dict[str, str] = {}
+    for line in lines:
+        if ":" in line:
+            key, _, value = line.partition(":")
+            headers[key.strip().lower()] = value.strip()
+    body = await reader.readexactly(int(headers.get("content-length", "0")))
+    parts = request_line.split()
+    return (parts[1] if len(parts) > 1 else ""), headers, body
+
+
 @dataclass
-class Upstream:
+class Upstream(LoopbackServer):
     """A loopback server speaking the custom TTS interface with a bare asyncio socket, so that
     the moment the gateway closes the connection is seen exactly (EOF on read).
 
@@ -328,20 +368,6 @@ class Upstream:
     port: int = 0
     _server: asyncio.AbstractServer | None = None
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/stream-audio"
-
-    async def __aenter__(self) -> Upstream:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        await self._server.wait_closed()
-
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while await self._one_request(reader, writer):
@@ -354,14 +380,7 @@ class Upstream:
     async def _one_request(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> bool:
-        head = await reader.readuntil(b"\r\n\r\n")
-        lines = head.decode().split("\r\n")
-        headers = {}
-        for line in lines[1:]:
-            if ":" in line:
-                k, _, v = line.partition(":")
-                headers[k.strip().lower()] = v.strip()
-        body = await reader.readexactly(int(headers.get("content-length", "0")))
+        _, headers, body = await read_request(reader)
         self.requests.append(json.loads(body))
         self.request_headers.append(headers)
         if self.status != 200:
