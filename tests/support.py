@@ -180,6 +180,20 @@ async def eventually(condition: Callable[[], object], seconds: float = 2.0) -> b
     return bool(condition())
 
 
+async def log_line(caplog: pytest.LogCaptureFixture, request_id: str) -> str:
+    """The request's own log line (written once its answer has ended)."""
+
+    def find() -> str | None:
+        prefix = f"request_id={request_id} "
+        lines = [r.getMessage() for r in caplog.records if r.name == "gateway"]
+        return next((line for line in lines if line.startswith(prefix)), None)
+
+    assert await eventually(lambda: find() is not None), f"no log line for {request_id}"
+    line = find()
+    assert line is not None
+    return line
+
+
 @contextlib.contextmanager
 def logging_at_debug(capsys: pytest.CaptureFixture[str]) -> Iterator[Callable[[], str]]:
     """The gateway's log configured at debug, as ``serve`` does; yields a reader of all it has

@@ -23,6 +23,7 @@ from tests.support import (
     ScriptedProvider,
     eventually,
     live_server,
+    log_line,
     provider_block,
     raw_post,
     scripted_config,
@@ -81,20 +82,6 @@ def breakers_untouched(app: Starlette) -> bool:
     """No provider's breaker counted a failure (each would be open after one)."""
     health = app.state.gateway.routing.health
     return all(h.breaker.state == "closed" and h.breaker.failures == 0 for h in health.values())
-
-
-async def log_line(caplog: pytest.LogCaptureFixture, request_id: str) -> str:
-    """The request's own log line (written once its answer has ended)."""
-
-    def find() -> str | None:
-        prefix = f"request_id={request_id} "
-        lines = [r.getMessage() for r in caplog.records if r.name == "gateway"]
-        return next((line for line in lines if line.startswith(prefix)), None)
-
-    assert await eventually(lambda: find() is not None), f"no log line for {request_id}"
-    line = find()
-    assert line is not None
-    return line
 
 
 async def post(url: str, request_id: str, **fields: Any) -> httpx.Response:

@@ -19,7 +19,7 @@ from gateway.config import parse_config
 from gateway.routing import ChainStep, Router
 from gateway.sticky import StickyCalls
 from tests.scripted_upstream import HEAD, HOLD, Fail, ScriptedUpstream, Step, custom_block
-from tests.support import eventually, live_server, raw_post, scripted_config, tone
+from tests.support import live_server, log_line, raw_post, scripted_config, tone
 
 RATE = 24000
 A_CHUNKS = [tone(440, 0.02, RATE)] * 3
@@ -51,20 +51,6 @@ def chain_app(upstreams: list[ScriptedUpstream], **voice_a: Any) -> Starlette:
 def sample(app: Starlette, name: str, **labels: str) -> float:
     value = app.state.gateway.metrics.registry.get_sample_value(name, labels)
     return 0.0 if value is None else float(value)
-
-
-async def log_line(caplog: pytest.LogCaptureFixture, request_id: str) -> str:
-    """The request's own log line (written once its answer has ended)."""
-
-    def find() -> str | None:
-        prefix = f"request_id={request_id} "
-        lines = [r.getMessage() for r in caplog.records if r.name == "gateway"]
-        return next((line for line in lines if line.startswith(prefix)), None)
-
-    assert await eventually(lambda: find() is not None), f"no log line for {request_id}"
-    line = find()
-    assert line is not None
-    return line
 
 
 class Clock:
