@@ -9,6 +9,7 @@ The data path of a request, module by module::
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import sys
@@ -24,11 +25,14 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from .config import ConfigError, GatewayConfig, default_config, load_config
 from .front.custom_tts import CustomTTSDoor
 from .front.ops import http_error, ops_routes
+from .health import SAMPLE_SECONDS
 from .http1 import EVENTS_STATE_KEY
 from .logs import LOG_FORMAT as LOG_FORMAT  # re-exported: the format lives with logging
 from .logs import configure_logging
+from .metrics import serve_metrics
 from .runtime import Gateway, Reloader, log_config_warnings
 from .signals import ProcessSignals
+from .watch import POLL_SECONDS, FileWatch
 
 log = logging.getLogger("gateway")
 
@@ -36,12 +40,22 @@ log = logging.getLogger("gateway")
 _SIGNALS = ProcessSignals()
 
 
-def create_app(config: GatewayConfig | None = None, config_path: str | None = None) -> Starlette:
+def create_app(
+    config: GatewayConfig | None = None,
+    config_path: str | None = None,
+    *,
+    workers: int = 1,
+    supervised: bool = False,
+) -> Starlette:
     """The ASGI app for a routing file: ``config`` as given, else loaded from ``config_path``,
-    else the built-in default. With a ``config_path``, SIGHUP reloads that file."""
+    else the built-in default. With a ``config_path``, SIGHUP reloads that file, and so does
+    a change to it (``server.watch``) unless ``supervised``: then the supervisor watches it
+    for every process. ``workers``: how many processes share the limits (see
+    :func:`gateway.runtime.share_limits`)."""
     if config is None:
         config = load_config(config_path) if config_path else default_config()
-    gateway = Gateway(config, config_path)
+    gateway = Gateway(config, config_path, workers)
+    watch = bool(config_path) and config.server.watch and not supervised
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
@@ -51,10 +65,23 @@ def create_app(config: GatewayConfig | None = None, config_path: str | None = No
         await gateway.start()
         reloader = app.state.reloader = Reloader(gateway)
         hooked = _SIGNALS.add(gateway, reloader)
+        chores = [asyncio.create_task(_sample(gateway))] if gateway.metrics.multiprocess else []
+        if watch and config_path:
+            chores.append(asyncio.create_task(_watch(config_path, reloader)))
+        endpoint = gateway.config.server.metrics
+        scrape = None
+        if endpoint.port is not None and not supervised:
+            scrape = serve_metrics(gateway.config.server.host, endpoint.port, gateway.metrics)
         try:
             # The connection layer counts connections into the gateway's metrics.
             yield {EVENTS_STATE_KEY: gateway.metrics}
         finally:
+            if scrape is not None:
+                scrape.shutdown()
+                scrape.server_close()
+            for chore in chores:
+                chore.cancel()
+            await asyncio.gather(*chores, return_exceptions=True)
             if hooked:
                 _SIGNALS.remove(gateway)
             await reloader.aclose()
@@ -73,6 +100,23 @@ def create_app(config: GatewayConfig | None = None, config_path: str | None = No
     app.router.redirect_slashes = False
     app.state.gateway = gateway
     return app
+
+
+async def _watch(path: str, reloader: Reloader) -> None:
+    """Reload when the routing file changes on disk (``server.watch``, one process)."""
+    watch = await asyncio.to_thread(FileWatch, path)
+    while True:
+        await asyncio.sleep(POLL_SECONDS)
+        if await asyncio.to_thread(watch.poll):
+            log.info("%s changed on disk: reloading", path)
+            reloader.request()
+
+
+async def _sample(gateway: Gateway) -> None:
+    """Keep this process's share of the providers' live gauges current (multiprocess mode)."""
+    while True:
+        gateway.board.sample()
+        await asyncio.sleep(SAMPLE_SECONDS)
 
 
 class GatewayApp(Starlette):
@@ -95,8 +139,8 @@ class GatewayApp(Starlette):
 
 
 def app_from_env() -> Starlette:
-    """Factory for ``uvicorn --factory`` and worker processes: the routing file named by
-    ``TTS_GATEWAY_CONFIG``, or the built-in default."""
+    """Factory for ``uvicorn --factory``: the routing file named by ``TTS_GATEWAY_CONFIG``, or
+    the built-in default."""
     path = os.environ.get("TTS_GATEWAY_CONFIG") or None
     try:
         config = load_config(path) if path else default_config()

@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import resource
+import socket
 import ssl
 import sys
 import time
@@ -111,10 +112,34 @@ def connection_limits(
     )
 
 
+def serve_options(
+    config: GatewayConfig, certfile: str | None, keyfile: str | None
+) -> dict[str, Any]:
+    """uvicorn's settings for serving ``config`` (one process, or each worker of several)."""
+    server = config.server
+    tls = TLSFiles(certfile, keyfile) if certfile and keyfile else None
+    limits = connection_limits(server, open_file_limit(), tls)
+    if tls is not None:
+        # TLS is terminated by the gateway's connection layer, not by the server, which would
+        # name the scheme in its start-up line as plain http.
+        logging.getLogger("uvicorn.error").addFilter(_https_in_start_line)
+    return {
+        "log_level": server.log_level,
+        "access_log": False,  # the gateway logs one richer line per request itself
+        "http": protocol_factory(limits),
+        "ws": "none",
+        # The gateway ends streams itself at server.drain_seconds (end reason "drain"); this
+        # is only the server's backstop for anything still running after that.
+        "timeout_graceful_shutdown": server.drain_seconds + _DRAIN_BACKSTOP_SECONDS,
+        "log_config": None,
+    }
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from .app import create_app
+    from .supervisor import Supervisor, WorkerSpec, workers_wanted
 
     config = _load(args.config)
     server = config.server
@@ -133,33 +158,47 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if problem:
             print(f"error: {problem}", file=sys.stderr)
             return 2
-    tls = TLSFiles(certfile, keyfile) if certfile and keyfile else None
-    limits = connection_limits(server, open_file_limit(), tls)
-    if tls is not None:
-        # TLS is terminated by the gateway's connection layer, not by the server, which would
-        # name the scheme in its start-up line as plain http.
-        logging.getLogger("uvicorn.error").addFilter(_https_in_start_line)
-    options: dict[str, Any] = {
-        "host": args.host or server.host,
-        "port": server.port if args.port is None else args.port,
-        "log_level": server.log_level,
-        "access_log": False,  # the gateway logs one richer line per request itself
-        "http": protocol_factory(limits),
-        "ws": "none",
-        # The gateway ends streams itself at server.drain_seconds (end reason "drain"); this
-        # is only the server's backstop for anything still running after that.
-        "timeout_graceful_shutdown": server.drain_seconds + _DRAIN_BACKSTOP_SECONDS,
-        "log_config": None,
-    }
-    if args.workers > 1:
-        # Each worker process loads the routing file itself.
-        if args.config:
-            os.environ["TTS_GATEWAY_CONFIG"] = str(Path(args.config).resolve())
-        uvicorn.run("gateway.app:app_from_env", factory=True, workers=args.workers, **options)
-    else:
-        path = args.config or os.environ.get("TTS_GATEWAY_CONFIG") or None
-        uvicorn.Server(uvicorn.Config(create_app(config, path), **options)).run()
-    return 0
+    path = args.config or os.environ.get("TTS_GATEWAY_CONFIG") or None
+    if path:
+        path = str(Path(path).resolve())  # workers and the watch outlive the current directory
+    host = args.host or server.host
+    port = server.port if args.port is None else args.port
+    workers = workers_wanted(server.workers, args.workers)
+    if workers == 1:
+        options = serve_options(config, certfile, keyfile)
+        uvicorn.Server(
+            uvicorn.Config(create_app(config, path), host=host, port=port, **options)
+        ).run()
+        return 0
+    scheme = "https" if certfile else "http"
+    sock = _listen(host, port)
+    logging.getLogger("gateway").info(
+        "serving on %s://%s:%d with %d worker processes", scheme, host, port, workers
+    )
+    supervisor = Supervisor(
+        WorkerSpec(path, certfile, keyfile, workers),
+        sock,
+        watch=bool(path) and server.watch,
+        metrics_port=server.metrics.port,
+        metrics_host=host,
+        stop_seconds=server.drain_seconds + _DRAIN_BACKSTOP_SECONDS + 5,
+    )
+    return supervisor.run()
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """The listening socket every worker serves (bound here, once)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise SystemExit(f"error: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
 
 
 def _https_in_start_line(record: logging.LogRecord) -> bool:
@@ -332,7 +371,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help="routing file (default: $TTS_GATEWAY_CONFIG, or built-in)")
     serve.add_argument("--host", help="bind address (default: server.host, 0.0.0.0)")
     serve.add_argument("--port", type=int, help="port (default: server.port, 8080)")
-    serve.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        help="worker processes (default: server.workers, auto = one per core)",
+    )
     serve.add_argument("--ssl-certfile", help="serve HTTPS with this certificate (PEM)")
     serve.add_argument("--ssl-keyfile", help="the certificate's private key (PEM)")
     serve.set_defaults(func=cmd_serve)

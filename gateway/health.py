@@ -25,6 +25,8 @@ from .breaker import STATE_VALUES, CircuitBreaker, State
 from .metrics import Metrics
 from .window import ShareBudget
 
+#: Seconds between two samples of the live gauges in multiprocess mode.
+SAMPLE_SECONDS = 1.0
 #: Retries a provider may always make in a window, whatever its retry budget's share: a quiet
 #: provider's one failing request may still be retried.
 RETRY_FLOOR = 3
@@ -110,7 +112,8 @@ class HealthBoard(Collector):
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
         self._by_name: dict[str, ProviderHealth] = {}
-        metrics.registry.register(self)
+        if not metrics.multiprocess:
+            metrics.registry.register(self)
 
     def adopt(self, providers: Mapping[str, Provider]) -> dict[str, ProviderHealth]:
         """The health of each of a routing file's providers: kept for a provider whose type and
@@ -125,6 +128,17 @@ class HealthBoard(Collector):
                 board[name] = ProviderHealth(provider, self._metrics)
         self._by_name = board
         return board
+
+    def sample(self) -> None:
+        """Write every provider's live state into the shared gauges (multiprocess mode, where
+        each process samples its own, :data:`SAMPLE_SECONDS` apart, and a scrape sums them)."""
+        metrics = self._metrics
+        if metrics.breaker_state is None or metrics.in_flight is None or metrics.queued is None:
+            return
+        for health in self:
+            metrics.breaker_state.labels(health.name).set(STATE_VALUES[health.breaker.state])
+            metrics.in_flight.labels(health.name).set(health.gate.in_flight)
+            metrics.queued.labels(health.name).set(health.gate.waiting)
 
     def __iter__(self) -> Iterator[ProviderHealth]:
         return iter(list(self._by_name.values()))

@@ -1,9 +1,57 @@
 """Prometheus counters of one gateway instance (its own registry, so apps in one process, as in
-tests, never collide)."""
+tests, never collide).
+
+Served by several worker processes (:mod:`gateway.supervisor`), the gateway runs
+prometheus-client's multiprocess mode: the supervisor names a directory in
+``PROMETHEUS_MULTIPROC_DIR`` before the workers start, each worker's values go to files there,
+and ``/metrics`` (any worker's, or the supervisor's metrics port) sums counters and histograms
+over every process that ever served, and the live gauges over the processes alive now."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+import os
+from typing import Final
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    start_http_server,
+)
+from prometheus_client.multiprocess import MultiProcessCollector
+
+#: The environment variable that puts prometheus-client in multiprocess mode.
+MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def multiprocess() -> bool:
+    """Whether this process's metrics are shared with other processes (set at import of
+    prometheus-client, by the environment)."""
+    return bool(os.environ.get(MULTIPROC_ENV))
+
+
+def serve_metrics(host: str, port: int, metrics: Metrics | None = None) -> WSGIServer:
+    """``/metrics`` on a port of its own (``server.metrics.port``), served from a thread by
+    prometheus-client's own server: ``metrics``' registry, or every process's (multiprocess
+    mode, from the supervisor). Stop it with ``shutdown()`` and ``server_close()``."""
+    if metrics is not None and not metrics.multiprocess:
+        registry = metrics.registry
+    else:
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    server, _thread = start_http_server(port, addr=host, registry=registry)
+    return server
+
+
+def render_all() -> bytes:
+    """Every process's metrics, summed (multiprocess mode)."""
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return generate_latest(registry)
+
 
 _TTFB_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0)
 
@@ -13,6 +61,8 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self.multiprocess = multiprocess()
+        self._source: str | None = None
         r = self.registry
         self.requests = Counter(
             "tts_requests", "Synthesis requests by answer status.", ["status"], registry=r
@@ -49,7 +99,12 @@ class Metrics:
             ["reason"],
             registry=r,
         )
-        self.active = Gauge("tts_streams_active", "Audio streams in progress.", registry=r)
+        self.active = Gauge(
+            "tts_streams_active",
+            "Audio streams in progress.",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.reloads = Counter(
             "tts_config_reloads",
             "Routing-file reloads by result (ok, refused).",
@@ -57,7 +112,10 @@ class Metrics:
             registry=r,
         )
         self.connections_open = Gauge(
-            "tts_connections_open", "Client connections open (HTTP, any route).", registry=r
+            "tts_connections_open",
+            "Client connections open (HTTP, any route).",
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.connections_refused = Counter(
             "tts_connections_refused",
@@ -117,7 +175,36 @@ class Metrics:
             "Voices in the routing file in use, by its source.",
             ["source"],
             registry=r,
+            multiprocess_mode="livemax",
         )
+        # Each provider's live state: in one process read at scrape time from the health
+        # board (gateway.health); over several, sampled into these by every process.
+        self.breaker_state: Gauge | None = None
+        self.in_flight: Gauge | None = None
+        self.queued: Gauge | None = None
+        if self.multiprocess:
+            self.breaker_state = Gauge(
+                "tts_breaker_state",
+                "Circuit-breaker state per provider: 0 closed, 1 half_open, 2 open (the "
+                "worst over the processes).",
+                ["provider"],
+                registry=r,
+                multiprocess_mode="livemax",
+            )
+            self.in_flight = Gauge(
+                "tts_provider_in_flight",
+                "Upstream syntheses in flight.",
+                ["provider"],
+                registry=r,
+                multiprocess_mode="livesum",
+            )
+            self.queued = Gauge(
+                "tts_provider_queued",
+                "Requests waiting for a provider slot.",
+                ["provider"],
+                registry=r,
+                multiprocess_mode="livesum",
+            )
 
     def opened(self) -> None:
         """A client connection opened (the server layer's ``ConnectionEvents``)."""
@@ -133,9 +220,16 @@ class Metrics:
 
     def set_config(self, source: str, voices: int) -> None:
         """Name the routing file in use (one series at a time)."""
-        self.config_info.clear()
+        if self.multiprocess:
+            # A value written to the shared files stays there: zero the old series instead.
+            if self._source is not None and self._source != source:
+                self.config_info.labels(self._source).set(0)
+        else:
+            self.config_info.clear()
+        self._source = source
         self.config_info.labels(source).set(voices)
 
     def render(self) -> bytes:
-        """The text exposition format."""
-        return generate_latest(self.registry)
+        """The text exposition format: this gateway's, or every process's in multiprocess
+        mode."""
+        return render_all() if self.multiprocess else generate_latest(self.registry)

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hmac
 import logging
+import math
 from collections.abc import Iterator
+from types import MappingProxyType
 
 from providers.base import Provider, build_provider
 
@@ -106,6 +109,28 @@ class LoadedRouting:
         return chain
 
 
+def share_limits(config: GatewayConfig, workers: int) -> GatewayConfig:
+    """``config`` as one of ``workers`` processes applies it: ``max_concurrent_streams`` and
+    every provider's ``max_concurrency`` split between them (rounded up, at least 1), so that
+    together they take what one process would. The kernel spreads connections over the
+    processes about evenly; a process whose share is full answers as one full process would
+    (429, or the next voice)."""
+    if workers <= 1:
+        return config
+
+    def share(limit: int) -> int:
+        return max(1, math.ceil(limit / workers))
+
+    server = dataclasses.replace(
+        config.server, max_concurrent_streams=share(config.server.max_concurrent_streams)
+    )
+    providers = {
+        name: dataclasses.replace(provider, max_concurrency=share(provider.max_concurrency))
+        for name, provider in config.providers.items()
+    }
+    return dataclasses.replace(config, server=server, providers=MappingProxyType(providers))
+
+
 def log_config_warnings(config: GatewayConfig) -> None:
     """Log what the routing file's providers warned about (see ``GatewayConfig.warnings``)."""
     for warning in config.warnings:
@@ -147,7 +172,11 @@ class Gateway:
     """The running gateway: the current :class:`LoadedRouting`, readiness, the drain, reloads,
     and the synthesis core its front doors call."""
 
-    def __init__(self, config: GatewayConfig, config_path: str | None = None) -> None:
+    def __init__(
+        self, config: GatewayConfig, config_path: str | None = None, workers: int = 1
+    ) -> None:
+        self.workers = workers
+        config = share_limits(config, workers)
         self.metrics = Metrics()
         self.board = HealthBoard(self.metrics)
         self.sticky = StickyCalls()
@@ -224,7 +253,7 @@ class Gateway:
 
     async def _reload(self, path: str) -> bool:
         try:
-            config = await asyncio.to_thread(load_config, path)
+            config = share_limits(await asyncio.to_thread(load_config, path), self.workers)
         except ConfigError as error:
             log.error("reload refused, keeping the running routing file:\n%s", error)
             self.metrics.reloads.labels("refused").inc()
@@ -238,6 +267,9 @@ class Gateway:
             "ssl_keyfile",
             "timeouts",
             "max_connections",
+            "workers",
+            "watch",
+            "metrics",
         )
         changed = [k for k in fixed if getattr(config.server, k) != getattr(self.config.server, k)]
         if changed:

@@ -73,6 +73,16 @@ class ClientTimeouts:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricsEndpoint:
+    """``server.metrics``: ``/metrics`` on a port of its own (``port``; it is then not served
+    on the main port), and/or only to a caller with a configured token (``token``, on the
+    main port)."""
+
+    port: int | None = None
+    token: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class ServerConfig:
     """The ``server:`` block: the HTTP endpoint, its limits and how unknown VoiceIds are met."""
 
@@ -93,6 +103,11 @@ class ServerConfig:
     timeouts: ClientTimeouts = field(default_factory=ClientTimeouts)
     max_connections: int = 4096
     """Open client connections per process; beyond it a new connection gets 503 and is closed."""
+    workers: int = 0
+    """Processes serving the port; 0 is ``auto``: one per core."""
+    watch: bool = True
+    """Reload the routing file when it changes on disk."""
+    metrics: MetricsEndpoint = field(default_factory=MetricsEndpoint)
     resampler: Resampler = "auto"
     """``auto`` (by the first chunk), ``low_latency`` (soxr variable-rate: first 20 ms chunk
     answered, ~0.85 ms CPU and ~120 KiB per stream) or ``block`` (soxr's default filter:

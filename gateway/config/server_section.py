@@ -11,6 +11,7 @@ from .model import (
     RESAMPLER_CHOICES,
     UNKNOWN_VOICE_CHOICES,
     ClientTimeouts,
+    MetricsEndpoint,
     ServerConfig,
     is_pattern,
 )
@@ -34,7 +35,13 @@ _SERVER_KEYS: Final = (
     "resampler",
     "timeouts",
     "max_connections",
+    "workers",
+    "watch",
+    "metrics",
 )
+_METRICS_KEYS: Final = ("port", "token")
+#: The most worker processes a routing file may ask for.
+MAX_WORKERS: Final = 256
 _CLIENT_TIMEOUT_KEYS: Final = ("header", "body", "keep_alive")
 
 
@@ -78,6 +85,9 @@ class ServerSection:
         put("drain_seconds", lambda v, p: read.number(v, p, 0))
         put("timeouts", self.client_timeouts)
         put("max_connections", lambda v, p: read.integer(v, p, 1))
+        put("workers", self.workers)
+        put("watch", self.boolean)
+        put("metrics", self.metrics)
 
         pair = ("ssl_certfile", "ssl_keyfile")
         # A value that failed its own check is already reported; don't also call it missing.
@@ -90,6 +100,48 @@ class ServerSection:
 
         self.check_default_voice(block, fields, voice_keys)
         return ServerConfig(**fields)
+
+    def workers(self, value: Any, path: str) -> int | None:
+        """``server.workers``: ``auto`` (0: one per core) or a number of processes."""
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return 0
+        if isinstance(value, str) and not value.strip().isdigit():
+            self.report.error(path, f"expected 'auto' or an integer >= 1, got {shown(value)}")
+            return None
+        return self.read.integer(value, path, 1, MAX_WORKERS)
+
+    def boolean(self, value: Any, path: str) -> bool | None:
+        """A yes/no (``true``/``false``; from the environment also ``1``/``0``, ``on``/``off``)."""
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            word = value.strip().lower()
+            if word in ("true", "1", "yes", "on"):
+                return True
+            if word in ("false", "0", "no", "off"):
+                return False
+        self.report.error(path, f"expected true or false, got {shown(str(value))}")
+        return None
+
+    def metrics(self, value: Any, path: str) -> MetricsEndpoint | None:
+        """``server.metrics``: ``port`` (serve ``/metrics`` there instead, or null) and
+        ``token`` (require a configured token on ``/metrics``)."""
+        block = self.read.mapping(value, path)
+        if block is None:
+            return None
+        self.read.check_keys(block, path, _METRICS_KEYS)
+        fields: dict[str, Any] = {}
+        if block.get("port") is not None:
+            port = self.read.integer(block["port"], child(path, "port"), 1, 65535)
+            if port is None:
+                return None
+            fields["port"] = port
+        if block.get("token") is not None:
+            token = self.boolean(block["token"], child(path, "token"))
+            if token is None:
+                return None
+            fields["token"] = token
+        return MetricsEndpoint(**fields)
 
     def client_timeouts(self, value: Any, path: str) -> ClientTimeouts | None:
         """``server.timeouts``: each one a number of seconds > 0."""

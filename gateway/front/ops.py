@@ -3,6 +3,8 @@ live state, metrics, and the JSON shape of Starlette's own 404/405."""
 
 from __future__ import annotations
 
+import asyncio
+
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -47,7 +49,21 @@ def ops_routes(gateway: Gateway) -> list[Route]:
         return JSONResponse({"providers": [health.snapshot() for health in gateway.board]})
 
     async def metrics(request: Request) -> Response:
-        return Response(gateway.metrics.render(), media_type="text/plain; version=0.0.4")
+        endpoint = gateway.config.server.metrics
+        if endpoint.port is not None:
+            error = GatewayError(f"/metrics is served on port {endpoint.port}", code="not_found")
+            error.status = 404
+            return error.to_response()
+        if endpoint.token and not gateway.routing.token_ok(bearer(request.scope)):
+            return Unauthorized(
+                "send a configured token as 'Authorization: Bearer <token>'", field="Authorization"
+            ).to_response()
+        body = (
+            await asyncio.to_thread(gateway.metrics.render)
+            if gateway.metrics.multiprocess
+            else gateway.metrics.render()
+        )
+        return Response(body, media_type="text/plain; version=0.0.4")
 
     return [
         Route("/healthz", healthz, methods=["GET"]),
