@@ -76,15 +76,21 @@ def rss_kib(pid: int) -> int:
 
 
 def connections_to(pid: int, port: int) -> int:
-    """Established TCP connections owned by ``pid`` whose remote port is ``port``."""
+    """Established TCP connections owned by ``pid`` or its children (a gateway's workers)
+    whose remote port is ``port``."""
     inodes = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
+    for p in process_tree(pid):
         try:
-            target = os.readlink(fd)
+            fds = list(Path(f"/proc/{p}/fd").iterdir())
         except OSError:
             continue
-        if target.startswith("socket:["):
-            inodes.add(target[8:-1])
+        for fd in fds:
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
     count = 0
     for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
         parts = line.split()

@@ -212,7 +212,10 @@ class Soak:
                 self.workdir,
             )
             config = str(routing_file(self.workdir, faulty, healthy))
-            listen = ["--host", "127.0.0.1", "--port", str(gateway)]
+            # One process: the soak reads the breaker and the slots of "the" gateway through
+            # /providers, which with several workers shows the answering worker's alone (each
+            # has its own breakers). The fault handling is the same in every worker.
+            listen = ["--host", "127.0.0.1", "--port", str(gateway), "--workers", "1"]
             self.gateway = start(
                 "soak-gateway",
                 [PY, "-m", "gateway.cli", "serve", "--config", config, *listen],

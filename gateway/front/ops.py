@@ -4,6 +4,7 @@ live state, metrics, and the JSON shape of Starlette's own 404/405."""
 from __future__ import annotations
 
 import asyncio
+import os
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -46,7 +47,14 @@ def ops_routes(gateway: Gateway) -> list[Route]:
             return Unauthorized(
                 "send a configured token as 'Authorization: Bearer <token>'", field="Authorization"
             ).to_response()
-        return JSONResponse({"providers": [health.snapshot() for health in gateway.board]})
+        # With several worker processes, each has its own view: say whose this is.
+        return JSONResponse(
+            {
+                "pid": os.getpid(),
+                "workers": gateway.workers,
+                "providers": [health.snapshot() for health in gateway.board],
+            }
+        )
 
     async def metrics(request: Request) -> Response:
         endpoint = gateway.config.server.metrics
