@@ -103,6 +103,10 @@ def nginx_conf(workdir: Path, listen: int, upstream: int) -> Path:
     return conf
 
 
+#: ``--workers``: the gateway's worker processes, when not its default.
+GATEWAY_WORKERS: int | None = None
+
+
 def gateway_conf(workdir: Path, upstream: int) -> Path:
     conf = workdir / "gateway.yaml"
     conf.write_text(
@@ -663,6 +667,7 @@ def servers(bench: Bench, needed: bool = True) -> Iterator[None]:
                 "127.0.0.1",
                 "--port",
                 str(gw_port),
+                *(["--workers", str(GATEWAY_WORKERS)] if GATEWAY_WORKERS else []),
             ],
             gw_port,
             workdir,
@@ -684,7 +689,14 @@ def main() -> None:
     parser.add_argument(
         "--render", action="store_true", help="only rewrite benchmarks.md from benchmarks.json"
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help="the gateway's worker processes (default: its own default, one per core)",
+    )
     args = parser.parse_args()
+    global GATEWAY_WORKERS
+    GATEWAY_WORKERS = args.workers
     if args.render:
         saved = json.loads((Path(args.out) / "benchmarks.json").read_text())
         (Path(args.out) / "benchmarks.md").write_text(render(saved["figures"], saved["meta"]))
@@ -710,6 +722,8 @@ def main() -> None:
     command = "python -m bench.run" + (" --quick" if args.quick else "")
     if args.only:
         command += f" --only {args.only}"
+    if args.workers:
+        command += f" --workers {args.workers}"
     meta: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "command": command,
