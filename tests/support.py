@@ -195,13 +195,15 @@ async def log_line(caplog: pytest.LogCaptureFixture, request_id: str) -> str:
 
 
 @contextlib.contextmanager
-def logging_at_debug(capsys: pytest.CaptureFixture[str]) -> Iterator[Callable[[], str]]:
-    """The gateway's log configured at debug, as ``serve`` does; yields a reader of all it has
-    written to stderr so far. Everything it changed is put back after."""
+def logging_at_debug(
+    capsys: pytest.CaptureFixture[str], fmt: str = "text"
+) -> Iterator[Callable[[], str]]:
+    """The gateway's log configured at debug in ``fmt``, as ``serve`` does; yields a reader of
+    all it has written to stderr so far. Everything it changed is put back after."""
     root = logging.getLogger()
     saved_level, saved_handlers = root.level, list(root.handlers)
     saved_quiet = {name: logging.getLogger(name).level for name in QUIET_LOGGERS}
-    configure_logging("debug")
+    configure_logging("debug", fmt)
     written: list[str] = []
 
     def read() -> str:
@@ -211,6 +213,7 @@ def logging_at_debug(capsys: pytest.CaptureFixture[str]) -> Iterator[Callable[[]
     try:
         yield read
     finally:
+        configure_logging("debug", "text")  # what JSON routed through the log goes back
         for handler in root.handlers:
             if handler not in saved_handlers:
                 root.removeHandler(handler)
