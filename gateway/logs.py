@@ -34,6 +34,9 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 #: Loggers of libraries that write what they send or receive, secrets included.
 QUIET_LOGGERS = ("httpx", "httpcore", "websockets", "botocore", "google", "urllib3", "hpack")
 
+#: uvicorn's loggers, which it sets to its own level at start: they follow the gateway's level.
+SERVER_LOGGERS = ("uvicorn.error", "uvicorn.asgi")
+
 #: The formats of ``server.log_format``.
 LOG_FORMATS: Final = ("text", "json")
 
@@ -165,10 +168,11 @@ class _StderrHandler(logging.StreamHandler[TextIO]):
 def configure_logging(level: str, fmt: str = "text") -> None:
     """Log to stderr at ``level`` (a routing file's ``log_level``: ``debug``, ``info``,
     ``warning``, ``error``, ``critical``) in ``fmt`` (its ``log_format``: ``text``,
-    :data:`LOG_FORMAT`; ``json``, :class:`JsonFormatter`), secrets masked, and hold the
-    :data:`QUIET_LOGGERS` at WARNING or above. In ``json`` Python's warnings and an uncaught
-    exception are logged too, so that nothing else reaches stderr. Calling it again changes
-    the level and the format; the gateway's handler is installed once."""
+    :data:`LOG_FORMAT`; ``json``, :class:`JsonFormatter`), secrets masked, uvicorn's
+    :data:`SERVER_LOGGERS` at ``level`` too, and the :data:`QUIET_LOGGERS` at WARNING or
+    above. In ``json`` Python's warnings and an uncaught exception are logged too, so that
+    nothing else reaches stderr. Calling it again changes the level and the format; the
+    gateway's handler is installed once."""
     numeric = logging.getLevelName(level.upper())
     if not isinstance(numeric, int):
         raise ValueError(f"unknown log level {level!r}")
@@ -182,6 +186,8 @@ def configure_logging(level: str, fmt: str = "text") -> None:
     structured = fmt == "json"
     handler.setFormatter(JsonFormatter() if structured else RedactingFormatter(LOG_FORMAT))
     root.setLevel(numeric)
+    for name in SERVER_LOGGERS:
+        logging.getLogger(name).setLevel(numeric)
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(max(numeric, logging.WARNING))
     _route_strays(structured)

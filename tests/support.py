@@ -24,7 +24,7 @@ from starlette.applications import Starlette
 from websockets.asyncio.server import ServerConnection, serve
 
 from gateway.http1 import ConnectionLimits, protocol_factory
-from gateway.logs import LOG_FORMAT, QUIET_LOGGERS, configure_logging
+from gateway.logs import LOG_FORMAT, QUIET_LOGGERS, SERVER_LOGGERS, configure_logging
 from providers.base import (
     AudioFormat,
     Container,
@@ -202,7 +202,9 @@ def logging_at_debug(
     all it has written to stderr so far. Everything it changed is put back after."""
     root = logging.getLogger()
     saved_level, saved_handlers = root.level, list(root.handlers)
-    saved_quiet = {name: logging.getLogger(name).level for name in QUIET_LOGGERS}
+    saved_quiet = {
+        name: logging.getLogger(name).level for name in (*QUIET_LOGGERS, *SERVER_LOGGERS)
+    }
     configure_logging("debug", fmt)
     written: list[str] = []
 

@@ -399,6 +399,7 @@ async def test_a_reload_that_changes_the_format_or_level_takes_effect_at_once(
             )
             assert await gateway.reload()
             assert logging.getLogger().level == logging.INFO
+            assert logging.getLogger("uvicorn.error").level == logging.INFO  # the server's too
             logging.getLogger("gateway.test").debug("not at info")
             logging.getLogger("gateway.test").info("after")
         finally:
