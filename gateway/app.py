@@ -150,5 +150,5 @@ def app_from_env() -> Starlette:
         print(f"invalid routing file:\n{error}", file=sys.stderr)
         raise SystemExit(1) from None
     if not logging.getLogger().handlers:  # a fresh worker process: log like the parent
-        configure_logging(config.server.log_level)
+        configure_logging(config.server.log_level, config.server.log_format)
     return create_app(config, path)

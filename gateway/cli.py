@@ -143,7 +143,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     config = _load(args.config)
     server = config.server
-    configure_logging(server.log_level)
+    configure_logging(server.log_level, server.log_format)
     certfile = args.ssl_certfile or server.ssl_certfile
     keyfile = args.ssl_keyfile or server.ssl_keyfile
     if bool(certfile) != bool(keyfile):

@@ -274,6 +274,11 @@ class _Walk:
             step.voice.key,
             provider.name,
             provider.redact(error.reason),
+            extra={
+                "request_id": self.request_id,
+                "voice": step.voice.key,
+                "provider": provider.name,
+            },
         )
 
     def _verdict(self) -> GatewayError:

@@ -9,6 +9,8 @@ import dataclasses
 import hmac
 import logging
 import math
+import os
+import time
 from collections.abc import Iterator
 from types import MappingProxyType
 
@@ -19,6 +21,7 @@ from .budgets import DrainClock
 from .config import ConfigError, GatewayConfig, load_config
 from .errors import VoiceNotFound
 from .health import HealthBoard, ProviderHealth
+from .logs import reconfigure_logging
 from .metrics import Metrics
 from .relay import Relay
 from .routing import ChainStep, Router
@@ -134,7 +137,7 @@ def share_limits(config: GatewayConfig, workers: int) -> GatewayConfig:
 def log_config_warnings(config: GatewayConfig) -> None:
     """Log what the routing file's providers warned about (see ``GatewayConfig.warnings``)."""
     for warning in config.warnings:
-        log.warning("%s", warning)
+        log.warning("%s", warning, extra={"event": "config_warning"})
 
 
 class Reloader:
@@ -200,6 +203,9 @@ class Gateway:
 
     async def start(self) -> None:
         """Start the providers; then ready."""
+        figures = self._figures()
+        log.info("starting %d providers", len(self.providers), extra={"event": "start", **figures})
+        starting = time.perf_counter()
         await self.routing.start()
         self.metrics.set_config(self.config.source, len(self.config.voices))
         self.ready = True
@@ -208,7 +214,22 @@ class Gateway:
             len(self.providers),
             len(self.config.voices),
             self.config.source,
+            extra={
+                "event": "ready",
+                **figures,
+                "start_ms": round((time.perf_counter() - starting) * 1000, 1),
+            },
         )
+
+    def _figures(self) -> dict[str, object]:
+        """What the start-up and reload events tell of the running routing file."""
+        config = self.config
+        return {
+            "config": config.source,
+            "providers": len(config.providers),
+            "voices": len(config.voices),
+            "pid": os.getpid(),
+        }
 
     def begin_drain(self) -> None:
         """Stop taking requests (503, ``/readyz`` too) and give the streams under way
@@ -221,6 +242,7 @@ class Gateway:
             "draining: %d stream(s) under way have up to %g s to finish",
             self.streams.active,
             seconds,
+            extra={"event": "drain", "streams": self.streams.active, "drain_seconds": seconds},
         )
         self.drain.start(seconds)
 
@@ -232,6 +254,7 @@ class Gateway:
             task.cancel()
         await asyncio.gather(*self._retiring, return_exceptions=True)
         await self.routing.aclose()
+        log.info("stopped: every provider released", extra={"event": "stop", "pid": os.getpid()})
 
     async def reload(self) -> bool:
         """Load the routing file again. A file with errors is refused (every error logged) and
@@ -242,12 +265,18 @@ class Gateway:
         it as ``refused``. Reading, checking and building run in a worker thread, so that a
         large or hostile file never holds up the requests being served."""
         if not self.config_path:
-            log.warning("reload asked, but the gateway runs on the built-in default")
+            log.warning(
+                "reload asked, but the gateway runs on the built-in default",
+                extra=_refused("no routing file: the gateway runs on the built-in default"),
+            )
             return False
         try:
             return await self._reload(self.config_path)
-        except Exception:  # a bug must cost one reload, not the reload task
-            log.exception("reload refused: unexpected error, keeping the running routing file")
+        except Exception as exc:  # a bug must cost one reload, not the reload task
+            log.exception(
+                "reload refused: unexpected error, keeping the running routing file",
+                extra=_refused(f"unexpected error ({type(exc).__name__})"),
+            )
             self.metrics.reloads.labels("refused").inc()
             return False
 
@@ -255,7 +284,11 @@ class Gateway:
         try:
             config = share_limits(await asyncio.to_thread(load_config, path), self.workers)
         except ConfigError as error:
-            log.error("reload refused, keeping the running routing file:\n%s", error)
+            log.error(
+                "reload refused, keeping the running routing file:\n%s",
+                error,
+                extra=_refused(*(str(problem) for problem in error.problems)),
+            )
             self.metrics.reloads.labels("refused").inc()
             return False
         log_config_warnings(config)
@@ -274,7 +307,11 @@ class Gateway:
         changed = [k for k in fixed if getattr(config.server, k) != getattr(self.config.server, k)]
         if changed:
             names = ", ".join(f"server.{k}" for k in changed)
-            log.warning("reload: %s take effect only on restart", names)
+            log.warning(
+                "reload: %s take effect only on restart",
+                names,
+                extra={"event": "reload_needs_restart", "keys": [f"server.{k}" for k in changed]},
+            )
         try:
             # Building providers may read files (credentials, model configs): off the loop too.
             routing = await asyncio.to_thread(LoadedRouting, config, self.metrics, self.sticky)
@@ -283,13 +320,17 @@ class Gateway:
                 "reload refused: the providers could not be built (%s: %s)",
                 type(exc).__name__,
                 exc,
+                extra=_refused(f"the providers could not be built ({type(exc).__name__}: {exc})"),
             )
             self.metrics.reloads.labels("refused").inc()
             return False
         try:
             await routing.start()
-        except Exception:
-            log.exception("reload refused: a provider failed to start")
+        except Exception as exc:
+            log.exception(
+                "reload refused: a provider failed to start",
+                extra=_refused(f"a provider failed to start ({type(exc).__name__}: {exc})"),
+            )
             self.metrics.reloads.labels("refused").inc()
             return False
         routing.attach(self.board)
@@ -302,5 +343,18 @@ class Gateway:
         task.add_done_callback(self._retiring.discard)
         self.metrics.reloads.labels("ok").inc()
         self.metrics.set_config(config.source, len(config.voices))
-        log.info("reloaded %s: %d voices", config.source, len(config.voices))
+        server, before = config.server, old.config.server
+        if (server.log_level, server.log_format) != (before.log_level, before.log_format):
+            reconfigure_logging(server.log_level, server.log_format)
+        log.info(
+            "reloaded %s: %d voices",
+            config.source,
+            len(config.voices),
+            extra={"event": "reload", **self._figures()},
+        )
         return True
+
+
+def _refused(*errors: str) -> dict[str, object]:
+    """The fields of a refused reload's log line: every reason it was refused."""
+    return {"event": "reload_refused", "errors": list(errors)}

@@ -89,7 +89,7 @@ def _run_worker(spec: WorkerSpec, sock: socket.socket, index: int) -> None:
     except ConfigError as error:
         print(f"invalid routing file:\n{error}", flush=True)
         raise SystemExit(1) from None
-    configure_logging(config.server.log_level)
+    configure_logging(config.server.log_level, config.server.log_format)
     app = create_app(config, spec.config_path, workers=spec.workers, supervised=True)
     options = serve_options(config, spec.certfile, spec.keyfile)
     server = uvicorn.Server(uvicorn.Config(app, **options))

@@ -30,8 +30,9 @@ from providers.base import ProviderError, ProviderTimeout
 from .admission import StreamLimit
 from .budgets import CallerPace, DrainClock, StallWatch
 from .errors import NotReady
+from .logs import writes_json
 from .metrics import Metrics
-from .request import TTSRequest
+from .request import LOGGED_EXTEND_FIELDS, TTSRequest
 from .stream import AudioStream, VoiceTry
 
 if TYPE_CHECKING:
@@ -41,6 +42,10 @@ log = logging.getLogger("gateway")
 
 #: Longest value written into a request's log line (what a caller sends is cut to this).
 _LOG_VALUE_CHARS = 256
+#: Names a field of :meth:`Outcome.fields` goes by in the text line, where it differs.
+_TEXT_NAMES = {"VoiceId": "voice"}
+#: Fields the text line leaves out (it has the audio in milliseconds).
+_JSON_ONLY_FIELDS = frozenset({"bytes"})
 
 
 def _log_value(value: Any) -> str:
@@ -74,6 +79,7 @@ class Outcome:
     error: str | None = None
     end: str | None = None
     audio_seconds: float | None = None
+    bytes_sent: int | None = None
     duration: float | None = None
 
     def describe(self, request: TTSRequest) -> None:
@@ -94,42 +100,74 @@ class Outcome:
         self.ttfb = at - self.started
         self.metrics.ttfb.labels(self.provider or "").observe(self.ttfb)
 
-    def ended(self, end: str, audio_seconds: float | None = None) -> None:
+    def sent(self, pcm_bytes: int, sample_rate: int) -> None:
+        """``pcm_bytes`` of audio at ``sample_rate`` went to the caller, all told (counted
+        once, when the stream stops: whether it ended or the caller hung up)."""
+        self.bytes_sent = pcm_bytes
+        self.audio_seconds = pcm_bytes / 2 / sample_rate
+        self.metrics.audio_seconds.labels(self.provider or "").inc(self.audio_seconds)
+
+    def ended(self, end: str) -> None:
         """The stream ended (``complete``, ``timeout``, ``drain``, ``provider_error``,
-        ``stall``, ``caller_too_slow``, ``client_disconnect``) after ``audio_seconds`` of
-        audio."""
+        ``stall``, ``caller_too_slow``, ``client_disconnect``)."""
         self.end = end
         self.metrics.streams_ended.labels(end).inc()
-        if audio_seconds is not None:
-            self.audio_seconds = audio_seconds
-            self.metrics.audio_seconds.labels(self.provider or "").inc(audio_seconds)
 
-    def log_line(self) -> str:
-        fields: dict[str, Any] = {"request_id": self.request_id}
-        if self.voice_id is not None:
-            fields.update(voice=self.voice_id, sample_rate=self.sample_rate)
-        fields.update(self.call)
-        if self.provider is not None:
-            fields.update(provider=self.provider, answered_by=self.answered_by)
-        if self.tried and (len(self.tried) > 1 or self.tried[0].outcome != "ok"):
-            # Every voice tried and what came of it: alloy:open,bella:busy,joe:ok
-            fields["tried"] = ",".join(str(t) for t in self.tried)
-        optional = {
+    def fields(self) -> dict[str, Any]:
+        """The request as its log line tells it: every field, ``None`` where it is not known
+        (a request refused before its voice was read has no ``VoiceId``; one answered with an
+        error no ``ttfb_ms``). Never the text or the token. Values are typed: ``tried`` is a
+        list of ``{voice, provider, outcome, detail}``, one per voice of the chain asked or
+        passed over; ``ttfb_ms`` and ``duration_ms`` are milliseconds, ``audio_ms`` the
+        milliseconds of audio sent, ``bytes`` its PCM bytes, ``end`` the end reason."""
+        return {
+            "request_id": self.request_id,
+            "VoiceId": self.voice_id,
+            "sample_rate": self.sample_rate,
+            **{key: self.call.get(key) for key in LOGGED_EXTEND_FIELDS},
+            "provider": self.provider,
+            "answered_by": self.answered_by,
+            "tried": [
+                {"voice": t.voice, "provider": t.provider, "outcome": t.outcome, "detail": t.detail}
+                for t in self.tried
+            ],
             "status": self.status,
             "ttfb_ms": None if self.ttfb is None else round(self.ttfb * 1000, 1),
             "error": self.error,
             "end": self.end,
             "audio_ms": None if self.audio_seconds is None else round(self.audio_seconds * 1000),
             "duration_ms": None if self.duration is None else round(self.duration * 1000, 1),
+            "bytes": self.bytes_sent,
         }
-        fields.update((k, v) for k, v in optional.items() if v is not None)
-        return " ".join(f"{k}={_log_value(v)}" for k, v in fields.items())
+
+    def log_line(self) -> str:
+        """The request's line in the text log: :meth:`fields` as ``key=value``, those not known
+        left out, ``tried`` only when a voice other than the first was needed
+        (``tried=alloy:open,bella:busy,joe:ok``)."""
+        return self._text_line(self.fields())
+
+    def _text_line(self, fields: dict[str, Any]) -> str:
+        tried = self.tried
+        worth_telling = len(tried) > 1 or (len(tried) == 1 and tried[0].outcome != "ok")
+        parts = []
+        for key, value in fields.items():
+            if value is None or key in _JSON_ONLY_FIELDS:
+                continue
+            if key == "tried":
+                if not worth_telling:
+                    continue
+                value = ",".join(str(t) for t in tried)
+            parts.append(f"{_TEXT_NAMES.get(key, key)}={_log_value(value)}")
+        return " ".join(parts)
 
     def finish(self) -> None:
-        """The request is over: its log line (built only if it is written)."""
+        """The request is over: its log line (built only if it is written). In JSON the
+        fields are the line, at its top level (:class:`gateway.logs.JsonFormatter`)."""
         self.duration = time.perf_counter() - self.started
         if log.isEnabledFor(logging.INFO):
-            log.info(self.log_line())
+            fields = self.fields()
+            message = "request" if writes_json() else self._text_line(fields)
+            log.info(message, extra={"event": "request", **fields})
 
 
 class Synthesis:
@@ -180,6 +218,10 @@ class Synthesis:
                         elif pace is not None and pace.waited(time.perf_counter() - sending):
                             end = "caller_too_slow"
                             break
+        except asyncio.CancelledError:
+            # The caller hung up (the front door ends the stream): what went out counts.
+            outcome.sent(stream.bytes_out, self.request.sample_rate)
+            raise
         except TimeoutError:
             if stall.fired:
                 end = "stall"
@@ -195,7 +237,10 @@ class Synthesis:
                 if isinstance(error, ProviderTimeout):
                     end = "stall"  # the upstream's own read timeout: silence mid-answer
                 log.warning(
-                    "request_id=%s stream ended early: %s", outcome.request_id, outcome.error
+                    "request_id=%s stream ended early: %s",
+                    outcome.request_id,
+                    outcome.error,
+                    extra={"request_id": outcome.request_id, "provider": stream.provider.name},
                 )
             else:
                 outcome.error = type(error).__name__
@@ -203,13 +248,15 @@ class Synthesis:
                     "request_id=%s provider %s failed mid-stream",
                     outcome.request_id,
                     stream.provider.name,
+                    extra={"request_id": outcome.request_id, "provider": stream.provider.name},
                 )
         await chunks.aclose()
         # Release the provider (slot, upstream connection) before the last sends, which a
         # caller that stopped reading could hold up.
         tail = stream.flush() if end != "complete" else b""
         await stream.aclose()
-        outcome.ended(end, stream.bytes_out / 2 / self.request.sample_rate)
+        outcome.sent(stream.bytes_out, self.request.sample_rate)
+        outcome.ended(end)
         return tail
 
 

@@ -27,6 +27,7 @@ with every secret masked (:meth:`Provider.redact`), goes to the log.
 from __future__ import annotations
 
 import importlib
+import json
 import re
 import threading
 import weakref
@@ -290,8 +291,19 @@ class Provider(ABC):
     def add_secret(self, value: str) -> None:
         """Mask ``value`` wherever this provider's text is logged (and in every log line):
         for secrets that are not a setting of their own, such as a header value or a token
-        fetched at run time. Values under 4 characters are not secrets worth the noise."""
-        for form in {value, quote(value, safe="")}:  # as sent, and as it reads in a URL
+        fetched at run time. Values under 4 characters are not secrets worth the noise.
+
+        Masked as sent, as it reads in a URL, and as it reads escaped inside JSON or a Python
+        ``repr`` (an upstream's JSON error body echoing it, a value logged with ``%r``): a
+        quote, a backslash or a non-ASCII character changes how a secret is written there."""
+        forms = {
+            value,
+            quote(value, safe=""),
+            json.dumps(value)[1:-1],
+            json.dumps(value, ensure_ascii=False)[1:-1],
+            repr(value)[1:-1],
+        }
+        for form in forms:
             if len(form) >= 4 and form not in self._secrets:
                 self._secrets.append(form)
         self._secrets.sort(key=len, reverse=True)  # a secret inside another is masked whole

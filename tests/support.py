@@ -24,7 +24,7 @@ from starlette.applications import Starlette
 from websockets.asyncio.server import ServerConnection, serve
 
 from gateway.http1 import ConnectionLimits, protocol_factory
-from gateway.logs import LOG_FORMAT, QUIET_LOGGERS, configure_logging
+from gateway.logs import LOG_FORMAT, QUIET_LOGGERS, SERVER_LOGGERS, configure_logging
 from providers.base import (
     AudioFormat,
     Container,
@@ -195,13 +195,17 @@ async def log_line(caplog: pytest.LogCaptureFixture, request_id: str) -> str:
 
 
 @contextlib.contextmanager
-def logging_at_debug(capsys: pytest.CaptureFixture[str]) -> Iterator[Callable[[], str]]:
-    """The gateway's log configured at debug, as ``serve`` does; yields a reader of all it has
-    written to stderr so far. Everything it changed is put back after."""
+def logging_at_debug(
+    capsys: pytest.CaptureFixture[str], fmt: str = "text"
+) -> Iterator[Callable[[], str]]:
+    """The gateway's log configured at debug in ``fmt``, as ``serve`` does; yields a reader of
+    all it has written to stderr so far. Everything it changed is put back after."""
     root = logging.getLogger()
     saved_level, saved_handlers = root.level, list(root.handlers)
-    saved_quiet = {name: logging.getLogger(name).level for name in QUIET_LOGGERS}
-    configure_logging("debug")
+    saved_quiet = {
+        name: logging.getLogger(name).level for name in (*QUIET_LOGGERS, *SERVER_LOGGERS)
+    }
+    configure_logging("debug", fmt)
     written: list[str] = []
 
     def read() -> str:
@@ -211,6 +215,7 @@ def logging_at_debug(capsys: pytest.CaptureFixture[str]) -> Iterator[Callable[[]
     try:
         yield read
     finally:
+        configure_logging("debug", "text")  # what JSON routed through the log goes back
         for handler in root.handlers:
             if handler not in saved_handlers:
                 root.removeHandler(handler)
@@ -237,36 +242,64 @@ def free_socket() -> socket.socket:
     return sock
 
 
+@contextlib.contextmanager
+def _uvicorn_logs_to_root() -> Iterator[None]:
+    """uvicorn's loggers without the handlers its default log set-up left on them (writing to
+    an earlier test's stderr), as in a process that never had it: their lines go to the root
+    logger's handlers. Put back after."""
+    loggers = [logging.getLogger(name) for name in ("uvicorn", "uvicorn.error", "uvicorn.access")]
+    saved = [(logger.handlers[:], logger.propagate) for logger in loggers]
+    for logger in loggers:
+        logger.handlers.clear()
+        logger.propagate = True
+    try:
+        yield
+    finally:
+        for logger, (handlers, propagate) in zip(loggers, saved, strict=True):
+            logger.handlers[:] = handlers
+            logger.propagate = propagate
+
+
 @contextlib.asynccontextmanager
 async def live_server(
-    app: Starlette | Callable[..., Any], limits: ConnectionLimits | None = None
+    app: Starlette | Callable[..., Any],
+    limits: ConnectionLimits | None = None,
+    server_log: str | None = None,
 ) -> AsyncIterator[str]:
     """Serve ``app`` with uvicorn and the gateway's own HTTP protocol (as ``tts-gateway serve``
     does) on a loopback port inside the running loop; yields the base URL. Real sockets, so
-    chunking, timing and disconnects are what a caller would see."""
+    chunking, timing and disconnects are what a caller would see. uvicorn logs at warning
+    through a log of its own; with ``server_log`` (a level), at that level through the
+    process's log, as under ``serve``."""
     sock = free_socket()
     port = sock.getsockname()[1]
+    logging_options: dict[str, Any] = {"log_level": "warning"}
+    own_log: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+    if server_log is not None:
+        logging_options = {"log_level": server_log, "log_config": None}
+        own_log = _uvicorn_logs_to_root()
     config = uvicorn.Config(
         app,
         lifespan="on",
-        log_level="warning",
         access_log=False,
         http=protocol_factory(limits or ConnectionLimits()),
         ws="none",
+        **logging_options,
     )
     server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
-        while not server.started:
-            if task.done():
-                task.result()
-                raise RuntimeError("server stopped during start-up")
-            await asyncio.sleep(0.01)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
-        sock.close()
+    with own_log:
+        task = asyncio.create_task(server.serve(sockets=[sock]))
+        try:
+            while not server.started:
+                if task.done():
+                    task.result()
+                    raise RuntimeError("server stopped during start-up")
+                await asyncio.sleep(0.01)
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            server.should_exit = True
+            await task
+            sock.close()
 
 
 @dataclass

@@ -4,6 +4,7 @@ provider type, is part of the provider contract (``tests/test_provider_contract.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Iterator
 
@@ -65,3 +66,23 @@ def test_libraries_that_log_what_they_send_are_held_at_warning(
 def test_an_unknown_level_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown log level"):
         configure_logging("chatty")
+
+
+def test_a_secret_is_masked_as_it_reads_escaped_in_json_or_a_repr(
+    debug_log: Callable[[], str],
+) -> None:
+    secret = 'tok"LEAKCHECK\\9f8e7d-ü'  # a quote, a backslash, a non-ASCII letter
+    provider = build_provider(
+        ProviderConfig(
+            name="up",
+            type="custom",
+            settings={"url": "https://tts.upstream.test/stream-audio", "token": secret},
+        )
+    )
+    # An upstream's JSON error body echoing it, read as text; a value logged with %r.
+    echoed = json.dumps({"fault": f"token {secret} refused"})
+    logging.getLogger("gateway.test").warning("upstream said %s; sent %r", echoed, secret)
+    written = debug_log()
+    assert "LEAKCHECK" not in written
+    assert 'upstream said {"fault": "token *** refused"}; sent \'***\'' in written
+    assert provider.redact(echoed) == '{"fault": "token *** refused"}'

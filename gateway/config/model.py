@@ -17,11 +17,14 @@ from providers.base import ProviderConfig
 UnknownVoice = Literal["default", "reject"]
 #: The gateway's log level.
 LogLevel = Literal["debug", "info", "warning", "error"]
+#: How the gateway's log lines are written: ``key=value`` text, or one JSON object per line.
+LogFormat = Literal["text", "json"]
 #: How the audio is resampled (see :attr:`ServerConfig.resampler`).
 Resampler = Literal["auto", "low_latency", "block"]
 
 UNKNOWN_VOICE_CHOICES: Final[tuple[UnknownVoice, ...]] = get_args(UnknownVoice)
 LOG_LEVEL_CHOICES: Final[tuple[LogLevel, ...]] = get_args(LogLevel)
+LOG_FORMAT_CHOICES: Final[tuple[LogFormat, ...]] = get_args(LogFormat)
 RESAMPLER_CHOICES: Final[tuple[Resampler, ...]] = get_args(Resampler)
 
 _GLOB_CHARS: Final = frozenset("*?[")
@@ -99,6 +102,7 @@ class ServerConfig:
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
     log_level: LogLevel = "info"
+    log_format: LogFormat = "text"
     drain_seconds: float = 10.0
     timeouts: ClientTimeouts = field(default_factory=ClientTimeouts)
     max_connections: int = 4096

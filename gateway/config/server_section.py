@@ -7,6 +7,7 @@ from typing import Any, Final
 
 from .messages import child, shown, suggest
 from .model import (
+    LOG_FORMAT_CHOICES,
     LOG_LEVEL_CHOICES,
     RESAMPLER_CHOICES,
     UNKNOWN_VOICE_CHOICES,
@@ -31,6 +32,7 @@ _SERVER_KEYS: Final = (
     "ssl_certfile",
     "ssl_keyfile",
     "log_level",
+    "log_format",
     "drain_seconds",
     "resampler",
     "timeouts",
@@ -81,6 +83,7 @@ class ServerSection:
         put("ssl_certfile", lambda v, p: read.string(v, p, non_empty=True))
         put("ssl_keyfile", lambda v, p: read.string(v, p, non_empty=True))
         put("log_level", lambda v, p: read.choice(v, p, LOG_LEVEL_CHOICES))
+        put("log_format", lambda v, p: read.choice(v, p, LOG_FORMAT_CHOICES))
         put("resampler", lambda v, p: read.choice(v, p, RESAMPLER_CHOICES))
         put("drain_seconds", lambda v, p: read.number(v, p, 0))
         put("timeouts", self.client_timeouts)
