@@ -111,6 +111,10 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        for result in ("ok", "refused"):
+            # At zero from the start, so that the first refusal is an increase to Prometheus
+            # (a series that first appears at 1 is none, and would never fire an alert).
+            self.reloads.labels(result)
         self.connections_open = Gauge(
             "tts_connections_open",
             "Client connections open (HTTP, any route).",

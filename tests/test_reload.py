@@ -21,6 +21,7 @@ import yaml
 
 from gateway.app import create_app
 from gateway.config import load_config
+from gateway.metrics import Metrics
 from gateway.runtime import Gateway
 from providers.base import ProviderConfig, register
 from tests.support import (
@@ -82,6 +83,15 @@ async def test_sighup_swaps_the_routing_and_keeps_streams_under_way(
         metrics = (await client.get(url + "/metrics")).text
         assert 'tts_config_reloads_total{result="ok"} 1.0' in metrics
         assert 'tts_config_reloads_total{result="refused"} 1.0' in metrics
+
+
+def test_the_reload_counters_start_at_zero_so_the_first_refusal_is_an_increase() -> None:
+    # Prometheus' increase() counts from a sample before: a series that first shows up at 1
+    # is no increase, so the first file refused after a start would never fire the alert
+    # TTSGatewayReloadRefused (deploy/prometheus/alerts.yaml).
+    metrics = Metrics().render().decode()
+    assert 'tts_config_reloads_total{result="ok"} 0.0' in metrics
+    assert 'tts_config_reloads_total{result="refused"} 0.0' in metrics
 
 
 async def test_reload_without_a_file_keeps_the_default() -> None:
