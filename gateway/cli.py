@@ -173,7 +173,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     scheme = "https" if certfile else "http"
     sock = _listen(host, port)
     logging.getLogger("gateway").info(
-        "serving on %s://%s:%d with %d worker processes", scheme, host, port, workers
+        "serving on %s://%s:%d with %d worker processes",
+        scheme,
+        host,
+        sock.getsockname()[1],
+        workers,
     )
     supervisor = Supervisor(
         WorkerSpec(path, certfile, keyfile, workers),

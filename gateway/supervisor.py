@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import multiprocessing
 import os
 import shutil
@@ -53,14 +54,31 @@ _TICK_SECONDS: Final = 0.25
 
 def workers_wanted(configured: int, given: int | None) -> int:
     """The number of worker processes: ``--workers``, else ``server.workers``, where 0 is
-    ``auto``, one per core this process may run on."""
+    ``auto``: one per core this process may use (the CPUs it may run on, fewer under a
+    container's CPU limit)."""
     wanted = given if given else configured
     if wanted <= 0:
         try:
             wanted = len(os.sched_getaffinity(0))
         except AttributeError:  # pragma: no cover - not Linux
             wanted = os.cpu_count() or 1
+        quota = cpu_quota()
+        if quota is not None:
+            wanted = min(wanted, max(1, math.ceil(quota)))
     return max(1, wanted)
+
+
+def cpu_quota(path: str = "/sys/fs/cgroup/cpu.max") -> float | None:
+    """The cores a cgroup-v2 CPU limit allows this process (Kubernetes' ``limits.cpu``,
+    ``docker run --cpus``), or None when there is no limit."""
+    try:
+        with open(path) as file:
+            quota, _, period = file.read().strip().partition(" ")
+        if quota == "max":
+            return None
+        return int(quota) / int(period or "100000")
+    except (OSError, ValueError, ZeroDivisionError):
+        return None
 
 
 @dataclass(frozen=True)

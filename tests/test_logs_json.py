@@ -493,7 +493,9 @@ async def test_serve_writes_nothing_but_json_lines(tmp_path: Path) -> None:
         env = {k: v for k, v in os.environ.items() if k != "TTS_GATEWAY_CONFIG"}
         process = await asyncio.create_subprocess_exec(
             *[sys.executable, "-m", "gateway.cli", "serve", "--config", str(config)],
-            *["--host", "127.0.0.1", "--port", "0"],
+            # One process: the events below are one gateway's (a supervisor's workers each
+            # write their own).
+            *["--host", "127.0.0.1", "--port", "0", "--workers", "1"],
             env=env,
             cwd=REPO,
             stdout=asyncio.subprocess.DEVNULL,
