@@ -27,6 +27,7 @@ import os
 import shutil
 import signal
 import socket
+import sys
 import tempfile
 import threading
 import time
@@ -87,7 +88,7 @@ def _run_worker(spec: WorkerSpec, sock: socket.socket, index: int) -> None:
     try:
         config = load_config(spec.config_path) if spec.config_path else default_config()
     except ConfigError as error:
-        print(f"invalid routing file:\n{error}", flush=True)
+        print(f"invalid routing file:\n{error}", file=sys.stderr, flush=True)
         raise SystemExit(1) from None
     configure_logging(config.server.log_level)
     app = create_app(config, spec.config_path, workers=spec.workers, supervised=True)
@@ -201,26 +202,29 @@ class Supervisor:
         self.workers[index] = (process, time.monotonic())
 
     def _replace_dead(self, now: float) -> None:
+        # A dead worker leaves ``workers`` at once (its process object is closed), so that
+        # signals and the stop only ever see live ones; it is started again once ``_due``.
         for index, (process, started) in list(self.workers.items()):
             if process.is_alive():
                 continue
-            if index not in self._due:
-                code = process.exitcode
-                if process.pid is not None:
-                    prometheus_multiprocess.mark_process_dead(process.pid)  # type: ignore[no-untyped-call]
-                early = now - started < _EARLY_DEATH_SECONDS
-                pause = self._pause if early else 0.0
-                self._pause = min(self._pause * 2, _MAX_RESPAWN_PAUSE) if early else 1.0
-                log.error(
-                    "worker %d (pid %s) exited with %s; starting another in %g s",
-                    index,
-                    process.pid,
-                    code,
-                    pause,
-                )
-                process.close()
-                self._due[index] = now + pause
-            if now >= self._due[index]:
+            del self.workers[index]
+            code = process.exitcode
+            if process.pid is not None:
+                prometheus_multiprocess.mark_process_dead(process.pid)  # type: ignore[no-untyped-call]
+            early = now - started < _EARLY_DEATH_SECONDS
+            pause = self._pause if early else 0.0
+            self._pause = min(self._pause * 2, _MAX_RESPAWN_PAUSE) if early else 1.0
+            log.error(
+                "worker %d (pid %s) exited with %s; starting another in %g s",
+                index,
+                process.pid,
+                code,
+                pause,
+            )
+            process.close()
+            self._due[index] = now + pause
+        for index, due in list(self._due.items()):
+            if now >= due:
                 del self._due[index]
                 self._start(index)
 
