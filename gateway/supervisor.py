@@ -198,7 +198,14 @@ class Supervisor:
             name=f"tts-gateway-worker-{index}",
             daemon=False,
         )
-        process.start()
+        # A worker can reload only once its app has started; until then a SIGHUP would end
+        # it. So it is born with SIGHUP blocked (the signal mask is inherited) and unblocks it
+        # once it can reload: a SIGHUP sent meanwhile waits, then reloads it.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+        try:
+            process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
         self.workers[index] = (process, time.monotonic())
 
     def _replace_dead(self, now: float) -> None:

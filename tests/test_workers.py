@@ -206,6 +206,26 @@ async def test_a_worker_that_dies_at_start_is_started_again_after_a_pause(
         assert (await post(served.url)).status_code == 200
 
 
+async def test_a_sighup_while_the_workers_start_reaches_them_once_they_can_reload(
+    tmp_path: Path,
+) -> None:
+    async with GatedUpstream() as upstream:
+        config = tmp_path / "gateway.yaml"
+        routing_file(config, {"a": upstream.url}, "a", watch=False)
+        served = await start("--config", str(config), "--workers", "2")
+        try:
+            assert await until(lambda: len(served.workers()) == 2)
+            first = served.workers()
+            served.signal(signal.SIGHUP)  # while they are still starting
+            await served.wait_ready(2)
+            # Each worker reloads once it can; none died of it, none was restarted.
+            await served.wait_for("reloaded ", times=2)
+            assert served.workers() == first
+            assert served.count("exited with") == 0, served.log
+        finally:
+            await served.kill_all()
+
+
 async def test_sigterm_drains_every_worker_and_leaves_nothing_behind(tmp_path: Path) -> None:
     async with GatedUpstream() as upstream:
         config = tmp_path / "gateway.yaml"
