@@ -12,7 +12,8 @@ the same listening socket with the whole gateway, its limits split between them
 - **SIGTERM / SIGINT**: the supervisor closes its copy of the listening socket and passes the
   signal on; every worker drains (``server.drain_seconds``) and exits, then the supervisor;
 - a worker that **dies** is replaced (after a pause that doubles while workers keep dying
-  at start, so a broken machine is not a busy loop), its live gauges dropped;
+  at start, so a broken machine is not a busy loop), its live gauges dropped; if the
+  supervisor dies, every worker drains and exits;
 - **metrics**: prometheus-client's multiprocess mode, its directory made here and removed at
   exit; ``/metrics`` of any worker sums every process, and so does ``server.metrics.port``,
   served from here.
@@ -91,10 +92,26 @@ def _run_worker(spec: WorkerSpec, sock: socket.socket, index: int) -> None:
         print(f"invalid routing file:\n{error}", file=sys.stderr, flush=True)
         raise SystemExit(1) from None
     configure_logging(config.server.log_level)
+    _stop_with_the_supervisor()
     app = create_app(config, spec.config_path, workers=spec.workers, supervised=True)
     options = serve_options(config, spec.certfile, spec.keyfile)
     server = uvicorn.Server(uvicorn.Config(app, **options))
     server.run(sockets=[sock])
+
+
+def _stop_with_the_supervisor() -> None:
+    """Drain and exit if the supervisor dies (killed, it can pass no signal on), rather than
+    serve on as an orphan that nothing replaces or reloads, holding the port."""
+    parent = multiprocessing.parent_process()
+    if parent is None:  # pragma: no cover - always started by a supervisor
+        return
+
+    def wait() -> None:
+        parent.join()  # returns once the supervisor has exited
+        log.warning("the supervisor is gone: draining and exiting")
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=wait, name="supervisor-watch", daemon=True).start()
 
 
 class Supervisor:

@@ -169,14 +169,17 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def is_worker(pid: int) -> bool:
+    """Whether ``pid`` is a worker process (not multiprocessing's resource tracker)."""
+    try:
+        return b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:  # gone
+        return False
+
+
 def workers_of(pid: int) -> set[int]:
-    """The supervisor's worker processes (not multiprocessing's resource tracker)."""
-    found = set()
-    for child in children(pid):
-        with contextlib.suppress(OSError):
-            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
-                found.add(child)
-    return found
+    """The supervisor's worker processes."""
+    return {child for child in children(pid) if is_worker(child)}
 
 
 def alive(pid: int) -> bool:
@@ -273,6 +276,7 @@ class Served:
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.lines: list[str] = []
+        self.seen: set[int] = set()  # every worker pid seen, for the clean-up
         self._reader = asyncio.ensure_future(self._read())
 
     @property
@@ -299,7 +303,9 @@ class Served:
         )
 
     def workers(self) -> set[int]:
-        return workers_of(self.pid)
+        found = workers_of(self.pid)
+        self.seen |= found
+        return found
 
     async def wait_ready(self, workers: int | None = None) -> None:
         """Wait until ``/readyz`` answers 200 (and, for a supervisor, until ``workers`` workers
@@ -347,12 +353,17 @@ class Served:
         return code
 
     async def kill_all(self) -> None:
-        """Whatever happened, leave no process of this gateway behind."""
-        for pid in [*self.workers(), self.pid]:
+        """Whatever happened, leave no process of this gateway behind (its workers, orphaned
+        or not, included), and read its log to the end."""
+        self.workers()
+        for pid in [*filter(is_worker, self.seen), self.pid]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         if self.process.returncode is None:
             await self.process.wait()
+        # The log ends once every process holding it has ended.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._reader), PATIENCE)
         self._reader.cancel()
         await asyncio.gather(self._reader, return_exceptions=True)
 

@@ -270,6 +270,27 @@ async def test_sigterm_drains_every_worker_and_leaves_nothing_behind(tmp_path: P
         await asyncio.open_connection("127.0.0.1", served.port)
 
 
+async def test_workers_drain_and_exit_when_their_supervisor_is_killed(tmp_path: Path) -> None:
+    async with GatedUpstream() as upstream:
+        config = tmp_path / "gateway.yaml"
+        routing_file(config, {"a": upstream.url}, "a", drain_seconds=1)
+        served = await start("--config", str(config), "--workers", "2")
+        workers: set[int] = set()
+        try:
+            await served.wait_ready(2)
+            workers = served.workers()
+            os.kill(served.pid, signal.SIGKILL)  # it can pass nothing on
+            # Orphans would go on serving the port with nobody to replace or reload them.
+            assert await until(lambda: not any(alive(pid) for pid in workers)), served.log
+            await served.wait_for("the supervisor is gone", times=2)
+            await served.wait_for("Application shutdown complete", times=2)
+        finally:
+            for pid in workers:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            await served.kill_all()
+
+
 async def test_serve_with_no_routing_file_runs_a_worker_per_core_offline() -> None:
     cores = len(os.sched_getaffinity(0))
     # Any attempt to reach the network goes to a closed port.
