@@ -15,8 +15,9 @@ the same listening socket with the whole gateway, its limits split between them
   at start, so a broken machine is not a busy loop), its live gauges dropped; if the
   supervisor dies, every worker drains and exits;
 - **metrics**: prometheus-client's multiprocess mode, its directory made here and removed at
-  exit; ``/metrics`` of any worker sums every process, and so does ``server.metrics.port``,
-  served from here.
+  exit (or the operator's ``PROMETHEUS_MULTIPROC_DIR``, emptied of an earlier run's files by
+  ``serve``: :func:`gateway.metrics.prepare_directory`); ``/metrics`` of any worker sums
+  every process, and so does ``server.metrics.port``, served from here.
 """
 
 from __future__ import annotations
@@ -144,13 +145,9 @@ class Supervisor:
     def run(self) -> int:
         """Serve until SIGTERM or SIGINT; the exit status."""
         owned_dir = None
-        if not os.environ.get(MULTIPROC_ENV):
+        if not os.environ.get(MULTIPROC_ENV):  # else the operator's, prepared by ``serve``
             owned_dir = tempfile.mkdtemp(prefix="tts-gateway-metrics-")
             os.environ[MULTIPROC_ENV] = owned_dir
-        else:  # a directory of the operator's: what an earlier run left there is not ours
-            for stale in os.listdir(os.environ[MULTIPROC_ENV]):
-                if stale.endswith(".db"):
-                    os.unlink(os.path.join(os.environ[MULTIPROC_ENV], stale))
         previous = {
             signum: signal.signal(signum, self._signalled)
             for signum in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)

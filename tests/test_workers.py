@@ -10,6 +10,8 @@ import contextlib
 import glob
 import os
 import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -321,3 +323,61 @@ async def test_workers_1_is_one_process_with_its_own_registry(tmp_path: Path) ->
             served.signal(signal.SIGHUP)
             await served.wait_for("reloaded ")
             assert served.process.returncode is None
+
+
+def stale_counts(directory: Path) -> None:
+    """Leave in ``directory`` what a process of an earlier run counted: 1000 requests."""
+    program = (
+        "from prometheus_client import Counter\n"
+        "Counter('tts_requests', 'x', ['status']).labels('200').inc(1000)\n"
+    )
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(directory)}
+    subprocess.run([sys.executable, "-c", program], env=env, check=True, timeout=60)
+    assert glob.glob(str(directory / "counter_*.db"))
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+async def test_an_operators_metrics_directory_is_used_and_an_earlier_runs_counts_cleared(
+    tmp_path: Path, workers: str
+) -> None:
+    directory = tmp_path / "prometheus"
+    directory.mkdir()
+    stale_counts(directory)
+    async with GatedUpstream() as upstream:
+        config = tmp_path / "gateway.yaml"
+        routing_file(config, {"a": upstream.url}, "a")
+        env = {"PROMETHEUS_MULTIPROC_DIR": str(directory)}
+        async with serving("--config", str(config), "--workers", workers, env=env) as served:
+            assert (await post(served.url)).status_code == 200
+            assert sample(await served.metrics(), "tts_requests_total", status="200") == 1
+            used = set(requests_by_process(str(directory)))
+            assert used and used <= {served.pid, *served.workers()}
+
+
+async def test_an_operators_metrics_directory_that_does_not_exist_yet_is_made(
+    tmp_path: Path,
+) -> None:
+    directory = tmp_path / "run" / "prometheus"
+    async with GatedUpstream() as upstream:
+        config = tmp_path / "gateway.yaml"
+        routing_file(config, {"a": upstream.url}, "a")
+        env = {"PROMETHEUS_MULTIPROC_DIR": str(directory)}
+        async with serving("--config", str(config), "--workers", "2", env=env) as served:
+            assert (await post(served.url)).status_code == 200
+            assert sample(await served.metrics(), "tts_requests_total", status="200") == 1
+
+
+async def test_a_metrics_directory_that_cannot_be_made_is_one_line_and_no_start(
+    tmp_path: Path,
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    served = await start(env={"PROMETHEUS_MULTIPROC_DIR": str(blocker / "prometheus")})
+    try:
+        assert await asyncio.wait_for(served.process.wait(), PATIENCE) == 2
+        await served.stop()
+    finally:
+        await served.kill_all()
+    assert served.lines == [
+        f"error: PROMETHEUS_MULTIPROC_DIR {blocker}/prometheus: Not a directory\n"
+    ]
