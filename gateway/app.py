@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -65,6 +66,10 @@ def create_app(
         await gateway.start()
         reloader = app.state.reloader = Reloader(gateway)
         hooked = _SIGNALS.add(gateway, reloader)
+        if hooked:
+            # A worker process is born with SIGHUP blocked (see gateway.supervisor): now that
+            # it can reload, let a SIGHUP in, one sent during the start-up included.
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
         chores = [asyncio.create_task(_sample(gateway))] if gateway.metrics.multiprocess else []
         if watch and config_path:
             chores.append(asyncio.create_task(_watch(config_path, reloader)))

@@ -139,6 +139,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from .app import create_app
+    from .metrics import MULTIPROC_ENV, prepare_directory
     from .supervisor import Supervisor, WorkerSpec, workers_wanted
 
     config = _load(args.config)
@@ -164,6 +165,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     host = args.host or server.host
     port = server.port if args.port is None else args.port
     workers = workers_wanted(server.workers, args.workers)
+    shared_dir = os.environ.get(MULTIPROC_ENV)
+    if shared_dir:
+        # The operator's metrics directory (multiprocess mode even for one process).
+        try:
+            prepare_directory(shared_dir)
+        except OSError as exc:
+            print(f"error: {MULTIPROC_ENV} {shared_dir}: {exc.strerror or exc}", file=sys.stderr)
+            return 2
     if workers == 1:
         options = serve_options(config, certfile, keyfile)
         uvicorn.Server(

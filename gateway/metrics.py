@@ -33,6 +33,16 @@ def multiprocess() -> bool:
     return bool(os.environ.get(MULTIPROC_ENV))
 
 
+def prepare_directory(path: str) -> None:
+    """Make an operator's multiprocess directory (``PROMETHEUS_MULTIPROC_DIR``) ready for a new
+    run: created if missing, and rid of the files an earlier run left there, whose counts would
+    otherwise be summed into this run's (an ``OSError`` if it cannot be done)."""
+    os.makedirs(path, exist_ok=True)
+    for name in os.listdir(path):
+        if name.endswith(".db"):
+            os.unlink(os.path.join(path, name))
+
+
 def serve_metrics(host: str, port: int, metrics: Metrics | None = None) -> WSGIServer:
     """``/metrics`` on a port of its own (``server.metrics.port``), served from a thread by
     prometheus-client's own server: ``metrics``' registry, or every process's (multiprocess

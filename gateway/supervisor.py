@@ -12,10 +12,12 @@ the same listening socket with the whole gateway, its limits split between them
 - **SIGTERM / SIGINT**: the supervisor closes its copy of the listening socket and passes the
   signal on; every worker drains (``server.drain_seconds``) and exits, then the supervisor;
 - a worker that **dies** is replaced (after a pause that doubles while workers keep dying
-  at start, so a broken machine is not a busy loop), its live gauges dropped;
+  at start, so a broken machine is not a busy loop), its live gauges dropped; if the
+  supervisor dies, every worker drains and exits;
 - **metrics**: prometheus-client's multiprocess mode, its directory made here and removed at
-  exit; ``/metrics`` of any worker sums every process, and so does ``server.metrics.port``,
-  served from here.
+  exit (or the operator's ``PROMETHEUS_MULTIPROC_DIR``, emptied of an earlier run's files by
+  ``serve``: :func:`gateway.metrics.prepare_directory`); ``/metrics`` of any worker sums
+  every process, and so does ``server.metrics.port``, served from here.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import os
 import shutil
 import signal
 import socket
+import sys
 import tempfile
 import threading
 import time
@@ -105,13 +108,29 @@ def _run_worker(spec: WorkerSpec, sock: socket.socket, index: int) -> None:
     try:
         config = load_config(spec.config_path) if spec.config_path else default_config()
     except ConfigError as error:
-        print(f"invalid routing file:\n{error}", flush=True)
+        print(f"invalid routing file:\n{error}", file=sys.stderr, flush=True)
         raise SystemExit(1) from None
     configure_logging(config.server.log_level, config.server.log_format)
+    _stop_with_the_supervisor()
     app = create_app(config, spec.config_path, workers=spec.workers, supervised=True)
     options = serve_options(config, spec.certfile, spec.keyfile)
     server = uvicorn.Server(uvicorn.Config(app, **options))
     server.run(sockets=[sock])
+
+
+def _stop_with_the_supervisor() -> None:
+    """Drain and exit if the supervisor dies (killed, it can pass no signal on), rather than
+    serve on as an orphan that nothing replaces or reloads, holding the port."""
+    parent = multiprocessing.parent_process()
+    if parent is None:  # pragma: no cover - always started by a supervisor
+        return
+
+    def wait() -> None:
+        parent.join()  # returns once the supervisor has exited
+        log.warning("the supervisor is gone: draining and exiting")
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=wait, name="supervisor-watch", daemon=True).start()
 
 
 class Supervisor:
@@ -144,13 +163,9 @@ class Supervisor:
     def run(self) -> int:
         """Serve until SIGTERM or SIGINT; the exit status."""
         owned_dir = None
-        if not os.environ.get(MULTIPROC_ENV):
+        if not os.environ.get(MULTIPROC_ENV):  # else the operator's, prepared by ``serve``
             owned_dir = tempfile.mkdtemp(prefix="tts-gateway-metrics-")
             os.environ[MULTIPROC_ENV] = owned_dir
-        else:  # a directory of the operator's: what an earlier run left there is not ours
-            for stale in os.listdir(os.environ[MULTIPROC_ENV]):
-                if stale.endswith(".db"):
-                    os.unlink(os.path.join(os.environ[MULTIPROC_ENV], stale))
         previous = {
             signum: signal.signal(signum, self._signalled)
             for signum in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
@@ -215,30 +230,40 @@ class Supervisor:
             name=f"tts-gateway-worker-{index}",
             daemon=False,
         )
-        process.start()
+        # A worker can reload only once its app has started; until then a SIGHUP would end
+        # it. So it is born with SIGHUP blocked (the signal mask is inherited) and unblocks it
+        # once it can reload: a SIGHUP sent meanwhile waits, then reloads it.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+        try:
+            process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
         self.workers[index] = (process, time.monotonic())
 
     def _replace_dead(self, now: float) -> None:
+        # A dead worker leaves ``workers`` at once (its process object is closed), so that
+        # signals and the stop only ever see live ones; it is started again once ``_due``.
         for index, (process, started) in list(self.workers.items()):
             if process.is_alive():
                 continue
-            if index not in self._due:
-                code = process.exitcode
-                if process.pid is not None:
-                    prometheus_multiprocess.mark_process_dead(process.pid)  # type: ignore[no-untyped-call]
-                early = now - started < _EARLY_DEATH_SECONDS
-                pause = self._pause if early else 0.0
-                self._pause = min(self._pause * 2, _MAX_RESPAWN_PAUSE) if early else 1.0
-                log.error(
-                    "worker %d (pid %s) exited with %s; starting another in %g s",
-                    index,
-                    process.pid,
-                    code,
-                    pause,
-                )
-                process.close()
-                self._due[index] = now + pause
-            if now >= self._due[index]:
+            del self.workers[index]
+            code = process.exitcode
+            if process.pid is not None:
+                prometheus_multiprocess.mark_process_dead(process.pid)  # type: ignore[no-untyped-call]
+            early = now - started < _EARLY_DEATH_SECONDS
+            pause = self._pause if early else 0.0
+            self._pause = min(self._pause * 2, _MAX_RESPAWN_PAUSE) if early else 1.0
+            log.error(
+                "worker %d (pid %s) exited with %s; starting another in %g s",
+                index,
+                process.pid,
+                code,
+                pause,
+            )
+            process.close()
+            self._due[index] = now + pause
+        for index, due in list(self._due.items()):
+            if now >= due:
                 del self._due[index]
                 self._start(index)
 
