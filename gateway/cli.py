@@ -161,7 +161,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             return 2
     path = args.config or os.environ.get("TTS_GATEWAY_CONFIG") or None
     if path:
-        path = str(Path(path).resolve())  # workers and the watch outlive the current directory
+        # Absolute, since workers and the watch outlive the current directory; but symlinks
+        # not followed: a Kubernetes ConfigMap update swaps the link under the same path.
+        path = os.path.abspath(path)
     host = args.host or server.host
     port = server.port if args.port is None else args.port
     workers = workers_wanted(server.workers, args.workers)

@@ -42,6 +42,7 @@ from typing import Final
 from prometheus_client import multiprocess as prometheus_multiprocess
 
 from .metrics import MULTIPROC_ENV
+from .watch import POLL_SECONDS, FileWatch
 
 log = logging.getLogger("gateway")
 
@@ -51,8 +52,8 @@ WORKERS_ENV: Final = "TTS_GATEWAY_WORKERS"
 _EARLY_DEATH_SECONDS: Final = 5.0
 #: The longest pause before a worker that keeps dying at start is started again.
 _MAX_RESPAWN_PAUSE: Final = 30.0
-#: How often the supervisor looks at its workers and the routing file.
-_TICK_SECONDS: Final = 0.25
+#: How often the supervisor looks at its workers (and, every POLL_SECONDS, the routing file).
+TICK_SECONDS: Final = 0.25
 
 
 def workers_wanted(configured: int, given: int | None) -> int:
@@ -203,18 +204,16 @@ class Supervisor:
     def _loop(self) -> None:
         watch = None
         if self.watch and self.spec.config_path:
-            from .watch import FileWatch
-
             watch = FileWatch(self.spec.config_path)
         next_look = 0.0
         while not self._stopping:
-            self._wake.wait(_TICK_SECONDS)
+            self._wake.wait(TICK_SECONDS)
             self._wake.clear()
             if self._stopping:
                 break
             now = time.monotonic()
             if watch is not None and now >= next_look:
-                next_look = now + 0.5
+                next_look = now + POLL_SECONDS
                 if watch.poll():
                     log.info("%s changed on disk: reloading every worker", watch.path)
                     self._reload = True
