@@ -112,6 +112,7 @@ class HealthBoard(Collector):
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
         self._by_name: dict[str, ProviderHealth] = {}
+        self._sampled: set[str] = set()
         if not metrics.multiprocess:
             metrics.registry.register(self)
 
@@ -135,10 +136,18 @@ class HealthBoard(Collector):
         metrics = self._metrics
         if metrics.breaker_state is None or metrics.in_flight is None or metrics.queued is None:
             return
+        sampled = set()
         for health in self:
             metrics.breaker_state.labels(health.name).set(STATE_VALUES[health.breaker.state])
             metrics.in_flight.labels(health.name).set(health.gate.in_flight)
             metrics.queued.labels(health.name).set(health.gate.waiting)
+            sampled.add(health.name)
+        # A value in the shared files stays until the process ends: a provider a reload took
+        # away is zeroed, not left showing its last state (an open breaker alerting forever).
+        for gone in self._sampled - sampled:
+            for gauge in (metrics.breaker_state, metrics.in_flight, metrics.queued):
+                gauge.labels(gone).set(0)
+        self._sampled = sampled
 
     def __iter__(self) -> Iterator[ProviderHealth]:
         return iter(list(self._by_name.values()))

@@ -28,6 +28,7 @@ from tests.served import (
     routing_file,
     sample,
     serving,
+    settled,
     streams_by_process,
 )
 from tests.support import RawResponse
@@ -156,3 +157,26 @@ async def test_with_watch_off_a_changed_file_waits_for_the_sighup(pair: Pair) ->
     for _ in range(4):
         assert (await post(served.url)).status_code == 200
     assert len(pair.a.requests) - answered == 4
+
+
+async def test_a_provider_gone_with_a_reload_leaves_no_live_gauge_behind(pair: Pair) -> None:
+    served, a = pair.served, pair.a
+    pair.route_to("a")
+    await sighup(served)
+    a.hold()
+    stream = await open_stream(served.url)
+    try:
+        # Each worker writes its providers' live state into the shared files once a second.
+        assert await settled(served, "tts_provider_in_flight", 1, provider="a") == 1
+        # A file without the provider: the stream under way goes on with it, then ends.
+        routing_file(pair.config, {"b": pair.b.url}, "b", watch=False)
+        await sighup(served)
+        a.open()
+        assert await asyncio.wait_for(stream.read_all(), PATIENCE) == CHUNK * 2
+    finally:
+        a.open()
+        stream.close()
+    # Nothing is in flight any more: a series of the provider's must not say otherwise (nor,
+    # for its breaker, keep an alert firing) for as long as the workers live.
+    assert await settled(served, "tts_provider_in_flight", 0, provider="a") == 0
+    assert sample(await served.metrics(), "tts_breaker_state", provider="a") == 0

@@ -101,6 +101,16 @@ class ServerSection:
                 child(path, given), f"{given} needs {other} too (give both or neither)"
             )
 
+        metrics = fields.get("metrics")
+        tokens_read = block.get("tokens") is None or "tokens" in fields
+        if metrics is not None and metrics.token and tokens_read and not fields.get("tokens"):
+            # Without a token to ask for, every caller would be let in: not what was asked.
+            self.report.error(
+                child(child(path, "metrics"), "token"),
+                "needs server.tokens (a token the scraper sends); without one /metrics "
+                "would be open to every caller",
+            )
+
         self.check_default_voice(block, fields, voice_keys)
         return ServerConfig(**fields)
 
