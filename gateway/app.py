@@ -47,12 +47,14 @@ def create_app(
     *,
     workers: int = 1,
     supervised: bool = False,
+    metrics_host: str | None = None,
 ) -> Starlette:
     """The ASGI app for a routing file: ``config`` as given, else loaded from ``config_path``,
     else the built-in default. With a ``config_path``, SIGHUP reloads that file, and so does
     a change to it (``server.watch``) unless ``supervised``: then the supervisor watches it
     for every process. ``workers``: how many processes share the limits (see
-    :func:`gateway.runtime.share_limits`)."""
+    :func:`gateway.runtime.share_limits`). ``metrics_host``: the address of
+    ``server.metrics.port`` (default ``server.host``; ``serve --host`` names it)."""
     if config is None:
         config = load_config(config_path) if config_path else default_config()
     gateway = Gateway(config, config_path, workers)
@@ -76,7 +78,8 @@ def create_app(
         endpoint = gateway.config.server.metrics
         scrape = None
         if endpoint.port is not None and not supervised:
-            scrape = serve_metrics(gateway.config.server.host, endpoint.port, gateway.metrics)
+            host = metrics_host or gateway.config.server.host
+            scrape = serve_metrics(host, endpoint.port, gateway.metrics)
         try:
             # The connection layer counts connections into the gateway's metrics.
             yield {EVENTS_STATE_KEY: gateway.metrics}

@@ -178,7 +178,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if workers == 1:
         options = serve_options(config, certfile, keyfile)
         uvicorn.Server(
-            uvicorn.Config(create_app(config, path), host=host, port=port, **options)
+            uvicorn.Config(
+                create_app(config, path, metrics_host=host), host=host, port=port, **options
+            )
         ).run()
         return 0
     scheme = "https" if certfile else "http"

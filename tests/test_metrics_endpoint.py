@@ -124,3 +124,19 @@ async def test_a_supervisor_serves_the_sum_of_its_workers_on_the_metrics_port(
             code = await served.stop()
             assert code == 0, served.log
         assert await asyncio.wait_for(refused(scrape + "/metrics"), PATIENCE)
+
+
+async def test_one_process_serves_its_metrics_port_on_the_host_it_was_told(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    async with GatedUpstream() as upstream:
+        config = tmp_path / "gateway.yaml"
+        # The file says every interface; `serve --host 127.0.0.1` says this machine only.
+        routing_file(config, {"a": upstream.url}, "a", host="0.0.0.0", metrics={"port": port})
+        async with serving("--config", str(config), "--workers", "1") as served:
+            assert (await post(served.url)).status_code == 200
+            text = await served.metrics(f"http://127.0.0.1:{port}")
+            assert sample(text, "tts_requests_total", status="200") == 1
+            assert listening_on(port) == {"127.0.0.1"}
+            assert listening_on(served.port) == {"127.0.0.1"}
