@@ -175,6 +175,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         except OSError as exc:
             print(f"error: {MULTIPROC_ENV} {shared_dir}: {exc.strerror or exc}", file=sys.stderr)
             return 2
+    if server.metrics.port is not None:
+        # A port in use is one clear line now, rather than a traceback once serving starts.
+        _listen(host, server.metrics.port, " (server.metrics.port)").close()
     if workers == 1:
         options = serve_options(config, certfile, keyfile)
         uvicorn.Server(
@@ -203,8 +206,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return supervisor.run()
 
 
-def _listen(host: str, port: int) -> socket.socket:
-    """The listening socket every worker serves (bound here, once)."""
+def _listen(host: str, port: int, what: str = "") -> socket.socket:
+    """The listening socket every worker serves (bound here, once); ``what`` names the port
+    in the error that ends ``serve`` if it cannot be had."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -212,7 +216,9 @@ def _listen(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise SystemExit(f"error: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        raise SystemExit(
+            f"error: cannot listen on {host}:{port}{what}: {exc.strerror or exc}"
+        ) from None
     sock.listen(2048)
     sock.set_inheritable(True)
     return sock

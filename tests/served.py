@@ -354,8 +354,13 @@ class Served:
 
     async def kill_all(self) -> None:
         """Whatever happened, leave no process of this gateway behind (its workers, orphaned
-        or not, included), and read its log to the end."""
+        or not, included), and read its log to the end. SIGTERM first, so that a supervisor
+        removes its metrics directory; SIGKILL for what is left."""
         self.workers()
+        if self.process.returncode is None:
+            self.process.send_signal(signal.SIGTERM)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.process.wait(), PATIENCE)
         for pid in [*filter(is_worker, self.seen), self.pid]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)

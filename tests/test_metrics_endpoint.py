@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from pathlib import Path
 
 import httpx
@@ -24,6 +25,7 @@ from tests.served import (
     routing_file,
     sample,
     serving,
+    start,
 )
 from tests.support import Plan, ScriptedProvider, live_server, provider_block, scripted_config
 
@@ -140,3 +142,23 @@ async def test_one_process_serves_its_metrics_port_on_the_host_it_was_told(
             assert sample(text, "tts_requests_total", status="200") == 1
             assert listening_on(port) == {"127.0.0.1"}
             assert listening_on(served.port) == {"127.0.0.1"}
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+async def test_a_metrics_port_in_use_is_one_line_and_no_start(tmp_path: Path, workers: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = tmp_path / "gateway.yaml"
+        routing_file(config, {"a": "http://127.0.0.1:9/"}, "a", metrics={"port": port})
+        served = await start("--config", str(config), "--workers", workers)
+        try:
+            assert await asyncio.wait_for(served.process.wait(), PATIENCE) == 1
+            await served.stop()
+        finally:
+            await served.kill_all()
+    [line] = [line for line in served.lines if "INFO" not in line]
+    assert line == (
+        f"error: cannot listen on 127.0.0.1:{port} (server.metrics.port): Address already in use\n"
+    )

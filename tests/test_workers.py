@@ -276,7 +276,9 @@ async def test_workers_drain_and_exit_when_their_supervisor_is_killed(tmp_path: 
     async with GatedUpstream() as upstream:
         config = tmp_path / "gateway.yaml"
         routing_file(config, {"a": upstream.url}, "a", drain_seconds=1)
-        served = await start("--config", str(config), "--workers", "2")
+        # Killed, the supervisor leaves its metrics directory behind: here, not in /tmp.
+        env = {"TMPDIR": str(tmp_path)}
+        served = await start("--config", str(config), "--workers", "2", env=env)
         workers: set[int] = set()
         try:
             await served.wait_ready(2)
