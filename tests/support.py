@@ -356,7 +356,8 @@ async def raw_post(base_url: str, path: str, body: dict[str, Any]) -> RawRespons
 
 class LoopbackServer:
     """A server on 127.0.0.1, on a port of the system's choosing, for the span of an
-    ``async with``; a subclass answers each connection in :meth:`_handle`."""
+    ``async with``; a subclass answers each request of a keep-alive connection in
+    :meth:`_one_request` (or a whole connection in :meth:`_handle`)."""
 
     port: int = 0
     _server: asyncio.AbstractServer | None = None
@@ -376,6 +377,18 @@ class LoopbackServer:
         await self._server.wait_closed()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while await self._one_request(reader, writer):
+                pass
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    async def _one_request(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bool:
+        """Answer one request; whether the connection stays open for another."""
         raise NotImplementedError
 
 
@@ -414,15 +427,6 @@ class Upstream(LoopbackServer):
     closed_at: list[float] = field(default_factory=list)
     port: int = 0
     _server: asyncio.AbstractServer | None = None
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while await self._one_request(reader, writer):
-                pass
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            writer.close()
 
     async def _one_request(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
