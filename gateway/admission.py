@@ -121,8 +121,8 @@ class Lease:
 
     __slots__ = ("_gate",)
 
-    def __init__(self, gate: ProviderGate) -> None:
-        self._gate: ProviderGate | None = gate
+    def __init__(self, gate: ProviderGate | None) -> None:
+        self._gate: ProviderGate | None = gate  # None: no slot (audio the cache replays)
 
     def release(self) -> None:
         gate, self._gate = self._gate, None

@@ -88,9 +88,20 @@ class VoiceOpener:
         self.metrics = metrics
         self.resampler = resampler
 
-    async def open(self, step: ChainStep, job: SynthesisJob) -> AudioStream:
+    async def open(
+        self,
+        step: ChainStep,
+        job: SynthesisJob,
+        *,
+        out_rate: int | None = None,
+        keep_native: bool = False,
+    ) -> AudioStream:
         """The voice's stream with its first audio in hand. Raises :class:`VoiceSkipped` or a
-        :class:`ProviderError`; cancellation leaves nothing open and no verdict behind."""
+        :class:`ProviderError`; cancellation leaves nothing open and no verdict behind.
+
+        ``out_rate``: convert to this rate rather than the job's; ``keep_native``: keep the
+        provider's chunks read before the first audio in :attr:`AudioStream.native_head` (a
+        shared synthesis relays the native chunks, not the converted ones)."""
         provider = self.providers[step.provider.name]
         health = self.health[provider.name]
         ticket = health.breaker.admit()
@@ -103,7 +114,9 @@ class VoiceOpener:
                 raise VoiceSkipped("busy", BUSY_RETRY_AFTER)
             lease = Lease(health.gate)
             try:
-                return await self._attempts(step, provider, job, health, ticket, lease)
+                return await self._attempts(
+                    step, provider, job, health, ticket, lease, out_rate, keep_native
+                )
             except BaseException:
                 lease.release()
                 raise
@@ -119,6 +132,8 @@ class VoiceOpener:
         health: ProviderHealth,
         ticket: Ticket,
         lease: Lease,
+        out_rate: int | None,
+        keep_native: bool,
     ) -> AudioStream:
         policy = provider.config.retry
         budget = provider.config.timeout.first_byte
@@ -153,7 +168,9 @@ class VoiceOpener:
                         # passes through here on its way to the TimeoutError below.
                         attempting = True
                         try:
-                            stream = await self._open_once(step, provider, job, lease, health)
+                            stream = await self._open_once(
+                                step, provider, job, lease, health, out_rate, keep_native
+                            )
                         except ProviderSaturated as error:
                             attempting = False
                             health.noted(error)
@@ -186,20 +203,36 @@ class VoiceOpener:
         job: SynthesisJob,
         lease: Lease,
         health: ProviderHealth,
+        out_rate: int | None = None,
+        keep_native: bool = False,
     ) -> AudioStream:
         source: AsyncGenerator[bytes, None] | None = None
+        head: list[bytes] = []
         try:
             try:
                 converter = Converter(
-                    provider.native_format(job), job.sample_rate, mode=self.resampler
+                    provider.native_format(job), out_rate or job.sample_rate, mode=self.resampler
                 )
-                self.metrics.characters.labels(provider.name).inc(provider.characters(job))
+                characters = provider.characters(job)
+                self.metrics.characters.labels(provider.name).inc(characters)
                 source = provider.stream(job)
                 async for native in source:
+                    if keep_native:
+                        head.append(native)
                     first = converter.feed(native)
                     if first:
                         self.metrics.attempts.labels(provider.name, "ok").inc()
-                        return AudioStream(step, provider, first, converter, source, lease, health)
+                        return AudioStream(
+                            step,
+                            provider,
+                            first,
+                            converter,
+                            source,
+                            lease,
+                            health,
+                            characters=characters,
+                            native_head=head,
+                        )
                 first = converter.flush()
             except AudioFormatError as exc:
                 raise ProviderError(
@@ -214,7 +247,17 @@ class VoiceOpener:
                 ) from exc
             if first:
                 self.metrics.attempts.labels(provider.name, "ok").inc()
-                return AudioStream(step, provider, first, converter, None, lease, health)
+                return AudioStream(
+                    step,
+                    provider,
+                    first,
+                    converter,
+                    None,
+                    lease,
+                    health,
+                    characters=characters,
+                    native_head=head,
+                )
             raise ProviderNoAudio(provider.name, "the stream ended without audio")
         except BaseException as error:
             if isinstance(error, ProviderError):

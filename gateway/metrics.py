@@ -184,6 +184,84 @@ class Metrics:
             ["voice"],
             registry=r,
         )
+        # The phrase cache (gateway.cache).
+        self.cache_lookups = Counter(
+            "tts_cache_lookups",
+            "Phrase-cache lookups of voices with cache: true, by result: hit (stored audio), "
+            "shared (an identical synthesis in flight), miss (a synthesis of its own).",
+            ["provider", "result"],
+            registry=r,
+        )
+        self.cache_stored = Counter(
+            "tts_cache_stored",
+            "Complete answers stored in the phrase cache.",
+            ["provider"],
+            registry=r,
+        )
+        self.cache_characters_saved = Counter(
+            "tts_cache_characters_saved",
+            "Characters not sent to the provider because the cache (or a shared synthesis) "
+            "answered.",
+            ["provider"],
+            registry=r,
+        )
+        self.cache_audio_saved = Counter(
+            "tts_cache_audio_seconds_saved",
+            "Seconds of audio served from the cache (or a shared synthesis) instead of "
+            "synthesized.",
+            ["provider"],
+            registry=r,
+        )
+        self.cache_bytes = Gauge(
+            "tts_cache_bytes",
+            "Bytes held by the in-process phrase cache (summed over the processes).",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.cache_entries = Gauge(
+            "tts_cache_entries",
+            "Entries in the in-process phrase cache (summed over the processes).",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.cache_redis_errors = Counter(
+            "tts_cache_redis_errors",
+            "Phrase-cache Redis calls that failed (the cache went on memory-only), by op.",
+            ["op"],
+            registry=r,
+        )
+        # Spend: what was billed against what reached the caller.
+        self.characters_delivered = Counter(
+            "tts_provider_characters_delivered",
+            "Characters whose audio reached the caller (a stream cut short counts the share "
+            "of its characters it delivered).",
+            ["provider"],
+            registry=r,
+        )
+        self.audio_generated = Counter(
+            "tts_audio_generated_seconds",
+            "Seconds of audio received from each provider (delivered or not).",
+            ["provider"],
+            registry=r,
+        )
+        self.hedge_characters = Counter(
+            "tts_hedge_characters",
+            "Characters billed by attempts that lost a hedge race (the hedge's overhead).",
+            ["provider"],
+            registry=r,
+        )
+        self.tenant_requests = Counter(
+            "tts_tenant_requests",
+            "Requests per tenant (the token's name in the routing file), by status.",
+            ["tenant", "status"],
+            registry=r,
+        )
+        self.tenant_characters = Counter(
+            "tts_tenant_characters",
+            "Characters of text per tenant in requests answered with audio.",
+            ["tenant"],
+            registry=r,
+        )
         self.config_info = Gauge(
             "tts_config_voices",
             "Voices in the routing file in use, by its source.",

@@ -27,6 +27,7 @@ from providers.base import Provider, ProviderError, ProviderTimeout, SynthesisJo
 
 from .attempts import VoiceOpener, VoiceSkipped
 from .audio import ResamplerMode
+from .cache import PhraseCache
 from .errors import GatewayError, ProvidersBusy, ProvidersFailed, ProvidersTimedOut
 from .health import ProviderHealth
 from .metrics import Metrics
@@ -51,8 +52,11 @@ _SKIP_DETAIL = {
 }
 
 
-def build_job(step: ChainStep, request: TTSRequest, request_id: str) -> SynthesisJob:
-    """The provider's job for one voice: options merged provider < voice < emotion override."""
+def build_job(
+    step: ChainStep, request: TTSRequest, request_id: str, text: str | None = None
+) -> SynthesisJob:
+    """The provider's job for one voice: options merged provider < voice < emotion override;
+    the text as the voice shapes it (``text``: already shaped)."""
     options: dict[str, Any] = dict(step.provider.options)
     options.update(step.voice.options)
     emotion = request.emotion
@@ -61,13 +65,14 @@ def build_job(step: ChainStep, request: TTSRequest, request_id: str) -> Synthesi
         options.update(override)
         emotion = None  # the voice's override replaces the provider's built-in mapping
     return SynthesisJob(
-        text=request.text,
+        text=step.shape(request.text) if text is None else text,
         voice=step.provider_voice,
         sample_rate=request.sample_rate,
         options=options,
         emotion=emotion,
         request_id=request_id,
         extend_data=request.extend_data,
+        instructions=request.instructions,
     )
 
 
@@ -81,8 +86,10 @@ class Relay:
         metrics: Metrics,
         resampler: ResamplerMode = "auto",
         sticky: StickyCalls | None = None,
+        cache: PhraseCache | None = None,
     ) -> None:
         self.providers = providers
+        self.cache = cache
         self.health = health
         self.metrics = metrics
         self.opener = VoiceOpener(providers, health, metrics, resampler)
@@ -121,6 +128,21 @@ class Relay:
         if budget is None:
             budget = self._hedges[voice] = ShareBudget(HEDGE_SHARE, HEDGE_FLOOR)
         return budget
+
+    def wasted(self, stream: AudioStream) -> None:
+        """A hedge's loser had audio: what it billed is the hedge's overhead."""
+        if stream.characters:
+            self.metrics.hedge_characters.labels(stream.provider.name).inc(stream.characters)
+
+    def wasted_by(self, step: ChainStep, request: TTSRequest) -> None:
+        """A hedge's loser still waiting for audio: its text was sent (or is being sent) and
+        is billed, unless the cache would have answered it."""
+        text = step.shape(request.text)
+        if self.cache is not None and self.cache.applies(step, text):
+            return
+        provider = self.providers[step.provider.name]
+        job = build_job(step, request, "", text)
+        self.metrics.hedge_characters.labels(provider.name).inc(provider.characters(job))
 
     def dispose(self, task: asyncio.Task[AudioStream]) -> None:
         """Cancel a losing attempt and close whatever it opened, in the background (the
@@ -169,7 +191,18 @@ class _Walk:
         raise self._verdict()
 
     async def _attempt(self, step: ChainStep) -> AudioStream:
-        return await self.relay.opener.open(step, build_job(step, self.request, self.request_id))
+        text = step.shape(self.request.text)
+        if not text:
+            raise ProviderError(
+                step.provider.name,
+                "nothing left to speak once the voice shaped the text",
+                retryable=False,
+            )
+        job = build_job(step, self.request, self.request_id, text)
+        cache = self.relay.cache
+        if cache is not None and cache.applies(step, text):
+            return await cache.open(step, job, self.relay.opener)
+        return await self.relay.opener.open(step, job)
 
     async def _direct(self, step: ChainStep) -> AudioStream | None:
         try:
@@ -233,12 +266,14 @@ class _Walk:
                             relay.metrics.hedge_wins.labels(lead.voice.key, side).inc()
                     else:
                         self._note(step, "hedge_lost")
+                        relay.wasted(task.result())
                         relay.dispose(task)
             return winner, following
         finally:
             if winner is not None:
                 for task, (step, _side) in racers.items():
                     self._note(step, "hedge_lost")
+                    relay.wasted_by(step, self.request)
                     relay.dispose(task)
             elif racers:  # the caller hung up, or a bug: close everything before going on
                 for task, (step, _side) in racers.items():

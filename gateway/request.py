@@ -69,6 +69,8 @@ class TTSRequest:
     voice_id: str = ""
     token: str | None = None
     extend_data: Mapping[str, Any] = field(default_factory=dict)
+    instructions: str | None = None
+    """How to speak (the OpenAI door's ``instructions``), for providers that take a prompt."""
 
     @property
     def emotion(self) -> str | None:

@@ -16,6 +16,7 @@ from typing import Any
 from providers.base import ProviderConfig
 
 from .config import GatewayConfig, VoiceConfig
+from .shaping import TextShaper
 
 __all__ = ["ChainStep", "Router"]
 
@@ -27,6 +28,12 @@ class ChainStep:
     voice: VoiceConfig
     provider: ProviderConfig
     provider_voice: str
+    shaper: TextShaper | None = None
+    """The voice's ``text:`` shaping, compiled (``None``: the text goes as written)."""
+
+    def shape(self, text: str) -> str:
+        """``text`` as this voice speaks it (maybe empty: nothing left to speak)."""
+        return text if self.shaper is None else self.shaper(text)
 
 
 class Router:
@@ -42,6 +49,11 @@ class Router:
         self.config = config
         self._exact: dict[str, VoiceConfig] = {}
         self._patterns: list[VoiceConfig] = []
+        self._shapers: dict[str, TextShaper] = {
+            key: TextShaper(voice.text)
+            for key, voice in config.voices.items()
+            if voice.text is not None
+        }
         for voice in config.voices.values():
             if voice.is_pattern:
                 self._patterns.append(voice)
@@ -90,6 +102,7 @@ class Router:
                 "fallback": [route.voice.key for route in self._fallbacks[key]],
                 "hedge_after": voice.hedge_after,
                 "sticky_fallback": voice.sticky_fallback,
+                "cache": voice.cache,
                 "default": key == default,
             }
             for key, voice in self.config.voices.items()
@@ -107,7 +120,9 @@ class Router:
     def _route(self, voice: VoiceConfig, requested: str) -> ChainStep:
         # Without an explicit provider voice the provider gets the name that was asked for:
         # the VoiceId itself for exact and pattern matches, the voice key otherwise.
-        return ChainStep(voice, self._provider(voice), voice.voice or requested)
+        return ChainStep(
+            voice, self._provider(voice), voice.voice or requested, self._shapers.get(voice.key)
+        )
 
     def _provider(self, voice: VoiceConfig) -> ProviderConfig:
         try:

@@ -18,6 +18,8 @@ from providers.base import Provider, build_provider
 
 from .admission import StreamLimit
 from .budgets import DrainClock
+from .cache import PhraseCache
+from .cache.warm import WarmReport, warm_phrases
 from .config import ConfigError, GatewayConfig, load_config
 from .errors import VoiceNotFound
 from .health import HealthBoard, ProviderHealth
@@ -30,6 +32,9 @@ from .synthesis import SynthesisCore
 
 log = logging.getLogger("gateway")
 
+#: The tenant of every request when the gateway has no tokens.
+ANONYMOUS = "anonymous"
+
 
 class LoadedRouting:
     """One loaded routing file and what it built: the router, the providers and the relay.
@@ -40,7 +45,11 @@ class LoadedRouting:
     what is known of an unchanged provider; until then the routing has health of its own."""
 
     def __init__(
-        self, config: GatewayConfig, metrics: Metrics, sticky: StickyCalls | None = None
+        self,
+        config: GatewayConfig,
+        metrics: Metrics,
+        sticky: StickyCalls | None = None,
+        cache: PhraseCache | None = None,
     ) -> None:
         self.config = config
         self.metrics = metrics
@@ -51,8 +60,13 @@ class LoadedRouting:
         self.health: dict[str, ProviderHealth] = {
             name: ProviderHealth(provider, metrics) for name, provider in self.providers.items()
         }
-        self.relay = Relay(self.providers, self.health, metrics, config.server.resampler, sticky)
-        self._tokens = tuple(t.encode() for t in config.server.tokens)
+        self.relay = Relay(
+            self.providers, self.health, metrics, config.server.resampler, sticky, cache
+        )
+        server = config.server
+        self._tokens = tuple(t.encode() for t in server.tokens)
+        names = server.token_names or (None,) * len(server.tokens)
+        self._tenants = tuple(name or f"token-{i + 1}" for i, name in enumerate(names))
         self.users = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -96,13 +110,20 @@ class LoadedRouting:
 
     def token_ok(self, token: str | None) -> bool:
         """Constant-time match against every configured token (no early exit)."""
+        return self.tenant(token) is not None
+
+    def tenant(self, token: str | None) -> str | None:
+        """The tenant ``token`` belongs to: its name in ``server.tokens`` (``token-N`` for the
+        N-th unnamed one), ``anonymous`` when no tokens are configured, ``None`` when it
+        matches none. Every token is compared, in constant time each (no early exit)."""
         if not self._tokens:
-            return True
+            return ANONYMOUS
         given = (token or "").encode("utf-8", "surrogatepass")
-        matched = False
-        for accepted in self._tokens:
-            matched |= hmac.compare_digest(given, accepted)
-        return matched
+        found: str | None = None
+        for accepted, name in zip(self._tokens, self._tenants, strict=True):
+            if hmac.compare_digest(given, accepted) and found is None:
+                found = name
+        return found
 
     def chain_for(self, voice_id: str) -> list[ChainStep]:
         """The voice chain for a VoiceId, or ``VoiceNotFound``."""
@@ -183,7 +204,8 @@ class Gateway:
         self.metrics = Metrics()
         self.board = HealthBoard(self.metrics)
         self.sticky = StickyCalls()
-        self.routing = LoadedRouting(config, self.metrics, self.sticky)
+        self.cache = PhraseCache(config.server.cache, self.metrics)
+        self.routing = LoadedRouting(config, self.metrics, self.sticky, self.cache)
         self.routing.attach(self.board)
         self.config_path = config_path
         self.streams = StreamLimit(self.metrics.active)
@@ -192,6 +214,7 @@ class Gateway:
         self.ready = False
         self.draining = False
         self._retiring: set[asyncio.Task[None]] = set()
+        self.warming: asyncio.Task[WarmReport] | None = None
 
     @property
     def config(self) -> GatewayConfig:
@@ -219,6 +242,18 @@ class Gateway:
                 **figures,
                 "start_ms": round((time.perf_counter() - starting) * 1000, 1),
             },
+        )
+        self._warm()
+
+    def _warm(self) -> None:
+        """Synthesize ``server.cache.warm`` into the cache, in the background (the gateway
+        serves meanwhile; a phrase already cached costs a lookup)."""
+        if not self.config.server.cache.warm:
+            return
+        if self.warming is not None:
+            self.warming.cancel()
+        self.warming = asyncio.get_running_loop().create_task(
+            warm_phrases(self.routing, self.cache, self.config.server.cache.warm)
         )
 
     def _figures(self) -> dict[str, object]:
@@ -252,7 +287,11 @@ class Gateway:
         self.draining = True
         for task in list(self._retiring):
             task.cancel()
+        if self.warming is not None:
+            self.warming.cancel()
+            await asyncio.gather(self.warming, return_exceptions=True)
         await asyncio.gather(*self._retiring, return_exceptions=True)
+        await self.cache.aclose()
         await self.routing.aclose()
         log.info("stopped: every provider released", extra={"event": "stop", "pid": os.getpid()})
 
@@ -314,7 +353,9 @@ class Gateway:
             )
         try:
             # Building providers may read files (credentials, model configs): off the loop too.
-            routing = await asyncio.to_thread(LoadedRouting, config, self.metrics, self.sticky)
+            routing = await asyncio.to_thread(
+                LoadedRouting, config, self.metrics, self.sticky, self.cache
+            )
         except Exception as exc:
             log.error(
                 "reload refused: the providers could not be built (%s: %s)",
@@ -335,6 +376,7 @@ class Gateway:
             return False
         routing.attach(self.board)
         old, self.routing = self.routing, routing
+        self.cache.reconfigure(config.server.cache)
         grace = old.config.server.drain_seconds + max(
             (p.timeout.total for p in old.config.providers.values()), default=0.0
         )
@@ -352,6 +394,7 @@ class Gateway:
             len(config.voices),
             extra={"event": "reload", **self._figures()},
         )
+        self._warm()
         return True
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -51,6 +51,15 @@ class AudioStream:
     health: ProviderHealth | None = None
     tried: list[VoiceTry] = field(default_factory=list)
     bytes_out: int = 0
+    cache: str | None = None
+    """Where the audio comes from when the voice uses the phrase cache: ``hit`` (stored),
+    ``shared`` (an identical request's synthesis in flight), ``miss`` (this request's own)."""
+    characters: int = 0
+    """Characters the provider bills for this stream (0 when the audio came from the cache)."""
+    on_failed: Callable[[ProviderError], None] | None = None
+    """Who is told of a failure mid-answer instead of :attr:`health` (a shared synthesis)."""
+    native_head: list[bytes] = field(default_factory=list)
+    """The provider's native chunks read to get :attr:`first` (kept only when asked for)."""
     _closed: bool = False
 
     async def chunks(self) -> AsyncGenerator[bytes, None]:
@@ -82,10 +91,18 @@ class AudioStream:
 
     def failed(self, error: ProviderError) -> None:
         """The provider failed mid-answer (an error, a stall): a failure for its breaker."""
-        if self.health is not None:
+        if self.on_failed is not None:
+            self.on_failed(error)
+        elif self.health is not None:
             self.health.noted(error)
             if error.retryable:
                 self.health.breaker.failed(Ticket.NORMAL)
+
+    @property
+    def audio_generated(self) -> float:
+        """Seconds of the provider's audio converted so far (sent or not)."""
+        fmt = self.converter.input_format
+        return self.converter.frames_in / fmt.sample_rate if fmt is not None else 0.0
 
     async def aclose(self) -> None:
         """Close the provider stream (and so its upstream response) and free its slot."""

@@ -29,7 +29,7 @@ from providers.base import ProviderError, ProviderTimeout
 
 from .admission import StreamLimit
 from .budgets import CallerPace, DrainClock, StallWatch
-from .errors import NotReady
+from .errors import BadRequest, NotReady
 from .logs import writes_json
 from .metrics import Metrics
 from .request import LOGGED_EXTEND_FIELDS, TTSRequest
@@ -81,6 +81,14 @@ class Outcome:
     audio_seconds: float | None = None
     bytes_sent: int | None = None
     duration: float | None = None
+    door: str = "custom"
+    """The front door the request came through (``custom``, ``openai``)."""
+    tenant: str | None = None
+    """The name of the token the request came with (see ``server.tokens``)."""
+    characters: int = 0
+    """Characters of the caller's text (counted for its tenant once answered with audio)."""
+    cache: str | None = None
+    """``hit``, ``shared`` or ``miss`` when the answering voice uses the phrase cache."""
 
     def describe(self, request: TTSRequest) -> None:
         """The request, as far as the log line tells of it."""
@@ -122,11 +130,14 @@ class Outcome:
         milliseconds of audio sent, ``bytes`` its PCM bytes, ``end`` the end reason."""
         return {
             "request_id": self.request_id,
+            "door": None if self.door == "custom" else self.door,
+            "tenant": None if self.tenant == "anonymous" else self.tenant,
             "VoiceId": self.voice_id,
             "sample_rate": self.sample_rate,
             **{key: self.call.get(key) for key in LOGGED_EXTEND_FIELDS},
             "provider": self.provider,
             "answered_by": self.answered_by,
+            "cache": self.cache,
             "tried": [
                 {"voice": t.voice, "provider": t.provider, "outcome": t.outcome, "detail": t.detail}
                 for t in self.tried
@@ -164,10 +175,40 @@ class Outcome:
         """The request is over: its log line (built only if it is written). In JSON the
         fields are the line, at its top level (:class:`gateway.logs.JsonFormatter`)."""
         self.duration = time.perf_counter() - self.started
+        if self.tenant is not None:
+            status = str(self.status or 0)
+            self.metrics.tenant_requests.labels(self.tenant, status).inc()
+            if self.status == 200 and self.characters:
+                self.metrics.tenant_characters.labels(self.tenant).inc(self.characters)
         if log.isEnabledFor(logging.INFO):
             fields = self.fields()
             message = "request" if writes_json() else self._text_line(fields)
             log.info(message, extra={"event": "request", **fields})
+
+
+class SpeakingPace:
+    """Seconds of audio per billed character, per provider, learned from complete answers
+    (an exponential average): what tells how much of a cut answer's text was heard."""
+
+    #: About 15 characters a second, ordinary speech, until a provider's own is known.
+    DEFAULT = 0.065
+
+    def __init__(self) -> None:
+        self._pace: dict[str, float] = {}
+
+    def learn(self, provider: str, seconds: float, characters: int) -> None:
+        if seconds <= 0 or characters <= 0:
+            return
+        pace = seconds / characters
+        known = self._pace.get(provider)
+        self._pace[provider] = pace if known is None else known + 0.1 * (pace - known)
+
+    def seconds(self, provider: str, characters: int) -> float:
+        """The expected length of an answer to ``characters`` billed characters."""
+        return self._pace.get(provider, self.DEFAULT) * characters
+
+
+_PACE = SpeakingPace()
 
 
 class Synthesis:
@@ -257,7 +298,30 @@ class Synthesis:
         await stream.aclose()
         outcome.sent(stream.bytes_out, self.request.sample_rate)
         outcome.ended(end)
+        self._spent(end)
         return tail
+
+    def _spent(self, end: str) -> None:
+        """Spend: audio received against audio delivered, characters billed against those
+        whose audio reached the caller (a cut stream's share estimated from the provider's
+        speaking rate), or what the cache saved."""
+        stream, metrics = self.stream, self.outcome.metrics
+        name = stream.provider.name
+        generated = stream.audio_generated
+        if stream.cache in ("hit", "shared"):
+            metrics.cache_audio_saved.labels(name).inc(generated)
+            return
+        metrics.audio_generated.labels(name).inc(generated)
+        characters = stream.characters
+        if not characters:
+            return
+        delivered = self.outcome.audio_seconds or 0.0
+        if end == "complete":
+            _PACE.learn(name, generated, characters)
+            metrics.characters_delivered.labels(name).inc(characters)
+        else:
+            share = min(1.0, delivered / max(1e-9, _PACE.seconds(name, characters)))
+            metrics.characters_delivered.labels(name).inc(characters * share)
 
 
 class SynthesisCore:
@@ -276,6 +340,12 @@ class SynthesisCore:
         ``VoiceNotFound``, ``TooManyStreams``, ``ProvidersBusy``, ``ProvidersFailed``,
         ``ProvidersTimedOut``, ``NotReady`` (the drain deadline passed first)."""
         chain = routing.chain_for(request.voice_id)
+        if not chain[0].shape(request.text):
+            raise BadRequest(
+                "Text has nothing to speak once the voice's text shaping is applied "
+                "(only markup or emoji)",
+                field="Text",
+            )
         with self.streams.admit(routing.config.server.max_concurrent_streams):
             try:
                 async with asyncio.timeout(None) as opening:
@@ -293,6 +363,7 @@ class SynthesisCore:
             try:
                 outcome.provider = stream.provider.name
                 outcome.answered_by = stream.step.voice.key
+                outcome.cache = stream.cache
                 yield Synthesis(stream, request, outcome, self.drain)
             finally:
                 await stream.aclose()

@@ -138,6 +138,9 @@ class SynthesisJob:
     emotion: str | None = None
     request_id: str = ""
     extend_data: Mapping[str, Any] = field(default_factory=dict)
+    instructions: str | None = None
+    """How to speak, in words (the OpenAI door's ``instructions``): for providers that take
+    such a prompt; the others ignore it."""
 
 
 class ProviderError(Exception):
@@ -366,6 +369,14 @@ class Provider(ABC):
     def characters(self, job: SynthesisJob) -> int:
         """Characters this job bills at the provider (default: the text's length)."""
         return len(job.text)
+
+    def cache_facets(self, job: SynthesisJob) -> Mapping[str, Any]:
+        """What else of ``job`` this provider's audio depends on, besides its settings, the
+        voice, the options, the emotion, the instructions, the text and the native format
+        (which the phrase cache's key holds already): a plugin that forwards more of the
+        request to its upstream names it here, so that no cached answer is replayed for a
+        request it was not made for."""
+        return {}
 
 
 #: Names of settings (and of headers) whose values are secrets, masked wherever text is logged.

@@ -39,6 +39,10 @@ _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _HEADER_VALUE = re.compile(r"[^\x00-\x08\x0a-\x1f\x7f]*")
 
 
+#: ExtendData's fields that name a call and a sentence, not how to speak.
+_CALL_FIELDS = frozenset({"InstanceId", "ChannelId", "SentenceId"})
+
+
 class CustomProvider(HTTPProvider):
     """An upstream custom-TTS-interface server."""
 
@@ -94,6 +98,11 @@ class CustomProvider(HTTPProvider):
 
     def native_format(self, job: SynthesisJob) -> AudioFormat:
         return AudioFormat(sample_rate=closest_rate(job.sample_rate, self.rates))
+
+    def cache_facets(self, job: SynthesisJob) -> Mapping[str, Any]:
+        # ExtendData goes upstream whole; what names the call and the sentence is not what the
+        # audio is made of (and would make every answer a cache miss).
+        return {k: v for k, v in job.extend_data.items() if k not in _CALL_FIELDS}
 
     def build(self, job: SynthesisJob, text: str) -> httpx.Request:
         extend = dict(job.extend_data)

@@ -8,7 +8,8 @@ Settings: ``api_key`` (required), ``base_url`` (default ``https://api.openai.com
 Options (body fields): ``model`` (default ``gpt-4o-mini-tts``), ``speed`` (0.25-4.0),
 ``instructions``, anything else the API takes. Emotion: ``happy``/``sad`` become
 ``instructions`` (not for the ``tts-1`` models, which ignore them; an explicit
-``instructions`` option wins).
+``instructions`` option wins, and a request's own ``instructions`` from the OpenAI door win over
+both).
 """
 
 from __future__ import annotations
@@ -34,11 +35,10 @@ class OpenAIProvider(HTTPProvider):
         body: dict[str, Any] = {"model": "gpt-4o-mini-tts"}
         body.update(job.options)
         instructions = EMOTION_INSTRUCTIONS.get(job.emotion or "")
-        if (
-            instructions
-            and "instructions" not in body
-            and not str(body["model"]).startswith("tts-1")
-        ):
+        takes_prompt = not str(body["model"]).startswith("tts-1")
+        if takes_prompt and job.instructions:
+            body["instructions"] = job.instructions  # the caller's own words win
+        elif instructions and "instructions" not in body and takes_prompt:
             body["instructions"] = instructions
         body.update(input=text, voice=job.voice, response_format="pcm")
         return self.client.build_request(

@@ -119,7 +119,7 @@ def test_a_missing_token_is_not_the_string_none(plan: Plan) -> None:
 def test_odd_request_ids_are_replaced(plan: Plan) -> None:
     with TestClient(one_voice()) as client:
         response = client.post(
-            "/stream-audio", json=BODY, headers={"X-Request-Id": b"caf\xe9 id;evil=1"}
+            "/stream-audio", json=BODY, headers=[(b"X-Request-Id", b"caf\xe9 id;evil=1")]
         )
     assert response.status_code == 200
     assert response.headers["x-request-id"].isalnum()

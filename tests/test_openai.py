@@ -91,6 +91,7 @@ voices:
 """
 
 
+@pytest.mark.respx(using="httpx", assert_all_called=False)  # see test_custom_provider
 def test_the_voices_emotion_override_is_sent_and_characters_counted(
     respx_mock: respx.MockRouter,
 ) -> None:

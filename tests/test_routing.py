@@ -154,6 +154,7 @@ def test_table_lists_every_voice_in_file_order(router: Router) -> None:
         "fallback": ["ann"],
         "hedge_after": None,
         "sticky_fallback": None,
+        "cache": False,
         "default": True,
     }
     assert rows["en-US-*"] == {
@@ -165,6 +166,7 @@ def test_table_lists_every_voice_in_file_order(router: Router) -> None:
         "fallback": ["joe", "ann"],
         "hedge_after": None,
         "sticky_fallback": None,
+        "cache": False,
         "default": False,
     }
     assert rows["a"]["fallback"] == ["b", "d", "c"]
@@ -185,6 +187,7 @@ def test_built_in_default_routes_everything_to_joe() -> None:
             "fallback": [],
             "hedge_after": None,
             "sticky_fallback": None,
+            "cache": False,
             "default": True,
         }
     ]

@@ -86,12 +86,43 @@ class MetricsEndpoint:
 
 
 @dataclass(frozen=True, slots=True)
+class WarmPhrase:
+    """One ``server.cache.warm`` entry: a phrase synthesized into the cache at start."""
+
+    voice: str
+    text: str
+    sample_rate: int = 24000
+    emotion: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CacheConfig:
+    """``server.cache``: the phrase cache (used by the voices that say ``cache: true``)."""
+
+    memory_mb: float = 64.0
+    """In-process LRU bound, in MiB of stored audio (0: no in-process cache)."""
+    redis_url: str | None = None
+    """Shared by every process and replica when set."""
+    ttl: float = 86400.0
+    """Seconds an entry lives."""
+    max_text_chars: int = 200
+    """Longer (shaped) texts are never cached."""
+    skip_digits: bool = True
+    """Texts with a digit (amounts, codes, numbers: often personal) are never cached."""
+    warm: tuple[WarmPhrase, ...] = ()
+    """Synthesized into the cache at start (and at each reload, when not already there)."""
+
+
+@dataclass(frozen=True, slots=True)
 class ServerConfig:
     """The ``server:`` block: the HTTP endpoint, its limits and how unknown VoiceIds are met."""
 
     path: str = "/stream-audio"
     content_type: str = "audio/pcm"
     tokens: tuple[str, ...] = ()
+    token_names: tuple[str | None, ...] = ()
+    """The name of each of :attr:`tokens` (same order; ``None`` where the file gives none):
+    the tenant its requests and characters are counted under."""
     max_text_chars: int = 2000
     max_body_bytes: int = 65536
     max_concurrent_streams: int = 1000
@@ -112,10 +143,27 @@ class ServerConfig:
     watch: bool = True
     """Reload the routing file when it changes on disk."""
     metrics: MetricsEndpoint = field(default_factory=MetricsEndpoint)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    openai_api: bool = True
+    """``POST /v1/audio/speech`` and ``GET /v1/models`` on the same routing."""
+    playground: bool = False
+    """``GET /playground``: the audition page."""
     resampler: Resampler = "auto"
     """``auto`` (by the first chunk), ``low_latency`` (soxr variable-rate: first 20 ms chunk
     answered, ~0.85 ms CPU and ~120 KiB per stream) or ``block`` (soxr's default filter:
     ~0.1 ms CPU and ~54 KiB per stream, ~40 ms held back)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TextShaping:
+    """A voice's ``text:`` block: how the caller's text is shaped before the provider (and the
+    cache) sees it. Whitespace is always normalized when the block is given."""
+
+    strip_markdown: bool = False
+    """Emphasis, headings, code fences and backticks, links (their text kept), list markers,
+    quotes and rules removed; emoji dropped."""
+    lexicon: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+    """Whole-word replacements, case-sensitive (``SQL: sequel``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +181,10 @@ class VoiceConfig:
     """Seconds without audio before the next voice of the chain starts beside this one."""
     sticky_fallback: float | None = None
     """Seconds a call answered by a fallback keeps it for its later sentences."""
+    cache: bool = False
+    """Answers may come from, and go to, the phrase cache."""
+    text: TextShaping | None = None
+    """Shaping of the text before the provider sees it (``None``: sent as the caller wrote it)."""
 
     @property
     def is_pattern(self) -> bool:

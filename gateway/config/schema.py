@@ -11,8 +11,8 @@ from typing import Any, Final, TypeVar
 from providers.base import ProviderConfig
 
 from .fallbacks import check_fallbacks
-from .messages import child
-from .model import GatewayConfig, ServerConfig
+from .messages import child, item
+from .model import GatewayConfig, ServerConfig, VoiceConfig, is_pattern
 from .plugin_checks import PluginChecks
 from .provider_section import ProviderSection
 from .readers import Reader
@@ -53,6 +53,8 @@ def check_file(text: str, source: str, env: Mapping[str, str]) -> GatewayConfig:
     }
     check_fallbacks(report, voice_section.fallback_refs, list(voice_blocks))
     server = ServerSection(read).check(root.get("server"), set(voice_blocks))
+    if server is not None:
+        _check_warm(report, server, voices)
 
     if report.problems:
         raise report.fail()
@@ -69,6 +71,24 @@ def check_file(text: str, source: str, env: Mapping[str, str]) -> GatewayConfig:
         source=source,
         warnings=tuple(report.warnings),
     )
+
+
+def _check_warm(
+    report: Report, server: ServerConfig, voices: Mapping[str, VoiceConfig | None]
+) -> None:
+    """Each warm phrase names an exact voice whose answers go to the cache."""
+    for i, phrase in enumerate(server.cache.warm):
+        where = child(item(child(child("server", "cache"), "warm"), i), "voice")
+        if phrase.voice not in voices:
+            report.error(where, f"unknown voice {phrase.voice!r}")
+        elif is_pattern(phrase.voice):
+            report.error(where, f"must name an exact voice, not the pattern {phrase.voice!r}")
+        else:
+            voice = voices[phrase.voice]
+            if voice is not None and not voice.cache:
+                report.error(
+                    where, f"voice {phrase.voice!r} has no 'cache: true': the phrase would be lost"
+                )
 
 
 def _concurrency(

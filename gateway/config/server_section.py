@@ -5,15 +5,19 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Mapping
 from typing import Any, Final
 
-from .messages import child, shown, suggest
+from providers.base import EMOTIONS, SAMPLE_RATES
+
+from .messages import child, item, shown, suggest
 from .model import (
     LOG_FORMAT_CHOICES,
     LOG_LEVEL_CHOICES,
     RESAMPLER_CHOICES,
     UNKNOWN_VOICE_CHOICES,
+    CacheConfig,
     ClientTimeouts,
     MetricsEndpoint,
     ServerConfig,
+    WarmPhrase,
     is_pattern,
 )
 from .readers import Reader
@@ -40,8 +44,18 @@ _SERVER_KEYS: Final = (
     "workers",
     "watch",
     "metrics",
+    "cache",
+    "openai_api",
+    "playground",
 )
 _METRICS_KEYS: Final = ("port", "token")
+_CACHE_KEYS: Final = ("memory_mb", "redis_url", "ttl", "max_text_chars", "skip_digits", "warm")
+_WARM_KEYS: Final = ("voice", "text", "sample_rate", "emotion")
+_TOKEN_KEYS: Final = ("name", "token")
+#: The most warm phrases (each is one synthesis at start).
+MAX_WARM: Final = 10_000
+#: The largest in-process cache, in MiB.
+MAX_CACHE_MB: Final = 1 << 20
 #: The most worker processes a routing file may ask for.
 MAX_WORKERS: Final = 256
 _CLIENT_TIMEOUT_KEYS: Final = ("header", "body", "keep_alive")
@@ -71,7 +85,12 @@ class ServerSection:
 
         put("path", self.server_path)
         put("content_type", lambda v, p: read.string(v, p, non_empty=True))
-        put("tokens", self.tokens)
+        if "tokens" in block:
+            tokens = self.tokens(block["tokens"], child(path, "tokens"))
+            if tokens is not None:
+                fields["tokens"] = tuple(token for token, _ in tokens)
+                if any(name is not None for _, name in tokens):
+                    fields["token_names"] = tuple(name for _, name in tokens)
         put("max_text_chars", lambda v, p: read.integer(v, p, 1))
         # Bodies are parsed on the event loop: 1 MiB bounds that at tens of milliseconds.
         put("max_body_bytes", lambda v, p: read.integer(v, p, 1024, 1 << 20))
@@ -91,6 +110,9 @@ class ServerSection:
         put("workers", self.workers)
         put("watch", self.boolean)
         put("metrics", self.metrics)
+        put("cache", self.cache)
+        put("openai_api", self.boolean)
+        put("playground", self.boolean)
 
         pair = ("ssl_certfile", "ssl_keyfile")
         # A value that failed its own check is already reported; don't also call it missing.
@@ -179,13 +201,102 @@ class ServerSection:
             return None
         return text
 
-    def tokens(self, value: Any, path: str) -> tuple[str, ...] | None:
-        """``server.tokens``: one token or a list; empty ones are dropped."""
+    def tokens(self, value: Any, path: str) -> list[tuple[str, str | None]] | None:
+        """``server.tokens``: one token or a list, each a string or ``{name, token}`` (the
+        name is the tenant its requests are counted under); empty tokens are dropped."""
+        if isinstance(value, list) and any(isinstance(entry, dict) for entry in value):
+            result: list[tuple[str, str | None]] = []
+            names: set[str] = set()
+            for i, entry in enumerate(value):
+                where = item(path, i)
+                if not isinstance(entry, dict):
+                    found = self.read.strings(entry, where, allow_empty=True, limit=None)
+                    result.extend((token, None) for _, token in found or () if token)
+                    continue
+                self.read.check_keys(entry, where, _TOKEN_KEYS, required=("name", "token"))
+                name = self.read.name(entry.get("name"), child(where, "name"), limit=64)
+                token = self.read.name(
+                    entry.get("token"), child(where, "token"), non_empty=False, limit=None
+                )
+                if name is not None and name in names:
+                    self.report.error(child(where, "name"), f"name {name!r} is given twice")
+                elif name is not None:
+                    names.add(name)
+                if name is not None and token:
+                    result.append((token, name))
+            return result
         items = self.read.strings(value, path, allow_empty=True, limit=None)
         if items is None:
             return None
         # "${TTS_GATEWAY_TOKEN:-}" expands to "" when unset: that means "no such token".
-        return tuple(token for _, token in items if token)
+        return [(token, None) for _, token in items if token]
+
+    def cache(self, value: Any, path: str) -> CacheConfig | None:
+        """``server.cache``: the phrase cache's bounds, its Redis and its warm phrases."""
+        read = self.read
+        block = read.mapping(value, path)
+        if block is None:
+            return None
+        read.check_keys(block, path, _CACHE_KEYS)
+        fields: dict[str, Any] = {}
+        if block.get("memory_mb") is not None:
+            fields["memory_mb"] = read.number(block["memory_mb"], child(path, "memory_mb"), 0)
+            if fields["memory_mb"] is not None and fields["memory_mb"] > MAX_CACHE_MB:
+                self.report.error(child(path, "memory_mb"), f"must be at most {MAX_CACHE_MB}")
+        if block.get("redis_url") is not None:
+            url = read.string(block["redis_url"], child(path, "redis_url"))
+            if url is not None and url.strip():
+                if not url.startswith(("redis://", "rediss://", "unix://")):
+                    self.report.error(
+                        child(path, "redis_url"),
+                        "must be a redis://, rediss:// or unix:// URL (or empty: no Redis)",
+                    )
+                else:
+                    fields["redis_url"] = url.strip()
+        if block.get("ttl") is not None:
+            fields["ttl"] = read.number(block["ttl"], child(path, "ttl"), 0, strict=True)
+        if block.get("max_text_chars") is not None:
+            fields["max_text_chars"] = read.integer(
+                block["max_text_chars"], child(path, "max_text_chars"), 1, 100_000
+            )
+        if block.get("skip_digits") is not None:
+            fields["skip_digits"] = self.boolean(block["skip_digits"], child(path, "skip_digits"))
+        if block.get("warm") is not None:
+            fields["warm"] = self.warm(block["warm"], child(path, "warm"))
+        if any(v is None for v in fields.values()):
+            return None
+        return CacheConfig(**fields)
+
+    def warm(self, value: Any, path: str) -> tuple[WarmPhrase, ...] | None:
+        """``server.cache.warm``: a list of ``{voice, text, sample_rate?, emotion?}``."""
+        read = self.read
+        if not isinstance(value, list):
+            self.report.error(path, "expected a list of {voice, text} entries")
+            return None
+        if len(value) > MAX_WARM:
+            self.report.error(path, f"at most {MAX_WARM} phrases, got {len(value)}")
+            return None
+        phrases: list[WarmPhrase] = []
+        for i, entry in enumerate(value):
+            where = item(path, i)
+            block = read.entry(entry, where, "voice")
+            if block is None:
+                continue
+            read.check_keys(block, where, _WARM_KEYS, required=("voice", "text"))
+            voice = read.name(block.get("voice"), child(where, "voice"))
+            text = read.string(block.get("text"), child(where, "text"), non_empty=True)
+            rate = 24000
+            if block.get("sample_rate") is not None:
+                rate = read.integer(block["sample_rate"], child(where, "sample_rate"), 1) or 0
+                if rate and rate not in SAMPLE_RATES:
+                    allowed = ", ".join(map(str, SAMPLE_RATES))
+                    self.report.error(child(where, "sample_rate"), f"must be one of {allowed}")
+            emotion = None
+            if block.get("emotion") is not None:
+                emotion = read.choice(block["emotion"], child(where, "emotion"), EMOTIONS)
+            if voice is not None and text is not None and rate:
+                phrases.append(WarmPhrase(voice, text, rate, emotion))
+        return tuple(phrases)
 
     def check_default_voice(
         self, block: Mapping[str, Any], fields: Mapping[str, Any], voice_keys: Collection[str]

@@ -11,7 +11,7 @@ from providers.base import EMOTIONS, Provider
 
 from .limits import MAX_CHAIN
 from .messages import child, item, some, suggest
-from .model import VoiceConfig
+from .model import TextShaping, VoiceConfig
 from .plugin_checks import PluginChecks
 from .readers import Reader
 
@@ -23,7 +23,13 @@ _VOICE_KEYS: Final = (
     "fallback",
     "hedge_after",
     "sticky_fallback",
+    "cache",
+    "text",
 )
+_TEXT_KEYS: Final = ("strip_markdown", "lexicon")
+#: Entries of one voice's lexicon, and characters of one word or phrase in it.
+MAX_LEXICON: Final = 10_000
+MAX_LEXICON_WORD: Final = 200
 #: The longest ``hedge_after`` and ``sticky_fallback`` (a day).
 _MAX_SECONDS: Final = 86_400.0
 
@@ -94,6 +100,13 @@ class VoiceSection:
                 where = child(path, name)
                 message = "has no effect: the voice has no fallback"
                 self.report.warn(where, message, self.report.line_of(where, key=True))
+        cache = False
+        if block.get("cache") is not None:
+            if isinstance(block["cache"], bool):
+                cache = block["cache"]
+            else:
+                self.report.error(child(path, "cache"), "expected true or false")
+        text = self.text(block.get("text"), child(path, "text"))
         if provider is None:
             return None
         cls = self.plugins.get(provider)
@@ -115,7 +128,39 @@ class VoiceSection:
             line=line,
             hedge_after=timing.get("hedge_after"),
             sticky_fallback=timing.get("sticky_fallback"),
+            cache=cache,
+            text=text,
         )
+
+    def text(self, value: Any, path: str) -> TextShaping | None:
+        """``text``: ``strip_markdown`` (true/false) and ``lexicon`` (word: replacement)."""
+        read = self.read
+        block = read.mapping(value, path)
+        if block is None:
+            return None
+        read.check_keys(block, path, _TEXT_KEYS)
+        strip = block.get("strip_markdown")
+        if strip is not None and not isinstance(strip, bool):
+            self.report.error(child(path, "strip_markdown"), "expected true or false")
+            strip = None
+        lexicon: dict[str, str] = {}
+        lexicon_path = child(path, "lexicon")
+        entries = read.mapping(block.get("lexicon"), lexicon_path)
+        if entries is not None and len(entries) > MAX_LEXICON:
+            self.report.error(lexicon_path, f"at most {MAX_LEXICON} entries, got {len(entries)}")
+            entries = None
+        for word, replacement in (entries or {}).items():
+            where = child(lexicon_path, word)
+            if not str(word).strip():
+                self.report.error(where, "a lexicon word must not be empty", key=True)
+                continue
+            if len(str(word)) > MAX_LEXICON_WORD:
+                self.report.error(where, f"longer than {MAX_LEXICON_WORD} characters", key=True)
+                continue
+            said = read.name(replacement, where, non_empty=False, limit=MAX_LEXICON_WORD)
+            if said is not None:
+                lexicon[str(word)] = said
+        return TextShaping(strip_markdown=bool(strip), lexicon=MappingProxyType(lexicon))
 
     def emotions(self, value: Any, path: str) -> dict[str, Mapping[str, Any]] | None:
         """``emotions``: options per emotion the interface defines, keyed in lower case."""

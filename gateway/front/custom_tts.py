@@ -60,7 +60,7 @@ class CustomTTSDoor:
                 raise NotReady("the gateway is starting or draining", headers={"Retry-After": "1"})
             server = routing.config.server
             body = await read_body(scope, receive, server.max_body_bytes)
-            request = await self._parse(routing, scope, body)
+            request = await self._parse(routing, scope, body, outcome)
             outcome.describe(request)
             # The work runs beside a watcher of the connection: whichever ends first wins, so
             # a caller hanging up cancels the provider whether or not audio has started.
@@ -88,15 +88,21 @@ class CustomTTSDoor:
         finally:
             outcome.finish()
 
-    async def _parse(self, routing: LoadedRouting, scope: Scope, body: bytes) -> TTSRequest:
+    async def _parse(
+        self, routing: LoadedRouting, scope: Scope, body: bytes, outcome: Outcome
+    ) -> TTSRequest:
         content_type = header(scope, b"content-type")
         if content_type and content_type.lower().startswith("multipart/form-data"):
             data = await multipart_fields(scope, body)
         else:
             data = parse_body(body, content_type)
-        if not routing.token_ok(request_token(data, bearer(scope))):
+        tenant = routing.tenant(request_token(data, bearer(scope)))
+        if tenant is None:
             raise Unauthorized("Token is missing or not accepted", field="Token")
-        return validate(data, max_text_chars=routing.config.server.max_text_chars)
+        outcome.tenant = tenant
+        request = validate(data, max_text_chars=routing.config.server.max_text_chars)
+        outcome.characters = len(request.text)
+        return request
 
     async def _synthesize(
         self, routing: LoadedRouting, request: TTSRequest, outcome: Outcome, send: Send
@@ -114,6 +120,8 @@ class CustomTTSDoor:
             (b"x-voice", _header_value(synthesis.answering_voice)),
             (b"cache-control", b"no-store"),
         ]
+        if synthesis.stream.cache is not None:
+            headers.append((b"x-cache", synthesis.stream.cache.encode()))
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         outcome.answered(200)
 
