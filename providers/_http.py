@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 import httpx
 
 from ._errors import ERROR_BODY_LIMIT, error_message, parse_retry_after, translate_errors
+from ._pieces import LOOKAHEAD, pipelined, whole_clip_pieces
 from ._pool import StreamingTransport
 from ._streams import iter_body
 from .base import (
@@ -63,7 +64,8 @@ def make_client(config: ProviderConfig, **kwargs: Any) -> httpx.AsyncClient:
         pool=config.timeout.first_byte,
     )
     limits = httpx.Limits(
-        max_connections=config.max_concurrency,
+        # A stream of several pieces has the next one requested beside the current one.
+        max_connections=config.max_concurrency * (1 + LOOKAHEAD),
         max_keepalive_connections=config.max_concurrency,
         keepalive_expiry=120,
     )
@@ -201,6 +203,9 @@ class HTTPProvider(Provider):
     default_base_url: ClassVar[str] = ""
     #: The rates the provider can send raw PCM at (empty: any rate the caller asks for).
     native_rates: ClassVar[tuple[int, ...]] = ()
+    #: The provider answers each request with a whole clip (nothing plays until it has all been
+    #: synthesized): its text is cut so that the first sentence goes alone (``providers._pieces``).
+    whole_clip: ClassVar[bool] = False
 
     def __init__(self, config: ProviderConfig) -> None:
         super().__init__(config)
@@ -259,15 +264,34 @@ class HTTPProvider(Provider):
         async for chunk in iter_body(response, self.name):
             yield chunk
 
+    @property
+    def answers_whole_clips(self) -> bool:
+        """Whether this provider's answers are whole clips (see :attr:`whole_clip`)."""
+        return self.whole_clip
+
+    def pieces(self, job: SynthesisJob) -> list[str]:
+        """The job's text as the requests that carry it: cut to the provider's limit, and for a
+        whole-clip provider with the first sentence alone."""
+        if self.answers_whole_clips:
+            return whole_clip_pieces(job.text, self.max_text, self.text_size)
+        if self.max_text:
+            return split_to_limit(job.text, self.max_text, self.text_size)
+        return [job.text]
+
     async def stream(self, job: SynthesisJob) -> AsyncGenerator[bytes, None]:
-        pieces = (
-            split_to_limit(job.text, self.max_text, self.text_size) if self.max_text else [job.text]
-        )
-        for piece in pieces:
-            request = self.build(job, piece)
-            async with open_stream(
-                self.client, self.name, request, self.error_for, self.response_seen
-            ) as response:
-                await check_type(response, self.name, self.answer_types)
-                async for chunk in self.audio(response, job, piece):
-                    yield chunk
+        # The next piece is requested while the current one streams (providers._pieces).
+        stream = pipelined(self.pieces(job), lambda piece: self._piece(job, piece))
+        try:
+            async for chunk in stream:
+                yield chunk
+        finally:
+            await stream.aclose()
+
+    async def _piece(self, job: SynthesisJob, piece: str) -> AsyncGenerator[bytes, None]:
+        request = self.build(job, piece)
+        async with open_stream(
+            self.client, self.name, request, self.error_for, self.response_seen
+        ) as response:
+            await check_type(response, self.name, self.answer_types)
+            async for chunk in self.audio(response, job, piece):
+                yield chunk

@@ -8,9 +8,12 @@ Settings: ``url`` (the upstream's full synthesis URL), ``token`` (sent as ``Toke
 ``sample_rates`` (the rates the upstream serves, default all four; the gateway asks for the
 closest one and resamples), ``headers`` (extra HTTP headers; the values of those named like
 a credential, such as ``Authorization`` or ``X-Api-Key``, are secrets, masked in every log
-line). ``options`` are added to the JSON body as extra fields. Emotion is passed on as
-``ExtendData.Emotion``. A success answer must be audio (``audio/*``, ``application/octet-stream``
-or no type at all): a JSON, text or HTML answer is the upstream's error, not sound.
+line), ``whole_clip`` (true for an upstream that sends each answer only once it is whole, such
+as a file: the text is then sent in pieces, the first sentence alone and the next piece asked for
+while the current one plays; default false). ``options`` are added to the JSON body as extra
+fields. Emotion is passed on as ``ExtendData.Emotion``. A success answer must be audio
+(``audio/*``, ``application/octet-stream`` or no type at all): a JSON, text or HTML answer is the
+upstream's error, not sound.
 """
 
 from __future__ import annotations
@@ -47,7 +50,9 @@ class CustomProvider(HTTPProvider):
     """An upstream custom-TTS-interface server."""
 
     type_name = "custom"
-    settings_keys: ClassVar[frozenset[str]] = frozenset({"url", "token", "sample_rates", "headers"})
+    settings_keys: ClassVar[frozenset[str]] = frozenset(
+        {"url", "token", "sample_rates", "headers", "whole_clip"}
+    )
     required_settings: ClassVar[frozenset[str]] = frozenset({"url"})
 
     def __init__(self, config: ProviderConfig) -> None:
@@ -62,6 +67,8 @@ class CustomProvider(HTTPProvider):
         self.token: str | None = settings.get("token") or None
         self.rates = tuple(int(r) for r in settings.get("sample_rates") or SAMPLE_RATES)
         self.headers = {str(k): str(v) for k, v in (settings.get("headers") or {}).items()}
+        #: The upstream sends each answer only once it is whole (a file, not a stream).
+        self.clips = settings.get("whole_clip") is True
         for name, value in self.headers.items():
             if is_secret_name(name):
                 self.add_secret(value)
@@ -83,6 +90,9 @@ class CustomProvider(HTTPProvider):
         ):
             allowed = ", ".join(map(str, SAMPLE_RATES))
             problems.append(("sample_rates", f"must be a non-empty list of {allowed}"))
+        whole_clip = settings.get("whole_clip")
+        if whole_clip is not None and not isinstance(whole_clip, bool):
+            problems.append(("whole_clip", "must be true or false"))
         headers = settings.get("headers")
         if headers is not None and not isinstance(headers, dict):
             problems.append(("headers", "must be a mapping of header names to values"))
@@ -95,6 +105,10 @@ class CustomProvider(HTTPProvider):
                         ("headers", f"the value of {name} holds a line break or control character")
                     )
         return problems
+
+    @property
+    def answers_whole_clips(self) -> bool:
+        return self.clips
 
     def native_format(self, job: SynthesisJob) -> AudioFormat:
         return AudioFormat(sample_rate=closest_rate(job.sample_rate, self.rates))

@@ -2,8 +2,9 @@
 
 Not streamed: one JSON reply ``{"audioContent": "<base64>"}`` whose ``LINEAR16`` audio carries a
 WAV header (walked and dropped here, since every piece of a long text has its own), at the
-caller's own ``sampleRateHertz``; the answer starts when the reply has arrived. Input is capped
-at 5000 *bytes*: longer text goes out in pieces.
+caller's own ``sampleRateHertz``; the answer starts when the reply has arrived. So the text goes
+out in pieces, the first sentence alone and the next piece asked for while the current one plays
+(``providers._pieces``); input is also capped at 5000 *bytes* a request.
 
 Settings: ``api_key`` (sent in the ``X-Goog-Api-Key`` header, never in the URL, which HTTP
 libraries and proxies log) or ``credentials_file`` (a service-account JSON key; its OAuth token
@@ -63,6 +64,7 @@ class GoogleProvider(HTTPProvider):
     required_settings: ClassVar[frozenset[str]] = frozenset()
     default_base_url = "https://texttospeech.googleapis.com"
     max_text = 5000
+    whole_clip = True
     answer_types = ("application/json",)
 
     def __init__(self, config: ProviderConfig) -> None:

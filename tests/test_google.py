@@ -255,7 +255,8 @@ async def test_a_long_clip_is_decoded_piece_by_piece(respx_mock: respx.MockRoute
     )
     pieces = [
         piece
-        async for piece in provider.stream(job(sample_rate=48000, text="A long answer. " * 40))
+        # One sentence: one request (a text of several is cut into pieces: test_pieces.py).
+        async for piece in provider.stream(job(sample_rate=48000, text="a long answer " * 40))
     ]
     await provider.aclose()
     assert len(pieces) > 10

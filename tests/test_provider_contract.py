@@ -725,10 +725,15 @@ async def test_long_text_goes_out_in_pieces_within_the_limit(
     async with profile.answering(respx_mock, Audio((pcm,))):
         audio = await drain(provider_of(profile, profile.settings), job_for(profile, text))
     pieces = [profile.text_of(call.request) for call in respx_mock.calls]
-    assert len(pieces) == 3
+    if provider_of(profile, profile.settings).answers_whole_clips:
+        # The first sentence alone, then pieces that double, up to the limit.
+        assert pieces[0] == sentence.strip()
+        assert [len(p) for p in pieces[:4]] == [len(sentence) * n - 1 for n in (1, 2, 4, 8)]
+    else:
+        assert len(pieces) == 3
     assert all(profile.measure(piece) <= profile.text_limit for piece in pieces)
     assert " ".join(pieces) == text
-    assert audio == pcm * 3  # every piece's audio, nothing of its framing
+    assert audio == pcm * len(pieces)  # every piece's audio, in order, nothing of its framing
 
 
 # ------------------------------------------------------------------ errors
