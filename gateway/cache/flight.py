@@ -21,7 +21,6 @@ the first time only.
 from __future__ import annotations
 
 import asyncio
-import copy
 import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable
 
@@ -153,7 +152,9 @@ class Flight:
                 if self.complete:
                     return
                 if self.error is not None:
-                    raise copy.copy(self.error)
+                    # Every reader raises the flight's own error (exceptions with required
+                    # arguments cannot be copied); its traceback is this reader's.
+                    raise self.error.with_traceback(None)
                 await self._next_change()
         finally:
             self._readers.discard(reader)
