@@ -136,8 +136,14 @@ def test_env_example_names_every_variable_of_the_example_routing_file_without_va
     assert example, "no keys"
     assert all(value == "" for value in example.values()), "a value in .env.example"
     referenced = environment_references(load_yaml(DEPLOY / "gateway.example.yaml"))
-    # The port is the image's, not a key: it stays out of .env.
-    assert referenced - {"TTS_GATEWAY_PORT"} == set(example) - {"GRAFANA_ADMIN_PASSWORD"}
+    # The port is the image's, not a key: it stays out of .env; compose sets REDIS_URL to its
+    # own Redis service.
+    assert referenced - {"TTS_GATEWAY_PORT", "REDIS_URL"} == set(example) - {
+        "GRAFANA_ADMIN_PASSWORD"
+    }
+    assert load_yaml(COMPOSE)["services"]["gateway"]["environment"]["REDIS_URL"].startswith(
+        "redis://redis:"
+    )
     compose = COMPOSE.read_text()
     assert "${GRAFANA_ADMIN_PASSWORD:?" in compose
     ignored = (REPO / ".gitignore").read_text().splitlines()
