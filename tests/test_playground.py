@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import fnmatch
 import hashlib
 import itertools
 import json
@@ -19,7 +20,9 @@ import logging
 import os
 import re
 import shutil
+import tomllib
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
@@ -37,7 +40,7 @@ from starlette.testclient import TestClient
 from gateway.app import create_app
 from gateway.config import parse_config
 from providers.base import ProviderError
-from tests.deploy_support import in_ci
+from tests.deploy_support import REPO, in_ci
 from tests.support import Plan, ScriptedProvider, live_server, log_line, provider_block, tone
 
 TOKEN = "playground-s3cret"
@@ -143,6 +146,33 @@ def test_the_page_config_is_token_guarded_like_voices(plans: dict[str, Plan]) ->
         "emotions": ["neutral", "happy", "sad"],
         "max_text_chars": 2000,
     }
+
+
+async def test_a_reload_turns_the_playground_on(tmp_path: Path, plans: dict[str, Plan]) -> None:
+    path = tmp_path / "gateway.yaml"
+    path.write_text(routing(playground=False, watch=False))
+    app = create_app(config_path=str(path))
+    async with live_server(app) as url, httpx.AsyncClient() as client:
+        assert (await client.get(url + "/playground")).status_code == 404
+        path.write_text(routing(playground=True, watch=False))
+        assert await app.state.gateway.reload() is True
+        assert (await client.get(url + "/playground")).status_code == 200
+        assert (await client.get(url + "/playground/config")).status_code == 200
+
+
+def test_the_page_ships_in_the_package() -> None:
+    """The wheel carries the non-Python files of ``gateway/`` that pyproject's package data
+    names: the page among them, or an installed gateway would fail on its first request."""
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+    shipped = pyproject["tool"]["setuptools"]["package-data"]["gateway"]
+    package = REPO / "gateway"
+    data = [
+        p.relative_to(package).as_posix()
+        for p in package.rglob("*")
+        if p.is_file() and p.suffix not in (".py", ".pyc")
+    ]
+    assert "front/playground.html" in data
+    assert [name for name in data if not any(fnmatch.fnmatch(name, g) for g in shipped)] == []
 
 
 # ---------------------------------------------------------------- in Chromium
