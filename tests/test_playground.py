@@ -212,8 +212,9 @@ def browser() -> Iterator[webdriver.Chrome]:
 
 
 @contextlib.asynccontextmanager
-async def gateway(**server: Any) -> AsyncIterator[str]:
-    async with live_server(create_app(parse_config(routing(**server)))) as url:
+async def gateway(file: str | None = None, **server: Any) -> AsyncIterator[str]:
+    """A gateway on loopback serving ``file`` (default: :func:`routing` with ``server``)."""
+    async with live_server(create_app(parse_config(file or routing(**server)))) as url:
         yield url
 
 
@@ -292,9 +293,9 @@ class Page:
         await self.call(lambda: self.driver.find_element(By.ID, element_id).click())
 
     async def console_errors(self) -> list[str]:
-        """What the page logged at error level since the last call (the log is drained)."""
+        """What the page logged as errors or warnings since the last call (the log is drained)."""
         entries = await self.call(self.browser_log)
-        return [entry["message"] for entry in entries if entry["level"] == "SEVERE"]
+        return [entry["message"] for entry in entries if entry["level"] in ("SEVERE", "WARNING")]
 
     def browser_log(self) -> list[dict[str, Any]]:
         """The console's entries since the last read (reading drains them)."""
@@ -373,6 +374,22 @@ async def test_the_page_lists_the_voices_and_plays_a_synthesis_while_it_streams(
         if screenshot:
             await page.speak("joe", text, 16000, emotion="happy")
             await page.call(page.driver.save_screenshot, screenshot)
+        assert await page.console_errors() == []
+
+
+async def test_a_crafted_voice_name_is_shown_as_text(page: Page, plans: dict[str, Plan]) -> None:
+    crafted = '<img src=x onerror="document.title=1">'
+    file = json.loads(routing())
+    file["voices"][crafted] = {"provider": "p"}
+    async with gateway(json.dumps(file)) as url:
+        await page.open(url)
+        await page.wait_for_state("ready")
+        assert crafted in await page.options("voice")
+        assert await page.call(page.driver.find_elements, By.TAG_NAME, "img") == []
+        answer = await page.speak(crafted, "Just text.", 24000)
+        assert answer["voice"] == crafted  # X-Voice, percent-encoded on the wire, decoded
+        assert await page.text_of("answered") == crafted
+        assert await page.call(lambda: page.driver.title) == "TTS gateway · playground"
         assert await page.console_errors() == []
 
 
