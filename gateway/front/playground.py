@@ -88,7 +88,9 @@ def page() -> Page:
 
 def playground_routes(gateway: Gateway) -> list[Route]:
     """``/playground`` and ``/playground/config``: 404 unless ``server.playground`` is on (read
-    per request, so that a reload turns the page on or off)."""
+    per request, so that a reload turns the page on or off). The page is read here, when the
+    app is built, so that a broken package fails at start rather than on a first visit."""
+    served = page()
 
     def require_playground() -> None:
         if not gateway.config.server.playground:
@@ -96,7 +98,6 @@ def playground_routes(gateway: Gateway) -> list[Route]:
 
     async def playground(request: Request) -> Response:
         require_playground()
-        served = page()
         return Response(served.body, media_type="text/html; charset=utf-8", headers=served.headers)
 
     async def config(request: Request) -> Response:
