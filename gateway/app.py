@@ -26,6 +26,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from .config import ConfigError, GatewayConfig, default_config, load_config
 from .front.custom_tts import CustomTTSDoor
 from .front.ops import http_error, ops_routes
+from .front.playground import playground_routes
 from .health import SAMPLE_SECONDS
 from .http1 import EVENTS_STATE_KEY
 from .logs import LOG_FORMAT as LOG_FORMAT  # re-exported: the format lives with logging
@@ -98,7 +99,11 @@ def create_app(
     door = CustomTTSDoor(gateway)
     path = gateway.config.server.path
     app = GatewayApp(
-        routes=[Route(path, door, methods=["POST"]), *ops_routes(gateway)],
+        routes=[
+            Route(path, door, methods=["POST"]),
+            *ops_routes(gateway),
+            *playground_routes(gateway),
+        ],
         lifespan=lifespan,
         exception_handlers={HTTPException: http_error},
     )
