@@ -85,7 +85,10 @@ class PhraseCache:
     # -- lookups and stores --------------------------------------------------------------------
 
     async def lookup(self, key: str) -> Entry | None:
+        held = len(self.memory)
         entry = self.memory.get(key)
+        if len(self.memory) != held:  # it had expired
+            self._gauges()
         if entry is None and self.redis is not None:
             entry = await self.redis.get(key)
             if entry is not None and self.memory.put(key, entry):
