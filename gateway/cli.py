@@ -1,4 +1,4 @@
-"""``tts-gateway``: serve, check-config, voices, say."""
+"""``tts-gateway``: serve, check-config, voices, say, warm."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config import (
     ConfigError,
@@ -25,9 +25,13 @@ from .config import (
     default_config,
     load_config,
 )
+from .config.model import WarmPhrase
 from .http1 import ConnectionLimits, TLSFiles, protocol_factory
 from .logs import configure_logging
 from .routing import Router
+
+if TYPE_CHECKING:
+    from .cache.warm import WarmReport
 
 
 def _load(path: str | None) -> GatewayConfig:
@@ -384,6 +388,83 @@ async def _say_remote(args: argparse.Namespace) -> tuple[bytes, float, float]:
         return b"".join(parts), ttfb, time.perf_counter() - started
 
 
+def read_phrases(
+    path: str, config: GatewayConfig, voice: str | None, sample_rate: int
+) -> tuple[WarmPhrase, ...]:
+    """The phrases of a phrase file: a YAML list of ``{voice, text, sample_rate?, emotion?}``
+    when its name ends ``.yaml``/``.yml``, else plain text, one phrase a line (blank lines and
+    ``#`` comments skipped) for ``voice`` at ``sample_rate``. Raises :class:`ConfigError` (the
+    file's problems) or :class:`OSError`."""
+    from .config.schema import check_phrase_list
+
+    text = Path(path).read_text(encoding="utf-8")
+    if path.endswith((".yaml", ".yml")):
+        return check_phrase_list(text, path, config.voices)
+    lines = (line.strip() for line in text.splitlines())
+    phrases = [line for line in lines if line and not line.startswith("#")]
+    listed = [{"voice": voice, "text": p, "sample_rate": sample_rate} for p in phrases]
+    if not listed:
+        return ()
+    # The same checks as a YAML list (the voice exists and caches; the rate is one of four).
+    return check_phrase_list(json.dumps(listed), path, config.voices)
+
+
+def cmd_warm(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    _print_warnings(config.warnings)
+    if not config.server.cache.redis_url:
+        print(
+            "error: server.cache.redis_url is not set: warming stores into the shared Redis "
+            "(this process's own memory would be gone when it exits)",
+            file=sys.stderr,
+        )
+        return 2
+    voice = args.voice or config.server.default_voice
+    if not voice and not args.file.endswith((".yaml", ".yml")):
+        print("error: no --voice given and the routing file has no default voice", file=sys.stderr)
+        return 2
+    try:
+        phrases = read_phrases(args.file, config, voice, args.sample_rate)
+    except OSError as error:
+        print(f"error: cannot read {args.file}: {error.strerror or error}", file=sys.stderr)
+        return 2
+    except ConfigError as error:
+        print(f"invalid phrase file:\n{error}", file=sys.stderr)
+        return 2
+    report, redis_failures = asyncio.run(_warm(config, phrases))
+    print(
+        f"{len(phrases)} phrases: {report.stored} stored, {report.cached} already cached, "
+        f"{report.skipped} not cacheable, {report.failed} failed"
+    )
+    if redis_failures:
+        print(
+            f"error: {redis_failures} Redis call(s) failed: what was synthesized may not be "
+            "stored (see the warnings above)",
+            file=sys.stderr,
+        )
+        return 1
+    return 1 if report.failed else 0
+
+
+async def _warm(config: GatewayConfig, phrases: Sequence[WarmPhrase]) -> tuple[WarmReport, int]:
+    """Warm ``phrases`` into the routing file's Redis (and the failures of Redis calls)."""
+    from .cache import PhraseCache
+    from .cache.warm import warm_phrases
+    from .metrics import Metrics
+    from .runtime import LoadedRouting
+
+    metrics = Metrics()
+    cache = PhraseCache(config.server.cache, metrics)
+    routing = LoadedRouting(config, metrics, None, cache)
+    await routing.start()
+    try:
+        report = await warm_phrases(routing, cache, phrases)
+    finally:
+        await cache.aclose()
+        await routing.aclose()
+    return report, cache.redis.failures if cache.redis is not None else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tts-gateway", description="A TTS gateway speaking the custom TTS interface."
@@ -423,6 +504,19 @@ def build_parser() -> argparse.ArgumentParser:
     say.add_argument("--cacert", help="CA bundle to verify an https --url")
     say.add_argument("--config", help="routing file for in-process synthesis")
     say.set_defaults(func=cmd_say)
+
+    warm = sub.add_parser(
+        "warm", help="synthesize the phrases of FILE into the shared Redis phrase cache"
+    )
+    warm.add_argument(
+        "file",
+        help="one phrase a line (blank lines and # comments skipped), or a .yaml/.yml list "
+        "of {voice, text, sample_rate?, emotion?}",
+    )
+    warm.add_argument("--config", help="routing file (default: $TTS_GATEWAY_CONFIG)")
+    warm.add_argument("--voice", help="VoiceId of a plain-text file (default: the default voice)")
+    warm.add_argument("--sample-rate", type=int, default=24000, choices=(8000, 16000, 24000, 48000))
+    warm.set_defaults(func=cmd_warm)
     return parser
 
 

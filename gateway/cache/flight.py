@@ -54,8 +54,10 @@ class Flight:
         self.stream: AudioStream | None = None
         self.task: asyncio.Task[None] | None = None
         self._readers: set[_Reader] = set()
+        self.abandoned = False
         self._changed = asyncio.get_running_loop().create_future()
         self._counted = False
+        self._on_end: Callable[[Flight], None] | None = None
 
     @property
     def ended(self) -> bool:
@@ -63,13 +65,27 @@ class Flight:
 
     @property
     def joinable(self) -> bool:
-        """Whether a new reader can still get the whole answer from the buffer."""
-        return self.storing and not self.ended
+        """Whether a new reader can still get the whole answer from the buffer (not once its
+        last reader has left: it is being cancelled)."""
+        return self.storing and not self.ended and not self.abandoned
 
-    def start(self, run: Callable[[], Awaitable[AudioStream]]) -> None:
+    def start(
+        self,
+        run: Callable[[], Awaitable[AudioStream]],
+        on_end: Callable[[Flight], None] | None = None,
+    ) -> None:
         """Run the upstream: ``run`` opens it (the first audio in hand, the native chunks read
-        so far in :attr:`AudioStream.native_head`)."""
+        so far in :attr:`AudioStream.native_head`). ``on_end`` is called once, as soon as the
+        flight has ended (complete, failed or cancelled), before its upstream is closed: so a
+        complete answer is stored before any new request could miss it."""
+        self._on_end = on_end
         self.task = asyncio.get_running_loop().create_task(self._run(run))
+        self.task.add_done_callback(lambda _task: self._ended())
+
+    def _ended(self) -> None:
+        on_end, self._on_end = self._on_end, None
+        if on_end is not None:
+            on_end(self)
 
     # -- the upstream side ----------------------------------------------------------------
 
@@ -94,6 +110,7 @@ class Flight:
                 self.failed(error)
         finally:
             self._wake()
+            self._ended()
             if stream is not None:
                 await stream.aclose()
 
@@ -152,13 +169,12 @@ class Flight:
                 if self.complete:
                     return
                 if self.error is not None:
-                    # Every reader raises the flight's own error (exceptions with required
-                    # arguments cannot be copied); its traceback is this reader's.
-                    raise self.error.with_traceback(None)
+                    raise _copied(self.error)
                 await self._next_change()
         finally:
             self._readers.discard(reader)
             if not self._readers and not self.ended and self.task is not None:
+                self.abandoned = True  # no one may join it from now on
                 self.task.cancel()
             elif not self.storing:
                 self._wake()
@@ -169,3 +185,13 @@ class Flight:
             return
         self._counted = True
         self.stream.failed(error)
+
+
+def _copied(error: BaseException) -> BaseException:
+    """A copy of ``error`` for one reader to raise (each its own traceback and context). Not
+    :func:`copy.copy`, which calls the class with ``args`` alone: the gateway's errors take
+    more than their message, and would raise a ``TypeError`` instead of themselves."""
+    clone = type(error).__new__(type(error))
+    clone.args = error.args
+    clone.__dict__.update(error.__dict__)
+    return clone

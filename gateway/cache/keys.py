@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Mapping
 from typing import Any, Final
 
 from providers.base import AudioFormat, Provider, SynthesisJob, is_secret_name
@@ -37,10 +38,19 @@ def cacheable(text: str, config: CacheConfig) -> bool:
     return not (config.skip_digits and _DIGIT.search(text))
 
 
+def _public(value: Any) -> Any:
+    """``value`` without what is named a secret, at any depth (a ``headers`` block's
+    ``X-Api-Key``, as well as an ``api_key``): rotating a key keeps the cache, and no secret
+    is hashed into a key that Redis keeps."""
+    if isinstance(value, Mapping):
+        return {k: _public(v) for k, v in value.items() if not is_secret_name(str(k))}
+    if isinstance(value, list | tuple):
+        return [_public(v) for v in value]
+    return value
+
+
 def _identity(provider: Provider) -> dict[str, Any]:
-    settings = {
-        key: value for key, value in provider.config.settings.items() if not is_secret_name(key)
-    }
+    settings = _public(dict(provider.config.settings))
     return {"name": provider.name, "type": provider.config.type, "settings": settings}
 
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from providers.base import AudioFormat, Provider, ProviderError, ProviderNoAudio, SynthesisJob
 
 from ..admission import Lease
-from ..audio import AudioFormatError, Converter
+from ..audio import AudioFormatError, Converter, ResamplerMode
 from ..config.model import CacheConfig
 from ..metrics import Metrics
 from ..routing import ChainStep
@@ -85,7 +85,10 @@ class PhraseCache:
     # -- lookups and stores --------------------------------------------------------------------
 
     async def lookup(self, key: str) -> Entry | None:
+        held = len(self.memory)
         entry = self.memory.get(key)
+        if len(self.memory) != held:  # it had expired
+            self._gauges()
         if entry is None and self.redis is not None:
             entry = await self.redis.get(key)
             if entry is not None and self.memory.put(key, entry):
@@ -121,12 +124,16 @@ class PhraseCache:
         if entry is not None:
             self.metrics.cache_lookups.labels(name, "hit").inc()
             self.metrics.cache_characters_saved.labels(name).inc(entry.characters)
-            return await self._converted(step, provider, native, job, _replay(entry.chunks), "hit")
+            return await self._converted(
+                step, provider, native, job, _replay(entry.chunks), "hit", opener.resampler
+            )
         flight = self.flights.get(key)
         if flight is not None and flight.joinable:
             self.metrics.cache_lookups.labels(name, "shared").inc()
             self.metrics.cache_characters_saved.labels(name).inc(provider.characters(job))
-            stream = await self._converted(step, provider, native, job, flight.read(), "shared")
+            stream = await self._converted(
+                step, provider, native, job, flight.read(), "shared", opener.resampler
+            )
             stream.on_failed = flight.failed
             return stream
         self.metrics.cache_lookups.labels(name, "miss").inc()
@@ -137,7 +144,7 @@ class PhraseCache:
         async def run() -> AudioStream:
             return await opener.open(step, job, out_rate=native.sample_rate, keep_native=True)
 
-        def settle(_task: asyncio.Task[None]) -> None:
+        def settle(flight: Flight) -> None:
             if self.flights.get(key) is flight:
                 del self.flights[key]
             if flight.complete and flight.storing:
@@ -147,10 +154,10 @@ class PhraseCache:
                 if entry is not None:
                     self.store(key, entry, name)
 
-        flight.start(run)
-        assert flight.task is not None
-        flight.task.add_done_callback(settle)
-        stream = await self._converted(step, provider, native, job, flight.read(), "miss")
+        flight.start(run, settle)
+        stream = await self._converted(
+            step, provider, native, job, flight.read(), "miss", opener.resampler
+        )
         stream.on_failed = flight.failed
         stream.characters = characters
         return stream
@@ -163,11 +170,13 @@ class PhraseCache:
         job: SynthesisJob,
         source: AsyncGenerator[bytes, None],
         origin: str,
+        resampler: ResamplerMode,
     ) -> AudioStream:
-        """A stream over native chunks from ``source``, converted to the job's rate, with its
-        first audio in hand."""
+        """A stream over native chunks from ``source``, converted to the job's rate (as the
+        opener converts a live answer: ``server.resampler``'s mode), with its first audio in
+        hand."""
         try:
-            converter = Converter(native, job.sample_rate)
+            converter = Converter(native, job.sample_rate, mode=resampler)
             async for chunk in source:
                 first = converter.feed(chunk)
                 if first:

@@ -18,7 +18,7 @@ import logging
 import struct
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
@@ -40,6 +40,8 @@ REDIS_RETRY_AFTER: Final = 5.0
 MAX_PENDING_WRITES: Final = 64
 #: The largest entry stored (bytes of audio); longer answers are served, not stored.
 MAX_ENTRY_BYTES: Final = 32 << 20
+#: The most chunks an entry has (a provider that sends its audio in crumbs is not stored).
+MAX_ENTRY_CHUNKS: Final = 1 << 16
 
 _MAGIC: Final = b"TTSC1"
 _HEAD: Final = struct.Struct("<5sIdI")  # magic, characters, audio seconds, chunk count
@@ -75,12 +77,15 @@ class Entry:
             return None
         magic, characters, seconds, count = _HEAD.unpack_from(blob)
         sizes_end = _HEAD.size + 4 * count
-        if magic != _MAGIC or count == 0 or sizes_end > len(blob):
+        if magic != _MAGIC or not 0 < count <= MAX_ENTRY_CHUNKS or sizes_end > len(blob):
             return None
         if not (seconds >= 0 and seconds < 1e7):  # also false for NaN
             return None
         sizes = struct.unpack_from(f"<{count}I", blob, _HEAD.size)
-        if sizes_end + sum(sizes) != len(blob):
+        # No empty chunk (none is ever stored) and no more audio than an entry may hold.
+        if not all(sizes) or sizes_end + sum(sizes) != len(blob):
+            return None
+        if len(blob) - sizes_end > MAX_ENTRY_BYTES:
             return None
         chunks, at = [], sizes_end
         view = memoryview(blob)
@@ -93,9 +98,12 @@ class Entry:
 class MemoryStore:
     """An LRU of entries bounded by :attr:`Entry.cost`, each with an expiry."""
 
-    def __init__(self, capacity: int, ttl: float) -> None:
+    def __init__(
+        self, capacity: int, ttl: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.capacity = capacity
         self.ttl = ttl
+        self.clock = clock
         self.bytes = 0
         self._entries: OrderedDict[str, tuple[float, Entry]] = OrderedDict()
 
@@ -107,7 +115,7 @@ class MemoryStore:
         if found is None:
             return None
         expires, entry = found
-        if expires <= time.monotonic():
+        if expires <= self.clock():
             self._drop(key)
             return None
         self._entries.move_to_end(key)
@@ -122,7 +130,7 @@ class MemoryStore:
             self._drop(key)
         while self.bytes + cost > self.capacity and self._entries:
             self._drop(next(iter(self._entries)))
-        self._entries[key] = (time.monotonic() + (ttl or self.ttl), entry)
+        self._entries[key] = (self.clock() + (ttl or self.ttl), entry)
         self.bytes += cost
         return True
 
@@ -155,6 +163,8 @@ class RedisStore:
         )
         self._down_until = 0.0
         self._down = False
+        self.failures = 0
+        """Calls that failed since this store was made (the warm command reports them)."""
         self._writes: set[asyncio.Task[None]] = set()
 
     @property
@@ -206,6 +216,7 @@ class RedisStore:
             await self.client.aclose()
 
     def _failed(self, op: str, error: BaseException) -> None:
+        self.failures += 1
         self._down_until = time.monotonic() + REDIS_RETRY_AFTER
         if self.metrics is not None:
             self.metrics.cache_redis_errors.labels(op).inc()
@@ -226,6 +237,6 @@ class RedisStore:
 
 def entry_of(chunks: Sequence[bytes], audio_seconds: float, characters: int) -> Entry | None:
     """An entry for a complete answer, or None when it is too large to keep."""
-    if not chunks or sum(len(c) for c in chunks) > MAX_ENTRY_BYTES:
+    if not chunks or len(chunks) > MAX_ENTRY_CHUNKS or sum(map(len, chunks)) > MAX_ENTRY_BYTES:
         return None
     return Entry(tuple(chunks), audio_seconds, characters)

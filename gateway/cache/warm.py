@@ -59,25 +59,35 @@ async def warm_one(routing: LoadedRouting, cache: PhraseCache, phrase: WarmPhras
     try:
         stream = await cache.open(step, job, routing.relay.opener)
     except Exception as error:
-        log.warning(
-            "warming a phrase of voice %s failed: %s",
-            phrase.voice,
-            getattr(error, "summary", "") or type(error).__name__,
-        )
+        _failed(phrase, error)
         return "failed"
+    if stream.cache == "hit":
+        await stream.aclose()
+        return "cached"
     try:
-        if stream.cache == "hit":
-            return "cached"
-        flight = cache.flights.get(key)
-        async for _ in stream.chunks():
-            pass
-    except Exception:
+        # Read as a caller would, within the provider's total budget: an upstream that stalls
+        # is given up on, as a caller's stream would be.
+        async with asyncio.timeout(step.provider.timeout.total):
+            async for _ in stream.chunks():
+                pass
+    except Exception as error:
+        _failed(phrase, error)
         return "failed"
     finally:
         await stream.aclose()
-    if flight is not None and flight.task is not None:
-        await asyncio.wait((flight.task,))  # stored as the flight ends
+    # The answer was stored as it completed (in memory at once, in Redis in the background).
+    if cache.redis is not None:
+        await cache.redis.settle()
     return "stored" if await cache.has(key) else "failed"
+
+
+def _failed(phrase: WarmPhrase, error: BaseException) -> None:
+    reason = "timed out" if isinstance(error, TimeoutError) else None
+    log.warning(
+        "warming a phrase of voice %s failed: %s",
+        phrase.voice,
+        reason or getattr(error, "summary", "") or type(error).__name__,
+    )
 
 
 async def warm_phrases(

@@ -3,7 +3,7 @@ cross-checks, every problem collected before any is raised."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from types import MappingProxyType
 from typing import Any, Final, TypeVar
@@ -12,7 +12,7 @@ from providers.base import ProviderConfig
 
 from .fallbacks import check_fallbacks
 from .messages import child, item
-from .model import GatewayConfig, ServerConfig, VoiceConfig, is_pattern
+from .model import GatewayConfig, ServerConfig, VoiceConfig, WarmPhrase, is_pattern
 from .plugin_checks import PluginChecks
 from .provider_section import ProviderSection
 from .readers import Reader
@@ -77,8 +77,33 @@ def _check_warm(
     report: Report, server: ServerConfig, voices: Mapping[str, VoiceConfig | None]
 ) -> None:
     """Each warm phrase names an exact voice whose answers go to the cache."""
-    for i, phrase in enumerate(server.cache.warm):
-        where = child(item(child(child("server", "cache"), "warm"), i), "voice")
+    _check_phrases(report, server.cache.warm, voices, child(child("server", "cache"), "warm"))
+
+
+def check_phrase_list(
+    text: str, source: str, voices: Mapping[str, VoiceConfig]
+) -> tuple[WarmPhrase, ...]:
+    """A YAML list of phrases to warm (``{voice, text, sample_rate?, emotion?}``, as
+    ``server.cache.warm`` has them), each checked against the routing file's ``voices``.
+    Raises :class:`ConfigError` listing every problem."""
+    report = Report(source)
+    document = read_document(text, report, {})
+    phrases = ServerSection(Reader(report, document.raw)).warm(document.root, "")
+    if phrases is not None:
+        _check_phrases(report, phrases, voices, "")
+    if report.problems or phrases is None:
+        raise report.fail()
+    return phrases
+
+
+def _check_phrases(
+    report: Report,
+    phrases: Sequence[WarmPhrase],
+    voices: Mapping[str, VoiceConfig | None],
+    path: str,
+) -> None:
+    for i, phrase in enumerate(phrases):
+        where = child(item(path, i), "voice")
         if phrase.voice not in voices:
             report.error(where, f"unknown voice {phrase.voice!r}")
         elif is_pattern(phrase.voice):
