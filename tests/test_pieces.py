@@ -13,10 +13,15 @@ from collections.abc import AsyncGenerator, Awaitable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+import httpx
 import pytest
 
+from gateway.app import create_app
+from gateway.config import parse_config
 from providers import _pieces
 from providers._pieces import LOOKAHEAD, MIN_FIRST_PIECE, pipelined, whole_clip_pieces
+from tests.answering_upstream import WholeClipUpstream, clip_of, custom_block
+from tests.support import live_server, scripted_config
 
 T = TypeVar("T")
 
@@ -416,3 +421,86 @@ def test_a_long_hostile_text_is_cut_quickly() -> None:
     pieces = whole_clip_pieces(text, 5000)
     assert time.perf_counter() - started < 2.0  # seconds if the cut were quadratic
     assert all(len(p) <= 5000 for p in pieces)
+
+
+# ------------------------------------------------------------------ end to end
+
+FIVE = (
+    "Thanks for calling the clinic. Our office opens at nine in the morning. It closes at "
+    "five in the afternoon, every weekday. On weekends you can leave us a message. We call "
+    "every message back on the next working day."
+)
+
+
+def whole_clip_gateway(upstream: WholeClipUpstream, whole_clip: bool = True) -> str:
+    return scripted_config(
+        voices={"clinic": {"provider": "clips"}},
+        providers={
+            "clips": custom_block(upstream.url, sample_rates=[24000], whole_clip=whole_clip)
+        },
+    )
+
+
+async def test_the_first_piece_plays_while_the_last_is_still_being_synthesized() -> None:
+    pieces = whole_clip_pieces(FIVE)
+    assert pieces[0] == "Thanks for calling the clinic." and len(pieces) >= 3
+    async with WholeClipUpstream(seconds_per_char=0.001) as upstream:
+        last = len(pieces) - 1
+        # The last piece's answer waits for the caller's first audio: a gateway that waited
+        # for the whole text (or did not cut it) would deliver nothing, ever.
+        upstream.holds[last] = first_audio = asyncio.Event()
+        async with (
+            live_server(create_app(parse_config(whole_clip_gateway(upstream)))) as url,
+            httpx.AsyncClient(timeout=30) as client,
+            client.stream(
+                "POST",
+                url + "/stream-audio",
+                json={"Text": FIVE, "SampleRate": 24000, "VoiceId": "clinic"},
+            ) as response,
+        ):
+            assert response.status_code == 200
+            received = bytearray()
+            async for chunk in response.aiter_bytes():
+                if not received:
+                    upstream.note("caller's first audio")
+                    first_audio.set()
+                received += chunk
+            upstream.note("caller has it all")
+    log = upstream.log
+    assert log.index("received 1") < log.index("caller has it all")
+    assert log.index("caller's first audio") < log.index(f"answered {last}")
+    assert upstream.texts == pieces
+    assert bytes(received) == b"".join(clip_of(piece) for piece in pieces)
+
+
+async def test_unsplit_without_whole_clip() -> None:
+    async with WholeClipUpstream() as upstream:
+        app = create_app(parse_config(whole_clip_gateway(upstream, whole_clip=False)))
+        async with live_server(app) as url, httpx.AsyncClient(timeout=30) as client:
+            response = await client.post(
+                url + "/stream-audio",
+                json={"Text": FIVE, "SampleRate": 24000, "VoiceId": "clinic"},
+            )
+    assert upstream.texts == [FIVE]
+    assert response.content == clip_of(FIVE)
+
+
+async def test_a_caller_hanging_up_closes_the_piece_requested_ahead() -> None:
+    async with WholeClipUpstream() as upstream:
+        upstream.holds[1] = asyncio.Event()  # the second piece is never done
+        async with (
+            live_server(create_app(parse_config(whole_clip_gateway(upstream)))) as url,
+            httpx.AsyncClient(timeout=30) as client,
+        ):
+            async with client.stream(
+                "POST",
+                url + "/stream-audio",
+                json={"Text": FIVE, "SampleRate": 24000, "VoiceId": "clinic"},
+            ) as response:
+                async for _chunk in response.aiter_bytes():
+                    break  # the first audio is in
+                await upstream.logged("received 1")
+            # The caller has hung up: the gateway closes the request it made ahead.
+            await upstream.logged("hung up 1")
+            assert "answered 1" not in upstream.log
+            assert upstream.texts == whole_clip_pieces(FIVE)[:2]  # and asks for no more
