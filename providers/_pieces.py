@@ -7,10 +7,10 @@ A text is cut into pieces for two reasons:
 - the provider answers only whole clips (Google's REST reply, an upstream that sends a whole
   file): nothing can be played until the clip for the whole piece has been synthesized, so the
   first sentence goes alone and its audio leaves after one sentence's synthesis, not the whole
-  text's. The pieces after it grow (each at most twice the one before, cut at sentence
-  boundaries): a piece takes about twice as long to synthesize as the one before it takes to
-  play only if the provider is slower than half real time, and a long text still costs few
-  requests.
+  text's. The pieces after it grow (each at most twice the one before, cut between sentences,
+  or between the clauses of a sentence too long for that): a piece takes longer to synthesize
+  than the one before it takes to play only if the provider is slower than half real time, and
+  a long text still costs few requests.
 
 :func:`pipelined` requests the first piece at once and, as soon as it has its first audio, the
 next :data:`LOOKAHEAD` piece(s) beside it; each piece's audio is held (up to
