@@ -4,7 +4,7 @@ nginx as a plain streaming reverse proxy (what a proxy written in C costs).
 
     python -m bench.run              # everything, about seven minutes on 2 cores
     python -m bench.run --quick      # fewer requests and repeats, for a smoke test
-    python -m bench.run --only soak  # some scenarios: one, cpu, realtime, memory, local, soak
+    python -m bench.run --only soak  # some of: one, cpu, realtime, memory, local, soak, pieces
 
 Writes ``docs/benchmarks.md`` (the table printed at the end) and ``docs/benchmarks.json`` (every
 figure). A run of some scenarios (``--only``) replaces their figures in the JSON and keeps the
@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import soak, soak_report
+from bench import pieces, soak, soak_report
 from bench.harness import (
     PY,
     ROOT,
@@ -397,6 +397,11 @@ class Bench:
         """(6) The fault soak (``bench.soak``), on its own gateway and upstreams."""
         self.figures["soak"] = soak.run_soak(self.workdir, self.quick)
 
+    def pipelined_pieces(self) -> None:
+        """(7) Pipelined pieces (``bench.pieces``), on its own gateway and whole-clip upstream."""
+        runs = pieces.QUICK_RUNS if self.quick else pieces.RUNS
+        self.figures["pieces"] = pieces.run_pieces(self.workdir, runs)
+
 
 # ------------------------------------------------------------------ report
 
@@ -406,8 +411,13 @@ def targets(f: dict[str, Any]) -> list[Target]:
     found = suite_targets(f) if all(key in f for key in SUITE_FIGURES) else []
     if "soak" in f:
         found += soak_report.targets(f["soak"])
+    if "pieces" in f:
+        found += pieces.targets(f["pieces"])
     return found
 
+
+#: The scenarios that run servers of their own.
+OWN_SERVERS = ("soak", "pieces")
 
 #: The figures of the scenarios measured against the direct and nginx baselines.
 SUITE_FIGURES = ("one_stream", "cpu_full_speed", "realtime_streams", "memory", "local_voice")
@@ -632,6 +642,8 @@ def render(f: dict[str, Any], meta: dict[str, Any]) -> str:
     ]
     if "soak" in f:
         lines += soak_report.render(f["soak"])
+    if "pieces" in f:
+        lines += pieces.render(f["pieces"])
     history = Path(__file__).with_name("changes.md")
     if history.exists():
         lines.append(history.read_text())
@@ -684,7 +696,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer requests, one repeat")
     parser.add_argument("--out", default=str(ROOT / "docs"), help="where to write the report")
     parser.add_argument(
-        "--only", help="comma-separated scenarios (one,cpu,realtime,memory,local,soak)"
+        "--only", help="comma-separated scenarios (one,cpu,realtime,memory,local,soak,pieces)"
     )
     parser.add_argument(
         "--render", action="store_true", help="only rewrite benchmarks.md from benchmarks.json"
@@ -708,6 +720,7 @@ def main() -> None:
         "memory": Bench.memory,
         "local": Bench.local_voice,
         "soak": Bench.fault_soak,
+        "pieces": Bench.pipelined_pieces,
     }
     chosen = args.only.split(",") if args.only else list(steps)
     unknown = [name for name in chosen if name not in steps]
@@ -735,7 +748,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="tts-bench-") as tmp:
         bench = Bench(Path(tmp), args.quick)
         meta["repeats"] = bench.repeats()
-        with servers(bench, needed=any(name != "soak" for name in chosen)):
+        with servers(bench, needed=any(name not in OWN_SERVERS for name in chosen)):
             for name in chosen:
                 t0 = time.perf_counter()
                 print(f"running {name} ...", flush=True)

@@ -7,10 +7,10 @@ A text is cut into pieces for two reasons:
 - the provider answers only whole clips (Google's REST reply, an upstream that sends a whole
   file): nothing can be played until the clip for the whole piece has been synthesized, so the
   first sentence goes alone and its audio leaves after one sentence's synthesis, not the whole
-  text's. The pieces after it grow (each at most twice the one before, cut at sentence
-  boundaries): a piece takes about twice as long to synthesize as the one before it takes to
-  play only if the provider is slower than half real time, and a long text still costs few
-  requests.
+  text's. The pieces after it grow (each at most twice the one before, cut between sentences,
+  or between the clauses of a sentence too long for that): a piece takes longer to synthesize
+  than the one before it takes to play only if the provider is slower than half real time, and
+  a long text still costs few requests.
 
 :func:`pipelined` requests the first piece at once and, as soon as it has its first audio, the
 next :data:`LOOKAHEAD` piece(s) beside it; each piece's audio is held (up to
@@ -25,10 +25,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import Final
 
-from .sentences import split_for_speech, split_to_limit
+from .sentences import clauses, sentences, split_to_limit
 
 #: Pieces requested ahead of the one being relayed.
 LOOKAHEAD: Final = 1
@@ -43,38 +43,62 @@ MIN_FIRST_PIECE: Final = 12
 def whole_clip_pieces(
     text: str, limit: int | None = None, size: Callable[[str], int] = len
 ) -> list[str]:
-    """``text`` cut for a whole-clip provider: the first sentence alone, then pieces that at
-    most double, each within ``limit`` (as ``size`` measures)."""
-    sentences = split_for_speech(text)
-    if limit is not None:
-        sentences = [part for s in sentences for part in split_to_limit(s, limit, size)]
-    if len(sentences) <= 1:
-        return sentences or [text]
+    """``text`` cut for a whole-clip provider: the first sentence alone (with the next ones while
+    it is shorter than :data:`MIN_FIRST_PIECE`), then pieces of whole sentences, each at most
+    twice as long as the one before (a sentence too long for that is cut between clauses, if it
+    has any), and each within ``limit`` as ``size`` measures it. Every cut is made at whitespace
+    (or after a CJK mark), which is left out; a text of one sentence is the one piece as is."""
+    parts: deque[tuple[str, str]] = deque()
+    for sentence, after in sentences(text):
+        if limit is not None and size(sentence) > limit:
+            finer = split_to_limit(sentence, limit, size)
+            glue = " " if any(c.isspace() for c in sentence) else ""
+            parts.extend((part, glue) for part in finer[:-1])
+            parts.append((finer[-1], after))
+        else:
+            parts.append((sentence, after))
+    if len(parts) <= 1:
+        return [text]
     pieces: list[str] = []
-    current = ""
-    budget = 0
-    for sentence in sentences:
-        if not current:
-            current = sentence
-            continue
-        joined = f"{current} {sentence}"
-        if limit is None or size(joined) <= limit:
-            first_too_short = not pieces and len(current) < MIN_FIRST_PIECE
-            if first_too_short or (pieces and len(joined) <= budget):
-                current = joined
-                continue
-        pieces.append(current)
-        budget = 2 * len(current) + 1  # twice as long, with the space between
-        current = sentence
-    if current:
-        pieces.append(current)
+    while parts:
+        piece, gap = parts.popleft()
+        budget = 2 * len(pieces[-1]) + 1 if pieces else None  # twice, and the space between
+        if budget is not None and len(piece) > budget:
+            piece, gap = _head_within(piece, gap, budget, parts)
+        while parts:
+            joined = piece + gap + parts[0][0]
+            if limit is not None and size(joined) > limit:
+                break
+            if len(piece) >= MIN_FIRST_PIECE if budget is None else len(joined) > budget:
+                break
+            piece, gap = joined, parts.popleft()[1]
+        pieces.append(piece)
     return pieces
+
+
+def _head_within(
+    sentence: str, after: str, budget: int, parts: deque[tuple[str, str]]
+) -> tuple[str, str]:
+    """The longest run of ``sentence``'s first clauses within ``budget`` characters (the first
+    clause if none fits), and what followed it; the rest of the sentence is put back in front
+    of ``parts``."""
+    pieces = clauses(sentence)
+    head, gap = pieces[0]
+    taken = 1
+    while taken < len(pieces) and len(head + gap + pieces[taken][0]) <= budget:
+        head, gap = head + gap + pieces[taken][0], pieces[taken][1]
+        taken += 1
+    if taken < len(pieces):
+        rest = "".join(part + space for part, space in pieces[taken:])
+        parts.appendleft((rest, after))
+        return head, gap
+    return head, after
 
 
 class _Ahead:
     """One piece requested ahead: its audio read into a bounded buffer by a task of its own."""
 
-    def __init__(self, source: AsyncIterator[bytes]) -> None:
+    def __init__(self, source: AsyncGenerator[bytes, None]) -> None:
         self._source = source
         self._chunks: deque[bytes] = deque()
         self._held = 0
@@ -99,10 +123,8 @@ class _Ahead:
         finally:
             self._done = True
             self._changed.set()
-            closer = getattr(self._source, "aclose", None)
-            if closer is not None:
-                with contextlib.suppress(BaseException):
-                    await closer()
+            with contextlib.suppress(BaseException):
+                await self._source.aclose()
 
     async def chunks(self) -> AsyncGenerator[bytes, None]:
         while True:
@@ -119,19 +141,25 @@ class _Ahead:
             self._changed.clear()
             await self._changed.wait()
 
-    async def cancel(self) -> None:
+    def stop(self) -> None:
+        """Stop reading: the piece's stream is closed (its upstream with it)."""
         self._task.cancel()
+
+    async def stopped(self) -> None:
+        """Once the piece's stream is closed."""
         await asyncio.gather(self._task, return_exceptions=True)
 
 
 async def pipelined(
-    pieces: Sequence[str], fetch: Callable[[str], AsyncIterator[bytes]]
+    pieces: Sequence[str], fetch: Callable[[str], AsyncGenerator[bytes, None]]
 ) -> AsyncGenerator[bytes, None]:
     """The audio of every piece in order, each piece fetched by ``fetch`` (see the module
-    docstring). With one piece, ``fetch``'s own stream, untouched."""
+    docstring). With one piece, ``fetch``'s own stream. Every piece's stream is closed by the
+    time this one's ``aclose`` returns."""
     if len(pieces) == 1:
-        async for chunk in fetch(pieces[0]):
-            yield chunk
+        async with contextlib.aclosing(fetch(pieces[0])) as only:
+            async for chunk in only:
+                yield chunk
         return
     ahead: deque[_Ahead] = deque()
     current: _Ahead | None = None
@@ -144,24 +172,24 @@ async def pipelined(
             following += 1
 
     try:
-        first = fetch(pieces[0])
-        try:
+        async with contextlib.aclosing(fetch(pieces[0])) as first:
             async for chunk in first:
                 request_ahead()
                 yield chunk
-        finally:
-            closer = getattr(first, "aclose", None)
-            if closer is not None:
-                await closer()
         request_ahead()  # a first piece with no audio still leads to the next
         while ahead:
             current = ahead.popleft()
-            async for chunk in current.chunks():
-                request_ahead()
-                yield chunk
+            async with contextlib.aclosing(current.chunks()) as audio:
+                async for chunk in audio:
+                    request_ahead()
+                    yield chunk
             current = None
             request_ahead()
     finally:
-        for piece in (current, *ahead):
-            if piece is not None:
-                await piece.cancel()
+        # Every piece is told to stop before any is waited for: a second cancellation of
+        # this task during the waits leaves none of them running.
+        unfinished = [piece for piece in (current, *ahead) if piece is not None]
+        for piece in unfinished:
+            piece.stop()
+        for piece in unfinished:
+            await piece.stopped()

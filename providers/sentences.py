@@ -26,6 +26,8 @@ ELLIPSIS = "\u2026"
 DASHES = "\u2014\u2013"
 #: What may follow a sentence's last mark before the space: ``He said "stop." Then…``.
 CLOSERS = "\"'\u201d\u2019)]"
+#: The same after a CJK mark: ``「你好。」``.
+CJK_CLOSERS = "\u300d\u300f\uff09\u3011\u300b\u201d\u2019"
 
 
 def _cut_after(marks: str, *, closers: str = "", unspaced: str = "") -> re.Pattern[str]:
@@ -44,6 +46,20 @@ _REQUEST_CLAUSE = _cut_after(CLAUSE_MARKS, unspaced=CJK_CLAUSE_MARKS)
 _SPEECH_SENTENCE = _cut_after(SENTENCE_MARKS + ELLIPSIS + CJK_SENTENCE_MARKS, closers=CLOSERS)
 _SPEECH_CLAUSE = _cut_after(CLAUSE_MARKS + CJK_CLAUSE_MARKS + DASHES)
 _WORD = re.compile(r"\s+")
+#: Between two sentences, for a text cut in sentences kept whole: whitespace after a mark (and a
+#: closer), and after a CJK mark (and a closer) whitespace or none, unless more marks follow.
+_SENTENCE_BREAK = re.compile(
+    rf"(?:(?<=[{re.escape(SENTENCE_MARKS)}])|(?<=[{re.escape(SENTENCE_MARKS)}]"
+    rf"[{re.escape(CLOSERS)}]))\s+"
+    rf"|(?<=[{re.escape(CJK_SENTENCE_MARKS + CJK_CLOSERS)}])"
+    rf"(?<![^{re.escape(CJK_SENTENCE_MARKS)}][{re.escape(CJK_CLOSERS)}])"
+    rf"(?![{re.escape(CJK_SENTENCE_MARKS + CJK_CLOSERS)}])\s*"
+)
+#: Between two clauses of a sentence, likewise.
+_CLAUSE_BREAK = re.compile(
+    rf"(?<=[{re.escape(CLAUSE_MARKS + DASHES)}])\s+"
+    rf"|(?<=[{re.escape(CJK_CLAUSE_MARKS)}])(?![{re.escape(CJK_CLAUSE_MARKS)}])\s*"
+)
 
 
 def split_to_limit(text: str, limit: int, size: Callable[[str], int] = len) -> list[str]:
@@ -125,3 +141,27 @@ def _group_clauses(sentence: str) -> list[str]:
     if current:
         groups.append(" ".join(current))
     return groups
+
+
+def sentences(text: str) -> list[tuple[str, str]]:
+    """``text`` (its outer whitespace dropped) cut between sentences, each sentence with the
+    whitespace that followed it ("" after the last, and between CJK sentences): joined again,
+    they are the text exactly."""
+    return _breaks(text.strip(), _SENTENCE_BREAK)
+
+
+def clauses(sentence: str) -> list[tuple[str, str]]:
+    """A sentence cut between clauses, as :func:`sentences` cuts a text."""
+    return _breaks(sentence, _CLAUSE_BREAK)
+
+
+def _breaks(text: str, pattern: re.Pattern[str]) -> list[tuple[str, str]]:
+    parts: list[tuple[str, str]] = []
+    start = 0
+    for cut in pattern.finditer(text):
+        if cut.start() > start and cut.end() < len(text):
+            parts.append((text[start : cut.start()], cut.group()))
+            start = cut.end()
+    if start < len(text):
+        parts.append((text[start:], ""))
+    return parts

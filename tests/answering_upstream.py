@@ -228,3 +228,82 @@ async def until(check: Callable[[], Awaitable[bool]], seconds: float = 5.0) -> b
             return True
         await asyncio.sleep(0.01)
     return await check()
+
+
+# ---------------------------------------------------------------- a whole-clip upstream
+
+
+def clip_of(text: str) -> bytes:
+    """The clip a :class:`WholeClipUpstream` answers ``text`` with: 10 ms of 24 kHz audio per
+    character, made of the text's own bytes, so that each piece's audio is told apart."""
+    raw = text.encode() or b"\x00"
+    size = 480 * max(1, len(text))
+    return (raw * (size // len(raw) + 1))[:size]
+
+
+class WholeClipUpstream(LoopbackServer):
+    """Speaks the custom TTS interface like a service that sends a file: each answer leaves
+    whole (with its ``Content-Length``) once its synthesis is over, ``seconds_per_char`` per
+    character of the text; the answer to request *i* (from 0) also waits for ``holds[i]`` if
+    set. Logs ``received i``, ``answered i`` and ``hung up i`` (the gateway closed the
+    connection before the answer) in :attr:`log`, which a test may write its own events into
+    (:meth:`note`) to order them against the upstream's."""
+
+    def __init__(self, seconds_per_char: float = 0.0) -> None:
+        self.seconds_per_char = seconds_per_char
+        self.holds: dict[int, asyncio.Event] = {}
+        self.texts: list[str] = []
+        self.log: list[str] = []
+        self._noted = asyncio.Event()
+
+    def note(self, entry: str) -> None:
+        self.log.append(entry)
+        self._noted.set()
+
+    async def logged(self, entry: str, seconds: float = 10.0) -> None:
+        """Once ``entry`` is in the log (an assertion error after ``seconds``)."""
+        async with asyncio.timeout(seconds):
+            while entry not in self.log:
+                self._noted.clear()
+                await self._noted.wait()
+
+    async def _one_request(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bool:
+        _target, _headers, raw = await read_request(reader)
+        text = str(json.loads(raw or b"{}").get("Text", ""))
+        index = len(self.texts)
+        self.texts.append(text)
+        self.note(f"received {index}")
+        hold = self.holds.get(index)
+
+        async def synthesis() -> None:
+            await asyncio.sleep(self.seconds_per_char * len(text))
+            if hold is not None:
+                await hold.wait()
+
+        if not await _until_done(synthesis(), reader):
+            self.note(f"hung up {index}")
+            return False
+        clip = clip_of(text)
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(clip), clip)
+        )
+        await writer.drain()
+        self.note(f"answered {index}")
+        return True
+
+
+async def _until_done(work: Awaitable[None], reader: asyncio.StreamReader) -> bool:
+    """Wait for ``work``; False if the gateway closed the connection first."""
+    working = asyncio.ensure_future(work)
+    eof = asyncio.ensure_future(reader.read(1))
+    try:
+        await asyncio.wait((working, eof), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        working.cancel()
+        eof.cancel()
+        # The reader is free for the next request only once the read is over.
+        await asyncio.gather(working, eof, return_exceptions=True)
+    return not working.cancelled() and not (eof.done() and not eof.cancelled())

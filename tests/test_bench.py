@@ -20,6 +20,9 @@ from bench import soak_report
 from bench.faults import HEALTHY, SOAK, FaultPlan, FaultyUpstream
 from bench.integrity import Verdict, answer_samples, check, expected_pcm
 from bench.loadgen import run
+from bench.pieces import SYNTHESIS_MS_PER_CHAR, ClipProtocol, clip_bytes, listen, run_pieces
+from bench.pieces import render as render_pieces
+from bench.pieces import targets as pieces_targets
 from bench.run import merged
 from bench.soak import Soak, SoakSize
 from bench.upstream import CHUNK_SAMPLES, RATE, serve
@@ -353,3 +356,39 @@ def test_a_run_of_some_scenarios_keeps_the_other_figures(tmp_path: Path) -> None
     }
     whole, _ = merged(saved, {"soak": 4}, {"date": "now"}, partial=False)
     assert whole == {"soak": 4}
+
+
+# ------------------------------------------------------------------ pipelined pieces
+
+
+async def test_the_clip_upstream_answers_the_whole_clip_after_its_synthesis() -> None:
+    sock = free_socket()
+    port = sock.getsockname()[1]
+    sock.close()
+    ready = asyncio.Event()
+    task = asyncio.create_task(serve("127.0.0.1", port, ready, protocol=ClipProtocol))
+    await ready.wait()
+    text = "Thanks for calling the clinic."
+    try:
+        url = f"http://127.0.0.1:{port}/stream-audio"
+        answers = [await listen(url, "any", text) for _ in range(2)]  # one connection, kept
+    finally:
+        task.cancel()
+    for answer in answers:
+        assert answer["bytes"] == clip_bytes(text) == 2 * round(len(text) * 60 * 24)
+        # Nothing before the synthesis is over (a lower bound: a loaded machine only adds).
+        assert answer["first_audio_ms"] >= SYNTHESIS_MS_PER_CHAR * len(text)
+        assert answer["underrun_ms"] == 0  # each chunk holds far more audio than its spacing
+
+
+def test_the_pieces_scenario_runs_end_to_end(tmp_path: Path) -> None:
+    figures = run_pieces(tmp_path, runs=1)
+    assert figures["pieced"]["bytes_ok"] and figures["unsplit"]["bytes_ok"]
+    assert figures["pieces"][0] == len("Thanks for calling the clinic.")
+    assert len(figures["pieces"]) > 2
+    assert {t.figure for t in pieces_targets(figures)} == {
+        "pipelined pieces: playback underrun at the caller (median)",
+        "pipelined pieces: first audio vs the text unsplit",
+    }
+    report = "\n".join(render_pieces(figures))
+    assert report.startswith("## (7) Pipelined pieces") and "| first audio |" in report

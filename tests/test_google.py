@@ -262,3 +262,27 @@ async def test_a_long_clip_is_decoded_piece_by_piece(respx_mock: respx.MockRoute
     assert len(pieces) > 10
     assert max(len(p) for p in pieces) <= 200 * 1024
     assert b"".join(pieces) == pcm  # the WAV header dropped, nothing else lost
+
+
+async def test_the_first_sentence_goes_alone_and_the_rest_follows_in_order(
+    respx_mock: respx.MockRouter,
+) -> None:
+    """Google answers whole clips: the first sentence is asked for alone, so that its audio
+    can leave after one sentence's synthesis; the next pieces are asked for while it plays."""
+    text = (
+        "Thanks for calling the clinic. Our office opens at nine in the morning. It closes at "
+        "five in the afternoon. On weekends you can leave us a message. We call back soon."
+    )
+    clips: list[bytes] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        said = json.loads(request.content)["input"]["text"]
+        clips.append(tone(200 + 100 * len(clips), 0.01 * len(said), 16000))
+        return reply(clips[-1], 16000)
+
+    route = respx_mock.post(URL).mock(side_effect=answer)
+    audio = await collect(job(text=text))
+    sent = [json.loads(call.request.content)["input"]["text"] for call in route.calls]
+    assert sent[0] == "Thanks for calling the clinic."
+    assert len(sent) > 2 and " ".join(sent) == text
+    assert audio == b"".join(clips)  # each piece's audio, its WAV header dropped, in order
