@@ -122,3 +122,38 @@ def test_the_fixtures_redis_keeps_nothing_on_disk(redis_server: RedisServer) -> 
         assert client.ping()
         assert client.config_get("save") == {"save": ""}
         assert client.config_get("appendonly") == {"appendonly": "no"}
+
+
+async def test_a_value_larger_than_any_entry_is_read_no_further_than_one_byte_past_it(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A value planted under a key (Redis takes up to 512 MB) must not be read whole: the bound
+    # is lowered here so that a small value is over it, and what the gateway read is counted.
+    monkeypatch.setattr(store, "MAX_VALUE_BYTES", 1000)
+    reads: list[int] = []
+
+    async with PhraseUpstream() as upstream:
+        yaml = routing(upstream.url, cache={"redis_url": redis_server.url, "memory_mb": 0})
+        async with live_server(create_app(parse_config(yaml))) as one:
+            assert (await ask(one, body())).cache == "miss"
+            assert await eventually(lambda: len(_keys(redis_server)) == 1, 10)
+        (key,) = _keys(redis_server)
+        with redis_server.client() as client:
+            client.set(key, b"\0" * 100_000)
+        app = create_app(parse_config(yaml))
+        cache = app.state.gateway.cache
+        assert cache.redis is not None
+        client = cache.redis.client
+        real = client.getrange
+
+        async def counted(name: str, start: int, end: int) -> bytes:
+            value: bytes = await real(name, start, end)
+            reads.append(len(value))
+            return value
+
+        monkeypatch.setattr(client, "getrange", counted)
+        async with live_server(app) as two:
+            answer = await ask(two, body())
+        assert (answer.status, answer.cache, answer.audio) == (200, "miss", WHOLE)
+        assert reads == [1001]  # one byte past the bound, not the 100 000 stored
+        assert _records(caplog, "too large")()

@@ -45,6 +45,8 @@ MAX_ENTRY_CHUNKS: Final = 1 << 16
 
 _MAGIC: Final = b"TTSC1"
 _HEAD: Final = struct.Struct("<5sIdI")  # magic, characters, audio seconds, chunk count
+#: The largest Redis value an entry can be (its head, its chunk sizes, its audio).
+MAX_VALUE_BYTES: Final = _HEAD.size + 4 * MAX_ENTRY_CHUNKS + MAX_ENTRY_BYTES
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,12 +178,17 @@ class RedisStore:
             return None
         try:
             async with asyncio.timeout(REDIS_DEADLINE):
-                blob = await self.client.get(key)
+                # At most one byte more than an entry can be: a value planted in Redis (up to
+                # its 512 MB) is never read whole. A missing key reads as empty.
+                blob = await self.client.getrange(key, 0, MAX_VALUE_BYTES)
         except Exception as error:
             self._failed("get", error)
             return None
         self._ok()
-        if blob is None:
+        if not blob:
+            return None
+        if len(blob) > MAX_VALUE_BYTES:
+            log.warning("the phrase cache's Redis entry %s… is too large: ignored", key[-16:])
             return None
         entry = Entry.decode(bytes(blob))
         if entry is None:
