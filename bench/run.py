@@ -4,7 +4,7 @@ nginx as a plain streaming reverse proxy (what a proxy written in C costs).
 
     python -m bench.run              # everything, about seven minutes on 2 cores
     python -m bench.run --quick      # fewer requests and repeats, for a smoke test
-    python -m bench.run --only soak  # some of: one, cpu, realtime, memory, local, soak, pieces
+    python -m bench.run --only soak  # one, cpu, realtime, memory, local, soak, pieces, openai
 
 Writes ``docs/benchmarks.md`` (the table printed at the end) and ``docs/benchmarks.json`` (every
 figure). A run of some scenarios (``--only``) replaces their figures in the JSON and keeps the
@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import pieces, soak, soak_report
+from bench import openai_door, pieces, soak, soak_report
 from bench.harness import (
     PY,
     ROOT,
@@ -393,6 +393,14 @@ class Bench:
         result["rtf_one_core"] = json.loads(rtf.stdout)
         self.figures["local_voice"] = result
 
+    def openai_door(self) -> None:
+        """(7) The OpenAI door: added TTFB per response format vs the custom door, the
+        gateway's CPU per request, the encoders' steps (``bench.openai_door``)."""
+        assert self.gateway
+        self.figures["openai"] = openai_door.run_openai(
+            self.gateway.port, self.gateway.pid, self.quick
+        )
+
     def fault_soak(self) -> None:
         """(6) The fault soak (``bench.soak``), on its own gateway and upstreams."""
         self.figures["soak"] = soak.run_soak(self.workdir, self.quick)
@@ -644,6 +652,8 @@ def render(f: dict[str, Any], meta: dict[str, Any]) -> str:
         lines += soak_report.render(f["soak"])
     if "pieces" in f:
         lines += pieces.render(f["pieces"])
+    if "openai" in f:
+        lines += openai_door.render(f["openai"])
     history = Path(__file__).with_name("changes.md")
     if history.exists():
         lines.append(history.read_text())
@@ -696,7 +706,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer requests, one repeat")
     parser.add_argument("--out", default=str(ROOT / "docs"), help="where to write the report")
     parser.add_argument(
-        "--only", help="comma-separated scenarios (one,cpu,realtime,memory,local,soak,pieces)"
+        "--only",
+        help="comma-separated scenarios (one,cpu,realtime,memory,local,soak,pieces,openai)",
     )
     parser.add_argument(
         "--render", action="store_true", help="only rewrite benchmarks.md from benchmarks.json"
@@ -721,6 +732,7 @@ def main() -> None:
         "local": Bench.local_voice,
         "soak": Bench.fault_soak,
         "pieces": Bench.pipelined_pieces,
+        "openai": Bench.openai_door,
     }
     chosen = args.only.split(",") if args.only else list(steps)
     unknown = [name for name in chosen if name not in steps]

@@ -3,8 +3,9 @@
 
 The data path of a request, module by module::
 
-    http1 (connection) ─► front.custom_tts (read, check) ─► synthesis (route, admit, budgets)
-        ─► relay (voice chain, retries, first audio) ─► provider ─► audio (converter)
+    http1 (connection) ─► front.custom_tts or front.openai_api (read, check)
+        ─► synthesis (route, admit, budgets) ─► relay (voice chain, retries, first audio)
+        ─► provider ─► audio (converter) ─► the door's wire format (encode, for OpenAI's)
 """
 
 from __future__ import annotations
@@ -14,17 +15,19 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from types import MappingProxyType
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .config import ConfigError, GatewayConfig, default_config, load_config
 from .front.custom_tts import CustomTTSDoor
+from .front.openai_api import SPEECH_PATH, OpenAISpeechDoor, models_route
 from .front.ops import http_error, ops_routes
 from .front.playground import playground_routes
 from .health import SAMPLE_SECONDS
@@ -96,18 +99,20 @@ def create_app(
             await reloader.aclose()
             await gateway.stop()
 
-    door = CustomTTSDoor(gateway)
     path = gateway.config.server.path
+    doors: dict[str, ASGIApp] = {}
+    routes: list[BaseRoute] = []
+    if gateway.config.server.openai_api and path != SPEECH_PATH:
+        doors[SPEECH_PATH] = OpenAISpeechDoor(gateway)
+        routes += [Route(SPEECH_PATH, doors[SPEECH_PATH], methods=["POST"]), models_route(gateway)]
+    doors[path] = CustomTTSDoor(gateway)
+    routes.insert(0, Route(path, doors[path], methods=["POST"]))
     app = GatewayApp(
-        routes=[
-            Route(path, door, methods=["POST"]),
-            *ops_routes(gateway),
-            *playground_routes(gateway),
-        ],
+        routes=[*routes, *ops_routes(gateway), *playground_routes(gateway)],
         lifespan=lifespan,
         exception_handlers={HTTPException: http_error},
     )
-    app.synthesis = (path, door)
+    app.doors = MappingProxyType(doors)
     # A path with a stray slash is a 404 like any other, not a redirect built from the
     # caller's own Host header.
     app.router.redirect_slashes = False
@@ -133,21 +138,18 @@ async def _sample(gateway: Gateway) -> None:
 
 
 class GatewayApp(Starlette):
-    """Starlette, with the synthesis route taken before its middleware: that route handles
-    its own errors, and every audio chunk would otherwise pass through two wrappers of
-    ``send``."""
+    """Starlette, with the synthesis routes (the front doors, by path) taken before its
+    middleware: a door handles its own errors, and every audio chunk would otherwise pass
+    through two wrappers of ``send``."""
 
-    synthesis: tuple[str, ASGIApp] | None = None
+    doors: Mapping[str, ASGIApp] = MappingProxyType({})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            self.synthesis is not None
-            and scope["type"] == "http"
-            and scope["method"] == "POST"
-            and scope["path"] == self.synthesis[0]
-        ):
-            await self.synthesis[1](scope, receive, send)
-            return
+        if scope["type"] == "http" and scope["method"] == "POST":
+            door = self.doors.get(scope["path"])
+            if door is not None:
+                await door(scope, receive, send)
+                return
         await super().__call__(scope, receive, send)
 
 

@@ -89,6 +89,13 @@ class Router:
             return self._copy(self._default)
         return None
 
+    def names(self, voice_id: str) -> bool:
+        """Whether ``voice_id`` names a voice of the file: an exact voice or a pattern's match
+        (not merely the default voice an unknown VoiceId falls back to)."""
+        if voice_id in self._chains:
+            return True
+        return any(fnmatchcase(voice_id, pattern.key) for pattern in self._patterns)
+
     def table(self) -> list[dict[str, Any]]:
         """The routing table, one JSON-ready row per voice in file order."""
         default = self.config.server.default_voice

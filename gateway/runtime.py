@@ -342,6 +342,7 @@ class Gateway:
             "workers",
             "watch",
             "metrics",
+            "openai_api",
         )
         changed = [k for k in fixed if getattr(config.server, k) != getattr(self.config.server, k)]
         if changed:

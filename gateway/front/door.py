@@ -1,0 +1,154 @@
+"""What every front door of the synthesis core does the same way, whatever its protocol.
+
+A door is a plain ASGI app rather than a Starlette endpoint, because it must own the whole
+exchange: it watches for the caller hanging up from the moment the body is read (a hang-up
+while waiting for the provider's first byte cancels the provider too), and the stream is closed
+in ``finally`` — Starlette's ``StreamingResponse`` neither ``aclose()``\\ s its iterator on
+disconnect nor runs background tasks when cancelled.
+
+::
+
+    SynthesisDoor.__call__   the routing in use for the whole request
+      refuse while starting or draining (503) ─► read the body (bounded)
+      ─► parse(...)          the door's protocol: token, fields → its call
+      ─► synthesize(...)     SynthesisCore.open, Synthesis.pump, the door's wire format
+         beside a watcher of the connection: whichever ends first wins
+      a GatewayError before any audio ─► error_response(...), in the door's error shape
+      Outcome.finish() in every case: the metrics and the log line
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+from abc import ABC, abstractmethod
+from typing import ClassVar, Generic, TypeVar
+from urllib.parse import quote
+
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from .. import budgets
+from ..errors import GatewayError, NotReady
+from ..http1 import ANSWERED_SCOPE_KEY
+from ..runtime import Gateway, LoadedRouting
+from ..synthesis import Outcome, Synthesis
+from .body import ClientGone, header, read_body, wait_for_disconnect
+
+__all__ = ["SynthesisDoor", "answer_headers", "header_value", "request_id"]
+
+#: A caller's X-Request-Id is kept only if it is this tame (it goes into logs and upstream headers).
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+Call = TypeVar("Call")
+
+
+def request_id(scope: Scope) -> str:
+    """The caller's ``X-Request-Id`` when it is tame, else a new one."""
+    given = header(scope, b"x-request-id") or ""
+    return given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+
+
+def header_value(text: str) -> bytes:
+    """``text`` as a header value that no caller can use to break the head: UTF-8, with every
+    byte outside visible ASCII (and ``%``) percent-encoded."""
+    return quote(text, safe="".join(chr(c) for c in range(0x21, 0x7F) if chr(c) != "%")).encode()
+
+
+def answer_headers(synthesis: Synthesis, content_type: str) -> list[tuple[bytes, bytes]]:
+    """The head of an audio answer, every door alike: its type, the request id, the voice that
+    answered, and whether it came from the phrase cache (``X-Cache``, when the voice uses it)."""
+    headers = [
+        (b"content-type", content_type.encode()),
+        (b"x-request-id", synthesis.outcome.request_id.encode()),
+        (b"x-voice", header_value(synthesis.answering_voice)),
+        (b"cache-control", b"no-store"),
+    ]
+    if synthesis.stream.cache is not None:
+        headers.append((b"x-cache", synthesis.stream.cache.encode()))
+    return headers
+
+
+class SynthesisDoor(ABC, Generic[Call]):
+    """A front door (an ASGI app for one route): the exchange around the synthesis core.
+    A door says how its request is read (:meth:`parse`), how its audio is written
+    (:meth:`synthesize`) and how its errors look (:meth:`error_response`)."""
+
+    #: The door's name in the request's log line and :class:`Outcome`.
+    door: ClassVar[str]
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        routing = self.gateway.routing
+        with routing.in_use():
+            await self._serve(routing, scope, receive, send)
+
+    @abstractmethod
+    async def parse(
+        self, routing: LoadedRouting, scope: Scope, body: bytes, outcome: Outcome
+    ) -> Call:
+        """The request, checked (token included): raise a :class:`GatewayError`, or return
+        the call, with ``outcome`` told of it (tenant, characters, :meth:`Outcome.describe`)."""
+
+    @abstractmethod
+    async def synthesize(
+        self, routing: LoadedRouting, call: Call, outcome: Outcome, send: Send
+    ) -> None:
+        """Open the synthesis, send the answer's head, pump the audio, end the body."""
+
+    def error_response(self, error: GatewayError, request_id: str) -> Response:
+        """An error answered before any audio (the gateway's JSON shape unless a door has its
+        own)."""
+        return error.to_response(request_id)
+
+    async def _serve(
+        self, routing: LoadedRouting, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        gateway = self.gateway
+        rid = request_id(scope)
+        outcome = Outcome(gateway.metrics, rid, door=self.door)
+        try:
+            if not gateway.ready or gateway.draining:
+                raise NotReady("the gateway is starting or draining", headers={"Retry-After": "1"})
+            body = await read_body(scope, receive, routing.config.server.max_body_bytes)
+            call = await self.parse(routing, scope, body, outcome)
+            # The work runs beside a watcher of the connection: whichever ends first wins, so
+            # a caller hanging up cancels the provider whether or not audio has started.
+            work = asyncio.create_task(self.synthesize(routing, call, outcome, send))
+            watcher = asyncio.create_task(wait_for_disconnect(receive))
+            try:
+                await asyncio.wait((work, watcher), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                watcher.cancel()
+                if not work.done():
+                    work.cancel()
+                    await asyncio.wait((work,))
+                    if outcome.end is None:  # not merely a hang-up after the last byte
+                        outcome.ended("client_disconnect")
+                    if outcome.status is None:
+                        outcome.answered(499)
+            if not work.cancelled():
+                work.result()
+        except ClientGone:
+            # The connection layer may have answered itself (a body late or malformed).
+            outcome.answered(int(scope.get(ANSWERED_SCOPE_KEY) or 499))
+        except GatewayError as error:
+            outcome.answered(error.status, error.code)
+            await self.error_response(error, rid)(scope, receive, send)
+        finally:
+            outcome.finish()
+
+    @staticmethod
+    async def end_body(send: Send, last: bytes, outcome: Outcome) -> None:
+        """Send ``last`` and end the body, within :data:`budgets.LAST_SEND_SECONDS` (a caller
+        that stops reading now is left to the connection layer: the audio was all sent)."""
+        try:
+            async with asyncio.timeout(budgets.LAST_SEND_SECONDS):
+                if last:
+                    await send({"type": "http.response.body", "body": last, "more_body": True})
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except TimeoutError:
+            outcome.end = f"{outcome.end},caller_not_reading"
