@@ -2,14 +2,15 @@
 baselines measured in the same run — the client straight to the mock upstream (the floor) and
 nginx as a plain streaming reverse proxy (what a proxy written in C costs).
 
-    python -m bench.run              # everything, about seven minutes on 2 cores
-    python -m bench.run --quick      # fewer requests and repeats, for a smoke test
-    python -m bench.run --only soak  # some scenarios: one, cpu, realtime, memory, local, soak
+    python -m bench.run               # everything, about eight minutes on 2 cores
+    python -m bench.run --quick       # fewer requests and repeats, for a smoke test
+    python -m bench.run --only cache  # some: one, cpu, realtime, memory, local, soak, cache
 
 Writes ``docs/benchmarks.md`` (the table printed at the end) and ``docs/benchmarks.json`` (every
 figure). A run of some scenarios (``--only``) replaces their figures in the JSON and keeps the
 others', and rewrites the report when every scenario has figures. The fault soak (``soak``,
-``bench.soak``) runs its own gateway and upstreams. All traffic stays on 127.0.0.1. Each
+``bench.soak``) and the phrase cache (``cache``, ``bench.cache``) run their own gateways and
+upstreams. All traffic stays on 127.0.0.1. Each
 server's CPU time comes from ``/proc/PID/stat``, memory from ``/proc/PID/status``. Shared,
 noisy machines: latency figures are medians of repeated runs, and the targets are judged on
 those medians and on ratios.
@@ -33,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import soak, soak_report
+from bench import cache, cache_report, soak, soak_report
 from bench.harness import (
     PY,
     ROOT,
@@ -397,6 +398,10 @@ class Bench:
         """(6) The fault soak (``bench.soak``), on its own gateway and upstreams."""
         self.figures["soak"] = soak.run_soak(self.workdir, self.quick)
 
+    def phrase_cache(self) -> None:
+        """(7) The phrase cache (``bench.cache``), on its own gateways, upstream and Redis."""
+        self.figures["cache"] = cache.run_cache(self.workdir, self.quick, GATEWAY_WORKERS)
+
 
 # ------------------------------------------------------------------ report
 
@@ -406,8 +411,13 @@ def targets(f: dict[str, Any]) -> list[Target]:
     found = suite_targets(f) if all(key in f for key in SUITE_FIGURES) else []
     if "soak" in f:
         found += soak_report.targets(f["soak"])
+    if "cache" in f:
+        found += cache_report.targets(f["cache"])
     return found
 
+
+#: The scenarios that start their own servers.
+SELF_CONTAINED = ("soak", "cache")
 
 #: The figures of the scenarios measured against the direct and nginx baselines.
 SUITE_FIGURES = ("one_stream", "cpu_full_speed", "realtime_streams", "memory", "local_voice")
@@ -513,7 +523,8 @@ def render(f: dict[str, Any], meta: dict[str, Any]) -> str:
         f"{meta['repeats']} runs. The mock upstream streams a 24 kHz tone in 20 ms chunks; "
         "direct and nginx deliver it as is, **the gateway resamples it 24 → 48 kHz** "
         "(soxr) and parses and routes each request (at log level warning: no per-request "
-        f"log line). The fault soak (6) runs on its own gateway and upstreams.{remeasured}",
+        "log line). The fault soak (6) and the phrase cache (7) run on their own gateways and "
+        f"upstreams.{remeasured}",
         "",
         "## Targets",
         "",
@@ -632,6 +643,8 @@ def render(f: dict[str, Any], meta: dict[str, Any]) -> str:
     ]
     if "soak" in f:
         lines += soak_report.render(f["soak"])
+    if "cache" in f:
+        lines += cache_report.render(f["cache"])
     history = Path(__file__).with_name("changes.md")
     if history.exists():
         lines.append(history.read_text())
@@ -684,7 +697,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer requests, one repeat")
     parser.add_argument("--out", default=str(ROOT / "docs"), help="where to write the report")
     parser.add_argument(
-        "--only", help="comma-separated scenarios (one,cpu,realtime,memory,local,soak)"
+        "--only", help="comma-separated scenarios (one,cpu,realtime,memory,local,soak,cache)"
     )
     parser.add_argument(
         "--render", action="store_true", help="only rewrite benchmarks.md from benchmarks.json"
@@ -708,6 +721,7 @@ def main() -> None:
         "memory": Bench.memory,
         "local": Bench.local_voice,
         "soak": Bench.fault_soak,
+        "cache": Bench.phrase_cache,
     }
     chosen = args.only.split(",") if args.only else list(steps)
     unknown = [name for name in chosen if name not in steps]
@@ -735,7 +749,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="tts-bench-") as tmp:
         bench = Bench(Path(tmp), args.quick)
         meta["repeats"] = bench.repeats()
-        with servers(bench, needed=any(name != "soak" for name in chosen)):
+        with servers(bench, needed=any(name not in SELF_CONTAINED for name in chosen)):
             for name in chosen:
                 t0 = time.perf_counter()
                 print(f"running {name} ...", flush=True)
@@ -747,7 +761,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     figures, meta = merged(out / "benchmarks.json", bench.figures, meta, partial=bool(args.only))
     (out / "benchmarks.json").write_text(json.dumps({"meta": meta, "figures": figures}, indent=2))
-    if all(key in figures for key in (*SUITE_FIGURES, "soak")):
+    if all(key in figures for key in (*SUITE_FIGURES, *SELF_CONTAINED)):
         report = render(figures, meta)
         (out / "benchmarks.md").write_text(report)
         print(report)
