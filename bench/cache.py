@@ -103,7 +103,7 @@ class CacheSize:
 
     repeats: int = 3  # phases 1 and 2 are repeated; their figures are the medians
     hits: int = 200  # per repeat and gateway, one caller
-    unique: int = 20  # per repeat and voice, one caller taking the two voices in turn
+    unique: int = 16  # per repeat and voice, one caller taking the two voices in turn
     cpu_hits: int = 2000
     cpu_live: int = 400
     mix: int = 2000

@@ -52,7 +52,8 @@ def render(f: dict[str, Any]) -> list[str]:
         "the default in-process cache (64 MiB per worker); the other `memory_mb: 0` and "
         "`redis_url`, so that every hit it serves is read from Redis. Callers ask "
         f"{f['caller_rate'] // 1000} kHz: hits and live answers alike are resampled. "
-        f"Latencies are medians of {size['repeats']} runs.",
+        f"Times to first byte are medians of {size['repeats']} runs; the CPU figures and "
+        "the mix come from one.",
         "",
         "### Time to first byte (ms)",
         "",
