@@ -9,7 +9,10 @@ barges in does.
 
 With ``--ids PREFIX`` every request is its own: ``X-Request-Id: PREFIX-<n>`` and a text ending
 in that id. With ``--expect VOICE,...`` as well, each answer is kept and checked by content
-(``bench.integrity``) against what each of those voices would have said for its text.
+(``bench.integrity``) against what each of those voices would have said for its text. With
+``--texts FILE`` (a JSON list of strings) request ``n`` says the ``n``-th text (cycling);
+``--voice a,b`` alternates voices the same way; ``--delay SECONDS`` asks the mock upstream to
+think that long before it answers.
 
     python -m bench.loadgen --url http://127.0.0.1:8080/stream-audio --concurrency 10 \\
         --requests 300 --rate 48000 --seconds 1 --pace fast --json out.json
@@ -45,6 +48,7 @@ class Result:
     gaps: list[float] = field(default_factory=list)
     id: str = ""
     voice: str = ""  # the answer's X-Voice header
+    cache: str = ""  # the answer's X-Cache header (hit, shared, miss; "" without one)
     tail: float = 0.0  # from the last audio to the end of the answer
     verdict: str = ""  # the content check's (bench.integrity), with --expect
     answer_voice: str = ""  # whose audio the content is
@@ -122,6 +126,8 @@ class Response(asyncio.Protocol):
                 name, _, value = line.partition(":")
                 if name.strip().lower() == "x-voice":
                     self.result.voice = value.strip()
+                elif name.strip().lower() == "x-cache":
+                    self.result.cache = value.strip()
             self.head_done = True
             self.chunked = "transfer-encoding: chunked" in head
             if not self.chunked:
@@ -180,9 +186,21 @@ class Plan:
     speed: float = 0.0  # with pace "realtime": times real time (0: real time)
     ids: str = ""  # prefix of per-request ids ("": every request the same)
     expect: tuple[str, ...] = ()  # voices whose answers the content is checked against
+    texts: tuple[str, ...] = ()  # one per request, cycling (instead of ``text``)
+    delay: float = 0.0  # seconds the mock upstream waits before answering
+
+    @property
+    def varies(self) -> bool:
+        """Whether requests differ from one another."""
+        return bool(self.ids or len(self.texts) > 1 or "," in self.voice)
+
+    def voice_of(self, index: int) -> str:
+        voices = self.voice.split(",")
+        return voices[index % len(voices)]
 
     def text_of(self, index: int) -> str:
-        return f"{self.text} ({self.ids}-{index})" if self.ids else self.text
+        text = self.texts[index % len(self.texts)] if self.texts else self.text
+        return f"{text} ({self.ids}-{index})" if self.ids else text
 
     def request(self, index: int) -> bytes:
         return build_request(
@@ -190,10 +208,11 @@ class Plan:
             self.rate,
             self.seconds,
             self.pace,
-            self.voice,
+            self.voice_of(index),
             self.text_of(index),
             request_id=f"{self.ids}-{index}" if self.ids else None,
             speed=self.speed,
+            delay=self.delay,
         )
 
     def judge(self, index: int, result: Result, body: bytes) -> None:
@@ -220,7 +239,7 @@ async def worker(
     if delay:
         await asyncio.sleep(delay)
     protocol: Response | None = None
-    same = None if plan.ids else plan.request(0)
+    same = None if plan.varies else plan.request(0)
     while True:
         try:
             index, drop = jobs.get_nowait()
@@ -262,11 +281,14 @@ def build_request(
     text: str = "Benchmark.",
     request_id: str | None = None,
     speed: float = 0.0,
+    delay: float = 0.0,
 ) -> bytes:
     parts = urlsplit(url)
     bench: dict[str, Any] = {"InstanceId": "bench", "BenchSeconds": seconds, "BenchPace": pace}
     if speed:
         bench["BenchSpeed"] = speed
+    if delay:
+        bench["BenchDelay"] = delay
     body = json.dumps(
         {"Text": text, "VoiceId": voice, "SampleRate": rate, "ExtendData": json.dumps(bench)}
     ).encode()
@@ -289,6 +311,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         speed=args.speed,
         ids=args.ids,
         expect=tuple(v for v in args.expect.split(",") if v),
+        texts=tuple(texts(args.texts)) if args.texts else (),
+        delay=args.delay,
     )
     rng = random.Random(args.seed)
     jobs: asyncio.Queue[tuple[int, float]] = asyncio.Queue()
@@ -317,6 +341,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     return {"wall": wall, "cpu": time.process_time(), "results": [asdict(r) for r in results]}
 
 
+def texts(path: str) -> list[str]:
+    """The texts of a ``--texts`` file: a JSON list of strings."""
+    with open(path, encoding="utf-8") as source:
+        found = json.load(source)
+    if not isinstance(found, list) or not found or not all(isinstance(t, str) for t in found):
+        raise SystemExit(f"{path}: expected a JSON list of strings")
+    return found
+
+
 def summary(data: dict[str, Any]) -> str:
     results = [r for r in data["results"] if not r["error"]]
     ok = [r for r in results if r["status"] == 200 and not r["dropped"]]
@@ -339,10 +372,14 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=24000, help="SampleRate asked for")
     parser.add_argument("--seconds", type=float, default=1.0, help="audio per request")
     parser.add_argument("--pace", choices=("fast", "realtime"), default="fast")
-    parser.add_argument("--voice", default="bench")
+    parser.add_argument("--voice", default="bench", help="comma-separated: taken in turn")
     parser.add_argument("--text", default="Benchmark.")
     parser.add_argument(
         "--speed", type=float, default=0.0, help="with --pace realtime: times real time"
+    )
+    parser.add_argument("--texts", default="", help="a JSON list of texts, one per request")
+    parser.add_argument(
+        "--delay", type=float, default=0.0, help="seconds the mock upstream waits to answer"
     )
     parser.add_argument("--ids", default="", help="give each request its own id with this prefix")
     parser.add_argument(

@@ -162,7 +162,7 @@ def render(figures: dict[str, Any]) -> list[str]:
     """The scenario's section of the report."""
     ttfb, cpu, enc = figures["ttfb"], figures["cpu_ms_per_request"], figures["encoder"]
     lines = [
-        "## OpenAI door: added time to first byte per response format",
+        "## (9) OpenAI door: added time to first byte per response format",
         "",
         "One request at a time (1 s of a 24 kHz tone from the mock upstream, as fast as it "
         "goes), the custom door and each format interleaved; ms.",

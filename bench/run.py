@@ -2,14 +2,15 @@
 baselines measured in the same run — the client straight to the mock upstream (the floor) and
 nginx as a plain streaming reverse proxy (what a proxy written in C costs).
 
-    python -m bench.run              # everything, about seven minutes on 2 cores
-    python -m bench.run --quick      # fewer requests and repeats, for a smoke test
-    python -m bench.run --only soak  # one, cpu, realtime, memory, local, soak, pieces, openai
+    python -m bench.run               # everything, about nine minutes on 2 cores
+    python -m bench.run --quick       # fewer requests and repeats, for a smoke test
+    python -m bench.run --only cache  # one,cpu,realtime,memory,local,soak,pieces,openai,cache
 
 Writes ``docs/benchmarks.md`` (the table printed at the end) and ``docs/benchmarks.json`` (every
 figure). A run of some scenarios (``--only``) replaces their figures in the JSON and keeps the
 others', and rewrites the report when every scenario has figures. The fault soak (``soak``,
-``bench.soak``) runs its own gateway and upstreams. All traffic stays on 127.0.0.1. Each
+``bench.soak``) and the phrase cache (``cache``, ``bench.cache``) run their own gateways and
+upstreams. All traffic stays on 127.0.0.1. Each
 server's CPU time comes from ``/proc/PID/stat``, memory from ``/proc/PID/status``. Shared,
 noisy machines: latency figures are medians of repeated runs, and the targets are judged on
 those medians and on ratios.
@@ -33,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import openai_door, pieces, soak, soak_report
+from bench import cache, cache_report, openai_door, pieces, soak, soak_report
 from bench.harness import (
     PY,
     ROOT,
@@ -394,7 +395,7 @@ class Bench:
         self.figures["local_voice"] = result
 
     def openai_door(self) -> None:
-        """(7) The OpenAI door: added TTFB per response format vs the custom door, the
+        """(9) The OpenAI door: added TTFB per response format vs the custom door, the
         gateway's CPU per request, the encoders' steps (``bench.openai_door``)."""
         assert self.gateway
         self.figures["openai"] = openai_door.run_openai(
@@ -410,6 +411,10 @@ class Bench:
         runs = pieces.QUICK_RUNS if self.quick else pieces.RUNS
         self.figures["pieces"] = pieces.run_pieces(self.workdir, runs)
 
+    def phrase_cache(self) -> None:
+        """(8) The phrase cache (``bench.cache``), on its own gateways, upstream and Redis."""
+        self.figures["cache"] = cache.run_cache(self.workdir, self.quick, GATEWAY_WORKERS)
+
 
 # ------------------------------------------------------------------ report
 
@@ -421,11 +426,13 @@ def targets(f: dict[str, Any]) -> list[Target]:
         found += soak_report.targets(f["soak"])
     if "pieces" in f:
         found += pieces.targets(f["pieces"])
+    if "cache" in f:
+        found += cache_report.targets(f["cache"])
     return found
 
 
 #: The scenarios that run servers of their own.
-OWN_SERVERS = ("soak", "pieces")
+OWN_SERVERS = ("soak", "pieces", "cache")
 
 #: The figures of the scenarios measured against the direct and nginx baselines.
 SUITE_FIGURES = ("one_stream", "cpu_full_speed", "realtime_streams", "memory", "local_voice")
@@ -531,7 +538,8 @@ def render(f: dict[str, Any], meta: dict[str, Any]) -> str:
         f"{meta['repeats']} runs. The mock upstream streams a 24 kHz tone in 20 ms chunks; "
         "direct and nginx deliver it as is, **the gateway resamples it 24 → 48 kHz** "
         "(soxr) and parses and routes each request (at log level warning: no per-request "
-        f"log line). The fault soak (6) runs on its own gateway and upstreams.{remeasured}",
+        "log line). The fault soak (6), pipelined pieces (7) and the phrase cache (8) run on their own gateways and "
+        f"upstreams.{remeasured}",
         "",
         "## Targets",
         "",
@@ -654,6 +662,8 @@ def render(f: dict[str, Any], meta: dict[str, Any]) -> str:
         lines += pieces.render(f["pieces"])
     if "openai" in f:
         lines += openai_door.render(f["openai"])
+    if "cache" in f:
+        lines += cache_report.render(f["cache"])
     history = Path(__file__).with_name("changes.md")
     if history.exists():
         lines.append(history.read_text())
@@ -707,7 +717,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "docs"), help="where to write the report")
     parser.add_argument(
         "--only",
-        help="comma-separated scenarios (one,cpu,realtime,memory,local,soak,pieces,openai)",
+        help="comma-separated scenarios (one,cpu,realtime,memory,local,soak,pieces,openai,cache)",
     )
     parser.add_argument(
         "--render", action="store_true", help="only rewrite benchmarks.md from benchmarks.json"
@@ -733,6 +743,7 @@ def main() -> None:
         "soak": Bench.fault_soak,
         "pieces": Bench.pipelined_pieces,
         "openai": Bench.openai_door,
+        "cache": Bench.phrase_cache,
     }
     chosen = args.only.split(",") if args.only else list(steps)
     unknown = [name for name in chosen if name not in steps]
@@ -772,7 +783,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     figures, meta = merged(out / "benchmarks.json", bench.figures, meta, partial=bool(args.only))
     (out / "benchmarks.json").write_text(json.dumps({"meta": meta, "figures": figures}, indent=2))
-    if all(key in figures for key in (*SUITE_FIGURES, "soak")):
+    if all(key in figures for key in (*SUITE_FIGURES, *OWN_SERVERS)):
         report = render(figures, meta)
         (out / "benchmarks.md").write_text(report)
         print(report)

@@ -7,6 +7,7 @@ can drive the same upstream directly, through nginx and through the gateway::
 
     {"BenchSeconds": 3, "BenchPace": "realtime"}   # or "fast"
     {"BenchSeconds": 1, "BenchPace": "realtime", "BenchSpeed": 4}   # 20 ms chunks 5 ms apart
+    {"BenchSeconds": 2, "BenchDelay": 0.15}   # answers after 150 ms, as a provider thinks first
 
 Plain asyncio protocol code on uvloop: no framework, responses built from precomputed bytes.
 :class:`UpstreamProtocol` is also the base of the fault-injecting upstream (``bench.faults``).
@@ -54,16 +55,34 @@ def parameters(body: bytes) -> tuple[float, float | None]:
     time the chunks are paced (``BenchPace: realtime``, sped up by ``BenchSpeed``), or None
     for as fast as the socket takes them. Defaults: 1 s, fast."""
     seconds, speed = 1.0, None
+    extend = _extend_data(body)
+    try:
+        seconds = float(extend.get("BenchSeconds", seconds))
+        if extend.get("BenchPace") == "realtime":
+            speed = max(0.01, float(extend.get("BenchSpeed", 1.0)))
+    except (ValueError, TypeError):
+        pass
+    return seconds, speed
+
+
+def delay(body: bytes) -> float:
+    """Seconds to wait before answering (``BenchDelay``, at most 10): a provider's time to its
+    first byte. Default 0."""
+    try:
+        return min(10.0, max(0.0, float(_extend_data(body).get("BenchDelay", 0.0))))
+    except (ValueError, TypeError):
+        return 0.0
+
+
+def _extend_data(body: bytes) -> dict[str, Any]:
+    """The request's ExtendData as a mapping ({} when there is none or it is malformed)."""
     try:
         extend = json.loads(body).get("ExtendData") or {}
         if isinstance(extend, str):
             extend = json.loads(extend) if extend.strip() else {}
-        seconds = float(extend.get("BenchSeconds", seconds))
-        if extend.get("BenchPace") == "realtime":
-            speed = max(0.01, float(extend.get("BenchSpeed", 1.0)))
-    except (ValueError, AttributeError, TypeError):
-        pass
-    return seconds, speed
+    except (ValueError, AttributeError):
+        return {}
+    return extend if isinstance(extend, dict) else {}
 
 
 class UpstreamProtocol(asyncio.Protocol):
@@ -119,6 +138,9 @@ class UpstreamProtocol(asyncio.Protocol):
         """Answer one request (``head``: its request line and headers)."""
         seconds, speed = parameters(body)
         count = max(1, round(seconds * 1000 / CHUNK_MS))
+        wait = delay(body)
+        if wait:
+            await asyncio.sleep(wait)
         transport = self.transport
         if transport is None:
             return

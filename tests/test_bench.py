@@ -1,7 +1,8 @@
 """The benchmark's own parts measure what they claim: the mock upstream sends the tone it
 announces, the load generator counts bytes, first bytes, gaps and hang-ups correctly; the
 fault soak's upstream injects each fault it names, its integrity check tells a sound answer
-from a duplicated, skipped, mixed, garbled or cut one, and a small soak runs end to end."""
+from a duplicated, skipped, mixed, garbled or cut one, and a small soak runs end to end; so
+does a small run of the phrase cache's scenario."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import argparse
 import asyncio
 import json
 import math
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,10 +18,11 @@ import httpx
 import numpy as np
 import pytest
 
-from bench import soak_report
+from bench import cache_report, soak_report
+from bench.cache import CacheBench, CacheSize, redis_server, unique_text
 from bench.faults import HEALTHY, SOAK, FaultPlan, FaultyUpstream
 from bench.integrity import Verdict, answer_samples, check, expected_pcm
-from bench.loadgen import run
+from bench.loadgen import Plan, run
 from bench.pieces import SYNTHESIS_MS_PER_CHAR, ClipProtocol, clip_bytes, listen, run_pieces
 from bench.pieces import render as render_pieces
 from bench.pieces import targets as pieces_targets
@@ -56,6 +59,8 @@ def arguments(port: int, **overrides: object) -> argparse.Namespace:
         "speed": 0.0,
         "ids": "",
         "expect": "",
+        "texts": "",
+        "delay": 0.0,
     }
     values.update(overrides)
     return argparse.Namespace(**values)
@@ -100,6 +105,38 @@ async def test_dropped_requests_hang_up_midway() -> None:
     assert all(r["bytes"] < full for r in dropped)
     assert all(r["bytes"] == full for r in complete)
     assert not any(r["error"] for r in data["results"])
+
+
+async def test_the_upstream_waits_the_asked_delay_before_its_first_byte() -> None:
+    task, port = await start_upstream()
+    try:
+        data = await run(arguments(port, requests=2, concurrency=1, delay=0.2))
+    finally:
+        task.cancel()
+    # A lower bound only (a loaded machine may add to it): the mock did wait.
+    assert all(r["status"] == 200 and r["ttfb"] >= 150 for r in data["results"])
+
+
+def test_the_load_generator_takes_texts_and_voices_in_turn() -> None:
+    plan = Plan(
+        "http://127.0.0.1:1/stream-audio",
+        24000,
+        1.0,
+        "fast",
+        "a,b",
+        "unused",
+        texts=("one", "two", "three"),
+        delay=0.15,
+    )
+    bodies = [json.loads(plan.request(n).split(b"\r\n\r\n", 1)[1]) for n in range(4)]
+    assert [(b["VoiceId"], b["Text"]) for b in bodies] == [
+        ("a", "one"),
+        ("b", "two"),
+        ("a", "three"),
+        ("b", "one"),
+    ]
+    assert json.loads(bodies[0]["ExtendData"])["BenchDelay"] == 0.15
+    assert plan.varies
 
 
 def test_the_tone_chunks_join_into_a_continuous_440_hz_sine() -> None:
@@ -392,3 +429,48 @@ def test_the_pieces_scenario_runs_end_to_end(tmp_path: Path) -> None:
     }
     report = "\n".join(render_pieces(figures))
     assert report.startswith("## (7) Pipelined pieces") and "| first audio |" in report
+
+
+# ------------------------------------------------------------------ the phrase cache
+
+
+def test_unique_texts_are_unique_and_cacheable() -> None:
+    texts = [unique_text(n) for n in range(5000)]
+    assert len(set(texts)) == 5000
+    assert not any(c.isdigit() for t in texts for c in t)  # skip_digits would skip them
+    assert max(len(t) for t in texts) <= 200  # the default max_text_chars
+
+
+def test_a_small_cache_run_produces_its_figures(tmp_path: Path) -> None:
+    try:
+        redis_server()
+    except RuntimeError:
+        if os.environ.get("CI") == "true":
+            raise  # the CI installs it: its absence is a broken runner
+        pytest.skip("redis-server is not installed")
+    size = CacheSize(repeats=1, hits=5, unique=2, cpu_hits=20, cpu_live=4, mix=40, mix_callers=10)
+    figures = CacheBench(tmp_path, size, workers=1).run()
+    assert figures["hit_memory"]["count"] == figures["hit_redis"]["count"] == 5
+    assert figures["miss"]["count"] == figures["live"]["count"] == 2
+    for key in ("hit_memory", "hit_redis", "miss", "live"):
+        assert figures[key]["p50"] > 0
+    assert figures["live"]["p50"] >= 100  # through the mock's 150 ms delay, not from a cache
+    cpu = figures["cpu"]
+    for key in ("hit_memory", "hit_memory_native", "hit_redis"):
+        assert cpu[key]["hits"] == 20
+    assert cpu["live"]["ok"] == 4 and cpu["live"]["hits"] == 0
+    mix = figures["mix"]
+    answers = mix["answers"]
+    assert mix["ok"] == 40 and sum(answers.values()) == 40
+    assert mix["lookups"] == {kind: float(count) for kind, count in answers.items()}
+    assert mix["upstream_requests"] == answers["miss"]
+    # Every character asked for was either sent upstream (billed) or saved by the cache.
+    assert mix["characters_upstream"] + mix["characters_saved"] == mix["characters_requested"]
+    assert mix["characters_saved"] > 0
+    # The gateway with memory_mb: 0 kept nothing in process: every hit was read from Redis.
+    redis = figures["redis_gateway"]
+    assert redis["memory_entries"] == redis["memory_bytes"] == 0
+    assert redis["hits"] == redis["redis_keyspace_hits"] >= 25
+    assert len(cache_report.targets(figures)) == 3
+    report = "\n".join(cache_report.render(figures))
+    assert report.startswith("## (8) Phrase cache") and "| hit, from Redis" in report
