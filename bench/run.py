@@ -538,8 +538,8 @@ def render(f: dict[str, Any], meta: dict[str, Any]) -> str:
         f"{meta['repeats']} runs. The mock upstream streams a 24 kHz tone in 20 ms chunks; "
         "direct and nginx deliver it as is, **the gateway resamples it 24 → 48 kHz** "
         "(soxr) and parses and routes each request (at log level warning: no per-request "
-        "log line). The fault soak (6), pipelined pieces (7) and the phrase cache (8) run on their own gateways and "
-        f"upstreams.{remeasured}",
+        "log line). The fault soak (6), pipelined pieces (7) and the phrase cache (8) run on "
+        f"their own gateways and upstreams.{remeasured}",
         "",
         "## Targets",
         "",
