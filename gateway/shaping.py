@@ -90,7 +90,9 @@ _UNDERSCORES: Final = re.compile(
 )
 _MARKS: Final = re.compile(r"~~|`++")
 _BREAK_TAG: Final = re.compile(r"<br[ \t]*+/?>", re.IGNORECASE)
-_KEYCAP_SYMBOL: Final = re.compile("[#*]\ufe0f?\u20e3")
+_KEYCAP_SYMBOL: Final = re.compile("[#*]\ufe0f?+\u20e3")
+#: ``1️⃣ Pack`` at the start of a line: an item of a numbered list.
+_KEYCAP_ITEM: Final = re.compile("^([ \t]*+[0-9])\ufe0f?+\u20e3[ \t]*+", re.MULTILINE)
 _WHITESPACE: Final = re.compile(r"\s+")
 _INVISIBLE: Final = re.compile("[\u200b\u2060\ufeff\u00ad]+")
 _LINE_BREAKS: Final = re.compile(r"[\t\n]+")
@@ -98,7 +100,7 @@ _LINE_BREAKS: Final = re.compile(r"[\t\n]+")
 #: Emoji and the marks that build emoji sequences: pictographs, dingbats and symbols, regional
 #: indicators (flags), skin tones, variation selectors, the zero-width joiner, the keycap
 #: mark, tags.
-_EMOJI: Final = re.compile(
+_EMOJI_CLASS: Final = (
     "["
     "\U0001f000-\U0001faff"  # mahjong to symbols-and-pictographs extended-A (flags, tones)
     "\u2600-\u27bf"  # miscellaneous symbols, dingbats
@@ -110,8 +112,13 @@ _EMOJI: Final = re.compile(
     "\u3030\u303d\u3297\u3299"
     "\ufe0e\ufe0f\u200d\u20e3"
     "\U000e0020-\U000e007f"
-    "]+"
+    "]"
 )
+#: Emoji between two letters separate them (``great😀news``); elsewhere they go with the
+#: spaces before them (``pack 🎒:`` → ``pack:``).
+_EMOJI_INSIDE: Final = re.compile(rf"(?<=\w){_EMOJI_CLASS}++(?=\w)")
+# Only from the start of a run of spaces: a run tried from each of its spaces is quadratic.
+_EMOJI: Final = re.compile(rf"(?<![ \t])[ \t]*+{_EMOJI_CLASS}++")
 
 #: Punctuation that already ends a phrase, and what may follow it (closing marks, quotes).
 _STOPS: Final = ".!?,;:\u3002\uff01\uff1f\uff0c\uff1b\uff1a\u3001\u2026"
@@ -220,6 +227,8 @@ def strip_markdown(text: str) -> str:
     """``text`` without Markdown's marks and without emoji (see the module docstring)."""
     text = _drop_code_blocks(text)
     text = _KEYCAP_SYMBOL.sub("", text)
+    text = _KEYCAP_ITEM.sub(r"\1. ", text)
+    text = _EMOJI_INSIDE.sub(" ", text)
     text = _EMOJI.sub("", text)
     text = _QUOTE.sub("", text)
     text = _RULE.sub(_rule, text)
