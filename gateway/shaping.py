@@ -225,12 +225,12 @@ def _strip_marks(text: str) -> str:
 
 def strip_markdown(text: str) -> str:
     """``text`` without Markdown's marks and without emoji (see the module docstring)."""
+    text = _QUOTE.sub("", text)  # first: a quote may hold a code block, a list, a heading
     text = _drop_code_blocks(text)
     text = _KEYCAP_SYMBOL.sub("", text)
     text = _KEYCAP_ITEM.sub(r"\1. ", text)
     text = _EMOJI_INSIDE.sub(" ", text)
     text = _EMOJI.sub("", text)
-    text = _QUOTE.sub("", text)
     text = _RULE.sub(_rule, text)
     text = _LINK_DEFINITION.sub("", text)
     text = _HEADING.sub(_heading, text)

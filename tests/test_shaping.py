@@ -6,14 +6,28 @@ expected text is what a caller would want spoken."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
+import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from types import MappingProxyType
 
+import httpx
 import pytest
+import respx
 
 from gateway.config.model import TextShaping
 from gateway.shaping import TextShaper, strip_markdown
+from tests.answering_upstream import (
+    CHUNK,
+    Answer,
+    AnsweringUpstream,
+    custom_block,
+    metric,
+    scrape,
+    serving,
+)
 from tests.config_support import MINIMAL, only_problem, problems
 
 LEXICON = {
@@ -354,3 +368,132 @@ def test_too_many_lexicon_entries_is_an_error_at_the_lexicon() -> None:
     entries = "".join(f"  w{i}: x\n" for i in range(10_001))
     found = problems(voice_text("lexicon:\n" + entries))
     assert found == [(11, "voices.joe.text.lexicon", "at most 10000 entries, got 10001")]
+
+
+# ---------------------------------------------------------------- through a real gateway
+
+AZURE = "https://westeurope.tts.speech.microsoft.com/cognitiveservices/v1"
+BODY = {"SampleRate": 24000}
+
+
+def routing(good: str, bad: str) -> str:
+    """Voices on a healthy and a failing custom upstream and on Azure (SSML), with and
+    without shaping; ``first`` fails over to ``second``, which shapes differently."""
+    markdown = {"strip_markdown": True, "lexicon": {"SQL": "sequel"}}
+    document = {
+        "server": {"default_voice": "md"},
+        "providers": {
+            "up": custom_block(good),
+            "down": custom_block(bad),
+            "az": {"type": "azure", "api_key": "azure-key", "region": "westeurope"},
+        },
+        "voices": {
+            "md": {"provider": "up", "cache": True, "text": markdown},
+            "plain": {"provider": "up"},
+            "ssml": {"provider": "az", "voice": "en-US-AvaNeural", "text": markdown},
+            "first": {"provider": "down", "text": markdown, "fallback": ["second"]},
+            "second": {"provider": "up", "text": {"lexicon": {"SQL": "S Q L"}}},
+        },
+    }
+    return json.dumps(document)
+
+
+async def speak(client: httpx.AsyncClient, url: str, voice: str, text: str) -> httpx.Response:
+    return await client.post(url + "/stream-audio", json=dict(BODY, VoiceId=voice, Text=text))
+
+
+async def test_the_provider_gets_the_shaped_text_and_both_spellings_share_one_cache_entry() -> None:
+    async with (
+        AnsweringUpstream() as good,
+        AnsweringUpstream() as bad,
+        serving(routing(good.url, bad.url)) as (url, client),
+    ):
+        # Line breaks reach the shaper (the list item is one), \r\n as well as \n.
+        first = await speak(client, url, "md", "**Hello** there, _friend_!\r\n\r\n- SQL rocks 🎸")
+        assert first.status_code == 200, first.text
+        assert first.headers["x-cache"] == "miss"
+        assert [r.text for r in good.requests] == ["Hello there, friend! sequel rocks."]
+
+        async def stored() -> bool:
+            page = await scrape(client, url)
+            return (metric(page, "tts_cache_stored_total", provider="up") or 0) >= 1
+
+        for _ in range(200):  # the entry is stored once the answer has ended
+            if await stored():
+                break
+            await asyncio.sleep(0.01)
+        assert await stored()
+        second = await speak(client, url, "md", "Hello there, friend! SQL rocks.")
+        assert second.status_code == 200, second.text
+        assert second.headers["x-cache"] == "hit"
+        assert second.content == first.content == CHUNK
+        assert good.count == 1
+
+
+@pytest.mark.respx(using="httpx", assert_all_called=False)
+async def test_an_ssml_provider_still_escapes_what_shaping_leaves(
+    respx_mock: respx.MockRouter,
+) -> None:
+    respx_mock.route(host="127.0.0.1").pass_through()
+    route = respx_mock.post(AZURE).mock(
+        return_value=httpx.Response(200, content=CHUNK, headers={"Content-Type": "audio/pcm"})
+    )
+    async with (
+        AnsweringUpstream() as good,
+        AnsweringUpstream() as bad,
+        serving(routing(good.url, bad.url)) as (url, client),
+    ):
+        answer = await speak(client, url, "ssml", "**Tom & Jerry** say <hi> 😀\n# SQL & <b>")
+        assert answer.status_code == 200, answer.text
+    sent = route.calls.last.request.content
+    assert b"Tom &amp; Jerry say &lt;hi&gt; sequel &amp; &lt;b&gt;." in sent
+    voice = ET.fromstring(sent).find("{http://www.w3.org/2001/10/synthesis}voice")
+    assert voice is not None
+    assert "".join(voice.itertext()) == "Tom & Jerry say <hi> sequel & <b>."
+
+
+@pytest.mark.parametrize(
+    "text", ["```python\nprint('hi')\n```", "[](https://example.com) 🎉", "> ```\n> x = 1\n> ```"]
+)
+async def test_text_that_shapes_to_nothing_is_a_400_naming_text_without_a_provider_call(
+    text: str,
+) -> None:
+    async with (
+        AnsweringUpstream() as good,
+        AnsweringUpstream() as bad,
+        serving(routing(good.url, bad.url)) as (url, client),
+    ):
+        answer = await speak(client, url, "md", text)
+        assert answer.status_code == 400
+        error = answer.json()["error"]
+        assert error["field"] == "Text"
+        assert "nothing to speak" in error["message"]
+        # The same text to a voice without shaping is spoken as written.
+        assert (await speak(client, url, "plain", text)).status_code == 200
+    assert good.count == 1 and bad.count == 0
+
+
+async def test_a_fallback_voice_speaks_its_own_shaping_of_the_text() -> None:
+    async with (
+        AnsweringUpstream() as good,
+        AnsweringUpstream(Answer(status=503)) as bad,
+        serving(routing(good.url, bad.url)) as (url, client),
+    ):
+        answer = await speak(client, url, "first", "**SQL** is *fun* 😀")
+        assert answer.status_code == 200, answer.text
+        assert answer.content == CHUNK
+    assert [r.text for r in bad.requests] == ["sequel is fun"]
+    assert [r.text for r in good.requests] == ["**S Q L** is *fun* 😀"]
+
+
+async def test_a_voice_without_a_text_block_gets_the_callers_text() -> None:
+    async with (
+        AnsweringUpstream() as good,
+        AnsweringUpstream() as bad,
+        serving(routing(good.url, bad.url)) as (url, client),
+    ):
+        text = "**SQL** & <b>  Dr. 😀\n# Title\r\n\t- item"
+        answer = await speak(client, url, "plain", text)
+        assert answer.status_code == 200, answer.text
+    # As callers always had it: line breaks and tabs are spaces, nothing else changes.
+    assert [r.text for r in good.requests] == ["**SQL** & <b>  Dr. 😀 # Title - item"]
