@@ -254,8 +254,10 @@ def validate(data: Mapping[str, Any], *, max_text_chars: int) -> TTSRequest:
     )
 
 
-#: Tabs and line breaks: a pause in speech, so a space (a run of them, one space).
-_TEXT_BREAKS = re.compile(r"[\t\n\v\f\r\x1c-\x1e\x85\u2028\u2029]+")
+#: Line breaks of every kind, kept as one ``\n`` per run: a voice's text shaping reads
+#: Markdown, which is line-based; a voice without shaping gets them (and tabs) as spaces
+#: (:meth:`gateway.routing.ChainStep.shape`).
+_TEXT_BREAKS = re.compile(r"[\n\v\f\r\x1c-\x1e\x85\u2028\u2029]+")
 #: The other C0 and C1 controls and DEL: nothing a voice can speak, and some upstreams fail on
 #: them. Format characters (ZWJ, variation selectors, bidi marks) stay: scripts and emoji need
 #: them.
@@ -265,8 +267,9 @@ _SPEAKABLE = re.compile(r"[^\W_]")
 
 
 def _text(value: Any, max_text_chars: int) -> str:
-    """``Text`` as the voice gets it: tabs and line breaks read as spaces, other control
-    characters dropped. A text that is blank or left with nothing to speak (punctuation,
+    """``Text`` as the voices get it: line breaks of every kind as ``\n`` (a voice reads them
+    as spaces, or as Markdown's line ends when it shapes its text), other control characters
+    dropped. A text that is blank or left with nothing to speak (punctuation,
     symbols or controls only) is the caller's mistake, a 400, not a provider failure to retry
     and fail over. The length limit applies to the text as sent, before anything is dropped."""
     if value is None:
@@ -279,7 +282,7 @@ def _text(value: Any, max_text_chars: int) -> str:
         raise PayloadTooLarge(
             f"Text has {len(value)} characters; the limit is {max_text_chars}", field="Text"
         )
-    text = _TEXT_CONTROLS.sub("", _TEXT_BREAKS.sub(" ", value))
+    text = _TEXT_CONTROLS.sub("", _TEXT_BREAKS.sub("\n", value))
     if not _SPEAKABLE.search(text):
         raise BadRequest("Text has nothing to speak", field="Text", code="empty_text")
     try:

@@ -16,7 +16,7 @@ from typing import Any
 from providers.base import ProviderConfig
 
 from .config import GatewayConfig, VoiceConfig
-from .shaping import TextShaper
+from .shaping import TextShaper, flatten
 
 __all__ = ["ChainStep", "Router"]
 
@@ -32,8 +32,10 @@ class ChainStep:
     """The voice's ``text:`` shaping, compiled (``None``: the text goes as written)."""
 
     def shape(self, text: str) -> str:
-        """``text`` as this voice speaks it (maybe empty: nothing left to speak)."""
-        return text if self.shaper is None else self.shaper(text)
+        """``text`` as this voice speaks it (maybe empty: nothing left to speak). Without a
+        ``text:`` block that is the caller's text with its line breaks as spaces; with one, the
+        shaper sees the lines (Markdown is line-based)."""
+        return flatten(text) if self.shaper is None else self.shaper(text)
 
 
 class Router:

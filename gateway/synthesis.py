@@ -343,7 +343,7 @@ class SynthesisCore:
         if not chain[0].shape(request.text):
             raise BadRequest(
                 "Text has nothing to speak once the voice's text shaping is applied "
-                "(only markup or emoji)",
+                "(only markup, code or emoji)",
                 field="Text",
             )
         with self.streams.admit(routing.config.server.max_concurrent_streams):

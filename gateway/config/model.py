@@ -160,8 +160,8 @@ class TextShaping:
     cache) sees it. Whitespace is always normalized when the block is given."""
 
     strip_markdown: bool = False
-    """Emphasis, headings, code fences and backticks, links (their text kept), list markers,
-    quotes and rules removed; emoji dropped."""
+    """Emphasis, headings, backticks, links (their text kept), list markers, quotes, rules and
+    table rules removed; fenced code blocks and emoji dropped (see :mod:`gateway.shaping`)."""
     lexicon: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
     """Whole-word replacements, case-sensitive (``SQL: sequel``)."""
 

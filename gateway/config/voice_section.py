@@ -147,7 +147,8 @@ class VoiceSection:
         lexicon_path = child(path, "lexicon")
         entries = read.mapping(block.get("lexicon"), lexicon_path)
         if entries is not None and len(entries) > MAX_LEXICON:
-            self.report.error(lexicon_path, f"at most {MAX_LEXICON} entries, got {len(entries)}")
+            message = f"at most {MAX_LEXICON} entries, got {len(entries)}"
+            self.report.error(lexicon_path, message, key=True)
             entries = None
         for word, replacement in (entries or {}).items():
             where = child(lexicon_path, word)
