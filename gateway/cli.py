@@ -1,4 +1,4 @@
-"""``tts-gateway``: serve, check-config, voices, say."""
+"""``tts-gateway``: serve, check-config, voices, say, stats."""
 
 from __future__ import annotations
 
@@ -384,6 +384,27 @@ async def _say_remote(args: argparse.Namespace) -> tuple[bytes, float, float]:
         return b"".join(parts), ttfb, time.perf_counter() - started
 
 
+def cmd_stats(args: argparse.Namespace) -> int:
+    from .stats import DEFAULT_TIMEOUT, StatsError, metrics_url, read_report
+
+    token = args.token or os.environ.get("TTS_GATEWAY_TOKEN") or None
+    seconds = DEFAULT_TIMEOUT if args.timeout is None else args.timeout
+    try:
+        if args.timeout is not None and not 0 < args.timeout <= 300:
+            raise StatsError("--timeout must be more than 0 and at most 300 seconds")
+        server = _load(args.config).server if not args.url else ServerConfig()
+        url = metrics_url(args.url, server)
+        report = asyncio.run(read_report(url, token, seconds=seconds, cafile=args.cacert))
+    except StatsError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(report.as_json(), indent=2))
+    else:
+        print(report.as_text())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tts-gateway", description="A TTS gateway speaking the custom TTS interface."
@@ -423,6 +444,21 @@ def build_parser() -> argparse.ArgumentParser:
     say.add_argument("--cacert", help="CA bundle to verify an https --url")
     say.add_argument("--config", help="routing file for in-process synthesis")
     say.set_defaults(func=cmd_say)
+
+    stats = sub.add_parser(
+        "stats", help="a running gateway's spend: per provider and per tenant, from /metrics"
+    )
+    stats.add_argument(
+        "--url",
+        help="the gateway's base URL or its /metrics URL (default: from --config: "
+        "server.metrics.port or server.port on this machine; else http://127.0.0.1:8080)",
+    )
+    stats.add_argument("--config", help="the gateway's routing file, to find its /metrics")
+    stats.add_argument("--token", help="Bearer token for /metrics (default: $TTS_GATEWAY_TOKEN)")
+    stats.add_argument("--cacert", help="CA bundle to verify an https URL")
+    stats.add_argument("--timeout", type=float, help="seconds to wait for the page (default: 10)")
+    stats.add_argument("--json", action="store_true", help="as JSON")
+    stats.set_defaults(func=cmd_stats)
     return parser
 
 
