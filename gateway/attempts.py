@@ -40,6 +40,7 @@ from .breaker import Ticket
 from .health import ProviderHealth
 from .metrics import Metrics
 from .routing import ChainStep
+from .spend import Bill
 from .stream import AudioStream
 
 log = logging.getLogger("gateway.relay")
@@ -95,13 +96,15 @@ class VoiceOpener:
         *,
         out_rate: int | None = None,
         keep_native: bool = False,
+        bill: Bill | None = None,
     ) -> AudioStream:
         """The voice's stream with its first audio in hand. Raises :class:`VoiceSkipped` or a
         :class:`ProviderError`; cancellation leaves nothing open and no verdict behind.
 
         ``out_rate``: convert to this rate rather than the job's; ``keep_native``: keep the
         provider's chunks read before the first audio in :attr:`AudioStream.native_head` (a
-        shared synthesis relays the native chunks, not the converted ones)."""
+        shared synthesis relays the native chunks, not the converted ones); ``bill``: add the
+        characters each attempt sends to it."""
         provider = self.providers[step.provider.name]
         health = self.health[provider.name]
         ticket = health.breaker.admit()
@@ -115,7 +118,7 @@ class VoiceOpener:
             lease = Lease(health.gate)
             try:
                 return await self._attempts(
-                    step, provider, job, health, ticket, lease, out_rate, keep_native
+                    step, provider, job, health, ticket, lease, out_rate, keep_native, bill
                 )
             except BaseException:
                 lease.release()
@@ -134,6 +137,7 @@ class VoiceOpener:
         lease: Lease,
         out_rate: int | None,
         keep_native: bool,
+        bill: Bill | None,
     ) -> AudioStream:
         policy = provider.config.retry
         budget = provider.config.timeout.first_byte
@@ -169,7 +173,7 @@ class VoiceOpener:
                         attempting = True
                         try:
                             stream = await self._open_once(
-                                step, provider, job, lease, health, out_rate, keep_native
+                                step, provider, job, lease, health, out_rate, keep_native, bill
                             )
                         except ProviderSaturated as error:
                             attempting = False
@@ -205,6 +209,7 @@ class VoiceOpener:
         health: ProviderHealth,
         out_rate: int | None = None,
         keep_native: bool = False,
+        bill: Bill | None = None,
     ) -> AudioStream:
         source: AsyncGenerator[bytes, None] | None = None
         head: list[bytes] = []
@@ -215,6 +220,8 @@ class VoiceOpener:
                 )
                 characters = provider.characters(job)
                 self.metrics.characters.labels(provider.name).inc(characters)
+                if bill is not None:
+                    bill.characters += characters
                 source = provider.stream(job)
                 async for native in source:
                     if keep_native:

@@ -1,4 +1,4 @@
-"""``tts-gateway``: serve, check-config, voices, say, warm."""
+"""``tts-gateway``: serve, check-config, voices, say, warm, stats."""
 
 from __future__ import annotations
 
@@ -465,6 +465,27 @@ async def _warm(config: GatewayConfig, phrases: Sequence[WarmPhrase]) -> tuple[W
     return report, cache.redis.failures if cache.redis is not None else 0
 
 
+def cmd_stats(args: argparse.Namespace) -> int:
+    from .stats import DEFAULT_TIMEOUT, StatsError, metrics_url, read_report
+
+    token = args.token or os.environ.get("TTS_GATEWAY_TOKEN") or None
+    seconds = DEFAULT_TIMEOUT if args.timeout is None else args.timeout
+    try:
+        if args.timeout is not None and not 0 < args.timeout <= 300:
+            raise StatsError("--timeout must be more than 0 and at most 300 seconds")
+        server = _load(args.config).server if not args.url else ServerConfig()
+        url = metrics_url(args.url, server)
+        report = asyncio.run(read_report(url, token, seconds=seconds, cafile=args.cacert))
+    except StatsError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(report.as_json(), indent=2))
+    else:
+        print(report.as_text())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tts-gateway", description="A TTS gateway speaking the custom TTS interface."
@@ -517,6 +538,21 @@ def build_parser() -> argparse.ArgumentParser:
     warm.add_argument("--voice", help="VoiceId of a plain-text file (default: the default voice)")
     warm.add_argument("--sample-rate", type=int, default=24000, choices=(8000, 16000, 24000, 48000))
     warm.set_defaults(func=cmd_warm)
+
+    stats = sub.add_parser(
+        "stats", help="a running gateway's spend: per provider and per tenant, from /metrics"
+    )
+    stats.add_argument(
+        "--url",
+        help="the gateway's base URL or its /metrics URL (default: from --config: "
+        "server.metrics.port or server.port on this machine; else http://127.0.0.1:8080)",
+    )
+    stats.add_argument("--config", help="the gateway's routing file, to find its /metrics")
+    stats.add_argument("--token", help="Bearer token for /metrics (default: $TTS_GATEWAY_TOKEN)")
+    stats.add_argument("--cacert", help="CA bundle to verify an https URL")
+    stats.add_argument("--timeout", type=float, help="seconds to wait for the page (default: 10)")
+    stats.add_argument("--json", action="store_true", help="as JSON")
+    stats.set_defaults(func=cmd_stats)
     return parser
 
 

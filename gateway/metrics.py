@@ -207,8 +207,8 @@ class Metrics:
         )
         self.cache_audio_saved = Counter(
             "tts_cache_audio_seconds_saved",
-            "Seconds of audio served from the cache (or a shared synthesis) instead of "
-            "synthesized.",
+            "Seconds of audio delivered from the cache (or a shared synthesis) instead of "
+            "synthesized (also counted in tts_audio_seconds).",
             ["provider"],
             registry=r,
         )
@@ -234,13 +234,16 @@ class Metrics:
         self.characters_delivered = Counter(
             "tts_provider_characters_delivered",
             "Characters whose audio reached the caller (a stream cut short counts the share "
-            "of its characters it delivered).",
+            "of its characters that its audio delivered is of the whole answer's).",
             ["provider"],
             registry=r,
         )
         self.audio_generated = Counter(
             "tts_audio_generated_seconds",
-            "Seconds of audio received from each provider (delivered or not).",
+            "Seconds of audio each provider produced, delivered or not: a whole answer; for "
+            "one cut short by the gateway or the caller, its expected length at the provider's "
+            "learned speaking pace unless it had been received whole; for one the provider "
+            "broke off, or a hedge's loser, what was received.",
             ["provider"],
             registry=r,
         )

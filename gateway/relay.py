@@ -5,7 +5,8 @@ The chain is walked in order (a call that failed over before starts at its stick
 (breaker, admission, retries inside the first-byte budget); a voice that is skipped or fails
 passes the request on to the next. A voice with ``hedge_after`` that has no audio after that
 many seconds has the next voice started beside it: the first to produce audio wins, the other
-is cancelled and its upstream closed (its characters stay counted: they are billed). Hedges
+is cancelled and its upstream closed (whatever text it had sent stays counted: it is billed,
+and it is the hedge's overhead, ``tts_hedge_characters``). Hedges
 are bounded to :data:`HEDGE_SHARE` of the voice's requests over a sliding window, so a slow
 provider cannot double the spend.
 
@@ -33,6 +34,7 @@ from .health import ProviderHealth
 from .metrics import Metrics
 from .request import TTSRequest
 from .routing import ChainStep
+from .spend import Bill
 from .sticky import StickyCalls, call_ids
 from .stream import AudioStream, VoiceTry
 from .window import ShareBudget
@@ -95,7 +97,8 @@ class Relay:
         self.opener = VoiceOpener(providers, health, metrics, resampler)
         self.sticky = sticky if sticky is not None else StickyCalls()
         self._hedges: dict[str, ShareBudget] = {}
-        self._disposing: set[asyncio.Task[None]] = set()
+        self.disposing: set[asyncio.Task[None]] = set()
+        """The closers of hedge losers still running."""
 
     async def open(
         self,
@@ -129,34 +132,27 @@ class Relay:
             budget = self._hedges[voice] = ShareBudget(HEDGE_SHARE, HEDGE_FLOOR)
         return budget
 
-    def wasted(self, stream: AudioStream) -> None:
-        """A hedge's loser had audio: what it billed is the hedge's overhead."""
-        if stream.characters:
-            self.metrics.hedge_characters.labels(stream.provider.name).inc(stream.characters)
-
-    def wasted_by(self, step: ChainStep, request: TTSRequest) -> None:
-        """A hedge's loser still waiting for audio: its text was sent (or is being sent) and
-        is billed, unless the cache would have answered it."""
-        text = step.shape(request.text)
-        if self.cache is not None and self.cache.applies(step, text):
-            return
-        provider = self.providers[step.provider.name]
-        job = build_job(step, request, "", text)
-        self.metrics.hedge_characters.labels(provider.name).inc(provider.characters(job))
-
-    def dispose(self, task: asyncio.Task[AudioStream]) -> None:
-        """Cancel a losing attempt and close whatever it opened, in the background (the
-        winner's audio does not wait for it)."""
+    def dispose(self, task: asyncio.Task[AudioStream], bill: Bill) -> None:
+        """Cancel an attempt that lost a hedge race and close whatever it opened, in the
+        background (the winner's audio does not wait for it). Once it has stopped, what its
+        attempts sent (``bill``: nothing if it never got a slot) is counted as the hedge's
+        overhead, and the audio it had received as generated."""
         task.cancel()
-        closer = asyncio.get_running_loop().create_task(_close(task))
-        self._disposing.add(closer)
-        closer.add_done_callback(self._disposing.discard)
+        closer = asyncio.get_running_loop().create_task(self._close(task, bill))
+        self.disposing.add(closer)
+        closer.add_done_callback(self.disposing.discard)
 
-
-async def _close(task: asyncio.Task[AudioStream]) -> None:
-    done = await asyncio.gather(task, return_exceptions=True)
-    if isinstance(done[0], AudioStream):
-        await done[0].aclose()
+    async def _close(self, task: asyncio.Task[AudioStream], bill: Bill) -> None:
+        done = await asyncio.gather(task, return_exceptions=True)
+        if isinstance(done[0], AudioStream):
+            stream = done[0]
+            await stream.aclose()
+            if stream.cache not in ("hit", "shared"):
+                self.metrics.audio_generated.labels(stream.provider.name).inc(
+                    stream.audio_generated
+                )
+        if bill.characters:
+            self.metrics.hedge_characters.labels(bill.provider).inc(bill.characters)
 
 
 class _Walk:
@@ -190,7 +186,8 @@ class _Walk:
                 return stream
         raise self._verdict()
 
-    async def _attempt(self, step: ChainStep) -> AudioStream:
+    async def _attempt(self, step: ChainStep, bill: Bill | None = None) -> AudioStream:
+        """One voice's stream; what its attempts send is added to ``bill``."""
         text = step.shape(self.request.text)
         if not text:
             raise ProviderError(
@@ -201,8 +198,8 @@ class _Walk:
         job = build_job(step, self.request, self.request_id, text)
         cache = self.relay.cache
         if cache is not None and cache.applies(step, text):
-            return await cache.open(step, job, self.relay.opener)
-        return await self.relay.opener.open(step, job)
+            return await cache.open(step, job, self.relay.opener, bill)
+        return await self.relay.opener.open(step, job, bill=bill)
 
     async def _direct(self, step: ChainStep) -> AudioStream | None:
         try:
@@ -223,10 +220,15 @@ class _Walk:
         lead = chain[index]
         budget = relay.hedge_budget(lead.voice.key)
         budget.note()
-        primary = asyncio.get_running_loop().create_task(self._attempt(lead))
-        racers: dict[asyncio.Task[AudioStream], tuple[ChainStep, str]] = {
-            primary: (lead, "primary")
-        }
+        racers: dict[asyncio.Task[AudioStream], tuple[ChainStep, str, Bill]] = {}
+
+        def start(step: ChainStep, side: str) -> asyncio.Task[AudioStream]:
+            bill = Bill(step.provider.name)
+            task = asyncio.get_running_loop().create_task(self._attempt(step, bill))
+            racers[task] = (step, side, bill)
+            return task
+
+        primary = start(lead, "primary")
         following = index + 1
         hedge_due = asyncio.get_running_loop().time() + hedge_after
         considered = False
@@ -246,14 +248,11 @@ class _Walk:
                         step = chain[following]
                         following += 1
                         relay.metrics.hedges.labels(lead.voice.key).inc()
-                        racers[asyncio.get_running_loop().create_task(self._attempt(step))] = (
-                            step,
-                            "hedge",
-                        )
+                        start(step, "hedge")
                     continue
                 # Of two that finished together, the earlier voice of the chain wins.
                 for task in sorted(done, key=lambda t: racers[t][1] != "primary"):
-                    step, side = racers.pop(task)
+                    step, side, bill = racers.pop(task)
                     error = task.exception()
                     if error is not None:
                         if not isinstance(error, VoiceSkipped | ProviderError):
@@ -266,17 +265,15 @@ class _Walk:
                             relay.metrics.hedge_wins.labels(lead.voice.key, side).inc()
                     else:
                         self._note(step, "hedge_lost")
-                        relay.wasted(task.result())
-                        relay.dispose(task)
+                        relay.dispose(task, bill)
             return winner, following
         finally:
             if winner is not None:
-                for task, (step, _side) in racers.items():
+                for task, (step, _side, bill) in racers.items():
                     self._note(step, "hedge_lost")
-                    relay.wasted_by(step, self.request)
-                    relay.dispose(task)
+                    relay.dispose(task, bill)
             elif racers:  # the caller hung up, or a bug: close everything before going on
-                for task, (step, _side) in racers.items():
+                for task, (step, _side, _bill) in racers.items():
                     self._note(step, "cancelled")
                     task.cancel()
                 results = await asyncio.gather(*racers, return_exceptions=True)

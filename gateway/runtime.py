@@ -27,6 +27,7 @@ from .logs import reconfigure_logging
 from .metrics import Metrics
 from .relay import Relay
 from .routing import ChainStep, Router
+from .spend import SpendMeter
 from .sticky import StickyCalls
 from .synthesis import SynthesisCore
 
@@ -210,7 +211,7 @@ class Gateway:
         self.config_path = config_path
         self.streams = StreamLimit(self.metrics.active)
         self.drain = DrainClock()
-        self.core = SynthesisCore(self.streams, self.drain)
+        self.core = SynthesisCore(self.streams, self.drain, SpendMeter(self.metrics))
         self.ready = False
         self.draining = False
         self._retiring: set[asyncio.Task[None]] = set()

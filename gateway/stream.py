@@ -60,7 +60,13 @@ class AudioStream:
     """Who is told of a failure mid-answer instead of :attr:`health` (a shared synthesis)."""
     native_head: list[bytes] = field(default_factory=list)
     """The provider's native chunks read to get :attr:`first` (kept only when asked for)."""
+    received_all: bool = False
+    """Whether the provider's whole answer has been received (its stream ended)."""
     _closed: bool = False
+
+    def __post_init__(self) -> None:
+        if self.source is None:  # the answer ended with its first audio
+            self.received_all = True
 
     async def chunks(self) -> AsyncGenerator[bytes, None]:
         """The first chunk, then the rest as it arrives, then the resampler's tail.
@@ -77,6 +83,7 @@ class AudioStream:
                     self.bytes_out += len(pcm)
                     yield pcm
             self.source = None
+            self.received_all = True
         tail = self.flush()
         if tail:
             yield tail

@@ -33,6 +33,7 @@ from .errors import BadRequest, NotReady
 from .logs import writes_json
 from .metrics import Metrics
 from .request import LOGGED_EXTEND_FIELDS, TTSRequest
+from .spend import SpendMeter
 from .stream import AudioStream, VoiceTry
 
 if TYPE_CHECKING:
@@ -186,41 +187,23 @@ class Outcome:
             log.info(message, extra={"event": "request", **fields})
 
 
-class SpeakingPace:
-    """Seconds of audio per billed character, per provider, learned from complete answers
-    (an exponential average): what tells how much of a cut answer's text was heard."""
-
-    #: About 15 characters a second, ordinary speech, until a provider's own is known.
-    DEFAULT = 0.065
-
-    def __init__(self) -> None:
-        self._pace: dict[str, float] = {}
-
-    def learn(self, provider: str, seconds: float, characters: int) -> None:
-        if seconds <= 0 or characters <= 0:
-            return
-        pace = seconds / characters
-        known = self._pace.get(provider)
-        self._pace[provider] = pace if known is None else known + 0.1 * (pace - known)
-
-    def seconds(self, provider: str, characters: int) -> float:
-        """The expected length of an answer to ``characters`` billed characters."""
-        return self._pace.get(provider, self.DEFAULT) * characters
-
-
-_PACE = SpeakingPace()
-
-
 class Synthesis:
     """An open stream whose first audio is in hand: :meth:`pump` sends it."""
 
     def __init__(
-        self, stream: AudioStream, request: TTSRequest, outcome: Outcome, drain: DrainClock
+        self,
+        stream: AudioStream,
+        request: TTSRequest,
+        outcome: Outcome,
+        drain: DrainClock,
+        spend: SpendMeter,
     ) -> None:
         self.stream = stream
         self.request = request
         self.outcome = outcome
         self._drain = drain
+        self._spend = spend
+        self._settled = False
 
     @property
     def answering_voice(self) -> str:
@@ -262,6 +245,7 @@ class Synthesis:
         except asyncio.CancelledError:
             # The caller hung up (the front door ends the stream): what went out counts.
             outcome.sent(stream.bytes_out, self.request.sample_rate)
+            self.settle("client_disconnect")
             raise
         except TimeoutError:
             if stall.fired:
@@ -298,38 +282,25 @@ class Synthesis:
         await stream.aclose()
         outcome.sent(stream.bytes_out, self.request.sample_rate)
         outcome.ended(end)
-        self._spent(end)
+        self.settle(end)
         return tail
 
-    def _spent(self, end: str) -> None:
-        """Spend: audio received against audio delivered, characters billed against those
-        whose audio reached the caller (a cut stream's share estimated from the provider's
-        speaking rate), or what the cache saved."""
-        stream, metrics = self.stream, self.outcome.metrics
-        name = stream.provider.name
-        generated = stream.audio_generated
-        if stream.cache in ("hit", "shared"):
-            metrics.cache_audio_saved.labels(name).inc(generated)
+    def settle(self, end: str) -> None:
+        """Count the stream's spend (once; ``end``: ``complete`` or why it was cut), from the
+        audio the caller was sent (:class:`~gateway.spend.SpendMeter`)."""
+        if self._settled:
             return
-        metrics.audio_generated.labels(name).inc(generated)
-        characters = stream.characters
-        if not characters:
-            return
-        delivered = self.outcome.audio_seconds or 0.0
-        if end == "complete":
-            _PACE.learn(name, generated, characters)
-            metrics.characters_delivered.labels(name).inc(characters)
-        else:
-            share = min(1.0, delivered / max(1e-9, _PACE.seconds(name, characters)))
-            metrics.characters_delivered.labels(name).inc(characters * share)
+        self._settled = True
+        self._spend.settle(self.stream, self.outcome.audio_seconds or 0.0, end)
 
 
 class SynthesisCore:
     """Routes, admits and opens a validated request (see the module docstring)."""
 
-    def __init__(self, streams: StreamLimit, drain: DrainClock) -> None:
+    def __init__(self, streams: StreamLimit, drain: DrainClock, spend: SpendMeter) -> None:
         self.streams = streams
         self.drain = drain
+        self.spend = spend
 
     @contextlib.asynccontextmanager
     async def open(
@@ -364,7 +335,12 @@ class SynthesisCore:
                 outcome.provider = stream.provider.name
                 outcome.answered_by = stream.step.voice.key
                 outcome.cache = stream.cache
-                yield Synthesis(stream, request, outcome, self.drain)
+                synthesis = Synthesis(stream, request, outcome, self.drain, self.spend)
+                try:
+                    yield synthesis
+                finally:
+                    # A stream that never got to its pump (the caller hung up first) is cut.
+                    synthesis.settle("client_disconnect")
             finally:
                 await stream.aclose()
 

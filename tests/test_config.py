@@ -18,7 +18,7 @@ from gateway.config import (
     parse_config,
 )
 from providers.base import ProviderConfig, RetryPolicy, Timeouts
-from tests.config_support import MINIMAL, yml
+from tests.config_support import MINIMAL, only_problem, yml
 
 FULL = """
 server:
@@ -157,6 +157,43 @@ def test_env_is_expanded_in_values_but_not_in_keys() -> None:
 def test_a_single_token_string_is_accepted() -> None:
     text = MINIMAL.replace("default_voice: joe", "default_voice: joe\n  tokens: abc")
     assert parse_config(yml(text), env={}).server.tokens == ("abc",)
+
+
+def test_tokens_may_be_named_for_the_tenant_their_requests_are_counted_under() -> None:
+    tokens = '[{name: acme, token: "a-1"}, "b-2", {name: globex, token: "${G:-}"}, "${P:-}"]'
+    text = MINIMAL.replace("default_voice: joe", f"default_voice: joe\n  tokens: {tokens}")
+    server = parse_config(yml(text), env={"G": "g-3"}).server
+    # An entry whose token is empty (an unset variable) is no token, named or not.
+    assert server.tokens == ("a-1", "b-2", "g-3")
+    assert server.token_names == ("acme", None, "globex")
+
+
+@pytest.mark.parametrize(
+    ("tokens", "problem"),
+    [
+        (
+            "[{name: acme, token: a}, {name: acme, token: b}]",
+            ("server.tokens[1].name", "name 'acme' is given twice"),
+        ),
+        (
+            '["a", {name: token-1, token: b}]',
+            (
+                "server.tokens[1].name",
+                "name 'token-1' is what the unnamed token in place 1 is counted under; name "
+                "that token, or choose another name",
+            ),
+        ),
+        ("[{token: a}]", ("server.tokens[0]", "missing required key 'name'")),
+        ("[{name: acme, token: a, tenant: x}]", ("server.tokens[0].tenant", "unknown key")),
+    ],
+    ids=["twice", "an-unnamed-tokens-name", "no-name", "unknown-key"],
+)
+def test_token_names_that_would_merge_or_lose_counts_are_refused(
+    tokens: str, problem: tuple[str, str]
+) -> None:
+    text = MINIMAL.replace("default_voice: joe", f"default_voice: joe\n  tokens: {tokens}")
+    _line, path, message = only_problem(text)
+    assert (path, message[: len(problem[1])]) == problem
 
 
 def test_names_are_taken_as_written_even_when_yaml_reads_a_number() -> None:

@@ -230,6 +230,13 @@ def test_the_dashboard_shows_what_operators_asked_for() -> None:
         "tts_provider_characters_total",  # cost
         "tts_audio_seconds_total",
         "tts_config_reloads_total",
+        # spend: billed against delivered, the hedge's overhead, the cache's savings, tenants
+        "tts_provider_characters_delivered_total",
+        "tts_audio_generated_seconds_total",
+        "tts_hedge_characters_total",
+        "tts_cache_characters_saved_total",
+        "tts_tenant_characters_total",
+        "tts_tenant_requests_total",
     }
     assert wanted <= read, wanted - read
     ttfb = [

@@ -99,6 +99,8 @@ EVENT_ONLY = {
     "tts_retries_denied",
     "tts_connections_refused",
     "tts_breaker_transitions",
+    "tts_hedge_characters",  # no voice hedges here
+    "tts_cache_characters_saved",  # nor uses the phrase cache
 }
 
 

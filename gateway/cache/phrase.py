@@ -28,6 +28,7 @@ from ..audio import AudioFormatError, Converter, ResamplerMode
 from ..config.model import CacheConfig
 from ..metrics import Metrics
 from ..routing import ChainStep
+from ..spend import Bill
 from ..stream import AudioStream
 from .flight import Flight
 from .keys import cache_key, cacheable
@@ -113,9 +114,11 @@ class PhraseCache:
         provider = opener.providers[step.provider.name]
         return cache_key(provider, job, provider.native_format(job))
 
-    async def open(self, step: ChainStep, job: SynthesisJob, opener: VoiceOpener) -> AudioStream:
+    async def open(
+        self, step: ChainStep, job: SynthesisJob, opener: VoiceOpener, bill: Bill | None = None
+    ) -> AudioStream:
         """One voice of the chain through the cache (see the module docstring). Raises what
-        :meth:`VoiceOpener.open` raises."""
+        :meth:`VoiceOpener.open` raises. A miss adds what its synthesis sends to ``bill``."""
         provider = opener.providers[step.provider.name]
         native = provider.native_format(job)
         key = cache_key(provider, job, native)
@@ -142,7 +145,9 @@ class PhraseCache:
         characters = provider.characters(job)
 
         async def run() -> AudioStream:
-            return await opener.open(step, job, out_rate=native.sample_rate, keep_native=True)
+            return await opener.open(
+                step, job, out_rate=native.sample_rate, keep_native=True, bill=bill
+            )
 
         def settle(flight: Flight) -> None:
             if self.flights.get(key) is flight:

@@ -206,7 +206,7 @@ class ServerSection:
         name is the tenant its requests are counted under); empty tokens are dropped."""
         if isinstance(value, list) and any(isinstance(entry, dict) for entry in value):
             result: list[tuple[str, str | None]] = []
-            names: set[str] = set()
+            names: dict[str, str] = {}  # each name given, and where
             for i, entry in enumerate(value):
                 where = item(path, i)
                 if not isinstance(entry, dict):
@@ -221,9 +221,19 @@ class ServerSection:
                 if name is not None and name in names:
                     self.report.error(child(where, "name"), f"name {name!r} is given twice")
                 elif name is not None:
-                    names.add(name)
+                    names[name] = child(where, "name")
                 if name is not None and token:
                     result.append((token, name))
+            for position, (_, name) in enumerate(result, 1):
+                # An unnamed token is counted as token-N: a name that is the same would merge
+                # two tenants' counts.
+                taken = f"token-{position}"
+                if name is None and taken in names:
+                    self.report.error(
+                        names[taken],
+                        f"name {taken!r} is what the unnamed token in place {position} is "
+                        "counted under; name that token, or choose another name",
+                    )
             return result
         items = self.read.strings(value, path, allow_empty=True, limit=None)
         if items is None:
