@@ -316,6 +316,7 @@ class SynthesisCore:
                 "Text has nothing to speak once the voice's text shaping is applied "
                 "(only markup, code or emoji)",
                 field="Text",
+                code="empty_text",
             )
         with self.streams.admit(routing.config.server.max_concurrent_streams):
             try:

@@ -26,6 +26,7 @@ from starlette.applications import Starlette
 from gateway.app import create_app
 from gateway.config import parse_config
 from gateway.encode import FORMATS, SLICE_SAMPLES, StreamEncoder
+from tests.answering_upstream import metric, scrape
 from tests.scripted_upstream import HEAD, HOLD, Fail, ScriptedUpstream, Signal, Step, custom_block
 from tests.support import live_server, log_line, peak_frequency, scripted_config, tone
 
@@ -266,6 +267,20 @@ async def test_bad_fields_are_400_in_openai_shape_naming_the_param(
     assert error.type == "invalid_request_error"
     assert param in error.message
     assert upstream.exchanges == []  # refused before any upstream work
+
+
+async def test_an_input_over_the_limit_is_logged_and_counted_as_the_400_it_is_answered(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.INFO, logger="gateway"):
+        async with gateway() as (url, _, client), httpx.AsyncClient() as http:
+            error = await bad_request(client, input="x" * 2001)
+            page = await scrape(http, url)
+    assert error.status_code == 400
+    assert metric(page, "tts_requests_total", status="400") == 1
+    assert metric(page, "tts_requests_total", status="413") is None
+    (line,) = [r.getMessage() for r in caplog.records if "door=openai" in r.getMessage()]
+    assert "status=400" in line and "error=string_above_max_length" in line
 
 
 async def test_a_body_that_is_not_a_json_object_is_400() -> None:

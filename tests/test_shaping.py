@@ -467,6 +467,7 @@ async def test_text_that_shapes_to_nothing_is_a_400_naming_text_without_a_provid
         assert answer.status_code == 400
         error = answer.json()["error"]
         assert error["field"] == "Text"
+        assert error["code"] == "empty_text"  # as for a text with nothing to speak at all
         assert "nothing to speak" in error["message"]
         # The same text to a voice without shaping is spoken as written.
         assert (await speak(client, url, "plain", text)).status_code == 200
