@@ -660,10 +660,10 @@ def render(f: dict[str, Any], meta: dict[str, Any]) -> str:
         lines += soak_report.render(f["soak"])
     if "pieces" in f:
         lines += pieces.render(f["pieces"])
-    if "openai" in f:
-        lines += openai_door.render(f["openai"])
     if "cache" in f:
         lines += cache_report.render(f["cache"])
+    if "openai" in f:
+        lines += openai_door.render(f["openai"])
     history = Path(__file__).with_name("changes.md")
     if history.exists():
         lines.append(history.read_text())
