@@ -5,17 +5,19 @@ Providers deliver bytes in whatever format they speak (:class:`providers.base.Au
 chunks cut at arbitrary byte positions. One :class:`Converter` per request turns that stream into
 what the custom TTS interface sends: mono S16LE at 8/16/24/48 kHz, as soon as it arrives.
 
-Resampling runs through :class:`soxr.ResampleStream` in one of two modes, picked per stream
-from its first chunk (``mode="auto"``): soxr's default block (DFT) filter is cheap — about
-0.1 ms of CPU per second of audio — but collects ~40 ms of input before its first output and
-then answers every other 20 ms chunk; its variable-rate filter answers from the first 20 ms
-chunk (~10 ms of look-ahead) and after every chunk, for ~0.85 ms of CPU per second of audio
-(both ~80 dB or better from ideal). A provider that trickles audio in real time (small first
-chunk) gets the low-latency filter, since every millisecond of waiting is heard; one that
+Resampling runs in one of two modes, picked per stream from its first chunk (``mode="auto"``).
+A provider that trickles audio in real time (small first chunk) gets the low-latency mode,
+since every millisecond of waiting is heard: for a small rational ratio (24 -> 48, 16 -> 48,
+8 -> 48, 48 -> 24, 24 -> 16 kHz...) :class:`gateway.polyphase.PolyphaseResampler`, which
+answers every chunk in full but for its 2.4-7 ms group delay, for ~12 us of CPU per 20 ms chunk
+at 24 -> 48 kHz and ~1.5 KiB per stream; for any other ratio (22050 -> 24000...) soxr's
+variable-rate filter, which holds 10-30 ms back, for ~19 us per chunk and ~50 KiB. One that
 delivers a large first piece (a whole clause, a whole file) is already ahead of real time and
-gets the cheap one. The mode never changes within a stream, so there is no seam.
+gets soxr's block (DFT) filter, the cheapest per second of audio (~4 us per 20 ms) but which
+collects ~40 ms of input before its first output and then answers every other 20 ms chunk.
+All are ~90 dB or more from ideal. The mode never changes within a stream, so there is no seam.
 
-Both run in float32. soxr's int16 mode adds
+soxr runs in float32. Its int16 mode adds
 TPDF dither to its output, so the same audio cut into different chunks comes out differing by up
 to 2 LSB; float32 output is bit-identical however the input is chunked, and the extra int16 <->
 float32 conversions cost less than the resampling itself. The output of a stream therefore does
@@ -32,6 +34,7 @@ import numpy as np
 import numpy.typing as npt
 import soxr
 
+from gateway.polyphase import PolyphaseResampler, polyphase_ratio
 from providers.base import AudioFormat
 from providers.wav import STREAMING_DATA_BYTES, WavFormatError, WavHeaderReader, wav_header
 
@@ -52,6 +55,9 @@ LOW_LATENCY_FIRST_CHUNK: Final = 0.25
 
 #: soxr quality presets, from quickest to best.
 QUALITIES: Final[frozenset[str]] = frozenset({"QQ", "LQ", "MQ", "HQ", "VHQ"})
+
+# The presets the polyphase filter (85 dB or more from ideal) stands in for; VHQ asks for more.
+_POLYPHASE_QUALITIES: Final = frozenset({"QQ", "LQ", "MQ", "HQ"})
 
 _F32 = npt.NDArray[np.float32]
 
@@ -108,7 +114,7 @@ class Converter:
         self.frames_out = 0
         self._finished = False
         self._carry = b""
-        self._resampler: soxr.ResampleStream | None = None
+        self._resampler: soxr.ResampleStream | PolyphaseResampler | None = None
         self._resampling = False
         self._format: AudioFormat | None = None
         # Set from the actual format by _set_format(); placeholders until a WAV header is read.
@@ -198,13 +204,17 @@ class Converter:
         # The resampler itself is made at the first chunk, whose length picks its mode.
         self._resampling = fmt.sample_rate != self.out_rate
 
-    def _make_resampler(self, first_frames: int) -> soxr.ResampleStream:
+    def _make_resampler(self, first_frames: int) -> soxr.ResampleStream | PolyphaseResampler:
         assert self._format is not None
         rate = self._format.sample_rate
         low_latency = self.mode == "low_latency" or (
             self.mode == "auto" and first_frames < LOW_LATENCY_FIRST_CHUNK * rate
         )
         self.mode = "low_latency" if low_latency else "block"
+        ratio = polyphase_ratio(rate, self.out_rate)
+        if low_latency and ratio is not None and self.quality in _POLYPHASE_QUALITIES:
+            peak = float(_FLOAT_LIMIT) if self._float else 32768.0
+            return PolyphaseResampler(*ratio, peak)
         return soxr.ResampleStream(
             rate, self.out_rate, 1, dtype="float32", quality=self.quality, vr=low_latency
         )
@@ -224,6 +234,12 @@ class Converter:
             s = np.frombuffer(data, _S16, count)
             if self._channels > 1:
                 x = s.reshape(frames, self._channels).mean(axis=1, dtype=np.float32)
+            elif self._resampling:
+                if self._resampler is None:
+                    self._resampler = self._make_resampler(frames)
+                if isinstance(self._resampler, PolyphaseResampler):
+                    return self._resampler.process(s)  # takes the samples as they are
+                x = s.astype(np.float32)
             else:
                 x = s.astype(np.float32)
         if self._resampling:
@@ -233,8 +249,11 @@ class Converter:
         return x
 
     def _resample(self, x: _F32, *, last: bool) -> _F32:
-        assert self._resampler is not None
-        return cast(_F32, self._resampler.resample_chunk(x, last=last))
+        resampler = self._resampler
+        assert resampler is not None
+        if isinstance(resampler, PolyphaseResampler):
+            return resampler.flush() if last else resampler.process(x)
+        return cast(_F32, resampler.resample_chunk(x, last=last))
 
     def _emit(self, y: _F32) -> bytes:
         if not y.size:

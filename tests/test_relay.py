@@ -326,7 +326,7 @@ async def test_resampler_setting_decides_whether_the_first_chunk_is_answered_at_
     async with live_server(app) as url:
         posting = asyncio.create_task(raw_post(url, "/stream-audio", dict(BODY, SampleRate=48000)))
         if resampler == "auto":
-            # A real-time trickle: the variable-rate filter answers the first 20 ms chunk.
+            # A real-time trickle: the low-latency filter answers the first 20 ms chunk.
             response = await asyncio.wait_for(posting, 2)
             assert await asyncio.wait_for(response.read_chunk(), 2)
         else:
