@@ -1,0 +1,189 @@
+"""The converter's three resamplers side by side, on real-time 20 ms chunks.
+
+    python -m bench.resampler                  # every ratio, 5 alternations
+    python -m bench.resampler --rounds 9 --ratios 24000:48000
+
+For each ratio: the polyphase filter (``low_latency`` for a small rational ratio), soxr's
+variable-rate filter (what ``low_latency`` used before it) and soxr's block filter, each
+through :class:`gateway.audio.Converter` on mono S16LE. CPU is ``time.process_time()`` per
+second of audio fed in 20 ms chunks, the variants alternating round by round (medians shown);
+latency is the audio held back after the first chunk and after one second; memory is
+tracemalloc's count per converter after five chunks (N converters alive at once) and the RSS
+growth per converter of a fresh process holding N of them; quality is the worst alias or image
+of 40 tones across the band (dB below the tone) and the gain at 0.5 and 0.9 of the lower
+Nyquist frequency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+import tracemalloc
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Literal
+
+import numpy as np
+
+from gateway import audio
+from gateway.audio import Converter
+from providers.base import AudioFormat
+
+Variant = Literal["polyphase", "soxr_vr", "soxr_block"]
+VARIANTS: tuple[Variant, ...] = ("polyphase", "soxr_vr", "soxr_block")
+RATIOS = [(24000, 48000), (16000, 48000), (8000, 48000), (16000, 24000), (48000, 24000)]
+
+
+@contextmanager
+def variant(name: Variant) -> Iterator[audio.ResamplerMode]:
+    """The converter mode for ``name``; soxr_vr is low_latency with the polyphase filter off."""
+    if name != "soxr_vr":
+        yield "block" if name == "soxr_block" else "low_latency"
+        return
+    saved = audio.polyphase_ratio  # type: ignore[attr-defined]
+    setattr(audio, "polyphase_ratio", lambda in_rate, out_rate: None)  # noqa: B010
+    try:
+        yield "low_latency"
+    finally:
+        setattr(audio, "polyphase_ratio", saved)  # noqa: B010
+
+
+def chunks(rate: int, seconds: float) -> list[bytes]:
+    n = rate // 50
+    x = np.random.default_rng(1).standard_normal(int(rate * seconds)) * 3000
+    pcm = np.clip(np.rint(x), -32768, 32767).astype("<i2").tobytes()
+    return [pcm[i : i + 2 * n] for i in range(0, len(pcm), 2 * n)]
+
+
+def cpu_ms_per_audio_s(name: Variant, rate: int, out_rate: int, seconds: float = 10.0) -> float:
+    pieces = chunks(rate, seconds)
+    with variant(name) as mode:
+        conv = Converter(AudioFormat(rate), out_rate, mode=mode)
+        start = time.process_time()
+        for piece in pieces:
+            conv.feed(piece)
+        conv.flush()
+        return (time.process_time() - start) / seconds * 1000
+
+
+def held_back_ms(name: Variant, rate: int, out_rate: int) -> tuple[float, float]:
+    """(audio held back after the first 20 ms chunk, after one second), in ms."""
+    pieces = chunks(rate, 1.0)
+    with variant(name) as mode:
+        conv = Converter(AudioFormat(rate), out_rate, mode=mode)
+        first = len(conv.feed(pieces[0])) // 2
+        out = first + sum(len(conv.feed(p)) // 2 for p in pieces[1:])
+    return 20.0 - first / out_rate * 1000, 1000.0 - out / out_rate * 1000
+
+
+def traced_bytes_per_converter(name: Variant, rate: int, out_rate: int, n: int = 200) -> float:
+    pieces = chunks(rate, 0.1)
+    with variant(name) as mode:
+        tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0]
+        convs = [Converter(AudioFormat(rate), out_rate, mode=mode) for _ in range(n)]
+        for conv in convs:
+            for piece in pieces:
+                conv.feed(piece)
+        after = tracemalloc.get_traced_memory()[0]
+        tracemalloc.stop()
+    return (after - before) / n
+
+
+def rss_bytes_per_converter(name: Variant, rate: int, out_rate: int, n: int = 1000) -> float:
+    """Measured in a fresh process, so that earlier variants' freed memory is not reused."""
+    code = (
+        "import sys; from bench.resampler import _rss_child; "
+        f"print(_rss_child({name!r}, {rate}, {out_rate}, {n}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(out.stdout)
+
+
+def _rss_kib() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+def _rss_child(name: Variant, rate: int, out_rate: int, n: int) -> float:
+    pieces = chunks(rate, 0.1)
+    with variant(name) as mode:
+        # One converter first, so that the filter design and the libraries' first allocations
+        # are not counted as the first stream's.
+        warm = Converter(AudioFormat(rate), out_rate, mode=mode)
+        for piece in pieces:
+            warm.feed(piece)
+        before = _rss_kib()
+        convs = [Converter(AudioFormat(rate), out_rate, mode=mode) for _ in range(n)]
+        for conv in convs:
+            for piece in pieces:
+                conv.feed(piece)
+        return (_rss_kib() - before) * 1024 / n
+
+
+def quality(name: Variant, rate: int, out_rate: int) -> dict[str, float]:
+    """Worst spurious component (alias or image) over tones up to 0.95 of the lower Nyquist
+    frequency, and the gain at 0.5 and 0.9 of it, in dB."""
+    nyquist = min(rate, out_rate) / 2
+    worst = -300.0
+    gains: dict[str, float] = {}
+    for frac in [*np.linspace(0.02, 0.95, 40), 0.5, 0.9]:
+        f = float(frac) * nyquist
+        x = 0.5 * np.sin(2 * np.pi * f * np.arange(2 * rate) / rate)
+        data = np.rint(x * 32767).astype("<i2").tobytes()
+        with variant(name) as mode:
+            conv = Converter(AudioFormat(rate), out_rate, mode=mode)
+            step = rate // 50 * 2
+            out = b"".join(conv.feed(data[i : i + step]) for i in range(0, len(data), step))
+            y = np.frombuffer(out + conv.flush(), "<i2").astype(np.float64)
+        y = y[len(y) // 4 : 3 * len(y) // 4]
+        t = np.arange(y.size) / out_rate
+        basis = np.stack([np.sin(2 * np.pi * f * t), np.cos(2 * np.pi * f * t)], axis=1)
+        coef = np.linalg.lstsq(basis, y, rcond=None)[0]
+        gain = 20 * np.log10(np.hypot(*coef) / (0.5 * 32767))
+        residual = y - basis @ coef
+        w = np.kaiser(y.size, 20)
+        spectrum = np.abs(np.fft.rfft(residual * w)) / (w.sum() / 2) / (0.5 * 32767)
+        worst = max(worst, 20 * np.log10(spectrum.max()))
+        if frac in (0.5, 0.9):
+            gains[f"gain_{frac:g}"] = round(float(gain), 3)
+    return {"worst_spurious_db": round(worst, 1), **gains}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--ratios", nargs="*", default=[f"{a}:{b}" for a, b in RATIOS])
+    args = parser.parse_args()
+    report: dict[str, Any] = {}
+    for spec in args.ratios:
+        rate, out_rate = (int(v) for v in spec.split(":"))
+        cpu: dict[str, list[float]] = {v: [] for v in VARIANTS}
+        for _ in range(args.rounds):
+            for name in VARIANTS:
+                cpu[name].append(cpu_ms_per_audio_s(name, rate, out_rate))
+        row: dict[str, Any] = {}
+        for name in VARIANTS:
+            first, steady = held_back_ms(name, rate, out_rate)
+            row[name] = {
+                "cpu_ms_per_audio_s": round(statistics.median(cpu[name]), 3),
+                "cpu_spread": [round(min(cpu[name]), 3), round(max(cpu[name]), 3)],
+                "held_back_first_chunk_ms": round(first, 2),
+                "held_back_after_1s_ms": round(steady, 2),
+                "traced_kib": round(traced_bytes_per_converter(name, rate, out_rate) / 1024, 1),
+                "rss_kib": round(rss_bytes_per_converter(name, rate, out_rate) / 1024, 1),
+                **quality(name, rate, out_rate),
+            }
+        report[spec] = row
+        print(json.dumps({spec: row}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
