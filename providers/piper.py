@@ -24,14 +24,15 @@ returns all but the last ~20 ms of it at once). The voice, the phonemizer and th
 buffers are made once, at start. What the session options bought, on a 2-core machine shared
 with other work:
 
-- ``threads``: two threads take the clause from ~105 to 62-73 ms with the machine lightly
-  loaded, for ~15 % more CPU; one thread is the cheapest per second of speech (real-time
-  factor ~0.07).
+- ``threads``: two threads take the clause from ~100 to 59-73 ms with the machine lightly
+  loaded, for ~10-15 % more CPU; with the machine loaded by other work they gain little or
+  nothing. One thread is the cheapest per second of speech (real-time factor ~0.07).
 - The intra-op threads do not spin between parallel loops (``session.intra_op.allow_spinning``
-  off): with two threads and the machine loaded (load average 2.7 to 3.2), first audio p50
-  101, 148 and 132 ms in three alternated runs, against 101, 198 and 208 ms spinning, and 128
-  to 134 ms of CPU per clause against 150 to 198. Lightly loaded, spinning was ~6 ms quicker.
-  One thread has no pool to spin.
+  off). ``python -m bench.piper_first --threads 1,2 --spinning``, three runs of 30 requests,
+  load average 2.0 to 2.6: with two threads first audio p50 107 / 119 / 66 ms against
+  133 / 150 / 59 spinning (p99 192 / 208 / 73 against 228 / 394 / 84), CPU per clause
+  132 / 133 / 110 ms against 160 / 176 / 113. Spinning wins ~7 ms at p50 only when a core is
+  idle for it; one thread has no pool to spin.
 - Graph optimization level, memory arena and pattern, denormals as zero, dynamic block base:
   no difference beyond the noise (3 %); ONNX Runtime's defaults are kept.
 """
