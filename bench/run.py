@@ -655,6 +655,17 @@ def render(f: dict[str, Any], meta: dict[str, Any]) -> str:
         f"({local['rtf_one_core']['audio_s']:.1f} s of audio in "
         f"{local['rtf_one_core']['wall_s'] * 1000:.0f} ms)",
         "",
+        "The bench's local voice runs one ONNX thread (`threads: 1`), and the first piece it",
+        "speaks is the sentence's first clause, synthesized whole (1.5 s of speech, ~70 ms of one",
+        "core per second of speech): phonemizing takes 0.6 ms, the hand-off to the worker thread",
+        "and the 22050 → 24000 Hz conversion ~1 ms (soxr's block filter returns all but the last",
+        "~20 ms of a clause-long piece at once), the ONNX run the rest, a third of it in the text",
+        "encoder, duration predictor and flow, two thirds in the decoder. Two threads (the",
+        "provider's default on two cores) bring it to 59-73 ms on a lightly loaded machine;",
+        "`python -m bench.piper_first --threads 1,2` measures the first audio per setting in",
+        "process, and `--spinning` against ONNX Runtime's spinning threads (what they cost: the",
+        "provider's docstring and the table below).",
+        "",
     ]
     if "soak" in f:
         lines += soak_report.render(f["soak"])

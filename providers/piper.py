@@ -11,9 +11,30 @@ piece is synthesized while the earlier audio is still being sent. Closing the st
 hung up) stops before the next piece.
 
 Settings: ``model``, ``config``, ``threads`` (ONNX Runtime threads per synthesis; 0 = its
-default). Options: ``speaker`` (name or id, multi-speaker models; the voice name is tried too),
-``length_scale`` (>1 slower), ``noise_scale``, ``noise_w_scale``, ``volume``. Piper has no
-emotion control: ``Emotion`` is ignored.
+default, one per physical core). Options: ``speaker`` (name or id, multi-speaker models; the
+voice name is tried too), ``length_scale`` (>1 slower), ``noise_scale``, ``noise_w_scale``,
+``volume``. Piper has no emotion control: ``Emotion`` is ignored.
+
+Where the first audio's time goes (the bundled voice, a sentence whose first clause is 1.5 s
+of speech; ``python -m bench.piper_first``): phonemizing the clause 0.6 ms; the ONNX run
+~105 ms on one thread, ~70 ms per second of speech, a third of it in the text encoder,
+duration predictor and flow and two thirds in the decoder; the executor hand-off and the
+22050 -> 24000 Hz conversion ~1 ms (a clause-long first piece picks soxr's block filter, which
+returns all but the last ~20 ms of it at once). The voice, the phonemizer and the session's
+buffers are made once, at start. What the session options bought, on a 2-core machine shared
+with other work:
+
+- ``threads``: two threads take the clause from ~100 to 59-73 ms with the machine lightly
+  loaded, for ~10-15 % more CPU; with the machine loaded by other work they gain little or
+  nothing. One thread is the cheapest per second of speech (real-time factor ~0.07).
+- The intra-op threads do not spin between parallel loops (``session.intra_op.allow_spinning``
+  off). ``python -m bench.piper_first --threads 1,2 --spinning``, three runs of 30 requests,
+  load average 2.0 to 2.6: with two threads first audio p50 107 / 119 / 66 ms against
+  133 / 150 / 59 spinning (p99 192 / 208 / 73 against 228 / 394 / 84), CPU per clause
+  132 / 133 / 110 ms against 160 / 176 / 113. Spinning wins ~7 ms at p50 only when a core is
+  idle for it; one thread has no pool to spin.
+- Graph optimization level, memory arena and pattern, denormals as zero, dynamic block base:
+  no difference beyond the noise (3 %); ONNX Runtime's defaults are kept.
 """
 
 from __future__ import annotations
@@ -143,15 +164,27 @@ class PiperProvider(Provider):
         import onnxruntime
         from piper import PiperConfig, PiperVoice
 
-        options = onnxruntime.SessionOptions()
-        if self.threads:
-            options.intra_op_num_threads = self.threads
-            options.inter_op_num_threads = 1
         session = onnxruntime.InferenceSession(
-            str(self.model_path), sess_options=options, providers=["CPUExecutionProvider"]
+            str(self.model_path),
+            sess_options=self._session_options(),
+            providers=["CPUExecutionProvider"],
         )
         config = PiperConfig.from_dict(_read_voice_config(self.config_path))
         return PiperVoice(session=session, config=config)
+
+    def _session_options(self) -> Any:
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        # The graph runs its nodes in sequence: there is no inter-op pool worth keeping.
+        options.inter_op_num_threads = 1
+        if self.threads:
+            options.intra_op_num_threads = self.threads
+        # Between parallel loops the intra-op threads would busy-wait for the next one; on a
+        # machine whose cores are shared (the gateway's other processes, other voices) they
+        # take the core the synthesis itself needs (see the module docstring).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        return options
 
     async def aclose(self) -> None:
         if self._executor is not None:

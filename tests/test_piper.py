@@ -198,3 +198,12 @@ server: {{default_voice: v}}
         parse_config(yaml)
     assert "providers.other.model" in str(caught.value)
     assert "voice config" in str(caught.value)
+
+
+async def test_the_onnx_session_does_not_busy_wait_between_parallel_loops(
+    piper: PiperProvider,
+) -> None:
+    """Spinning intra-op threads take the core a synthesis needs on a shared machine."""
+    options = piper._voice.session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert options.inter_op_num_threads == 1
