@@ -412,3 +412,23 @@ async def test_a_full_pool_is_a_pool_timeout_with_the_request_attached() -> None
                 await c.get(url + "?second")
         release.set()
     assert caught.value.request.url.query == b"second"
+
+
+async def test_the_read_timeout_counts_from_the_last_data_not_the_first() -> None:
+    # A body trickling well within the read timeout is read whole however long it takes;
+    # once it goes silent for longer, the read times out.
+    async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(HEAD)
+        for _ in range(15):  # 1.5 s in all, at most 0.1 s apart
+            writer.write(b"5\r\nchunk\r\n")
+            await writer.drain()
+            await asyncio.sleep(0.1)
+        await reader.read()  # then nothing more
+
+    async with serving(trickle) as server, client(read=1.0) as c:
+        received = b""
+        async with c.stream("GET", f"http://127.0.0.1:{server.port}/x") as response:
+            with pytest.raises(httpx.ReadTimeout):
+                async for data in response.aiter_raw():
+                    received += data
+        assert received == b"chunk" * 15
