@@ -55,6 +55,9 @@ class _Connection(asyncio.Protocol):
 
     def __init__(self, origin: Origin) -> None:
         self.origin = origin
+        # Made by the running loop's create_connection. Kept: on Python 3.11, every
+        # asyncio.get_running_loop() is a getpid() system call, and _wait runs for every chunk.
+        self._loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.idle_since = 0.0
@@ -176,7 +179,7 @@ class _Connection(asyncio.Protocol):
             waiter.set_result(None)
 
     async def _wait(self, seconds: float | None) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         waiter = self._waiter = loop.create_future()
         if seconds is None:
             self._due = _NEVER
@@ -202,7 +205,7 @@ class _Connection(asyncio.Protocol):
         waiter = self._waiter
         if waiter is None or waiter.done():
             return  # not waiting: the next wait arms the timer again
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         if loop.time() >= self._due:
             self._timed_out = True
             waiter.cancel()
