@@ -55,10 +55,7 @@ class Flight:
         self.task: asyncio.Task[None] | None = None
         self._readers: set[_Reader] = set()
         self.abandoned = False
-        self._loop = asyncio.get_running_loop()
-        # Who waits for the next change (readers, and the upstream side for the slowest
-        # reader): a future each, made only when one waits, all woken at the next change.
-        self._waiting: list[asyncio.Future[None]] = []
+        self._changed = asyncio.get_running_loop().create_future()
         self._counted = False
         self._on_end: Callable[[Flight], None] | None = None
 
@@ -82,7 +79,7 @@ class Flight:
         flight has ended (complete, failed or cancelled), before its upstream is closed: so a
         complete answer is stored before any new request could miss it."""
         self._on_end = on_end
-        self.task = self._loop.create_task(self._run(run))
+        self.task = asyncio.get_running_loop().create_task(self._run(run))
         self.task.add_done_callback(lambda _task: self._ended())
 
     def _ended(self) -> None:
@@ -144,18 +141,12 @@ class Flight:
                 self.chunks[i] = None
 
     def _wake(self) -> None:
-        # Runs for every chunk: nothing is made unless someone waits.
-        if self._waiting:
-            waiting, self._waiting = self._waiting, []
-            for waiter in waiting:
-                if not waiter.done():  # a waiter cancelled (its reader gone) is done
-                    waiter.set_result(None)
+        if not self._changed.done():
+            self._changed.set_result(None)
+        self._changed = asyncio.get_running_loop().create_future()
 
     async def _next_change(self) -> None:
-        # A future of its own: cancelling this wait cancels no one else's.
-        waiter = self._loop.create_future()
-        self._waiting.append(waiter)
-        await waiter
+        await asyncio.shield(self._changed)
 
     # -- the readers' side ------------------------------------------------------------------
 
