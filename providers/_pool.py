@@ -187,9 +187,11 @@ class _Connection(asyncio.Protocol):
             # This runs for every chunk: it moves the deadline, and one timer per connection
             # looks at it when it fires (re-armed for the deadline then in force), rather
             # than a timer made and cancelled per chunk.
-            self._due = loop.time() + seconds
-            if self._timer is None:
-                self._timer = loop.call_at(self._due, self._check_due)
+            due = self._due = loop.time() + seconds
+            if self._timer is None or self._timer.when() > due:  # none, or one for later
+                if self._timer is not None:
+                    self._timer.cancel()
+                self._timer = loop.call_at(due, self._check_due)
         try:
             await waiter
         except asyncio.CancelledError:
