@@ -256,13 +256,12 @@ class HTTPProvider(Provider):
     def build(self, job: SynthesisJob, text: str) -> httpx.Request:
         """The HTTP request for one piece of the job's text."""
 
-    async def audio(
-        self, response: httpx.Response, job: SynthesisJob, text: str
-    ) -> AsyncIterator[bytes]:
+    def audio(self, response: httpx.Response, job: SynthesisJob, text: str) -> AsyncIterator[bytes]:
         """The native audio in a successful response to the request for ``text`` (one piece
-        of ``job``); the default is the body as it arrives."""
-        async for chunk in iter_body(response, self.name):
-            yield chunk
+        of ``job``); the default is the body as it arrives. (A subclass may write it as an
+        async generator; the default hands over the body's own iterator, one layer fewer for
+        every chunk.)"""
+        return iter_body(response, self.name)
 
     @property
     def answers_whole_clips(self) -> bool:
@@ -278,14 +277,14 @@ class HTTPProvider(Provider):
             return split_to_limit(job.text, self.max_text, self.text_size)
         return [job.text]
 
-    async def stream(self, job: SynthesisJob) -> AsyncGenerator[bytes, None]:
-        # The next piece is requested while the current one streams (providers._pieces).
-        stream = pipelined(self.pieces(job), lambda piece: self._piece(job, piece))
-        try:
-            async for chunk in stream:
-                yield chunk
-        finally:
-            await stream.aclose()
+    def stream(self, job: SynthesisJob) -> AsyncGenerator[bytes, None]:
+        # One piece is its request's own stream; several are pipelined, the next requested
+        # while the current one streams (providers._pieces). Handed over as they are, not
+        # wrapped: every layer of async generator is paid again for every chunk.
+        pieces = self.pieces(job)
+        if len(pieces) == 1:
+            return self._piece(job, pieces[0])
+        return pipelined(pieces, lambda piece: self._piece(job, piece))
 
     async def _piece(self, job: SynthesisJob, piece: str) -> AsyncGenerator[bytes, None]:
         request = self.build(job, piece)

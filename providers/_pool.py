@@ -25,11 +25,12 @@ offered.
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 import ssl
 import time
 from collections.abc import AsyncIterator
-from typing import cast
+from typing import Final, cast
 
 import httptools
 import httpx
@@ -43,6 +44,8 @@ _HIGH_WATER = 32 * 1024
 #: far above what any TTS API sends, far below what would hurt.
 MAX_HEAD_BYTES = 64 * 1024
 MAX_HEADERS = 100
+#: The deadline of a wait without a read timeout.
+_NEVER: Final = math.inf
 #: What a header of ours must never carry: it would end the header, or the head, early.
 _UNSAFE_IN_HEADER = re.compile(rb"[\x00\r\n]")
 
@@ -52,10 +55,18 @@ class _Connection(asyncio.Protocol):
 
     def __init__(self, origin: Origin) -> None:
         self.origin = origin
+        # Made by the running loop's create_connection. Kept: on Python 3.11, every
+        # asyncio.get_running_loop() is a getpid() system call, and _wait runs for every chunk.
+        self._loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.idle_since = 0.0
         self._waiter: asyncio.Future[None] | None = None
+        # The read timeout: when the wait under way is due (loop time), the one timer that
+        # checks it, and whether that timer ended the wait.
+        self._due = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._timed_out = False
         self._new_response()
 
     def _new_response(self) -> None:
@@ -168,20 +179,40 @@ class _Connection(asyncio.Protocol):
             waiter.set_result(None)
 
     async def _wait(self, seconds: float | None) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         waiter = self._waiter = loop.create_future()
-        # One timer handle, not an asyncio.timeout() context: this runs for every chunk.
-        handle = loop.call_later(seconds, waiter.cancel) if seconds is not None else None
+        if seconds is None:
+            self._due = _NEVER
+        else:
+            # This runs for every chunk: it moves the deadline, and one timer per connection
+            # looks at it when it fires (re-armed for the deadline then in force), rather
+            # than a timer made and cancelled per chunk.
+            due = self._due = loop.time() + seconds
+            if self._timer is None or self._timer.when() > due:  # none, or one for later
+                if self._timer is not None:
+                    self._timer.cancel()
+                self._timer = loop.call_at(due, self._check_due)
         try:
             await waiter
         except asyncio.CancelledError:
-            if handle is not None and waiter.cancelled() and not _task_cancelling():
+            if self._timed_out and not _task_cancelling():
                 raise httpx.ReadTimeout(f"no data within {seconds:g} s") from None
             raise
         finally:
             self._waiter = None
-            if handle is not None:
-                handle.cancel()
+            self._timed_out = False
+
+    def _check_due(self) -> None:
+        self._timer = None
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return  # not waiting: the next wait arms the timer again
+        loop = self._loop
+        if loop.time() >= self._due:
+            self._timed_out = True
+            waiter.cancel()
+        elif self._due != _NEVER:
+            self._timer = loop.call_at(self._due, self._check_due)
 
     async def read_head(self, seconds: float | None) -> None:
         while not self.head_done:
@@ -212,6 +243,9 @@ class _Connection(asyncio.Protocol):
 
     def close(self) -> None:
         self.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self.transport is not None:
             self.transport.close()
 

@@ -21,6 +21,7 @@ import pytest
 from bench import cache_report, soak_report
 from bench.cache import CacheBench, CacheSize, redis_server, unique_text
 from bench.faults import HEALTHY, SOAK, FaultPlan, FaultyUpstream
+from bench.hotpath import layers
 from bench.integrity import Verdict, answer_samples, check, expected_pcm
 from bench.loadgen import Plan, run
 from bench.pieces import SYNTHESIS_MS_PER_CHAR, ClipProtocol, clip_bytes, listen, run_pieces
@@ -474,3 +475,27 @@ def test_a_small_cache_run_produces_its_figures(tmp_path: Path) -> None:
     assert len(cache_report.targets(figures)) == 3
     report = "\n".join(cache_report.render(figures))
     assert report.startswith("## (8) Phrase cache") and "| hit, from Redis" in report
+
+
+def test_the_profile_summary_gives_each_sample_to_the_deepest_layer_on_its_stack() -> None:
+    root = "<module> (gateway/cli.py:1);Runner.run (asyncio/runners.py:118)"
+    pump = f"{root};Synthesis.pump (gateway/synthesis.py:234)"
+    raw = "\n".join(
+        [
+            # numpy under the converter is the converter's; the converter under the pump too
+            f"{pump};Converter.feed (gateway/audio.py:160);clip (numpy/_core/fromnumeric.py:2) 7",
+            # the socket write under the door's send is the write's
+            f"{pump};write (gateway/front/custom_tts.py:61);Exchange.send (gateway/http1/"
+            "exchange.py:125);ConnectionIO.write (gateway/http1/io.py:117) 5",
+            f"{pump} 2",
+            f"{root} 3",  # in C under the loop: epoll, socket reads, timers
+            "Thread.run (threading.py:975) 1",
+        ]
+    )
+    assert dict(layers(raw)) == {
+        "converter (gateway/audio.py, soxr, numpy)": 7,
+        "http1 socket write (transport.write: the send syscall)": 5,
+        "Synthesis.pump, budgets": 2,
+        "event loop in C (uvloop: epoll, socket reads, timers, task steps)": 3,
+        "other (event loop, interpreter)": 1,
+    }

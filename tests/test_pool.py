@@ -412,3 +412,44 @@ async def test_a_full_pool_is_a_pool_timeout_with_the_request_attached() -> None
                 await c.get(url + "?second")
         release.set()
     assert caught.value.request.url.query == b"second"
+
+
+async def test_the_read_timeout_counts_from_the_last_data_not_the_first() -> None:
+    # A body trickling well within the read timeout is read whole however long it takes;
+    # once it goes silent for longer, the read times out.
+    async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(HEAD)
+        for _ in range(15):  # 1.5 s in all, at most 0.1 s apart
+            writer.write(b"5\r\nchunk\r\n")
+            await writer.drain()
+            await asyncio.sleep(0.1)
+        await reader.read()  # then nothing more
+
+    async with serving(trickle) as server, client(read=1.0) as c:
+        received = b""
+        async with c.stream("GET", f"http://127.0.0.1:{server.port}/x") as response:
+            with pytest.raises(httpx.ReadTimeout):
+                async for data in response.aiter_raw():
+                    received += data
+        assert received == b"chunk" * 15
+
+
+async def test_a_shorter_read_timeout_on_a_reused_connection_is_kept() -> None:
+    # The first answer leaves its connection with a read timeout of 30 s in force; the next
+    # request on that connection asks 0.3 s, and its silent upstream is given up after that.
+    async def first_then_silence(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        if server.requests == 1:
+            writer.write(HEAD + b"5\r\nfirst\r\n0\r\n\r\n")
+            await writer.drain()
+        # the second request is never answered (the server waits for the next one)
+
+    async with serving(first_then_silence) as server, client(read=30.0, connections=1) as c:
+        url = f"http://127.0.0.1:{server.port}/x"
+        assert (await c.get(url)).content == b"first"
+        short = httpx.Timeout(connect=2.0, read=0.3, write=2.0, pool=2.0)
+        with pytest.raises(httpx.ReadTimeout):
+            # Far under the 30 s of the first request, far over the 0.3 s asked.
+            await asyncio.wait_for(c.get(url, timeout=short), 10.0)
+        assert server.connections == 1  # the same connection, reused

@@ -50,10 +50,14 @@ def request_id(scope: Scope) -> str:
     return given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
 
 
+#: What :func:`header_value` leaves as it is: visible ASCII but ``%``.
+_HEADER_SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) != "%")
+
+
 def header_value(text: str) -> bytes:
     """``text`` as a header value that no caller can use to break the head: UTF-8, with every
     byte outside visible ASCII (and ``%``) percent-encoded."""
-    return quote(text, safe="".join(chr(c) for c in range(0x21, 0x7F) if chr(c) != "%")).encode()
+    return quote(text, safe=_HEADER_SAFE).encode()
 
 
 def answer_headers(synthesis: Synthesis, content_type: str) -> list[tuple[bytes, bytes]]:
