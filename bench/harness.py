@@ -122,11 +122,16 @@ class Server:
 
 
 def start(
-    name: str, args: list[str], port: int, workdir: Path, env: dict[str, str] | None = None
+    name: str,
+    args: list[str],
+    port: int,
+    workdir: Path,
+    env: dict[str, str] | None = None,
+    cwd: Path = ROOT,
 ) -> Server:
     log = workdir / f"{name}.log"
     with log.open("wb") as out:
-        process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd)
     server = Server(name, process, port, log)
     try:
         wait_port(port)

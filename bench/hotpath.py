@@ -49,7 +49,6 @@ from bench.harness import (
     free_port,
     pct,
     start,
-    wait_port,
 )
 
 CHUNK_SECONDS = 0.02
@@ -88,19 +87,10 @@ def routing(workdir: Path, upstream: int, cache: bool) -> Path:
 def gateway(code: Path, conf: Path, workdir: Path, name: str) -> Server:
     """One gateway process run from the copy of the code at ``code``."""
     port = free_port()
-    log = workdir / f"{name}.log"
     env = {**os.environ, "PYTHONPATH": str(code)}
     args = [PY, "-m", "gateway.cli", "serve", "--config", str(conf), "--host", "127.0.0.1"]
     args += ["--port", str(port), "--workers", "1"]
-    with log.open("wb") as out:
-        process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=code)
-    server = Server(name, process, port, log)
-    try:
-        wait_port(port)
-    except RuntimeError:
-        server.stop()
-        raise RuntimeError(f"{name} did not start:\n{log.read_text()[-2000:]}") from None
-    return server
+    return start(name, args, port, workdir, env, cwd=code)
 
 
 def loadgen(url: str, out: Path, **options: Any) -> subprocess.Popen[bytes]:

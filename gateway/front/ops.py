@@ -16,6 +16,17 @@ from ..runtime import Gateway
 from .body import bearer
 
 
+def token_refused(gateway: Gateway, request: Request) -> Response | None:
+    """The 401 for a caller without a configured token (``Authorization: Bearer``), or None
+    when it may go on: the guard of ``/voices``, ``/providers``, a guarded ``/metrics`` and the
+    playground's config."""
+    if gateway.routing.token_ok(bearer(request.scope)):
+        return None
+    return Unauthorized(
+        "send a configured token as 'Authorization: Bearer <token>'", field="Authorization"
+    ).to_response()
+
+
 def ops_routes(gateway: Gateway) -> list[Route]:
     """``/healthz``, ``/readyz``, ``/voices``, ``/providers``, ``/metrics``."""
 
@@ -29,10 +40,8 @@ def ops_routes(gateway: Gateway) -> list[Route]:
         return NotReady(f"the gateway is {state}").to_response()
 
     async def voices(request: Request) -> Response:
-        if not gateway.routing.token_ok(bearer(request.scope)):
-            return Unauthorized(
-                "send a configured token as 'Authorization: Bearer <token>'", field="Authorization"
-            ).to_response()
+        if (refusal := token_refused(gateway, request)) is not None:
+            return refusal
         server = gateway.config.server
         return JSONResponse(
             {
@@ -43,10 +52,8 @@ def ops_routes(gateway: Gateway) -> list[Route]:
         )
 
     async def providers(request: Request) -> Response:
-        if not gateway.routing.token_ok(bearer(request.scope)):
-            return Unauthorized(
-                "send a configured token as 'Authorization: Bearer <token>'", field="Authorization"
-            ).to_response()
+        if (refusal := token_refused(gateway, request)) is not None:
+            return refusal
         # With several worker processes, each has its own view: say whose this is.
         return JSONResponse(
             {
@@ -62,10 +69,8 @@ def ops_routes(gateway: Gateway) -> list[Route]:
             error = GatewayError(f"/metrics is served on port {endpoint.port}", code="not_found")
             error.status = 404
             return error.to_response()
-        if endpoint.token and not gateway.routing.token_ok(bearer(request.scope)):
-            return Unauthorized(
-                "send a configured token as 'Authorization: Bearer <token>'", field="Authorization"
-            ).to_response()
+        if endpoint.token and (refusal := token_refused(gateway, request)) is not None:
+            return refusal
         body = (
             await asyncio.to_thread(gateway.metrics.render)
             if gateway.metrics.multiprocess

@@ -28,9 +28,8 @@ from starlette.routing import Route
 
 from providers.base import SAMPLE_RATES
 
-from ..errors import Unauthorized
 from ..runtime import Gateway
-from .body import bearer
+from .ops import token_refused
 
 #: The emotions the interface's ``ExtendData.Emotion`` knows.
 EMOTIONS = ("neutral", "happy", "sad")
@@ -102,10 +101,8 @@ def playground_routes(gateway: Gateway) -> list[Route]:
 
     async def config(request: Request) -> Response:
         require_playground()
-        if not gateway.routing.token_ok(bearer(request.scope)):
-            return Unauthorized(
-                "send a configured token as 'Authorization: Bearer <token>'", field="Authorization"
-            ).to_response()
+        if (refusal := token_refused(gateway, request)) is not None:
+            return refusal
         server = gateway.config.server
         return JSONResponse(
             {
