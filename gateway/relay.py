@@ -106,9 +106,11 @@ class Relay:
         request: TTSRequest,
         request_id: str,
         tried: list[VoiceTry] | None = None,
+        shaped: str | None = None,
     ) -> AudioStream:
         """The first voice of ``chain`` that yields audio, as an open stream; every voice
-        tried is appended to ``tried`` as it is settled. Raises ``ProvidersBusy``,
+        tried is appended to ``tried`` as it is settled. ``shaped``: the text as the chain's
+        first voice shapes it, when the caller has it already. Raises ``ProvidersBusy``,
         ``ProvidersTimedOut`` or ``ProvidersFailed``. Cancellation (the caller hung up)
         propagates and leaves nothing open."""
         tried = [] if tried is None else tried
@@ -116,7 +118,10 @@ class Relay:
         ordered, sticky = self.sticky.order(chain, call)
         if sticky:
             self.metrics.sticky_hits.labels(chain[0].voice.key).inc()
-        stream = await _Walk(self, ordered, request, request_id, tried).run()
+        walk = _Walk(self, ordered, request, request_id, tried)
+        if shaped is not None:
+            walk.shaped[id(chain[0])] = shaped
+        stream = await walk.run()
         stream.tried = tried
         answered = stream.step.voice.key
         self.sticky.answered(chain, call, answered)
@@ -172,6 +177,8 @@ class _Walk:
         self.request_id = request_id
         self.tried = tried
         self.hedged = False
+        #: Texts already shaped, by the id of their step (each voice shapes once).
+        self.shaped: dict[int, str] = {}
 
     async def run(self) -> AudioStream:
         index, chain = 0, self.chain
@@ -188,7 +195,9 @@ class _Walk:
 
     async def _attempt(self, step: ChainStep, bill: Bill | None = None) -> AudioStream:
         """One voice's stream; what its attempts send is added to ``bill``."""
-        text = step.shape(self.request.text)
+        text = self.shaped.get(id(step))
+        if text is None:
+            text = self.shaped[id(step)] = step.shape(self.request.text)
         if not text:
             raise ProviderError(
                 step.provider.name,

@@ -311,7 +311,10 @@ class SynthesisCore:
         ``VoiceNotFound``, ``TooManyStreams``, ``ProvidersBusy``, ``ProvidersFailed``,
         ``ProvidersTimedOut``, ``NotReady`` (the drain deadline passed first)."""
         chain = routing.chain_for(request.voice_id)
-        if not chain[0].shape(request.text):
+        # Shaped once here, handed to the relay: the requested voice's shaping may leave
+        # nothing to speak, which is the caller's mistake, not a provider's.
+        shaped = chain[0].shape(request.text)
+        if not shaped:
             raise BadRequest(
                 "Text has nothing to speak once the voice's text shaping is applied "
                 "(only markup, code or emoji)",
@@ -323,7 +326,7 @@ class SynthesisCore:
                 async with asyncio.timeout(None) as opening:
                     with self.drain.watch(opening):
                         stream = await routing.relay.open(
-                            chain, request, outcome.request_id, outcome.tried
+                            chain, request, outcome.request_id, outcome.tried, shaped
                         )
             except TimeoutError:
                 if not opening.expired():
