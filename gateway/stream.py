@@ -6,6 +6,7 @@ from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from providers._http import OnePiece
 from providers.base import Provider, ProviderError
 
 from .admission import Lease
@@ -14,6 +15,8 @@ from .breaker import Ticket
 from .routing import ChainStep
 
 if TYPE_CHECKING:
+    from providers._pool import _Connection
+
     from .health import ProviderHealth
 
 
@@ -87,6 +90,15 @@ class AudioStream:
         tail = self.flush()
         if tail:
             yield tail
+
+    def tap_point(self) -> _Connection | None:
+        """The upstream connection whose body is the rest of this stream as it is (see
+        :mod:`gateway.direct`), when it is: one HTTP answer's body, not stored by the phrase
+        cache, its first chunk sent and nothing of it buffered here."""
+        source = self.source
+        if isinstance(source, OnePiece) and self.cache is None and self.on_failed is None:
+            return source.tap_point()
+        return None
 
     def flush(self) -> bytes:
         """Drain the resampler (also after a provider error, so no buffered audio is lost)."""

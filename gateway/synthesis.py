@@ -29,6 +29,7 @@ from providers.base import ProviderError, ProviderTimeout
 
 from .admission import StreamLimit
 from .budgets import CallerPace, DrainClock, StallWatch
+from .direct import CallerBody, DirectRelay
 from .errors import BadRequest, NotReady
 from .logs import writes_json
 from .metrics import Metrics
@@ -213,19 +214,27 @@ class Synthesis:
         return self.request.voice_id if voice.is_pattern else voice.key
 
     async def pump(
-        self, write: Callable[[bytes], Awaitable[None]], pace: CallerPace | None = None
+        self,
+        write: Callable[[bytes], Awaitable[None]],
+        pace: CallerPace | None = None,
+        direct: CallerBody | None = None,
     ) -> bytes:
         """Every PCM chunk to ``write`` (the first one already in hand), within the provider's
         ``total`` budget and the drain deadline, while the caller keeps ``pace``. After audio
         has gone out nothing is retried and nothing but audio is sent: a failure ends the
         stream early. The provider is released before this returns; what is returned is the
-        resampler's tail, for the front door to send before ending its answer."""
+        resampler's tail, for the front door to send before ending its answer.
+
+        ``direct``: the caller's answer, when it takes body bytes without waiting; then a
+        stream that is one upstream body as it is has the rest of it relayed from the
+        upstream connection's callbacks (:mod:`gateway.direct`), under the same budgets."""
         stream, outcome = self.stream, self.outcome
         end = "complete"
         loop = asyncio.get_running_loop()
         timeouts = stream.provider.config.timeout
         deadline = loop.time() + timeouts.total
         first = True
+        relayed = False
         chunks = stream.chunks()
         stall = StallWatch(timeouts.stall)
         try:
@@ -239,6 +248,13 @@ class Synthesis:
                         if first:
                             first = False
                             outcome.first_audio(sending)
+                            upstream = stream.tap_point() if direct is not None else None
+                            if upstream is not None:
+                                assert direct is not None
+                                relayed = True
+                                relay = DirectRelay(stream, upstream, direct, stall, pace, loop)
+                                end = await relay.run()
+                                break
                         elif pace is not None and pace.waited(time.perf_counter() - sending):
                             end = "caller_too_slow"
                             break
@@ -278,7 +294,7 @@ class Synthesis:
         await chunks.aclose()
         # Release the provider (slot, upstream connection) before the last sends, which a
         # caller that stopped reading could hold up.
-        tail = stream.flush() if end != "complete" else b""
+        tail = stream.flush() if end != "complete" or relayed else b""
         await stream.aclose()
         outcome.sent(stream.bytes_out, self.request.sample_rate)
         outcome.ended(end)

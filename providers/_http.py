@@ -10,7 +10,7 @@ import contextlib
 import logging
 import re
 from abc import abstractmethod
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine
 from functools import partial
 from typing import Any, ClassVar
 
@@ -18,8 +18,8 @@ import httpx
 
 from ._errors import ERROR_BODY_LIMIT, error_message, parse_retry_after, translate_errors
 from ._pieces import LOOKAHEAD, pipelined, whole_clip_pieces
-from ._pool import StreamingTransport
-from ._streams import iter_body
+from ._pool import BODY_EXTENSION, StreamingTransport, _Connection, _ResponseStream
+from ._streams import is_body, iter_body
 from .base import (
     AudioFormat,
     Provider,
@@ -283,14 +283,59 @@ class HTTPProvider(Provider):
         # wrapped: every layer of async generator is paid again for every chunk.
         pieces = self.pieces(job)
         if len(pieces) == 1:
-            return self._piece(job, pieces[0])
+            one = OnePiece()
+            one.generator = self._piece(job, pieces[0], one)
+            return one
         return pipelined(pieces, lambda piece: self._piece(job, piece))
 
-    async def _piece(self, job: SynthesisJob, piece: str) -> AsyncGenerator[bytes, None]:
+    async def _piece(
+        self, job: SynthesisJob, piece: str, one: OnePiece | None = None
+    ) -> AsyncGenerator[bytes, None]:
         request = self.build(job, piece)
         async with open_stream(
             self.client, self.name, request, self.error_for, self.response_seen
         ) as response:
             await check_type(response, self.name, self.answer_types)
-            async for chunk in self.audio(response, job, piece):
-                yield chunk
+            audio = self.audio(response, job, piece)
+            if one is not None and is_body(audio):
+                body = response.extensions.get(BODY_EXTENSION)
+                one.body = body if isinstance(body, _ResponseStream) else None
+            try:
+                async for chunk in audio:
+                    yield chunk
+            finally:
+                if one is not None:
+                    one.body = None
+                close = getattr(audio, "aclose", None)
+                if close is not None:
+                    await close()
+
+
+class OnePiece(AsyncGenerator[bytes, None]):
+    """A provider stream that is one request's answer (what :meth:`HTTPProvider.stream` gives
+    for a text of one piece): its generator's chunks as they are, and, when its audio is the
+    response body as it is, the body's connection for a reader that would rather be handed
+    the rest of it (:meth:`tap_point`; ``providers._pool``'s ``_Connection.tap``)."""
+
+    __slots__ = ("body", "generator")
+
+    def __init__(self) -> None:
+        self.generator: AsyncGenerator[bytes, None]
+        self.body: _ResponseStream | None = None
+
+    def tap_point(self) -> _Connection | None:
+        """The connection whose body is the rest of this stream, as it is, when it is."""
+        return self.body.connection if self.body is not None else None
+
+    # The generator's own coroutines are handed over: no frame of this class per chunk.
+    def __anext__(self) -> Coroutine[Any, Any, bytes]:
+        return self.generator.__anext__()
+
+    def asend(self, value: None) -> Coroutine[Any, Any, bytes]:
+        return self.generator.asend(value)
+
+    def athrow(self, *args: Any) -> Coroutine[Any, Any, bytes]:
+        return self.generator.athrow(*args)
+
+    def aclose(self) -> Coroutine[Any, Any, None]:
+        return self.generator.aclose()

@@ -30,7 +30,7 @@ import re
 import ssl
 import time
 from collections.abc import AsyncIterator
-from typing import Final, cast
+from typing import Final, Protocol, cast
 
 import httptools
 import httpx
@@ -46,8 +46,21 @@ MAX_HEAD_BYTES = 64 * 1024
 MAX_HEADERS = 100
 #: The deadline of a wait without a read timeout.
 _NEVER: Final = math.inf
+#: The response extension that holds its body stream as this transport made it (httpx's client
+#: wraps the response's stream in one of its own, a layer more for every chunk).
+BODY_EXTENSION: Final = "gateway.body"
 #: What a header of ours must never carry: it would end the header, or the head, early.
 _UNSAFE_IN_HEADER = re.compile(rb"[\x00\r\n]")
+
+
+class BodySink(Protocol):
+    """Who takes a tapped response body (see :meth:`_Connection.tap`)."""
+
+    def body(self, data: bytes) -> None:
+        """Body bytes, as they arrive (never empty)."""
+
+    def ended(self, error: httpx.TransportError | None) -> None:
+        """The body is complete (``None``) or broke off with ``error``; said once."""
 
 
 class _Connection(asyncio.Protocol):
@@ -67,6 +80,8 @@ class _Connection(asyncio.Protocol):
         self._due = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._timed_out = False
+        # A tapped body goes to its sink from data_received, without a reader's wake-up.
+        self._sink: BodySink | None = None
         self._new_response()
 
     def _new_response(self) -> None:
@@ -98,6 +113,8 @@ class _Connection(asyncio.Protocol):
             where = "mid-response" if self.head_bytes else "before any response"
             how = f" ({type(exc).__name__})" if exc is not None else ""
             self.error = httpx.ReadError(f"the connection was closed {where}{how}")
+        if self._sink is not None:
+            self._feed_sink()
         self._wake()
 
     def data_received(self, data: bytes) -> None:
@@ -117,6 +134,9 @@ class _Connection(asyncio.Protocol):
         else:
             if not self.head_done and self.head_bytes > MAX_HEAD_BYTES:
                 self._fail(httpx.RemoteProtocolError(f"response head over {MAX_HEAD_BYTES} bytes"))
+        if self._sink is not None:
+            self._feed_sink()
+            return
         if self.buffered > _HIGH_WATER and not self.paused and self.transport is not None:
             self.paused = True
             self.transport.pause_reading()
@@ -237,6 +257,47 @@ class _Connection(asyncio.Protocol):
             self.transport.resume_reading()
         return data
 
+    # ------------------------------------------------------------ tapping
+
+    def tap(self, sink: BodySink) -> None:
+        """Hand the rest of the body to ``sink`` as it arrives, from :meth:`data_received`
+        itself, instead of buffering it for :meth:`read_body`: a streamed body's chunks then
+        cost no task wake-up and no layer of async iteration each. What has arrived already
+        goes to the sink at once. The read timeout no longer applies (the tapper watches for
+        silence); back-pressure is the tapper's, through :meth:`pause` and :meth:`resume`."""
+        self._sink = sink
+        self.resume()
+        self._feed_sink()
+
+    def untap(self) -> None:
+        """Back to buffering for :meth:`read_body` (reading resumed if the tapper paused it)."""
+        self._sink = None
+        self.resume()
+
+    def pause(self) -> None:
+        """Take nothing more from the socket for now (a tapper whose own reader fell behind)."""
+        if not self.paused and self.transport is not None and not self.closed:
+            self.paused = True
+            self.transport.pause_reading()
+
+    def resume(self) -> None:
+        if self.paused and self.transport is not None:
+            self.paused = False
+            if not self.closed:
+                self.transport.resume_reading()
+
+    def _feed_sink(self) -> None:
+        sink = self._sink
+        assert sink is not None
+        if self.body:
+            data = self.body[0] if len(self.body) == 1 else b"".join(self.body)
+            self.body.clear()
+            self.buffered = 0
+            sink.body(data)
+        if self._sink is sink and (self.complete or self.error is not None):
+            self._sink = None
+            sink.ended(None if self.complete else self.error)
+
     @property
     def reusable(self) -> bool:
         return self.complete and self.keep_alive and not self.closed and self.error is None
@@ -257,6 +318,12 @@ def _task_cancelling() -> bool:
 
 class _ResponseStream(httpx.AsyncByteStream):
     """A response body as it arrives; closing it hands the connection back to the pool."""
+
+    @property
+    def connection(self) -> _Connection | None:
+        """The connection the body comes on, while it may still be tapped (see
+        :meth:`_Connection.tap`)."""
+        return None if self._released else self._connection
 
     def __init__(
         self, transport: StreamingTransport, connection: _Connection, timeout: float | None
@@ -341,11 +408,16 @@ class StreamingTransport(httpx.AsyncBaseTransport):
             if isinstance(exc, httpx.RequestError):
                 exc.request = request
             raise
+        stream = _ResponseStream(self, connection, timeouts.get("read"))
         return httpx.Response(
             connection.status,
             headers=connection.headers,
-            stream=_ResponseStream(self, connection, timeouts.get("read")),
-            extensions={"http_version": b"HTTP/1.1", "reason_phrase": connection.reason},
+            stream=stream,
+            extensions={
+                "http_version": b"HTTP/1.1",
+                "reason_phrase": connection.reason,
+                BODY_EXTENSION: stream,
+            },
         )
 
     async def _connection_for(
@@ -384,6 +456,7 @@ class StreamingTransport(httpx.AsyncBaseTransport):
         """A response is done with (read to the end, or abandoned)."""
         if connection not in self._in_use:
             return
+        connection.untap()
         self._in_use.discard(connection)
         self._slots.release()
         idle = self._idle.setdefault(connection.origin, [])

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 
 from ._errors import translate_errors
+from ._pool import BODY_EXTENSION
 from .base import ProviderProtocolError
 
 #: The most one server-sent event or one JSON object of a stream may take. Streamed events
@@ -30,13 +31,31 @@ async def iter_body(response: httpx.Response, provider: str) -> AsyncIterator[by
     stream = response.stream
     body: AsyncIterator[bytes]
     if isinstance(stream, httpx.AsyncByteStream) and not response.is_stream_consumed:
-        body = stream.__aiter__()
+        # The gateway's transport's own stream, where it is: not through the client's wrapper
+        # of it (which only times the response, when it is closed).
+        own = response.extensions.get(BODY_EXTENSION)
+        body = (own if isinstance(own, httpx.AsyncByteStream) else stream).__aiter__()
     else:  # a body read already (a mock's content): httpx hands over what it kept
         body = response.aiter_bytes()
-    with translate_errors(provider):
-        async for chunk in body:
-            if chunk:
-                yield chunk
+    try:
+        with translate_errors(provider):
+            async for chunk in body:
+                if chunk:
+                    yield chunk
+    finally:
+        # Closed early (the stream was tapped, or the caller hung up): the body's own iterator
+        # is closed now, rather than left to the event loop's finalizer (a task each).
+        close = getattr(body, "aclose", None)
+        if close is not None:
+            await close()
+
+
+def is_body(source: AsyncIterator[bytes]) -> bool:
+    """Whether ``source`` is :func:`iter_body`'s: a response body as it is, nothing decoded."""
+    return getattr(source, "ag_code", None) is _ITER_BODY_CODE
+
+
+_ITER_BODY_CODE = iter_body.__code__
 
 
 async def read_body(response: httpx.Response, provider: str, limit: int) -> bytes:

@@ -11,7 +11,7 @@ from starlette.types import Scope, Send
 
 from ..budgets import CallerPace
 from ..errors import Unauthorized
-from ..http1 import WRITE_DRAIN_BYTES
+from ..http1 import EXCHANGE_SCOPE_KEY, WRITE_DRAIN_BYTES
 from ..request import TTSRequest, parse_body, request_token, validate
 from ..runtime import LoadedRouting
 from ..synthesis import Outcome, Synthesis
@@ -42,12 +42,14 @@ class CustomTTSDoor(SynthesisDoor[TTSRequest]):
         return request
 
     async def synthesize(
-        self, routing: LoadedRouting, call: TTSRequest, outcome: Outcome, send: Send
+        self, routing: LoadedRouting, call: TTSRequest, outcome: Outcome, scope: Scope, send: Send
     ) -> None:
         async with self.gateway.core.open(routing, call, outcome) as synthesis:
-            await self._answer(routing, synthesis, send)
+            await self._answer(routing, synthesis, scope, send)
 
-    async def _answer(self, routing: LoadedRouting, synthesis: Synthesis, send: Send) -> None:
+    async def _answer(
+        self, routing: LoadedRouting, synthesis: Synthesis, scope: Scope, send: Send
+    ) -> None:
         request, outcome = synthesis.request, synthesis.outcome
         headers = answer_headers(synthesis, routing.config.server.content_type)
         headers[1:1] = [
@@ -60,5 +62,9 @@ class CustomTTSDoor(SynthesisDoor[TTSRequest]):
         async def write(pcm: bytes) -> None:
             await send({"type": "http.response.body", "body": pcm, "more_body": True})
 
-        tail = await synthesis.pump(write, CallerPace(request.sample_rate, WRITE_DRAIN_BYTES))
+        tail = await synthesis.pump(
+            write,
+            CallerPace(request.sample_rate, WRITE_DRAIN_BYTES),
+            direct=scope.get(EXCHANGE_SCOPE_KEY),
+        )
         await self.end_body(send, tail, outcome)

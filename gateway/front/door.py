@@ -99,7 +99,7 @@ class SynthesisDoor(ABC, Generic[Call]):
 
     @abstractmethod
     async def synthesize(
-        self, routing: LoadedRouting, call: Call, outcome: Outcome, send: Send
+        self, routing: LoadedRouting, call: Call, outcome: Outcome, scope: Scope, send: Send
     ) -> None:
         """Open the synthesis, send the answer's head, pump the audio, end the body."""
 
@@ -121,7 +121,7 @@ class SynthesisDoor(ABC, Generic[Call]):
             call = await self.parse(routing, scope, body, outcome)
             # The work runs beside a watcher of the connection: whichever ends first wins, so
             # a caller hanging up cancels the provider whether or not audio has started.
-            work = asyncio.create_task(self.synthesize(routing, call, outcome, send))
+            work = asyncio.create_task(self.synthesize(routing, call, outcome, scope, send))
             watcher = asyncio.create_task(wait_for_disconnect(receive))
             try:
                 await asyncio.wait((work, watcher), return_when=asyncio.FIRST_COMPLETED)

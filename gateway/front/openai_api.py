@@ -105,7 +105,12 @@ class OpenAISpeechDoor(SynthesisDoor[SpeechCall]):
         return call
 
     async def synthesize(
-        self, routing: LoadedRouting, call: SpeechCall, outcome: Outcome, send: Send
+        self,
+        routing: LoadedRouting,
+        call: SpeechCall,
+        outcome: Outcome,
+        scope: Scope,
+        send: Send,
     ) -> None:
         # The encoder (a few ms of CPU to open) is built off the event loop while the voice
         # chain works on its first audio.

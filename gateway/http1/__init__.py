@@ -31,16 +31,27 @@ answered over HTTP/1.1, its body read, the connection closed after it).
 """
 
 from .connection import WRITE_DRAIN_BYTES, HTTPProtocol, protocol_factory
-from .limits import ANSWERED_SCOPE_KEY, EVENTS_STATE_KEY, ConnectionEvents, ConnectionLimits
+from .exchange import Exchange
+from .io import WriteFlow
+from .limits import (
+    ANSWERED_SCOPE_KEY,
+    EVENTS_STATE_KEY,
+    EXCHANGE_SCOPE_KEY,
+    ConnectionEvents,
+    ConnectionLimits,
+)
 from .tls import TLSFiles
 
 __all__ = [
     "ANSWERED_SCOPE_KEY",
     "EVENTS_STATE_KEY",
+    "EXCHANGE_SCOPE_KEY",
     "WRITE_DRAIN_BYTES",
     "ConnectionEvents",
     "ConnectionLimits",
+    "Exchange",
     "HTTPProtocol",
     "TLSFiles",
+    "WriteFlow",
     "protocol_factory",
 ]

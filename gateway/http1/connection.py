@@ -20,6 +20,7 @@ from .io import WRITE_DRAIN_BYTES, WRITE_HIGH_WATER, WRITE_LOW_WATER, Connection
 from .limits import (
     ANSWERED_SCOPE_KEY,
     EVENTS_STATE_KEY,
+    EXCHANGE_SCOPE_KEY,
     CapLog,
     ConnectionEvents,
     ConnectionLimits,
@@ -194,6 +195,7 @@ class HTTPProtocol(ConnectionIO):
         exchange = Exchange(
             self, scope, keep_alive=head.keep_alive, expect_continue=head.expect_continue
         )
+        scope[EXCHANGE_SCOPE_KEY] = exchange
         if self._active is None and not self._continue_after_drain:
             # The body is due within the body deadline of the head (disarmed once it is in).
             self._arm(self.limits.body, self._body_timed_out)

@@ -13,6 +13,7 @@ from .limits import reason_phrase
 
 if TYPE_CHECKING:
     from .connection import HTTPProtocol
+    from .io import WriteFlow
 
 #: Request body bytes buffered for the app before reading from the socket pauses.
 BODY_HIGH_WATER: Final = 64 * 1024
@@ -105,8 +106,30 @@ class Exchange:
             raise RuntimeError(f"{kind!r} sent after the response was complete")
         if kind != "http.response.body":
             raise RuntimeError(f"expected http.response.body, got {kind!r}")
-        body: bytes = message.get("body", b"")
-        more = bool(message.get("more_body", False))
+        self._emit(message.get("body", b""), bool(message.get("more_body", False)))
+        if self.conn.write_paused and not self.response_complete:
+            await self.conn.drained()
+
+    # ----------------------------------------------------------------- direct writes
+
+    def write_now(self, body: bytes) -> None:
+        """Body bytes of a streamed answer (more to come), written without waiting: for a
+        writer that hears of the caller's pace itself (:meth:`listen`) rather than waiting in
+        ``send``. Nothing is written before the head was sent, after the body ended, or once
+        the caller is gone."""
+        if self.response_started and not (self.response_complete or self.disconnected):
+            self._emit(body, True)
+
+    def listen(self, flow: WriteFlow | None) -> None:
+        """Tell ``flow`` of the write buffer filling and draining (None: stop telling)."""
+        self.conn.write_flow = flow
+
+    @property
+    def write_paused(self) -> bool:
+        """Whether the caller's write buffer is above its high-water mark."""
+        return self.conn.write_paused
+
+    def _emit(self, body: bytes, more: bool) -> None:
         if self.head_only:
             body = b""
         elif self.remaining is not None:
@@ -127,8 +150,6 @@ class Exchange:
             self.response_complete = True
             self.wake()
             self.conn.response_complete(self)
-        elif self.conn.write_paused:
-            await self.conn.drained()
 
     def _start(self, status: int, headers: Any) -> None:
         """Check and build the head; it leaves with the first body bytes (one write, not two).

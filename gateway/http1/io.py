@@ -8,7 +8,7 @@ import asyncio
 import logging
 import ssl
 from collections.abc import Callable
-from typing import Final
+from typing import Final, Protocol
 
 from .tls import TLSSession
 
@@ -28,6 +28,17 @@ _LINGER_SECONDS: Final = 2.0
 _LINGER_BYTES: Final = 1024 * 1024
 
 
+class WriteFlow(Protocol):
+    """Who hears of the caller's write buffer filling and draining as it happens (a body
+    written without waiting: :meth:`~gateway.http1.exchange.Exchange.write_now`)."""
+
+    def caller_paused(self) -> None:
+        """Writing paused: the write buffer is above its high-water mark."""
+
+    def caller_resumed(self) -> None:
+        """Writing resumed: the caller took the buffer down to its low-water mark."""
+
+
 class ConnectionIO(asyncio.Protocol):
     """Base of :class:`~gateway.http1.connection.HTTPProtocol`: everything that is about bytes
     and time rather than requests. Subclasses hear of the transport becoming writable again
@@ -38,6 +49,7 @@ class ConnectionIO(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.client: tuple[str, int] | None = None
         self.write_paused = False
+        self.write_flow: WriteFlow | None = None
         self._tls: TLSSession | None = None
         self._drain_waiter: asyncio.Future[None] | None = None
         self._reading_paused = False
@@ -71,6 +83,8 @@ class ConnectionIO(asyncio.Protocol):
         if self._stall is None:
             # A caller that stops reading altogether is let go after a while.
             self._stall = self.loop.call_later(_WRITE_STALL_SECONDS, self._abort)
+        if self.write_flow is not None:
+            self.write_flow.caller_paused()
 
     def resume_writing(self) -> None:
         self.write_paused = False
@@ -79,6 +93,8 @@ class ConnectionIO(asyncio.Protocol):
             self._stall = None
         if self._drain_waiter is not None and not self._drain_waiter.done():
             self._drain_waiter.set_result(None)
+        if self.write_flow is not None:
+            self.write_flow.caller_resumed()
         self._writable_again()
 
     def _plaintext(self, data: bytes) -> bytes | None:

@@ -36,6 +36,9 @@ EVENTS_STATE_KEY: Final = "gateway.connection_events"
 #: The scope key under which the connection layer leaves the status it answered a request with
 #: itself (a body that timed out or was malformed), for the app's log line.
 ANSWERED_SCOPE_KEY: Final = "gateway.answered"
+#: Where a request's scope holds its :class:`~gateway.http1.exchange.Exchange`, for a front door
+#: that writes a streamed body without an ASGI ``send`` per chunk (``Exchange.write_now``).
+EXCHANGE_SCOPE_KEY: Final = "gateway.exchange"
 
 
 class NoEvents:

@@ -1,0 +1,314 @@
+"""A stream relayed from the upstream connection's callbacks once its first audio is out
+(``gateway.direct``): the same audio, budgets and endings as the pump's loop gives, over real
+sockets (the gateway's own HTTP protocol in front, its pooled transport behind)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from gateway.app import create_app
+from gateway.config import parse_config
+from gateway.direct import DirectRelay
+from gateway.http1 import HTTPProtocol
+from gateway.http1.io import WRITE_HIGH_WATER
+from tests.support import LoopbackServer, eventually, live_server, read_request, tone
+
+pytestmark = pytest.mark.asyncio
+
+RATE = 24000
+#: A 440 Hz tone cut into pieces of uneven, odd and even byte counts: every way an upstream
+#: may cut its audio (a sample split across two chunks included).
+AUDIO = tone(440, 0.6, RATE)
+CUTS = [961, 1, 480, 3333, 2, 960, 7001, 5, 4800]
+
+
+def pieces(audio: bytes = AUDIO, cuts: list[int] = CUTS) -> list[bytes]:
+    out, at = [], 0
+    for size in cuts:
+        out.append(audio[at : at + size])
+        at += size
+    out.append(audio[at:])
+    return [p for p in out if p]
+
+
+@dataclass
+class Script:
+    """What the upstream does for one request: its chunks, ``pause`` seconds apart, then the
+    end of the body, or (``cut_after`` chunks) a connection dropped mid-answer."""
+
+    chunks: list[bytes]
+    pause: float = 0.005
+    cut_after: int | None = None
+    first_pause: float | None = None
+    """A pause after the first chunk instead of ``pause``."""
+
+
+@dataclass
+class KeepAliveUpstream(LoopbackServer):
+    """The custom TTS interface over keep-alive connections, answering request *i* with
+    ``scripts[i]`` (the last repeats); it counts connections and records how each answer ended
+    (``complete``, ``cut``, ``hung_up``: the gateway closed the connection before the end)."""
+
+    scripts: list[Script] = field(default_factory=list)
+    connections: int = 0
+    ends: list[str] = field(default_factory=list)
+    writers: list[asyncio.StreamWriter] = field(default_factory=list)
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self.writers.append(writer)
+        await super()._handle(reader, writer)
+
+    async def _one_request(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bool:
+        await read_request(reader)
+        script = self.scripts[min(len(self.ends), len(self.scripts) - 1)]
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: audio/pcm\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
+        try:
+            for index, chunk in enumerate(script.chunks):
+                if script.cut_after is not None and index == script.cut_after:
+                    writer.transport.abort()
+                    self._end("cut")
+                    return False
+                writer.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                await writer.drain()
+                pause = script.first_pause if index == 0 and script.first_pause else script.pause
+                if pause:
+                    await asyncio.sleep(pause)
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
+        except ConnectionError:
+            self._end("hung_up")
+            return False
+        self._end("complete")
+        return True
+
+    def _end(self, how: str) -> None:
+        self.ends.append(how)
+        self.ended.set()
+
+
+def routing(upstream: KeepAliveUpstream, **timeout: float) -> Any:
+    block: dict[str, Any] = {
+        "type": "custom",
+        "url": upstream.url,
+        "sample_rates": [RATE],
+        "retry": {"attempts": 1},
+        "timeout": {"connect": 5, "first_byte": 10, "total": 60, "stall": 30, **timeout},
+    }
+    document = {
+        "server": {"default_voice": "v", "log_level": "info"},
+        "providers": {"up": block},
+        "voices": {"v": {"provider": "up"}},
+    }
+    return create_app(parse_config(json.dumps(document)))
+
+
+def body(rate: int) -> dict[str, Any]:
+    return {"Text": "Hello there.", "VoiceId": "v", "SampleRate": rate}
+
+
+@pytest.fixture
+def relayed(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The body chunks the direct relay has handled (their sizes), as it handles them."""
+    seen: list[int] = []
+    original = DirectRelay.body
+
+    def counting(self: DirectRelay, data: bytes) -> None:
+        seen.append(len(data))
+        original(self, data)
+
+    monkeypatch.setattr(DirectRelay, "body", counting)
+    return seen
+
+
+@contextlib.asynccontextmanager
+async def gateway(upstream: KeepAliveUpstream, **timeout: float) -> AsyncIterator[str]:
+    async with live_server(routing(upstream, **timeout)) as url:
+        yield url
+
+
+@pytest.mark.parametrize("rate", [8000, 16000, 24000, 48000])
+async def test_a_relayed_stream_is_the_audio_the_loop_gives_byte_for_byte(
+    rate: int, relayed: list[int]
+) -> None:
+    async with KeepAliveUpstream([Script(pieces())]) as upstream:
+        # The pump's loop: in process, through ASGI (no connection to write to directly).
+        app = routing(upstream)
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c,
+        ):
+            looped = await c.post("/stream-audio", json=body(rate))
+        assert looped.status_code == 200
+        assert relayed == []
+        # Relayed: the gateway's own HTTP protocol in front.
+        async with gateway(upstream) as url, httpx.AsyncClient(timeout=30) as client:
+            direct = await client.post(f"{url}/stream-audio", json=body(rate))
+    assert direct.status_code == 200
+    assert relayed, "the stream was not relayed directly"
+    assert direct.content == looped.content
+    # And it is the tone, whole: as many samples as the upstream's at the caller's rate.
+    assert abs(len(direct.content) // 2 - len(AUDIO) // 2 * rate // RATE) <= 2
+    spectrum = np.abs(np.fft.rfft(np.frombuffer(direct.content, "<i2").astype(float)))
+    assert abs(np.argmax(spectrum) * rate / (len(direct.content) // 2) - 440) < 5
+
+
+async def test_the_upstream_connection_of_a_relayed_stream_is_kept_for_the_next(
+    relayed: list[int],
+) -> None:
+    async with (
+        KeepAliveUpstream([Script(pieces())]) as upstream,
+        gateway(upstream) as url,
+        httpx.AsyncClient(timeout=30) as client,
+    ):
+        answers = [await client.post(f"{url}/stream-audio", json=body(RATE)) for _ in range(3)]
+    assert [a.content for a in answers] == [AUDIO] * 3
+    assert upstream.ends == ["complete"] * 3
+    assert upstream.connections == 1  # each answer read to its end, the connection reused
+    assert relayed
+
+
+async def test_an_upstream_cut_mid_answer_ends_the_stream_after_the_audio_it_sent(
+    relayed: list[int], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="gateway")
+    chunks = pieces()
+    async with (
+        KeepAliveUpstream([Script(chunks, pause=0.02, cut_after=5)]) as upstream,
+        gateway(upstream) as url,
+        httpx.AsyncClient(timeout=30) as client,
+    ):
+        answer = await client.post(f"{url}/stream-audio", json=body(RATE))
+        assert await eventually(lambda: any("end=" in r.getMessage() for r in caplog.records))
+    assert answer.status_code == 200
+    sent = b"".join(chunks[:5])
+    assert answer.content == sent[: len(sent) // 2 * 2]  # every whole sample sent, nothing else
+    assert relayed
+    line = next(r.getMessage() for r in caplog.records if "end=" in r.getMessage())
+    assert "end=provider_error" in line
+
+
+async def test_a_caller_hanging_up_mid_answer_closes_the_upstream(relayed: list[int]) -> None:
+    # 10 s of audio in 20 ms chunks paced in real time: the caller leaves after the first few.
+    chunks = pieces(tone(440, 10, RATE), [960] * 499)
+    async with (
+        KeepAliveUpstream([Script(chunks, pause=0.02)]) as upstream,
+        gateway(upstream) as url,
+    ):
+        host, port = url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        payload = json.dumps(body(RATE)).encode()
+        writer.write(
+            b"POST /stream-audio HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(payload), payload)
+        )
+        got = b""
+        while len(got) < 20000:
+            got += await reader.read(65536)
+        assert await eventually(lambda: len(relayed) >= 3, 10)
+        writer.transport.abort()
+        await asyncio.wait_for(upstream.ended.wait(), 10)
+    assert upstream.ends == ["hung_up"]
+
+
+async def test_a_caller_that_does_not_read_pauses_the_upstream_and_loses_nothing(
+    relayed: list[int],
+) -> None:
+    # A first chunk, then 40 s of audio at once (a local burst is like it): far more than any
+    # buffer between.
+    audio = tone(440, 40, RATE)
+    chunks = pieces(audio, [960] + [9600] * (len(audio) // 9600))
+    paused: list[bool] = []
+    original = DirectRelay.caller_paused
+
+    def noting(self: DirectRelay) -> None:
+        paused.append(True)
+        original(self)
+
+    original_made = HTTPProtocol.connection_made
+    callers: list[HTTPProtocol] = []
+
+    def small_send_buffer(self: HTTPProtocol, transport: asyncio.BaseTransport) -> None:
+        # A send buffer like a long-distance connection's, instead of loopback's megabytes.
+        transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+        callers.append(self)
+        original_made(self, transport)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(DirectRelay, "caller_paused", noting)
+        patch.setattr(HTTPProtocol, "connection_made", small_send_buffer)
+        async with (
+            KeepAliveUpstream([Script(chunks, pause=0, first_pause=0.2)]) as upstream,
+            gateway(upstream) as url,
+        ):
+            host, port = url.removeprefix("http://").split(":")
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.setblocking(False)
+            await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
+            reader, writer = await asyncio.open_connection(sock=sock, limit=2**24)
+            payload = json.dumps(body(RATE)).encode()
+            writer.write(
+                b"POST /stream-audio HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(payload), payload)
+            )
+            # The caller reads nothing until the relay has paused the upstream for it…
+            assert await eventually(lambda: bool(paused), 10)
+            # …and what the gateway holds for it stays bounded: the write buffer's high-water
+            # mark and one read from the upstream (at most 256 KiB), not the 1.9 MB sent.
+            transport = callers[0].transport
+            assert transport is not None
+            assert transport.get_write_buffer_size() <= WRITE_HIGH_WATER + 256 * 1024 + 64
+            raw = await asyncio.wait_for(reader.read(), 60)
+            writer.close()
+    head, _, chunked = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    assert dechunk(chunked) == audio  # every byte, once, in order, through pauses and resumes
+    assert upstream.ends == ["complete"]
+
+
+async def test_a_relayed_stream_ends_at_its_total_budget(
+    relayed: list[int], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="gateway")
+    chunks = pieces(tone(440, 10, RATE), [960] * 499)
+    async with (
+        KeepAliveUpstream([Script(chunks, pause=0.02)]) as upstream,
+        gateway(upstream, first_byte=0.5, total=0.5) as url,
+        httpx.AsyncClient(timeout=30) as client,
+    ):
+        answer = await client.post(f"{url}/stream-audio", json=body(RATE))
+        await asyncio.wait_for(upstream.ended.wait(), 10)
+    assert answer.status_code == 200
+    assert 0 < len(answer.content) < len(b"".join(chunks)) // 2
+    assert upstream.ends == ["hung_up"]
+    assert relayed
+    line = next(r.getMessage() for r in caplog.records if "end=" in r.getMessage())
+    assert "end=timeout" in line
+
+
+def dechunk(data: bytes) -> bytes:
+    out, at = bytearray(), 0
+    while True:
+        eol = data.index(b"\r\n", at)
+        size = int(data[at:eol], 16)
+        if size == 0:
+            return bytes(out)
+        out += data[eol + 2 : eol + 2 + size]
+        at = eol + 2 + size + 2
