@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 import wave
+from collections.abc import Callable
 from typing import Final, Literal, cast
 
 import numpy as np
@@ -67,6 +68,18 @@ _F32LE: Final = np.dtype("<f4")
 # Float input is limited to this (36 dB above full scale) before mixing and resampling: real
 # audio never gets near it, and it keeps garbage from overflowing float32 sums.
 _FLOAT_LIMIT: Final = np.float32(64.0)
+
+# Bounds as 0-d arrays: quicker ufunc operands than scalars (np.clip costs several times more).
+_FLOAT_MAX: Final = np.array(_FLOAT_LIMIT)
+_FLOAT_MIN: Final = np.array(-_FLOAT_LIMIT)
+_ONE: Final = np.array(1.0, np.float32)
+_MINUS_ONE: Final = np.array(-1.0, np.float32)
+_S16_MAX: Final = np.array(32767.0, np.float32)
+_S16_MIN: Final = np.array(-32768.0, np.float32)
+
+
+def _unchanged(data: bytes) -> bytes:
+    return data
 
 
 class AudioFormatError(ValueError):
@@ -121,7 +134,9 @@ class Converter:
         self._frame_bytes = 2
         self._channels = 1
         self._float = False
-        self._passthrough = False
+        # S16LE mono in, S16LE out in one call: the pass-through, or the polyphase filter once
+        # it is made (None for every other conversion, and after flush()).
+        self._s16: Callable[[bytes], bytes] | None = None
         # The header reader of a container="wav" stream, until its data chunk starts.
         self._wav: WavHeaderReader | None = None
         if source.container == "raw":
@@ -145,6 +160,13 @@ class Converter:
 
         Raises :class:`AudioFormatError` when a WAV header turns out unusable, and
         :class:`RuntimeError` after :meth:`flush`."""
+        s16 = self._s16
+        if s16 is not None and type(data) is bytes and not len(data) & 1 and not self._carry:
+            # The common case, in a few steps: mono S16LE, whole samples, nothing carried.
+            self.frames_in += len(data) >> 1
+            out = s16(data)
+            self.frames_out += len(out) >> 1
+            return out
         if self._finished:
             raise RuntimeError("Converter.feed() after flush()")
         if type(data) is not bytes:
@@ -164,9 +186,14 @@ class Converter:
         if not frames:
             return b""
         self.frames_in += frames
-        if self._passthrough:
-            self.frames_out += frames
-            return data if used == len(data) else data[:used]
+        if self._resampling and self._resampler is None and self._channels == 1:
+            self._resampler = self._make_resampler(frames)
+            if not self._float and isinstance(self._resampler, PolyphaseResampler):
+                self._s16 = self._resampler.process_s16  # takes the samples as they are
+        if self._s16 is not None:
+            out = self._s16(data if used == len(data) else data[:used])
+            self.frames_out += len(out) >> 1
+            return out
         return self._emit(self._convert(data, frames))
 
     def flush(self) -> bytes:
@@ -179,11 +206,18 @@ class Converter:
         self._finished = True
         self._carry = b""
         self._wav = None
-        if self._resampler is None:
+        s16, self._s16 = self._s16, None
+        resampler, self._resampler = self._resampler, None
+        if resampler is None:
             return b""  # nothing was ever fed to it
-        tail = self._resample(np.zeros(0, np.float32), last=True)
-        self._resampler = None
-        return self._emit(tail)
+        if not isinstance(resampler, PolyphaseResampler):
+            tail = resampler.resample_chunk(np.zeros(0, np.float32), last=True)
+            return self._emit(cast(_F32, tail))
+        if s16 is None:
+            return self._emit(resampler.flush())
+        out = resampler.flush_s16()
+        self.frames_out += len(out) >> 1
+        return out
 
     # -- conversion ---------------------------------------------------------------------------
 
@@ -198,11 +232,10 @@ class Converter:
         self._frame_bytes = fmt.frame_bytes
         self._channels = fmt.channels
         self._float = fmt.encoding == "f32le"
-        self._passthrough = (
-            not self._float and fmt.channels == 1 and fmt.sample_rate == self.out_rate
-        )
         # The resampler itself is made at the first chunk, whose length picks its mode.
         self._resampling = fmt.sample_rate != self.out_rate
+        if not self._float and fmt.channels == 1 and not self._resampling:
+            self._s16 = _unchanged  # the pass-through
 
     def _make_resampler(self, first_frames: int) -> soxr.ResampleStream | PolyphaseResampler:
         assert self._format is not None
@@ -226,7 +259,8 @@ class Converter:
         if self._float:
             # NaN, inf and absurd values (bytes that are not really float32) would overflow the
             # down-mix or the resampler's sums and poison its filter state for good.
-            x = np.clip(np.frombuffer(data, _F32LE, count), -_FLOAT_LIMIT, _FLOAT_LIMIT)
+            x = np.minimum(np.frombuffer(data, _F32LE, count), _FLOAT_MAX)
+            np.maximum(x, _FLOAT_MIN, out=x)
             np.nan_to_num(x, copy=False, nan=0.0)
             if self._channels > 1:
                 x = x.reshape(frames, self._channels).mean(axis=1, dtype=np.float32)
@@ -234,26 +268,20 @@ class Converter:
             s = np.frombuffer(data, _S16, count)
             if self._channels > 1:
                 x = s.reshape(frames, self._channels).mean(axis=1, dtype=np.float32)
-            elif self._resampling:
-                if self._resampler is None:
-                    self._resampler = self._make_resampler(frames)
-                if isinstance(self._resampler, PolyphaseResampler):
-                    return self._resampler.process(s)  # takes the samples as they are
-                x = s.astype(np.float32)
-            else:
+            else:  # mono S16LE through soxr (the polyphase filter takes the bytes in feed)
                 x = s.astype(np.float32)
         if self._resampling:
             if self._resampler is None:
                 self._resampler = self._make_resampler(frames)
-            x = self._resample(x, last=False)
+            x = self._resample(x)
         return x
 
-    def _resample(self, x: _F32, *, last: bool) -> _F32:
+    def _resample(self, x: _F32) -> _F32:
         resampler = self._resampler
         assert resampler is not None
         if isinstance(resampler, PolyphaseResampler):
-            return resampler.flush() if last else resampler.process(x)
-        return cast(_F32, resampler.resample_chunk(x, last=last))
+            return resampler.process(x)
+        return cast(_F32, resampler.resample_chunk(x, last=False))
 
     def _emit(self, y: _F32) -> bytes:
         if not y.size:
@@ -261,13 +289,15 @@ class Converter:
         if not y.flags.writeable:
             y = y.copy()
         if self._float:
-            np.clip(y, -1.0, 1.0, out=y)
+            np.minimum(y, _ONE, out=y)
+            np.maximum(y, _MINUS_ONE, out=y)
             y *= 32767.0
             np.rint(y, out=y)
         else:
             # The resampler's ringing can overshoot full scale.
             np.rint(y, out=y)
-            np.clip(y, -32768.0, 32767.0, out=y)
+            np.minimum(y, _S16_MAX, out=y)
+            np.maximum(y, _S16_MIN, out=y)
         self.frames_out += y.size
         return y.astype(_S16).tobytes()
 
