@@ -2,6 +2,8 @@
 
     python -m bench.resampler                  # every ratio, 5 alternations
     python -m bench.resampler --rounds 9 --ratios 24000:48000
+    python -m bench.resampler --against ../old --rounds 7   # this code against another copy
+
 
 For each ratio: the polyphase filter (``low_latency`` for a small rational ratio), soxr's
 variable-rate filter (what ``low_latency`` used before it) and soxr's block filter, each
@@ -12,12 +14,18 @@ tracemalloc's count per converter after five chunks (N converters alive at once)
 growth per converter of a fresh process holding N of them; quality is the worst alias or image
 of 40 tones across the band (dB below the tone) and the gain at 0.5 and 0.9 of the lower
 Nyquist frequency.
+
+``--against DIR`` times only the converter as the gateway uses it (``low_latency``: the
+polyphase filter, or the pass-through for equal rates), this checkout's and that of another
+checkout of the project (``git archive`` of an older commit, say) alternating, each round a
+fresh process per checkout (the first conversion of each discarded), medians shown.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -35,7 +43,17 @@ from providers.base import AudioFormat
 
 Variant = Literal["polyphase", "soxr_vr", "soxr_block"]
 VARIANTS: tuple[Variant, ...] = ("polyphase", "soxr_vr", "soxr_block")
-RATIOS = [(24000, 48000), (16000, 48000), (8000, 48000), (16000, 24000), (48000, 24000)]
+RATIOS = [
+    (24000, 48000),
+    (16000, 48000),
+    (8000, 48000),
+    (16000, 24000),
+    (24000, 16000),
+    (24000, 8000),
+    (48000, 24000),
+]
+#: For --against: the ratios, and the pass-through (same rate) too.
+AB_RATIOS = [*RATIOS, (24000, 24000)]
 
 
 @contextmanager
@@ -157,13 +175,62 @@ def quality(name: Variant, rate: int, out_rate: int) -> dict[str, float]:
     return {"worst_spurious_db": round(worst, 1), **gains}
 
 
+def _timed_in(tree: str, pairs: list[tuple[int, int]]) -> list[float]:
+    """CPU ms per audio-second of the low-latency converter for each pair, in a fresh process
+    running the code of ``tree`` (the first conversion, which designs a filter, not counted)."""
+    code = (
+        "import json; from bench.resampler import cpu_ms_per_audio_s as cpu; "
+        "cpu('polyphase', 24000, 48000, 1.0); "
+        f"print(json.dumps([cpu('polyphase', a, b) for a, b in {pairs!r}]))"
+    )
+    env = {**os.environ, "PYTHONPATH": tree}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tree, env=env
+    )
+    return [float(v) for v in json.loads(out.stdout)]
+
+
+def against(other: str, pairs: list[tuple[int, int]], rounds: int) -> dict[str, Any]:
+    """This checkout's converter against ``other``'s, alternating (who goes first swaps each
+    round): medians, spreads and their ratio per pair."""
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    trees = {"this": here, "other": os.path.abspath(other)}
+    ms: dict[str, list[list[float]]] = {"this": [], "other": []}
+    for r in range(rounds):
+        for name in ("this", "other") if r % 2 == 0 else ("other", "this"):
+            ms[name].append(_timed_in(trees[name], pairs))
+    report: dict[str, Any] = {}
+    for i, (a, b) in enumerate(pairs):
+        row: dict[str, Any] = {}
+        for name in ("other", "this"):
+            values = [run[i] for run in ms[name]]
+            median = statistics.median(values)
+            row[name] = {
+                "cpu_ms_per_audio_s": round(median, 4),
+                "us_per_20ms_chunk": round(median * 20, 2),
+                "cpu_spread": [round(min(values), 4), round(max(values), 4)],
+            }
+        row["this_over_other"] = round(
+            row["this"]["cpu_ms_per_audio_s"] / row["other"]["cpu_ms_per_audio_s"], 3
+        )
+        report[f"{a}:{b}"] = row
+        print(json.dumps({f"{a}:{b}": row}), flush=True)
+    return report
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--ratios", nargs="*", default=[f"{a}:{b}" for a, b in RATIOS])
+    parser.add_argument("--ratios", nargs="*", default=None)
+    parser.add_argument("--against", metavar="DIR", help="another checkout to time against")
     args = parser.parse_args()
+    if args.against:
+        specs = args.ratios or [f"{a}:{b}" for a, b in AB_RATIOS]
+        pairs = [(int(a), int(b)) for a, b in (spec.split(":") for spec in specs)]
+        against(args.against, pairs, args.rounds)
+        return
     report: dict[str, Any] = {}
-    for spec in args.ratios:
+    for spec in args.ratios or [f"{a}:{b}" for a, b in RATIOS]:
         rate, out_rate = (int(v) for v in spec.split(":"))
         cpu: dict[str, list[float]] = {v: [] for v in VARIANTS}
         for _ in range(args.rounds):
@@ -174,6 +241,7 @@ def main() -> None:
             first, steady = held_back_ms(name, rate, out_rate)
             row[name] = {
                 "cpu_ms_per_audio_s": round(statistics.median(cpu[name]), 3),
+                "us_per_20ms_chunk": round(statistics.median(cpu[name]) * 20, 1),
                 "cpu_spread": [round(min(cpu[name]), 3), round(max(cpu[name]), 3)],
                 "held_back_first_chunk_ms": round(first, 2),
                 "held_back_after_1s_ms": round(steady, 2),
