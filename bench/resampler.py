@@ -4,7 +4,6 @@
     python -m bench.resampler --rounds 9 --ratios 24000:48000
     python -m bench.resampler --against ../old --rounds 7   # this code against another copy
 
-
 For each ratio: the polyphase filter (``low_latency`` for a small rational ratio), soxr's
 variable-rate filter (what ``low_latency`` used before it) and soxr's block filter, each
 through :class:`gateway.audio.Converter` on mono S16LE. CPU is ``time.process_time()`` per
@@ -17,8 +16,9 @@ Nyquist frequency.
 
 ``--against DIR`` times only the converter as the gateway uses it (``low_latency``: the
 polyphase filter, or the pass-through for equal rates), this checkout's and that of another
-checkout of the project (``git archive`` of an older commit, say) alternating, each round a
-fresh process per checkout (the first conversion of each discarded), medians shown.
+checkout of the project (``git archive`` of an older commit, say) alternating: each round a
+fresh process per checkout, which times every spec three times (the median kept); medians over
+the rounds shown. A spec ``rate:out_rate:f32le`` feeds float samples instead of S16LE.
 """
 
 from __future__ import annotations
@@ -52,8 +52,9 @@ RATIOS = [
     (24000, 8000),
     (48000, 24000),
 ]
-#: For --against: the ratios, and the pass-through (same rate) too.
-AB_RATIOS = [*RATIOS, (24000, 24000)]
+#: For --against: the ratios, the pass-through (same rate) and float input at 24 -> 48 kHz too
+#: (a spec is ``rate:out_rate`` or ``rate:out_rate:f32le``).
+AB_RATIOS = [*(f"{a}:{b}" for a, b in RATIOS), "24000:24000", "24000:48000:f32le"]
 
 
 @contextmanager
@@ -175,32 +176,71 @@ def quality(name: Variant, rate: int, out_rate: int) -> dict[str, float]:
     return {"worst_spurious_db": round(worst, 1), **gains}
 
 
-def _timed_in(tree: str, pairs: list[tuple[int, int]]) -> list[float]:
-    """CPU ms per audio-second of the low-latency converter for each pair, in a fresh process
-    running the code of ``tree`` (the first conversion, which designs a filter, not counted)."""
-    code = (
-        "import json; from bench.resampler import cpu_ms_per_audio_s as cpu; "
-        "cpu('polyphase', 24000, 48000, 1.0); "
-        f"print(json.dumps([cpu('polyphase', a, b) for a, b in {pairs!r}]))"
-    )
+#: What a fresh process runs for --against: only the converter's public interface, so that
+#: any checkout can be timed. Mono 20 ms chunks of noise, 10 s of audio per timing, the
+#: median of ``repeat`` timings per spec, the first conversion (a filter designed) discarded.
+_AGAINST_CHILD = """
+import json, statistics, sys, time
+import numpy as np
+from gateway.audio import Converter
+from providers.base import AudioFormat
+
+def pieces(rate, encoding):
+    x = np.random.default_rng(1).standard_normal(rate * 10) * 3000
+    if encoding == "s16le":
+        pcm = np.clip(np.rint(x), -32768, 32767).astype("<i2").tobytes()
+    else:
+        pcm = (x / 32768).astype("<f4").tobytes()
+    step = rate // 50 * (2 if encoding == "s16le" else 4)
+    return [pcm[i : i + step] for i in range(0, len(pcm), step)]
+
+def cpu(rate, out_rate, encoding, chunks):
+    conv = Converter(AudioFormat(rate, encoding), out_rate, mode="low_latency")
+    start = time.process_time()
+    for chunk in chunks:
+        conv.feed(chunk)
+    conv.flush()
+    return (time.process_time() - start) / 10 * 1000
+
+specs, repeat = json.loads(sys.argv[1]), int(sys.argv[2])
+data = {(rate, encoding): pieces(rate, encoding) for rate, _, encoding in specs}
+cpu(24000, 48000, "s16le", data.get((24000, "s16le")) or pieces(24000, "s16le"))
+result = []
+for rate, out_rate, encoding in specs:
+    chunks = data[rate, encoding]
+    result.append(statistics.median(cpu(rate, out_rate, encoding, chunks) for _ in range(repeat)))
+print(json.dumps(result))
+"""
+
+Spec = tuple[int, int, str]
+
+
+def _timed_in(tree: str, specs: list[Spec], repeat: int) -> list[float]:
+    """CPU ms per audio-second of the low-latency converter for each spec, in a fresh process
+    running the code of ``tree``."""
     env = {**os.environ, "PYTHONPATH": tree}
     out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tree, env=env
+        [sys.executable, "-c", _AGAINST_CHILD, json.dumps(specs), str(repeat)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=tree,
+        env=env,
     )
     return [float(v) for v in json.loads(out.stdout)]
 
 
-def against(other: str, pairs: list[tuple[int, int]], rounds: int) -> dict[str, Any]:
+def against(other: str, specs: list[Spec], rounds: int, repeat: int = 3) -> dict[str, Any]:
     """This checkout's converter against ``other``'s, alternating (who goes first swaps each
-    round): medians, spreads and their ratio per pair."""
+    round): medians over rounds, spreads and their ratio per spec."""
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     trees = {"this": here, "other": os.path.abspath(other)}
     ms: dict[str, list[list[float]]] = {"this": [], "other": []}
     for r in range(rounds):
         for name in ("this", "other") if r % 2 == 0 else ("other", "this"):
-            ms[name].append(_timed_in(trees[name], pairs))
+            ms[name].append(_timed_in(trees[name], specs, repeat))
     report: dict[str, Any] = {}
-    for i, (a, b) in enumerate(pairs):
+    for i, (rate, out_rate, encoding) in enumerate(specs):
         row: dict[str, Any] = {}
         for name in ("other", "this"):
             values = [run[i] for run in ms[name]]
@@ -213,21 +253,24 @@ def against(other: str, pairs: list[tuple[int, int]], rounds: int) -> dict[str, 
         row["this_over_other"] = round(
             row["this"]["cpu_ms_per_audio_s"] / row["other"]["cpu_ms_per_audio_s"], 3
         )
-        report[f"{a}:{b}"] = row
-        print(json.dumps({f"{a}:{b}": row}), flush=True)
+        key = f"{rate}:{out_rate}" + ("" if encoding == "s16le" else f" {encoding}")
+        report[key] = row
+        print(json.dumps({key: row}), flush=True)
     return report
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--ratios", nargs="*", default=None)
+    parser.add_argument("--ratios", nargs="*", default=None, help="rate:out_rate[:f32le] ...")
     parser.add_argument("--against", metavar="DIR", help="another checkout to time against")
     args = parser.parse_args()
     if args.against:
-        specs = args.ratios or [f"{a}:{b}" for a, b in AB_RATIOS]
-        pairs = [(int(a), int(b)) for a, b in (spec.split(":") for spec in specs)]
-        against(args.against, pairs, args.rounds)
+        specs: list[Spec] = []
+        for spec in args.ratios or AB_RATIOS:
+            rate, out_rate, *encoding = spec.split(":")
+            specs.append((int(rate), int(out_rate), encoding[0] if encoding else "s16le"))
+        against(args.against, specs, args.rounds)
         return
     report: dict[str, Any] = {}
     for spec in args.ratios or [f"{a}:{b}" for a, b in RATIOS]:

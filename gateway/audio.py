@@ -163,7 +163,11 @@ class Converter:
         s16 = self._s16
         if s16 is not None and type(data) is bytes and not len(data) & 1 and not self._carry:
             # The common case, in a few steps: mono S16LE, whole samples, nothing carried.
-            self.frames_in += len(data) >> 1
+            n = len(data) >> 1
+            self.frames_in += n
+            if s16 is _unchanged:
+                self.frames_out += n
+                return data
             out = s16(data)
             self.frames_out += len(out) >> 1
             return out
@@ -261,7 +265,7 @@ class Converter:
             # down-mix or the resampler's sums and poison its filter state for good.
             x = np.minimum(np.frombuffer(data, _F32LE, count), _FLOAT_MAX)
             np.maximum(x, _FLOAT_MIN, out=x)
-            np.nan_to_num(x, copy=False, nan=0.0)
+            np.copyto(x, 0.0, where=np.isnan(x))  # np.nan_to_num costs ten times more
             if self._channels > 1:
                 x = x.reshape(frames, self._channels).mean(axis=1, dtype=np.float32)
         else:
