@@ -9,13 +9,15 @@ Resampling runs in one of two modes, picked per stream from its first chunk (``m
 A provider that trickles audio in real time (small first chunk) gets the low-latency mode,
 since every millisecond of waiting is heard: for a small rational ratio (24 -> 48, 16 -> 48,
 8 -> 48, 48 -> 24, 24 -> 16 kHz...) :class:`gateway.polyphase.PolyphaseResampler`, which
-answers every chunk in full but for its 2.4-7 ms group delay, for ~12 us of CPU per 20 ms chunk
-at 24 -> 48 kHz and ~1.5 KiB per stream; for any other ratio (22050 -> 24000...) soxr's
-variable-rate filter, which holds 10-30 ms back, for ~19 us per chunk and ~50 KiB. One that
-delivers a large first piece (a whole clause, a whole file) is already ahead of real time and
-gets soxr's block (DFT) filter, the cheapest per second of audio (~4 us per 20 ms) but which
+answers every chunk in full but for its 2.4-7 ms group delay, for ~1 KiB per stream and about
+half the CPU of soxr's variable-rate filter, which takes any other ratio (22050 -> 24000...),
+holds 10-30 ms back and ~50 KiB. One that delivers a large first piece (a whole
+clause, a whole file) is already ahead of real time and gets soxr's block (DFT) filter, the
+cheapest per second of audio (about two thirds of the polyphase filter's CPU) but which
 collects ~40 ms of input before its first output and then answers every other 20 ms chunk.
 All are ~90 dB or more from ideal. The mode never changes within a stream, so there is no seam.
+Mono S16LE input, the common case, goes to the polyphase filter (or, at the caller's rate,
+straight back out) as bytes, in one call per chunk.
 
 soxr runs in float32. Its int16 mode adds
 TPDF dither to its output, so the same audio cut into different chunks comes out differing by up
