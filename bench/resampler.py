@@ -2,6 +2,7 @@
 
     python -m bench.resampler                  # every ratio, 5 alternations
     python -m bench.resampler --rounds 9 --ratios 24000:48000
+    python -m bench.resampler --against ../old --rounds 7   # this code against another copy
 
 For each ratio: the polyphase filter (``low_latency`` for a small rational ratio), soxr's
 variable-rate filter (what ``low_latency`` used before it) and soxr's block filter, each
@@ -12,12 +13,19 @@ tracemalloc's count per converter after five chunks (N converters alive at once)
 growth per converter of a fresh process holding N of them; quality is the worst alias or image
 of 40 tones across the band (dB below the tone) and the gain at 0.5 and 0.9 of the lower
 Nyquist frequency.
+
+``--against DIR`` times only the converter as the gateway uses it (``low_latency``: the
+polyphase filter, or the pass-through for equal rates), this checkout's and that of another
+checkout of the project (``git archive`` of an older commit, say) alternating: each round a
+fresh process per checkout, which times every spec three times (the median kept); medians over
+the rounds shown. A spec ``rate:out_rate:f32le`` feeds float samples instead of S16LE.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -35,7 +43,18 @@ from providers.base import AudioFormat
 
 Variant = Literal["polyphase", "soxr_vr", "soxr_block"]
 VARIANTS: tuple[Variant, ...] = ("polyphase", "soxr_vr", "soxr_block")
-RATIOS = [(24000, 48000), (16000, 48000), (8000, 48000), (16000, 24000), (48000, 24000)]
+RATIOS = [
+    (24000, 48000),
+    (16000, 48000),
+    (8000, 48000),
+    (16000, 24000),
+    (24000, 16000),
+    (24000, 8000),
+    (48000, 24000),
+]
+#: For --against: the ratios, the pass-through (same rate) and float input at 24 -> 48 kHz too
+#: (a spec is ``rate:out_rate`` or ``rate:out_rate:f32le``).
+AB_RATIOS = [*(f"{a}:{b}" for a, b in RATIOS), "24000:24000", "24000:48000:f32le"]
 
 
 @contextmanager
@@ -157,13 +176,104 @@ def quality(name: Variant, rate: int, out_rate: int) -> dict[str, float]:
     return {"worst_spurious_db": round(worst, 1), **gains}
 
 
+#: What a fresh process runs for --against: only the converter's public interface, so that
+#: any checkout can be timed. Mono 20 ms chunks of noise, 10 s of audio per timing, the
+#: median of ``repeat`` timings per spec, the first conversion (a filter designed) discarded.
+_AGAINST_CHILD = """
+import json, statistics, sys, time
+import numpy as np
+from gateway.audio import Converter
+from providers.base import AudioFormat
+
+def pieces(rate, encoding):
+    x = np.random.default_rng(1).standard_normal(rate * 10) * 3000
+    if encoding == "s16le":
+        pcm = np.clip(np.rint(x), -32768, 32767).astype("<i2").tobytes()
+    else:
+        pcm = (x / 32768).astype("<f4").tobytes()
+    step = rate // 50 * (2 if encoding == "s16le" else 4)
+    return [pcm[i : i + step] for i in range(0, len(pcm), step)]
+
+def cpu(rate, out_rate, encoding, chunks):
+    conv = Converter(AudioFormat(rate, encoding), out_rate, mode="low_latency")
+    start = time.process_time()
+    for chunk in chunks:
+        conv.feed(chunk)
+    conv.flush()
+    return (time.process_time() - start) / 10 * 1000
+
+specs, repeat = json.loads(sys.argv[1]), int(sys.argv[2])
+data = {(rate, encoding): pieces(rate, encoding) for rate, _, encoding in specs}
+cpu(24000, 48000, "s16le", data.get((24000, "s16le")) or pieces(24000, "s16le"))
+result = []
+for rate, out_rate, encoding in specs:
+    chunks = data[rate, encoding]
+    result.append(statistics.median(cpu(rate, out_rate, encoding, chunks) for _ in range(repeat)))
+print(json.dumps(result))
+"""
+
+Spec = tuple[int, int, str]
+
+
+def _timed_in(tree: str, specs: list[Spec], repeat: int) -> list[float]:
+    """CPU ms per audio-second of the low-latency converter for each spec, in a fresh process
+    running the code of ``tree``."""
+    env = {**os.environ, "PYTHONPATH": tree}
+    out = subprocess.run(
+        [sys.executable, "-c", _AGAINST_CHILD, json.dumps(specs), str(repeat)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=tree,
+        env=env,
+    )
+    return [float(v) for v in json.loads(out.stdout)]
+
+
+def against(other: str, specs: list[Spec], rounds: int, repeat: int = 3) -> dict[str, Any]:
+    """This checkout's converter against ``other``'s, alternating (who goes first swaps each
+    round): medians over rounds, spreads and their ratio per spec."""
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    trees = {"this": here, "other": os.path.abspath(other)}
+    ms: dict[str, list[list[float]]] = {"this": [], "other": []}
+    for r in range(rounds):
+        for name in ("this", "other") if r % 2 == 0 else ("other", "this"):
+            ms[name].append(_timed_in(trees[name], specs, repeat))
+    report: dict[str, Any] = {}
+    for i, (rate, out_rate, encoding) in enumerate(specs):
+        row: dict[str, Any] = {}
+        for name in ("other", "this"):
+            values = [run[i] for run in ms[name]]
+            median = statistics.median(values)
+            row[name] = {
+                "cpu_ms_per_audio_s": round(median, 4),
+                "us_per_20ms_chunk": round(median * 20, 2),
+                "cpu_spread": [round(min(values), 4), round(max(values), 4)],
+            }
+        row["this_over_other"] = round(
+            row["this"]["cpu_ms_per_audio_s"] / row["other"]["cpu_ms_per_audio_s"], 3
+        )
+        key = f"{rate}:{out_rate}" + ("" if encoding == "s16le" else f" {encoding}")
+        report[key] = row
+        print(json.dumps({key: row}), flush=True)
+    return report
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--ratios", nargs="*", default=[f"{a}:{b}" for a, b in RATIOS])
+    parser.add_argument("--ratios", nargs="*", default=None, help="rate:out_rate[:f32le] ...")
+    parser.add_argument("--against", metavar="DIR", help="another checkout to time against")
     args = parser.parse_args()
+    if args.against:
+        specs: list[Spec] = []
+        for spec in args.ratios or AB_RATIOS:
+            rate, out_rate, *encoding = spec.split(":")
+            specs.append((int(rate), int(out_rate), encoding[0] if encoding else "s16le"))
+        against(args.against, specs, args.rounds)
+        return
     report: dict[str, Any] = {}
-    for spec in args.ratios:
+    for spec in args.ratios or [f"{a}:{b}" for a, b in RATIOS]:
         rate, out_rate = (int(v) for v in spec.split(":"))
         cpu: dict[str, list[float]] = {v: [] for v in VARIANTS}
         for _ in range(args.rounds):
@@ -174,6 +284,7 @@ def main() -> None:
             first, steady = held_back_ms(name, rate, out_rate)
             row[name] = {
                 "cpu_ms_per_audio_s": round(statistics.median(cpu[name]), 3),
+                "us_per_20ms_chunk": round(statistics.median(cpu[name]) * 20, 1),
                 "cpu_spread": [round(min(cpu[name]), 3), round(max(cpu[name]), 3)],
                 "held_back_first_chunk_ms": round(first, 2),
                 "held_back_after_1s_ms": round(steady, 2),

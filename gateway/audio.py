@@ -9,13 +9,15 @@ Resampling runs in one of two modes, picked per stream from its first chunk (``m
 A provider that trickles audio in real time (small first chunk) gets the low-latency mode,
 since every millisecond of waiting is heard: for a small rational ratio (24 -> 48, 16 -> 48,
 8 -> 48, 48 -> 24, 24 -> 16 kHz...) :class:`gateway.polyphase.PolyphaseResampler`, which
-answers every chunk in full but for its 2.4-7 ms group delay, for ~12 us of CPU per 20 ms chunk
-at 24 -> 48 kHz and ~1.5 KiB per stream; for any other ratio (22050 -> 24000...) soxr's
-variable-rate filter, which holds 10-30 ms back, for ~19 us per chunk and ~50 KiB. One that
-delivers a large first piece (a whole clause, a whole file) is already ahead of real time and
-gets soxr's block (DFT) filter, the cheapest per second of audio (~4 us per 20 ms) but which
+answers every chunk in full but for its 2.4-7 ms group delay, for ~1 KiB per stream and about
+half the CPU of soxr's variable-rate filter, which takes any other ratio (22050 -> 24000...),
+holds 10-30 ms back and ~50 KiB. One that delivers a large first piece (a whole
+clause, a whole file) is already ahead of real time and gets soxr's block (DFT) filter, the
+cheapest per second of audio (about two thirds of the polyphase filter's CPU) but which
 collects ~40 ms of input before its first output and then answers every other 20 ms chunk.
 All are ~90 dB or more from ideal. The mode never changes within a stream, so there is no seam.
+Mono S16LE input, the common case, goes to the polyphase filter (or, at the caller's rate,
+straight back out) as bytes, in one call per chunk.
 
 soxr runs in float32. Its int16 mode adds
 TPDF dither to its output, so the same audio cut into different chunks comes out differing by up
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import os
 import wave
+from collections.abc import Callable
 from typing import Final, Literal, cast
 
 import numpy as np
@@ -67,6 +70,18 @@ _F32LE: Final = np.dtype("<f4")
 # Float input is limited to this (36 dB above full scale) before mixing and resampling: real
 # audio never gets near it, and it keeps garbage from overflowing float32 sums.
 _FLOAT_LIMIT: Final = np.float32(64.0)
+
+# Bounds as 0-d arrays: quicker ufunc operands than scalars (np.clip costs several times more).
+_FLOAT_MAX: Final = np.array(_FLOAT_LIMIT)
+_FLOAT_MIN: Final = np.array(-_FLOAT_LIMIT)
+_ONE: Final = np.array(1.0, np.float32)
+_MINUS_ONE: Final = np.array(-1.0, np.float32)
+_S16_MAX: Final = np.array(32767.0, np.float32)
+_S16_MIN: Final = np.array(-32768.0, np.float32)
+
+
+def _unchanged(data: bytes) -> bytes:
+    return data
 
 
 class AudioFormatError(ValueError):
@@ -121,7 +136,9 @@ class Converter:
         self._frame_bytes = 2
         self._channels = 1
         self._float = False
-        self._passthrough = False
+        # S16LE mono in, S16LE out in one call: the pass-through, or the polyphase filter once
+        # it is made (None for every other conversion, and after flush()).
+        self._s16: Callable[[bytes], bytes] | None = None
         # The header reader of a container="wav" stream, until its data chunk starts.
         self._wav: WavHeaderReader | None = None
         if source.container == "raw":
@@ -145,6 +162,17 @@ class Converter:
 
         Raises :class:`AudioFormatError` when a WAV header turns out unusable, and
         :class:`RuntimeError` after :meth:`flush`."""
+        s16 = self._s16
+        if s16 is not None and type(data) is bytes and not len(data) & 1 and not self._carry:
+            # The common case, in a few steps: mono S16LE, whole samples, nothing carried.
+            n = len(data) >> 1
+            self.frames_in += n
+            if s16 is _unchanged:
+                self.frames_out += n
+                return data
+            out = s16(data)
+            self.frames_out += len(out) >> 1
+            return out
         if self._finished:
             raise RuntimeError("Converter.feed() after flush()")
         if type(data) is not bytes:
@@ -164,9 +192,14 @@ class Converter:
         if not frames:
             return b""
         self.frames_in += frames
-        if self._passthrough:
-            self.frames_out += frames
-            return data if used == len(data) else data[:used]
+        if self._resampling and self._resampler is None and self._channels == 1:
+            self._resampler = self._make_resampler(frames)
+            if not self._float and isinstance(self._resampler, PolyphaseResampler):
+                self._s16 = self._resampler.process_s16  # takes the samples as they are
+        if self._s16 is not None:
+            out = self._s16(data if used == len(data) else data[:used])
+            self.frames_out += len(out) >> 1
+            return out
         return self._emit(self._convert(data, frames))
 
     def flush(self) -> bytes:
@@ -179,11 +212,18 @@ class Converter:
         self._finished = True
         self._carry = b""
         self._wav = None
-        if self._resampler is None:
+        s16, self._s16 = self._s16, None
+        resampler, self._resampler = self._resampler, None
+        if resampler is None:
             return b""  # nothing was ever fed to it
-        tail = self._resample(np.zeros(0, np.float32), last=True)
-        self._resampler = None
-        return self._emit(tail)
+        if not isinstance(resampler, PolyphaseResampler):
+            tail = resampler.resample_chunk(np.zeros(0, np.float32), last=True)
+            return self._emit(cast(_F32, tail))
+        if s16 is None:
+            return self._emit(resampler.flush())
+        out = resampler.flush_s16()
+        self.frames_out += len(out) >> 1
+        return out
 
     # -- conversion ---------------------------------------------------------------------------
 
@@ -198,11 +238,10 @@ class Converter:
         self._frame_bytes = fmt.frame_bytes
         self._channels = fmt.channels
         self._float = fmt.encoding == "f32le"
-        self._passthrough = (
-            not self._float and fmt.channels == 1 and fmt.sample_rate == self.out_rate
-        )
         # The resampler itself is made at the first chunk, whose length picks its mode.
         self._resampling = fmt.sample_rate != self.out_rate
+        if not self._float and fmt.channels == 1 and not self._resampling:
+            self._s16 = _unchanged  # the pass-through
 
     def _make_resampler(self, first_frames: int) -> soxr.ResampleStream | PolyphaseResampler:
         assert self._format is not None
@@ -226,34 +265,29 @@ class Converter:
         if self._float:
             # NaN, inf and absurd values (bytes that are not really float32) would overflow the
             # down-mix or the resampler's sums and poison its filter state for good.
-            x = np.clip(np.frombuffer(data, _F32LE, count), -_FLOAT_LIMIT, _FLOAT_LIMIT)
-            np.nan_to_num(x, copy=False, nan=0.0)
+            x = np.minimum(np.frombuffer(data, _F32LE, count), _FLOAT_MAX)
+            np.maximum(x, _FLOAT_MIN, out=x)
+            np.copyto(x, 0.0, where=np.isnan(x))  # np.nan_to_num costs ten times more
             if self._channels > 1:
                 x = x.reshape(frames, self._channels).mean(axis=1, dtype=np.float32)
         else:
             s = np.frombuffer(data, _S16, count)
             if self._channels > 1:
                 x = s.reshape(frames, self._channels).mean(axis=1, dtype=np.float32)
-            elif self._resampling:
-                if self._resampler is None:
-                    self._resampler = self._make_resampler(frames)
-                if isinstance(self._resampler, PolyphaseResampler):
-                    return self._resampler.process(s)  # takes the samples as they are
-                x = s.astype(np.float32)
-            else:
+            else:  # mono S16LE through soxr (the polyphase filter takes the bytes in feed)
                 x = s.astype(np.float32)
         if self._resampling:
             if self._resampler is None:
                 self._resampler = self._make_resampler(frames)
-            x = self._resample(x, last=False)
+            x = self._resample(x)
         return x
 
-    def _resample(self, x: _F32, *, last: bool) -> _F32:
+    def _resample(self, x: _F32) -> _F32:
         resampler = self._resampler
         assert resampler is not None
         if isinstance(resampler, PolyphaseResampler):
-            return resampler.flush() if last else resampler.process(x)
-        return cast(_F32, resampler.resample_chunk(x, last=last))
+            return resampler.process(x)
+        return cast(_F32, resampler.resample_chunk(x, last=False))
 
     def _emit(self, y: _F32) -> bytes:
         if not y.size:
@@ -261,13 +295,15 @@ class Converter:
         if not y.flags.writeable:
             y = y.copy()
         if self._float:
-            np.clip(y, -1.0, 1.0, out=y)
+            np.minimum(y, _ONE, out=y)
+            np.maximum(y, _MINUS_ONE, out=y)
             y *= 32767.0
             np.rint(y, out=y)
         else:
             # The resampler's ringing can overshoot full scale.
             np.rint(y, out=y)
-            np.clip(y, -32768.0, 32767.0, out=y)
+            np.minimum(y, _S16_MAX, out=y)
+            np.maximum(y, _S16_MIN, out=y)
         self.frames_out += y.size
         return y.astype(_S16).tobytes()
 

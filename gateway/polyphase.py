@@ -4,20 +4,25 @@ Real-time providers trickle 20 ms chunks, and between the rates they speak and t
 callers ask for (8, 16, 24, 48 kHz) the ratio is often ``up / down`` with both at most
 :data:`MAX_FACTOR`. For those a polyphase FIR answers every chunk in full but for its group
 delay (2.4 ms at 24 -> 48 kHz, 3.6 ms from 16 kHz, 7.2 ms from 8 kHz; soxr's variable-rate
-filter holds 10, 15 and 30 ms), keeps only the last few dozen input samples of a stream
-(~1.5 KiB in all, against ~50 KiB for soxr's state), and costs about 40 % less CPU than the
-variable-rate filter (~12 us against ~19 us per 20 ms chunk at 24 -> 48 kHz; soxr's block
-filter, ~4 us, holds 20-40 ms back).
+filter holds 10, 15 and 30 ms), keeps only the last hundred or so input samples of a stream
+(int16 input as it came: ~1 KiB per converter in all, against ~50 KiB for soxr's state), and
+through the converter costs about half the CPU of the variable-rate filter per 20 ms chunk
+(0.4 to 0.65 of it by ratio), its int16 conversions included (``python -m bench.resampler``).
 
 The filter is a Kaiser-windowed sinc, designed once per ratio: flat (within 0.01 dB) to
 :data:`PASSBAND` of the lower Nyquist frequency, like soxr's HQ preset, and at least 90 dB down
 from that Nyquist frequency on, so nothing is aliased or imaged above -90 dB.
 
-Exact arithmetic makes the output independent of chunking. The coefficients are integers (in
-units of 2**-24) and the input is rounded to a grid fine enough that every product and every
-partial sum of an output is a float64 integer below 2**53: the sums are exact, whatever order
-BLAS adds them in, however the stream was cut. Each output is that exact sum times a power of
-two, rounded once to float32.
+Exact arithmetic makes the output independent of chunking. The coefficients are multiples of
+2**-24; int16 input is taken as it is, float input rounded to a grid (a power of two) fine
+enough that every product and every partial sum of an output is a multiple of one power of two
+less than 2**53 times it: the sums are exact, whatever order BLAS adds them in, however the
+stream was cut. Each output is that exact sum, rounded once to float32 (and for S16LE output
+then to an integer, clipped).
+
+A chunk costs a handful of numpy calls, none per sample or per phase: the held input and the
+chunk joined as bytes, the overlapping rows of the product copied (as float64) into one matrix,
+one matrix product with the ratio's bank, and the conversion to float32 or S16LE.
 """
 
 from __future__ import annotations
@@ -55,6 +60,11 @@ _MAX_PRODUCT: Final = 65536 * 4
 
 _F32 = npt.NDArray[np.float32]
 _F64 = npt.NDArray[np.float64]
+
+_S16: Final = np.dtype("<i2")
+_F64_DTYPE: Final = np.dtype(np.float64)
+_S16_MAX: Final = np.array(32767.0, np.float32)  # 0-d arrays: quicker operands than scalars
+_S16_MIN: Final = np.array(-32768.0, np.float32)
 
 
 def polyphase_ratio(in_rate: int, out_rate: int) -> tuple[int, int] | None:
@@ -127,6 +137,15 @@ def _design(up: int, down: int) -> _Design:
     return _Design(up, down, taps, delay, frames, bank, column_sum, lead)
 
 
+@cache
+def _scaled_bank(up: int, down: int, bits: int) -> _F64:
+    """The bank times 2**-bits (exact, a power of two): bits = _COEF_BITS gives the
+    coefficients themselves."""
+    bank: _F64 = _design(up, down).bank * 2.0**-bits
+    bank.flags.writeable = False
+    return bank
+
+
 class PolyphaseResampler:
     """Resamples one mono stream by ``up / down`` (see :func:`polyphase_ratio`).
 
@@ -135,8 +154,9 @@ class PolyphaseResampler:
     :meth:`flush` returns the rest. Over the whole stream ``ceil(n_in · up / down)`` samples
     come out, the same ones however the input was cut. ``peak`` bounds the input's magnitude
     (the caller keeps it within: past it the sums could stop being exact) and sets the grid
-    the input is rounded to, about 2**-40 of ``peak``, far below anything audible; integer
-    input is taken as it is.
+    float input is rounded to, about 2**-40 of ``peak``, far below anything audible; integer
+    input is taken as it is. :meth:`process_s16` and :meth:`flush_s16` do the same for S16LE
+    bytes in and out, in fewer steps: the samples of :meth:`process`, rounded and clipped.
     """
 
     def __init__(self, up: int, down: int, peak: float) -> None:
@@ -145,19 +165,28 @@ class PolyphaseResampler:
         if not peak > 0:
             raise ValueError(f"peak must be positive, got {peak}")
         self._d = d = _design(up, down)
-        # Input grid: every partial sum, at most peak · 2**in_bits · column_sum, stays below
-        # 2**52, so float64 adds it exactly.
+        self._up = up
+        self._down = down
+        # Grid for float input: every partial sum, at most peak · 2**in_bits · column_sum (in
+        # units of the coefficients), stays below 2**52, so float64 adds it exactly.
         self._in_bits = math.floor(52 - math.log2(peak) - math.log2(d.column_sum))
         self._in_scale = 2.0**self._in_bits
-        self._out_scale = 2.0 ** -(self._in_bits + _COEF_BITS)
-        # The inputs from absolute index self._start on (quantized), the stream's first
-        # taps - 1 "inputs" being the zeros before it.
-        # The inputs from the first input of the next output's row on (quantized); at first
-        # the taps - 1 zeros before the stream.
-        self._buf: _F64 = np.zeros(d.lead)
-        self._n_in = 0
-        self._next = 0  # the next output (counted from the first, delayed one) to compute
+        # The inputs from the first input of the next output's row on, as the raw bytes of
+        # self._dtype: int16 samples as they came while every input so far was int16 (the
+        # converter's case), else float64 multiples of the grid. At first the `lead` zeros
+        # before the stream.
+        self._dtype: np.dtype[np.int16] | np.dtype[np.float64] = _S16
+        self._hist = bytes(_S16.itemsize * d.lead)
+        # The coefficients in the units that make each output the products' sum itself.
+        self._bank = _scaled_bank(up, down, _COEF_BITS)
+        self._row_out = d.frames * up
+        self._row_in = d.frames * down
+        self._width = self._row_in + d.taps - 1
         self._rows_per_product = max(1, _MAX_PRODUCT // d.bank.size)
+        self._n_in = 0
+        # The filter's next output to compute, counted from its first (the first `delay` of
+        # them are dropped).
+        self._first = d.delay
 
     @property
     def delay(self) -> int:
@@ -167,61 +196,87 @@ class PolyphaseResampler:
     def process(self, x: npt.NDArray[np.number]) -> _F32:
         """Feed input samples (within ``±peak``); returns the output samples they complete."""
         self._n_in += x.size
-        return self._run(x, -(-self._n_in * self._d.up // self._d.down))
+        data = x.tobytes() if x.dtype == _S16 and self._dtype is _S16 else self._quantize(x)
+        s = self._run(data, -(-self._n_in * self._up // self._down))
+        return np.zeros(0, np.float32) if s is None else s.astype(np.float32)
 
     def flush(self) -> _F32:
         """End of stream: the last outputs, as if zeros followed the input."""
-        return self._run(None, -(-self._n_in * self._d.up // self._d.down) + self._d.delay)
+        s = self._run(b"", -(-self._n_in * self._up // self._down) + self._d.delay)
+        return np.zeros(0, np.float32) if s is None else s.astype(np.float32)
 
-    def _run(self, x: npt.NDArray[np.number] | None, end: int) -> _F32:
-        """Appends ``x`` to the buffer and returns outputs up to ``end`` (counted from the
-        first, delayed one); keeps what later outputs need of the buffer."""
-        d = self._d
-        old = self._buf
-        first = self._next + d.delay
+    def process_s16(self, data: bytes) -> bytes:
+        """:meth:`process` for S16LE bytes (whole samples), returning S16LE bytes: the samples
+        :meth:`process` returns, rounded to the nearest integer and clipped."""
+        if len(data) & 1:
+            raise ValueError("S16LE data must hold whole samples")
+        self._n_in += len(data) >> 1
+        if self._dtype is not _S16:
+            data = self._quantize(np.frombuffer(data, _S16))
+        return _s16(self._run(data, -(-self._n_in * self._up // self._down)))
+
+    def flush_s16(self) -> bytes:
+        """:meth:`flush` as S16LE bytes, like :meth:`process_s16`."""
+        return _s16(self._run(b"", -(-self._n_in * self._up // self._down) + self._d.delay))
+
+    def _run(self, data: bytes, end: int) -> _F64 | None:
+        """Appends ``data`` (raw ``self._dtype``) to the inputs and returns the filter's
+        outputs before ``end`` not yet returned (``None`` if none); keeps what later outputs
+        need of the inputs."""
+        first = self._first
         if end <= first:
-            if x is not None and x.size:
-                self._buf = np.concatenate((old, self._quantize(x)))
-            return np.zeros(0, np.float32)
-        row_out = d.frames * d.up
-        row_in = d.frames * d.down
+            if data:
+                self._hist += data
+            return None
+        row_out = self._row_out
+        row_in = self._row_in
+        size = self._dtype.itemsize
         # The rows holding outputs first .. end - 1; row q reads the inputs from
         # q·row_in - (taps - 1) on, and the buffer starts at the first row's first input.
         q0 = first // row_out
         rows = -(-end // row_out) - q0
-        width = row_in + d.taps - 1
+        hist = self._hist
+        arrived = len(hist) + len(data)
         # Inputs past the stream's end meet zero coefficients in every output kept (or are the
         # zeros that flush() promises): zeros.
-        arrived = old.size + (0 if x is None else x.size)
-        buf = np.zeros(max((rows - 1) * row_in + width, arrived))
-        buf[: old.size] = old
-        if x is not None and x.size:
-            new = buf[old.size : old.size + x.size]
-            np.multiply(x, self._in_scale, out=new)
-            if x.dtype.kind == "f":  # integers times a power of two are on the grid already
-                np.rint(new, out=new)
-        out = np.empty((rows, row_out))
+        missing = ((rows - 1) * row_in + self._width) * size - arrived
+        buf = hist + data + bytes(missing) if missing > 0 else hist + data
+        # The rows overlap (by taps - 1 inputs): copied, as float64, into one matrix for BLAS.
+        windows = np.ndarray((rows, self._width), self._dtype, buf, 0, (row_in * size, size))
         step = self._rows_per_product
-        for r in range(0, rows, step):
-            n = min(step, rows - r)
-            # The rows overlap (by taps - 1 inputs): copied into one matrix for BLAS.
-            windows = np.ndarray((n, width), np.float64, buf, r * row_in * 8, (row_in * 8, 8))
-            np.matmul(windows.copy(), d.bank, out=out[r : r + n])
-        y = np.empty(end - first, np.float32)
-        np.multiply(
-            out.reshape(-1)[first - q0 * row_out : end - q0 * row_out],
-            self._out_scale,
-            out=y,
-            casting="unsafe",
-        )
-        self._next = end - d.delay
+        if rows <= step:
+            out: _F64 = np.dot(windows.astype(np.float64), self._bank)
+        else:
+            out = np.empty((rows, row_out))
+            for r in range(0, rows, step):
+                n = min(step, rows - r)
+                np.dot(windows[r : r + n].astype(np.float64), self._bank, out=out[r : r + n])
+        self._first = end
         # Keep the inputs from the next output's row on (those that have arrived).
-        keep = (end // row_out - q0) * row_in
-        self._buf = buf[keep:arrived].copy()
-        return y
+        self._hist = buf[(end // row_out - q0) * row_in * size : arrived]
+        start = first - q0 * row_out
+        return out.reshape(-1)[start : start + end - first]
 
-    def _quantize(self, x: npt.NDArray[np.number]) -> _F64:
+    def _quantize(self, x: npt.NDArray[np.number]) -> bytes:
+        """``x`` on the grid, as raw float64; the first time, the inputs held too."""
+        if self._dtype is _S16:
+            held = np.frombuffer(self._hist, _S16)
+            self._hist = np.multiply(held, self._in_scale, dtype=np.float64).tobytes()
+            self._dtype = _F64_DTYPE
+            self._bank = _scaled_bank(self._up, self._down, _COEF_BITS + self._in_bits)
         q: _F64 = np.multiply(x, self._in_scale, dtype=np.float64)
-        if x.dtype.kind == "f":
+        if x.dtype.kind == "f":  # integers times a power of two are on the grid already
             np.rint(q, out=q)
-        return q
+        return q.tobytes()
+
+
+def _s16(s: _F64 | None) -> bytes:
+    """Output samples as S16LE: rounded to float32 (as :meth:`PolyphaseResampler.process`
+    returns them), then to integers, clipped."""
+    if s is None:
+        return b""
+    y = s.astype(np.float32)
+    np.rint(y, out=y)
+    np.minimum(y, _S16_MAX, out=y)  # the filter's ringing can overshoot full scale
+    np.maximum(y, _S16_MIN, out=y)
+    return y.astype(_S16).tobytes()

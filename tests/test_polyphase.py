@@ -177,6 +177,57 @@ def test_impulse_lands_on_its_own_time() -> None:
         assert int(np.argmax(y)) == k * out_rate // in_rate
 
 
+def s16_expected(y: FloatArray) -> bytes:
+    """What S16LE output of float32 samples ``y`` must be: rounded, then clipped."""
+    return np.clip(np.rint(y), -32768, 32767).astype("<i2").tobytes()
+
+
+@pytest.mark.parametrize(("in_rate", "out_rate"), PAIRS)
+def test_s16_bytes_are_the_float_output_rounded_and_clipped(in_rate: int, out_rate: int) -> None:
+    # Full-scale noise and a square wave overshoot full scale after filtering: clipped, not
+    # wrapped.
+    rng = np.random.default_rng(in_rate * 7 + out_rate)
+    noise = rng.integers(-32768, 32768, in_rate // 20)
+    square = np.where(np.arange(in_rate // 20) // 7 % 2, 32767, -32768)
+    x = np.concatenate([noise, square]).astype(np.int16)
+    expected = s16_expected(run(make(in_rate, out_rate), x, None))
+    data = x.tobytes()
+    for sizes in CHUNKINGS:
+        r = make(in_rate, out_rate)
+        out, pos = [], 0
+        for size in itertools.cycle(sizes):
+            if pos >= x.size:
+                break
+            out.append(r.process_s16(data[2 * pos : 2 * (pos + size)]))
+            pos += size
+        out.append(r.flush_s16())
+        assert b"".join(out) == expected
+    y = np.frombuffer(expected, "<i2")
+    assert y.max() == 32767 and y.min() == -32768
+
+
+def test_int16_then_float_input_is_one_stream() -> None:
+    # The resampler holds int16 input as it came until a float sample arrives: the stream is
+    # the same as if every sample had been float from the start.
+    x = np.random.default_rng(9).integers(-30000, 30000, 2401).astype(np.int16)
+    f = x.astype(np.float32)
+    mixed = make(24000, 16000)
+    a = mixed.process(x[:480])  # int16, held as it came
+    b = mixed.process_s16(x[480:960].tobytes())
+    c = mixed.process(f[960:1500])  # float: from here on every input is on the float grid
+    d = mixed.process(x[1500:])
+    e = mixed.flush()
+    floats = run(make(24000, 16000), f, [480])
+    np.testing.assert_array_equal(a, floats[: a.size])
+    assert b == s16_expected(floats[a.size : a.size + len(b) // 2])
+    np.testing.assert_array_equal(np.concatenate([c, d, e]), floats[a.size + len(b) // 2 :])
+
+
+def test_s16_rejects_half_samples() -> None:
+    with pytest.raises(ValueError):
+        make(24000, 48000).process_s16(b"\0\0\0")
+
+
 # -- through the converter --------------------------------------------------------------------
 
 
@@ -232,3 +283,34 @@ def test_converter_float_and_stereo_input() -> None:
     out_b = b.feed(mono) + b.flush()
     assert out_a == out_b
     assert len(out_a) == 2 * 24000
+
+
+def test_converter_s16_mono_is_independent_of_how_bytes_arrive() -> None:
+    """Whole samples as bytes take the converter's short path; odd cuts (a byte carried),
+    bytearray and memoryview the general one: the same output, counted the same."""
+    data = s16(tone(440, 24000, 24000, 30000) + np.random.default_rng(4).normal(0, 3000, 24000))
+    whole = Converter(AudioFormat(24000), 48000, mode="low_latency")
+    expected = whole.feed(data) + whole.flush()
+    assert len(expected) == 4 * 24000
+    conv = Converter(AudioFormat(24000), 48000, mode="low_latency")
+    kinds = itertools.cycle([bytes, bytearray, memoryview, bytes])
+    out, pos = [], 0
+    for size in itertools.cycle([960, 7, 961, 2, 1, 1, 4000]):
+        if pos >= len(data):
+            break
+        out.append(conv.feed(next(kinds)(data[pos : pos + size])))
+        pos += size
+    out.append(conv.flush())
+    assert all(type(c) is bytes and len(c) % 2 == 0 for c in out)
+    assert b"".join(out) == expected
+    assert conv.frames_in == 24000 and conv.frames_out == 2 * 24000
+
+
+def test_converter_s16_stereo_of_identical_channels_is_mono() -> None:
+    # Stereo goes through the float path, mono through the S16LE one: the same samples.
+    x = s16(tone(440, 16000, 8000, 32000))
+    pcm = np.frombuffer(x, "<i2")
+    stereo = np.stack([pcm, pcm], axis=1).astype("<i2").tobytes()
+    a = Converter(AudioFormat(16000, "s16le", 2), 48000, mode="low_latency")
+    b = Converter(AudioFormat(16000), 48000, mode="low_latency")
+    assert a.feed(stereo[:1284]) + a.feed(stereo[1284:]) + a.flush() == b.feed(x) + b.flush()

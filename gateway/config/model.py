@@ -150,9 +150,9 @@ class ServerConfig:
     """``GET /playground``: the audition page."""
     resampler: Resampler = "auto"
     """``auto`` (by the first chunk), ``low_latency`` (every 20 ms chunk answered: a polyphase
-    FIR for small rational ratios, 2.4-7 ms held back, ~0.6 ms CPU per audio-second and
-    ~1.5 KiB per stream; soxr's variable-rate filter for other ratios, 10-30 ms held back,
-    ~0.9 ms and ~50 KiB) or ``block`` (soxr's default filter: ~0.2 ms CPU and ~70-140 KiB per
+    FIR for small rational ratios, 2.4-7 ms held back, ~1 KiB per stream; soxr's variable-rate
+    filter for other ratios, 10-30 ms held back, about twice the CPU and ~50 KiB) or ``block``
+    (soxr's default filter: about two thirds of the polyphase filter's CPU, ~70-140 KiB per
     stream, 20-40 ms held back)."""
 
 
