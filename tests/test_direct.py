@@ -312,3 +312,28 @@ def dechunk(data: bytes) -> bytes:
             return bytes(out)
         out += data[eol + 2 : eol + 2 + size]
         at = eol + 2 + size + 2
+
+
+async def test_the_resamplers_tail_and_the_end_of_the_body_leave_in_one_write() -> None:
+    writes: list[bytes] = []
+    original = HTTPProtocol.write
+
+    def recording(self: HTTPProtocol, data: bytes) -> None:
+        writes.append(data)
+        original(self, data)
+
+    chunk = AUDIO[:960]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(HTTPProtocol, "write", recording)
+        async with (
+            KeepAliveUpstream([Script([chunk])]) as upstream,
+            gateway(upstream) as url,
+            httpx.AsyncClient(timeout=30) as client,
+        ):
+            answer = await client.post(f"{url}/stream-audio", json=body(48000))
+    assert answer.status_code == 200
+    assert len(answer.content) == 2 * 960  # 20 ms at 48 kHz: the first audio and the tail
+    # The head with the first audio, then the tail with the end of the body: two writes.
+    assert len(writes) == 2
+    assert writes[0].startswith(b"HTTP/1.1 200")
+    assert writes[1].endswith(b"\r\n0\r\n\r\n") and len(writes[1]) > len(b"0\r\n\r\n")

@@ -67,4 +67,4 @@ class CustomTTSDoor(SynthesisDoor[TTSRequest]):
             CallerPace(request.sample_rate, WRITE_DRAIN_BYTES),
             direct=scope.get(EXCHANGE_SCOPE_KEY),
         )
-        await self.end_body(send, tail, outcome)
+        await self.end_body(send, tail, outcome, scope)

@@ -31,7 +31,7 @@ from starlette.types import Receive, Scope, Send
 
 from .. import budgets
 from ..errors import GatewayError, NotReady
-from ..http1 import ANSWERED_SCOPE_KEY
+from ..http1 import ANSWERED_SCOPE_KEY, EXCHANGE_SCOPE_KEY, Exchange
 from ..runtime import Gateway, LoadedRouting
 from ..synthesis import Outcome, Synthesis
 from .body import ClientGone, header, read_body, wait_for_disconnect
@@ -146,13 +146,20 @@ class SynthesisDoor(ABC, Generic[Call]):
             outcome.finish()
 
     @staticmethod
-    async def end_body(send: Send, last: bytes, outcome: Outcome) -> None:
-        """Send ``last`` and end the body, within :data:`budgets.LAST_SEND_SECONDS` (a caller
-        that stops reading now is left to the connection layer: the audio was all sent)."""
+    async def end_body(send: Send, last: bytes, outcome: Outcome, scope: Scope) -> None:
+        """Send ``last`` and end the body, and wait within :data:`budgets.LAST_SEND_SECONDS`
+        for the caller to take them (a caller that stops reading now is left to the
+        connection layer: the audio was all sent). On the gateway's own connections the last
+        bytes and the end of the body leave in one write."""
+        exchange: Exchange | None = scope.get(EXCHANGE_SCOPE_KEY)
         try:
             async with asyncio.timeout(budgets.LAST_SEND_SECONDS):
-                if last:
-                    await send({"type": "http.response.body", "body": last, "more_body": True})
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                if exchange is None:
+                    if last:
+                        await send({"type": "http.response.body", "body": last, "more_body": True})
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+                else:
+                    await send({"type": "http.response.body", "body": last, "more_body": False})
+                    await exchange.drained()
         except TimeoutError:
             outcome.end = f"{outcome.end},caller_not_reading"

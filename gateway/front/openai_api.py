@@ -120,14 +120,16 @@ class OpenAISpeechDoor(SynthesisDoor[SpeechCall]):
         try:
             async with self.gateway.core.open(routing, call.request, outcome) as synthesis:
                 encoder = await asyncio.shield(building)
-                await self._answer(synthesis, encoder, send)
+                await self._answer(synthesis, encoder, scope, send)
         finally:
             building.add_done_callback(_close_encoder)
 
     def error_response(self, error: GatewayError, request_id: str) -> Response:
         return openai_error_response(error, request_id)
 
-    async def _answer(self, synthesis: Synthesis, encoder: StreamEncoder, send: Send) -> None:
+    async def _answer(
+        self, synthesis: Synthesis, encoder: StreamEncoder, scope: Scope, send: Send
+    ) -> None:
         outcome = synthesis.outcome
         headers = answer_headers(synthesis, encoder.content_type)
         headers.insert(1, (b"x-sample-rate", str(SAMPLE_RATE).encode()))
@@ -143,7 +145,7 @@ class OpenAISpeechDoor(SynthesisDoor[SpeechCall]):
                     await send({"type": "http.response.body", "body": piece, "more_body": True})
 
         tail = await synthesis.pump(write, _pace(encoder.format))
-        await self.end_body(send, encoder.encode(tail) + encoder.finish(), outcome)
+        await self.end_body(send, encoder.encode(tail) + encoder.finish(), outcome, scope)
 
 
 def parse_speech(data: Mapping[str, Any], routing: LoadedRouting) -> SpeechCall:

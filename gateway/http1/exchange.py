@@ -120,6 +120,11 @@ class Exchange:
         if self.response_started and not (self.response_complete or self.disconnected):
             self._emit(body, True)
 
+    async def drained(self) -> None:
+        """Wait until the caller has taken the write buffer down to its low-water mark (at
+        once if it is not above its high-water mark, or the caller is gone)."""
+        await self.conn.drained()
+
     def listen(self, flow: WriteFlow | None) -> None:
         """Tell ``flow`` of the write buffer filling and draining (None: stop telling)."""
         self.conn.write_flow = flow
