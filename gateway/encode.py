@@ -34,14 +34,25 @@ import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
-from types import MappingProxyType
-from typing import Final
+from types import MappingProxyType, ModuleType
+from typing import TYPE_CHECKING, Final
 
-import av
-import av.filter
 import numpy as np
 
 from .audio import wav_header
+
+if TYPE_CHECKING:
+    import av
+
+
+def _pyav() -> ModuleType:
+    """PyAV, imported when the first encoder is made (off the event loop): a process that
+    never serves the OpenAI door does not hold FFmpeg's libraries (~15 MiB)."""
+    import av
+    import av.filter
+
+    return av
+
 
 __all__ = [
     "DEFAULT_FORMAT",
@@ -160,7 +171,8 @@ class _Tempo:
     """FFmpeg's ``atempo`` over S16 mono frames."""
 
     def __init__(self, sample_rate: int, speed: float) -> None:
-        self.graph = av.filter.Graph()
+        self.av = pyav = _pyav()
+        self.graph = pyav.filter.Graph()
         nodes = [self.graph.add_abuffer(sample_rate=sample_rate, format="s16", layout="mono")]
         nodes += [self.graph.add("atempo", f"{stage:.6f}") for stage in _tempo_stages(speed)]
         nodes.append(self.graph.add("abuffersink"))
@@ -168,13 +180,14 @@ class _Tempo:
 
     def run(self, frame: av.AudioFrame | None) -> Iterator[av.AudioFrame]:
         """Push ``frame`` (``None``: the end) and pull every frame the filter has ready."""
+        pyav = self.av
         self.graph.push(frame)
         while True:
             try:
                 out = self.graph.pull()
-            except (av.BlockingIOError, av.EOFError):
+            except (pyav.BlockingIOError, pyav.EOFError):
                 return
-            assert isinstance(out, av.AudioFrame)
+            assert isinstance(out, pyav.AudioFrame)
             yield out
 
 
@@ -185,6 +198,7 @@ class StreamEncoder:
     the encoder (also when the stream is cut short; idempotent)."""
 
     def __init__(self, response_format: str, sample_rate: int, speed: float = 1.0) -> None:
+        self._av = pyav = _pyav()
         self.format = FORMATS[response_format]
         self.sample_rate = sample_rate
         self._time_base = Fraction(1, sample_rate)
@@ -196,7 +210,7 @@ class StreamEncoder:
         self._stream: av.AudioStream | None = None
         if self.format.codec is not None:
             assert self.format.muxer is not None
-            self._container = av.open(
+            self._container = pyav.open(
                 self._sink,
                 mode="w",
                 format=self.format.muxer,
@@ -205,7 +219,7 @@ class StreamEncoder:
             stream = self._container.add_stream(
                 self.format.codec, rate=sample_rate, options=dict(self.format.codec_options)
             )
-            assert isinstance(stream, av.AudioStream)
+            assert isinstance(stream, pyav.AudioStream)
             stream.layout = "mono"
             if self.format.bit_rate is not None:
                 stream.bit_rate = self.format.bit_rate
@@ -234,7 +248,7 @@ class StreamEncoder:
         for start in range(0, len(pcm), step):
             piece = pcm[start : start + step]
             samples = np.frombuffer(piece, dtype="<i2").reshape(1, -1)
-            frame = av.AudioFrame.from_ndarray(samples, format="s16", layout="mono")
+            frame = self._av.AudioFrame.from_ndarray(samples, format="s16", layout="mono")
             frame.sample_rate = self.sample_rate
             frame.time_base = self._time_base
             frame.pts = self._pts
@@ -259,7 +273,7 @@ class StreamEncoder:
         if self._container is not None:
             container, self._container = self._container, None
             # A stream cut short: nothing of it is wanted any more.
-            with contextlib.suppress(av.FFmpegError, ValueError):
+            with contextlib.suppress(self._av.FFmpegError, ValueError):
                 container.close()
         self._tempo = None
 

@@ -539,3 +539,24 @@ def test_json_content_of_errors_is_openai_shape() -> None:
             "code": "provider_busy",
         }
     }
+
+
+def test_pyav_is_loaded_by_the_first_encoder_not_by_the_gateway() -> None:
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from gateway.app import create_app\n"
+        "from gateway.config import parse_config\n"
+        "routing = 'server: {default_voice: v}\\nproviders: {p: {type: piper}}\\n'\n"
+        "create_app(parse_config(routing + 'voices: {v: {provider: p}}'))\n"
+        "print('av' in sys.modules)\n"
+        "from gateway.encode import StreamEncoder\n"
+        "StreamEncoder('mp3', 24000).close()\n"
+        "print('av' in sys.modules)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert done.stdout.split() == ["False", "True"]
