@@ -13,6 +13,7 @@ import math
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import httpx
 import numpy as np
@@ -23,7 +24,7 @@ from bench.cache import CacheBench, CacheSize, redis_server, unique_text
 from bench.faults import HEALTHY, SOAK, FaultPlan, FaultyUpstream
 from bench.hotpath import layers
 from bench.integrity import Verdict, answer_samples, check, expected_pcm
-from bench.loadgen import Plan, run
+from bench.loadgen import Plan, Response, Result, run
 from bench.pieces import SYNTHESIS_MS_PER_CHAR, ClipProtocol, clip_bytes, listen, run_pieces
 from bench.pieces import render as render_pieces
 from bench.pieces import targets as pieces_targets
@@ -148,6 +149,50 @@ def test_the_tone_chunks_join_into_a_continuous_440_hz_sine() -> None:
     x = np.frombuffer(pcm, dtype="<i2").astype(float)
     # No jump between the last sample of one cycle of chunks and the first of the next.
     assert np.abs(np.diff(x)).max() <= 2 * math.pi * 440 / RATE * 0.4 * 32767 + 2
+
+
+class _Transport:
+    """Stands in for a connection's transport: counts hang-ups."""
+
+    def __init__(self) -> None:
+        self.aborted = 0
+
+    def abort(self) -> None:
+        self.aborted += 1
+
+
+def _read(pieces: list[bytes], keep: bool) -> Response:
+    response = Response()
+    response.transport = cast(asyncio.Transport, _Transport())
+    response.reset(Result(), 0.0, -1, keep=keep)
+    for piece in pieces:
+        response.data_received(piece)
+    return response
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_the_load_generator_reads_a_response_however_its_bytes_are_cut(keep: bool) -> None:
+    from bench.upstream import CHUNKS, END, HEAD
+
+    pcm = b"".join(chunk.split(b"\r\n")[1] for chunk in CHUNKS)
+    answer = HEAD + b"".join(CHUNKS) + b"5;ext=1\r\n\r\n\r\n\r\r\n" + END
+    whole = _read([answer], keep)
+    assert whole.done and whole.result.status == 200 and whole.result.bytes == len(pcm) + 5
+    # Every cut in two, and the answer as its HTTP chunks (one read each, as in real time).
+    cuts = [[answer[:at], answer[at:]] for at in range(1, len(answer))]
+    reads = [HEAD, *CHUNKS, b"5;ext=1\r\n\r\n\r\n\r\r\n", END]
+    for pieces in [*cuts, reads]:
+        response = _read(pieces, keep)
+        assert response.done, pieces[0][-20:]
+        assert response.result.bytes == len(pcm) + 5
+        if keep:
+            assert bytes(response.body or b"") == pcm + b"\r\n\r\n\r"
+    # One read per chunk: the time to the first body byte, then one gap per chunk.
+    assert len(_read(reads, keep).result.gaps) == len(CHUNKS)
+    sized = b"HTTP/1.1 404 Not Found\r\nContent-Length: 4\r\n\r\nnope"
+    for at in range(1, len(sized)):
+        response = _read([sized[:at], sized[at:]], keep)
+        assert response.done and response.result.status == 404 and response.result.bytes == 4
 
 
 # ------------------------------------------------------------------ the fault soak
