@@ -2,7 +2,7 @@
 baselines measured in the same run — the client straight to the mock upstream (the floor) and
 nginx as a plain streaming reverse proxy (what a proxy written in C costs).
 
-    python -m bench.run               # everything, about nine minutes on 2 cores
+    python -m bench.run               # everything, about half an hour on 2 cores
     python -m bench.run --quick       # fewer requests and repeats, for a smoke test
     python -m bench.run --only cache  # one,cpu,realtime,memory,local,soak,pieces,openai,cache
     python -m bench.run --render      # only rewrite benchmarks.md from benchmarks.json
@@ -429,7 +429,7 @@ class Bench:
         pool_after = connections_to(gw.pid, self.upstream.port)
         dropped = sum(1 for r in data["results"] if r["dropped"])
         streams = 300 if self.quick else 1000
-        slow: dict[str, dict[str, float]] = {}
+        slow: dict[str, dict[str, Any]] = {}
         # 1000 resampled real-time streams would need ~2.4 cores for the gateway alone
         # (0.48 per 200, see (3)): on a 2-core machine they would measure the backlog of an
         # overloaded process, not the cost of a stream. A third of them fits.
@@ -437,13 +437,15 @@ class Bench:
             ("same_rate", UPSTREAM_RATE, streams),
             ("resampled", 48000, streams // 3),
         ):
-            slow[label] = median_of(
-                [
-                    self.fresh_slow_streams(count, rate, f"gateway-{label}-{run}")
-                    for run in range(self.repeats())
-                ]
-            )
-            slow[label]["runs"] = self.repeats()
+            runs = [
+                self.fresh_slow_streams(count, rate, f"gateway-{label}-{run}")
+                for run in range(self.repeats())
+            ]
+            slow[label] = {
+                **median_of(runs),
+                "runs": len(runs),
+                "kib_per_stream_runs": [run["kib_per_stream"] for run in runs],
+            }
         self.figures["memory"] = {
             "slow": slow,
             "fresh_gateway": True,
@@ -821,7 +823,12 @@ def render(f: dict[str, Any], meta: dict[str, Any]) -> str:
         *(
             f"- {m['active_streams']:.0f} slow streams open at once ({m['completed']:.0f} "
             f"completed), {label}: gateway RSS {m['idle_rss_kib'] / 1024:.1f} MiB idle → "
-            f"{m['peak_rss_kib'] / 1024:.1f} MiB, **{m['kib_per_stream']:.1f} KiB per stream**."
+            f"{m['peak_rss_kib'] / 1024:.1f} MiB, **{m['kib_per_stream']:.1f} KiB per stream**"
+            + (
+                f" (the gateways': {', '.join(f'{k:.1f}' for k in m['kib_per_stream_runs'])})."
+                if len(m.get("kib_per_stream_runs", [])) > 1
+                else "."
+            )
             for label, m in (
                 ("same rate (24 kHz)", mem["slow"]["same_rate"]),
                 ("resampled 24→48 kHz", mem["slow"]["resampled"]),

@@ -490,6 +490,7 @@ def _suite_figures(many: Any) -> dict[str, Any]:
         "completed": 333,
         "kib_per_stream": 40.0,
         "runs": 3,
+        "kib_per_stream_runs": [38.5, 40.0, 47.25],
     }
     local = {"ttfb_p50": 55.0, "ttfb_p99": 70.0}
     return {
@@ -558,6 +559,7 @@ def test_the_report_gives_the_streams_held_at_600_beside_the_target() -> None:
     )
     assert "The figures of (1) to (5) are medians of 3 runs" in report
     assert "Medians of 3 gateways each." in report
+    assert "**40.0 KiB per stream** (the gateways': 38.5, 40.0, 47.2)." in report
 
 
 def test_streams_held_says_how_far_the_gateway_got() -> None:
