@@ -412,6 +412,20 @@ class Bench:
         assert self.gateway and self.upstream
         gw = self.gateway
         requests = 2000 if self.quick else 10000
+        # The same load, a twentieth of it, first: the RSS and the idle pool before the run
+        # are then those of this load, whatever the gateway served before (nothing, with
+        # --only memory), and the run's growth is what it keeps.
+        load(
+            self.url(gw),
+            self.workdir,
+            requests=requests // 20,
+            concurrency=50,
+            rate=48000,
+            seconds=1,
+            pace="fast",
+            drop=0.2,
+        )
+        time.sleep(1.0)
         before = rss_kib(gw.pid)
         pool_before = connections_to(gw.pid, self.upstream.port)
         data = load(
@@ -835,7 +849,8 @@ def render(f: dict[str, Any], meta: dict[str, Any]) -> str:
             )
         ),
         f"- {mem['drop_requests']} requests, 50 at a time, {mem['dropped']} hung up mid-stream "
-        f"({mem['errors']} errors), in the gateway of (1)-(3), right after (3): RSS "
+        f"({mem['errors']} errors), in the gateway of (1)-(3), after {mem['drop_requests'] // 20} "
+        "like them: RSS "
         f"{mem['rss_before_kib'] / 1024:.1f} MiB before, "
         f"{mem['rss_after_kib'] / 1024:.1f} MiB after; "
         f"upstream connections {mem['upstream_connections_before']} before (idle pool), "
@@ -1026,17 +1041,18 @@ def merged(
     saved: Path, figures: dict[str, Any], meta: dict[str, Any], partial: bool
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The figures and meta to write: a run of some scenarios replaces theirs in the saved
-    report and is noted in its meta; a whole run replaces everything."""
+    report and is noted in its meta (an earlier run's note keeps only the scenarios whose
+    figures are still its own); a whole run replaces everything."""
     if not partial or not saved.exists():
         return figures, meta
     old = json.loads(saved.read_text())
     kept_meta: dict[str, Any] = old["meta"]
     later = {"date": meta["date"], "command": meta["command"], "scenarios": sorted(figures)}
-    kept_meta["remeasured"] = [
-        entry
+    earlier = [
+        {**entry, "scenarios": [name for name in entry["scenarios"] if name not in figures]}
         for entry in kept_meta.get("remeasured", [])
-        if not set(entry["scenarios"]) <= set(figures)
-    ] + [later]
+    ]
+    kept_meta["remeasured"] = [entry for entry in earlier if entry["scenarios"]] + [later]
     return {**old["figures"], **figures}, kept_meta
 
 

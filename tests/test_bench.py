@@ -441,6 +441,15 @@ def test_a_run_of_some_scenarios_keeps_the_other_figures(tmp_path: Path) -> None
     }
     whole, _ = merged(saved, {"soak": 4}, {"date": "now"}, partial=False)
     assert whole == {"soak": 4}
+    # A later run of some of an earlier run's scenarios: the earlier note keeps the others.
+    saved.write_text(json.dumps({"meta": meta, "figures": figures}))
+    _, meta = merged(saved, {"soak": 5, "cache": 1}, {"date": "later", "command": "d"}, True)
+    saved.write_text(json.dumps({"meta": meta, "figures": figures}))
+    _, meta = merged(saved, {"cache": 2}, {"date": "last", "command": "e"}, partial=True)
+    assert meta["remeasured"] == [
+        {"date": "later", "command": "d", "scenarios": ["soak"]},
+        {"date": "last", "command": "e", "scenarios": ["cache"]},
+    ]
 
 
 def _realtime(streams: int, ttfb_p99: tuple[float, float], gap_p99: tuple[float, float]) -> Any:
