@@ -163,17 +163,23 @@ def pct(values: list[float], q: float) -> float:
 
 @dataclass
 class Target:
-    """A figure beside its target: at most ``limit``, or at least it with ``at_least``."""
+    """A figure beside its target: at most ``limit``, or at least it with ``at_least``;
+    ``shown``, when given, is how the report writes the figure (``value`` is what is judged)."""
 
     figure: str
     value: float
     limit: float
     unit: str
     at_least: bool = False
+    shown: str = ""
 
     @property
     def ok(self) -> bool:
         return self.value >= self.limit if self.at_least else self.value <= self.limit
+
+    @property
+    def measured(self) -> str:
+        return self.shown or f"{self.value:.2f} {self.unit}"
 
     @property
     def bound(self) -> str:

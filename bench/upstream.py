@@ -21,7 +21,7 @@ import json
 import math
 import re
 import struct
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, cast
 
 RATE = 24000
@@ -85,6 +85,95 @@ def _extend_data(body: bytes) -> dict[str, Any]:
     return extend if isinstance(extend, dict) else {}
 
 
+class _Paced:
+    """One answer being paced: its chunks, written on a fixed schedule (chunk ``n`` at
+    ``start + n * interval``), each once its connection takes more."""
+
+    __slots__ = ("chunks", "done", "index", "interval", "pacer", "protocol", "start")
+
+    def __init__(
+        self,
+        pacer: _Pacer,
+        protocol: UpstreamProtocol,
+        chunks: Sequence[bytes],
+        interval: float,
+        start: float,
+        done: asyncio.Future[bool],
+    ) -> None:
+        self.pacer = pacer
+        self.protocol = protocol
+        self.chunks = chunks
+        self.interval = interval
+        self.start = start
+        self.index = 0
+        self.done = done
+
+    def step(self, now: float) -> None:
+        """Write every chunk that is due (a late chunk does not delay the next ones), then
+        book the next one with the pacer; a connection that takes no more is waited for."""
+        protocol, chunks = self.protocol, self.chunks
+        while True:
+            transport = protocol.transport
+            if transport is None:
+                self.finish(False)
+                return
+            if protocol.paused:
+                protocol.waiting = self
+                return
+            transport.write(chunks[self.index])
+            self.index += 1
+            if self.index == len(chunks):
+                self.finish(True)
+                return
+            due = self.start + self.index * self.interval
+            if due > now:
+                self.pacer.book(self, due)
+                return
+
+    def finish(self, open_: bool) -> None:
+        if not self.done.done():
+            self.done.set_result(open_)
+
+
+class _Pacer:
+    """Paces every answer of the process from one timer per millisecond in use (the event
+    loop's timers have millisecond resolution on uvloop anyway): an answer's next chunk is
+    booked in the slot of the millisecond it is due, and one timer writes every chunk due in
+    that slot. No task wakes up, no future is made, no timer set per chunk."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.slots: dict[int, list[_Paced]] = {}
+
+    def book(self, paced: _Paced, due: float) -> None:
+        slot = math.ceil(due * 1000 - 1e-6)
+        booked = self.slots.get(slot)
+        if booked is None:
+            self.slots[slot] = [paced]
+            self.loop.call_at(slot / 1000, self.fire, slot)
+        else:
+            booked.append(paced)
+
+    def fire(self, slot: int) -> None:
+        now = self.loop.time()
+        for paced in self.slots.pop(slot):
+            paced.step(now)
+
+
+_PACERS: dict[asyncio.AbstractEventLoop, _Pacer] = {}
+
+
+def _pacer() -> _Pacer:
+    """The running loop's pacer."""
+    loop = asyncio.get_running_loop()
+    pacer = _PACERS.get(loop)
+    if pacer is None:
+        for stale in [other for other in _PACERS if other.is_closed()]:
+            del _PACERS[stale]
+        pacer = _PACERS[loop] = _Pacer(loop)
+    return pacer
+
+
 class UpstreamProtocol(asyncio.Protocol):
     """One connection; HTTP/1.1 keep-alive; one request at a time."""
 
@@ -92,23 +181,26 @@ class UpstreamProtocol(asyncio.Protocol):
         self.buffer = b""
         self.transport: asyncio.Transport | None = None
         self.task: asyncio.Task[None] | None = None
-        self.writable = asyncio.Event()
-        self.writable.set()
+        self.paused = False  # the transport's buffer is full
+        self.waiting: _Paced | None = None  # an answer waiting for it to drain
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
-        self.writable.set()
+        self.resume_writing()
         if self.task is not None:
             self.task.cancel()
 
     def pause_writing(self) -> None:
-        self.writable.clear()
+        self.paused = True
 
     def resume_writing(self) -> None:
-        self.writable.set()
+        self.paused = False
+        waiting, self.waiting = self.waiting, None
+        if waiting is not None:
+            waiting.step(waiting.pacer.loop.time())
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
@@ -150,29 +242,23 @@ class UpstreamProtocol(asyncio.Protocol):
             full, rest = divmod(count, len(CHUNKS))
             transport.write(b"".join(CHUNKS) * full + b"".join(CHUNKS[:rest]) + END)
         else:
-            chunks = (CHUNKS[index % len(CHUNKS)] for index in range(count))
+            chunks = [CHUNKS[index % len(CHUNKS)] for index in range(count)]
             if not await self.send_paced(chunks, CHUNK_MS / 1000 / speed):
                 return
             transport.write(END)
         self.finished()
 
-    async def send_paced(self, chunks: Iterable[bytes], interval: float) -> bool:
+    async def send_paced(self, chunks: Sequence[bytes], interval: float) -> bool:
         """Write ``chunks`` ``interval`` seconds apart, on a fixed schedule (a late chunk does
         not delay the next ones), each once the socket takes more; whether the connection
-        stayed open."""
-        loop = asyncio.get_running_loop()
-        start = loop.time()
-        for index, chunk in enumerate(chunks):
-            delay = start + index * interval - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            if self.transport is None:
-                return False
-            await self.writable.wait()
-            if self.transport is None:
-                return False
-            self.transport.write(chunk)
-        return self.transport is not None
+        stayed open. The first is written at once; the process's one pacer writes the rest."""
+        if not chunks:
+            return self.transport is not None
+        pacer = _pacer()
+        done: asyncio.Future[bool] = pacer.loop.create_future()
+        start = pacer.loop.time()
+        _Paced(pacer, self, chunks, interval, start, done).step(start)
+        return await done
 
 
 async def serve(

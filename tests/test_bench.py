@@ -11,8 +11,10 @@ import asyncio
 import json
 import math
 import os
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, cast
 
 import httpx
 import numpy as np
@@ -21,13 +23,14 @@ import pytest
 from bench import cache_report, soak_report
 from bench.cache import CacheBench, CacheSize, redis_server, unique_text
 from bench.faults import HEALTHY, SOAK, FaultPlan, FaultyUpstream
+from bench.harness import Server
 from bench.hotpath import layers
 from bench.integrity import Verdict, answer_samples, check, expected_pcm
-from bench.loadgen import Plan, run
+from bench.loadgen import Plan, Response, Result, run
 from bench.pieces import SYNTHESIS_MS_PER_CHAR, ClipProtocol, clip_bytes, listen, run_pieces
 from bench.pieces import render as render_pieces
 from bench.pieces import targets as pieces_targets
-from bench.run import merged
+from bench.run import Bench, latency, merged, render, streams_held
 from bench.soak import Soak, SoakSize
 from bench.upstream import CHUNK_SAMPLES, RATE, serve
 from tests.support import eventually, free_socket, peak_frequency
@@ -148,6 +151,50 @@ def test_the_tone_chunks_join_into_a_continuous_440_hz_sine() -> None:
     x = np.frombuffer(pcm, dtype="<i2").astype(float)
     # No jump between the last sample of one cycle of chunks and the first of the next.
     assert np.abs(np.diff(x)).max() <= 2 * math.pi * 440 / RATE * 0.4 * 32767 + 2
+
+
+class _Transport:
+    """Stands in for a connection's transport: counts hang-ups."""
+
+    def __init__(self) -> None:
+        self.aborted = 0
+
+    def abort(self) -> None:
+        self.aborted += 1
+
+
+def _read(pieces: list[bytes], keep: bool) -> Response:
+    response = Response()
+    response.transport = cast(asyncio.Transport, _Transport())
+    response.reset(Result(), 0.0, -1, keep=keep)
+    for piece in pieces:
+        response.data_received(piece)
+    return response
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_the_load_generator_reads_a_response_however_its_bytes_are_cut(keep: bool) -> None:
+    from bench.upstream import CHUNKS, END, HEAD
+
+    pcm = b"".join(chunk.split(b"\r\n")[1] for chunk in CHUNKS)
+    answer = HEAD + b"".join(CHUNKS) + b"5;ext=1\r\n\r\n\r\n\r\r\n" + END
+    whole = _read([answer], keep)
+    assert whole.done and whole.result.status == 200 and whole.result.bytes == len(pcm) + 5
+    # Every cut in two, and the answer as its HTTP chunks (one read each, as in real time).
+    cuts = [[answer[:at], answer[at:]] for at in range(1, len(answer))]
+    reads = [HEAD, *CHUNKS, b"5;ext=1\r\n\r\n\r\n\r\r\n", END]
+    for pieces in [*cuts, reads]:
+        response = _read(pieces, keep)
+        assert response.done, pieces[0][-20:]
+        assert response.result.bytes == len(pcm) + 5
+        if keep:
+            assert bytes(response.body or b"") == pcm + b"\r\n\r\n\r"
+    # One read per chunk: the time to the first body byte, then one gap per chunk.
+    assert len(_read(reads, keep).result.gaps) == len(CHUNKS)
+    sized = b"HTTP/1.1 404 Not Found\r\nContent-Length: 4\r\n\r\nnope"
+    for at in range(1, len(sized)):
+        response = _read([sized[:at], sized[at:]], keep)
+        assert response.done and response.result.status == 404 and response.result.bytes == 4
 
 
 # ------------------------------------------------------------------ the fault soak
@@ -394,6 +441,181 @@ def test_a_run_of_some_scenarios_keeps_the_other_figures(tmp_path: Path) -> None
     }
     whole, _ = merged(saved, {"soak": 4}, {"date": "now"}, partial=False)
     assert whole == {"soak": 4}
+    # A later run of some of an earlier run's scenarios: the earlier note keeps the others.
+    saved.write_text(json.dumps({"meta": meta, "figures": figures}))
+    _, meta = merged(saved, {"soak": 5, "cache": 1}, {"date": "later", "command": "d"}, True)
+    saved.write_text(json.dumps({"meta": meta, "figures": figures}))
+    _, meta = merged(saved, {"cache": 2}, {"date": "last", "command": "e"}, partial=True)
+    assert meta["remeasured"] == [
+        {"date": "later", "command": "d", "scenarios": ["soak"]},
+        {"date": "last", "command": "e", "scenarios": ["cache"]},
+    ]
+
+
+def _realtime(streams: int, ttfb_p99: tuple[float, float], gap_p99: tuple[float, float]) -> Any:
+    """Scenario (3)'s figures for ``streams``: (direct, gateway) TTFB and gap p99."""
+
+    def target(ttfb: float, gap: float, share: float) -> dict[str, float]:
+        return {
+            "ttfb_p50": ttfb / 2,
+            "ttfb_p99": ttfb,
+            "gap_p50": 20.0,
+            "gap_p99": gap,
+            "errors": 0,
+            "server_cpu_share": share,
+            "upstream_cpu_share": 0.1,
+            "client_cpu_share": 0.05,
+            "server_cpu_ms_per_stream_s": share * 1000 / streams,
+            "upstream_cpu_ms_per_stream_s": 0.25,
+            "client_cpu_ms_per_stream_s": 0.125,
+        }
+
+    return {
+        "direct": target(ttfb_p99[0], gap_p99[0], 0.1),
+        "nginx": target(ttfb_p99[0] + 0.5, gap_p99[0], 0.1),
+        "gateway": target(ttfb_p99[1], gap_p99[1], 0.2),
+        "streams": streams,
+        "load_before": 1.5,
+        "load_after": 2.5,
+    }
+
+
+def _suite_figures(many: Any) -> dict[str, Any]:
+    """Every figure of scenarios (1) to (5), the 600-stream run's ``many``."""
+    one = {n: {"ttfb_p50": 0.2, "ttfb_p99": 1.0} for n in ("direct", "nginx", "gateway")}
+    cpu = {
+        n: {
+            "server_cpu_ms_per_audio_s": 0.1,
+            "upstream_cpu_ms_per_audio_s": 0.03,
+            "client_cpu_ms_per_audio_s": 0.1,
+            "audio_s_per_wall_s": 1000.0,
+        }
+        for n in ("direct", "nginx", "gateway")
+    }
+    slow = {
+        "idle_rss_kib": 100 * 1024,
+        "peak_rss_kib": 100 * 1024 + 333 * 40,
+        "active_streams": 333,
+        "completed": 333,
+        "kib_per_stream": 40.0,
+        "runs": 3,
+        "kib_per_stream_runs": [38.5, 40.0, 47.25],
+    }
+    local = {"ttfb_p50": 55.0, "ttfb_p99": 70.0}
+    return {
+        "one_stream": one,
+        "cpu_full_speed": cpu,
+        "realtime_streams": _realtime(200, (1.0, 6.0), (21.0, 22.0)),
+        "realtime_many": many,
+        "realtime_burst": _realtime(200, (5.0, 40.0), (21.0, 23.0)),
+        "memory": {
+            "slow": {"same_rate": {**slow, "kib_per_stream": 20.0}, "resampled": slow},
+            "warm_up": 20,
+            "drop_requests": 100,
+            "dropped": 20,
+            "errors": 0,
+            "rss_before_kib": 1024,
+            "rss_after_kib": 1024,
+            "upstream_connections_before": 600,
+            "upstream_connections_after": 600,
+        },
+        "local_voice": {
+            "one_sentence": local,
+            "three_sentences": local,
+            "rtf_one_core": {"rtf": 0.06, "audio_s": 16.0, "wall_s": 1.0},
+        },
+    }
+
+
+META = {
+    "date": "now",
+    "command": "python -m bench.run",
+    "cores": 2,
+    "cpu": "x86_64",
+    "python": "3.11",
+    "load_before": "1",
+    "load_after": "2",
+    "repeats": 3,
+}
+
+
+def test_the_report_gives_the_streams_held_at_600_beside_the_target() -> None:
+    report = render(_suite_figures(_realtime(600, (2.0, 15.0), (25.0, 31.0))), META)
+    held = next(line for line in report.splitlines() if line.startswith("| concurrent real-time"))
+    # Added TTFB p99 13 ms ≤ 20, added gap p99 6 ms ≤ 10, no error: 600 streams held.
+    assert (
+        "| 600 (at 600: TTFB p99 +13.0 ms, gap p99 +6.0 ms, 0 errors) | ≥ 600 streams | pass |"
+        in held
+    )
+    section = report[report.index("## (3)") : report.index("## (4)")]
+    assert "**200 streams** (load average 1.50" in section
+    assert "**600 streams** (load average 1.50" in section
+    # Beside the server's, the mock upstream's and the load generator's CPU.
+    assert "| mock upstream CPU share | 0.10 | 0.10 | 0.10 |" in section
+    assert "| load generator CPU per stream-second | 0.125 | 0.125 | 0.125 |" in section
+    assert "| server CPU share | - | 0.10 | 0.20 |" in section
+    # The CPU ratio to nginx at 200 streams, the burst, the resampled memory: each a target.
+    assert (
+        "| gateway CPU / nginx CPU per real-time audio-second (24→48 kHz), 200 streams | "
+        "2.00 x | ≤ 2.5 x | pass |" in report
+    )
+    assert (
+        "| 200 callers in the same instant: added TTFB p99 | 35.00 ms | ≤ 50 ms | pass |" in report
+    )
+    assert (
+        "| memory per active resampled stream, 24→48 kHz, fresh gateway | 40.00 KiB | "
+        "≤ 64 KiB | pass |" in report
+    )
+    assert "The figures of (1) to (5) are medians of 3 runs" in report
+    assert "Medians of 3 gateways each." in report
+    assert "**40.0 KiB per stream** (the gateways': 38.5, 40.0, 47.2)." in report
+
+
+def test_streams_held_says_how_far_the_gateway_got() -> None:
+    # At 600 the gap is 12 ms over direct's: held at 200 only.
+    missed = streams_held(_suite_figures(_realtime(600, (2.0, 15.0), (25.0, 37.0))))
+    assert not missed.ok and missed.value == 200
+    assert missed.measured == "200 (at 600: TTFB p99 +13.0 ms, gap p99 +12.0 ms, 0 errors)"
+    # An error at 600 is a miss too, however quick.
+    erring = _realtime(600, (2.0, 3.0), (25.0, 26.0))
+    erring["gateway"]["errors"] = 1
+    assert streams_held(_suite_figures(erring)).value == 200
+    # Not even 200: none held.
+    figures = _suite_figures(_realtime(600, (2.0, 50.0), (25.0, 26.0)))
+    figures["realtime_streams"] = _realtime(200, (1.0, 30.0), (21.0, 22.0))
+    none = streams_held(figures)
+    assert none.value == 0 and not none.ok and none.measured.startswith("< 200 (at 600: ")
+
+
+def test_figures_are_medians_of_alternated_runs_and_errors_their_sum() -> None:
+    server = {
+        name: Server(name, cast(subprocess.Popen[bytes], None), port, Path("/dev/null"))
+        for name, port in (("direct", 1), ("nginx", 2), ("gateway", 3))
+    }
+    bench = Bench(Path("."), quick=False, upstream=server["direct"], nginx=server["nginx"])
+    bench.gateway = server["gateway"]
+    calls: list[int] = []
+
+    def measure(target: Server, rate: int) -> dict[str, float]:
+        calls.append(target.port)
+        return {"ttfb_p99": float(len(calls)), "errors": 1 if target.port == 3 else 0}
+
+    found = bench.alternated(measure)
+    assert calls == [1, 2, 3] * 3  # direct, nginx and the gateway in turn, three rounds
+    assert found["direct"] == {"ttfb_p99": 4.0, "errors": 0}  # of 1, 4, 7
+    assert found["gateway"] == {"ttfb_p99": 6.0, "errors": 3}  # of 3, 6, 9; one error a run
+
+
+def test_latency_counts_errors_but_not_hang_ups() -> None:
+    results = [
+        {"status": 200, "error": "", "dropped": False, "ttfb": 1.0, "gaps": [20.0], "bytes": 9},
+        {"status": 200, "error": "", "dropped": True, "ttfb": 1.0, "gaps": [], "bytes": 3},
+        {"status": 503, "error": "", "dropped": False, "ttfb": 1.0, "gaps": [], "bytes": 0},
+        {"status": 200, "error": "timeout", "dropped": False, "ttfb": 0, "gaps": [], "bytes": 5},
+    ]
+    figures = latency({"results": results, "wall": 1.0, "cpu": 0.5, "run_cpu": 0.25})
+    assert figures["ok"] == 1 and figures["errors"] == 2
+    assert figures["client_cpu"] == 0.25  # the run's, not the process's with its start
 
 
 # ------------------------------------------------------------------ pipelined pieces
