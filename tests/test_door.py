@@ -12,6 +12,7 @@ from starlette.types import Message
 
 from gateway.app import create_app
 from gateway.config import parse_config
+from gateway.front.custom_tts import CustomTTSDoor
 from gateway.front.door import HangUp
 from tests.support import Plan, ScriptedProvider, eventually, provider_block, scripted_config
 
@@ -120,7 +121,7 @@ async def test_a_door_cancelled_by_a_shutdown_counts_its_request_as_cut_short() 
 
     scope = {"type": "http", "method": "POST", "path": "/stream-audio", "headers": []}
     try:
-        door = asyncio.create_task(app.doors["/stream-audio"](scope, receive, send))
+        door = asyncio.create_task(CustomTTSDoor(gateway)(scope, receive, send))
         assert await eventually(lambda: ScriptedProvider.plans["pa"].jobs)
         door.cancel()
         with pytest.raises(asyncio.CancelledError):
