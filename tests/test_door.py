@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from starlette.types import Message
@@ -13,7 +14,7 @@ from starlette.types import Message
 from gateway.app import create_app
 from gateway.config import parse_config
 from gateway.front.custom_tts import CustomTTSDoor
-from gateway.front.door import HangUp
+from gateway.front.door import HangUp, header_value
 from tests.support import Plan, ScriptedProvider, eventually, provider_block, scripted_config
 
 
@@ -134,3 +135,23 @@ async def test_a_door_cancelled_by_a_shutdown_counts_its_request_as_cut_short() 
         assert sent == []  # nothing was answered
     finally:
         await gateway.stop()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "alloy",
+        "zh-CN-XiaoxiaoNeural",
+        "Chinese (Mandarin)_Reliable_Executive",
+        "100%",
+        "晓晓",
+        "tab\there",
+        "",
+        "~!#$&'()*+,-./:;<=>?@[\\]^_`{|}",
+        "\x7f\x00",
+    ],
+)
+def test_a_header_value_is_the_text_percent_encoded_beyond_visible_ascii(text: str) -> None:
+    visible = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) != "%")
+    assert header_value(text) == quote(text, safe=visible).encode()
+    assert all(0x21 <= byte < 0x7F for byte in header_value(text))

@@ -59,6 +59,8 @@ _HEADER_SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) != "%")
 def header_value(text: str) -> bytes:
     """``text`` as a header value that no caller can use to break the head: UTF-8, with every
     byte outside visible ASCII (and ``%``) percent-encoded."""
+    if text.isascii() and text.isprintable() and " " not in text and "%" not in text:
+        return text.encode()  # visible ASCII but "%" already: nothing to encode
     return quote(text, safe=_HEADER_SAFE).encode()
 
 
