@@ -4,24 +4,32 @@
 
     breaker admits?  no ─► skipped "open"   (nothing sent, no budget spent)
     a slot within the provider's ``queue`` seconds?  no ─► skipped "busy"
-    attempts (tenacity), all inside ``timeout.first_byte`` from the slot on:
+    attempts, all inside ``timeout.first_byte`` from the slot on:
         open the provider stream, read until the first non-empty PCM
         a retryable failure counts against the breaker; another attempt only while the
-        breaker is closed, the ``retry`` policy allows one and the retry budget has one
+        breaker is closed, the ``retry`` policy allows one and the retry budget has one,
+        after an exponential backoff with jitter (or the provider's ``Retry-After``) that
+        ends within the budget
     ─► an AudioStream holding the slot, or a ProviderError
 
 The slot is held from the first attempt until the stream is closed, retries included, so a
 provider's ``max_concurrency`` bounds what it is asked at once whatever the retries do.
+
+The attempts are a plain loop rather than a retry library's: nearly every request is answered
+by its first attempt, and a retrying object built per request (``tenacity.AsyncRetrying``, with
+its state and closures, garbage the collector has to find) cost more than the attempt's own
+bookkeeping. The loop keeps the order such a library has: the failure is noted, then whether
+to retry is decided (which spends from the retry budget), then the pause is drawn, then a
+pause that would end past the first-byte budget stops the attempts with the last error.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
+import time
 from collections.abc import AsyncGenerator, Mapping
-from typing import Any
-
-from tenacity import AsyncRetrying, RetryCallState, stop_before_delay, wait_exponential, wait_random
 
 from providers.base import (
     Provider,
@@ -60,18 +68,20 @@ class VoiceSkipped(Exception):
 BUSY_RETRY_AFTER = 1.0
 
 
-def _wait_for(policy: RetryPolicy) -> Any:
-    backoff = wait_exponential(multiplier=policy.backoff, max=policy.max_backoff) + wait_random(
-        0, policy.backoff / 2
-    )
+#: Doublings of the backoff past which it is ``max_backoff`` anyway (and ``2.0 ** n`` would
+#: overflow a float long before ``n`` reached what ``retry.attempts`` allows).
+_MAX_DOUBLINGS = 64
 
-    def wait(state: RetryCallState) -> float:
-        error = state.outcome.exception() if state.outcome else None
-        if isinstance(error, ProviderError) and error.retry_after is not None:
-            return error.retry_after
-        return float(backoff(state))
 
-    return wait
+def pause_before(attempt: int, error: ProviderError, policy: RetryPolicy) -> float:
+    """Seconds to wait after failed attempt number ``attempt`` (from 1) before the next: the
+    provider's ``Retry-After`` when it gave one, else ``backoff`` doubled per attempt, at most
+    ``max_backoff``, plus a random jitter of up to half ``backoff``."""
+    if error.retry_after is not None:
+        return error.retry_after
+    doublings = min(attempt - 1, _MAX_DOUBLINGS)
+    exponential = min(policy.backoff * 2.0**doublings, policy.max_backoff)
+    return max(0.0, exponential) + random.random() * (policy.backoff / 2)
 
 
 class VoiceOpener:
@@ -139,56 +149,43 @@ class VoiceOpener:
         keep_native: bool,
         bill: Bill | None,
     ) -> AudioStream:
-        policy = provider.config.retry
         budget = provider.config.timeout.first_byte
         breaker, metrics = health.breaker, self.metrics
-
-        def may_retry(state: RetryCallState) -> bool:
-            error = state.outcome.exception() if state.outcome else None
-            if not (isinstance(error, ProviderError) and error.retryable):
-                return False
-            if ticket.probe or not breaker.allows_retry:
-                return False  # a probe is one attempt; an open breaker means no retries
-            if state.attempt_number >= policy.attempts:
-                return False
-            if not health.retries.spend():
-                metrics.retries_denied.labels(provider.name).inc()
-                return False
-            return True
-
-        retrying = AsyncRetrying(
-            stop=stop_before_delay(budget),
-            wait=_wait_for(policy),
-            retry=may_retry,
-            reraise=True,
-        )
         health.retries.note()
+        started = time.monotonic()
+        attempt = 1
+        # Left set when the budget's cancellation ends an attempt, which passes through here
+        # on its way to the TimeoutError below.
         attempting = False
         try:
             async with asyncio.timeout(budget):
-                async for attempt in retrying:
-                    with attempt:
-                        # Left set when the budget's cancellation ends the attempt, which
-                        # passes through here on its way to the TimeoutError below.
-                        attempting = True
-                        try:
-                            stream = await self._open_once(
-                                step, provider, job, lease, health, out_rate, keep_native, bill
-                            )
-                        except ProviderSaturated as error:
-                            attempting = False
-                            health.noted(error)
-                            metrics.rejections.labels(provider.name, "saturated").inc()
-                            raise VoiceSkipped("saturated", error.retry_after or 0.0) from error
-                        except ProviderError as error:
-                            attempting = False
-                            health.noted(error)
-                            if error.retryable:
-                                breaker.failed(ticket, _asked_to_wait(error))
+                while True:
+                    attempting = True
+                    try:
+                        stream = await self._open_once(
+                            step, provider, job, lease, health, out_rate, keep_native, bill
+                        )
+                    except ProviderSaturated as error:
+                        attempting = False
+                        health.noted(error)
+                        metrics.rejections.labels(provider.name, "saturated").inc()
+                        raise VoiceSkipped("saturated", error.retry_after or 0.0) from error
+                    except ProviderError as error:
+                        attempting = False
+                        health.noted(error)
+                        if error.retryable:
+                            breaker.failed(ticket, _asked_to_wait(error))
+                        pause = self._retry_pause(
+                            provider, health, ticket, error, attempt, time.monotonic() - started
+                        )
+                        if pause is None:
                             raise
+                    else:
                         attempting = False
                         breaker.succeeded(ticket)
                         return stream
+                    await asyncio.sleep(pause)
+                    attempt += 1
         except TimeoutError:
             metrics.attempts.labels(provider.name, "timeout").inc()
             timeout = ProviderTimeout(
@@ -198,7 +195,35 @@ class VoiceOpener:
             if attempting:  # the budget ended an attempt (not a backoff between two)
                 breaker.failed(ticket)
             raise timeout from None
-        raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
+
+    def _retry_pause(
+        self,
+        provider: Provider,
+        health: ProviderHealth,
+        ticket: Ticket,
+        error: ProviderError,
+        attempt: int,
+        elapsed: float,
+    ) -> float | None:
+        """The pause before another attempt after ``error`` ended attempt number ``attempt``,
+        ``elapsed`` seconds into the first-byte budget; None: no other attempt. Another is
+        made for a retryable error while the breaker is closed (a probe is one attempt), the
+        ``retry`` policy has one left, the retry budget grants one (asked only then: asking
+        spends it) and the pause would end within the first-byte budget."""
+        if not error.retryable:
+            return None
+        if ticket.probe or not health.breaker.allows_retry:
+            return None
+        policy = provider.config.retry
+        if attempt >= policy.attempts:
+            return None
+        if not health.retries.spend():
+            self.metrics.retries_denied.labels(provider.name).inc()
+            return None
+        pause = pause_before(attempt, error, policy)
+        if elapsed + pause >= provider.config.timeout.first_byte:
+            return None  # the next attempt could not start within the budget
+        return pause
 
     async def _open_once(
         self,

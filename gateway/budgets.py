@@ -61,17 +61,18 @@ class DrainClock:
         """Whether the drain deadline has passed."""
         return self._at is not None and asyncio.get_running_loop().time() >= self._at
 
-    @contextlib.contextmanager
-    def watch(self, deadline: asyncio.Timeout) -> Iterator[asyncio.Timeout]:
+    def watch(self, deadline: asyncio.Timeout) -> _Watched:
         """Bring ``deadline`` forward to the drain deadline if a drain starts (or has started)
-        while it is in force."""
+        while it is in force (a ``with`` block, which gives ``deadline``)."""
+        return _Watched(self, deadline)
+
+    def _watch(self, deadline: asyncio.Timeout) -> None:
         self._deadlines.add(deadline)
         if self._at is not None:
             self._bring_forward(deadline)
-        try:
-            yield deadline
-        finally:
-            self._deadlines.discard(deadline)
+
+    def _unwatch(self, deadline: asyncio.Timeout) -> None:
+        self._deadlines.discard(deadline)
 
     def cut(self, deadline: asyncio.Timeout) -> bool:
         """Whether ``deadline`` expired because the drain brought it forward."""
@@ -82,6 +83,24 @@ class DrainClock:
         when = deadline.when()
         if when is None or when > self._at:
             deadline.reschedule(self._at)
+
+
+class _Watched:
+    """The block of :meth:`DrainClock.watch` (a class rather than ``contextlib``'s generator:
+    it is entered twice a request)."""
+
+    __slots__ = ("_clock", "_deadline")
+
+    def __init__(self, clock: DrainClock, deadline: asyncio.Timeout) -> None:
+        self._clock = clock
+        self._deadline = deadline
+
+    def __enter__(self) -> asyncio.Timeout:
+        self._clock._watch(self._deadline)
+        return self._deadline
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._clock._unwatch(self._deadline)
 
 
 class CallerPace:

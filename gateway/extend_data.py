@@ -77,13 +77,15 @@ def parse_extend_data(value: Any) -> dict[str, Any]:
     try:
         if isinstance(value, Mapping):
             parsed: dict[str, Any] = {str(k): v for k, v in value.items()}
+            plain = False
         elif isinstance(value, str):
-            parsed = _read_extend_string(value)
+            parsed, plain = _read_extend_string(value)
         else:
             return {}
-        # Plain JSON whatever came in; a lone surrogate (``"\ud800"`` in the JSON) becomes "?".
-        plain = json.dumps(parsed, default=str, allow_nan=False, ensure_ascii=False)
-        parsed = json.loads(plain.encode("utf-8", "replace"))
+        if not plain:
+            # Plain JSON whatever came in; a lone surrogate (``"\ud800"``) becomes "?".
+            text = json.dumps(parsed, default=str, allow_nan=False, ensure_ascii=False)
+            parsed = json.loads(text.encode("utf-8", "replace"))
     except Exception:  # hostile input of any kind: keep nothing rather than fail
         log.info("ExtendData could not be read; ignored")
         return {}
@@ -93,21 +95,39 @@ def parse_extend_data(value: Any) -> dict[str, Any]:
     return parsed
 
 
-def _read_extend_string(text: str) -> dict[str, Any]:
-    for _ in range(_JSON_LAYERS):
+def _read_extend_string(text: str) -> tuple[dict[str, Any], bool]:
+    """ExtendData sent as text: what it holds, and whether that is plain JSON as read (see
+    :func:`_plain_as_read`)."""
+    for layer in range(_JSON_LAYERS):
         text = text.strip()
         if not text:
-            return {}
+            return {}, True
         try:
             loaded = json.loads(text)
         except (ValueError, RecursionError):
             break
         if isinstance(loaded, dict):
-            return {str(k): v for k, v in loaded.items()}
+            if layer == 0 and _plain_as_read(text):
+                return loaded, True  # the usual case: a JSON object, read once
+            return {str(k): v for k, v in loaded.items()}, False
         if not isinstance(loaded, str):
             break
         text = loaded  # JSON-encoded twice: read what it holds
-    return _salvage(text)
+    return _salvage(text), False
+
+
+def _plain_as_read(text: str) -> bool:
+    """Whether what ``json.loads`` read from ``text`` is plain JSON already: no ``\\u``
+    escape (one may hide a lone surrogate), no ``NaN`` or ``Infinity`` (JSON has none), no
+    character UTF-8 cannot encode (each a pass in C; a string that merely holds such a word
+    is made plain the long way)."""
+    if "\\u" in text or "NaN" in text or "Infinity" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class _Container:

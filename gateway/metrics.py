@@ -10,7 +10,7 @@ over every process that ever served, and the live gauges over the processes aliv
 from __future__ import annotations
 
 import os
-from typing import Final
+from typing import Any, Final, TypeVar
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import (
@@ -21,6 +21,7 @@ from prometheus_client import (
     generate_latest,
     start_http_server,
 )
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.multiprocess import MultiProcessCollector
 
 #: The environment variable that puts prometheus-client in multiprocess mode.
@@ -63,6 +64,54 @@ def render_all() -> bytes:
     return generate_latest(registry)
 
 
+_Metric = TypeVar("_Metric", bound=MetricWrapperBase)
+
+
+class _KnownChildren(MetricWrapperBase):
+    """A labelled metric whose ``labels(*values)`` looks a child it has handed out before up
+    in a dict: prometheus-client checks the count of the values, converts each with ``str()``
+    and takes a lock on every call (~1.2 µs, some ten times a request). The children are the
+    same objects either way; the dict holds no more series than the metric does (the values
+    are statuses, providers, voices, reasons and tenants: the gateway's own, or the routing
+    file's), and forgets them when series are removed."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._known: dict[tuple[Any, ...], Any] = {}
+        super().__init__(*args, **kwargs)
+
+    def labels(self: _Metric, *labelvalues: Any, **labelkwargs: Any) -> _Metric:
+        if not labelvalues or labelkwargs:
+            return super().labels(*labelvalues, **labelkwargs)
+        known: dict[tuple[Any, ...], _Metric] = self._known  # type: ignore[attr-defined]
+        try:
+            child = known.get(labelvalues)
+        except TypeError:  # an unhashable value: prometheus-client str()s it
+            return super().labels(*labelvalues)
+        if child is None:
+            child = known[labelvalues] = super().labels(*labelvalues)
+        return child
+
+    def remove(self, *labelvalues: Any) -> None:
+        self._known = {}
+        super().remove(*labelvalues)
+
+    def remove_by_labels(self, labels: dict[str, str]) -> None:
+        self._known = {}
+        super().remove_by_labels(labels)
+
+    def clear(self) -> None:
+        self._known = {}
+        super().clear()
+
+
+class _Counter(_KnownChildren, Counter):
+    """A :class:`prometheus_client.Counter` whose children are looked up once each."""
+
+
+class _Histogram(_KnownChildren, Histogram):
+    """A :class:`prometheus_client.Histogram` whose children are looked up once each."""
+
+
 _TTFB_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0)
 
 
@@ -74,35 +123,35 @@ class Metrics:
         self.multiprocess = multiprocess()
         self._source: str | None = None
         r = self.registry
-        self.requests = Counter(
+        self.requests = _Counter(
             "tts_requests", "Synthesis requests by answer status.", ["status"], registry=r
         )
-        self.ttfb = Histogram(
+        self.ttfb = _Histogram(
             "tts_first_byte_seconds",
             "From request arrival to the first audio byte, by the provider that answered.",
             ["provider"],
             buckets=_TTFB_BUCKETS,
             registry=r,
         )
-        self.attempts = Counter(
+        self.attempts = _Counter(
             "tts_provider_attempts",
             "Attempts to open a provider stream, by outcome (ok, error, timeout, no_audio, ...).",
             ["provider", "outcome"],
             registry=r,
         )
-        self.characters = Counter(
+        self.characters = _Counter(
             "tts_provider_characters",
             "Characters of text sent to each provider (what the bill is made of).",
             ["provider"],
             registry=r,
         )
-        self.fallbacks = Counter(
+        self.fallbacks = _Counter(
             "tts_fallbacks", "Requests answered by a fallback voice.", ["voice"], registry=r
         )
-        self.audio_seconds = Counter(
+        self.audio_seconds = _Counter(
             "tts_audio_seconds", "Seconds of audio delivered.", ["provider"], registry=r
         )
-        self.streams_ended = Counter(
+        self.streams_ended = _Counter(
             "tts_streams_ended",
             "Audio streams by how they ended (complete, client_disconnect, provider_error, "
             "stall, timeout, drain, caller_too_slow).",
@@ -115,7 +164,7 @@ class Metrics:
             registry=r,
             multiprocess_mode="livesum",
         )
-        self.reloads = Counter(
+        self.reloads = _Counter(
             "tts_config_reloads",
             "Routing-file reloads by result (ok, refused).",
             ["result"],
@@ -131,7 +180,7 @@ class Metrics:
             registry=r,
             multiprocess_mode="livesum",
         )
-        self.connections_refused = Counter(
+        self.connections_refused = _Counter(
             "tts_connections_refused",
             "Client connections ended by the server layer: max_connections (answered 503), "
             "header_timeout, body_timeout (408), head_too_large (431), request_too_large (413), "
@@ -139,73 +188,73 @@ class Metrics:
             ["reason"],
             registry=r,
         )
-        self.breaker_transitions = Counter(
+        self.breaker_transitions = _Counter(
             "tts_breaker_transitions",
             "Circuit-breaker transitions, by provider and the state entered (open, half_open, "
             "closed).",
             ["provider", "state"],
             registry=r,
         )
-        self.rejections = Counter(
+        self.rejections = _Counter(
             "tts_provider_rejections",
             "Requests that skipped a provider without asking it: its breaker was open (open), "
             "its queue wait ran out (busy), it said it was at its concurrency limit (saturated).",
             ["provider", "reason"],
             registry=r,
         )
-        self.retries_denied = Counter(
+        self.retries_denied = _Counter(
             "tts_retries_denied",
             "Retries not made because the provider's retry budget was spent.",
             ["provider"],
             registry=r,
         )
-        self.overflow = Counter(
+        self.overflow = _Counter(
             "tts_overflow",
             "Requests answered by a later voice because an earlier one was open or busy, by the "
             "voice that answered.",
             ["voice"],
             registry=r,
         )
-        self.hedges = Counter(
+        self.hedges = _Counter(
             "tts_hedges",
             "Hedges started, by the voice whose first byte was late.",
             ["voice"],
             registry=r,
         )
-        self.hedge_wins = Counter(
+        self.hedge_wins = _Counter(
             "tts_hedge_wins",
             "Hedged requests by the side whose audio came first (primary, hedge).",
             ["voice", "side"],
             registry=r,
         )
-        self.sticky_hits = Counter(
+        self.sticky_hits = _Counter(
             "tts_sticky_hits",
             "Requests sent first to the fallback their call failed over to, by requested voice.",
             ["voice"],
             registry=r,
         )
         # The phrase cache (gateway.cache).
-        self.cache_lookups = Counter(
+        self.cache_lookups = _Counter(
             "tts_cache_lookups",
             "Phrase-cache lookups of voices with cache: true, by result: hit (stored audio), "
             "shared (an identical synthesis in flight), miss (a synthesis of its own).",
             ["provider", "result"],
             registry=r,
         )
-        self.cache_stored = Counter(
+        self.cache_stored = _Counter(
             "tts_cache_stored",
             "Complete answers stored in the phrase cache.",
             ["provider"],
             registry=r,
         )
-        self.cache_characters_saved = Counter(
+        self.cache_characters_saved = _Counter(
             "tts_cache_characters_saved",
             "Characters not sent to the provider because the cache (or a shared synthesis) "
             "answered.",
             ["provider"],
             registry=r,
         )
-        self.cache_audio_saved = Counter(
+        self.cache_audio_saved = _Counter(
             "tts_cache_audio_seconds_saved",
             "Seconds of audio delivered from the cache (or a shared synthesis) instead of "
             "synthesized (also counted in tts_audio_seconds).",
@@ -224,21 +273,21 @@ class Metrics:
             registry=r,
             multiprocess_mode="livesum",
         )
-        self.cache_redis_errors = Counter(
+        self.cache_redis_errors = _Counter(
             "tts_cache_redis_errors",
             "Phrase-cache Redis calls that failed (the cache went on memory-only), by op.",
             ["op"],
             registry=r,
         )
         # Spend: what was billed against what reached the caller.
-        self.characters_delivered = Counter(
+        self.characters_delivered = _Counter(
             "tts_provider_characters_delivered",
             "Characters whose audio reached the caller (a stream cut short counts the share "
             "of its characters that its audio delivered is of the whole answer's).",
             ["provider"],
             registry=r,
         )
-        self.audio_generated = Counter(
+        self.audio_generated = _Counter(
             "tts_audio_generated_seconds",
             "Seconds of audio each provider produced, delivered or not: a whole answer; for "
             "one cut short by the gateway or the caller, its expected length at the provider's "
@@ -247,19 +296,19 @@ class Metrics:
             ["provider"],
             registry=r,
         )
-        self.hedge_characters = Counter(
+        self.hedge_characters = _Counter(
             "tts_hedge_characters",
             "Characters billed by attempts that lost a hedge race (the hedge's overhead).",
             ["provider"],
             registry=r,
         )
-        self.tenant_requests = Counter(
+        self.tenant_requests = _Counter(
             "tts_tenant_requests",
             "Requests per tenant (the token's name in the routing file), by status.",
             ["tenant", "status"],
             registry=r,
         )
-        self.tenant_characters = Counter(
+        self.tenant_characters = _Counter(
             "tts_tenant_characters",
             "Characters of text per tenant in requests answered with audio.",
             ["tenant"],

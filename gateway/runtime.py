@@ -11,7 +11,6 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterator
 from types import MappingProxyType
 
 from providers.base import Provider, build_provider
@@ -97,17 +96,18 @@ class LoadedRouting:
         finally:  # also when shutdown cancels the wait
             await self.aclose()
 
-    @contextlib.contextmanager
-    def in_use(self) -> Iterator[None]:
-        """Mark one request as using this routing."""
+    def in_use(self) -> _InUse:
+        """Mark one request as using this routing (a ``with`` block)."""
+        return _InUse(self)
+
+    def _used(self) -> None:
         self.users += 1
         self._idle.clear()
-        try:
-            yield
-        finally:
-            self.users -= 1
-            if not self.users:
-                self._idle.set()
+
+    def _released(self) -> None:
+        self.users -= 1
+        if not self.users:
+            self._idle.set()
 
     def token_ok(self, token: str | None) -> bool:
         """Constant-time match against every configured token (no early exit)."""
@@ -132,6 +132,22 @@ class LoadedRouting:
         if not chain:
             raise VoiceNotFound(f"unknown VoiceId {voice_id!r}", field="VoiceId")
         return chain
+
+
+class _InUse:
+    """The block of :meth:`LoadedRouting.in_use` (a class rather than ``contextlib``'s
+    generator: it is entered for every request)."""
+
+    __slots__ = ("_routing",)
+
+    def __init__(self, routing: LoadedRouting) -> None:
+        self._routing = routing
+
+    def __enter__(self) -> None:
+        self._routing._used()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._routing._released()
 
 
 def share_limits(config: GatewayConfig, workers: int) -> GatewayConfig:

@@ -101,7 +101,7 @@ def _run_worker(spec: WorkerSpec, sock: socket.socket, index: int) -> None:
     import uvicorn
 
     from .app import create_app
-    from .cli import serve_options
+    from .cli import serve_options, tune_gc
     from .config import ConfigError, default_config, load_config
     from .logs import configure_logging
 
@@ -115,6 +115,7 @@ def _run_worker(spec: WorkerSpec, sock: socket.socket, index: int) -> None:
     _stop_with_the_supervisor()
     app = create_app(config, spec.config_path, workers=spec.workers, supervised=True)
     options = serve_options(config, spec.certfile, spec.keyfile)
+    tune_gc()
     server = uvicorn.Server(uvicorn.Config(app, **options))
     server.run(sockets=[sock])
 

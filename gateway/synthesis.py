@@ -73,6 +73,9 @@ class Outcome:
     voice_id: str | None = None
     sample_rate: int | None = None
     call: dict[str, Any] = field(default_factory=dict)  # ExtendData's fields for the log
+    described: TTSRequest | None = None
+    """The request :meth:`describe` was told of: its ExtendData's fields for the log are read
+    from it when a log line is written (not for every request when the level hides it)."""
     provider: str | None = None
     answered_by: str | None = None
     tried: list[VoiceTry] = field(default_factory=list)
@@ -96,7 +99,7 @@ class Outcome:
         """The request, as far as the log line tells of it."""
         self.voice_id = request.voice_id
         self.sample_rate = request.sample_rate
-        self.call = request.log_fields()
+        self.described = request
 
     def answered(self, status: int, error: str | None = None) -> None:
         """The caller was answered ``status`` (``error``: the code of a failure)."""
@@ -130,6 +133,8 @@ class Outcome:
         list of ``{voice, provider, outcome, detail}``, one per voice of the chain asked or
         passed over; ``ttfb_ms`` and ``duration_ms`` are milliseconds, ``audio_ms`` the
         milliseconds of audio sent, ``bytes`` its PCM bytes, ``end`` the end reason."""
+        if self.described is not None:
+            self.call, self.described = self.described.log_fields(), None
         return {
             "request_id": self.request_id,
             "door": None if self.door == "custom" else self.door,

@@ -5,13 +5,12 @@ as one short line of printable text (:func:`short_text`)."""
 
 from __future__ import annotations
 
-import contextlib
 import email.utils
 import json
 import math
 import time
 import unicodedata
-from collections.abc import Iterator
+from types import TracebackType
 from typing import Any
 
 import httpx
@@ -22,17 +21,37 @@ from .base import ProviderConnectionError, ProviderError, ProviderTimeout
 ERROR_BODY_LIMIT = 16 * 1024
 
 
-@contextlib.contextmanager
-def translate_errors(provider: str) -> Iterator[None]:
-    """Turn httpx's exceptions into provider errors, around connecting and around reading."""
-    try:
-        yield
-    except httpx.TimeoutException as exc:
-        raise ProviderTimeout(provider, f"timed out ({type(exc).__name__})") from exc
-    except httpx.TransportError as exc:
-        raise ProviderConnectionError(provider, f"{type(exc).__name__}: {exc}") from exc
-    except httpx.HTTPError as exc:
-        raise ProviderError(provider, f"{type(exc).__name__}: {exc}") from exc
+def translate_errors(provider: str) -> _Translated:
+    """Turn httpx's exceptions into provider errors, around connecting and around reading
+    (a ``with`` block)."""
+    return _Translated(provider)
+
+
+class _Translated:
+    """The block of :func:`translate_errors` (a class rather than ``contextlib``'s generator:
+    it is entered around every upstream request)."""
+
+    __slots__ = ("provider",)
+
+    def __init__(self, provider: str) -> None:
+        self.provider = provider
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        provider = self.provider
+        if isinstance(exc, httpx.TimeoutException):
+            raise ProviderTimeout(provider, f"timed out ({type(exc).__name__})") from exc
+        if isinstance(exc, httpx.TransportError):
+            raise ProviderConnectionError(provider, f"{type(exc).__name__}: {exc}") from exc
+        if isinstance(exc, httpx.HTTPError):
+            raise ProviderError(provider, f"{type(exc).__name__}: {exc}") from exc
 
 
 def error_message(body: bytes, fallback: str = "") -> str:

@@ -7,10 +7,11 @@ the check that a success answer is of a type the provider sends. Reading the ans
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import re
 from abc import abstractmethod
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Mapping
 from functools import partial
 from typing import Any, ClassVar
 
@@ -97,6 +98,89 @@ class _CookielessClient(httpx.AsyncClient):
 _NO_COOKIES = _NoCookies()
 
 
+#: Headers a request sets from its own body or URL: fixed headers naming one of them would make
+#: the merge of the client's headers and the request's depend on the request (see
+#: :class:`JSONPosts`).
+_SET_PER_REQUEST = ("host", "content-length", "content-type", "transfer-encoding", "x-request-id")
+
+
+class JSONPosts:
+    """POSTs of a JSON body to one URL with fixed ``headers`` and, per request, an
+    ``X-Request-Id``: the request ``client.build_request("POST", url, json=body, headers=...)``
+    builds, header for header and in the same order, in a fraction of its cost.
+    ``build_request`` merges the client's headers and the request's into new ``Headers`` on
+    every call and then prepares the request's own through them (~40 µs a request measured
+    alone, most of httpx's share of a short request); here the fixed part is merged once.
+
+    When the fixed headers name one that the request sets itself (:data:`_SET_PER_REQUEST`),
+    every request is built by ``build_request``, which settles such a clash its own way."""
+
+    def __init__(
+        self, client: httpx.AsyncClient, url: httpx.URL, headers: Mapping[str, str]
+    ) -> None:
+        self.client = client
+        self.url = url
+        self._headers = dict(headers)
+        merged = httpx.Headers(client.headers)
+        merged.update(self._headers)
+        self._lean = not any(name in merged for name in _SET_PER_REQUEST)
+        host = [(b"Host", url.netloc)] if url.host else []
+        self._fixed: list[tuple[bytes, bytes]] = [*host, *merged.raw]
+        self._extensions = {"timeout": client.timeout.as_dict()}
+
+    def build(self, body: Any, request_id: str | None = None) -> httpx.Request:
+        """The request for ``body`` (``request_id``: sent as ``X-Request-Id`` when given)."""
+        if not self._lean:
+            headers = dict(self._headers)
+            if request_id:
+                headers["X-Request-Id"] = request_id
+            return self.client.build_request("POST", self.url, json=body, headers=headers)
+        # As httpx encodes a JSON body (httpx._content.encode_json).
+        content = json.dumps(
+            body, ensure_ascii=False, separators=(",", ":"), allow_nan=False
+        ).encode("utf-8")
+        raw = self._fixed.copy()
+        if request_id:
+            raw.append((b"X-Request-Id", request_id.encode("ascii")))
+        raw.append((b"Content-Length", b"%d" % len(content)))
+        raw.append((b"Content-Type", b"application/json"))
+        request = httpx.Request(
+            "POST",
+            self.url,
+            headers=raw,
+            stream=httpx.ByteStream(content),
+            extensions=self._extensions,
+        )
+        request.read()  # the body at hand, as a request built with content has it
+        return request
+
+
+async def send(client: httpx.AsyncClient, request: httpx.Request) -> httpx.Response:
+    """``client.send(request, stream=True)`` for a client of :func:`make_client`, without the
+    steps such a client has nothing for: an authentication flow, redirects (never followed),
+    event hooks, cookies (it keeps none), the timer of ``response.elapsed`` and the log line
+    (held at WARNING by the gateway's logging). What remains is the transport httpx would pick
+    for the URL (a mock's, in tests; a proxy's, when the environment names one) and the request
+    attached to the response and to a transport error.
+
+    The steps cost ~15 µs a request, and the timer's wrapper of the body was one more layer for
+    every chunk and a response that refers to itself (garbage for the cycle collector). A
+    client that has authentication or event hooks is sent through ``client.send``."""
+    if client.auth is not None or any(client.event_hooks.values()):
+        return await client.send(request, stream=True)
+    if client.is_closed:
+        raise RuntimeError("Cannot send a request, as the client has been closed.")
+    # httpx's own choice of transport (mounts for proxies), and what respx mocks in tests.
+    transport = client._transport_for_url(request.url)
+    try:
+        response = await transport.handle_async_request(request)
+    except httpx.RequestError as exc:
+        exc.request = request
+        raise
+    response.request = request
+    return response
+
+
 @contextlib.asynccontextmanager
 async def open_stream(
     client: httpx.AsyncClient,
@@ -105,14 +189,15 @@ async def open_stream(
     error_for: Callable[[httpx.Response, bytes], ProviderError] | None = None,
     seen: Callable[[httpx.Response], None] | None = None,
 ) -> AsyncIterator[httpx.Response]:
-    """Send ``request`` and hand over the streaming response once its status is a success.
+    """Send ``request`` (:func:`send`) and hand over the streaming response once its status is
+    a success.
 
     ``seen`` is shown every response first (limits the API signals in its headers). An error
     status raises what ``error_for`` makes of the answer and up to 16 KiB of its body (by
     default :func:`http_error`). The response is always closed on exit, which is what
     releases the upstream connection when the caller hangs up."""
     with translate_errors(provider):
-        response = await client.send(request, stream=True)
+        response = await send(client, request)
     try:
         if seen is not None:
             seen(response)

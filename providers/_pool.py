@@ -382,8 +382,11 @@ class StreamingTransport(httpx.AsyncBaseTransport):
         host = url.raw_host.decode("ascii")
         origin: Origin = (scheme, host, url.port or (443 if scheme == "https" else 80))
         head = _request_head(request)
-        body = b"".join([part async for part in cast(AsyncIterator[bytes], request.stream)])
-        if request.headers.get("transfer-encoding", "").lower() == "chunked":
+        try:
+            body = request.content  # a request built with its body has it at hand
+        except httpx.RequestNotRead:
+            body = b"".join([part async for part in cast(AsyncIterator[bytes], request.stream)])
+        if _chunked(request):
             body = (b"%x\r\n%s\r\n" % (len(body), body) if body else b"") + b"0\r\n\r\n"
         if self._slots.locked():
             try:
@@ -480,12 +483,25 @@ class StreamingTransport(httpx.AsyncBaseTransport):
 def _request_head(request: httpx.Request) -> bytes:
     """The request line and headers; a line break or NUL in any of them is refused, since it
     would let a value end the head early and smuggle a header or request of its own."""
+    raw = request.headers.raw
     lines = [b"%s %s HTTP/1.1\r\n" % (request.method.encode("ascii"), request.url.raw_path)]
-    for name, value in request.headers.raw:
+    lines += [b"%s: %s\r\n" % field for field in raw]
+    lines.append(b"\r\n")
+    head = b"".join(lines)
+    # The head as a whole first (three passes in C): its line ends are its own, and no NUL.
+    ends = len(raw) + 2
+    if head.count(b"\n") == ends and head.count(b"\r") == ends and b"\0" not in head:
+        return head
+    for name, value in raw:
         if _UNSAFE_IN_HEADER.search(name) or _UNSAFE_IN_HEADER.search(value):
             raise httpx.LocalProtocolError(
                 f"header {name[:40]!r} holds a line break or NUL", request=request
             )
-        lines.append(b"%s: %s\r\n" % (name, value))
-    lines.append(b"\r\n")
-    return b"".join(lines)
+    return head  # the request line's own (its path is percent-encoded: not from a header)
+
+
+def _chunked(request: httpx.Request) -> bool:
+    """Whether the request says its body is chunked (``Transfer-Encoding: chunked``), read
+    from the raw headers (a lookup in ``request.headers`` first works out their encoding)."""
+    coding = b", ".join(v for n, v in request.headers.raw if n.lower() == b"transfer-encoding")
+    return coding.lower() == b"chunked"

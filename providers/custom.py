@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 import httpx
 
 from ._errors import short_text
-from ._http import HTTPProvider
+from ._http import HTTPProvider, JSONPosts
 from .base import (
     SAMPLE_RATES,
     AudioFormat,
@@ -66,9 +66,14 @@ class CustomProvider(HTTPProvider):
                 self.add_secret(value)
         self.token: str | None = settings.get("token") or None
         self.rates = tuple(int(r) for r in settings.get("sample_rates") or SAMPLE_RATES)
+        self._formats = {
+            rate: AudioFormat(sample_rate=closest_rate(rate, self.rates)) for rate in SAMPLE_RATES
+        }
         self.headers = {str(k): str(v) for k, v in (settings.get("headers") or {}).items()}
         #: The upstream sends each answer only once it is whole (a file, not a stream).
         self.clips = settings.get("whole_clip") is True
+        #: The requests' builder, made at the first request (for the client then in use).
+        self._posts: JSONPosts | None = None
         for name, value in self.headers.items():
             if is_secret_name(name):
                 self.add_secret(value)
@@ -111,6 +116,10 @@ class CustomProvider(HTTPProvider):
         return self.clips
 
     def native_format(self, job: SynthesisJob) -> AudioFormat:
+        # Asked several times a request (the request, the answer's check, the converter).
+        known = self._formats.get(job.sample_rate)
+        if known is not None:
+            return known
         return AudioFormat(sample_rate=closest_rate(job.sample_rate, self.rates))
 
     def cache_facets(self, job: SynthesisJob) -> Mapping[str, Any]:
@@ -131,10 +140,10 @@ class CustomProvider(HTTPProvider):
         )
         if self.token:
             body["Token"] = self.token
-        headers = dict(self.headers)
-        if job.request_id:
-            headers["X-Request-Id"] = job.request_id
-        return self.client.build_request("POST", self.url, json=body, headers=headers)
+        posts = self._posts
+        if posts is None or posts.client is not self.client:
+            posts = self._posts = JSONPosts(self.client, self.url, self.headers)
+        return posts.build(body, job.request_id)
 
     def audio(self, response: httpx.Response, job: SynthesisJob, text: str) -> AsyncIterator[bytes]:
         # An upstream that says it answers at another rate than asked would otherwise be

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
@@ -721,3 +722,31 @@ def test_the_profile_summary_gives_each_sample_to_the_deepest_layer_on_its_stack
         "event loop in C (uvloop: epoll, socket reads, timers, task steps)": 3,
         "other (event loop, interpreter)": 1,
     }
+
+
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_the_door_harness_measures_its_requests(concurrency: int) -> None:
+    """``bench.door``: requests through the custom door answered 200 (the harness fails on
+    any other answer), their CPU counted; one at a time, split at the first audio byte."""
+    command = [sys.executable, "-m", "bench.door", "--concurrency", str(concurrency)]
+    command += ["--requests", "8", "--runs", "1"]
+    done = subprocess.run(
+        command,
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    last = done.stdout.strip().splitlines()[-1]
+    assert last.startswith("median ")
+    figures = json.loads(last.split(": ", 1)[1].rsplit(" of ", 1)[0])
+    assert figures["us_per_request"] > 0
+    assert figures["us_collector"] >= 0
+    if concurrency == 1:
+        assert figures["us_to_first_byte"] > 0 and figures["us_after_first_byte"] > 0
+        assert figures["us_to_first_byte"] + figures["us_after_first_byte"] <= (
+            figures["us_per_request"] * 1.5  # medians of their own; the whole is the mean
+        )
+    else:
+        assert "us_to_first_byte" not in figures

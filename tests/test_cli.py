@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import signal
@@ -21,6 +22,8 @@ import httpx
 import numpy as np
 import pytest
 import trustme
+
+from gateway.cli import GC_YOUNG_OBJECTS, tune_gc
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "deploy" / "gateway.example.yaml"
@@ -517,3 +520,13 @@ def test_say_to_an_unwritable_path_says_so_in_one_line(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "error: cannot write" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_serving_process_collects_its_young_objects_less_often() -> None:
+    before = gc.get_threshold()
+    try:
+        tune_gc()
+        assert gc.get_threshold() == (GC_YOUNG_OBJECTS, before[1], before[2])
+        assert before[0] < GC_YOUNG_OBJECTS
+    finally:
+        gc.set_threshold(*before)

@@ -113,3 +113,27 @@ async def test_extend_data_with_a_lone_surrogate_reaches_a_custom_upstream() -> 
     assert response.status_code == 200, response.text
     assert response.content == CHUNK
     assert json.loads(upstream.requests[0]["ExtendData"]) == {"InstanceId": "i-?"}
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # Read once and kept as read: a plain JSON object.
+        (
+            '{"InstanceId": "i-1", "SentenceId": "7", "Rate": 1.5, "Tags": [1, null, true]}',
+            {"InstanceId": "i-1", "SentenceId": 7, "Rate": 1.5, "Tags": [1, None, True]},
+        ),
+        # NaN and Infinity are not JSON: such an ExtendData is not read at all, as before.
+        ('{"InstanceId": "i-1", "Rate": NaN}', {}),
+        ('{"InstanceId": "i-1", "Rate": -Infinity}', {}),
+        # The words inside a string are only words.
+        ('{"InstanceId": "NaN-Infinity"}', {"InstanceId": "NaN-Infinity"}),
+        # A lone surrogate as a character (not an escape) is made plain too.
+        ('{"InstanceId": "i-\ud800"}', {"InstanceId": "i-?"}),
+        ('{"InstanceId": "caf\\u00e9"}', {"InstanceId": "café"}),
+    ],
+)
+def test_extend_data_that_is_json_reads_as_plain_json(text: str, expected: object) -> None:
+    parsed = parse_extend_data(text)
+    assert parsed == expected
+    json.dumps(parsed, allow_nan=False).encode("utf-8")  # plain: what goes upstream encodes

@@ -453,3 +453,44 @@ async def test_a_shorter_read_timeout_on_a_reused_connection_is_kept() -> None:
             # Far under the 30 s of the first request, far over the 0.3 s asked.
             await asyncio.wait_for(c.get(url, timeout=short), 10.0)
         assert server.connections == 1  # the same connection, reused
+
+
+async def test_requests_go_out_as_written_sized_or_chunked() -> None:
+    """What the upstream receives: the head as the request's headers say, then the body, sized
+    when the request has it whole, chunked when it is a stream."""
+    received: list[bytes] = []
+
+    async def keep(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        if b"transfer-encoding: chunked" in head.lower():
+            body = await reader.readuntil(b"0\r\n\r\n")
+        else:
+            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            body = await reader.readexactly(length)
+        received.append(head + body)
+        writer.write(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    async def pieces() -> AsyncIterator[bytes]:
+        yield b"spoken "
+        yield b"text"
+
+    listener = await asyncio.start_server(keep, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    try:
+        async with client() as c:
+            url = f"http://127.0.0.1:{port}/say?x=1"
+            sized = await c.post(url, content=b'{"Text":"hi"}', headers={"X-Tenant": "t1"})
+            streamed = await c.post(url, content=pieces())
+    finally:
+        listener.close()
+        await listener.wait_closed()
+    assert sized.status_code == streamed.status_code == 204
+    assert received[0] == (
+        b"POST /say?x=1 HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nAccept: */*\r\n"
+        b"Accept-Encoding: gzip, deflate\r\nConnection: keep-alive\r\n"
+        b"User-Agent: python-httpx/%s\r\nX-Tenant: t1\r\nContent-Length: 13\r\n\r\n"
+        b'{"Text":"hi"}' % (port, httpx.__version__.encode())
+    )
+    assert received[1].endswith(b"\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked(b"spoken text"))

@@ -11,8 +11,9 @@ import httpx
 import pytest
 
 from gateway.app import create_app
+from gateway.attempts import pause_before
 from gateway.config import ConfigError, parse_config
-from providers.base import ProviderConnectionError, ProviderHTTPError
+from providers.base import ProviderConnectionError, ProviderHTTPError, RetryPolicy
 from tests.support import (
     Plan,
     ScriptedProvider,
@@ -171,6 +172,65 @@ async def test_retry_after_is_honoured_when_the_breaker_is_off() -> None:
     started = ScriptedProvider.plans["pa"].started
     assert len(started) == 2
     assert started[1] - started[0] >= 0.4
+
+
+async def test_a_retry_that_could_not_start_within_the_first_byte_budget_is_not_made() -> None:
+    # The provider asks for 5 s of quiet; the voice's first-byte budget is 1 s: no retry is
+    # waited for, and the caller hears the provider's own error at once (not a timeout).
+    plans(pa=Plan([[ProviderHTTPError("pa", 503, "busy", retry_after=5.0)], [CHUNK]]))
+    yaml = scripted_config(
+        voices={"a": {"provider": "pa"}},
+        providers={
+            "pa": provider_block(circuit_breaker=False, timeout={"first_byte": 1, "total": 5})
+        },
+    )
+    async with live_server(create_app(parse_config(yaml))) as url, httpx.AsyncClient() as c:
+        started = time.perf_counter()
+        response = await c.post(url + "/stream-audio", json=BODY)
+        waited = time.perf_counter() - started
+    assert response.status_code == 502
+    assert response.json()["error"]["code"] == "provider_failed"
+    assert len(ScriptedProvider.plans["pa"].jobs) == 1
+    assert waited < 1.0
+
+
+async def test_retries_wait_their_backoff_between_attempts() -> None:
+    # backoff 0.1 s doubling: at least 0.1 s before the second attempt, 0.2 before the third.
+    failure = ProviderConnectionError("pa", "refused")
+    plans(pa=Plan([[failure], [failure], [CHUNK]]))
+    yaml = scripted_config(
+        voices={"a": {"provider": "pa"}},
+        providers={
+            "pa": provider_block(
+                circuit_breaker=False, retry={"attempts": 3, "backoff": 0.1, "max_backoff": 1}
+            )
+        },
+    )
+    async with live_server(create_app(parse_config(yaml))) as url, httpx.AsyncClient() as c:
+        response = await c.post(url + "/stream-audio", json=BODY)
+    assert response.status_code == 200
+    assert response.content == CHUNK
+    started = ScriptedProvider.plans["pa"].started
+    assert len(started) == 3
+    assert started[1] - started[0] >= 0.1
+    assert started[2] - started[1] >= 0.2
+
+
+def test_the_pause_between_attempts_doubles_up_to_its_bound_with_jitter(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    policy = RetryPolicy(attempts=100, backoff=0.2, max_backoff=1.0)
+    error = ProviderConnectionError("pa", "refused")
+    monkeypatch.setattr("gateway.attempts.random.random", lambda: 0.0)
+    assert [pause_before(n, error, policy) for n in (1, 2, 3, 4, 99)] == [0.2, 0.4, 0.8, 1.0, 1.0]
+    monkeypatch.setattr("gateway.attempts.random.random", lambda: 1.0)  # the jitter's bound
+    assert pause_before(1, error, policy) == pytest.approx(0.3)
+    assert pause_before(5, error, policy) == pytest.approx(1.1)
+    # The provider's Retry-After is the pause, whatever the policy says.
+    asked = ProviderHTTPError("pa", 429, "slow down", retry_after=7.0)
+    assert pause_before(3, asked, policy) == 7.0
+    # No backoff at all: no pause.
+    assert pause_before(1000, error, RetryPolicy(attempts=2000, backoff=0, max_backoff=0)) == 0
 
 
 async def test_a_429_with_retry_after_opens_the_breaker_for_that_long() -> None:

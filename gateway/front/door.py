@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-import uuid
+import secrets
 from abc import ABC, abstractmethod
 from typing import ClassVar, Generic, TypeVar
 from urllib.parse import quote
@@ -36,7 +36,7 @@ from ..runtime import Gateway, LoadedRouting
 from ..synthesis import Outcome, Synthesis
 from .body import ClientGone, header, read_body, wait_for_disconnect
 
-__all__ = ["SynthesisDoor", "answer_headers", "header_value", "request_id"]
+__all__ = ["HangUp", "SynthesisDoor", "answer_headers", "header_value", "request_id"]
 
 #: A caller's X-Request-Id is kept only if it is this tame (it goes into logs and upstream headers).
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -47,7 +47,9 @@ Call = TypeVar("Call")
 def request_id(scope: Scope) -> str:
     """The caller's ``X-Request-Id`` when it is tame, else a new one."""
     given = header(scope, b"x-request-id") or ""
-    return given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+    # 32 random hex digits, as uuid4().hex has them (less its six fixed bits), for a fifth of
+    # its cost.
+    return given if _REQUEST_ID.fullmatch(given) else secrets.token_hex(16)
 
 
 #: What :func:`header_value` leaves as it is: visible ASCII but ``%``.
@@ -57,6 +59,8 @@ _HEADER_SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) != "%")
 def header_value(text: str) -> bytes:
     """``text`` as a header value that no caller can use to break the head: UTF-8, with every
     byte outside visible ASCII (and ``%``) percent-encoded."""
+    if text.isascii() and text.isprintable() and " " not in text and "%" not in text:
+        return text.encode()  # visible ASCII but "%" already: nothing to encode
     return quote(text, safe=_HEADER_SAFE).encode()
 
 
@@ -72,6 +76,46 @@ def answer_headers(synthesis: Synthesis, content_type: str) -> list[tuple[bytes,
     if synthesis.stream.cache is not None:
         headers.append((b"x-cache", synthesis.stream.cache.encode()))
     return headers
+
+
+class HangUp:
+    """Cancels the task that made it when the caller hangs up (or its answer is complete, after
+    which the connection layer says the same), from a watcher task that waits for the
+    ``http.disconnect`` message. One task beside the work, rather than the work in a task of its
+    own beside a watcher and ``asyncio.wait`` over the two (~12 µs fewer a request).
+
+    The task is cancelled at most once; :meth:`heard` tells whether it was (and takes that
+    cancellation back, once, so that the task's count of cancellations is as if it had not
+    been). Call :meth:`stop` when the work is over, however it ended."""
+
+    def __init__(self, receive: Receive) -> None:
+        task = asyncio.current_task()
+        if task is None:
+            raise RuntimeError("HangUp must be made inside a task")
+        self._task = task
+        self._heard = False
+        self._settled = False
+        self._watcher = asyncio.get_running_loop().create_task(self._watch(receive))
+
+    async def _watch(self, receive: Receive) -> None:
+        await wait_for_disconnect(receive)
+        self._heard = True
+        self._task.cancel()
+
+    def heard(self) -> bool:
+        """Whether the caller hung up and the task was cancelled for it."""
+        if self._heard and not self._settled:
+            self._settled = True
+            self._task.uncancel()
+        return self._heard
+
+    def cancelled_from_outside(self) -> bool:
+        """Whether the task was cancelled by someone else too (asked after :meth:`heard`)."""
+        return self._task.cancelling() > 0
+
+    def stop(self) -> None:
+        """Stop watching (the work is over)."""
+        self._watcher.cancel()
 
 
 class SynthesisDoor(ABC, Generic[Call]):
@@ -119,23 +163,19 @@ class SynthesisDoor(ABC, Generic[Call]):
                 raise NotReady("the gateway is starting or draining", headers={"Retry-After": "1"})
             body = await read_body(scope, receive, routing.config.server.max_body_bytes)
             call = await self.parse(routing, scope, body, outcome)
-            # The work runs beside a watcher of the connection: whichever ends first wins, so
-            # a caller hanging up cancels the provider whether or not audio has started.
-            work = asyncio.create_task(self.synthesize(routing, call, outcome, scope, send))
-            watcher = asyncio.create_task(wait_for_disconnect(receive))
+            # The work runs in this task beside a watcher of the connection, which cancels it
+            # when the caller hangs up, whether or not audio has started.
+            hang_up = HangUp(receive)
             try:
-                await asyncio.wait((work, watcher), return_when=asyncio.FIRST_COMPLETED)
+                await self.synthesize(routing, call, outcome, scope, send)
+            except asyncio.CancelledError:
+                if not hang_up.heard() or hang_up.cancelled_from_outside():
+                    self._cut_short(outcome)  # the gateway is going (shutdown)
+                    raise
             finally:
-                watcher.cancel()
-                if not work.done():
-                    work.cancel()
-                    await asyncio.wait((work,))
-                    if outcome.end is None:  # not merely a hang-up after the last byte
-                        outcome.ended("client_disconnect")
-                    if outcome.status is None:
-                        outcome.answered(499)
-            if not work.cancelled():
-                work.result()
+                hang_up.stop()
+            if hang_up.heard():
+                self._cut_short(outcome)
         except ClientGone:
             # The connection layer may have answered itself (a body late or malformed).
             outcome.answered(int(scope.get(ANSWERED_SCOPE_KEY) or 499))
@@ -144,6 +184,14 @@ class SynthesisDoor(ABC, Generic[Call]):
             await self.error_response(error, rid)(scope, receive, send)
         finally:
             outcome.finish()
+
+    @staticmethod
+    def _cut_short(outcome: Outcome) -> None:
+        """The work ended because the caller went (or the gateway is going)."""
+        if outcome.end is None:  # not merely a hang-up after the last byte
+            outcome.ended("client_disconnect")
+        if outcome.status is None:
+            outcome.answered(499)
 
     @staticmethod
     async def end_body(send: Send, last: bytes, outcome: Outcome, scope: Scope) -> None:

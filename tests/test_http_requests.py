@@ -1,0 +1,146 @@
+"""The HTTP providers' lean request path (``providers._http``): :class:`JSONPosts` builds what
+``client.build_request`` builds, header for header; :func:`send` does what ``client.send``
+does for the gateway's clients, and hands the others to it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+
+from providers._http import JSONPosts, make_client, send
+from providers.base import ProviderConfig, Timeouts
+
+URL = httpx.URL("https://tts.upstream.test:8443/v1/stream-audio?model=fast")
+BODY: dict[str, Any] = {
+    "Text": 'Grüße, 世界 \u2028 "quoted"',
+    "VoiceId": "v1",
+    "SampleRate": 24000,
+    "ExtendData": '{"InstanceId": "i-1"}',
+    "Speed": 1.25,
+    "Nested": {"list": [1, 2, None, True]},
+}
+
+
+def client() -> httpx.AsyncClient:
+    config = ProviderConfig(
+        name="up", type="custom", timeout=Timeouts(connect=2, first_byte=3, total=9, stall=4)
+    )
+    return make_client(config)
+
+
+def same_request(lean: httpx.Request, built: httpx.Request) -> None:
+    assert lean.method == built.method
+    assert lean.url == built.url
+    assert lean.headers.raw == built.headers.raw  # names, spelling, values and order
+    assert lean.content == built.content
+    assert lean.extensions == built.extensions
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Authorization": "Bearer s3cret", "X-Tenant": "t1"},
+        {"accept": "audio/pcm", "User-Agent": "gateway"},  # replace the client's own
+        # Headers the request sets itself: built by build_request, which settles the clash.
+        {"X-Request-Id": "fixed"},
+        {"content-type": "application/json; charset=utf-8"},
+        {"Host": "elsewhere.test"},
+        {"Content-Length": "5"},
+    ],
+)
+@pytest.mark.parametrize("request_id", ["req-1", "", None])
+def test_a_lean_request_is_the_request_httpx_builds(
+    headers: dict[str, str], request_id: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    c = client()
+    expected = dict(headers)
+    if request_id:
+        expected["X-Request-Id"] = request_id
+    built = c.build_request("POST", URL, json=BODY, headers=expected)
+    clash = {"host", "content-length", "content-type", "x-request-id"} & {
+        name.lower() for name in headers
+    }
+    if not clash:  # the lean path: httpx's builder is not asked
+        monkeypatch.setattr(c, "build_request", None)
+    same_request(JSONPosts(c, URL, headers).build(BODY, request_id), built)
+
+
+def test_a_body_httpx_refuses_is_refused_alike() -> None:
+    c = client()
+    with pytest.raises(ValueError):
+        c.build_request("POST", URL, json={"Speed": float("nan")})
+    with pytest.raises(ValueError):
+        JSONPosts(c, URL, {}).build({"Speed": float("nan")}, "req-1")
+
+
+def test_each_request_gets_headers_of_its_own() -> None:
+    posts = JSONPosts(client(), URL, {"X-Tenant": "t1"})
+    first = posts.build(BODY, "req-1")
+    second = posts.build({"Text": "x"}, "req-2")
+    assert first.headers["x-request-id"] == "req-1"
+    assert first.headers["content-length"] == str(len(first.content))
+    assert second.headers["x-request-id"] == "req-2"
+    assert second.headers["content-length"] == str(len(second.content))
+
+
+class Recorder(httpx.AsyncBaseTransport):
+    """Answers every request with ``status`` (or raises ``error``), keeping what it was sent."""
+
+    def __init__(self, status: int = 200, error: Exception | None = None) -> None:
+        self.status = status
+        self.error = error
+        self.sent: list[httpx.Request] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.sent.append(request)
+        if self.error is not None:
+            raise self.error
+        return httpx.Response(self.status, content=b"\x01\x00" * 4)
+
+
+async def test_send_hands_the_request_to_the_transport_and_the_answer_back() -> None:
+    transport = Recorder(status=503)
+    async with httpx.AsyncClient(transport=transport) as c:
+        request = c.build_request("POST", URL, json=BODY)
+        response = await send(c, request)
+        assert transport.sent == [request]  # as it is: nothing added on the way
+        assert response.status_code == 503  # an error status is the caller's to judge
+        assert response.request is request
+        assert await response.aread() == b"\x01\x00" * 4
+
+
+async def test_a_transport_error_names_its_request() -> None:
+    async with httpx.AsyncClient(transport=Recorder(error=httpx.ConnectError("refused"))) as c:
+        request = c.build_request("POST", URL, json=BODY)
+        with pytest.raises(httpx.ConnectError) as raised:
+            await send(c, request)
+    assert raised.value.request is request
+
+
+async def test_a_closed_client_sends_nothing() -> None:
+    transport = Recorder()
+    c = httpx.AsyncClient(transport=transport)
+    request = c.build_request("POST", URL, json=BODY)
+    await c.aclose()
+    with pytest.raises(RuntimeError, match="closed"):
+        await send(c, request)
+    assert transport.sent == []
+
+
+async def test_a_client_with_authentication_or_hooks_sends_through_httpx() -> None:
+    transport = Recorder()
+    async with httpx.AsyncClient(transport=transport, auth=("user", "pass")) as c:
+        await send(c, c.build_request("POST", URL, json=BODY))
+    assert transport.sent[-1].headers["authorization"].startswith("Basic ")
+    seen: list[httpx.Request] = []
+
+    async def hook(request: httpx.Request) -> None:
+        seen.append(request)
+
+    async with httpx.AsyncClient(transport=transport, event_hooks={"request": [hook]}) as c:
+        request = c.build_request("POST", URL, json=BODY)
+        await send(c, request)
+    assert seen == [request]
