@@ -15,21 +15,25 @@
 The slot is held from the first attempt until the stream is closed, retries included, so a
 provider's ``max_concurrency`` bounds what it is asked at once whatever the retries do.
 
-The attempts are a plain loop rather than a retry library's: nearly every request is answered
-by its first attempt, and a retrying object built per request (``tenacity.AsyncRetrying``, with
-its state and closures, garbage the collector has to find) cost more than the attempt's own
-bookkeeping. The loop keeps the order such a library has: the failure is noted, then whether
-to retry is decided (which spends from the retry budget), then the pause is drawn, then a
-pause that would end past the first-byte budget stops the attempts with the last error.
+The attempts are a plain loop rather than a ``tenacity.AsyncRetrying`` per request: nearly
+every request is answered by its first attempt, and a retrying object built for each (with its
+state and closures, garbage the collector has to find) cost more than the attempt's own
+bookkeeping. The loop keeps the order tenacity has: the failure is noted, then whether to retry
+is decided (which spends from the retry budget), then the pause is drawn (by tenacity's
+``wait_exponential`` and ``wait_random``, made once per retry policy), then a pause that would
+end past the first-byte budget stops the attempts with the last error.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-import random
 import time
 from collections.abc import AsyncGenerator, Mapping
+
+from tenacity import RetryCallState, Retrying, wait_exponential, wait_random
+from tenacity.wait import wait_base
 
 from providers.base import (
     Provider,
@@ -68,20 +72,26 @@ class VoiceSkipped(Exception):
 BUSY_RETRY_AFTER = 1.0
 
 
-#: Doublings of the backoff past which it is ``max_backoff`` anyway (and ``2.0 ** n`` would
-#: overflow a float long before ``n`` reached what ``retry.attempts`` allows).
-_MAX_DOUBLINGS = 64
+#: What a tenacity retry state names as its retrying object (the loop below is the retrying).
+_RETRYING = Retrying()
+
+
+@functools.lru_cache(maxsize=256)
+def _backoff(backoff: float, max_backoff: float) -> wait_base:
+    """tenacity's exponential backoff with jitter for a retry policy (made once per policy)."""
+    return wait_exponential(multiplier=backoff, max=max_backoff) + wait_random(0, backoff / 2)
 
 
 def pause_before(attempt: int, error: ProviderError, policy: RetryPolicy) -> float:
     """Seconds to wait after failed attempt number ``attempt`` (from 1) before the next: the
     provider's ``Retry-After`` when it gave one, else ``backoff`` doubled per attempt, at most
-    ``max_backoff``, plus a random jitter of up to half ``backoff``."""
+    ``max_backoff``, plus a random jitter of up to half ``backoff`` (tenacity's
+    ``wait_exponential`` and ``wait_random``, asked only when there is a retry to make)."""
     if error.retry_after is not None:
         return error.retry_after
-    doublings = min(attempt - 1, _MAX_DOUBLINGS)
-    exponential = min(policy.backoff * 2.0**doublings, policy.max_backoff)
-    return max(0.0, exponential) + random.random() * (policy.backoff / 2)
+    state = RetryCallState(_RETRYING, None, (), {})
+    state.attempt_number = attempt
+    return max(0.0, float(_backoff(policy.backoff, policy.max_backoff)(state)))
 
 
 class VoiceOpener:

@@ -221,9 +221,9 @@ def test_the_pause_between_attempts_doubles_up_to_its_bound_with_jitter(
 ) -> None:
     policy = RetryPolicy(attempts=100, backoff=0.2, max_backoff=1.0)
     error = ProviderConnectionError("pa", "refused")
-    monkeypatch.setattr("gateway.attempts.random.random", lambda: 0.0)
+    monkeypatch.setattr("random.random", lambda: 0.0)  # tenacity's jitter: none
     assert [pause_before(n, error, policy) for n in (1, 2, 3, 4, 99)] == [0.2, 0.4, 0.8, 1.0, 1.0]
-    monkeypatch.setattr("gateway.attempts.random.random", lambda: 1.0)  # the jitter's bound
+    monkeypatch.setattr("random.random", lambda: 1.0)  # the jitter's bound
     assert pause_before(1, error, policy) == pytest.approx(0.3)
     assert pause_before(5, error, policy) == pytest.approx(1.1)
     # The provider's Retry-After is the pause, whatever the policy says.
