@@ -5,24 +5,37 @@ package (22050 Hz); ``model:`` may name any other Piper ``.onnx`` voice (its ``.
 beside it, or ``config:``). The model is loaded once at start and warmed up; synthesis runs in
 worker threads, at most ``max_concurrency`` at once.
 
-The text is cut at sentence boundaries, and the first sentence once more after its first clause,
-so that the first audio leaves after a few words instead of after the whole text; every later
-piece is synthesized while the earlier audio is still being sent. Closing the stream (the caller
-hung up) stops before the next piece.
+The text is cut at sentence boundaries, and the first sentence once more after its first
+clause. Each piece goes through the voice's graph in two halves, cut at start
+(:mod:`providers.piper_graph`): the front (text encoder, duration predictor and flow) runs once
+on each sentence Piper finds in it, so durations, prosody and the flow's noise are the whole
+sentence's; the decoder then runs on windows of the sentence's latent frames, 24 frames first
+(0.28 s of speech), each next up to four times as long, up to 256 frames (a last window takes
+up to half a window more), each with the frames of context its receptive field needs on either
+side (12 for the bundled voice), so that the windows join into the sentence's whole decode to
+~1e-6. A window's audio leaves as soon as it is decoded; the next is decoded while it is being
+sent. Closing the stream (the caller hung up) stops before the next window. At start a sentence
+decoded in small windows is checked against its whole decode; a voice whose graph is not a front
+followed by a convolutional decoder, or fails that check, runs whole, one ONNX run per sentence
+(a warning at start says so).
 
 Settings: ``model``, ``config``, ``threads`` (ONNX Runtime threads per synthesis; 0 = its
 default, one per physical core). Options: ``speaker`` (name or id, multi-speaker models; the
 voice name is tried too), ``length_scale`` (>1 slower), ``noise_scale``, ``noise_w_scale``,
 ``volume``. Piper has no emotion control: ``Emotion`` is ignored.
 
-Where the first audio's time goes (the bundled voice, a sentence whose first clause is 1.5 s
-of speech; ``python -m bench.piper_first``): phonemizing the clause 0.6 ms; the ONNX run
-~105 ms on one thread, ~70 ms per second of speech, a third of it in the text encoder,
-duration predictor and flow and two thirds in the decoder; the executor hand-off and the
-22050 -> 24000 Hz conversion ~1 ms (a clause-long first piece picks soxr's block filter, which
-returns all but the last ~20 ms of it at once). The voice, the phonemizer and the session's
-buffers are made once, at start. What the session options bought, on a 2-core machine shared
-with other work:
+Where the first audio's time goes (the bundled voice, one thread, the bench's sentence "Thanks
+for calling the clinic, how can I help you today?", whose first clause is 1.45 s of speech, 125
+frames; ``python -m bench.piper_first --whole``): phonemizing the clause 0.6 ms; the front ~32
+ms; the first window (24 frames and 12 of context) ~20 ms; the executor hand-off and the
+22050 -> 24000 Hz conversion ~1 ms (a first window longer than 0.25 s picks soxr's block filter,
+which returns all but its last ~20 ms at once). Decoded whole, the clause took ~105 ms (the
+decoder two thirds of it). The cut after the first clause still pays: the front runs on the
+whole piece before the first window, 32 ms for the clause against 51 ms for the sentence. What
+the windows cost: each cut decodes twice the context again (24 frames, ~16 ms of one core), one
+cut in the bench's sentence, one per 256 frames (~3 s of speech) in a long one. The voice, the
+phonemizer and the sessions' buffers are made once, at start. What the session options bought,
+on a 2-core machine shared with other work (measured with the clause decoded whole):
 
 - ``threads``: two threads take the clause from ~100 to 59-73 ms with the machine lightly
   loaded, for ~10-15 % more CPU; with the machine loaded by other work they gain little or
@@ -259,6 +272,7 @@ class PiperProvider(Provider):
         raw_config = _read_voice_config(self.config_path)
         config = PiperConfig.from_dict(raw_config)
         hop = raw_config.get("hop_length")
+        # Piper's voice object is used for its phonemizer and config; the graphs run here.
         try:
             split = self._split(hop if isinstance(hop, int) else None)
             voice = PiperVoice(session=split.front, config=config)
