@@ -53,8 +53,9 @@ class WholePiper(PiperProvider):
 
 
 class Parts:
-    """The CPU time (of its worker thread) of a split provider's front and of its first window,
-    per request."""
+    """The CPU time of a split provider's front and of its first window, per request, in the
+    worker thread that runs them (with more than one ONNX thread, their pool's share is not in
+    it)."""
 
     def __init__(self, graph: _SplitGraph) -> None:
         self.front: list[float] = []
