@@ -140,6 +140,7 @@ def _reduce_to(model: onnx.ModelProto, output: str) -> None:
     nodes = list(graph.node)
     keep = _between(nodes, "", output, _producers(nodes), set())
     used = {name for index in keep for name in (*nodes[index].input, *nodes[index].output)}
+    weights = {t.name for t in graph.initializer}
     latent = onnx.ValueInfoProto()
     latent.CopyFrom(next(v for v in (*graph.value_info, *graph.output) if v.name == output))
     del nodes
@@ -150,6 +151,10 @@ def _reduce_to(model: onnx.ModelProto, output: str) -> None:
         for index in reversed(range(len(field))):
             if field[index].name not in used:
                 del field[index]
+    for index in reversed(range(len(graph.input))):  # older exports list weights as inputs
+        name = graph.input[index].name
+        if name in weights and name not in used:
+            del graph.input[index]
     del graph.output[:]
     graph.output.append(latent)
 

@@ -125,6 +125,26 @@ def test_the_cut_follows_the_speaker_and_decodes_in_windows_as_whole() -> None:
     assert float(np.max(np.abs(np.concatenate(short) - reference))) > 1e-4
 
 
+def test_weights_listed_as_inputs_stay_with_their_half() -> None:
+    """Older exports list every weight among the graph's inputs too."""
+    model = vits_like()
+    model.graph.input.extend(
+        helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+        for t in model.graph.initializer
+    )
+    cut = split_before_decoder(model)
+    front, decoder = session(cut.front), session(cut.decoder)
+    assert [i.name for i in front.get_inputs()] == ["x", "scales", "sid"]
+    assert [i.name for i in decoder.get_inputs()] == ["conditioned"]
+    assert {t.name for t in onnx.load_from_string(cut.front).graph.initializer} == {
+        "pre_w",
+        "pre_b",
+        "speakers",
+        "zero",
+        "last",
+    }
+
+
 def test_the_config_s_hop_length_must_agree_with_the_graph() -> None:
     with pytest.raises(NoDecoderSplit, match="2 samples per frame, the config says 256"):
         split_before_decoder(vits_like(), hop_length=256)
