@@ -113,8 +113,9 @@ def _bundled_model() -> Path:
 
 #: The first window of an answer, in latent frames (a Piper voice's frame is 256 samples: 24
 #: frames are 0.28 s of speech at 22050 Hz). Its decode, with its context, is ~20 ms of one
-#: core; what it gains below that is lost to the front, which runs on the whole clause first.
-#: Above 0.25 s the gateway's converter picks its cheapest resampler for the stream.
+#: core. A shorter one would save a few milliseconds after the front's ~32 ms and leave less
+#: audio playing while the next window is decoded; from 0.25 s on, the gateway's converter
+#: picks its cheapest resampler for the stream.
 FIRST_WINDOW = 24
 #: Each window is at most this many times the one before: it is decoded (~0.7 ms of one core
 #: per frame) while the audio before it plays (11.6 ms per frame), so four times as many frames
