@@ -27,15 +27,16 @@ voice name is tried too), ``length_scale`` (>1 slower), ``noise_scale``, ``noise
 Where the first audio's time goes (the bundled voice, one thread, the bench's sentence "Thanks
 for calling the clinic, how can I help you today?", whose first clause is 1.45 s of speech, 125
 frames; ``python -m bench.piper_first --whole``): phonemizing the clause 0.6 ms; the front ~32
-ms; the first window (24 frames and 12 of context) ~20 ms; the executor hand-off and the
-22050 -> 24000 Hz conversion ~1 ms (a first window longer than 0.25 s picks soxr's block filter,
-which returns all but its last ~20 ms at once). Decoded whole, the clause took ~105 ms (the
-decoder two thirds of it). The cut after the first clause still pays: the front runs on the
-whole piece before the first window, 32 ms for the clause against 51 ms for the sentence. What
-the windows cost: each cut decodes twice the context again (24 frames, ~16 ms of one core), one
-cut in the bench's sentence, one per 256 frames (~3 s of speech) in a long one. The voice, the
-phonemizer and the sessions' buffers are made once, at start. What the session options bought,
-on a 2-core machine shared with other work (measured with the clause decoded whole):
+ms; the first window (24 frames and 12 of context) ~20 ms (42 and 25 ms when the machine runs
+slower, the whole clause 140 ms); the executor hand-off and the 22050 -> 24000 Hz conversion ~1
+ms (a first window longer than 0.25 s picks soxr's block filter, which returns all but its last
+~20 ms at once). Decoded whole, the clause took ~105 ms (the decoder two thirds of it). The cut
+after the first clause still pays: the front runs on the whole piece before the first window, 32
+ms for the clause against 51 ms for the sentence. What the windows cost: each cut decodes twice
+the context again (24 frames, ~16 ms of one core), one cut in the bench's sentence, one per 256
+frames (~3 s of speech) in a long one. The voice, the phonemizer and the sessions' buffers are
+made once, at start. What the session options bought, on a 2-core machine shared with other work
+(measured with the clause decoded whole):
 
 - ``threads``: two threads take the clause from ~100 to 59-73 ms with the machine lightly
   loaded, for ~10-15 % more CPU; with the machine loaded by other work they gain little or
