@@ -782,8 +782,9 @@ def render(f: dict[str, Any], meta: dict[str, Any]) -> str:
         f"{meta['load_after']}; Python {meta['python']}. Latencies are medians of "
         f"{meta['repeats']} runs. The mock upstream streams a 24 kHz tone in 20 ms chunks; "
         "direct and nginx deliver it as is, **the gateway resamples it 24 → 48 kHz** "
-        "(soxr) and parses and routes each request (at log level warning: no per-request "
-        "log line). The fault soak (6), pipelined pieces (7) and the phrase cache (8) run on "
+        "(its polyphase filter, `gateway/polyphase.py`) and parses and routes each request "
+        "(at log level warning: no per-request log line). The fault soak (6), pipelined "
+        "pieces (7) and the phrase cache (8) run on "
         f"their own gateways and upstreams.{remeasured}",
         "",
         "## Targets",
