@@ -26,39 +26,17 @@ import os
 import statistics
 import subprocess
 import tempfile
-import textwrap
 import time
 from pathlib import Path
 from typing import Any
+
+from bench.hotpath import routing
 
 #: What each request asks for: 20 ms of audio, at once, resampled 24 -> 48 kHz.
 EXTEND = json.dumps({"InstanceId": "bench", "BenchSeconds": 0.02, "BenchPace": "fast"})
 BODY = json.dumps(
     {"Text": "Benchmark.", "VoiceId": "bench", "SampleRate": 48000, "ExtendData": EXTEND}
 ).encode()
-
-
-def routing(workdir: Path, upstream: int) -> Path:
-    path = workdir / "door.yaml"
-    path.write_text(
-        textwrap.dedent(f"""\
-        server:
-          max_concurrent_streams: 5000
-          default_voice: bench
-          log_level: warning
-        providers:
-          upstream:
-            type: custom
-            url: http://127.0.0.1:{upstream}/stream-audio
-            sample_rates: [24000]
-            max_concurrency: 2000
-            timeout: {{connect: 5, first_byte: 30, total: 120}}
-            retry: {{attempts: 1}}
-        voices:
-          bench: {{provider: upstream}}
-        """)
-    )
-    return path
 
 
 class CollectorClock:
@@ -203,7 +181,7 @@ def main() -> None:
             "upstream", [PY, "-m", "bench.upstream", "--port", str(port)], port, workdir
         )
         try:
-            conf = routing(workdir, port)
+            conf = routing(workdir, port, cache=False)
             for _ in range(args.repeat):
                 for code in codes:
                     # This file run as a script: the copy's gateway, whether or not the
