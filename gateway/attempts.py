@@ -258,10 +258,16 @@ class VoiceOpener:
                 if bill is not None:
                     bill.characters += characters
                 source = provider.stream(job)
+                rest = b""
                 async for native in source:
                     if keep_native:
                         head.append(native)
-                    first = converter.feed(native)
+                        first = converter.feed(native)
+                    else:
+                        # A long first piece: its first audio converted (and so sent) first.
+                        first, rest = converter.feed_first(native)
+                        if rest and not first:
+                            first, rest = converter.feed(rest), b""
                     if first:
                         self.metrics.attempts.labels(provider.name, "ok").inc()
                         return AudioStream(
@@ -274,6 +280,7 @@ class VoiceOpener:
                             health,
                             characters=characters,
                             native_head=head,
+                            rest=rest,
                         )
                 first = converter.flush()
             except AudioFormatError as exc:

@@ -63,6 +63,9 @@ class AudioStream:
     """Who is told of a failure mid-answer instead of :attr:`health` (a shared synthesis)."""
     native_head: list[bytes] = field(default_factory=list)
     """The provider's native chunks read to get :attr:`first` (kept only when asked for)."""
+    rest: bytes = b""
+    """The provider's bytes read with the first audio and not yet converted (a long first
+    piece is converted in two steps, :meth:`Converter.feed_first`)."""
     received_all: bool = False
     """Whether the provider's whole answer has been received (its stream ended)."""
     _closed: bool = False
@@ -77,6 +80,12 @@ class AudioStream:
         A provider error after the first chunk propagates; the caller ends the stream."""
         self.bytes_out += len(self.first)
         yield self.first
+        if self.rest:
+            rest, self.rest = self.rest, b""
+            pcm = self.converter.feed(rest)
+            if pcm:
+                self.bytes_out += len(pcm)
+                yield pcm
         source = self.source
         if source is not None:
             feed = self.converter.feed
@@ -94,8 +103,10 @@ class AudioStream:
     def tap_point(self) -> _Connection | None:
         """The upstream connection whose body is the rest of this stream as it is (see
         :mod:`gateway.direct`), when it is: one HTTP answer's body, not stored by the phrase
-        cache, its first chunk sent and nothing of it buffered here."""
+        cache, its first audio sent and nothing of it buffered here (nor :attr:`rest`)."""
         source = self.source
+        if self.rest:
+            return None
         if isinstance(source, OnePiece) and self.cache is None and self.on_failed is None:
             return source.tap_point()
         return None

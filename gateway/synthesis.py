@@ -239,6 +239,8 @@ class Synthesis:
         timeouts = stream.provider.config.timeout
         deadline = loop.time() + timeouts.total
         first = True
+        # Whether the rest may still go to ``direct`` (decided once the first piece is out).
+        tap = direct is not None
         relayed = False
         chunks = stream.chunks()
         stall = StallWatch(timeouts.stall)
@@ -253,16 +255,18 @@ class Synthesis:
                         if first:
                             first = False
                             outcome.first_audio(sending)
-                            upstream = stream.tap_point() if direct is not None else None
+                        elif pace is not None and pace.waited(time.perf_counter() - sending):
+                            end = "caller_too_slow"
+                            break
+                        if tap and not stream.rest:
+                            tap = False
+                            upstream = stream.tap_point()
                             if upstream is not None:
                                 assert direct is not None
                                 relayed = True
                                 relay = DirectRelay(stream, upstream, direct, stall, pace, loop)
                                 end = await relay.run()
                                 break
-                        elif pace is not None and pace.waited(time.perf_counter() - sending):
-                            end = "caller_too_slow"
-                            break
         except asyncio.CancelledError:
             # The caller hung up (the front door ends the stream): what went out counts.
             outcome.sent(stream.bytes_out, self.request.sample_rate)

@@ -13,7 +13,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from gateway.audio import AudioFormatError, Converter, write_wav
+from gateway.audio import FIRST_OUT, AudioFormatError, Converter, write_wav
 from providers.base import AudioFormat, Encoding
 from providers.wav import strip_riff, wav_header
 
@@ -520,6 +520,37 @@ def test_first_chunk_picks_the_resampler() -> None:
     assert burst.mode == "block"
     block = Converter(AudioFormat(24000), 48000, mode="block")
     assert block.feed(twenty_ms) == b""  # the block filter waits for ~40 ms of input
+
+
+@pytest.mark.parametrize("seconds", [0.2, 1.0])
+@pytest.mark.parametrize(("in_rate", "out_rate"), [(24000, 48000), (22050, 8000), (44100, 16000)])
+def test_a_long_first_piece_is_converted_in_two_steps(
+    seconds: float, in_rate: int, out_rate: int
+) -> None:
+    """feed_first() converts the first FIRST_OUT of a long first piece and hands back the rest:
+    the same resampler the whole piece picks, the same samples as feeding it whole."""
+    piece = encode(sine(440, in_rate, int(in_rate * seconds)), "s16le")
+    whole = Converter(AudioFormat(in_rate), out_rate)
+    expected = whole.feed(piece) + whole.flush()
+    split = Converter(AudioFormat(in_rate), out_rate)
+    first, rest = split.feed_first(piece)
+    assert split.mode == whole.mode == ("block" if seconds >= 0.25 else "low_latency")
+    assert len(first) > 0 and len(rest) > 0
+    if split.mode == "low_latency":
+        assert len(rest) == len(piece) - 2 * int(FIRST_OUT * in_rate)
+        assert len(first) <= 2 * FIRST_OUT * out_rate
+    else:
+        assert len(first) < len(expected) / 4
+    assert first + split.feed(rest) + split.flush() == expected
+
+
+def test_a_short_or_unresampled_first_piece_is_converted_whole() -> None:
+    short = encode(sine(440, 24000, int(24000 * 2 * FIRST_OUT)), "s16le")
+    converter = Converter(AudioFormat(24000), 48000)
+    first, rest = converter.feed_first(short)
+    assert rest == b"" and len(first) > 0
+    long = encode(sine(440, 24000, 24000), "s16le")
+    assert Converter(AudioFormat(24000), 24000).feed_first(long) == (long, b"")
 
 
 @pytest.mark.parametrize("mode", ["block", "low_latency"])

@@ -18,10 +18,12 @@ import numpy as np
 import pytest
 
 from gateway.app import create_app
+from gateway.audio import FIRST_OUT, Converter
 from gateway.config import parse_config
 from gateway.direct import DirectRelay
 from gateway.http1 import HTTPProtocol
 from gateway.http1.io import WRITE_HIGH_WATER
+from providers.base import AudioFormat
 from tests.support import LoopbackServer, eventually, live_server, read_request, tone
 
 pytestmark = pytest.mark.asyncio
@@ -337,3 +339,36 @@ async def test_the_resamplers_tail_and_the_end_of_the_body_leave_in_one_write() 
     assert len(writes) == 2
     assert writes[0].startswith(b"HTTP/1.1 200")
     assert writes[1].endswith(b"\r\n0\r\n\r\n") and len(writes[1]) > len(b"0\r\n\r\n")
+
+
+async def test_a_long_first_piece_sends_its_first_audio_before_converting_the_rest(
+    relayed: list[int],
+) -> None:
+    """An upstream that sends a second of audio at once: the first write carries the head and
+    at most FIRST_OUT of audio; the rest follows, and the whole is what converting the second
+    in one go gives; the stream is relayed from the upstream's callbacks after."""
+    writes: list[bytes] = []
+    original = HTTPProtocol.write
+
+    def recording(self: HTTPProtocol, data: bytes) -> None:
+        writes.append(data)
+        original(self, data)
+
+    second = tone(440, 1.0, RATE)
+    converter = Converter(AudioFormat(RATE), 48000)
+    expected = converter.feed(second) + converter.feed(AUDIO) + converter.flush()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(HTTPProtocol, "write", recording)
+        async with (
+            KeepAliveUpstream([Script([second, AUDIO], first_pause=0.2)]) as upstream,
+            gateway(upstream) as url,
+            httpx.AsyncClient(timeout=30) as client,
+        ):
+            answer = await client.post(f"{url}/stream-audio", json=body(48000))
+    assert answer.status_code == 200
+    assert answer.content == expected
+    head, _, first_body = writes[0].partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    first_audio = dechunk(first_body + b"0\r\n\r\n")
+    assert 0 < len(first_audio) <= 2 * FIRST_OUT * 48000
+    assert relayed == [len(AUDIO)]  # the piece after the first was relayed from the callbacks
