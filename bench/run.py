@@ -130,7 +130,6 @@ def gateway_conf(workdir: Path, upstream: int) -> Path:
             retry: {{attempts: 1}}
           local:
             type: piper
-            threads: 1
             max_concurrency: 1
         voices:
           bench: {{provider: upstream}}
@@ -878,17 +877,17 @@ def render(f: dict[str, Any], meta: dict[str, Any]) -> str:
         f"({local['rtf_one_core']['audio_s']:.1f} s of audio in "
         f"{local['rtf_one_core']['wall_s'] * 1000:.0f} ms)",
         "",
-        "The bench's local voice runs one ONNX thread (`threads: 1`). The first piece it speaks",
-        "is the sentence's first clause (1.45 s of speech, 125 latent frames): the voice's front",
-        "(text encoder, duration predictor, flow) runs on the whole clause, ~32 ms of one core,",
-        "then its decoder on a first window of 24 frames (0.28 s of speech) and 12 frames of",
-        "context, ~20 ms, whose audio leaves at once; the rest of the clause is decoded while it",
-        "plays. Phonemizing takes 0.6 ms, the hand-off to the worker thread and the 22050 → 24000",
-        "Hz conversion ~1 ms (soxr's block filter returns all but the last ~20 ms of the window at",
-        "once). Decoded whole, the clause took ~105 ms. `python -m bench.piper_first --threads 1",
-        "--whole` measures the first audio in process beside a twin that decodes whole, `--threads",
-        "1,2` per thread setting, and `--spinning` against ONNX Runtime's spinning threads (what",
-        "they cost: the provider's docstring and the table below).",
+        "The bench's local voice runs on the provider's defaults: ONNX Runtime's threads (one per",
+        "physical core, two here), not spinning. The first piece it speaks is the sentence's",
+        "first clause (1.45 s of speech, 125 latent frames): the voice's front (text encoder,",
+        "duration predictor, flow) runs on the whole clause, ~32 ms of one core, then its decoder",
+        "on a first window of 12 frames (0.14 s of speech) and 12 frames of context, ~14 ms of",
+        "one core, whose audio leaves at once; the rest of the clause is decoded while it plays.",
+        "Phonemizing takes 0.6 ms, the hand-off to the worker thread and the 22050 → 24000 Hz",
+        "conversion ~1 ms. Decoded whole, the clause took ~105 ms of one core. `python -m",
+        "bench.piper_first --threads 0,1 --whole` measures the first audio in process per thread",
+        "setting beside a twin that decodes whole, and `--spinning` against ONNX Runtime's",
+        "spinning threads (what they cost: the provider's docstring and the table below).",
         "",
     ]
     if "soak" in f:

