@@ -7,9 +7,11 @@ voice's graph whole, one run per sentence, as before the decoder was run in wind
 Each request is one sentence; a request waits until the previous one is finished and a short
 pause (a caller's turn) has passed, so that every one starts on an idle voice, as in scenario
 (5) of ``bench.run``. Prints one JSON object: per setting, the first audio's p50 and p99 (wall
-clock), the process CPU time it took (p50) and the CPU time of the whole request (p50), with the
-load average before and after; for a voice run in windows, the CPU time of the front (the text
-encoder, durations and flow on the first clause) and of the first window's decode (p50).
+clock), the process CPU time it took (p50), the CPU time of the whole request (p50) and the
+least audio a caller playing from the first piece on had left when a later piece arrived (the
+margin against an underrun, worst of all requests), with the load average before and after;
+for a voice run in windows, the CPU time of the front (the text encoder, durations and flow on
+the first clause) and of the first window's decode (p50).
 
     python -m bench.piper_first --threads 1,2 --requests 30
     python -m bench.piper_first --threads 2 --spinning --requests 40
@@ -90,17 +92,23 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def first_audio(provider: PiperProvider) -> tuple[float, float, float]:
-    """One request: milliseconds to the first piece (wall, process CPU), and the process CPU
-    of the whole request (the rest drained as fast as it comes)."""
+async def first_audio(provider: PiperProvider) -> tuple[float, float, float, float]:
+    """One request: milliseconds to the first piece (wall, process CPU), the process CPU of
+    the whole request (the rest drained as fast as it comes), and the least audio a caller
+    playing from the first piece on had left to play when a later piece arrived (ms)."""
     job = SynthesisJob(text=SENTENCE, voice="joe", sample_rate=24000)
+    fmt = provider.native_format(job)
     wall, cpu = time.perf_counter(), time.process_time()
     stream = provider.stream(job)
-    await anext(stream)
-    first = (time.perf_counter() - wall) * 1000, (time.process_time() - cpu) * 1000
-    async for _ in stream:
-        pass
-    return (*first, (time.process_time() - cpu) * 1000)
+    piece = await anext(stream)
+    started = time.perf_counter()
+    first = (started - wall) * 1000, (time.process_time() - cpu) * 1000
+    queued = len(piece) / fmt.frame_bytes / fmt.sample_rate
+    ahead = float("inf")
+    async for piece in stream:
+        ahead = min(ahead, queued - (time.perf_counter() - started))
+        queued += len(piece) / fmt.frame_bytes / fmt.sample_rate
+    return (*first, (time.process_time() - cpu) * 1000, ahead * 1000)
 
 
 async def measure(
@@ -119,7 +127,7 @@ async def measure(
             )
             providers[f"threads={count}{suffix}"] = kind(config)
     names = list(providers)
-    runs: dict[str, list[tuple[float, float, float]]] = {name: [] for name in names}
+    runs: dict[str, list[tuple[float, float, float, float]]] = {name: [] for name in names}
     parts: dict[str, Parts] = {}
     load_before = os.getloadavg()
     try:
@@ -143,12 +151,13 @@ async def measure(
         "requests": requests,
     }
     for name, samples in runs.items():
-        wall = [w for w, _, _ in samples]
+        wall = [w for w, _, _, _ in samples]
         result[name] = {
             "first_audio_p50_ms": round(statistics.median(wall), 1),
             "first_audio_p99_ms": round(percentile(wall, 0.99), 1),
-            "cpu_p50_ms": round(statistics.median(c for _, c, _ in samples), 1),
-            "request_cpu_p50_ms": round(statistics.median(t for _, _, t in samples), 1),
+            "cpu_p50_ms": round(statistics.median(c for _, c, _, _ in samples), 1),
+            "request_cpu_p50_ms": round(statistics.median(t for _, _, t, _ in samples), 1),
+            "audio_ahead_min_ms": round(min(a for _, _, _, a in samples), 1),
         }
         if name in parts:
             result[name]["front_cpu_p50_ms"] = round(statistics.median(parts[name].front), 1)
