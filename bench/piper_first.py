@@ -10,8 +10,9 @@ pause (a caller's turn) has passed, so that every one starts on an idle voice, a
 clock), the process CPU time it took (p50), the CPU time of the whole request (p50) and the
 least audio a caller playing from the first piece on had left when a later piece arrived (the
 margin against an underrun, worst of all requests), with the load average before and after;
-for a voice run in windows, the CPU time of the front (the text encoder, durations and flow on
-the first clause) and of the first window's decode (p50).
+for a voice run in windows, the CPU time of the front on the first clause (the text encoder and
+durations, and the flow when it runs with them) and of the first window (its decode, and the flow
+on its frames when the flow is cut off the front), p50.
 
     python -m bench.piper_first --threads 1,2 --requests 30
     python -m bench.piper_first --threads 2 --spinning --requests 40

@@ -5,19 +5,22 @@ package (22050 Hz); ``model:`` may name any other Piper ``.onnx`` voice (its ``.
 beside it, or ``config:``). The model is loaded once at start and warmed up; synthesis runs in
 worker threads, at most ``max_concurrency`` at once.
 
-The text is cut at sentence boundaries, and the first sentence once more after its first
-clause. Each piece goes through the voice's graph in two halves, cut at start
-(:mod:`providers.piper_graph`): the front (text encoder, duration predictor and flow) runs once
-on each sentence Piper finds in it, so durations, prosody and the flow's noise are the whole
-sentence's; the decoder then runs on windows of the sentence's latent frames, 12 frames first
-(0.14 s of speech), each next up to four times as long, up to 256 frames (a last window takes
-up to half a window more), each with the frames of context its receptive field needs on either
-side (12 for the bundled voice), so that the windows join into the sentence's whole decode to
-~1e-6. A window's audio leaves as soon as it is decoded; the next is decoded while it is being
-sent. Closing the stream (the caller hung up) stops before the next window. At start a sentence
-decoded in small windows is checked against its whole decode; a voice whose graph is not a front
-followed by a convolutional decoder, or fails that check, runs whole, one ONNX run per sentence
-(a warning at start says so).
+The text is cut at sentence boundaries, and the first sentence once more after its first clause.
+Each piece goes through the voice's graph in three parts, cut at start
+(:mod:`providers.piper_graph`). The front (text encoder and duration predictor, and the flow's
+noise) runs once on each sentence Piper finds in it, so durations, prosody and noise are the whole
+sentence's. The flow and the decoder are local in time: each frame depends on the frames near it
+only, so they run on windows of the sentence's latent frames with the frames of context their
+receptive fields need on either side (32 for the bundled voice's flow, 12 for its decoder), and the
+windows join into the sentence's whole run to ~1e-6. The flow runs on the first window's frames
+first, then on the rest of the sentence at once; the decoder on windows of 12 frames first (0.14 s
+of speech), 24 next, each next up to four times as long, up to 256 frames (a last window takes up
+to half a window more). A window's audio leaves as soon as it is decoded; the next is decoded while
+it is being sent. Closing the stream (the caller hung up) stops before the next window. At start a
+sentence run in small windows is checked against its whole run; a voice whose flow cannot be cut
+off its front, or fails that check, runs its flow with the front (a warning says so when the check
+failed); a voice whose graph is not a front followed by a convolutional decoder, or fails the check
+even so, runs whole, one ONNX run per sentence (a warning at start says so).
 
 Settings: ``model``, ``config``, ``threads`` (ONNX Runtime threads per synthesis; 0 = its
 default, one per physical core). Options: ``speaker`` (name or id, multi-speaker models; the
@@ -25,19 +28,23 @@ voice name is tried too), ``length_scale`` (>1 slower), ``noise_scale``, ``noise
 ``volume``. Piper has no emotion control: ``Emotion`` is ignored.
 
 Where the first audio's time goes (the bundled voice, one thread, the bench's sentence "Thanks for
-calling the clinic, how can I help you today?", whose first clause is 1.45 s of speech, 125 frames;
-``python -m bench.piper_first --whole``): phonemizing the clause 0.6 ms; the front ~32 ms; the
-first window (12 frames and 12 of context) ~14 ms (its decode scales with the frames: 24 frames
-took ~20, 25-28 when the machine runs slower, the whole clause 140 ms); the executor hand-off and
-the 22050 -> 24000 Hz conversion ~1 ms (a first window under 0.25 s picks soxr's variable-rate
-filter for the stream, ~1 ms of CPU per second of speech more than its block filter: 1 % of the
-voice's own). Decoded whole, the clause took ~105 ms (the decoder two thirds of it). The cut after
-the first clause still pays: the front runs on the whole piece before the first window, 32 ms for
-the clause against 51 ms for the sentence. What the windows cost: each cut decodes twice the
-context again (24 frames, ~16 ms of one core), two cuts in the bench's sentence (windows of 12, 48
-and 65 frames), one per 256 frames (~3 s of speech) in a long one. The voice, the phonemizer and
-the sessions' buffers are made once, at start. What the session options bought, on a 2-core machine
-shared with other work (measured with the clause decoded whole):
+calling the clinic, how can I help you today?", whose first clause is 1.45 s of speech, 125-130
+frames; ``python -m bench.piper_first``): phonemizing the clause 0.6 ms; the front ~18 ms (the text
+encoder ~11, the duration predictor ~7); the flow on the first window's 24 frames (the window and
+its decoder context) with 32 of its own context ~9 ms, where on all the clause's frames it took
+~23; the first window's decode (12 frames and 12 of context) ~15 ms (24 frames took ~20); the
+executor hand-off and the 22050 -> 24000 Hz conversion ~1 ms (a first window under 0.25 s picks
+soxr's variable-rate filter for the stream, ~1 ms of CPU per second of speech more than its block
+filter: 1 % of the voice's own). Decoded whole, the clause took ~105 ms (the decoder two thirds of
+it). The cut after the first clause still pays: the front runs on the whole piece before the first
+window. What the windows cost: each decoder cut decodes twice the context again (24 frames, ~16 ms
+of one core), two cuts in the bench's sentence (windows of 12, 24 and the rest), one per 256 frames
+(~3 s of speech) in a long one; the flow runs twice on the first ~56 frames of each sentence (~9
+ms). Before the second window's audio, the flow runs on the rest of the sentence and the decoder on
+the second window (~21 and ~33 ms of one core for the clause), while the first window's 0.14 s
+play. The voice, the phonemizer and the sessions' buffers are made once, at start. What the session
+options bought, on a 2-core machine shared with other work (measured with the clause decoded
+whole):
 
 - ``threads``: two threads take the clause from ~100 to 59-73 ms with the machine lightly
   loaded, for ~10-15 % more CPU; with the machine loaded by other work they gain little or
@@ -67,7 +74,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .base import AudioFormat, Provider, ProviderConfig, ProviderError, SynthesisJob
-from .piper_graph import NoDecoderSplit, split_before_decoder
+from .piper_graph import NoDecoderSplit, split_before_decoder, split_before_flow
 from .sentences import split_for_speech
 
 log = logging.getLogger("gateway.providers")
@@ -123,12 +130,18 @@ FIRST_WINDOW = 12
 #: per frame) while the audio before it plays (11.6 ms per frame), so four times as many frames
 #: are ready with a wide margin; and each cut costs twice the context in frames decoded twice.
 WINDOW_GROWTH = 4
+#: But the second window is twice the first only: before its audio the flow also runs on the
+#: rest of the sentence (~21 ms of one core for a 1.5 s clause), while only the first window's
+#: 0.14 s play.
+SECOND_WINDOW = 2 * FIRST_WINDOW
 #: Windows grow to this many frames (~3 s of speech): the work a hang-up leaves running. A
 #: sentence's last window takes the rest when it is at most half a window more.
 MAX_WINDOW = 256
 
 #: The check made at start: decoded in small windows, this sentence must match its whole decode.
 _CHECK_TEXT = "Ready when you are."
+#: A longer one: which of the flow's inputs grow with the sentence.
+_CHECK_TEXT_LONGER = "Ready when you are, and not a moment before."
 _CHECK_WINDOW = 8
 #: Two decodes of the same frames differ by ~1e-6 (the order of the sums); a window short of
 #: context differs by 1e-3 or more.
@@ -149,7 +162,8 @@ class _Windows:
             stop = frames if rest <= self.size + self.size // 2 else start + self.size
             yield start, stop
             start = stop
-            self.size = min(MAX_WINDOW, self.size * WINDOW_GROWTH)
+            grown = SECOND_WINDOW if self.size == FIRST_WINDOW else self.size * WINDOW_GROWTH
+            self.size = min(MAX_WINDOW, grown)
 
 
 class _WholeGraph:
@@ -164,28 +178,112 @@ class _WholeGraph:
         return np.asarray(audio, dtype=np.float32).reshape(-1)
 
 
+class _Flow:
+    """The flow cut off the front (:func:`providers.piper_graph.split_before_flow`): run on a
+    window of frames with ``context`` frames on each side, it gives that window's latent frames
+    as the whole sentence's run does. ``timed``: which of its inputs are indexed by frame (the
+    others, a scale, are passed whole), found at start by :meth:`PiperProvider._check`."""
+
+    def __init__(self, session: Any, context: int) -> None:
+        self.session = session
+        self.context = context
+        self.inputs = [i.name for i in session.get_inputs()]
+        self.timed: frozenset[str] = frozenset()
+
+    def run(self, values: Mapping[str, npt.NDArray[Any]], start: int, stop: int) -> _F32:
+        """Latent frames ``start:stop`` of a sentence whose flow inputs are ``values``."""
+        frames = _frames(values, self.timed)
+        low, high = max(0, start - self.context), min(frames, stop + self.context)
+        feed = {
+            name: values[name][..., low:high] if name in self.timed else values[name]
+            for name in self.inputs
+        }
+        (latent,) = self.session.run(None, feed)
+        return np.asarray(latent, dtype=np.float32)[..., start - low : stop - low]
+
+
+def _flow_whole(flow: _Flow, values: Mapping[str, npt.NDArray[Any]]) -> _F32:
+    """A sentence's latent frames, the flow run on all of them at once."""
+    (latent,) = flow.session.run(None, {name: values[name] for name in flow.inputs})
+    return np.asarray(latent, dtype=np.float32)
+
+
+def _frames(values: Mapping[str, npt.NDArray[Any]], timed: frozenset[str]) -> int:
+    return int(next(values[name].shape[-1] for name in sorted(timed)))
+
+
+class _Latent:
+    """A sentence's latent frames ``[1, channels, frames]``: at hand, or made by the flow as the
+    decoder's windows need them, the first window's frames first, then the rest at once."""
+
+    def __init__(
+        self,
+        frames: int,
+        whole: _F32 | None = None,
+        flow: _Flow | None = None,
+        values: Mapping[str, npt.NDArray[Any]] | None = None,
+    ) -> None:
+        self.frames = frames
+        self._have = whole
+        self._flow = flow
+        self._values = values
+
+    def between(self, start: int, stop: int) -> _F32:
+        have = self._have
+        done = 0 if have is None else have.shape[-1]
+        if stop > done:
+            assert self._flow is not None and self._values is not None
+            # The first window's frames alone; after them, all the rest in one run.
+            end = stop if done == 0 else self.frames
+            more = self._flow.run(self._values, done, end)
+            have = more if have is None else np.concatenate([have, more], axis=-1)
+            self._have = have
+            if end == self.frames:
+                self._values = None
+        assert have is not None
+        return have[..., start:stop]
+
+
 class _SplitGraph:
     """The voice's graph cut before its decoder (:mod:`providers.piper_graph`): the front runs
-    once per sentence, the decoder once per window."""
+    once per sentence, the decoder once per window; and, when the front was cut before its
+    flow too, the flow on the first window's frames first and on the rest after."""
 
-    def __init__(self, front: Any, decoder: Any, latent: str, hop: int, context: int) -> None:
+    def __init__(
+        self,
+        front: Any,
+        decoder: Any,
+        latent: str,
+        hop: int,
+        context: int,
+        flow: _Flow | None = None,
+    ) -> None:
         self.front = front
         self.decoder = decoder
         self.latent = latent
         self.hop = hop
         self.context = context
+        self.flow = flow
         self._inputs = [i.name for i in front.get_inputs()]
+        self._outputs = [o.name for o in front.get_outputs()]
 
-    def latent_of(self, inputs: Mapping[str, npt.NDArray[Any]]) -> _F32:
-        """A sentence's latent frames ``[1, channels, frames]`` (the flow's noise drawn once)."""
-        (latent,) = self.front.run(None, {name: inputs[name] for name in self._inputs})
-        return np.asarray(latent, dtype=np.float32)
+    def front_values(self, inputs: Mapping[str, npt.NDArray[Any]]) -> dict[str, Any]:
+        """The front's outputs for one sentence (the flow's noise drawn once, here)."""
+        found = self.front.run(None, {name: inputs[name] for name in self._inputs})
+        return dict(zip(self._outputs, found, strict=True))
 
-    def decode(self, latent: _F32, start: int, stop: int) -> _F32:
+    def latent_of(self, inputs: Mapping[str, npt.NDArray[Any]]) -> _Latent:
+        """A sentence's latent frames (made as they are needed when the flow is cut off)."""
+        values = self.front_values(inputs)
+        if self.flow is None:
+            whole = np.asarray(values[self.latent], dtype=np.float32)
+            return _Latent(whole.shape[-1], whole=whole)
+        return _Latent(_frames(values, self.flow.timed), flow=self.flow, values=values)
+
+    def decode(self, latent: _Latent, start: int, stop: int) -> _F32:
         """The audio of frames ``start:stop``, decoded with ``context`` frames on each side."""
-        frames = latent.shape[-1]
-        low, high = max(0, start - self.context), min(frames, stop + self.context)
-        window = np.ascontiguousarray(latent[..., low:high])
+        low, high = max(0, start - self.context), min(latent.frames, stop + self.context)
+        window = np.ascontiguousarray(latent.between(low, high))
         audio = np.asarray(self.decoder.run(None, {self.latent: window})[0]).reshape(-1)
         if audio.size != (high - low) * self.hop:
             raise ValueError(f"the decoder made {audio.size} samples of {high - low} frames")
@@ -220,6 +318,8 @@ class PiperProvider(Provider):
         self._voice: Any = None
         self._graph: _SplitGraph | _WholeGraph | None = None
         self._executor: ThreadPoolExecutor | None = None
+        # Whether to cut the flow off the front as well (until that or its check fails).
+        self._flow_cut = True
 
     @classmethod
     def validate_settings(cls, settings: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -279,7 +379,17 @@ class PiperProvider(Provider):
         try:
             split = self._split(hop if isinstance(hop, int) else None)
             voice = PiperVoice(session=split.front, config=config)
-            self._check(voice, split)
+            try:
+                self._check(voice, split)
+            except Exception as exc:
+                if split.flow is None:
+                    raise
+                # The check with the flow cut off failed: the decoder may still stream.
+                log.warning("piper provider %s: the flow runs with the front (%s)", self.name, exc)
+                self._flow_cut = False
+                split = self._split(hop if isinstance(hop, int) else None)
+                voice = PiperVoice(session=split.front, config=config)
+                self._check(voice, split)
             return voice, split
         except Exception as exc:  # the graph's shape, or what the check found
             log.warning(
@@ -306,24 +416,61 @@ class PiperProvider(Provider):
         import onnx
 
         cut = split_before_decoder(onnx.load(str(self.model_path)), hop_length=hop_length)
-        front, decoder = self._session(cut.front), self._session(cut.decoder)
-        return _SplitGraph(front, decoder, cut.latent, cut.hop, cut.context)
+        front, flow = cut.front, None
+        if self._flow_cut:
+            try:
+                flow_cut = split_before_flow(cut.front, cut.latent)
+            except NoDecoderSplit as exc:
+                log.info("piper provider %s: the flow runs with the front (%s)", self.name, exc)
+                self._flow_cut = False
+            except Exception as exc:  # what the cut met in the graph, not the voice's fault
+                log.warning("piper provider %s: the flow runs with the front (%s)", self.name, exc)
+                self._flow_cut = False
+            else:
+                front = flow_cut.front
+                flow = _Flow(self._session(flow_cut.flow), flow_cut.context)
+        decoder = self._session(cut.decoder)
+        return _SplitGraph(self._session(front), decoder, cut.latent, cut.hop, cut.context, flow)
 
     def _check(self, voice: Any, split: _SplitGraph) -> None:
-        """Decode a sentence whole and in small windows: the same samples, or the cut is wrong
-        for this voice (:class:`NoDecoderSplit`)."""
-        (phonemes, *_) = voice.phonemize(_CHECK_TEXT)
-        inputs = self._inputs(voice.phonemes_to_ids(phonemes), {}, None, voice.config)
-        latent = split.latent_of(inputs)
-        frames = latent.shape[-1]
-        whole = split.decode(latent, 0, frames)
+        """Decode a sentence whole and in small windows (the flow, when it is cut off, run on
+        the first window's frames first and on the rest after, as in an answer): the same
+        samples, or the cut is wrong for this voice (:class:`NoDecoderSplit`). With the flow
+        cut off, two sentences of different lengths first tell which of its inputs are
+        indexed by frame."""
+
+        def inputs_of(text: str) -> dict[str, npt.NDArray[Any]]:
+            (phonemes, *_) = voice.phonemize(text)
+            return self._inputs(voice.phonemes_to_ids(phonemes), {}, None, voice.config)
+
+        values = split.front_values(inputs_of(_CHECK_TEXT))
+        flow = split.flow
+        if flow is None:
+            whole_latent = np.asarray(values[split.latent], dtype=np.float32)
+        else:
+            other = split.front_values(inputs_of(_CHECK_TEXT_LONGER))
+            whole_latent = _flow_whole(flow, values)
+            lengths = (whole_latent.shape[-1], _flow_whole(flow, other).shape[-1])
+            if lengths[0] == lengths[1]:
+                raise NoDecoderSplit("the check's two sentences have as many frames")
+            flow.timed = frozenset(
+                name
+                for name in flow.inputs
+                if values[name].ndim == 3
+                and (values[name].shape[-1], other[name].shape[-1]) == lengths
+            )
+            if not flow.timed:
+                raise NoDecoderSplit("none of the flow's inputs is indexed by frame")
+        frames = whole_latent.shape[-1]
+        whole = split.decode(_Latent(frames, whole=whole_latent), 0, frames)
+        latent = _Latent(frames, whole_latent if flow is None else None, flow, values)
         cuts = range(0, frames, _CHECK_WINDOW)
         windows = np.concatenate(
             [split.decode(latent, a, min(frames, a + _CHECK_WINDOW)) for a in cuts]
         )
         error = float(np.max(np.abs(windows - whole)))
         if not error <= _CHECK_TOLERANCE:
-            raise NoDecoderSplit(f"its decoder's windows differ from the whole by {error:.2g}")
+            raise NoDecoderSplit(f"its windows differ from the whole decode by {error:.2g}")
 
     def _session_options(self) -> Any:
         import onnxruntime
@@ -408,7 +555,7 @@ class PiperProvider(Provider):
                 )
                 if isinstance(graph, _SplitGraph):
                     latent = graph.latent_of(inputs)
-                    for start, stop in windows.cuts(latent.shape[-1]):
+                    for start, stop in windows.cuts(latent.frames):
                         yield _pcm(graph.decode(latent, start, stop), volume)
                 elif graph is not None:
                     yield _pcm(graph.run(inputs), volume)

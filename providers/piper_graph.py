@@ -16,6 +16,14 @@ element-wise operation with constants. Those facts also give the hop (the produc
 upsampling strides) and how many frames of context a window needs (the receptive field, summed
 along the longest path). A graph of another shape raises :class:`NoDecoderSplit`, and the voice
 runs whole.
+
+:func:`split_before_flow` cuts the front once more, before the flow: the longest stretch at the
+front's end whose every step maps a frame from the frames near it only (one-dimensional
+convolutions that keep the frame grid, element-wise operations, operations across channels, and
+zeros made to a tensor's shape). Its inputs (in a VITS voice the prior's mean and deviation, the
+noise, the mask and a scale) are what the front then ends with; its receptive field, summed the
+same way, is the context a window of latent frames needs. Which of those inputs are indexed by
+frame the provider finds by running two sentences of different lengths.
 """
 
 from __future__ import annotations
@@ -26,6 +34,8 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 import onnx
+import onnx.numpy_helper
+import onnx.shape_inference
 import onnx.utils
 
 #: Element-wise operations a decoder may apply between its convolutions (the other operand, if
@@ -339,3 +349,142 @@ def _convolution(node: onnx.NodeProto, before: _Reach, weight_shape: list[int]) 
         before.left + Fraction(span - left_pad, stride * before.rate),
         before.right + Fraction(left_pad, stride * before.rate),
     )
+
+
+#: Operations that move data between channels and keep every frame where it is, when their axis
+#: (a constant) is the channel axis, 1, of a ``[batch, channels, frames]`` tensor.
+_CHANNEL_OPS = frozenset({"Slice", "Split", "Concat"})
+
+
+@dataclass(frozen=True)
+class FlowSplit:
+    """A front cut once more, before its flow: the part of it that maps each frame from the
+    frames near it only (in a VITS voice, the flow), serialized for ONNX Runtime."""
+
+    front: bytes
+    """The graph's inputs to the flow's inputs."""
+    flow: bytes
+    """The flow's inputs to the latent frames."""
+    inputs: tuple[str, ...]
+    """The flow's inputs, in the order of the front's outputs: frame-indexed tensors and others
+    (a scale, say) alike; which are which is found by running it (two sentences' lengths)."""
+    context: int
+    """Frames of context a window of latent frames needs on each side."""
+
+
+def split_before_flow(front: bytes, latent: str) -> FlowSplit:
+    """Cut a front (:attr:`DecoderSplit.front`, whose one output is ``latent``) before the
+    longest stretch at its end that is local in time: one-dimensional convolutions that keep
+    the frame grid, element-wise operations and operations across channels only, and zeros
+    made to a tensor's shape. Its inputs are the flow's inputs; :class:`NoDecoderSplit` when
+    there is no such stretch with a convolution in it."""
+    model = onnx.load_from_string(front)
+    graph = model.graph
+    nodes = list(graph.node)
+    producer = _producers(nodes)
+    values = _constant_values(graph)
+    kernels = {t.name: list(t.dims) for t in graph.initializer}
+    region: set[int] = set()
+    inputs: list[str] = []
+    stack = [latent]
+    while stack:
+        name = stack.pop()
+        if name in values or name in inputs:
+            continue
+        index = producer.get(name)
+        if index is None or not _time_local(nodes[index], values):
+            inputs.append(name)  # a graph input, or made by the front proper
+            continue
+        if index not in region:
+            region.add(index)
+            stack.extend(i for i in nodes[index].input if i)
+    part = [nodes[index] for index in sorted(region)]
+    if not any(node.op_type == "Conv" for node in part):
+        raise NoDecoderSplit("no convolutional flow before the decoder")
+    reach = _flow_reach(part, inputs, latent, kernels)
+    inferred = onnx.shape_inference.infer_shapes(model)
+    typed = {v.name: v for v in (*inferred.graph.value_info, *graph.input, *graph.output)}
+    for name in inputs:
+        if name not in typed:
+            raise NoDecoderSplit(f"no type for the flow's input {name!r}")
+        if not any(v.name == name for v in (*graph.value_info, *graph.input)):
+            graph.value_info.append(typed[name])
+    graph_inputs = [i.name for i in graph.input if i.name not in values]
+    ordered = tuple(sorted(inputs))
+    try:
+        extractor = onnx.utils.Extractor(model)
+        flow = extractor.extract_model(list(ordered), [latent])
+        head = extractor.extract_model(graph_inputs, list(ordered))
+    except ValueError as exc:
+        raise NoDecoderSplit(f"the front cannot be cut before its flow: {exc}") from None
+    return FlowSplit(
+        front=head.SerializeToString(),
+        flow=flow.SerializeToString(),
+        inputs=ordered,
+        context=math.ceil(max(reach.left, reach.right)),
+    )
+
+
+def _constant_values(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
+    """The tensors known before the graph runs: its weights and its ``Constant`` nodes'."""
+    found = {t.name: t for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.output:
+            for attr in node.attribute:
+                if attr.name == "value" and attr.type == onnx.AttributeProto.TENSOR:
+                    found[node.output[0]] = attr.t
+    return found
+
+
+def _axis_is_channels(node: onnx.NodeProto, values: Mapping[str, onnx.TensorProto]) -> bool:
+    if node.op_type == "Slice":
+        if len(node.input) < 4 or node.input[3] not in values:
+            return False
+        axes = onnx.numpy_helper.to_array(values[node.input[3]]).reshape(-1).tolist()
+        # Starts, ends and steps may be computed (from a shape): they apply to channels only.
+        return bool(axes) and all(axis in (1, -2) for axis in axes)
+    axis = next((attr.i for attr in node.attribute if attr.name == "axis"), 0)
+    return axis in (1, -2)
+
+
+def _time_local(node: onnx.NodeProto, values: Mapping[str, onnx.TensorProto]) -> bool:
+    """Whether ``node`` maps each frame from frames near it only (see :func:`_flow_reach`)."""
+    op = node.op_type
+    if op in _POINTWISE or op in ("Cast", "Shape", "ConstantOfShape"):
+        return True
+    if op == "Conv":
+        return len(node.input) >= 2 and node.input[1] in values
+    return op in _CHANNEL_OPS and _axis_is_channels(node, values)
+
+
+def _flow_reach(
+    part: list[onnx.NodeProto], inputs: list[str], latent: str, kernels: Mapping[str, list[int]]
+) -> _Reach:
+    """Where ``latent`` stands in time relative to the flow's inputs (each frame-indexed at one
+    sample per frame, or broadcast: a scale has no reach of its own). A shape is no frame's
+    value: the zeros made to it reach nothing."""
+    reach = {name: _Reach(1, Fraction(0), Fraction(0)) for name in inputs}
+    for node in part:
+        op = node.op_type
+        if op == "Shape":
+            continue
+        if op == "ConstantOfShape":
+            here = _Reach(1, Fraction(0), Fraction(0))
+        elif op == "Conv":
+            if node.input[0] not in reach:
+                raise NoDecoderSplit(f"Conv {node.name!r} does not read the flow's frames")
+            here = _convolution(node, reach[node.input[0]], kernels.get(node.input[1], []))
+            if here.rate != 1:
+                raise NoDecoderSplit(f"Conv {node.name!r} changes the frame rate")
+        else:
+            data = node.input[:1] if op == "Slice" else node.input
+            live = [reach[name] for name in data if name in reach]
+            if not live:
+                continue  # constants, shapes
+            here = _Reach(1, max(r.left for r in live), max(r.right for r in live))
+        for out in node.output:
+            if out:
+                reach[out] = here
+    if latent not in reach:
+        raise NoDecoderSplit("the latent frames do not depend on the flow's inputs")
+    return reach[latent]

@@ -24,12 +24,19 @@ from providers.base import ProviderConfig, SynthesisJob
 from providers.piper import (
     FIRST_WINDOW,
     MAX_WINDOW,
+    SECOND_WINDOW,
     WINDOW_GROWTH,
     PiperProvider,
+    _flow_whole,
     _SplitGraph,
     _Windows,
 )
-from providers.piper_graph import DecoderSplit, split_before_decoder
+from providers.piper_graph import (
+    DecoderSplit,
+    FlowSplit,
+    split_before_decoder,
+    split_before_flow,
+)
 from providers.sentences import split_for_speech as split_text
 from tests.support import live_server, samples
 
@@ -93,8 +100,15 @@ async def test_the_bundled_voice_is_cut_before_its_decoder(piper: PiperProvider)
     graph = split_graph(piper)
     assert graph.hop == 256  # 8 x 8 x 4 upsampling, the config's hop_length
     assert graph.context == 12  # its receptive field is 11.1 frames each side
-    assert graph.front.get_outputs()[0].name == graph.decoder.get_inputs()[0].name
     assert [i.name for i in graph.front.get_inputs()] == ["input", "input_lengths", "scales"]
+    # And before its flow: the front ends with the flow's inputs, the flow with the decoder's.
+    flow = graph.flow
+    assert flow is not None
+    assert flow.context == 32  # 4 couplings of 4 convolutions of width 5: 8 frames each side
+    assert [o.name for o in graph.front.get_outputs()] == flow.inputs
+    assert flow.session.get_outputs()[0].name == graph.decoder.get_inputs()[0].name
+    # Five inputs: the prior's mean and deviation, the noise and the mask per frame; a scale.
+    assert len(flow.inputs) == 5 and len(flow.timed) == 4
 
 
 async def test_the_windows_join_into_each_clause_decoded_whole(
@@ -121,16 +135,22 @@ class Spy:
 
     def __init__(self, graph: _SplitGraph, monkeypatch: pytest.MonkeyPatch) -> None:
         self.events: list[tuple[Any, ...]] = []
-        self.latents: list[np.ndarray] = []
-        front, decode = graph.latent_of, graph.decode
+        self.latents: list[Any] = []
+        self.fronts: list[dict[str, Any]] = []
+        front, decode, front_values = graph.latent_of, graph.decode, graph.front_values
 
-        def latent_of(inputs: Any) -> np.ndarray:
+        def spied_front_values(inputs: Any) -> dict[str, Any]:
+            values = front_values(inputs)
+            self.fronts.append(values)
+            return values
+
+        def latent_of(inputs: Any) -> Any:
             latent = front(inputs)
             self.latents.append(latent)
-            self.events.append(("front", latent.shape[-1]))
+            self.events.append(("front", latent.frames))
             return latent
 
-        def spied_decode(latent: np.ndarray, start: int, stop: int) -> np.ndarray:
+        def spied_decode(latent: Any, start: int, stop: int) -> np.ndarray:
             self.events.append(("decode", start, stop))
             index = len(self.decodes) - 1
             self.before_decode(index)
@@ -138,6 +158,7 @@ class Spy:
             self.after_decode(index)
             return audio
 
+        monkeypatch.setattr(graph, "front_values", spied_front_values)
         monkeypatch.setattr(graph, "latent_of", latent_of)
         monkeypatch.setattr(graph, "decode", spied_decode)
 
@@ -164,8 +185,9 @@ async def test_the_first_window_leaves_before_the_rest_of_the_clause_is_decoded(
         ("front", first_clause),
         ("decode", 0, FIRST_WINDOW),
         ("audio", FIRST_WINDOW * 256),
-        ("decode", FIRST_WINDOW, first_clause),  # the rest: less than 1.5 x 96 frames
+        ("decode", FIRST_WINDOW, FIRST_WINDOW + SECOND_WINDOW),
     ]
+    assert spy.events[5] == ("decode", FIRST_WINDOW + SECOND_WINDOW, first_clause)  # the rest
     # The front (and the flow's noise in it) ran once per sentence, the decoder per window.
     fronts = [e for e in spy.events if e[0] == "front"]
     assert len(fronts) == len(split_text(THREE)) < len(spy.decodes)
@@ -213,27 +235,32 @@ async def test_hanging_up_stops_before_the_next_window(
     release.set()
     assert await asyncio.to_thread(finished.wait, 10)  # the second window's run ends
     assert len(received) == 1
-    assert spy.decodes == [("decode", 0, FIRST_WINDOW), ("decode", FIRST_WINDOW, spy.events[0][1])]
+    assert spy.decodes == [
+        ("decode", 0, FIRST_WINDOW),
+        ("decode", FIRST_WINDOW, FIRST_WINDOW + SECOND_WINDOW),
+    ]
 
 
 async def test_window_joins_are_seamless_with_the_noise_on(
     piper: PiperProvider, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With Piper's noise (drawn in the front, once per sentence), each sentence's windows are
-    its one latent decoded whole; no join is a step the speech does not take elsewhere."""
+    its one latent, the flow run on all its frames at once, decoded whole; no join is a step
+    the speech does not take elsewhere."""
     graph = split_graph(piper)
+    assert graph.flow is not None  # the bundled voice's flow is cut off its front
     spy = Spy(graph, monkeypatch)
     job = SynthesisJob(text=f"{THREE} {LONG}", voice="joe", sample_rate=24000)
     chunks = [np.frombuffer(c, dtype="<f4") async for c in piper.stream(job)]
     streamed = np.concatenate(chunks)
+    latents = [_flow_whole(graph.flow, values) for values in spy.fronts]
     whole = np.concatenate(
-        [
-            np.clip(graph.decoder.run(None, {graph.latent: z})[0].reshape(-1), -1, 1)
-            for z in spy.latents
-        ]
+        [np.clip(graph.decoder.run(None, {graph.latent: z})[0].reshape(-1), -1, 1) for z in latents]
     )
     assert len(streamed) == len(whole)
-    assert float(np.max(np.abs(streamed - whole))) < 1e-5
+    # Two windowed stages (the flow, the decoder) differ from the whole by ~1e-5; a window short
+    # of context by 1e-3 or more.
+    assert float(np.max(np.abs(streamed - whole))) < 1e-4
     joins = np.cumsum([len(c) for c in chunks])[:-1]
     steps = np.abs(np.diff(streamed))
     at_joins = steps[joins - 1]  # from a window's last sample to the next one's first
@@ -245,15 +272,16 @@ async def test_window_joins_are_seamless_with_the_noise_on(
 def test_windows_start_small_and_grow() -> None:
     windows = _Windows()
     assert FIRST_WINDOW == 12
-    assert list(windows.cuts(125)) == [(0, 12), (12, 60), (60, 125)]
+    assert list(windows.cuts(125)) == [(0, 12), (12, 36), (36, 125)]
     assert list(windows.cuts(300)) == [(0, 300)]  # the answer's windows have grown
     cuts = list(_Windows().cuts(1000))
     assert cuts[0] == (0, FIRST_WINDOW)
     assert [a for a, _ in cuts[1:]] == [b for _, b in cuts[:-1]] and cuts[-1][1] == 1000
     sizes = [b - a for a, b in cuts]
+    assert sizes[1] == SECOND_WINDOW == 2 * FIRST_WINDOW
     assert all(b <= WINDOW_GROWTH * a for a, b in itertools.pairwise(sizes))
     assert max(sizes) <= MAX_WINDOW * 3 // 2
-    assert sizes == [12, 48, 192, 256, 256, 236]
+    assert sizes == [12, 24, 96, 256, 256, 356]
 
 
 def fake_voice(tmp_path: Path) -> Path:
@@ -322,12 +350,43 @@ async def test_a_cut_that_does_not_decode_as_the_whole_falls_back(
     with caplog.at_level(logging.WARNING, logger="gateway.providers"):
         await provider.start()
     try:
-        (line,) = [r.getMessage() for r in caplog.records if r.name == "gateway.providers"]
-        assert "windows differ from the whole" in line
+        # Tried with the flow cut off, then with the flow in the front: neither decodes right.
+        first, line = [r.getMessage() for r in caplog.records if r.name == "gateway.providers"]
+        assert "the flow runs with the front" in first
+        assert "windows differ from the whole" in line and "runs whole" in line
         assert not isinstance(provider._graph, _SplitGraph)
         job = SynthesisJob(text="Hello there.", voice="joe", sample_rate=24000, options=STEADY)
         audio = np.frombuffer(b"".join([c async for c in provider.stream(job)]), dtype="<f4")
         assert np.array_equal(audio, whole_decode(whole_voice, "Hello there."))
+    finally:
+        await provider.aclose()
+
+
+async def test_a_flow_cut_that_does_not_run_as_the_whole_keeps_the_flow_in_the_front(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, whole_voice: Any
+) -> None:
+    """The check at start runs the flow on the first window's frames too: too little context
+    shows, and the flow then runs with the front while the decoder still runs in windows."""
+
+    def short_context(front: bytes, latent: str) -> FlowSplit:
+        return dataclasses.replace(split_before_flow(front, latent), context=2)
+
+    monkeypatch.setattr(providers.piper, "split_before_flow", short_context)
+    provider = PiperProvider(ProviderConfig(name="local", type="piper", settings={"threads": 1}))
+    with caplog.at_level(logging.WARNING, logger="gateway.providers"):
+        await provider.start()
+    try:
+        (line,) = [r.getMessage() for r in caplog.records if r.name == "gateway.providers"]
+        assert "the flow runs with the front" in line and "differ from the whole" in line
+        graph = split_graph(provider)
+        assert graph.flow is None
+        assert [o.name for o in graph.front.get_outputs()] == [graph.latent]
+        job = SynthesisJob(text=THREE, voice="joe", sample_rate=24000, options=STEADY)
+        chunks = [c async for c in provider.stream(job)]
+        assert len(chunks[0]) // 4 == FIRST_WINDOW * 256  # still decoded in windows
+        audio = np.frombuffer(b"".join(chunks), dtype="<f4")
+        whole = np.concatenate([whole_decode(whole_voice, p) for p in split_text(THREE)])
+        assert len(audio) == len(whole) and float(np.max(np.abs(audio - whole))) < 1e-5
     finally:
         await provider.aclose()
 

@@ -10,7 +10,7 @@ import onnxruntime
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from providers.piper_graph import NoDecoderSplit, split_before_decoder
+from providers.piper_graph import NoDecoderSplit, split_before_decoder, split_before_flow
 
 CHANNELS = 4
 
@@ -123,6 +123,50 @@ def test_the_cut_follows_the_speaker_and_decodes_in_windows_as_whole() -> None:
         decode(decoder, cut.latent, latent, a, a + 4, cut.context - 1, 2) for a in range(0, 40, 4)
     ]
     assert float(np.max(np.abs(np.concatenate(short) - reference))) > 1e-4
+
+
+def test_the_front_is_cut_before_its_flow_which_runs_in_windows_as_whole() -> None:
+    """Before the latent: the first convolution and the element-wise steps are local in time;
+    the noise (drawn from the graph), its scale and the speaker's embedding are made before."""
+    cut = split_before_decoder(vits_like())
+    flow_cut = split_before_flow(cut.front, cut.latent)
+    assert flow_cut.inputs == ("g3", "noise", "noise_scale", "x")
+    assert flow_cut.context == 1  # one convolution of width 3
+    head, flow = session(flow_cut.front), session(flow_cut.flow)
+    assert [o.name for o in head.get_outputs()] == list(flow_cut.inputs)
+    frames = 30
+    inputs = {
+        "x": np.random.default_rng(8).normal(size=(1, CHANNELS, frames)).astype(np.float32),
+        "scales": np.array([0.5, 1.0, 0.0], dtype=np.float32),
+        "sid": np.array([1], dtype=np.int64),
+    }
+    values = dict(zip(flow_cut.inputs, head.run(None, inputs), strict=True))
+    (whole,) = flow.run(None, values)
+    timed = {"x", "noise"}  # the scale and the embedding are broadcast over the frames
+
+    def window(start: int, stop: int, context: int) -> np.ndarray:
+        low, high = max(0, start - context), min(frames, stop + context)
+        feed = {k: v[..., low:high] if k in timed else v for k, v in values.items()}
+        return np.asarray(flow.run(None, feed)[0])[..., start - low : stop - low]
+
+    for size in (1, 4, 7):
+        parts = [window(a, min(frames, a + size), flow_cut.context) for a in range(0, frames, size)]
+        assert float(np.max(np.abs(np.concatenate(parts, axis=-1) - whole))) < 1e-6
+    short = [window(a, a + 5, 0) for a in range(0, frames, 5)]
+    assert float(np.max(np.abs(np.concatenate(short, axis=-1) - whole))) > 1e-3
+
+
+def test_a_front_with_nothing_local_in_time_before_its_latent_keeps_its_flow() -> None:
+    """No convolution between the latent and what only the whole sentence gives: no flow."""
+    model = vits_like()
+    for node in model.graph.node:
+        if node.op_type == "Conv" and node.output[0] == "pre":
+            node.op_type, node.input[:] = "MatMul", ["z", "z_t"]  # all of time at once
+            del node.attribute[:]
+    model.graph.node.insert(0, helper.make_node("Transpose", ["x"], ["z_t"], perm=[0, 2, 1]))
+    cut = split_before_decoder(model)
+    with pytest.raises(NoDecoderSplit, match="no convolutional flow"):
+        split_before_flow(cut.front, cut.latent)
 
 
 def test_weights_listed_as_inputs_stay_with_their_half() -> None:
