@@ -199,6 +199,8 @@ class _Flow:
             for name in self.inputs
         }
         (latent,) = self.session.run(None, feed)
+        if latent.shape[-1] != high - low:
+            raise ValueError(f"the flow made {latent.shape[-1]} frames of {high - low}")
         return np.asarray(latent, dtype=np.float32)[..., start - low : stop - low]
 
 
