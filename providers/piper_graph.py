@@ -402,8 +402,9 @@ def split_before_flow(front: bytes, latent: str) -> FlowSplit:
     if not any(node.op_type == "Conv" for node in part):
         raise NoDecoderSplit("no convolutional flow before the decoder")
     reach = _flow_reach(part, inputs, latent, kernels)
-    inferred = onnx.shape_inference.infer_shapes(model)
+    inferred = onnx.shape_inference.infer_shapes(_weightless(model))
     typed = {v.name: v for v in (*inferred.graph.value_info, *graph.input, *graph.output)}
+    del inferred
     for name in inputs:
         if name not in typed:
             raise NoDecoderSplit(f"no type for the flow's input {name!r}")
@@ -422,6 +423,27 @@ def split_before_flow(front: bytes, latent: str) -> FlowSplit:
         flow=flow.SerializeToString(),
         inputs=ordered,
         context=math.ceil(max(reach.left, reach.right)),
+    )
+
+
+def _weightless(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with its weights declared (type and shape) instead of held: enough to infer
+    its tensors' types, without a copy of its tens of megabytes."""
+    graph = model.graph
+    declared = [
+        onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+        for t in graph.initializer
+    ]
+    names = {t.name for t in graph.initializer}
+    bare = onnx.helper.make_graph(
+        list(graph.node),
+        graph.name,
+        [*[i for i in graph.input if i.name not in names], *declared],
+        list(graph.output),
+        value_info=list(graph.value_info),
+    )
+    return onnx.helper.make_model(
+        bare, opset_imports=list(model.opset_import), ir_version=model.ir_version
     )
 
 
