@@ -414,29 +414,21 @@ class Bench:
         # The same load, a twentieth of it, first: the RSS and the idle pool before the run
         # are then those of this load, whatever the gateway served before (nothing, with
         # --only memory), and the run's growth is what it keeps.
-        load(
+        hang_ups = functools.partial(
+            load,
             self.url(gw),
             self.workdir,
-            requests=requests // 20,
             concurrency=50,
             rate=48000,
             seconds=1,
             pace="fast",
             drop=0.2,
         )
+        hang_ups(requests=requests // 20)
         time.sleep(1.0)
         before = rss_kib(gw.pid)
         pool_before = connections_to(gw.pid, self.upstream.port)
-        data = load(
-            self.url(gw),
-            self.workdir,
-            requests=requests,
-            concurrency=50,
-            rate=48000,
-            seconds=1,
-            pace="fast",
-            drop=0.2,
-        )
+        data = hang_ups(requests=requests)
         time.sleep(1.0)
         after = rss_kib(gw.pid)
         pool_after = connections_to(gw.pid, self.upstream.port)

@@ -266,8 +266,6 @@ class VoiceOpener:
                     else:
                         # A long first piece: its first audio converted (and so sent) first.
                         first, rest = converter.feed_first(native)
-                        if rest and not first:
-                            first, rest = converter.feed(rest), b""
                     if first:
                         self.metrics.attempts.labels(provider.name, "ok").inc()
                         return AudioStream(

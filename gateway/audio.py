@@ -200,9 +200,7 @@ class Converter:
             return b""
         self.frames_in += frames
         if self._resampling and self._resampler is None and self._channels == 1:
-            self._resampler = self._make_resampler(frames)
-            if not self._float and isinstance(self._resampler, PolyphaseResampler):
-                self._s16 = self._resampler.process_s16  # takes the samples as they are
+            self._start_mono_resampler(frames)
         if self._s16 is not None:
             out = self._s16(data if used == len(data) else data[:used])
             self.frames_out += len(out) >> 1
@@ -227,9 +225,7 @@ class Converter:
         ):
             head = int(FIRST_OUT * fmt.sample_rate) * self._frame_bytes
             if len(data) > 2 * head:
-                self._resampler = self._make_resampler(len(data) // self._frame_bytes)
-                if not self._float and isinstance(self._resampler, PolyphaseResampler):
-                    self._s16 = self._resampler.process_s16
+                self._start_mono_resampler(len(data) // self._frame_bytes)
                 out, at = self.feed(data[:head]), head
                 # The block filter answers in blocks of ~35 ms, and only after more input
                 # when it downsamples a lot: twice the input, until it does.
@@ -278,6 +274,13 @@ class Converter:
         self._resampling = fmt.sample_rate != self.out_rate
         if not self._float and fmt.channels == 1 and not self._resampling:
             self._s16 = _unchanged  # the pass-through
+
+    def _start_mono_resampler(self, first_frames: int) -> None:
+        """The resampler of a mono stream, chosen by its first piece's length; the polyphase
+        filter on S16LE input takes the samples as they are (the short path of :meth:`feed`)."""
+        self._resampler = self._make_resampler(first_frames)
+        if not self._float and isinstance(self._resampler, PolyphaseResampler):
+            self._s16 = self._resampler.process_s16
 
     def _make_resampler(self, first_frames: int) -> soxr.ResampleStream | PolyphaseResampler:
         assert self._format is not None

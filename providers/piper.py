@@ -123,8 +123,8 @@ def _bundled_model() -> Path:
 #: The first window of an answer, in latent frames (a Piper voice's frame is 256 samples: 12
 #: frames are 0.14 s of speech at 22050 Hz). Its decode, with its context, is ~14 ms of one
 #: core against ~20 for 24 frames (``python -m bench.piper_first``: first audio 6-7 ms sooner,
-#: request CPU +3 %); the next window, 48 frames and their context, is decoded in ~50 ms of one
-#: core while these 0.14 s play. Shorter, the context would be most of the decode.
+#: request CPU +3 %); the next window (:data:`SECOND_WINDOW`) is made while these 0.14 s play.
+#: Shorter, the context would be most of the decode.
 FIRST_WINDOW = 12
 #: Each window is at most this many times the one before: it is decoded (~0.7 ms of one core
 #: per frame) while the audio before it plays (11.6 ms per frame), so four times as many frames
@@ -190,6 +190,12 @@ class _Flow:
         self.inputs = [i.name for i in session.get_inputs()]
         self.timed: frozenset[str] = frozenset()
 
+    def whole(self, values: Mapping[str, npt.NDArray[Any]]) -> _F32:
+        """A sentence's latent frames, the flow run on all of them at once (no frame-indexed
+        input need be known)."""
+        (latent,) = self.session.run(None, {name: values[name] for name in self.inputs})
+        return np.asarray(latent, dtype=np.float32)
+
     def run(self, values: Mapping[str, npt.NDArray[Any]], start: int, stop: int) -> _F32:
         """Latent frames ``start:stop`` of a sentence whose flow inputs are ``values``."""
         frames = _frames(values, self.timed)
@@ -202,12 +208,6 @@ class _Flow:
         if latent.shape[-1] != high - low:
             raise ValueError(f"the flow made {latent.shape[-1]} frames of {high - low}")
         return np.asarray(latent, dtype=np.float32)[..., start - low : stop - low]
-
-
-def _flow_whole(flow: _Flow, values: Mapping[str, npt.NDArray[Any]]) -> _F32:
-    """A sentence's latent frames, the flow run on all of them at once."""
-    (latent,) = flow.session.run(None, {name: values[name] for name in flow.inputs})
-    return np.asarray(latent, dtype=np.float32)
 
 
 def _frames(values: Mapping[str, npt.NDArray[Any]], timed: frozenset[str]) -> int:
@@ -451,8 +451,8 @@ class PiperProvider(Provider):
             whole_latent = np.asarray(values[split.latent], dtype=np.float32)
         else:
             other = split.front_values(inputs_of(_CHECK_TEXT_LONGER))
-            whole_latent = _flow_whole(flow, values)
-            lengths = (whole_latent.shape[-1], _flow_whole(flow, other).shape[-1])
+            whole_latent = flow.whole(values)
+            lengths = (whole_latent.shape[-1], flow.whole(other).shape[-1])
             if lengths[0] == lengths[1]:
                 raise NoDecoderSplit("the check's two sentences have as many frames")
             flow.timed = frozenset(

@@ -27,7 +27,6 @@ from providers.piper import (
     SECOND_WINDOW,
     WINDOW_GROWTH,
     PiperProvider,
-    _flow_whole,
     _SplitGraph,
     _Windows,
 )
@@ -253,7 +252,8 @@ async def test_window_joins_are_seamless_with_the_noise_on(
     job = SynthesisJob(text=f"{THREE} {LONG}", voice="joe", sample_rate=24000)
     chunks = [np.frombuffer(c, dtype="<f4") async for c in piper.stream(job)]
     streamed = np.concatenate(chunks)
-    latents = [_flow_whole(graph.flow, values) for values in spy.fronts]
+    flow = graph.flow
+    latents = [flow.whole(values) for values in spy.fronts]
     whole = np.concatenate(
         [np.clip(graph.decoder.run(None, {graph.latent: z})[0].reshape(-1), -1, 1) for z in latents]
     )
