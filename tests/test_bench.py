@@ -24,6 +24,8 @@ import pytest
 from bench import cache_report, soak_report
 from bench.cache import CacheBench, CacheSize, redis_server, unique_text
 from bench.faults import HEALTHY, SOAK, FaultPlan, FaultyUpstream
+from bench.floor import FloorRelay
+from bench.floor import report as floor_report
 from bench.harness import Server
 from bench.hotpath import layers
 from bench.integrity import Verdict, answer_samples, check, expected_pcm
@@ -34,6 +36,7 @@ from bench.pieces import targets as pieces_targets
 from bench.run import Bench, latency, merged, render, streams_held
 from bench.soak import Soak, SoakSize
 from bench.upstream import CHUNK_SAMPLES, RATE, serve
+from gateway.polyphase import PolyphaseResampler
 from tests.support import eventually, free_socket, peak_frequency
 
 
@@ -82,6 +85,55 @@ async def test_fast_requests_deliver_the_announced_tone() -> None:
     expected = round(0.2 * 1000 / 20) * CHUNK_SAMPLES * 2
     assert all(r["status"] == 200 and r["bytes"] == expected for r in results)
     assert all(0 < r["ttfb"] <= r["total"] for r in results)
+
+
+@pytest.mark.parametrize("resample", [False, True])
+async def test_the_floor_relay_passes_the_upstream_answer_on(resample: bool) -> None:
+    """bench.floor's bare relay answers what the upstream answers (resampled by the gateway's
+    own filter with ``resample``), over kept-alive connections on both sides."""
+    task, port = await start_upstream()
+    relay = FloorRelay(port, resample)
+    server = await asyncio.get_running_loop().create_server(relay.caller, "127.0.0.1", 0)
+    relay_port = server.sockets[0].getsockname()[1]
+    extend = json.dumps({"BenchSeconds": 0.3, "BenchPace": "fast"})
+    body = {"Text": "Benchmark.", "VoiceId": "bench", "SampleRate": RATE, "ExtendData": extend}
+    try:
+        async with httpx.AsyncClient(timeout=10) as client:
+            direct = await client.post(f"http://127.0.0.1:{port}/stream-audio", json=body)
+            relayed = [
+                await client.post(f"http://127.0.0.1:{relay_port}/stream-audio", json=body)
+                for _ in range(3)
+            ]
+    finally:
+        idle = len(relay.idle)
+        relay.close()
+        server.close()
+        task.cancel()
+    assert direct.status_code == 200 and len(direct.content) == 15 * CHUNK_SAMPLES * 2
+    expected = direct.content
+    if resample:
+        resampler = PolyphaseResampler(2, 1, 32768.0)
+        expected = resampler.process_s16(direct.content) + resampler.flush_s16()
+        assert len(expected) == 2 * len(direct.content)
+    for answer in relayed:
+        assert answer.status_code == 200
+        assert answer.content == expected
+    assert idle == 1  # one upstream connection, kept alive for every request
+
+
+def test_the_floor_report_puts_each_figure_beside_nginx() -> None:
+    figures = {"server_cpu_share": 0.1, "ttfb_p99": 3.0, "errors": 0}
+    result = {
+        "streams": 200,
+        "rounds": 3,
+        "targets": {
+            "nginx": {**figures, "server_cpu_ms_per_stream_s": 0.8},
+            "floor relay": {**figures, "server_cpu_ms_per_stream_s": 2.0},
+        },
+    }
+    table = floor_report(result)
+    assert "| nginx | 0.800 | 1.00 |" in table
+    assert "| floor relay | 2.000 | 2.50 |" in table
 
 
 async def test_realtime_pacing_shows_in_the_gaps_and_the_total() -> None:

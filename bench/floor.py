@@ -1,0 +1,315 @@
+"""The floor under the gateway's real-time CPU: what the least a Python relay can do costs.
+
+Scenario (3) compares the gateway with nginx, a proxy in C. The gap between them holds two
+things: what the gateway does that a bare relay does not (routing, admission, budgets, the
+stall watch, metrics, its own connection layer's deadlines and bounds) and what any relay in
+Python on this event loop pays per chunk (the interpreter between the upstream's read and the
+caller's write, and the resampler's numpy calls). This bench measures the second alone, with
+a relay that does nothing else: :class:`FloorRelay` reads a request (httptools), forwards its
+body as it is to the mock upstream over a kept-alive connection, and writes each body chunk of
+the answer to the caller as it arrives (chunked), resampled 24 → 48 kHz by the gateway's own
+polyphase filter with ``--resample``. No routing, no limits, no deadlines, no flow control:
+not a server to run, a floor to measure against.
+
+The same 200 real-time streams as scenario (3) (3 s each, callers spread over one stream's
+length, three streams each) go through nginx, the floor relay as is and resampling, and the
+gateway as is and resampling, in turn, ``--repeat`` rounds; the figures are medians of the
+rounds' CPU per stream-second (one second of one stream), from ``/proc``.
+
+    python -m bench.floor                      # 200 streams, 3 rounds, about 4 minutes
+    python -m bench.floor --json floor.json
+    python -m bench.floor --gateway-workers 1  # the gateway in one process, as the relay is
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import json
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import httptools
+
+from bench import run as bench_run
+from bench.harness import PY, Server, free_port, start
+from bench.run import (
+    REALTIME_STREAMS,
+    UPSTREAM_RATE,
+    Bench,
+    ensure_nginx,
+    nginx_conf,
+    start_gateway,
+)
+from gateway.polyphase import PolyphaseResampler
+
+#: What the callers ask for when the relay resamples (the upstream speaks 24 kHz).
+RESAMPLED_RATE = 48000
+
+
+class _UpstreamSide(asyncio.Protocol):
+    """A kept-alive connection to the mock upstream; hands each body chunk to its caller."""
+
+    def __init__(self, relay: FloorRelay) -> None:
+        self.relay = relay
+        self.transport: asyncio.Transport | None = None
+        self.caller: _CallerSide | None = None
+        self.parser = httptools.HttpResponseParser(self)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.parser.feed_data(data)
+
+    def on_body(self, body: bytes) -> None:
+        if self.caller is not None:
+            self.caller.audio(body)
+
+    def on_message_complete(self) -> None:
+        caller, self.caller = self.caller, None
+        if caller is not None:
+            caller.end()
+        if self.parser.should_keep_alive() and self.transport is not None:
+            self.relay.idle.append(self)
+        elif self.transport is not None:
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        if self in self.relay.idle:
+            self.relay.idle.remove(self)
+
+
+class _CallerSide(asyncio.Protocol):
+    """A caller's connection: one request at a time, its answer relayed chunk by chunk."""
+
+    def __init__(self, relay: FloorRelay) -> None:
+        self.relay = relay
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.body = bytearray()
+        self.resampler: PolyphaseResampler | None = None
+        self.carry = b""
+        self.started = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.relay.callers.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.parser.feed_data(data)
+
+    def on_body(self, body: bytes) -> None:
+        self.body += body
+
+    def on_message_complete(self) -> None:
+        body, self.body = bytes(self.body), bytearray()
+        self.started = False
+        self.carry = b""
+        self.resampler = self.relay.resampler()
+        task = asyncio.get_running_loop().create_task(self.relay.forward(self, body))
+        self.relay.tasks.add(task)
+        task.add_done_callback(self.relay.tasks.discard)
+
+    def audio(self, data: bytes) -> None:
+        if self.transport is None:
+            return
+        if self.resampler is not None:
+            data = self.carry + data
+            whole = len(data) & ~1
+            self.carry = data[whole:]
+            data = self.resampler.process_s16(data[:whole])
+        head = b""
+        if not self.started:
+            self.started = True
+            head = (
+                b"HTTP/1.1 200 OK\r\ncontent-type: audio/pcm\r\ntransfer-encoding: chunked\r\n\r\n"
+            )
+        if data:
+            self.transport.write(b"%s%x\r\n%s\r\n" % (head, len(data), data))
+        elif head:
+            self.transport.write(head)
+
+    def end(self) -> None:
+        if self.transport is None:
+            return
+        tail = self.resampler.flush_s16() if self.resampler is not None else b""
+        if not self.started:
+            self.audio(b"")
+        framed = b"%x\r\n%s\r\n" % (len(tail), tail) if tail else b""
+        self.transport.write(framed + b"0\r\n\r\n")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self.relay.callers.discard(self)
+
+
+class FloorRelay:
+    """The bare relay (see the module docstring)."""
+
+    def __init__(self, upstream_port: int, resample: bool) -> None:
+        self.upstream_port = upstream_port
+        self.idle: list[_UpstreamSide] = []
+        self.callers: set[_CallerSide] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self._resample = resample
+        self._head = (
+            f"POST /stream-audio HTTP/1.1\r\nhost: 127.0.0.1:{upstream_port}\r\n"
+            "content-type: application/json\r\n"
+        ).encode()
+
+    def close(self) -> None:
+        """Close every connection, to the upstream and from callers."""
+        sides: list[_UpstreamSide | _CallerSide] = [*self.idle, *self.callers]
+        for side in sides:
+            if side.transport is not None:
+                side.transport.close()
+
+    def caller(self) -> asyncio.Protocol:
+        """A protocol for a caller's connection (what the listening server makes)."""
+        return _CallerSide(self)
+
+    def resampler(self) -> PolyphaseResampler | None:
+        if not self._resample:
+            return None
+        return PolyphaseResampler(RESAMPLED_RATE // UPSTREAM_RATE, 1, 32768.0)
+
+    async def forward(self, caller: _CallerSide, body: bytes) -> None:
+        upstream = self.idle.pop() if self.idle else None
+        if upstream is None or upstream.transport is None:
+            loop = asyncio.get_running_loop()
+            _, protocol = await loop.create_connection(
+                functools.partial(_UpstreamSide, self), "127.0.0.1", self.upstream_port
+            )
+            upstream = protocol
+        assert upstream.transport is not None
+        upstream.caller = caller
+        upstream.transport.write(self._head + b"content-length: %d\r\n\r\n" % len(body) + body)
+
+
+async def _serve(port: int, upstream_port: int, resample: bool) -> None:
+    relay = FloorRelay(upstream_port, resample)
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(relay.caller, "127.0.0.1", port, backlog=4096)
+    async with server:
+        await server.serve_forever()
+
+
+def _floor_server(workdir: Path, upstream_port: int, resample: bool) -> Server:
+    port = free_port()
+    args = [PY, "-m", "bench.floor", "serve", "--port", str(port)]
+    args += ["--upstream", str(upstream_port), *(["--resample"] if resample else [])]
+    return start(f"floor{'-resample' if resample else ''}", args, port, workdir)
+
+
+def measure(streams: int, repeat: int) -> dict[str, Any]:
+    """Scenario (3)'s load through nginx, the floor relay and the gateway, in turn."""
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        bench = Bench(workdir, quick=False)
+        started: list[Server] = []
+        try:
+            up_port, ng_port = free_port(), free_port()
+            bench.upstream = start(
+                "upstream", [PY, "-m", "bench.upstream", "--port", str(up_port)], up_port, workdir
+            )
+            started.append(bench.upstream)
+            nginx = ensure_nginx()
+            conf = nginx_conf(workdir, ng_port, up_port)
+            ng = start("nginx", [nginx, "-p", str(workdir), "-c", str(conf)], ng_port, workdir)
+            started.append(ng)
+            floor = _floor_server(workdir, up_port, resample=False)
+            started.append(floor)
+            floor48 = _floor_server(workdir, up_port, resample=True)
+            started.append(floor48)
+            gateway = start_gateway(workdir, up_port, "gateway")
+            started.append(gateway)
+            targets = [
+                ("nginx", ng, UPSTREAM_RATE),
+                ("floor relay", floor, UPSTREAM_RATE),
+                ("gateway", gateway, UPSTREAM_RATE),
+                ("floor relay, 24 -> 48 kHz", floor48, RESAMPLED_RATE),
+                ("gateway, 24 -> 48 kHz", gateway, RESAMPLED_RATE),
+            ]
+            runs: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in targets}
+            for _ in range(repeat):
+                for name, server, rate in targets:
+                    found = bench.realtime_run(server, rate, streams, spread=True)
+                    runs[name].append(found)
+                    print(
+                        f"{name}: {found['server_cpu_ms_per_stream_s']:.3f} ms per "
+                        f"stream-second, TTFB p99 {found['ttfb_p99']:.1f} ms, "
+                        f"errors {found['errors']}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+        finally:
+            for server in reversed(started):
+                server.stop()
+    keys = ("server_cpu_ms_per_stream_s", "server_cpu_share", "ttfb_p50", "ttfb_p99")
+    result: dict[str, Any] = {"streams": streams, "rounds": repeat, "targets": {}}
+    for name, rounds in runs.items():
+        figures: dict[str, Any] = {
+            key: statistics.median(run[key] for run in rounds) for key in keys
+        }
+        figures["errors"] = sum(run["errors"] for run in rounds)
+        figures["per_round"] = [run["server_cpu_ms_per_stream_s"] for run in rounds]
+        result["targets"][name] = figures
+    return result
+
+
+def report(result: dict[str, Any]) -> str:
+    """The figures as a Markdown table, with each one's ratio to nginx's."""
+    targets = result["targets"]
+    base = targets["nginx"]["server_cpu_ms_per_stream_s"]
+    lines = [
+        f"{result['streams']} real-time streams, medians of {result['rounds']} rounds",
+        "",
+        "| | CPU per stream-second (ms) | x nginx | share of a core | TTFB p99 (ms) | errors |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, f in targets.items():
+        cpu = f["server_cpu_ms_per_stream_s"]
+        lines.append(
+            f"| {name} | {cpu:.3f} | {cpu / base:.2f} | {f['server_cpu_share']:.3f} | "
+            f"{f['ttfb_p99']:.1f} | {f['errors']} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command")
+    serve = sub.add_parser("serve", help="run the floor relay (what the measurement starts)")
+    serve.add_argument("--port", type=int, required=True)
+    serve.add_argument("--upstream", type=int, required=True)
+    serve.add_argument("--resample", action="store_true")
+    parser.add_argument("--streams", type=int, default=REALTIME_STREAMS[0])
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--gateway-workers",
+        type=int,
+        help="the gateway's worker processes (its default if not given)",
+    )
+    parser.add_argument("--json", type=Path, help="write the figures here too")
+    args = parser.parse_args()
+    if args.command == "serve":
+        import uvloop
+
+        uvloop.run(_serve(args.port, args.upstream, args.resample))
+        return
+    if args.gateway_workers:
+        bench_run.GATEWAY_WORKERS = args.gateway_workers
+    result = measure(args.streams, args.repeat)
+    print(report(result))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
