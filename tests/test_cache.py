@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from gateway.app import create_app
+from gateway.audio import FIRST_OUT, AudioFormat, Converter
 from gateway.config import parse_config
 from gateway.runtime import Gateway
 from tests.answering_upstream import metric, scrape
@@ -69,6 +70,30 @@ async def test_one_entry_serves_every_rate_as_a_live_answer_at_that_rate_would(r
             assert upstream.requests[1].body["SampleRate"] == 24000
             assert hit.audio == live.audio
             assert len(hit.audio) == pytest.approx(0.1 * rate * 2, abs=4)
+
+
+@pytest.mark.parametrize("rate", [48000, 16000])
+async def test_a_long_first_piece_sends_its_first_audio_first_on_a_miss_and_a_hit(
+    rate: int,
+) -> None:
+    # A provider that sends a second of audio at once: the miss, the hit that replays it and
+    # the live answer each send at most FIRST_OUT of it first, then the rest; all three are
+    # what converting the second in one go gives.
+    second = tone(440, 1.0, 24000)
+    async with PhraseUpstream(steps=(second,)) as upstream:
+        app = create_app(parse_config(routing(upstream.url)))
+        async with live_server(app) as url:
+            miss = await ask(url, body(rate=rate))
+            hit = await ask(url, body(rate=rate))
+            live = await ask(url, body(rate=rate, voice="live"))
+            assert upstream.count == 2
+    converter = Converter(AudioFormat(24000), rate)
+    whole = converter.feed(second) + converter.flush()
+    for answer, origin in ((miss, "miss"), (hit, "hit"), (live, None)):
+        assert (answer.status, answer.cache) == (200, origin)
+        assert answer.audio == whole
+        assert 0 < len(answer.chunks[0]) <= 2 * FIRST_OUT * rate
+        assert len(answer.chunks) >= 2
 
 
 async def test_a_hit_resamples_with_the_servers_resampler_mode() -> None:

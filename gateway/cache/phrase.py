@@ -183,10 +183,19 @@ class PhraseCache:
         try:
             converter = Converter(native, job.sample_rate, mode=resampler)
             async for chunk in source:
-                first = converter.feed(chunk)
+                # A long first piece (a fast provider's burst, stored as it came): its first
+                # audio converted, and so sent, first, as on a live answer.
+                first, rest = converter.feed_first(chunk)
                 if first:
                     return AudioStream(
-                        step, provider, first, converter, source, Lease(None), cache=origin
+                        step,
+                        provider,
+                        first,
+                        converter,
+                        source,
+                        Lease(None),
+                        cache=origin,
+                        rest=rest,
                     )
             first = converter.flush()
             if first:
