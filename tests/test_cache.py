@@ -16,9 +16,10 @@ import httpx
 import pytest
 
 from gateway.app import create_app
-from gateway.audio import FIRST_OUT, AudioFormat, Converter
+from gateway.audio import FIRST_OUT, Converter
 from gateway.config import parse_config
 from gateway.runtime import Gateway
+from providers.base import AudioFormat
 from tests.answering_upstream import metric, scrape
 from tests.cache_support import PHRASE, PhraseUpstream, ask, body, routing
 from tests.support import live_server, raw_post, tone
