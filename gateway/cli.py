@@ -125,7 +125,8 @@ GC_YOUNG_OBJECTS = 20_000
 def tune_gc() -> None:
     """The cycle collector as a serving process wants it: its youngest generation collected
     every :data:`GC_YOUNG_OBJECTS` net new objects instead of every 700. The gateway's garbage
-    is freed by reference counting as it goes (its requests leave no cycles behind), but the
+    is freed by reference counting as it goes (its requests leave no cycles behind:
+    ``tests/test_cycles.py``; a cycle per request would wait for a pass, with all it held), but the
     objects of the requests in flight are what the collector finds each time: with 200 callers
     at once it ran a pass every few requests, promoting what it found until a pass over every
     object was due. The collector's own CPU, 200 requests at a time through the custom door in

@@ -296,10 +296,11 @@ class _Walk:
         outcome: str,
         detail: str = "",
         retry_after: float | None = None,
-        error: ProviderError | None = None,
     ) -> None:
+        # What was tried, not the error itself: its traceback holds the frames of the attempt,
+        # which hold this list (a cycle per failed attempt, with all the attempt held).
         self.tried.append(
-            VoiceTry(step.voice.key, step.provider.name, outcome, detail, retry_after, error)
+            VoiceTry(step.voice.key, step.provider.name, outcome, detail, retry_after)
         )
 
     def _failed(self, step: ChainStep, error: VoiceSkipped | ProviderError) -> None:
@@ -308,7 +309,7 @@ class _Walk:
             return
         provider = self.relay.providers[step.provider.name]
         outcome = "timeout" if isinstance(error, ProviderTimeout) else "failed"
-        self._note(step, outcome, error.summary, error=error)
+        self._note(step, outcome, error.summary)
         log.warning(
             "request_id=%s voice=%s provider=%s failed before audio: %s",
             self.request_id,

@@ -32,7 +32,6 @@ class VoiceTry:
     outcome: str
     detail: str = ""
     retry_after: float | None = None
-    error: ProviderError | None = None
 
     def __str__(self) -> str:
         return f"{self.voice}:{self.outcome}"

@@ -25,6 +25,7 @@ offered.
 from __future__ import annotations
 
 import asyncio
+import copy
 import math
 import re
 import ssl
@@ -234,10 +235,17 @@ class _Connection(asyncio.Protocol):
         elif self._due != _NEVER:
             self._timer = loop.call_at(self._due, self._check_due)
 
+    @staticmethod
+    def _failure(error: httpx.TransportError) -> httpx.TransportError:
+        """The connection's error, to raise: a copy, so that the one kept here takes no
+        traceback, which would hold the raising frame, and it this connection (a cycle per
+        failed connection, left to the cycle collector with all it holds)."""
+        return copy.copy(error)
+
     async def read_head(self, seconds: float | None) -> None:
         while not self.head_done:
             if self.error is not None:
-                raise self.error
+                raise self._failure(self.error)
             await self._wait(seconds)
         # An error after a complete head surfaces when the body is read.
 
@@ -247,7 +255,7 @@ class _Connection(asyncio.Protocol):
             if self.complete:
                 return b""
             if self.error is not None:
-                raise self.error
+                raise self._failure(self.error)
             await self._wait(seconds)
         data = self.body[0] if len(self.body) == 1 else b"".join(self.body)
         self.body.clear()

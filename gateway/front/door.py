@@ -98,7 +98,14 @@ class HangUp:
         self._watcher = asyncio.get_running_loop().create_task(self._watch(receive))
 
     async def _watch(self, receive: Receive) -> None:
-        await wait_for_disconnect(receive)
+        try:
+            await wait_for_disconnect(receive)
+        except asyncio.CancelledError:
+            # Stopped (the usual end): return rather than end cancelled, for a cancelled task
+            # keeps its CancelledError, whose traceback holds this frame, which holds this
+            # watcher, which holds the task: a cycle per request, left to the cycle collector
+            # with the exchange it holds.
+            return
         self._heard = True
         self._task.cancel()
 

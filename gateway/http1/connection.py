@@ -241,6 +241,10 @@ class HTTPProtocol(ConnectionIO):
             else:
                 log.error("the app returned without a response")
                 self._fail(exchange)
+        finally:
+            # The scope and the exchange refer to each other: a cycle per request, left to the
+            # cycle collector with everything the exchange holds, unless broken here.
+            exchange.scope.pop(EXCHANGE_SCOPE_KEY, None)
 
     def _fail(self, exchange: Exchange) -> None:
         """A 500 if nothing has gone out yet (the head waits for the first body bytes), else
