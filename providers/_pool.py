@@ -117,6 +117,10 @@ class _Connection(asyncio.Protocol):
         if self._sink is not None:
             self._feed_sink()
         self._wake()
+        # The transport and the parser refer back to this connection: let go of them, so that
+        # a closed connection is freed by reference counting, not the cycle collector's pass.
+        self.transport = None
+        del self.parser
 
     def data_received(self, data: bytes) -> None:
         if self.complete:  # nothing was asked: a server that talks out of turn is not reused

@@ -130,6 +130,11 @@ class HTTPProtocol(ConnectionIO):
                 exchange.disconnected = True
                 exchange.wake()
         self._queue.clear()
+        # The connection's parts refer to each other (the reader and its parser, the transport
+        # and this protocol): let go of them, so that a closed connection is freed by
+        # reference counting rather than at the cycle collector's next pass.
+        self.reader.release()
+        self.transport = None
 
     def eof_received(self) -> bool | None:
         # A caller that closes its side has gone (barge-in): close, so the app hears of it.
@@ -243,8 +248,11 @@ class HTTPProtocol(ConnectionIO):
                 self._fail(exchange)
         finally:
             # The scope and the exchange refer to each other: a cycle per request, left to the
-            # cycle collector with everything the exchange holds, unless broken here.
+            # cycle collector with everything the exchange holds, unless broken here; and so do
+            # a closed connection and the exchange it was answering.
             exchange.scope.pop(EXCHANGE_SCOPE_KEY, None)
+            if self._closed and exchange is self._active:
+                self._active = None
 
     def _fail(self, exchange: Exchange) -> None:
         """A 500 if nothing has gone out yet (the head waits for the first body bytes), else

@@ -77,6 +77,14 @@ class RequestReader:
         reading = self.reading
         return self.stopped or (reading is not None and reading.more_body)
 
+    def release(self) -> None:
+        """The connection is closed: let go of the parser and the connection (both refer back
+        to this reader) and of the exchange being read, so that reference counting frees
+        them. Nothing is fed after this."""
+        del self.parser
+        del self.owner
+        self.reading = None
+
     def feed(self, data: bytes) -> None:
         if self.stopped:
             # Past an ignored Upgrade only the request's own body is read.
