@@ -379,20 +379,21 @@ class PiperProvider(Provider):
         hop = raw_config.get("hop_length")
         # Piper's voice object is used for its phonemizer and config; the graphs run here.
         try:
-            split = self._split(hop if isinstance(hop, int) else None)
-            voice = PiperVoice(session=split.front, config=config)
-            try:
-                self._check(voice, split)
-            except Exception as exc:
-                if split.flow is None:
-                    raise
-                # The check with the flow cut off failed: the decoder may still stream.
-                log.warning("piper provider %s: the flow runs with the front (%s)", self.name, exc)
-                self._flow_cut = False
+            while True:  # twice at most: with the flow cut off the front, then without
                 split = self._split(hop if isinstance(hop, int) else None)
                 voice = PiperVoice(session=split.front, config=config)
-                self._check(voice, split)
-            return voice, split
+                try:
+                    self._check(voice, split)
+                except Exception as exc:
+                    if split.flow is None:
+                        raise
+                    # The check with the flow cut off failed: the decoder may still stream.
+                    log.warning(
+                        "piper provider %s: the flow runs with the front (%s)", self.name, exc
+                    )
+                    self._flow_cut = False
+                    continue
+                return voice, split
         except Exception as exc:  # the graph's shape, or what the check found
             log.warning(
                 "piper provider %s: %s; the voice runs whole, one ONNX run per sentence",
