@@ -2,6 +2,7 @@
 
     python -m bench.resampler                  # every ratio, 5 alternations
     python -m bench.resampler --rounds 9 --ratios 24000:48000
+    python -m bench.resampler --piece 1 --piece 5   # a fast provider's whole answer instead
     python -m bench.resampler --against ../old --rounds 7   # this code against another copy
 
 For each ratio: the polyphase filter (``low_latency`` for a small rational ratio), soxr's
@@ -13,6 +14,12 @@ tracemalloc's count per converter after five chunks (N converters alive at once)
 growth per converter of a fresh process holding N of them; quality is the worst alias or image
 of 40 tones across the band (dB below the tone) and the gain at 0.5 and 0.9 of the lower
 Nyquist frequency.
+
+``--piece SECONDS`` (repeatable) times a stream whose first piece is that much audio at once,
+as a provider that answers faster than real time sends it: :meth:`Converter.feed_first`, the
+rest, the flush (the front door's steps). Per ratio, for the polyphase filter and soxr's block
+filter, alternating: the CPU until the first audio comes out (the part of it a caller's first
+byte waits for) and the CPU of the whole stream per second of audio; medians over the rounds.
 
 ``--against DIR`` times only the converter as the gateway uses it (``low_latency``: the
 polyphase filter, or the pass-through for equal rates), this checkout's and that of another
@@ -176,6 +183,61 @@ def quality(name: Variant, rate: int, out_rate: int) -> dict[str, float]:
     return {"worst_spurious_db": round(worst, 1), **gains}
 
 
+def piece_cpu(
+    name: Variant, rate: int, out_rate: int, pcm: bytes, repeat: int
+) -> tuple[float, float]:
+    """(CPU µs to the first audio, CPU ms per audio-second of the whole stream) of a stream
+    whose first piece is ``pcm``: medians of ``repeat`` conversions (``time.thread_time``)."""
+    seconds = len(pcm) / 2 / rate
+    firsts: list[float] = []
+    wholes: list[float] = []
+    with variant(name) as mode:
+        for _ in range(repeat):
+            start = time.thread_time()
+            conv = Converter(AudioFormat(rate), out_rate, mode=mode)
+            first, rest = conv.feed_first(pcm)
+            assert first, "no audio from the first piece"
+            mid = time.thread_time()
+            conv.feed(rest)
+            conv.flush()
+            end = time.thread_time()
+            firsts.append((mid - start) * 1e6)
+            wholes.append((end - start) / seconds * 1000)
+    return statistics.median(firsts), statistics.median(wholes)
+
+
+def pieces_report(specs: list[str], piece_seconds: list[float], rounds: int) -> dict[str, Any]:
+    """The polyphase filter and soxr's block filter on a fast provider's whole answer (see the
+    module docstring): medians over ``rounds`` alternations."""
+    names: tuple[Variant, ...] = ("polyphase", "soxr_block")
+    report: dict[str, Any] = {}
+    for spec in specs:
+        rate, out_rate = (int(v) for v in spec.split(":"))
+        for seconds in piece_seconds:
+            pcm = b"".join(chunks(rate, seconds))
+            repeat = max(3, round(2 / seconds))
+            for name in names:  # the filter designed, the libraries warm
+                piece_cpu(name, rate, out_rate, pcm, 1)
+            runs: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
+            for r in range(rounds):
+                for name in names if r % 2 == 0 else names[::-1]:
+                    runs[name].append(piece_cpu(name, rate, out_rate, pcm, repeat))
+            row: dict[str, Any] = {}
+            for name in names:
+                row[name] = {
+                    "first_audio_cpu_us": round(statistics.median(f for f, _ in runs[name]), 1),
+                    "cpu_ms_per_audio_s": round(statistics.median(w for _, w in runs[name]), 3),
+                }
+            row["polyphase_over_block"] = {
+                key: round(row["polyphase"][key] / row["soxr_block"][key], 2)
+                for key in ("first_audio_cpu_us", "cpu_ms_per_audio_s")
+            }
+            key = f"{spec} piece {seconds:g} s"
+            report[key] = row
+            print(json.dumps({key: row}), flush=True)
+    return report
+
+
 #: What a fresh process runs for --against: only the converter's public interface, so that
 #: any checkout can be timed. Mono 20 ms chunks of noise, 10 s of audio per timing, the
 #: median of ``repeat`` timings per spec, the first conversion (a filter designed) discarded.
@@ -264,7 +326,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--ratios", nargs="*", default=None, help="rate:out_rate[:f32le] ...")
     parser.add_argument("--against", metavar="DIR", help="another checkout to time against")
+    parser.add_argument(
+        "--piece", type=float, action="append", metavar="SECONDS", help="a whole first piece"
+    )
     args = parser.parse_args()
+    if args.piece:
+        pieces_report(args.ratios or [f"{a}:{b}" for a, b in RATIOS], args.piece, args.rounds)
+        return
     if args.against:
         specs: list[Spec] = []
         for spec in args.ratios or AB_RATIOS:

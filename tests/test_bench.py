@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import math
 import os
@@ -21,7 +22,8 @@ import httpx
 import numpy as np
 import pytest
 
-from bench import cache_report, soak_report
+from bench import cache_report, first_byte, soak_report
+from bench import resampler as resampler_bench
 from bench.cache import CacheBench, CacheSize, redis_server, unique_text
 from bench.faults import HEALTHY, SOAK, FaultPlan, FaultyUpstream
 from bench.floor import FloorRelay
@@ -802,3 +804,51 @@ def test_the_door_harness_measures_its_requests(concurrency: int) -> None:
         )
     else:
         assert "us_to_first_byte" not in figures
+
+
+def test_the_first_byte_steps_are_split_per_request_in_order() -> None:
+    """``bench.first_byte``: marks of requests one at a time become each request's steps (a
+    step's first mark), and the report's rows the medians between consecutive steps."""
+    marks: list[tuple[str, int, int]] = []
+    for start in (0, 10_000_000):
+        for i, label in enumerate(first_byte.ORDER):
+            marks.append((label, start + i * 1000 * (i + 1), start + i * 1000))
+            if label == "answered":  # a second read of the upstream's answer: not a new step
+                marks.append((label, start + 999_999, start + 999_999))
+    marks.append(("request", 20_000_000, 20_000_000))  # a request not answered yet: left out
+    requests = first_byte.requests_of(marks)
+    assert len(requests) == 2
+    assert [label for label in requests[1]] == list(first_byte.ORDER)
+    rows = first_byte.steps(requests)
+    assert [(r["from"], r["to"]) for r in rows[:2]] == [("request", "app"), ("app", "parse")]
+    assert rows[0]["wall_us_p50"] == 2.0 and rows[0]["cpu_us_p50"] == 1.0
+    last = len(first_byte.ORDER) - 1
+    assert rows[-1] == {
+        "from": "request",
+        "to": "written",
+        "wall_us_p50": last * (last + 1),
+        "cpu_us_p50": float(last),
+    }
+
+
+def test_the_first_byte_bench_marks_every_step_of_a_real_gateway(tmp_path: Path) -> None:
+    report = first_byte.run(12, "fast", tmp_path)
+    assert report["errors"] == 0 and report["requests"] == 12
+    steps = [(row["from"], row["to"]) for row in report["steps"]]
+    assert steps[:-1] == list(itertools.pairwise(first_byte.ORDER))
+    whole = report["steps"][-1]
+    assert whole["from"] == "request" and whole["to"] == "written"
+    assert whole["cpu_us_p50"] > 0 and whole["wall_us_p50"] >= whole["cpu_us_p50"] * 0.9
+    assert report["ttfb_ms_p50"]["gateway"] > report["ttfb_ms_p50"]["direct"] > 0
+
+
+def test_the_resampler_bench_times_a_whole_first_piece() -> None:
+    report = resampler_bench.pieces_report(["24000:48000"], [0.25], rounds=1)
+    row = report["24000:48000 piece 0.25 s"]
+    for name in ("polyphase", "soxr_block"):
+        assert row[name]["first_audio_cpu_us"] > 0
+        assert row[name]["cpu_ms_per_audio_s"] > 0
+    ratio = row["polyphase_over_block"]["cpu_ms_per_audio_s"]
+    assert ratio == round(
+        row["polyphase"]["cpu_ms_per_audio_s"] / row["soxr_block"]["cpu_ms_per_audio_s"], 2
+    )

@@ -1,0 +1,263 @@
+"""Where one stream's first byte waits: the gateway's steps from a request's arrival to its
+first audio, timed inside the gateway, one request at a time.
+
+The gateway runs in a process of its own (``--workers 1``), started through this module
+(``--serve``), which marks the steps below as they begin (and some as they end) with the
+process's clocks: wall time (``perf_counter``) and the thread's CPU time (``thread_time``).
+The load generator sends one request at a time (scenario (1)'s: 1 s of the mock upstream's
+24 kHz audio, asked for at 48 kHz, so that the gateway resamples it); each request's marks
+give the time between consecutive steps, and the report shows their medians over the
+requests, in µs, beside the load generator's time to first byte through the gateway and
+straight from the upstream.
+
+    python -m bench.first_byte                   # 300 requests, the upstream at full speed
+    python -m bench.first_byte --pace realtime   # a provider that trickles 20 ms chunks
+
+The steps (a mark's name, then what starts there):
+
+- ``request``: the request's bytes handed to the connection (``HTTPProtocol.data_received``);
+- ``app``: the request's task runs the app (``HTTPProtocol._run``);
+- ``parse``, ``parsed``: the door reads the body and checks it (``CustomTTSDoor.parse``);
+- ``attempt``: an attempt at a voice opens its stream (``VoiceOpener._open_once``);
+- ``upstream``: the provider's request handed to the upstream pool
+  (``StreamingTransport.handle_async_request``), ``sent``: its head built, then written;
+- ``answered``: the upstream's first bytes arrive (``_Connection.data_received``);
+- ``response``: the upstream's head parsed, the response handed back;
+- ``first piece``, ``converted``: the first audio converted (``Converter.feed_first``);
+- ``written``: the first audio written to the caller's socket (``Exchange._emit``).
+
+Between ``sent`` and ``answered`` the gateway waits for the upstream: the wall time there is
+mostly the upstream's (and the system's), the CPU time the gateway's own (the write's system
+call among it). The marks cost ~1 µs each, counted in the steps they sit in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import inspect
+import itertools
+import json
+import os
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+#: (module, owner, attribute, mark at its start, mark at its end or None).
+POINTS: tuple[tuple[str, str | None, str, str, str | None], ...] = (
+    ("gateway.http1.connection", "HTTPProtocol", "data_received", "request", None),
+    ("gateway.http1.connection", "HTTPProtocol", "_run", "app", None),
+    ("gateway.front.custom_tts", "CustomTTSDoor", "parse", "parse", "parsed"),
+    ("gateway.attempts", "VoiceOpener", "_open_once", "attempt", None),
+    ("providers._pool", "StreamingTransport", "handle_async_request", "upstream", "response"),
+    ("providers._pool", None, "_request_head", "head", "sent"),
+    ("providers._pool", "_Connection", "data_received", "answered", None),
+    ("gateway.audio", "Converter", "feed_first", "first piece", "converted"),
+    ("gateway.http1.exchange", "Exchange", "_emit", "written", None),
+)
+#: The steps in the order a request takes them.
+ORDER = (
+    "request",
+    "app",
+    "parse",
+    "parsed",
+    "attempt",
+    "upstream",
+    "head",
+    "sent",
+    "answered",
+    "response",
+    "first piece",
+    "converted",
+    "written",
+)
+#: Marks kept at most (a request takes ~15).
+MAX_MARKS = 200_000
+
+Mark = tuple[str, int, int]
+
+
+def instrument(marks: list[Mark]) -> None:
+    """Wrap every point of :data:`POINTS` so that it appends its marks to ``marks``."""
+    import importlib
+
+    wall, cpu = time.perf_counter_ns, time.thread_time_ns
+
+    def note(label: str) -> None:
+        if len(marks) < MAX_MARKS:
+            marks.append((label, wall(), cpu()))
+
+    for module_name, owner_name, attribute, begin, end in POINTS:
+        module = importlib.import_module(module_name)
+        owner: Any = module if owner_name is None else getattr(module, owner_name)
+        original: Callable[..., Any] = getattr(owner, attribute)
+        setattr(owner, attribute, _wrapped(original, note, begin, end))
+
+
+def _wrapped(
+    original: Callable[..., Any], note: Callable[[str], None], begin: str, end: str | None
+) -> Callable[..., Any]:
+    if inspect.iscoroutinefunction(original):
+
+        @functools.wraps(original)
+        async def waited(*args: Any, **kwargs: Any) -> Any:
+            note(begin)
+            try:
+                return await original(*args, **kwargs)
+            finally:
+                if end is not None:
+                    note(end)
+
+        return waited
+
+    @functools.wraps(original)
+    def called(*args: Any, **kwargs: Any) -> Any:
+        note(begin)
+        try:
+            return original(*args, **kwargs)
+        finally:
+            if end is not None:
+                note(end)
+
+    return called
+
+
+def serve(out: str, argv: list[str]) -> int:
+    """Run the gateway (``argv``: its CLI's arguments) with the points marked; SIGUSR1 writes
+    the marks to ``out`` (as JSON) and starts them afresh."""
+    from gateway import cli
+
+    marks: list[Mark] = []
+    instrument(marks)
+
+    def dump(_signum: int, _frame: object) -> None:
+        Path(out + ".part").write_text(json.dumps(marks))
+        os.replace(out + ".part", out)
+        marks.clear()
+
+    signal.signal(signal.SIGUSR1, dump)
+    return cli.main(argv)
+
+
+def requests_of(marks: list[Mark]) -> list[dict[str, tuple[int, int]]]:
+    """Each request's first mark of each step, from ``request`` to ``written`` (requests one
+    at a time: a ``request`` mark after a ``written`` one begins the next)."""
+    found: list[dict[str, tuple[int, int]]] = []
+    current: dict[str, tuple[int, int]] | None = None
+    for label, wall, cpu in marks:
+        if label == "request" and (current is None or "written" in current):
+            current = {}
+            found.append(current)
+        if current is not None and label not in current:
+            current[label] = (wall, cpu)
+    return [r for r in found if "written" in r]
+
+
+def steps(requests: list[dict[str, tuple[int, int]]]) -> list[dict[str, Any]]:
+    """Median wall and CPU time (µs) from each step to the next one every request took, and
+    from the first to the last."""
+    taken = [label for label in ORDER if all(label in r for r in requests)]
+    rows: list[dict[str, Any]] = []
+    for a, b in [*itertools.pairwise(taken), (taken[0], taken[-1])]:
+        wall = [(r[b][0] - r[a][0]) / 1000 for r in requests]
+        cpu = [(r[b][1] - r[a][1]) / 1000 for r in requests]
+        rows.append(
+            {
+                "from": a,
+                "to": b,
+                "wall_us_p50": round(statistics.median(wall), 1),
+                "cpu_us_p50": round(statistics.median(cpu), 1),
+            }
+        )
+    return rows
+
+
+def run(requests: int, pace: str, workdir: Path) -> dict[str, Any]:
+    from bench.harness import PY, free_port, load, start
+    from bench.run import UPSTREAM_RATE, gateway_conf, latency
+
+    up_port = free_port()
+    upstream = start(
+        "upstream", [PY, "-m", "bench.upstream", "--port", str(up_port)], up_port, workdir
+    )
+    port = free_port()
+    out = workdir / "marks.json"
+    args = [PY, "-m", "bench.first_byte", "--serve", str(out), "--", "serve"]
+    args += ["--config", str(gateway_conf(workdir, up_port)), "--host", "127.0.0.1"]
+    args += ["--port", str(port), "--workers", "1"]
+    gateway = start("gateway", args, port, workdir)
+    try:
+        options: dict[str, Any] = {"requests": requests, "seconds": 1, "pace": pace}
+        direct_url = f"http://127.0.0.1:{up_port}/stream-audio"
+        url = f"http://127.0.0.1:{port}/stream-audio"
+        load(direct_url, workdir, **{**options, "requests": 50, "rate": UPSTREAM_RATE})
+        load(url, workdir, **{**options, "requests": 50, "rate": 48000})
+        gateway.process.send_signal(signal.SIGUSR1)  # the warm-up's marks dropped
+        _wait_for(out)
+        out.unlink()
+        direct = latency(load(direct_url, workdir, **{**options, "rate": UPSTREAM_RATE}))
+        through = latency(load(url, workdir, **{**options, "rate": 48000}))
+        gateway.process.send_signal(signal.SIGUSR1)
+        _wait_for(out)
+        marks: list[Mark] = [(m[0], m[1], m[2]) for m in json.loads(out.read_text())]
+    finally:
+        gateway.stop()
+        upstream.stop()
+    timed = requests_of(marks)
+    return {
+        "pace": pace,
+        "requests": len(timed),
+        "ttfb_ms_p50": {"direct": direct["ttfb_p50"], "gateway": through["ttfb_p50"]},
+        "errors": direct["errors"] + through["errors"],
+        "steps": steps(timed),
+    }
+
+
+def _wait_for(path: Path, seconds: float = 30.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the gateway wrote no marks to {path}")
+        time.sleep(0.05)
+
+
+def show(report: dict[str, Any]) -> str:
+    ttfb = report["ttfb_ms_p50"]
+    lines = [
+        f"{report['requests']} requests one at a time, the upstream's pace: {report['pace']}; "
+        f"TTFB p50 {ttfb['gateway']:.2f} ms through the gateway, {ttfb['direct']:.2f} ms "
+        f"straight from the upstream",
+        "",
+        "| step (from -> to) | wall µs p50 | CPU µs p50 |",
+        "|---|---|---|",
+    ]
+    for row in report["steps"]:
+        lines.append(
+            f"| {row['from']} -> {row['to']} | {row['wall_us_p50']} | {row['cpu_us_p50']} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    if len(sys.argv) > 2 and sys.argv[1] == "--serve":
+        out, rest = sys.argv[2], sys.argv[3:]
+        sys.exit(serve(out, rest[1:] if rest[:1] == ["--"] else rest))
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--pace", choices=("fast", "realtime"), default="fast")
+    parser.add_argument("--json", help="write the report here too")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as workdir:
+        report = run(args.requests, args.pace, Path(workdir))
+    print(show(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
