@@ -5,6 +5,7 @@ door's own task, and a hang-up cancels it from a watcher beside it; a cancellati
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 from urllib.parse import quote
 
@@ -15,7 +16,17 @@ from gateway.app import create_app
 from gateway.config import parse_config
 from gateway.front.custom_tts import CustomTTSDoor
 from gateway.front.door import HangUp, header_value
-from tests.support import Plan, ScriptedProvider, eventually, provider_block, scripted_config
+from tests.support import (
+    Plan,
+    ScriptedProvider,
+    eventually,
+    live_server,
+    provider_block,
+    scripted_config,
+)
+
+#: Deadline for what a test waits for over a real connection (a loaded machine is slow).
+PATIENCE = 30.0
 
 
 def receiver(gone: asyncio.Event) -> Any:
@@ -155,3 +166,31 @@ def test_a_header_value_is_the_text_percent_encoded_beyond_visible_ascii(text: s
     visible = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) != "%")
     assert header_value(text) == quote(text, safe=visible).encode()
     assert all(0x21 <= byte < 0x7F for byte in header_value(text))
+
+
+async def test_on_the_gateways_own_connections_a_hang_up_is_heard_without_a_watcher_task() -> None:
+    """The connection layer tells the door of the hang-up (``Exchange.when_gone``): while a
+    request waits for its provider, no task waits for ``http.disconnect`` beside it; the
+    caller leaving still cancels the work, and the provider's stream is closed."""
+    never = asyncio.Event()
+    ScriptedProvider.plans.clear()
+    plan = ScriptedProvider.plans["pa"] = Plan([[never]])
+    yaml = scripted_config({"a": {"provider": "pa"}}, {"pa": provider_block()})
+    async with live_server(create_app(parse_config(yaml))) as url:
+        host, port = url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        payload = json.dumps({"Text": "Hello.", "SampleRate": 24000}).encode()
+        writer.write(
+            b"POST /stream-audio HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(payload), payload)
+        )
+        assert await eventually(lambda: bool(plan.jobs), PATIENCE)
+        watchers = [
+            task
+            for task in asyncio.all_tasks()
+            if getattr(task.get_coro(), "__qualname__", "") == "HangUp._watch"
+        ]
+        assert watchers == []
+        writer.close()
+        assert await eventually(lambda: plan.closed, PATIENCE)
+        del reader

@@ -80,22 +80,35 @@ def answer_headers(synthesis: Synthesis, content_type: str) -> list[tuple[bytes,
 
 class HangUp:
     """Cancels the task that made it when the caller hangs up (or its answer is complete, after
-    which the connection layer says the same), from a watcher task that waits for the
-    ``http.disconnect`` message. One task beside the work, rather than the work in a task of its
-    own beside a watcher and ``asyncio.wait`` over the two (~12 µs fewer a request).
+    which the connection layer says the same): told by the gateway's own connection layer
+    (``exchange``: :meth:`Exchange.when_gone`), else from a watcher task that waits for the
+    ``http.disconnect`` message. No task beside the work on the gateway's own connections; one
+    under another server, rather than the work in a task of its own beside a watcher and
+    ``asyncio.wait`` over the two.
 
     The task is cancelled at most once; :meth:`heard` tells whether it was (and takes that
     cancellation back, once, so that the task's count of cancellations is as if it had not
     been). Call :meth:`stop` when the work is over, however it ended."""
 
-    def __init__(self, receive: Receive) -> None:
+    def __init__(self, receive: Receive, exchange: Exchange | None = None) -> None:
         task = asyncio.current_task()
         if task is None:
             raise RuntimeError("HangUp must be made inside a task")
         self._task = task
         self._heard = False
         self._settled = False
-        self._watcher = asyncio.get_running_loop().create_task(self._watch(receive))
+        self._stopped = False
+        self._exchange = exchange
+        self._watcher: asyncio.Task[None] | None = None
+        if exchange is not None:
+            exchange.when_gone(self._gone)
+        else:
+            self._watcher = asyncio.get_running_loop().create_task(self._watch(receive))
+
+    def _gone(self) -> None:
+        if not self._stopped:
+            self._heard = True
+            self._task.cancel()
 
     async def _watch(self, receive: Receive) -> None:
         try:
@@ -122,7 +135,13 @@ class HangUp:
 
     def stop(self) -> None:
         """Stop watching (the work is over)."""
-        self._watcher.cancel()
+        self._stopped = True
+        if self._exchange is not None:
+            # The exchange's hold on this watch (and through it on the task) let go of.
+            self._exchange.when_gone(None)
+            self._exchange = None
+        if self._watcher is not None:
+            self._watcher.cancel()
 
 
 class SynthesisDoor(ABC, Generic[Call]):
@@ -172,7 +191,7 @@ class SynthesisDoor(ABC, Generic[Call]):
             call = await self.parse(routing, scope, body, outcome)
             # The work runs in this task beside a watcher of the connection, which cancels it
             # when the caller hangs up, whether or not audio has started.
-            hang_up = HangUp(receive)
+            hang_up = HangUp(receive, scope.get(EXCHANGE_SCOPE_KEY))
             try:
                 await self.synthesize(routing, call, outcome, scope, send)
             except asyncio.CancelledError:

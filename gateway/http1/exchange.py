@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
 from starlette.types import Message, Scope
@@ -47,6 +48,7 @@ class Exchange:
         self.remaining: int | None = None  # bytes still owed under a Content-Length
         self.head = b""
         self._waiter: asyncio.Future[None] | None = None
+        self._gone: Callable[[], None] | None = None
 
     # ----------------------------------------------------------------- wake-ups
 
@@ -54,6 +56,23 @@ class Exchange:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+        gone = self._gone
+        if gone is not None and (self.disconnected or self.response_complete):
+            self._gone = None
+            self.conn.loop.call_soon(gone)
+
+    def when_gone(self, callback: Callable[[], None] | None) -> None:
+        """Have ``callback`` called from the event loop once the caller has hung up or the
+        answer is complete: what :meth:`receive` tells as ``http.disconnect``, heard without a
+        task waiting in it (``None``: no longer). For an app that has read the request's body:
+        the socket is read meanwhile, so that a hang-up is heard."""
+        if callback is None:
+            self._gone = None
+        elif self.disconnected or self.response_complete:
+            self.conn.loop.call_soon(callback)
+        else:
+            self._gone = callback
+            self.conn.want_body(self)
 
     def body_arrived(self, data: bytes) -> None:
         if self.response_complete:
