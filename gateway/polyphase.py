@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 from typing import Final
 
 import numpy as np
@@ -67,6 +67,7 @@ _S16_MAX: Final = np.array(32767.0, np.float32)  # 0-d arrays: quicker operands 
 _S16_MIN: Final = np.array(-32768.0, np.float32)
 
 
+@lru_cache(maxsize=256)  # bounded: a WAV header (an upstream's bytes) may name any rate
 def polyphase_ratio(in_rate: int, out_rate: int) -> tuple[int, int] | None:
     """``(up, down)`` with ``out_rate / in_rate == up / down`` reduced, if this resampler takes
     the pair; ``None`` for equal rates and for ratios with a factor over :data:`MAX_FACTOR`
@@ -138,9 +139,10 @@ def _design(up: int, down: int) -> _Design:
 
 
 @cache
+@cache
 def _scaled_bank(up: int, down: int, bits: int) -> _F64:
     """The bank times 2**-bits (exact, a power of two): bits = _COEF_BITS gives the
-    coefficients themselves."""
+    coefficients themselves. Shared, read-only, by every stream of the ratio and scale."""
     bank: _F64 = _design(up, down).bank * 2.0**-bits
     bank.flags.writeable = False
     return bank

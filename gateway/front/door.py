@@ -226,6 +226,12 @@ class SynthesisDoor(ABC, Generic[Call]):
         connection layer: the audio was all sent). On the gateway's own connections the last
         bytes and the end of the body leave in one write."""
         exchange: Exchange | None = scope.get(EXCHANGE_SCOPE_KEY)
+        if exchange is not None:
+            # The body's end never waits in the exchange's send: only a full write buffer is
+            # waited for, and then within the deadline (no timer otherwise).
+            await send({"type": "http.response.body", "body": last, "more_body": False})
+            if not exchange.write_paused:
+                return
         try:
             async with asyncio.timeout(budgets.LAST_SEND_SECONDS):
                 if exchange is None:
@@ -233,7 +239,6 @@ class SynthesisDoor(ABC, Generic[Call]):
                         await send({"type": "http.response.body", "body": last, "more_body": True})
                     await send({"type": "http.response.body", "body": b"", "more_body": False})
                 else:
-                    await send({"type": "http.response.body", "body": last, "more_body": False})
                     await exchange.drained()
         except TimeoutError:
             outcome.end = f"{outcome.end},caller_not_reading"
