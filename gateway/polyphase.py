@@ -139,10 +139,9 @@ def _design(up: int, down: int) -> _Design:
 
 
 @cache
-@cache
 def _scaled_bank(up: int, down: int, bits: int) -> _F64:
     """The bank times 2**-bits (exact, a power of two): bits = _COEF_BITS gives the
-    coefficients themselves. Shared, read-only, by every stream of the ratio and scale."""
+    coefficients themselves."""
     bank: _F64 = _design(up, down).bank * 2.0**-bits
     bank.flags.writeable = False
     return bank

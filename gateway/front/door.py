@@ -189,8 +189,8 @@ class SynthesisDoor(ABC, Generic[Call]):
                 raise NotReady("the gateway is starting or draining", headers={"Retry-After": "1"})
             body = await read_body(scope, receive, routing.config.server.max_body_bytes)
             call = await self.parse(routing, scope, body, outcome)
-            # The work runs in this task beside a watcher of the connection, which cancels it
-            # when the caller hangs up, whether or not audio has started.
+            # The work runs in this task, cancelled when the caller hangs up, whether or not
+            # audio has started (told by the connection layer, or by a watcher beside it).
             hang_up = HangUp(receive, scope.get(EXCHANGE_SCOPE_KEY))
             try:
                 await self.synthesize(routing, call, outcome, scope, send)
