@@ -22,7 +22,6 @@ from gateway.http1 import ConnectionLimits, TLSFiles
 from tests.support import (
     Plan,
     ScriptedProvider,
-    eventually,
     live_server,
     provider_block,
     scripted_config,
@@ -140,42 +139,6 @@ async def test_a_body_that_does_not_arrive_in_time_is_answered_408_and_logged(
             break
         await asyncio.sleep(0.01)
     assert any("status=408" in r.getMessage() for r in caplog.records)
-    writer.close()
-
-
-async def test_a_request_whose_head_and_body_arrive_together_sets_no_deadline_timer(
-    gateway: tuple[str, int], plan: Plan, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The head's and the body's deadlines are set once a read is handled, if still due: a
-    request that arrives whole is past both by then. One whose body comes later still gets
-    the body's deadline (and is answered when it comes)."""
-    loop = asyncio.get_running_loop()
-    deadlines: list[str] = []
-
-    def counted(method: Any) -> Any:
-        def timer(when: float, callback: Any, *args: Any, **kwargs: Any) -> Any:
-            name = getattr(callback, "__name__", "")
-            if name in ("_head_timed_out", "_body_timed_out"):
-                deadlines.append(name)
-            return method(when, callback, *args, **kwargs)
-
-        return timer
-
-    # asyncio's call_later goes through call_at, looked up on the loop itself.
-    monkeypatch.setattr(loop, "call_at", counted(loop.call_at))
-    reader, writer = await connect(gateway)
-    assert deadlines == ["_head_timed_out"]  # the first head's, from the connection opening
-    for _ in range(2):  # whole requests on the kept-alive connection
-        writer.write(post(SYNTH))
-        status, _, body = await read_response(reader)
-        assert status == 200 and body == CHUNK * 2
-    assert deadlines == ["_head_timed_out"]
-    request = post(SYNTH)
-    writer.write(request[:-5])  # the body's last bytes later
-    assert await eventually(lambda: deadlines == ["_head_timed_out", "_body_timed_out"], 5)
-    writer.write(request[-5:])
-    status, _, body = await read_response(reader)
-    assert status == 200 and body == CHUNK * 2
     writer.close()
 
 

@@ -146,7 +146,6 @@ class HTTPProtocol(ConnectionIO):
         plain = self._plaintext(data)
         if plain is None:
             return
-        self._reading = True
         try:
             self.reader.feed(plain)
         except ReadStop as stop:
@@ -158,8 +157,6 @@ class HTTPProtocol(ConnectionIO):
                 self._pipeline_overflow()
             else:
                 self._bad_request(stop.detail)
-        finally:
-            self._read_handled()
 
     def _writable_again(self) -> None:
         if self._continue_after_drain:

@@ -54,11 +54,6 @@ class ConnectionIO(asyncio.Protocol):
         self._drain_waiter: asyncio.Future[None] | None = None
         self._reading_paused = False
         self._timer: asyncio.TimerHandle | None = None  # head, body, keep-alive, linger
-        # While a read is handled, the deadline it arms (when, what) waits for its end: a
-        # request whose head and body arrive together is through both deadlines by then, and
-        # makes no timer for either.
-        self._reading = False
-        self._due: tuple[float, Callable[[], None]] | None = None
         self._stall: asyncio.TimerHandle | None = None  # a write that makes no progress
         self._closed = False
         self._lingering = False
@@ -163,26 +158,12 @@ class ConnectionIO(asyncio.Protocol):
     def _arm(self, seconds: float, callback: Callable[[], None]) -> None:
         if self._timer is not None:
             self._timer.cancel()
-            self._timer = None
-        if self._reading:
-            self._due = (self.loop.time() + seconds, callback)
-        else:
-            self._timer = self.loop.call_later(seconds, callback)
+        self._timer = self.loop.call_later(seconds, callback)
 
     def _disarm(self) -> None:
-        self._due = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-
-    def _read_handled(self) -> None:
-        """The end of a read: the deadline it left armed, if any, is set."""
-        self._reading = False
-        due = self._due
-        if due is not None:
-            self._due = None
-            if not self._closed:
-                self._timer = self.loop.call_at(*due)
 
     # ------------------------------------------------------------------ endings
 
