@@ -97,8 +97,7 @@ class HangUp:
         self._task = task
         self._heard = False
         self._settled = False
-        self._stopped = False
-        self._exchange = exchange
+        self._exchange = exchange  # held until stop(): the hook is live while it is
         self._watcher: asyncio.Task[None] | None = None
         if exchange is not None:
             exchange.when_gone(self._gone)
@@ -106,7 +105,7 @@ class HangUp:
             self._watcher = asyncio.get_running_loop().create_task(self._watch(receive))
 
     def _gone(self) -> None:
-        if not self._stopped:
+        if self._exchange is not None:  # not stopped meanwhile
             self._heard = True
             self._task.cancel()
 
@@ -135,7 +134,6 @@ class HangUp:
 
     def stop(self) -> None:
         """Stop watching (the work is over)."""
-        self._stopped = True
         if self._exchange is not None:
             # The exchange's hold on this watch (and through it on the task) let go of.
             self._exchange.when_gone(None)
