@@ -24,7 +24,15 @@ from gateway.direct import DirectRelay
 from gateway.http1 import HTTPProtocol
 from gateway.http1.io import WRITE_HIGH_WATER
 from providers.base import AudioFormat
-from tests.support import LoopbackServer, eventually, live_server, read_request, tone
+from tests.scripted_upstream import ScriptedUpstream
+from tests.support import (
+    LoopbackServer,
+    eventually,
+    live_server,
+    log_line,
+    read_request,
+    tone,
+)
 
 pytestmark = pytest.mark.asyncio
 
@@ -372,3 +380,84 @@ async def test_a_long_first_piece_sends_its_first_audio_before_converting_the_re
     first_audio = dechunk(first_body + b"0\r\n\r\n")
     assert 0 < len(first_audio) <= 2 * FIRST_OUT * 48000
     assert relayed == [len(AUDIO)]  # the piece after the first was relayed from the callbacks
+
+
+async def test_a_caller_that_stops_reading_at_the_end_is_waited_for_within_the_last_send_deadline(
+    relayed: list[int], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Relayed from the upstream's callbacks, the whole answer can be written before the caller
+    takes it. The end of the body then waits for the caller on the gateway's own connection,
+    within ``LAST_SEND_SECONDS`` and no longer, and the request is logged as complete but not
+    read. The provider was released before that wait, and the connection keeps every byte
+    for a caller that reads later."""
+    import gateway.budgets
+
+    monkeypatch.setattr(gateway.budgets, "LAST_SEND_SECONDS", 1.0)
+    original = HTTPProtocol.connection_made
+
+    def small_buffers(self: HTTPProtocol, transport: asyncio.BaseTransport) -> None:
+        # A small send window and write buffer: a second of audio fills them.
+        transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        original(self, transport)
+        transport.set_write_buffer_limits(high=4096, low=1024)  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(HTTPProtocol, "connection_made", small_buffers)
+    caplog.set_level(logging.INFO, logger="gateway")
+    first, rest = tone(440, 0.02, RATE), tone(660, 1.0, RATE)
+    out = asyncio.Event()
+    # The rest of the answer, and its end, in one write once the first audio is out.
+    async with ScriptedUpstream([first, out, rest], [first]) as upstream:
+        block: dict[str, Any] = {"type": "custom", "url": upstream.url, "sample_rates": [RATE]}
+        block |= {"max_concurrency": 1, "queue": 0, "retry": {"attempts": 1}}
+        document = {
+            "server": {"default_voice": "v", "log_level": "info"},
+            "providers": {"up": block},
+            "voices": {"v": {"provider": "up"}},
+        }
+        app = create_app(parse_config(json.dumps(document)))
+        async with live_server(app) as url:
+            host, port = url.removeprefix("http://").split(":")
+            loop = asyncio.get_running_loop()
+            # A bare socket, read only when the test reads it (a stream reader would read
+            # ahead into a buffer of its own).
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.setblocking(False)
+            await loop.sock_connect(sock, (host, int(port)))
+            payload = json.dumps(body(RATE)).encode()
+            await loop.sock_sendall(
+                sock,
+                b"POST /stream-audio HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                b"X-Request-Id: unread\r\nConnection: close\r\n"
+                b"Content-Length: %d\r\n\r\n%s" % (len(payload), payload),
+            )
+            raw = b""
+            while not raw.endswith(b"\r\n" + first + b"\r\n"):  # the head and the first audio
+                piece = await asyncio.wait_for(loop.sock_recv(sock, 1), 10)
+                assert piece
+                raw += piece
+            out.set()  # the caller takes no more for now
+            assert await upstream.all_ended() == ["complete"]
+            # The provider is released while the door still waits for the caller.
+            registry = app.state.gateway.metrics.registry
+            labels = {"provider": "up"}
+            assert await eventually(
+                lambda: registry.get_sample_value("tts_provider_in_flight", labels) == 0, 10
+            )
+            assert not any(r.getMessage().startswith("request_id=unread ") for r in caplog.records)
+            line = await log_line(caplog, "unread")
+            # The one slot serves the next caller while this one still holds its answer.
+            async with httpx.AsyncClient(timeout=30) as client:
+                second = await client.post(f"{url}/stream-audio", json=body(RATE))
+            # The caller reads at last: the answer was kept whole and ended.
+            while piece := await asyncio.wait_for(loop.sock_recv(sock, 65536), 30):
+                raw += piece
+            sock.close()
+    assert relayed, "the stream was not relayed directly"
+    assert "end=complete,caller_not_reading" in line
+    duration = float(line.partition(" duration_ms=")[2].split()[0])
+    assert 1000 <= duration < 10_000  # it waited for the caller, within its deadline
+    assert second.status_code == 200 and second.content == first
+    head, _, chunked = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    assert dechunk(chunked) == first + rest

@@ -79,12 +79,14 @@ def answer_headers(synthesis: Synthesis, content_type: str) -> list[tuple[bytes,
 
 
 class HangUp:
-    """Cancels the task that made it when the caller hangs up (or its answer is complete, after
-    which the connection layer says the same): told by the gateway's own connection layer
-    (``exchange``: :meth:`Exchange.when_gone`), else from a watcher task that waits for the
-    ``http.disconnect`` message. No task beside the work on the gateway's own connections; one
-    under another server, rather than the work in a task of its own beside a watcher and
-    ``asyncio.wait`` over the two.
+    """Cancels the task that made it when the caller hangs up: told by the gateway's own
+    connection layer (``exchange``: :meth:`Exchange.when_gone`), else from a watcher task that
+    waits for the ``http.disconnect`` message (which another server also sends once the answer
+    is complete, when the door's sends are over). No task beside the work on the gateway's own
+    connections; one under another server, rather than the work in a task of its own beside a
+    watcher and ``asyncio.wait`` over the two. On the gateway's own connections the answer's
+    end is not a hang-up: :meth:`SynthesisDoor.end_body` may still wait for the caller to take
+    the last bytes.
 
     The task is cancelled at most once; :meth:`heard` tells whether it was (and takes that
     cancellation back, once, so that the task's count of cancellations is as if it had not

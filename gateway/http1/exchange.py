@@ -57,22 +57,26 @@ class Exchange:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
         gone = self._gone
-        if gone is not None and (self.disconnected or self.response_complete):
+        if gone is not None and self.disconnected:
             self._gone = None
             self.conn.loop.call_soon(gone)
 
     def when_gone(self, callback: Callable[[], None] | None) -> None:
-        """Have ``callback`` called from the event loop once the caller has hung up or the
-        answer is complete: what :meth:`receive` tells as ``http.disconnect``, heard without a
-        task waiting in it (``None``: no longer). For an app that has read the request's body:
-        the socket is read meanwhile, so that a hang-up is heard."""
+        """Have ``callback`` called from the event loop once the caller has hung up before the
+        answer was complete, heard without a task waiting in :meth:`receive` (``None``: no
+        longer). Unlike ``http.disconnect``, the answer's own end is not told: an app that
+        waits for the caller to take its last bytes (:meth:`drained`) is not cut short by
+        having written them. For an app that has read the request's body: the socket is read
+        meanwhile, so that a hang-up is heard."""
         if callback is None:
             self._gone = None
-        elif self.disconnected or self.response_complete:
+        elif self.disconnected:
+            self._gone = None
             self.conn.loop.call_soon(callback)
         else:
             self._gone = callback
-            self.conn.want_body(self)
+            if not self.response_complete:
+                self.conn.want_body(self)
 
     def body_arrived(self, data: bytes) -> None:
         if self.response_complete:
