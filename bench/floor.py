@@ -19,6 +19,17 @@ rounds' CPU per stream-second (one second of one stream), from ``/proc``.
     python -m bench.floor                      # 200 streams, 3 rounds, about 4 minutes
     python -m bench.floor --json floor.json
     python -m bench.floor --gateway-workers 1  # the gateway in one process, as the relay is
+
+``--latency`` measures the floor under the two latency targets instead: scenario (1)'s one
+stream at a time (1 s of audio at full speed, time to first byte) and the synchronized burst
+of scenario (3) (200 real-time streams starting at one instant), through the upstream itself
+(direct), nginx, the floor relay and the gateway, both resampling 24 → 48 kHz, in turn; the
+added figures are each one's less direct's. The relay runs in as many processes as the
+gateway has workers (``--floor-processes``, sharing one listening socket, as the gateway's
+workers do), so that a burst meets the same cores.
+
+    python -m bench.floor --latency             # 3 rounds, about 2 minutes
+    python -m bench.floor --latency --gateway-workers 1 --floor-processes 1
 """
 
 from __future__ import annotations
@@ -27,6 +38,9 @@ import argparse
 import asyncio
 import functools
 import json
+import os
+import signal
+import socket
 import statistics
 import sys
 import tempfile
@@ -36,19 +50,25 @@ from typing import Any
 import httptools
 
 from bench import run as bench_run
-from bench.harness import PY, Server, free_port, start
+from bench.harness import PY, Server, free_port, load, start
 from bench.run import (
     REALTIME_STREAMS,
     UPSTREAM_RATE,
     Bench,
     ensure_nginx,
+    latency,
     nginx_conf,
     start_gateway,
 )
+from gateway.audio import FIRST_OUT
 from gateway.polyphase import PolyphaseResampler
+from gateway.supervisor import workers_wanted
 
 #: What the callers ask for when the relay resamples (the upstream speaks 24 kHz).
 RESAMPLED_RATE = 48000
+
+#: The part of a first read converted and sent before the rest (whole samples).
+FIRST_BYTES = int(FIRST_OUT * UPSTREAM_RATE) * 2
 
 
 class _UpstreamSide(asyncio.Protocol):
@@ -119,6 +139,11 @@ class _CallerSide(asyncio.Protocol):
     def audio(self, data: bytes) -> None:
         if self.transport is None:
             return
+        if not self.started and self.resampler is not None and len(data) > 2 * FIRST_BYTES:
+            # A fast upstream's first read can hold a second of audio: its first 40 ms are
+            # converted and sent first, as the gateway does (``Converter.feed_first``).
+            self.audio(data[:FIRST_BYTES])
+            data = data[FIRST_BYTES:]
         if self.resampler is not None:
             data = self.carry + data
             whole = len(data) & ~1
@@ -192,18 +217,43 @@ class FloorRelay:
         upstream.transport.write(self._head + b"content-length: %d\r\n\r\n" % len(body) + body)
 
 
-async def _serve(port: int, upstream_port: int, resample: bool) -> None:
+async def _serve(sock: socket.socket, upstream_port: int, resample: bool) -> None:
     relay = FloorRelay(upstream_port, resample)
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(relay.caller, "127.0.0.1", port, backlog=4096)
+    server = await loop.create_server(relay.caller, sock=sock, backlog=4096)
     async with server:
         await server.serve_forever()
 
 
-def _floor_server(workdir: Path, upstream_port: int, resample: bool) -> Server:
+def serve(port: int, upstream_port: int, resample: bool, processes: int) -> None:
+    """Run the relay in ``processes`` processes on one listening socket (the first process
+    and ``processes - 1`` children of it, which it stops when it is stopped)."""
+    import uvloop
+
+    sock = socket.create_server(("127.0.0.1", port), backlog=4096)
+    sock.setblocking(False)
+    children: list[int] = []
+    for _ in range(processes - 1):
+        pid = os.fork()
+        if pid == 0:
+            children = []
+            break
+        children.append(pid)
+
+    def stop(signum: int, frame: object) -> None:
+        for child in children:
+            os.kill(child, signal.SIGTERM)
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    uvloop.run(_serve(sock, upstream_port, resample))
+
+
+def _floor_server(workdir: Path, upstream_port: int, resample: bool, processes: int = 1) -> Server:
     port = free_port()
     args = [PY, "-m", "bench.floor", "serve", "--port", str(port)]
-    args += ["--upstream", str(upstream_port), *(["--resample"] if resample else [])]
+    args += ["--upstream", str(upstream_port), "--processes", str(processes)]
+    args += ["--resample"] if resample else []
     return start(f"floor{'-resample' if resample else ''}", args, port, workdir)
 
 
@@ -263,6 +313,109 @@ def measure(streams: int, repeat: int) -> dict[str, Any]:
     return result
 
 
+#: What the latency figures are (each a median over the rounds).
+LATENCY_KEYS = ("one_ttfb_p50", "one_ttfb_p99", "burst_ttfb_p50", "burst_ttfb_p99")
+
+
+def measure_latency(repeat: int, processes: int) -> dict[str, Any]:
+    """Scenario (1)'s one stream at a time and scenario (3)'s burst through the upstream
+    itself, nginx, the floor relay and the gateway (both resampling), in turn."""
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        bench = Bench(workdir, quick=False)
+        started: list[Server] = []
+        try:
+            up_port, ng_port = free_port(), free_port()
+            bench.upstream = start(
+                "upstream", [PY, "-m", "bench.upstream", "--port", str(up_port)], up_port, workdir
+            )
+            started.append(bench.upstream)
+            nginx = ensure_nginx()
+            conf = nginx_conf(workdir, ng_port, up_port)
+            ng = start("nginx", [nginx, "-p", str(workdir), "-c", str(conf)], ng_port, workdir)
+            started.append(ng)
+            floor48 = _floor_server(workdir, up_port, resample=True, processes=processes)
+            started.append(floor48)
+            gateway = start_gateway(workdir, up_port, "gateway")
+            started.append(gateway)
+            targets = [
+                ("direct", bench.upstream, UPSTREAM_RATE),
+                ("nginx", ng, UPSTREAM_RATE),
+                ("floor relay, 24 -> 48 kHz", floor48, RESAMPLED_RATE),
+                ("gateway, 24 -> 48 kHz", gateway, RESAMPLED_RATE),
+            ]
+            runs: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in targets}
+            for _ in range(repeat):
+                for name, server, rate in targets:
+                    one = latency(
+                        load(
+                            bench.url(server),
+                            workdir,
+                            requests=300,
+                            rate=rate,
+                            seconds=1,
+                            pace="fast",
+                        )
+                    )
+                    burst = bench.realtime_run(server, rate, REALTIME_STREAMS[0], spread=False)
+                    found = {
+                        "one_ttfb_p50": one["ttfb_p50"],
+                        "one_ttfb_p99": one["ttfb_p99"],
+                        "burst_ttfb_p50": burst["ttfb_p50"],
+                        "burst_ttfb_p99": burst["ttfb_p99"],
+                        "errors": one["errors"] + burst["errors"],
+                    }
+                    runs[name].append(found)
+                    print(
+                        f"{name}: one stream TTFB p50 {found['one_ttfb_p50']:.2f} ms, "
+                        f"burst TTFB p99 {found['burst_ttfb_p99']:.1f} ms",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+        finally:
+            for server in reversed(started):
+                server.stop()
+    result: dict[str, Any] = {
+        "rounds": repeat,
+        "floor_processes": processes,
+        "gateway_workers": bench_run.GATEWAY_WORKERS,
+        "burst_streams": REALTIME_STREAMS[0],
+        "targets": {},
+    }
+    for name, rounds in runs.items():
+        figures: dict[str, Any] = {
+            key: statistics.median(run[key] for run in rounds) for key in LATENCY_KEYS
+        }
+        figures["errors"] = sum(run["errors"] for run in rounds)
+        figures["per_round"] = rounds
+        result["targets"][name] = figures
+    return result
+
+
+def latency_report(result: dict[str, Any]) -> str:
+    """The latency figures as a Markdown table, each beside what it adds to direct's."""
+    targets = result["targets"]
+    direct = targets["direct"]
+    workers = result["gateway_workers"] or "its default"
+    lines = [
+        f"One stream at a time (300 requests, 1 s of audio at full speed) and "
+        f"{result['burst_streams']} real-time streams starting at one instant; medians of "
+        f"{result['rounds']} rounds (ms); the relay in {result['floor_processes']} "
+        f"process(es), the gateway with {workers} worker(s)",
+        "",
+        "| | 1 stream TTFB p50 (added) | 1 stream TTFB p99 (added) "
+        "| burst TTFB p50 (added) | burst TTFB p99 (added) | errors |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, f in targets.items():
+        cells = [
+            f"{f[key]:.2f} ({f[key] - direct[key]:+.2f})" if name != "direct" else f"{f[key]:.2f}"
+            for key in LATENCY_KEYS
+        ]
+        lines.append(f"| {name} | {' | '.join(cells)} | {f['errors']} |")
+    return "\n".join(lines)
+
+
 def report(result: dict[str, Any]) -> str:
     """The figures as a Markdown table, with each one's ratio to nginx's."""
     targets = result["targets"]
@@ -285,10 +438,11 @@ def report(result: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command")
-    serve = sub.add_parser("serve", help="run the floor relay (what the measurement starts)")
-    serve.add_argument("--port", type=int, required=True)
-    serve.add_argument("--upstream", type=int, required=True)
-    serve.add_argument("--resample", action="store_true")
+    serving = sub.add_parser("serve", help="run the floor relay (what the measurement starts)")
+    serving.add_argument("--port", type=int, required=True)
+    serving.add_argument("--upstream", type=int, required=True)
+    serving.add_argument("--resample", action="store_true")
+    serving.add_argument("--processes", type=int, default=1)
     parser.add_argument("--streams", type=int, default=REALTIME_STREAMS[0])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument(
@@ -296,17 +450,30 @@ def main() -> None:
         type=int,
         help="the gateway's worker processes (its default if not given)",
     )
+    parser.add_argument(
+        "--latency",
+        action="store_true",
+        help="the floor under the one-stream and burst latency targets instead",
+    )
+    parser.add_argument(
+        "--floor-processes",
+        type=int,
+        help="the relay's processes with --latency (default: the gateway's workers)",
+    )
     parser.add_argument("--json", type=Path, help="write the figures here too")
     args = parser.parse_args()
     if args.command == "serve":
-        import uvloop
-
-        uvloop.run(_serve(args.port, args.upstream, args.resample))
+        serve(args.port, args.upstream, args.resample, args.processes)
         return
     if args.gateway_workers:
         bench_run.GATEWAY_WORKERS = args.gateway_workers
-    result = measure(args.streams, args.repeat)
-    print(report(result))
+    if args.latency:
+        processes = args.floor_processes or workers_wanted(0, args.gateway_workers)
+        result = measure_latency(args.repeat, processes)
+        print(latency_report(result))
+    else:
+        result = measure(args.streams, args.repeat)
+        print(report(result))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
 

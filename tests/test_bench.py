@@ -26,9 +26,9 @@ from bench import cache_report, first_byte, soak_report
 from bench import resampler as resampler_bench
 from bench.cache import CacheBench, CacheSize, redis_server, unique_text
 from bench.faults import HEALTHY, SOAK, FaultPlan, FaultyUpstream
-from bench.floor import FloorRelay
+from bench.floor import FIRST_BYTES, FloorRelay, latency_report
 from bench.floor import report as floor_report
-from bench.harness import Server
+from bench.harness import PY, ROOT, Server, process_tree
 from bench.hotpath import layers
 from bench.integrity import Verdict, answer_samples, check, expected_pcm
 from bench.loadgen import Plan, Response, Result, run
@@ -121,6 +121,97 @@ async def test_the_floor_relay_passes_the_upstream_answer_on(resample: bool) -> 
         assert answer.status_code == 200
         assert answer.content == expected
     assert idle == 1  # one upstream connection, kept alive for every request
+
+
+def test_the_floor_relay_sends_a_big_first_read_in_two_and_the_same_audio() -> None:
+    """A first read of a second of audio: its first 40 ms go out converted before the rest is,
+    and the answer is what converting the whole gives."""
+    relay = FloorRelay(0, True)
+    writes: list[bytes] = []
+
+    class Transport:
+        def write(self, data: bytes) -> None:
+            writes.append(data)
+
+    caller = cast(Any, relay.caller())
+    caller.transport = Transport()
+    caller.resampler = relay.resampler()
+    audio = (np.sin(np.arange(RATE) * 0.1) * 8000).astype("<i2").tobytes()
+    caller.audio(audio)
+    caller.end()
+    assert len(audio) > 2 * FIRST_BYTES
+    resampler = PolyphaseResampler(2, 1, 32768.0)
+    first = resampler.process_s16(audio[:FIRST_BYTES])
+    whole = first + resampler.process_s16(audio[FIRST_BYTES:]) + resampler.flush_s16()
+    head, _, chunked = b"".join(writes).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    assert writes[0].endswith(b"%x\r\n%s\r\n" % (len(first), first))  # first, on its own
+    assert dechunk(chunked) == (whole, True)
+    check = PolyphaseResampler(2, 1, 32768.0)
+    assert whole == check.process_s16(audio) + check.flush_s16()  # cut or not, the same
+
+
+async def test_the_floor_relay_serves_from_several_processes_and_stops_them_all() -> None:
+    task, port = await start_upstream()
+    sock = free_socket()
+    relay_port = sock.getsockname()[1]
+    sock.close()
+    args = [PY, "-m", "bench.floor", "serve", "--port", str(relay_port)]
+    args += ["--upstream", str(port), "--processes", "2", "--resample"]
+    process = await asyncio.create_subprocess_exec(*args, cwd=ROOT)
+    try:
+        assert await eventually(lambda: len(process_tree(process.pid)) == 2, 30)
+        children = process_tree(process.pid)[1:]
+        extend = json.dumps({"BenchSeconds": 0.1, "BenchPace": "fast"})
+        body = {"Text": "Benchmark.", "VoiceId": "bench", "SampleRate": RATE, "ExtendData": extend}
+
+        async def answered() -> bool:
+            async with httpx.AsyncClient(timeout=30) as client:
+                url = f"http://127.0.0.1:{relay_port}/stream-audio"
+                answer = await client.post(url, json=body)
+            return answer.status_code == 200 and len(answer.content) == 2 * 5 * CHUNK_SAMPLES * 2
+
+        # The socket listens from before the fork: a request waits for a process to take it.
+        assert await answered()
+        assert await answered()
+        process.terminate()
+        assert await asyncio.wait_for(process.wait(), 30) == 0
+
+        def gone(pid: int) -> bool:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return True
+            # A child that has exited but not been reaped yet counts as gone.
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            return state == "Z"
+
+        assert await eventually(lambda: all(gone(pid) for pid in children), 30)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        task.cancel()
+
+
+def test_the_floor_latency_report_puts_each_figure_beside_direct() -> None:
+    keys = ("one_ttfb_p50", "one_ttfb_p99", "burst_ttfb_p50", "burst_ttfb_p99")
+    result = {
+        "rounds": 3,
+        "floor_processes": 2,
+        "gateway_workers": None,
+        "burst_streams": 200,
+        "targets": {
+            "direct": {**dict(zip(keys, (0.1, 0.5, 8.0, 10.0), strict=True)), "errors": 0},
+            "gateway": {**dict(zip(keys, (1.1, 0.4, 80.0, 120.0), strict=True)), "errors": 1},
+        },
+    }
+    table = latency_report(result)
+    assert "| direct | 0.10 | 0.50 | 8.00 | 10.00 | 0 |" in table
+    assert (
+        "| gateway | 1.10 (+1.00) | 0.40 (-0.10) | 80.00 (+72.00) | 120.00 (+110.00) | 1 |" in table
+    )
+    assert "the relay in 2 process(es), the gateway with its default worker(s)" in table
 
 
 def test_the_floor_report_puts_each_figure_beside_nginx() -> None:
