@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import functools
 import json
 import os
@@ -44,6 +45,7 @@ import socket
 import statistics
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -257,8 +259,12 @@ def _floor_server(workdir: Path, upstream_port: int, resample: bool, processes: 
     return start(f"floor{'-resample' if resample else ''}", args, port, workdir)
 
 
-def measure(streams: int, repeat: int) -> dict[str, Any]:
-    """Scenario (3)'s load through nginx, the floor relay and the gateway, in turn."""
+@contextlib.contextmanager
+def _lineup(
+    floors: dict[str, tuple[bool, int]],
+) -> Iterator[tuple[Bench, Server, dict[str, Server], Server]]:
+    """The mock upstream (``bench.upstream``), nginx, the floor relays (by name: whether each
+    resamples, its processes) and the gateway, on loopback, stopped at the end."""
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         bench = Bench(workdir, quick=False)
@@ -273,34 +279,41 @@ def measure(streams: int, repeat: int) -> dict[str, Any]:
             conf = nginx_conf(workdir, ng_port, up_port)
             ng = start("nginx", [nginx, "-p", str(workdir), "-c", str(conf)], ng_port, workdir)
             started.append(ng)
-            floor = _floor_server(workdir, up_port, resample=False)
-            started.append(floor)
-            floor48 = _floor_server(workdir, up_port, resample=True)
-            started.append(floor48)
+            relays: dict[str, Server] = {}
+            for name, (resample, processes) in floors.items():
+                relays[name] = _floor_server(workdir, up_port, resample, processes)
+                started.append(relays[name])
             gateway = start_gateway(workdir, up_port, "gateway")
             started.append(gateway)
-            targets = [
-                ("nginx", ng, UPSTREAM_RATE),
-                ("floor relay", floor, UPSTREAM_RATE),
-                ("gateway", gateway, UPSTREAM_RATE),
-                ("floor relay, 24 -> 48 kHz", floor48, RESAMPLED_RATE),
-                ("gateway, 24 -> 48 kHz", gateway, RESAMPLED_RATE),
-            ]
-            runs: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in targets}
-            for _ in range(repeat):
-                for name, server, rate in targets:
-                    found = bench.realtime_run(server, rate, streams, spread=True)
-                    runs[name].append(found)
-                    print(
-                        f"{name}: {found['server_cpu_ms_per_stream_s']:.3f} ms per "
-                        f"stream-second, TTFB p99 {found['ttfb_p99']:.1f} ms, "
-                        f"errors {found['errors']}",
-                        file=sys.stderr,
-                        flush=True,
-                    )
+            yield bench, ng, relays, gateway
         finally:
             for server in reversed(started):
                 server.stop()
+
+
+def measure(streams: int, repeat: int) -> dict[str, Any]:
+    """Scenario (3)'s load through nginx, the floor relay and the gateway, in turn."""
+    floors = {"as is": (False, 1), "resampling": (True, 1)}
+    with _lineup(floors) as (bench, ng, relays, gateway):
+        targets = [
+            ("nginx", ng, UPSTREAM_RATE),
+            ("floor relay", relays["as is"], UPSTREAM_RATE),
+            ("gateway", gateway, UPSTREAM_RATE),
+            ("floor relay, 24 -> 48 kHz", relays["resampling"], RESAMPLED_RATE),
+            ("gateway, 24 -> 48 kHz", gateway, RESAMPLED_RATE),
+        ]
+        runs: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in targets}
+        for _ in range(repeat):
+            for name, server, rate in targets:
+                found = bench.realtime_run(server, rate, streams, spread=True)
+                runs[name].append(found)
+                print(
+                    f"{name}: {found['server_cpu_ms_per_stream_s']:.3f} ms per "
+                    f"stream-second, TTFB p99 {found['ttfb_p99']:.1f} ms, "
+                    f"errors {found['errors']}",
+                    file=sys.stderr,
+                    flush=True,
+                )
     keys = ("server_cpu_ms_per_stream_s", "server_cpu_share", "ttfb_p50", "ttfb_p99")
     result: dict[str, Any] = {"streams": streams, "rounds": repeat, "targets": {}}
     for name, rounds in runs.items():
@@ -320,61 +333,42 @@ LATENCY_KEYS = ("one_ttfb_p50", "one_ttfb_p99", "burst_ttfb_p50", "burst_ttfb_p9
 def measure_latency(repeat: int, processes: int) -> dict[str, Any]:
     """Scenario (1)'s one stream at a time and scenario (3)'s burst through the upstream
     itself, nginx, the floor relay and the gateway (both resampling), in turn."""
-    with tempfile.TemporaryDirectory() as tmp:
-        workdir = Path(tmp)
-        bench = Bench(workdir, quick=False)
-        started: list[Server] = []
-        try:
-            up_port, ng_port = free_port(), free_port()
-            bench.upstream = start(
-                "upstream", [PY, "-m", "bench.upstream", "--port", str(up_port)], up_port, workdir
-            )
-            started.append(bench.upstream)
-            nginx = ensure_nginx()
-            conf = nginx_conf(workdir, ng_port, up_port)
-            ng = start("nginx", [nginx, "-p", str(workdir), "-c", str(conf)], ng_port, workdir)
-            started.append(ng)
-            floor48 = _floor_server(workdir, up_port, resample=True, processes=processes)
-            started.append(floor48)
-            gateway = start_gateway(workdir, up_port, "gateway")
-            started.append(gateway)
-            targets = [
-                ("direct", bench.upstream, UPSTREAM_RATE),
-                ("nginx", ng, UPSTREAM_RATE),
-                ("floor relay, 24 -> 48 kHz", floor48, RESAMPLED_RATE),
-                ("gateway, 24 -> 48 kHz", gateway, RESAMPLED_RATE),
-            ]
-            runs: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in targets}
-            for _ in range(repeat):
-                for name, server, rate in targets:
-                    one = latency(
-                        load(
-                            bench.url(server),
-                            workdir,
-                            requests=300,
-                            rate=rate,
-                            seconds=1,
-                            pace="fast",
-                        )
+    with _lineup({"resampling": (True, processes)}) as (bench, ng, relays, gateway):
+        assert bench.upstream is not None
+        targets = [
+            ("direct", bench.upstream, UPSTREAM_RATE),
+            ("nginx", ng, UPSTREAM_RATE),
+            ("floor relay, 24 -> 48 kHz", relays["resampling"], RESAMPLED_RATE),
+            ("gateway, 24 -> 48 kHz", gateway, RESAMPLED_RATE),
+        ]
+        runs: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in targets}
+        for _ in range(repeat):
+            for name, server, rate in targets:
+                one = latency(
+                    load(
+                        bench.url(server),
+                        bench.workdir,
+                        requests=300,
+                        rate=rate,
+                        seconds=1,
+                        pace="fast",
                     )
-                    burst = bench.realtime_run(server, rate, REALTIME_STREAMS[0], spread=False)
-                    found = {
-                        "one_ttfb_p50": one["ttfb_p50"],
-                        "one_ttfb_p99": one["ttfb_p99"],
-                        "burst_ttfb_p50": burst["ttfb_p50"],
-                        "burst_ttfb_p99": burst["ttfb_p99"],
-                        "errors": one["errors"] + burst["errors"],
-                    }
-                    runs[name].append(found)
-                    print(
-                        f"{name}: one stream TTFB p50 {found['one_ttfb_p50']:.2f} ms, "
-                        f"burst TTFB p99 {found['burst_ttfb_p99']:.1f} ms",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-        finally:
-            for server in reversed(started):
-                server.stop()
+                )
+                burst = bench.realtime_run(server, rate, REALTIME_STREAMS[0], spread=False)
+                found = {
+                    "one_ttfb_p50": one["ttfb_p50"],
+                    "one_ttfb_p99": one["ttfb_p99"],
+                    "burst_ttfb_p50": burst["ttfb_p50"],
+                    "burst_ttfb_p99": burst["ttfb_p99"],
+                    "errors": one["errors"] + burst["errors"],
+                }
+                runs[name].append(found)
+                print(
+                    f"{name}: one stream TTFB p50 {found['one_ttfb_p50']:.2f} ms, "
+                    f"burst TTFB p99 {found['burst_ttfb_p99']:.1f} ms",
+                    file=sys.stderr,
+                    flush=True,
+                )
     result: dict[str, Any] = {
         "rounds": repeat,
         "floor_processes": processes,
