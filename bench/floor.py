@@ -394,7 +394,8 @@ def latency_report(result: dict[str, Any]) -> str:
     lines = [
         f"One stream at a time (300 requests, 1 s of audio at full speed) and "
         f"{result['burst_streams']} real-time streams starting at one instant; medians of "
-        f"{result['rounds']} rounds (ms); the relay in {result['floor_processes']} "
+        f"{result['rounds']} rounds (ms; added: less direct's, the load generator straight to "
+        f"the mock upstream); the relay in {result['floor_processes']} "
         f"process(es), the gateway with {workers} worker(s)",
         "",
         "| | 1 stream TTFB p50 (added) | 1 stream TTFB p99 (added) "
@@ -437,8 +438,10 @@ def main() -> None:
     serving.add_argument("--upstream", type=int, required=True)
     serving.add_argument("--resample", action="store_true")
     serving.add_argument("--processes", type=int, default=1)
-    parser.add_argument("--streams", type=int, default=REALTIME_STREAMS[0])
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--streams", type=int, default=REALTIME_STREAMS[0], help="real-time streams at once"
+    )
+    parser.add_argument("--repeat", type=int, default=3, help="rounds (figures: their medians)")
     parser.add_argument(
         "--gateway-workers",
         type=int,
