@@ -26,7 +26,9 @@ of scenario (3) (200 real-time streams starting at one instant), through the ups
 (direct), nginx, the floor relay and the gateway, both resampling 24 → 48 kHz, in turn; the
 added figures are each one's less direct's. The relay runs in as many processes as the
 gateway has workers (``--floor-processes``, sharing one listening socket, as the gateway's
-workers do), so that a burst meets the same cores.
+workers do), so that a burst meets the same cores. Each round also measures each server's CPU
+per request over bursts of 200 new connections asking for 20 ms of audio each: the request's
+own path, with next to no audio to relay.
 
     python -m bench.floor --latency             # 3 rounds, about 2 minutes
     python -m bench.floor --latency --gateway-workers 1 --floor-processes 1
@@ -52,7 +54,7 @@ from typing import Any
 import httptools
 
 from bench import run as bench_run
-from bench.harness import PY, Server, free_port, load, start
+from bench.harness import PY, Server, cpu_seconds, free_port, load, start
 from bench.run import (
     REALTIME_STREAMS,
     UPSTREAM_RATE,
@@ -327,7 +329,37 @@ def measure(streams: int, repeat: int) -> dict[str, Any]:
 
 
 #: What the latency figures are (each a median over the rounds).
-LATENCY_KEYS = ("one_ttfb_p50", "one_ttfb_p99", "burst_ttfb_p50", "burst_ttfb_p99")
+LATENCY_KEYS = (
+    "one_ttfb_p50",
+    "one_ttfb_p99",
+    "burst_ttfb_p50",
+    "burst_ttfb_p99",
+    "request_cpu_ms",
+)
+
+#: Bursts of short answers a round's CPU per request is measured over.
+CPU_BURSTS = 5
+
+
+def request_cpu(bench: Bench, server: Server, rate: int) -> tuple[float, int]:
+    """The server's CPU per request (ms, from ``/proc``) over :data:`CPU_BURSTS` bursts of 200
+    callers at one instant, each on a new connection asking for 20 ms of audio at full speed:
+    the request's own path, with next to no audio to relay; and the errors among them."""
+    streams = REALTIME_STREAMS[0]
+    before = cpu_seconds(server.pid)
+    errors = 0
+    for _ in range(CPU_BURSTS):
+        data = load(
+            bench.url(server),
+            bench.workdir,
+            requests=streams,
+            concurrency=streams,
+            rate=rate,
+            seconds=0.02,
+            pace="fast",
+        )
+        errors += int(latency(data)["errors"])
+    return (cpu_seconds(server.pid) - before) * 1000 / (CPU_BURSTS * streams), errors
 
 
 def measure_latency(repeat: int, processes: int) -> dict[str, Any]:
@@ -355,17 +387,20 @@ def measure_latency(repeat: int, processes: int) -> dict[str, Any]:
                     )
                 )
                 burst = bench.realtime_run(server, rate, REALTIME_STREAMS[0], spread=False)
+                cpu, errors = request_cpu(bench, server, rate)
                 found = {
                     "one_ttfb_p50": one["ttfb_p50"],
                     "one_ttfb_p99": one["ttfb_p99"],
                     "burst_ttfb_p50": burst["ttfb_p50"],
                     "burst_ttfb_p99": burst["ttfb_p99"],
-                    "errors": one["errors"] + burst["errors"],
+                    "request_cpu_ms": cpu,
+                    "errors": one["errors"] + burst["errors"] + errors,
                 }
                 runs[name].append(found)
                 print(
                     f"{name}: one stream TTFB p50 {found['one_ttfb_p50']:.2f} ms, "
-                    f"burst TTFB p99 {found['burst_ttfb_p99']:.1f} ms",
+                    f"burst TTFB p99 {found['burst_ttfb_p99']:.1f} ms, "
+                    f"{cpu:.3f} ms of CPU a request",
                     file=sys.stderr,
                     flush=True,
                 )
@@ -396,17 +431,20 @@ def latency_report(result: dict[str, Any]) -> str:
         f"{result['burst_streams']} real-time streams starting at one instant; medians of "
         f"{result['rounds']} rounds (ms; added: less direct's, the load generator straight to "
         f"the mock upstream); the relay in {result['floor_processes']} "
-        f"process(es), the gateway with {workers} worker(s)",
+        f"process(es), the gateway with {workers} worker(s); CPU a request: the server's "
+        f"(direct: the mock upstream's) over bursts of {result['burst_streams']} new "
+        "connections, each asking for 20 ms of audio",
         "",
         "| | 1 stream TTFB p50 (added) | 1 stream TTFB p99 (added) "
-        "| burst TTFB p50 (added) | burst TTFB p99 (added) | errors |",
-        "|---|---|---|---|---|---|",
+        "| burst TTFB p50 (added) | burst TTFB p99 (added) | CPU a request (ms) | errors |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, f in targets.items():
         cells = [
             f"{f[key]:.2f} ({f[key] - direct[key]:+.2f})" if name != "direct" else f"{f[key]:.2f}"
-            for key in LATENCY_KEYS
+            for key in LATENCY_KEYS[:4]
         ]
+        cells.append(f"{f['request_cpu_ms']:.3f}")
         lines.append(f"| {name} | {' | '.join(cells)} | {f['errors']} |")
     return "\n".join(lines)
 

@@ -195,22 +195,20 @@ async def test_the_floor_relay_serves_from_several_processes_and_stops_them_all(
 
 
 def test_the_floor_latency_report_puts_each_figure_beside_direct() -> None:
-    keys = ("one_ttfb_p50", "one_ttfb_p99", "burst_ttfb_p50", "burst_ttfb_p99")
+    keys = ("one_ttfb_p50", "one_ttfb_p99", "burst_ttfb_p50", "burst_ttfb_p99", "request_cpu_ms")
+    direct = dict(zip(keys, (0.1, 0.5, 8.0, 10.0, 0.05), strict=True))
+    gateway = dict(zip(keys, (1.1, 0.4, 80.0, 120.0, 0.7), strict=True))
     result = {
         "rounds": 3,
         "floor_processes": 2,
         "gateway_workers": None,
         "burst_streams": 200,
-        "targets": {
-            "direct": {**dict(zip(keys, (0.1, 0.5, 8.0, 10.0), strict=True)), "errors": 0},
-            "gateway": {**dict(zip(keys, (1.1, 0.4, 80.0, 120.0), strict=True)), "errors": 1},
-        },
+        "targets": {"direct": {**direct, "errors": 0}, "gateway": {**gateway, "errors": 1}},
     }
     table = latency_report(result)
-    assert "| direct | 0.10 | 0.50 | 8.00 | 10.00 | 0 |" in table
-    assert (
-        "| gateway | 1.10 (+1.00) | 0.40 (-0.10) | 80.00 (+72.00) | 120.00 (+110.00) | 1 |" in table
-    )
+    assert "| direct | 0.10 | 0.50 | 8.00 | 10.00 | 0.050 | 0 |" in table
+    row = "| 1.10 (+1.00) | 0.40 (-0.10) | 80.00 (+72.00) | 120.00 (+110.00) | 0.700 | 1 |"
+    assert f"| gateway {row}" in table
     assert "the relay in 2 process(es), the gateway with its default worker(s)" in table
 
 
