@@ -44,10 +44,9 @@ import json
 import os
 import signal
 import socket
-import statistics
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +60,7 @@ from bench.run import (
     Bench,
     ensure_nginx,
     latency,
+    median_of,
     nginx_conf,
     start_gateway,
 )
@@ -293,49 +293,53 @@ def _lineup(
                 server.stop()
 
 
+#: A measurement's targets: (name, server, the rate its callers ask for).
+Targets = list[tuple[str, Server, int]]
+
+
+def _alternated(
+    targets: Targets,
+    repeat: int,
+    measure: Callable[[Server, int], dict[str, float]],
+    describe: Callable[[dict[str, float]], str],
+) -> dict[str, dict[str, Any]]:
+    """``measure`` of each target, ``repeat`` rounds of them in turn (each described on
+    stderr as it is done); per target, each figure's median over the rounds
+    (:func:`bench.run.median_of`) and the rounds themselves (``per_round``)."""
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in targets}
+    for _ in range(repeat):
+        for name, server, rate in targets:
+            found = measure(server, rate)
+            runs[name].append(found)
+            print(f"{name}: {describe(found)}", file=sys.stderr, flush=True)
+    return {name: {**median_of(rounds), "per_round": rounds} for name, rounds in runs.items()}
+
+
 def measure(streams: int, repeat: int) -> dict[str, Any]:
     """Scenario (3)'s load through nginx, the floor relay and the gateway, in turn."""
     floors = {"as is": (False, 1), "resampling": (True, 1)}
     with _lineup(floors) as (bench, ng, relays, gateway):
-        targets = [
+        targets: Targets = [
             ("nginx", ng, UPSTREAM_RATE),
             ("floor relay", relays["as is"], UPSTREAM_RATE),
             ("gateway", gateway, UPSTREAM_RATE),
             ("floor relay, 24 -> 48 kHz", relays["resampling"], RESAMPLED_RATE),
             ("gateway, 24 -> 48 kHz", gateway, RESAMPLED_RATE),
         ]
-        runs: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in targets}
-        for _ in range(repeat):
-            for name, server, rate in targets:
-                found = bench.realtime_run(server, rate, streams, spread=True)
-                runs[name].append(found)
-                print(
-                    f"{name}: {found['server_cpu_ms_per_stream_s']:.3f} ms per "
-                    f"stream-second, TTFB p99 {found['ttfb_p99']:.1f} ms, "
-                    f"errors {found['errors']}",
-                    file=sys.stderr,
-                    flush=True,
-                )
-    keys = ("server_cpu_ms_per_stream_s", "server_cpu_share", "ttfb_p50", "ttfb_p99")
-    result: dict[str, Any] = {"streams": streams, "rounds": repeat, "targets": {}}
-    for name, rounds in runs.items():
-        figures: dict[str, Any] = {
-            key: statistics.median(run[key] for run in rounds) for key in keys
-        }
-        figures["errors"] = sum(run["errors"] for run in rounds)
-        figures["per_round"] = [run["server_cpu_ms_per_stream_s"] for run in rounds]
-        result["targets"][name] = figures
-    return result
+        figures = _alternated(
+            targets,
+            repeat,
+            lambda server, rate: bench.realtime_run(server, rate, streams, spread=True),
+            lambda found: (
+                f"{found['server_cpu_ms_per_stream_s']:.3f} ms per stream-second, "
+                f"TTFB p99 {found['ttfb_p99']:.1f} ms, errors {found['errors']}"
+            ),
+        )
+    return {"streams": streams, "rounds": repeat, "targets": figures}
 
 
-#: What the latency figures are (each a median over the rounds).
-LATENCY_KEYS = (
-    "one_ttfb_p50",
-    "one_ttfb_p99",
-    "burst_ttfb_p50",
-    "burst_ttfb_p99",
-    "request_cpu_ms",
-)
+#: The latency figures, each reported beside what it adds to direct's.
+LATENCY_KEYS = ("one_ttfb_p50", "one_ttfb_p99", "burst_ttfb_p50", "burst_ttfb_p99")
 
 #: Bursts of short answers a round's CPU per request is measured over.
 CPU_BURSTS = 5
@@ -367,58 +371,52 @@ def measure_latency(repeat: int, processes: int) -> dict[str, Any]:
     itself, nginx, the floor relay and the gateway (both resampling), in turn."""
     with _lineup({"resampling": (True, processes)}) as (bench, ng, relays, gateway):
         assert bench.upstream is not None
-        targets = [
+        targets: Targets = [
             ("direct", bench.upstream, UPSTREAM_RATE),
             ("nginx", ng, UPSTREAM_RATE),
             ("floor relay, 24 -> 48 kHz", relays["resampling"], RESAMPLED_RATE),
             ("gateway, 24 -> 48 kHz", gateway, RESAMPLED_RATE),
         ]
-        runs: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in targets}
-        for _ in range(repeat):
-            for name, server, rate in targets:
-                one = latency(
-                    load(
-                        bench.url(server),
-                        bench.workdir,
-                        requests=300,
-                        rate=rate,
-                        seconds=1,
-                        pace="fast",
-                    )
+
+        def one_round(server: Server, rate: int) -> dict[str, float]:
+            one = latency(
+                load(
+                    bench.url(server),
+                    bench.workdir,
+                    requests=300,
+                    rate=rate,
+                    seconds=1,
+                    pace="fast",
                 )
-                burst = bench.realtime_run(server, rate, REALTIME_STREAMS[0], spread=False)
-                cpu, errors = request_cpu(bench, server, rate)
-                found = {
-                    "one_ttfb_p50": one["ttfb_p50"],
-                    "one_ttfb_p99": one["ttfb_p99"],
-                    "burst_ttfb_p50": burst["ttfb_p50"],
-                    "burst_ttfb_p99": burst["ttfb_p99"],
-                    "request_cpu_ms": cpu,
-                    "errors": one["errors"] + burst["errors"] + errors,
-                }
-                runs[name].append(found)
-                print(
-                    f"{name}: one stream TTFB p50 {found['one_ttfb_p50']:.2f} ms, "
-                    f"burst TTFB p99 {found['burst_ttfb_p99']:.1f} ms, "
-                    f"{cpu:.3f} ms of CPU a request",
-                    file=sys.stderr,
-                    flush=True,
-                )
-    result: dict[str, Any] = {
+            )
+            burst = bench.realtime_run(server, rate, REALTIME_STREAMS[0], spread=False)
+            cpu, errors = request_cpu(bench, server, rate)
+            return {
+                "one_ttfb_p50": one["ttfb_p50"],
+                "one_ttfb_p99": one["ttfb_p99"],
+                "burst_ttfb_p50": burst["ttfb_p50"],
+                "burst_ttfb_p99": burst["ttfb_p99"],
+                "request_cpu_ms": cpu,
+                "errors": one["errors"] + burst["errors"] + errors,
+            }
+
+        figures = _alternated(
+            targets,
+            repeat,
+            one_round,
+            lambda found: (
+                f"one stream TTFB p50 {found['one_ttfb_p50']:.2f} ms, "
+                f"burst TTFB p99 {found['burst_ttfb_p99']:.1f} ms, "
+                f"{found['request_cpu_ms']:.3f} ms of CPU a request"
+            ),
+        )
+    return {
         "rounds": repeat,
         "floor_processes": processes,
         "gateway_workers": bench_run.GATEWAY_WORKERS,
         "burst_streams": REALTIME_STREAMS[0],
-        "targets": {},
+        "targets": figures,
     }
-    for name, rounds in runs.items():
-        figures: dict[str, Any] = {
-            key: statistics.median(run[key] for run in rounds) for key in LATENCY_KEYS
-        }
-        figures["errors"] = sum(run["errors"] for run in rounds)
-        figures["per_round"] = rounds
-        result["targets"][name] = figures
-    return result
 
 
 def latency_report(result: dict[str, Any]) -> str:
@@ -442,7 +440,7 @@ def latency_report(result: dict[str, Any]) -> str:
     for name, f in targets.items():
         cells = [
             f"{f[key]:.2f} ({f[key] - direct[key]:+.2f})" if name != "direct" else f"{f[key]:.2f}"
-            for key in LATENCY_KEYS[:4]
+            for key in LATENCY_KEYS
         ]
         cells.append(f"{f['request_cpu_ms']:.3f}")
         lines.append(f"| {name} | {' | '.join(cells)} | {f['errors']} |")
