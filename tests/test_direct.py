@@ -113,13 +113,16 @@ class KeepAliveUpstream(LoopbackServer):
         self.ended.set()
 
 
-def routing(upstream: KeepAliveUpstream, **timeout: float) -> Any:
+def routing(
+    upstream: LoopbackServer, timeout: dict[str, float] | None = None, **limits: int
+) -> Any:
     block: dict[str, Any] = {
         "type": "custom",
         "url": upstream.url,
         "sample_rates": [RATE],
         "retry": {"attempts": 1},
-        "timeout": {"connect": 5, "first_byte": 10, "total": 60, "stall": 30, **timeout},
+        "timeout": {"connect": 5, "first_byte": 10, "total": 60, "stall": 30, **(timeout or {})},
+        **limits,
     }
     document = {
         "server": {"default_voice": "v", "log_level": "info"},
@@ -149,7 +152,7 @@ def relayed(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
 @contextlib.asynccontextmanager
 async def gateway(upstream: KeepAliveUpstream, **timeout: float) -> AsyncIterator[str]:
-    async with live_server(routing(upstream, **timeout)) as url:
+    async with live_server(routing(upstream, timeout)) as url:
         yield url
 
 
@@ -407,14 +410,7 @@ async def test_a_caller_that_stops_reading_at_the_end_is_waited_for_within_the_l
     out = asyncio.Event()
     # The rest of the answer, and its end, in one write once the first audio is out.
     async with ScriptedUpstream([first, out, rest], [first]) as upstream:
-        block: dict[str, Any] = {"type": "custom", "url": upstream.url, "sample_rates": [RATE]}
-        block |= {"max_concurrency": 1, "queue": 0, "retry": {"attempts": 1}}
-        document = {
-            "server": {"default_voice": "v", "log_level": "info"},
-            "providers": {"up": block},
-            "voices": {"v": {"provider": "up"}},
-        }
-        app = create_app(parse_config(json.dumps(document)))
+        app = routing(upstream, max_concurrency=1, queue=0)
         async with live_server(app) as url:
             host, port = url.removeprefix("http://").split(":")
             loop = asyncio.get_running_loop()

@@ -71,7 +71,6 @@ class Exchange:
         if callback is None:
             self._gone = None
         elif self.disconnected:
-            self._gone = None
             self.conn.loop.call_soon(callback)
         else:
             self._gone = callback
