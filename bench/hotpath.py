@@ -1,7 +1,8 @@
 """Where the gateway's CPU goes: real-time streams per 20 ms chunk, and a burst per request.
 
-One gateway process (``--workers 1``, so that one process is measured and profiled) in front of
-the mock upstream (``bench.upstream``), driven by the load generator (``bench.loadgen``):
+One gateway process (``--workers 1``, so that one process is measured and profiled; with
+``--workers N``, N of them, their CPU summed and py-spy recording each) in front of the mock
+upstream (``bench.upstream``), driven by the load generator (``bench.loadgen``):
 
 - ``realtime``: ``--streams`` callers, each stream paced in real time in 20 ms chunks, 24 kHz
   from the upstream resampled to the 48 kHz the callers ask for. Once every stream runs, the
@@ -84,12 +85,12 @@ def routing(workdir: Path, upstream: int, cache: bool) -> Path:
     return path
 
 
-def gateway(code: Path, conf: Path, workdir: Path, name: str) -> Server:
-    """One gateway process run from the copy of the code at ``code``."""
+def gateway(code: Path, conf: Path, workdir: Path, name: str, workers: int = 1) -> Server:
+    """A gateway (``workers`` worker processes) run from the copy of the code at ``code``."""
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(code)}
     args = [PY, "-m", "gateway.cli", "serve", "--config", str(conf), "--host", "127.0.0.1"]
-    args += ["--port", str(port), "--workers", "1"]
+    args += ["--port", str(port), "--workers", str(workers)]
     return start(name, args, port, workdir, env, cwd=code)
 
 
@@ -102,9 +103,9 @@ def loadgen(url: str, out: Path, **options: Any) -> subprocess.Popen[bytes]:
 
 @contextmanager
 def recording(pid: int, path: str | None, seconds: float) -> Iterator[None]:
-    """``py-spy record`` of ``pid`` while the block runs (nothing without ``path``); with
-    ``HOTPATH_NATIVE=1`` in the environment, C frames too (the process is paused for each
-    sample then, so sample at a quarter of the rate)."""
+    """``py-spy record`` of ``pid`` and its child processes while the block runs (nothing
+    without ``path``); with ``HOTPATH_NATIVE=1`` in the environment, C frames too (the
+    process is paused for each sample then, so sample at a quarter of the rate)."""
     if path is None:
         yield
         return
@@ -112,7 +113,7 @@ def recording(pid: int, path: str | None, seconds: float) -> Iterator[None]:
     how = ["--native", "--rate", "250"] if native else ["--nonblocking", "--rate", "1000"]
     duration = ["--duration", str(round(seconds)), "--output", path]
     spy = subprocess.Popen(
-        [PYSPY, "record", "--pid", str(pid), "--format", "raw", *how, *duration],
+        [PYSPY, "record", "--pid", str(pid), "--subprocesses", "--format", "raw", *how, *duration],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -295,6 +296,9 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=RATE, help="what the callers ask for")
     parser.add_argument("--cache", action="store_true", help="a cache: true voice (misses)")
     parser.add_argument("--pyspy", help="record the first gateway with py-spy into this file")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="the gateway's worker processes (default 1)"
+    )
     args = parser.parse_args()
     codes = [c.resolve() for c in args.code or [ROOT]]
     figures: dict[str, list[dict[str, float]]] = {str(c): [] for c in codes}
@@ -308,7 +312,7 @@ def main() -> None:
         conf = routing(workdir, up_port, args.cache)
         servers = []
         for index, code in enumerate(codes):
-            server = gateway(code, conf, workdir, f"gateway{index}")
+            server = gateway(code, conf, workdir, f"gateway{index}", args.workers)
             stack.callback(server.stop)
             servers.append(server)
         for turn in range(args.repeat):

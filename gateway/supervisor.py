@@ -3,7 +3,9 @@
 ``tts-gateway serve`` with ``server.workers`` above 1 (``auto``: one per core) runs this
 supervisor. It binds the port once and starts the workers (fresh interpreters), each serving
 the same listening socket with the whole gateway, its limits split between them
-(:func:`gateway.runtime.share_limits`). The supervisor itself serves nothing:
+(:func:`gateway.runtime.share_limits`), and each taking a few of the connections waiting on it
+at a time, so that a burst is shared between them (:mod:`gateway.http1.accept`). The
+supervisor itself serves nothing:
 
 - **SIGHUP**, and a change of the routing file on disk (``server.watch``), are passed to every
   worker, which reloads in place (:meth:`gateway.runtime.Gateway.reload`): no process restarts,
@@ -103,6 +105,7 @@ def _run_worker(spec: WorkerSpec, sock: socket.socket, index: int) -> None:
     from .app import create_app
     from .cli import serve_options, tune_gc
     from .config import ConfigError, default_config, load_config
+    from .http1.accept import PacedServer
     from .logs import configure_logging
 
     os.environ[WORKERS_ENV] = str(spec.workers)
@@ -116,7 +119,7 @@ def _run_worker(spec: WorkerSpec, sock: socket.socket, index: int) -> None:
     app = create_app(config, spec.config_path, workers=spec.workers, supervised=True)
     options = serve_options(config, spec.certfile, spec.keyfile)
     tune_gc()
-    server = uvicorn.Server(uvicorn.Config(app, **options))
+    server = PacedServer(uvicorn.Config(app, **options))
     server.run(sockets=[sock])
 
 

@@ -1,0 +1,186 @@
+"""Accepting a shared listening socket a few connections at a time (``gateway.http1.accept``):
+each turn of the loop takes at most ``ACCEPTS_PER_TURN`` of the connections waiting, each
+served by the protocol it is given; what is not taken stays queued for another worker, also
+once this one has stopped accepting; and a process out of descriptors pauses accepting and
+then takes up the queue again. The supervisor's workers serve through it
+(``tests/test_workers.py``, ``tests/test_reload_workers.py``)."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import socket
+from collections.abc import Iterator
+
+import pytest
+
+from gateway.http1 import accept
+from gateway.http1.accept import ACCEPTS_PER_TURN, PacedAccept
+from tests.served import until
+
+
+class Echo(asyncio.Protocol):
+    """Echoes each connection's bytes back; the connections it was made for are counted."""
+
+    made: list[Echo]
+
+    def __init__(self, made: list[Echo]) -> None:
+        self.made = made
+        made.append(self)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.transport.write(data)  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def listening() -> Iterator[socket.socket]:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    try:
+        yield sock
+    finally:
+        sock.close()
+
+
+def queued(sock: socket.socket, count: int) -> list[socket.socket]:
+    """``count`` client connections to ``sock``, complete and waiting in its queue."""
+    clients = []
+    for _ in range(count):
+        client = socket.create_connection(sock.getsockname(), timeout=5)
+        clients.append(client)
+    return clients
+
+
+async def echoed(client: socket.socket, payload: bytes) -> bytes:
+    """``payload`` sent on ``client`` and what comes back (read off the loop)."""
+
+    def exchange() -> bytes:
+        client.sendall(payload)
+        return client.recv(len(payload))
+
+    return await asyncio.to_thread(exchange)
+
+
+async def test_each_turn_takes_at_most_its_share_and_serves_what_it_took(
+    listening: socket.socket,
+) -> None:
+    clients = queued(listening, 2 * ACCEPTS_PER_TURN + 1)
+    made: list[Echo] = []
+    loop = asyncio.get_running_loop()
+    accepting = PacedAccept(loop, listening, lambda: Echo(made))
+    try:
+        # One turn is one call of the socket's reader: the loop's, made here by hand.
+        loop.remove_reader(listening.fileno())
+        takes = []
+        for _ in range(4):
+            before = len(made)
+            accepting._accept()
+            assert await until(lambda: not accepting._tasks)  # each connection's transport made
+            takes.append(len(made) - before)
+        assert takes == [ACCEPTS_PER_TURN, ACCEPTS_PER_TURN, 1, 0]
+        assert await until(lambda: all(hasattr(echo, "transport") for echo in made))
+        for index, client in enumerate(clients):
+            payload = b"hello %d" % index
+            assert await echoed(client, payload) == payload
+    finally:
+        accepting.close()
+        for client in clients:
+            client.close()
+
+
+async def test_the_loop_takes_up_a_queue_longer_than_a_turn(listening: socket.socket) -> None:
+    made: list[Echo] = []
+    accepting = PacedAccept(asyncio.get_running_loop(), listening, lambda: Echo(made))
+    clients = queued(listening, 5 * ACCEPTS_PER_TURN)
+    try:
+        assert await until(lambda: len(made) == len(clients))
+        assert await echoed(clients[-1], b"last") == b"last"
+    finally:
+        accepting.close()
+        for client in clients:
+            client.close()
+
+
+async def test_what_a_stopped_worker_left_queued_is_taken_by_another(
+    listening: socket.socket,
+) -> None:
+    loop = asyncio.get_running_loop()
+    first: list[Echo] = []
+    stopped = PacedAccept(loop, listening, lambda: Echo(first))
+    stopped.close()
+    stopped.close()  # twice is once
+    clients = queued(listening, 3)
+    other: list[Echo] = []
+    accepting = PacedAccept(loop, listening, lambda: Echo(other))
+    try:
+        assert await until(lambda: len(other) == 3)
+        assert first == []
+        assert await echoed(clients[0], b"served") == b"served"
+    finally:
+        accepting.close()
+        for client in clients:
+            client.close()
+
+
+class OutOfDescriptors(socket.socket):
+    """A listening socket whose first ``failures`` accepts fail as a process out of file
+    descriptors fails (EMFILE)."""
+
+    failures = 1
+
+    def accept(self) -> tuple[socket.socket, object]:
+        if self.failures:
+            self.failures -= 1
+            raise OSError(errno.EMFILE, "Too many open files")
+        return super().accept()
+
+
+async def test_out_of_descriptors_accepting_pauses_then_takes_up_the_queue(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(accept, "_RESOURCE_PAUSE_SECONDS", 0.05)
+    sock = OutOfDescriptors(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(8)
+    clients = queued(sock, 2)
+    made: list[Echo] = []
+    loop = asyncio.get_running_loop()
+    accepting = PacedAccept(loop, sock, lambda: Echo(made))
+    try:
+        assert await until(lambda: len(made) == 2)
+        assert sock.failures == 0
+        assert "accepting paused for 0.05 s" in caplog.text
+        assert await echoed(clients[1], b"after") == b"after"
+    finally:
+        accepting.close()
+        sock.close()
+        for client in clients:
+            client.close()
+
+
+async def test_closed_while_paused_it_does_not_start_again(listening: socket.socket) -> None:
+    loop = asyncio.get_running_loop()
+    made: list[Echo] = []
+    accepting = PacedAccept(loop, listening, lambda: Echo(made))
+    accepting._pause()
+    resume = accepting._resume
+    assert resume is not None
+    accepting.close()
+    assert resume.cancelled()
+    # Had the pause's timer fired all the same, it would not take the socket back from the
+    # worker reading it now (a second reader on one descriptor replaces the first).
+    other: list[Echo] = []
+    taker = PacedAccept(loop, listening, lambda: Echo(other))
+    accepting._resumed()
+    clients = queued(listening, 2)
+    try:
+        assert await until(lambda: len(other) == 2)
+        assert made == []
+    finally:
+        taker.close()
+        for client in clients:
+            client.close()
