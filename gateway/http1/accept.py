@@ -2,9 +2,9 @@
 
 An event loop's server accepts every connection waiting on its socket each time the socket is
 ready (uvloop's, like asyncio's). With one socket shared by several processes, the first worker
-to wake takes a whole burst, and the others, woken too, find nothing: in a burst of 200 callers,
-one of two workers was measured holding 107 to 199 of them (``bench/changes.md``), and the
-burst's last caller waited for one process to serve them all.
+to wake takes what has queued, and the others, woken too, find nothing: in bursts of 200
+callers at one instant, one of two workers was measured holding 112 to 164 of them
+(``bench/changes.md``), and the burst's last callers waited for that one process.
 
 :class:`PacedServer` is uvicorn's server with that one step replaced: each worker takes at most
 :data:`ACCEPTS_PER_TURN` connections each time its loop goes round, and then serves what it
