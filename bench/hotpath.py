@@ -22,6 +22,7 @@ recording slows the gateway, so its CPU figures are not the ones to compare.
     python -m bench.hotpath realtime --streams 150 --window 20 --pyspy /tmp/rt.txt
     python -m bench.hotpath burst --callers 200 --rounds 10
     python -m bench.hotpath realtime --code /tmp/before --code . --repeat 5
+    python -m bench.hotpath burst --workers 2 --code /tmp/before --code . --repeat 6 --rounds 6
 """
 
 from __future__ import annotations
