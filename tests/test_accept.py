@@ -1,14 +1,17 @@
 """Accepting a shared listening socket a few connections at a time (``gateway.http1.accept``):
 each turn of the loop takes at most ``ACCEPTS_PER_TURN`` of the connections waiting, each
 served by the protocol it is given; what is not taken stays queued for another worker, also
-once this one has stopped accepting; and a process out of descriptors pauses accepting and
-then takes up the queue again. The supervisor's workers serve through it
-(``tests/test_workers.py``, ``tests/test_reload_workers.py``)."""
+once this one has stopped accepting; a process out of descriptors pauses accepting and then
+takes up the queue again; a connection that failed before it was taken is passed over, and a
+listening socket that fails stops this worker's accepting at once (not an error every turn).
+The supervisor's workers serve through it (``tests/test_workers.py``,
+``tests/test_reload_workers.py``)."""
 
 from __future__ import annotations
 
 import asyncio
 import errno
+import os
 import socket
 from collections.abc import Iterator
 
@@ -126,26 +129,33 @@ async def test_what_a_stopped_worker_left_queued_is_taken_by_another(
             client.close()
 
 
-class OutOfDescriptors(socket.socket):
-    """A listening socket whose first ``failures`` accepts fail as a process out of file
-    descriptors fails (EMFILE)."""
+class Failing(socket.socket):
+    """A listening socket whose first ``failures`` accepts fail with ``error`` (by default as a
+    process out of file descriptors fails: EMFILE)."""
 
     failures = 1
+    error = errno.EMFILE
 
     def accept(self) -> tuple[socket.socket, object]:
         if self.failures:
             self.failures -= 1
-            raise OSError(errno.EMFILE, "Too many open files")
+            raise OSError(self.error, os.strerror(self.error))
         return super().accept()
+
+
+def failing(error: int, failures: int = 1) -> Failing:
+    sock = Failing(socket.AF_INET, socket.SOCK_STREAM)
+    sock.error, sock.failures = error, failures
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(8)
+    return sock
 
 
 async def test_out_of_descriptors_accepting_pauses_then_takes_up_the_queue(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setattr(accept, "_RESOURCE_PAUSE_SECONDS", 0.05)
-    sock = OutOfDescriptors(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(8)
+    sock = failing(errno.EMFILE)
     clients = queued(sock, 2)
     made: list[Echo] = []
     loop = asyncio.get_running_loop()
@@ -182,5 +192,46 @@ async def test_closed_while_paused_it_does_not_start_again(listening: socket.soc
         assert made == []
     finally:
         taker.close()
+        for client in clients:
+            client.close()
+
+
+async def test_a_connection_failed_before_it_was_taken_is_passed_over_in_the_same_turn() -> None:
+    # Linux's accept() passes on a pending connection's network error (EPROTO here): the next
+    # connection waiting is taken in the same turn, and accepting goes on.
+    sock = failing(errno.EPROTO)
+    clients = queued(sock, 1)
+    made: list[Echo] = []
+    loop = asyncio.get_running_loop()
+    accepting = PacedAccept(loop, sock, lambda: Echo(made))
+    try:
+        loop.remove_reader(sock.fileno())
+        accepting._accept()
+        assert sock.failures == 0 and len(accepting._tasks) == 1
+        assert await until(lambda: len(made) == 1 and hasattr(made[0], "transport"))
+        assert await echoed(clients[0], b"next") == b"next"
+        assert not accepting.closed
+    finally:
+        accepting.close()
+        sock.close()
+        for client in clients:
+            client.close()
+
+
+async def test_a_listening_socket_that_fails_stops_this_workers_accepting(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sock = failing(errno.EINVAL, failures=100)
+    made: list[Echo] = []
+    loop = asyncio.get_running_loop()
+    accepting = PacedAccept(loop, sock, lambda: Echo(made))
+    clients = queued(sock, 1)
+    try:
+        assert await until(lambda: accepting.closed)
+        assert "accepting stopped" in caplog.text
+        assert sock.failures == 99  # tried once, not every turn after
+        assert made == []
+    finally:
+        sock.close()
         for client in clients:
             client.close()

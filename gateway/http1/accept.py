@@ -39,6 +39,27 @@ ACCEPTS_PER_TURN: Final = 4
 #: another.
 _RESOURCE_PAUSE_SECONDS: Final = 0.1
 _OUT_OF_RESOURCES: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+#: What Linux's ``accept`` reports of a connection that failed before it was taken (accept(2):
+#: pending network errors are passed on, and are to be treated as "try again"; a firewall
+#: refusal; a reset): that connection is gone, the next one is taken.
+_PASSED_ON: Final = frozenset(
+    getattr(errno, name)
+    for name in (
+        "ECONNABORTED",
+        "ECONNRESET",
+        "EHOSTDOWN",
+        "EHOSTUNREACH",
+        "ENETDOWN",
+        "ENETUNREACH",
+        "ENONET",
+        "ENOPROTOOPT",
+        "EOPNOTSUPP",
+        "EPERM",
+        "EPROTO",
+        "ETIMEDOUT",
+    )
+    if hasattr(errno, name)
+)
 
 
 class PacedAccept:
@@ -64,14 +85,20 @@ class PacedAccept:
         for _ in range(ACCEPTS_PER_TURN):
             try:
                 conn, _ = self._sock.accept()
-            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
-                return  # none left (or one gone before it was taken): the next turn
+            except (BlockingIOError, InterruptedError):
+                return  # none left: the next turn
             except OSError as exc:
+                if exc.errno in _PASSED_ON:
+                    continue
                 if exc.errno in _OUT_OF_RESOURCES:
                     log.error("accepting paused for %g s: %s", _RESOURCE_PAUSE_SECONDS, exc)
                     self._pause()
                     return
-                raise
+                # The listening socket itself is unusable (closed under it, say): this worker
+                # takes no more connections; the others, and the supervisor's log, go on.
+                log.error("accepting stopped: %s", exc)
+                self.close()
+                return
             # Made non-blocking by the loop's connect_accepted_socket (uvloop's and asyncio's).
             task = self._loop.create_task(self._connect(conn))
             self._tasks.add(task)
