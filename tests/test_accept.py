@@ -10,6 +10,7 @@ The supervisor's workers serve through it (``tests/test_workers.py``,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
 import socket
@@ -49,6 +50,22 @@ def listening() -> Iterator[socket.socket]:
         sock.close()
 
 
+def accepting_on(sock: socket.socket) -> tuple[PacedAccept, list[Echo]]:
+    """Accepting ``sock`` on the running loop, and the protocols it makes (one a connection)."""
+    made: list[Echo] = []
+    return PacedAccept(asyncio.get_running_loop(), sock, lambda: Echo(made)), made
+
+
+@contextlib.contextmanager
+def closed_after(*things: PacedAccept | socket.socket) -> Iterator[None]:
+    """Close every one of ``things`` after the block (accepting first, then the sockets)."""
+    try:
+        yield
+    finally:
+        for thing in things:
+            thing.close()
+
+
 def queued(sock: socket.socket, count: int) -> list[socket.socket]:
     """``count`` client connections to ``sock``, complete and waiting in its queue."""
     clients = []
@@ -72,12 +89,10 @@ async def test_each_turn_takes_at_most_its_share_and_serves_what_it_took(
     listening: socket.socket,
 ) -> None:
     clients = queued(listening, 2 * ACCEPTS_PER_TURN + 1)
-    made: list[Echo] = []
-    loop = asyncio.get_running_loop()
-    accepting = PacedAccept(loop, listening, lambda: Echo(made))
-    try:
+    accepting, made = accepting_on(listening)
+    with closed_after(accepting, *clients):
         # One turn is one call of the socket's reader: the loop's, made here by hand.
-        loop.remove_reader(listening.fileno())
+        asyncio.get_running_loop().remove_reader(listening.fileno())
         takes = []
         for _ in range(4):
             before = len(made)
@@ -89,44 +104,28 @@ async def test_each_turn_takes_at_most_its_share_and_serves_what_it_took(
         for index, client in enumerate(clients):
             payload = b"hello %d" % index
             assert await echoed(client, payload) == payload
-    finally:
-        accepting.close()
-        for client in clients:
-            client.close()
 
 
 async def test_the_loop_takes_up_a_queue_longer_than_a_turn(listening: socket.socket) -> None:
-    made: list[Echo] = []
-    accepting = PacedAccept(asyncio.get_running_loop(), listening, lambda: Echo(made))
+    accepting, made = accepting_on(listening)
     clients = queued(listening, 5 * ACCEPTS_PER_TURN)
-    try:
+    with closed_after(accepting, *clients):
         assert await until(lambda: len(made) == len(clients))
         assert await echoed(clients[-1], b"last") == b"last"
-    finally:
-        accepting.close()
-        for client in clients:
-            client.close()
 
 
 async def test_what_a_stopped_worker_left_queued_is_taken_by_another(
     listening: socket.socket,
 ) -> None:
-    loop = asyncio.get_running_loop()
-    first: list[Echo] = []
-    stopped = PacedAccept(loop, listening, lambda: Echo(first))
+    stopped, first = accepting_on(listening)
     stopped.close()
     stopped.close()  # twice is once
     clients = queued(listening, 3)
-    other: list[Echo] = []
-    accepting = PacedAccept(loop, listening, lambda: Echo(other))
-    try:
+    accepting, other = accepting_on(listening)
+    with closed_after(accepting, *clients):
         assert await until(lambda: len(other) == 3)
         assert first == []
         assert await echoed(clients[0], b"served") == b"served"
-    finally:
-        accepting.close()
-        for client in clients:
-            client.close()
 
 
 class Failing(socket.socket):
@@ -157,25 +156,16 @@ async def test_out_of_descriptors_accepting_pauses_then_takes_up_the_queue(
     monkeypatch.setattr(accept, "_RESOURCE_PAUSE_SECONDS", 0.05)
     sock = failing(errno.EMFILE)
     clients = queued(sock, 2)
-    made: list[Echo] = []
-    loop = asyncio.get_running_loop()
-    accepting = PacedAccept(loop, sock, lambda: Echo(made))
-    try:
+    accepting, made = accepting_on(sock)
+    with closed_after(accepting, sock, *clients):
         assert await until(lambda: len(made) == 2)
         assert sock.failures == 0
         assert "accepting paused for 0.05 s" in caplog.text
         assert await echoed(clients[1], b"after") == b"after"
-    finally:
-        accepting.close()
-        sock.close()
-        for client in clients:
-            client.close()
 
 
 async def test_closed_while_paused_it_does_not_start_again(listening: socket.socket) -> None:
-    loop = asyncio.get_running_loop()
-    made: list[Echo] = []
-    accepting = PacedAccept(loop, listening, lambda: Echo(made))
+    accepting, made = accepting_on(listening)
     accepting._pause()
     resume = accepting._resume
     assert resume is not None
@@ -183,17 +173,12 @@ async def test_closed_while_paused_it_does_not_start_again(listening: socket.soc
     assert resume.cancelled()
     # Had the pause's timer fired all the same, it would not take the socket back from the
     # worker reading it now (a second reader on one descriptor replaces the first).
-    other: list[Echo] = []
-    taker = PacedAccept(loop, listening, lambda: Echo(other))
+    taker, other = accepting_on(listening)
     accepting._resumed()
     clients = queued(listening, 2)
-    try:
+    with closed_after(taker, *clients):
         assert await until(lambda: len(other) == 2)
         assert made == []
-    finally:
-        taker.close()
-        for client in clients:
-            client.close()
 
 
 async def test_a_connection_failed_before_it_was_taken_is_passed_over_in_the_same_turn() -> None:
@@ -201,37 +186,24 @@ async def test_a_connection_failed_before_it_was_taken_is_passed_over_in_the_sam
     # connection waiting is taken in the same turn, and accepting goes on.
     sock = failing(errno.EPROTO)
     clients = queued(sock, 1)
-    made: list[Echo] = []
-    loop = asyncio.get_running_loop()
-    accepting = PacedAccept(loop, sock, lambda: Echo(made))
-    try:
-        loop.remove_reader(sock.fileno())
+    accepting, made = accepting_on(sock)
+    with closed_after(accepting, sock, *clients):
+        asyncio.get_running_loop().remove_reader(sock.fileno())
         accepting._accept()
         assert sock.failures == 0 and len(accepting._tasks) == 1
         assert await until(lambda: len(made) == 1 and hasattr(made[0], "transport"))
         assert await echoed(clients[0], b"next") == b"next"
         assert not accepting.closed
-    finally:
-        accepting.close()
-        sock.close()
-        for client in clients:
-            client.close()
 
 
 async def test_a_listening_socket_that_fails_stops_this_workers_accepting(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     sock = failing(errno.EINVAL, failures=100)
-    made: list[Echo] = []
-    loop = asyncio.get_running_loop()
-    accepting = PacedAccept(loop, sock, lambda: Echo(made))
+    accepting, made = accepting_on(sock)
     clients = queued(sock, 1)
-    try:
+    with closed_after(sock, *clients):
         assert await until(lambda: accepting.closed)
         assert "accepting stopped" in caplog.text
         assert sock.failures == 99  # tried once, not every turn after
         assert made == []
-    finally:
-        sock.close()
-        for client in clients:
-            client.close()
