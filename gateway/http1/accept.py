@@ -138,9 +138,7 @@ class PacedServer(uvicorn.Server):
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         self._accepting = []
-        await super().startup(sockets=[])
-        if not self.started:
-            return
+        await super().startup(sockets=[])  # exits the process if the app's start-up failed
         config = self.config
         loop = asyncio.get_running_loop()
 
