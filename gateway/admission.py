@@ -30,36 +30,17 @@ class StreamLimit:
         self.active = 0
         self._gauge = gauge
 
-    def admit(self, limit: int) -> _Admitted:
-        """Hold one stream for the block; ``TooManyStreams`` (429) if ``limit`` are in progress."""
-        return _Admitted(self, limit)
-
-    def _take(self, limit: int) -> None:
+    def take(self, limit: int) -> None:
+        """Hold one stream (give it back with :meth:`give_back`); ``TooManyStreams`` (429) if
+        ``limit`` are in progress."""
         if self.active >= limit:
             raise TooManyStreams(f"{limit} streams are in progress", headers={"Retry-After": "1"})
         self.active += 1
         self._gauge.inc()
 
-    def _give_back(self) -> None:
+    def give_back(self) -> None:
         self.active -= 1
         self._gauge.dec()
-
-
-class _Admitted:
-    """The block of :meth:`StreamLimit.admit` (a class rather than ``contextlib``'s generator:
-    it is entered for every request)."""
-
-    __slots__ = ("_limit", "_streams")
-
-    def __init__(self, streams: StreamLimit, limit: int) -> None:
-        self._streams = streams
-        self._limit = limit
-
-    def __enter__(self) -> None:
-        self._streams._take(self._limit)
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._streams._give_back()
 
 
 class ProviderGate:

@@ -20,9 +20,7 @@ last send                   the end of an answer to a caller that stopped readin
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import Iterator
 from typing import Final
 
 log = logging.getLogger("gateway")
@@ -151,18 +149,22 @@ class StallWatch:
         self._since = self._loop.time()
         self.waiting = True
 
-    @contextlib.contextmanager
-    def armed(self, deadline: asyncio.Timeout) -> Iterator[StallWatch]:
-        """Watch for the block: a stall expires ``deadline`` (then :attr:`fired` is set)."""
+    def armed(self, deadline: asyncio.Timeout) -> _Armed:
+        """Watch for the block (a ``with`` block, which gives this watch): a stall expires
+        ``deadline`` at once (then :attr:`fired` is set)."""
+        return _Armed(self, deadline)
+
+    def _arm(self, deadline: asyncio.Timeout) -> None:
         loop = self._loop = asyncio.get_running_loop()
         self._deadline = deadline
         self._since = loop.time()
         self._timer = loop.call_at(self._since + self.seconds, self._check)
-        try:
-            yield self
-        finally:
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
             self._timer.cancel()
-            self._deadline = None
+            self._timer = None
+        self._deadline = None
 
     def _check(self) -> None:
         loop, deadline = self._loop, self._deadline
@@ -177,3 +179,21 @@ class StallWatch:
             deadline.reschedule(now)
             return
         self._timer = loop.call_at(due, self._check)
+
+
+class _Armed:
+    """The block of :meth:`StallWatch.armed` (a class rather than ``contextlib``'s generator:
+    it is entered once a stream)."""
+
+    __slots__ = ("_deadline", "_watch")
+
+    def __init__(self, watch: StallWatch, deadline: asyncio.Timeout) -> None:
+        self._watch = watch
+        self._deadline = deadline
+
+    def __enter__(self) -> StallWatch:
+        self._watch._arm(self._deadline)
+        return self._watch
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._watch._disarm()

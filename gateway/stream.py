@@ -73,31 +73,11 @@ class AudioStream:
         if self.source is None:  # the answer ended with its first audio
             self.received_all = True
 
-    async def chunks(self) -> AsyncGenerator[bytes, None]:
+    def chunks(self) -> Chunks:
         """The first chunk, then the rest as it arrives, then the resampler's tail.
 
         A provider error after the first chunk propagates; the caller ends the stream."""
-        self.bytes_out += len(self.first)
-        yield self.first
-        if self.rest:
-            rest, self.rest = self.rest, b""
-            pcm = self.converter.feed(rest)
-            if pcm:
-                self.bytes_out += len(pcm)
-                yield pcm
-        source = self.source
-        if source is not None:
-            feed = self.converter.feed
-            async for native in source:
-                pcm = feed(native)
-                if pcm:
-                    self.bytes_out += len(pcm)
-                    yield pcm
-            self.source = None
-            self.received_all = True
-        tail = self.flush()
-        if tail:
-            yield tail
+        return Chunks(self)
 
     def tap_point(self) -> _Connection | None:
         """The upstream connection whose body is the rest of this stream as it is (see
@@ -144,3 +124,68 @@ class AudioStream:
         finally:
             self.source = None
             self.lease.release()
+
+
+class Chunks:
+    """:meth:`AudioStream.chunks`: an async iterator written out as a class rather than an
+    async generator (one is made for every request; an async generator costs the event
+    loop's bookkeeping of it, made and closed). It ends for good once it has ended, raised
+    or been closed; closing it leaves the provider's stream open (:meth:`AudioStream.aclose`
+    closes that)."""
+
+    __slots__ = ("_stage", "_stream")
+
+    # Its stages: the first chunk, the rest of the first piece, the provider's stream, the
+    # resampler's tail, ended.
+    _FIRST, _REST, _SOURCE, _TAIL, _ENDED = range(5)
+
+    def __init__(self, stream: AudioStream) -> None:
+        self._stream = stream
+        self._stage = self._FIRST
+
+    def __aiter__(self) -> Chunks:
+        return self
+
+    async def __anext__(self) -> bytes:
+        stream = self._stream
+        try:
+            if self._stage == self._FIRST:
+                self._stage = self._REST
+                stream.bytes_out += len(stream.first)
+                return stream.first
+            if self._stage == self._REST:
+                self._stage = self._SOURCE
+                if stream.rest:
+                    rest, stream.rest = stream.rest, b""
+                    pcm = stream.converter.feed(rest)
+                    if pcm:
+                        stream.bytes_out += len(pcm)
+                        return pcm
+            if self._stage == self._SOURCE:
+                source = stream.source
+                if source is not None:
+                    feed = stream.converter.feed
+                    while True:
+                        try:
+                            native = await source.__anext__()
+                        except StopAsyncIteration:
+                            break
+                        pcm = feed(native)
+                        if pcm:
+                            stream.bytes_out += len(pcm)
+                            return pcm
+                    stream.source = None
+                    stream.received_all = True
+                self._stage = self._TAIL
+            if self._stage == self._TAIL:
+                self._stage = self._ENDED
+                tail = stream.flush()
+                if tail:
+                    return tail
+        except BaseException:
+            self._stage = self._ENDED
+            raise
+        raise StopAsyncIteration
+
+    async def aclose(self) -> None:
+        self._stage = self._ENDED

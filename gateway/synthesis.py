@@ -18,10 +18,9 @@ one record of a request from which its metrics and its log line are written.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -237,7 +236,6 @@ class Synthesis:
         end = "complete"
         loop = asyncio.get_running_loop()
         timeouts = stream.provider.config.timeout
-        deadline = loop.time() + timeouts.total
         first = True
         # Whether the rest may still go to ``direct`` (decided once the first piece is out).
         tap = direct is not None
@@ -245,8 +243,10 @@ class Synthesis:
         chunks = stream.chunks()
         stall = StallWatch(timeouts.stall)
         try:
-            async with asyncio.timeout_at(deadline) as budget, asyncio.timeout(None) as silence:
-                with self._drain.watch(budget), stall.armed(silence):
+            # One deadline: the total budget, brought forward by the drain, or to the moment
+            # by the stall watch when the upstream has been silent too long.
+            async with asyncio.timeout_at(loop.time() + timeouts.total) as budget:
+                with self._drain.watch(budget), stall.armed(budget):
                     async for pcm in chunks:
                         stall.waiting = False
                         sending = time.perf_counter()
@@ -327,14 +327,32 @@ class SynthesisCore:
         self.drain = drain
         self.spend = spend
 
-    @contextlib.asynccontextmanager
-    async def open(
-        self, routing: LoadedRouting, request: TTSRequest, outcome: Outcome
-    ) -> AsyncIterator[Synthesis]:
+    def open(self, routing: LoadedRouting, request: TTSRequest, outcome: Outcome) -> Opening:
         """The request's stream with its first audio in hand, held open (and counted against
-        the stream limit) for the block. Raises a :class:`GatewayError` before any audio:
-        ``VoiceNotFound``, ``TooManyStreams``, ``ProvidersBusy``, ``ProvidersFailed``,
-        ``ProvidersTimedOut``, ``NotReady`` (the drain deadline passed first)."""
+        the stream limit) for the block (``async with``, which gives the :class:`Synthesis`).
+        Raises a :class:`GatewayError` before any audio: ``VoiceNotFound``, ``TooManyStreams``,
+        ``ProvidersBusy``, ``ProvidersFailed``, ``ProvidersTimedOut``, ``NotReady`` (the drain
+        deadline passed first)."""
+        return Opening(self, routing, request, outcome)
+
+
+class Opening:
+    """The block of :meth:`SynthesisCore.open` (a class rather than ``contextlib``'s async
+    generator: it is entered for every request)."""
+
+    __slots__ = ("_core", "_outcome", "_request", "_routing", "_synthesis")
+
+    def __init__(
+        self, core: SynthesisCore, routing: LoadedRouting, request: TTSRequest, outcome: Outcome
+    ) -> None:
+        self._core = core
+        self._routing = routing
+        self._request = request
+        self._outcome = outcome
+        self._synthesis: Synthesis | None = None
+
+    async def __aenter__(self) -> Synthesis:
+        core, routing, request, outcome = self._core, self._routing, self._request, self._outcome
         chain = routing.chain_for(request.voice_id)
         # Shaped once here, handed to the relay: the requested voice's shaping may leave
         # nothing to speak, which is the caller's mistake, not a provider's.
@@ -346,10 +364,12 @@ class SynthesisCore:
                 field="Text",
                 code="empty_text",
             )
-        with self.streams.admit(routing.config.server.max_concurrent_streams):
+        streams = core.streams
+        streams.take(routing.config.server.max_concurrent_streams)
+        try:
             try:
                 async with asyncio.timeout(None) as opening:
-                    with self.drain.watch(opening):
+                    with core.drain.watch(opening):
                         stream = await routing.relay.open(
                             chain, request, outcome.request_id, outcome.tried, shaped
                         )
@@ -364,14 +384,27 @@ class SynthesisCore:
                 outcome.provider = stream.provider.name
                 outcome.answered_by = stream.step.voice.key
                 outcome.cache = stream.cache
-                synthesis = Synthesis(stream, request, outcome, self.drain, self.spend)
-                try:
-                    yield synthesis
-                finally:
-                    # A stream that never got to its pump (the caller hung up first) is cut.
-                    synthesis.settle("client_disconnect")
-            finally:
+                self._synthesis = Synthesis(stream, request, outcome, core.drain, core.spend)
+            except BaseException:
                 await stream.aclose()
+                raise
+        except BaseException:
+            streams.give_back()
+            raise
+        return self._synthesis
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        synthesis = self._synthesis
+        assert synthesis is not None
+        self._synthesis = None  # the block's stream is let go of with the block
+        try:
+            # A stream that never got to its pump (the caller hung up first) is cut.
+            synthesis.settle("client_disconnect")
+        finally:
+            try:
+                await synthesis.stream.aclose()
+            finally:
+                self._core.streams.give_back()
 
 
-__all__ = ["Outcome", "Synthesis", "SynthesisCore"]
+__all__ = ["Opening", "Outcome", "Synthesis", "SynthesisCore"]

@@ -181,32 +181,64 @@ async def send(client: httpx.AsyncClient, request: httpx.Request) -> httpx.Respo
     return response
 
 
-@contextlib.asynccontextmanager
-async def open_stream(
+def open_stream(
     client: httpx.AsyncClient,
     provider: str,
     request: httpx.Request,
     error_for: Callable[[httpx.Response, bytes], ProviderError] | None = None,
     seen: Callable[[httpx.Response], None] | None = None,
-) -> AsyncIterator[httpx.Response]:
+) -> OpenStream:
     """Send ``request`` (:func:`send`) and hand over the streaming response once its status is
-    a success.
+    a success (``async with``, which gives the response).
 
     ``seen`` is shown every response first (limits the API signals in its headers). An error
     status raises what ``error_for`` makes of the answer and up to 16 KiB of its body (by
     default :func:`http_error`). The response is always closed on exit, which is what
     releases the upstream connection when the caller hangs up."""
-    with translate_errors(provider):
-        response = await send(client, request)
-    try:
-        if seen is not None:
-            seen(response)
-        if not response.is_success:
-            body = await read_error_body(response)
-            raise (error_for or partial(http_error, provider))(response, body)
-        yield response
-    finally:
-        await response.aclose()
+    return OpenStream(client, provider, request, error_for, seen)
+
+
+class OpenStream:
+    """The block of :func:`open_stream` (a class rather than ``contextlib``'s async generator:
+    it is entered for every upstream request)."""
+
+    __slots__ = ("_client", "_error_for", "_provider", "_request", "_response", "_seen")
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        provider: str,
+        request: httpx.Request,
+        error_for: Callable[[httpx.Response, bytes], ProviderError] | None,
+        seen: Callable[[httpx.Response], None] | None,
+    ) -> None:
+        self._client = client
+        self._provider = provider
+        self._request = request
+        self._error_for = error_for
+        self._seen = seen
+        self._response: httpx.Response | None = None
+
+    async def __aenter__(self) -> httpx.Response:
+        provider = self._provider
+        with translate_errors(provider):
+            response = await send(self._client, self._request)
+        try:
+            if self._seen is not None:
+                self._seen(response)
+            if not response.is_success:
+                body = await read_error_body(response)
+                raise (self._error_for or partial(http_error, provider))(response, body)
+        except BaseException:
+            await response.aclose()
+            raise
+        self._response = response
+        return response
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        response, self._response = self._response, None
+        if response is not None:
+            await response.aclose()
 
 
 def http_error(

@@ -345,18 +345,45 @@ class _ResponseStream(httpx.AsyncByteStream):
         self._timeout = timeout
         self._released = False
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        connection = self._connection
-        while True:
-            data = await connection.read_body(self._timeout)
-            if not data:
-                break
-            yield data
+    def __aiter__(self) -> _BodyReader:
+        return _BodyReader(self._connection, self._timeout)
 
     async def aclose(self) -> None:
         if not self._released:
             self._released = True
             self._transport.release(self._connection)
+
+
+class _BodyReader:
+    """A response body's chunks as they arrive (an async iterator written out as a class, not
+    an async generator: one is made for every upstream response). Closing it stops it; the
+    response's own closing hands the connection back."""
+
+    __slots__ = ("_connection", "_ended", "_timeout")
+
+    def __init__(self, connection: _Connection, timeout: float | None) -> None:
+        self._connection = connection
+        self._timeout = timeout
+        self._ended = False
+
+    def __aiter__(self) -> _BodyReader:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._ended:
+            raise StopAsyncIteration
+        try:
+            data = await self._connection.read_body(self._timeout)
+        except BaseException:
+            self._ended = True
+            raise
+        if not data:
+            self._ended = True
+            raise StopAsyncIteration
+        return data
+
+    async def aclose(self) -> None:
+        self._ended = True
 
 
 class StreamingTransport(httpx.AsyncBaseTransport):
