@@ -310,6 +310,7 @@ class Gateway:
         await asyncio.gather(*self._retiring, return_exceptions=True)
         await self.cache.aclose()
         await self.routing.aclose()
+        self.metrics.flush()
         log.info("stopped: every provider released", extra={"event": "stop", "pid": os.getpid()})
 
     async def reload(self) -> bool:

@@ -71,6 +71,7 @@ def ops_routes(gateway: Gateway) -> list[Route]:
             return error.to_response()
         if endpoint.token and (refusal := token_refused(gateway, request)) is not None:
             return refusal
+        gateway.metrics.flush()  # this process's increments of the turn, before the read
         body = (
             await asyncio.to_thread(gateway.metrics.render)
             if gateway.metrics.multiprocess
