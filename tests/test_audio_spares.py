@@ -1,0 +1,92 @@
+"""soxr resamplers made ahead: a stream's first piece takes a spare instead of making one on
+its first-byte path, the audio is what a resampler made then gives, and the spares are few."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+import soxr
+
+import gateway.audio as audio
+from gateway.audio import SPARE_KINDS, SPARES, SPARES_PER_KIND, Converter
+from providers.base import AudioFormat
+
+
+@pytest.fixture(autouse=True)
+def _no_spares() -> None:
+    SPARES.clear()
+
+
+def _made(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int, str, bool]]:
+    """Every soxr resampler made from now on, by kind."""
+    made: list[tuple[int, int, str, bool]] = []
+    make = audio._make_soxr
+
+    def counting(kind: tuple[int, int, str, bool]) -> soxr.ResampleStream:
+        made.append(kind)
+        return make(kind)
+
+    monkeypatch.setattr(audio, "_make_soxr", counting)
+    return made
+
+
+def _speech(seconds: float, rate: int) -> bytes:
+    t = np.arange(int(seconds * rate)) / rate
+    x = 0.4 * np.sin(2 * np.pi * 220 * t) + 0.2 * np.sin(2 * np.pi * 3100 * t)
+    return np.round(x * 32767).astype("<i2").tobytes()
+
+
+def _whole(converter: Converter, data: bytes) -> bytes:
+    first, rest = converter.feed_first(data)
+    return first + converter.feed(rest) + converter.flush()
+
+
+async def test_a_first_piece_takes_a_spare_and_one_is_made_after(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    made = _made(monkeypatch)
+    clip = _speech(1.0, 24000)  # a whole clip at once: soxr's block filter
+    kind = (24000, 48000, "HQ", False)
+    first = Converter(AudioFormat(24000), 48000)
+    first_audio = _whole(first, clip)
+    assert made == [kind]  # none held yet: made on the spot
+    assert SPARES.held(*kind) == 0
+    await asyncio.sleep(0)  # the loop comes round
+    assert made == [kind, kind] and SPARES.held(*kind) == 1
+    second = Converter(AudioFormat(24000), 48000)
+    second_first, rest = second.feed_first(clip)
+    assert len(made) == 2  # the spare taken: nothing made for the first audio
+    assert second_first
+    assert second_first + second.feed(rest) + second.flush() == first_audio
+    await asyncio.sleep(0)
+    assert len(made) == 3 and SPARES.held(*kind) == 1
+
+
+async def test_spares_are_few(monkeypatch: pytest.MonkeyPatch) -> None:
+    made = _made(monkeypatch)
+    clip = _speech(0.5, 24000)
+    for _ in range(3):  # several streams of one kind in one turn: one spare made after
+        _whole(Converter(AudioFormat(24000), 48000), clip)
+    await asyncio.sleep(0)
+    assert len(made) == 4 and SPARES.held(24000, 48000, "HQ", False) == 1
+    for _ in range(2 * SPARES_PER_KIND):
+        _whole(Converter(AudioFormat(24000), 48000), clip)
+        await asyncio.sleep(0)
+    assert SPARES.held(24000, 48000, "HQ", False) <= SPARES_PER_KIND
+    rates = [8000, 11025, 12000, 16000, 22050, 32000, 44100, 48000, 96000]
+    for rate in rates[: SPARE_KINDS + 1]:  # one kind more than are kept
+        _whole(Converter(AudioFormat(rate), 24000 if rate != 24000 else 48000), _speech(0.5, rate))
+        await asyncio.sleep(0)
+    kinds = [(rate, 24000, "HQ", False) for rate in rates[: SPARE_KINDS + 1]]
+    assert SPARES.held(24000, 48000, "HQ", False) == 0  # the least recently asked for: gone
+    assert [SPARES.held(*kind) for kind in kinds[1:]] == [1] * SPARE_KINDS
+
+
+def test_off_the_event_loop_nothing_is_made_ahead(monkeypatch: pytest.MonkeyPatch) -> None:
+    made = _made(monkeypatch)
+    clip = _speech(1.0, 24000)
+    for _ in range(2):
+        _whole(Converter(AudioFormat(24000), 48000), clip)
+    assert len(made) == 2 and SPARES.held(24000, 48000, "HQ", False) == 0
