@@ -116,7 +116,8 @@ class SoxrSpares:
         self._spares: OrderedDict[tuple[int, int, str, bool], list[soxr.ResampleStream]] = (
             OrderedDict()
         )
-        self._refilling: set[tuple[int, int, str, bool]] = set()
+        # The kinds a spare is to be made for, with the loop that will make it.
+        self._refilling: dict[tuple[int, int, str, bool], asyncio.AbstractEventLoop] = {}
 
     def take(self, rate: int, out_rate: int, quality: str, vr: bool) -> soxr.ResampleStream:
         """A resampler of that kind, never fed: a spare, or made now."""
@@ -126,14 +127,15 @@ class SoxrSpares:
             spares = self._spares[kind] = []
             while len(self._spares) > SPARE_KINDS:
                 old, _ = self._spares.popitem(last=False)
-                self._refilling.discard(old)
+                self._refilling.pop(old, None)
         else:
             self._spares.move_to_end(kind)
         resampler = spares.pop() if spares else _make_soxr(kind)
-        if kind not in self._refilling:
+        due = self._refilling.get(kind)
+        if due is None or not due.is_running():  # none to come (a loop that stopped makes none)
             loop = asyncio._get_running_loop()
             if loop is not None:  # on the event loop: another made once it comes round
-                self._refilling.add(kind)
+                self._refilling[kind] = loop
                 loop.call_soon(self._refill, kind)
         return resampler
 
@@ -142,7 +144,7 @@ class SoxrSpares:
         return len(self._spares.get((rate, out_rate, quality, vr), ()))
 
     def _refill(self, kind: tuple[int, int, str, bool]) -> None:
-        self._refilling.discard(kind)
+        self._refilling.pop(kind, None)
         spares = self._spares.get(kind)
         if spares is not None and len(spares) < SPARES_PER_KIND:
             spares.append(_make_soxr(kind))

@@ -90,3 +90,33 @@ def test_off_the_event_loop_nothing_is_made_ahead(monkeypatch: pytest.MonkeyPatc
     for _ in range(2):
         _whole(Converter(AudioFormat(24000), 48000), clip)
     assert len(made) == 2 and SPARES.held(24000, 48000, "HQ", False) == 0
+
+
+def test_a_loop_that_stopped_before_making_its_spare_holds_up_no_other(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    made = _made(monkeypatch)
+    clip = _speech(1.0, 24000)
+    kind = (24000, 48000, "HQ", False)
+
+    def one_stream() -> None:
+        _whole(Converter(AudioFormat(24000), 48000), clip)
+
+    first = asyncio.new_event_loop()
+
+    def take_and_stop() -> None:  # the loop's last turn: its spare is never made
+        one_stream()
+        first.stop()
+
+    first.call_soon(take_and_stop)
+    first.run_forever()
+    first.close()
+    assert made == [kind] and SPARES.held(*kind) == 0
+
+    async def then() -> int:
+        one_stream()
+        await asyncio.sleep(0)
+        return SPARES.held(*kind)
+
+    assert asyncio.run(then()) == 1  # another loop makes one
+    assert made == [kind, kind, kind]
