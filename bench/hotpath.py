@@ -50,6 +50,7 @@ from bench.harness import (
     cpu_seconds,
     free_port,
     pct,
+    process_tree,
     start,
 )
 
@@ -146,9 +147,16 @@ def recording(pid: int, path: str | None, seconds: float) -> Iterator[None]:
 
 
 def cpu_split(pid: int) -> tuple[float, float]:
-    """(user, system) CPU seconds of ``pid``, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]) / TICKS, int(fields[12]) / TICKS
+    """(user, system) CPU seconds of ``pid`` and its children (the workers), from /proc."""
+    user = system = 0
+    for p in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        user += int(fields[11])
+        system += int(fields[12])
+    return user / TICKS, system / TICKS
 
 
 def realtime(
