@@ -84,21 +84,22 @@ class DrainClock:
 
 
 class _Watched:
-    """The block of :meth:`DrainClock.watch` (a class rather than ``contextlib``'s generator:
-    it is entered twice a request)."""
+    """The block of :meth:`DrainClock.watch` and :meth:`StallWatch.armed`: ``watcher`` watches
+    ``deadline`` while it lasts (a class rather than ``contextlib``'s generator: it is entered
+    three times a request)."""
 
-    __slots__ = ("_clock", "_deadline")
+    __slots__ = ("_deadline", "_watcher")
 
-    def __init__(self, clock: DrainClock, deadline: asyncio.Timeout) -> None:
-        self._clock = clock
+    def __init__(self, watcher: DrainClock | StallWatch, deadline: asyncio.Timeout) -> None:
+        self._watcher = watcher
         self._deadline = deadline
 
     def __enter__(self) -> asyncio.Timeout:
-        self._clock._watch(self._deadline)
+        self._watcher._watch(self._deadline)
         return self._deadline
 
     def __exit__(self, *exc_info: object) -> None:
-        self._clock._unwatch(self._deadline)
+        self._watcher._unwatch(self._deadline)
 
 
 class CallerPace:
@@ -149,18 +150,18 @@ class StallWatch:
         self._since = self._loop.time()
         self.waiting = True
 
-    def armed(self, deadline: asyncio.Timeout) -> _Armed:
-        """Watch for the block (a ``with`` block, which gives this watch): a stall expires
+    def armed(self, deadline: asyncio.Timeout) -> _Watched:
+        """Watch for the block (a ``with`` block, which gives ``deadline``): a stall expires
         ``deadline`` at once (then :attr:`fired` is set)."""
-        return _Armed(self, deadline)
+        return _Watched(self, deadline)
 
-    def _arm(self, deadline: asyncio.Timeout) -> None:
+    def _watch(self, deadline: asyncio.Timeout) -> None:
         loop = self._loop = asyncio.get_running_loop()
         self._deadline = deadline
         self._since = loop.time()
         self._timer = loop.call_at(self._since + self.seconds, self._check)
 
-    def _disarm(self) -> None:
+    def _unwatch(self, deadline: asyncio.Timeout) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -179,21 +180,3 @@ class StallWatch:
             deadline.reschedule(now)
             return
         self._timer = loop.call_at(due, self._check)
-
-
-class _Armed:
-    """The block of :meth:`StallWatch.armed` (a class rather than ``contextlib``'s generator:
-    it is entered once a stream)."""
-
-    __slots__ = ("_deadline", "_watch")
-
-    def __init__(self, watch: StallWatch, deadline: asyncio.Timeout) -> None:
-        self._watch = watch
-        self._deadline = deadline
-
-    def __enter__(self) -> StallWatch:
-        self._watch._arm(self._deadline)
-        return self._watch
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._watch._disarm()
