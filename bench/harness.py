@@ -50,16 +50,23 @@ def process_tree(pid: int) -> list[int]:
     return pids
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process and its children, from /proc."""
-    total = 0
+def cpu_split(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process and its children, from /proc."""
+    user = system = 0
     for p in process_tree(pid):
         try:
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
+        except OSError:  # gone meanwhile
             continue
-        total += int(fields[11]) + int(fields[12])
-    return total / TICKS
+        user += int(fields[11])
+        system += int(fields[12])
+    return user / TICKS, system / TICKS
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and its children, from /proc."""
+    user, system = cpu_split(pid)
+    return user + system
 
 
 def rss_kib(pid: int) -> int:

@@ -45,12 +45,11 @@ from typing import Any
 from bench.harness import (
     PY,
     ROOT,
-    TICKS,
     Server,
     cpu_seconds,
+    cpu_split,
     free_port,
     pct,
-    process_tree,
     start,
 )
 
@@ -144,19 +143,6 @@ def recording(pid: int, path: str | None, seconds: float) -> Iterator[None]:
         yield
     finally:
         spy.wait(timeout=seconds + 30)
-
-
-def cpu_split(pid: int) -> tuple[float, float]:
-    """(user, system) CPU seconds of ``pid`` and its children (the workers), from /proc."""
-    user = system = 0
-    for p in process_tree(pid):
-        try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:  # gone meanwhile
-            continue
-        user += int(fields[11])
-        system += int(fields[12])
-    return user / TICKS, system / TICKS
 
 
 def realtime(
