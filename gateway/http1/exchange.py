@@ -171,8 +171,11 @@ class Exchange:
             out = [self.head, body]
         if not more and self.chunked:
             out.append(b"0\r\n\r\n")
-        self.head = b""
-        self.conn.write(b"".join(out))
+        if self.head:
+            self.head = b""
+            self.conn.write_first(b"".join(out))
+        else:
+            self.conn.write(b"".join(out))
         if not more:
             self.response_complete = True
             self.wake()

@@ -1,12 +1,27 @@
-"""The byte side of a client connection: TLS, writes under flow control, reading paused and
-resumed, the one timer that holds the connection's current deadline, a cut-off for a caller that
-takes nothing, and the ways a connection ends (close, abort, linger)."""
+"""The byte side of a client connection: TLS, writes under flow control and gathered for the
+event loop's turn, reading paused and resumed, the one timer that holds the connection's current
+deadline, a cut-off for a caller that takes nothing, and the ways a connection ends (close,
+abort, linger).
+
+Writes are gathered for the turn of the event loop (Netty's flush consolidation, Node's cork):
+what a connection is given while the loop handles one batch of ready sockets and callbacks is
+sent at the turn's end, once per connection, every connection's back to back, in one callback.
+Each send to a caller that sleeps waiting for it wakes it, and on a busy host that wake-up is
+most of a send's cost; sent back to back, one wake-up serves many of them, and a connection
+given several writes in one turn (an answer's last audio and its end) makes one system call.
+A chunk waits at most for the rest of the turn it arrived in (the loop's batch, well under a
+millisecond to a few at most). Flow control is unchanged: what is held counts with the
+transport's buffer, and a write that would take the two above the high-water mark is sent at
+once, so that writing pauses exactly when it did. Closing, half-closing and TLS records send
+what is held first, in order."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import ssl
+import time
+import weakref
 from collections.abc import Callable
 from typing import Final, Protocol
 
@@ -22,10 +37,54 @@ WRITE_DRAIN_BYTES: Final = WRITE_HIGH_WATER - WRITE_LOW_WATER
 #: A caller that takes none of what is written for this long is cut off (a real-time player
 #: drains the write buffer's 64 KiB in well under a second).
 _WRITE_STALL_SECONDS: Final = 10.0
+#: An answer's first bytes are held for the end of the loop's turn at most this long
+#: (seconds): in a turn that runs long (a burst of requests parsed and routed), what was
+#: written early in it is sent, at the latest, with the first bytes of an answer written this
+#: much later.
+HOLD_SECONDS: Final = 0.002
 #: After an answer that left the request unread: how long, and how many bytes, are read and
 #: thrown away before the connection is closed (so that the answer is not lost to a reset).
 _LINGER_SECONDS: Final = 2.0
 _LINGER_BYTES: Final = 1024 * 1024
+
+
+class TurnWrites:
+    """The connections of one event loop holding writes, sent at the end of its turn."""
+
+    __slots__ = ("_held", "_loop", "_since")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._held: list[ConnectionIO] = []
+        self._since = 0.0
+
+    def hold(self, conn: ConnectionIO) -> None:
+        held = self._held
+        if not held:
+            self._loop.call_soon(self.send)
+            self._since = time.perf_counter()
+        held.append(conn)
+
+    def overdue(self) -> bool:
+        """Whether the first of the writes held has waited :data:`HOLD_SECONDS`."""
+        return bool(self._held) and time.perf_counter() - self._since > HOLD_SECONDS
+
+    def send(self) -> None:
+        held, self._held = self._held, []
+        for conn in held:
+            conn.send_held()
+
+    @staticmethod
+    def of(loop: asyncio.AbstractEventLoop) -> TurnWrites:
+        turn = _TURNS.get(loop)
+        if turn is None:
+            turn = _TURNS[loop] = TurnWrites(loop)
+        return turn
+
+
+_TURNS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, TurnWrites] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 class WriteFlow(Protocol):
@@ -58,6 +117,10 @@ class ConnectionIO(asyncio.Protocol):
         self._closed = False
         self._lingering = False
         self._linger_bytes = 0
+        # Bytes written this turn of the loop, sent at its end (see the module docstring).
+        self._held: list[bytes] = []
+        self._held_bytes = 0
+        self._turn = TurnWrites.of(loop)
 
     # ------------------------------------------------------------------ hooks
 
@@ -70,8 +133,11 @@ class ConnectionIO(asyncio.Protocol):
     # ------------------------------------------------------------------ transport events
 
     def _lost(self) -> None:
-        """What every ending shares: deadlines dropped, waiting writers released."""
+        """What every ending shares: deadlines dropped, held writes dropped, waiting writers
+        released."""
         self._closed = True
+        self._held.clear()
+        self._held_bytes = 0
         self._disarm()
         if self._stall is not None:
             self._stall.cancel()
@@ -109,7 +175,7 @@ class ConnectionIO(asyncio.Protocol):
                 self._abort()
                 return None
             if reply and self.transport is not None and not self.transport.is_closing():
-                self.transport.write(reply)
+                self._send(reply)
             if tls.closed_by_peer:
                 self._close()
             if not data:
@@ -124,12 +190,46 @@ class ConnectionIO(asyncio.Protocol):
     # ------------------------------------------------------------------ writing
 
     def write(self, data: bytes) -> None:
+        """Write ``data`` (sent at the end of the turn)."""
         transport = self.transport
         if transport is not None and not self._lingering and not transport.is_closing():
             if self._tls is not None:
                 if not self._tls.established:
                     return  # nothing can be said before the handshake
                 data = self._tls.send(data)
+            self._send(data)
+
+    def write_first(self, data: bytes) -> None:
+        """:meth:`write` an answer's first bytes, which the caller is waiting for: in a turn
+        that has run long, they and everything held leave now (see :data:`HOLD_SECONDS`)."""
+        self.write(data)
+        if self._turn.overdue():
+            self._turn.send()
+
+    def _send(self, data: bytes) -> None:
+        """Hold ``data`` for the end of the turn; send it and what is held now when they
+        would take the transport's buffer above its high-water mark (writing then pauses, as
+        it would have)."""
+        held = self._held
+        if not held:
+            self._turn.hold(self)
+        held.append(data)
+        self._held_bytes += len(data)
+        transport = self.transport
+        assert transport is not None
+        if self._held_bytes + transport.get_write_buffer_size() > WRITE_HIGH_WATER:
+            self.send_held()
+
+    def send_held(self) -> None:
+        """Send the bytes held (at the turn's end, or before the connection ends)."""
+        held = self._held
+        if not held:
+            return
+        data = held[0] if len(held) == 1 else b"".join(held)
+        held.clear()
+        self._held_bytes = 0
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
             transport.write(data)
 
     async def drained(self) -> None:
@@ -171,6 +271,7 @@ class ConnectionIO(asyncio.Protocol):
         """Close once what is written has gone out; a caller that will not take it is cut off
         after a while (see :meth:`pause_writing`)."""
         self._disarm()
+        self.send_held()
         transport = self.transport
         if transport is not None and not transport.is_closing():
             transport.close()
@@ -193,6 +294,7 @@ class ConnectionIO(asyncio.Protocol):
             return
         self._lingering = True
         self._stop_taking_requests()
+        self.send_held()
         if self._tls is None and transport.can_write_eof():
             transport.write_eof()
         self.resume_reading()

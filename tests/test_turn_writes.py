@@ -1,0 +1,186 @@
+"""A client connection's writes gathered for the event loop's turn (``gateway.http1.io``), over
+real loopback sockets: what the connections are given in one turn leaves at its end, one send
+a connection, in order; writing still pauses at the high-water mark in the step that crosses
+it; an answer's first bytes wait for a long turn no longer than ``HOLD_SECONDS``; a connection
+that closes sends what it holds first."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import AsyncIterator
+from typing import Any, cast
+
+import pytest
+
+from gateway.http1.io import HOLD_SECONDS, WRITE_HIGH_WATER, WRITE_LOW_WATER, ConnectionIO
+
+pytestmark = pytest.mark.asyncio
+
+PATIENCE = 10.0
+
+
+class Counting:
+    """A transport that counts its sends and passes everything on to the real one."""
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.real = transport
+        self.sends: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.sends.append(bytes(data))
+        self.real.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+class Plain(ConnectionIO):
+    """The byte side alone, on a real server socket."""
+
+    made: asyncio.Queue[Plain]
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.set_write_buffer_limits(  # type: ignore[attr-defined]
+            high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER
+        )
+        self.counting = Counting(cast(asyncio.Transport, transport))
+        self.transport = self.counting  # type: ignore[assignment]
+        self.made.put_nowait(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost()
+
+    @property
+    def sends(self) -> list[bytes]:
+        return self.counting.sends
+
+
+class Pair:
+    """Server-side connections and the client sockets that opened them."""
+
+    def __init__(self) -> None:
+        self.made: asyncio.Queue[Plain] = asyncio.Queue()
+        self.server: asyncio.Server | None = None
+        self.clients: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+
+        def factory() -> Plain:
+            conn = Plain(loop)
+            conn.made = self.made
+            return conn
+
+        self.server = await loop.create_server(factory, "127.0.0.1", 0)
+
+    async def connect(self, rcvbuf: int | None = None) -> tuple[Plain, asyncio.StreamReader]:
+        assert self.server is not None
+        port = self.server.sockets[0].getsockname()[1]
+        sock = socket.socket()
+        if rcvbuf is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+        reader, writer = await asyncio.open_connection(sock=sock)
+        self.clients.append((reader, writer))
+        conn = await asyncio.wait_for(self.made.get(), PATIENCE)
+        return conn, reader
+
+    async def close(self) -> None:
+        for _, writer in self.clients:
+            writer.close()
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+
+@pytest.fixture
+async def pair() -> AsyncIterator[Pair]:
+    p = Pair()
+    await p.start()
+    try:
+        yield p
+    finally:
+        await p.close()
+
+
+async def test_the_writes_of_one_turn_leave_at_its_end_one_send_a_connection(pair: Pair) -> None:
+    a, reader_a = await pair.connect()
+    b, reader_b = await pair.connect()
+    # One step of this task is one callback of the loop's turn.
+    a.write_first(b"HTTP/1.1 200 OK\r\n\r\n")
+    b.write(b"one,")
+    a.write(b"audio,")
+    b.write(b"two")
+    a.write(b"end")
+    assert a.sends == [] and b.sends == []  # held for the turn's end
+    got_a = await asyncio.wait_for(reader_a.readexactly(28), PATIENCE)
+    got_b = await asyncio.wait_for(reader_b.readexactly(7), PATIENCE)
+    assert got_a == b"HTTP/1.1 200 OK\r\n\r\naudio,end"
+    assert got_b == b"one,two"
+    assert a.sends == [got_a] and b.sends == [got_b]
+
+
+async def test_writing_pauses_in_the_step_that_crosses_the_high_water_mark(pair: Pair) -> None:
+    # A caller that reads nothing, with small socket buffers: what is not taken stays with the
+    # gateway, and a writer that heeds write_paused must see it turn in the same step.
+    conn, _ = await pair.connect(rcvbuf=4096)
+    raw = conn.counting.real.get_extra_info("socket")
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    piece = b"x" * 4096
+    written = 0
+    for _ in range(4096):  # 16 MiB, far past anything the socket buffers take
+        if conn.write_paused:
+            break
+        conn.write(piece)
+        written += len(piece)
+    assert conn.write_paused, "writing never paused within the step"
+    # What was accepted before pausing: the kernel's buffers plus the high-water mark, not the
+    # writer's whole output.
+    assert written <= 4 * 1024 * 1024
+    assert conn.sends, "the write that crossed the mark was held"
+    await asyncio.sleep(0)  # the turn ends: nothing more goes out than was written
+    assert sum(map(len, conn.sends)) == written
+
+
+async def test_an_answers_first_bytes_wait_out_a_long_turn_no_longer_than_the_bound(
+    pair: Pair,
+) -> None:
+    early, reader_early = await pair.connect()
+    late, reader_late = await pair.connect()
+    quick, _ = await pair.connect()
+    early.write(b"early")
+    busy_until = time.perf_counter() + HOLD_SECONDS * 2
+    while time.perf_counter() < busy_until:  # this turn's work runs long (a burst parsed)
+        pass
+    late.write_first(b"first")
+    # Both went out at the late answer's first bytes, within the turn.
+    assert early.sends == [b"early"] and late.sends == [b"first"]
+    assert await asyncio.wait_for(reader_early.readexactly(5), PATIENCE) == b"early"
+    assert await asyncio.wait_for(reader_late.readexactly(5), PATIENCE) == b"first"
+    # An answer's first bytes in a turn that has not run long are held for its end.
+    quick.write_first(b"prompt")
+    assert quick.sends == []
+    await asyncio.sleep(0)
+    assert quick.sends == [b"prompt"]
+
+
+async def test_a_connection_that_closes_sends_what_it_holds_first(pair: Pair) -> None:
+    conn, reader = await pair.connect()
+    conn.write(b"the last audio")
+    conn.write(b" and the end")
+    conn._close()
+    assert await asyncio.wait_for(reader.read(), PATIENCE) == b"the last audio and the end"
+    assert conn.sends == [b"the last audio and the end"]
+
+
+async def test_an_aborted_connection_drops_what_it_holds(pair: Pair) -> None:
+    conn, reader = await pair.connect()
+    conn.write(b"never sent")
+    conn._abort()
+    with pytest.raises((ConnectionResetError, asyncio.IncompleteReadError)):
+        await asyncio.wait_for(reader.readexactly(1), PATIENCE)
+    await asyncio.sleep(0)  # the turn's end finds nothing to send
+    assert conn.sends == []
