@@ -14,6 +14,9 @@ concurrent streams of 20 ms chunks that was most of the gateway's CPU. This tran
 - pauses reading when the consumer falls behind (back-pressure), and never buffers a whole body;
 - bounds what an upstream can make it hold: the response head (size and number of headers) and
   the body read ahead of the consumer.
+- sends each request at the end of the event loop's turn, with the other writes made in it
+  (``providers._turn``): the upstream's wake-up then serves many requests in a burst; one
+  given up within its turn (its caller gone) is never sent.
 
 Failures are httpx's own exceptions (``ConnectTimeout``, ``ReadTimeout``, ``PoolTimeout``,
 ``ConnectError``, ``ReadError``, ``RemoteProtocolError``, ``LocalProtocolError``), raised with the
@@ -35,6 +38,8 @@ from typing import Final, Protocol, cast
 
 import httptools
 import httpx
+
+from ._turn import TurnWrites
 
 Origin = tuple[str, str, int]
 
@@ -83,6 +88,9 @@ class _Connection(asyncio.Protocol):
         self._timed_out = False
         # A tapped body goes to its sink from data_received, without a reader's wake-up.
         self._sink: BodySink | None = None
+        # The request, held for the end of the loop's turn (providers._turn).
+        self._request = b""
+        self._turn = TurnWrites.of(self._loop)
         self._new_response()
 
     def _new_response(self) -> None:
@@ -314,7 +322,20 @@ class _Connection(asyncio.Protocol):
     def reusable(self) -> bool:
         return self.complete and self.keep_alive and not self.closed and self.error is None
 
+    def send_request(self, data: bytes) -> None:
+        """Send a request: held for the end of the loop's turn, with the other writes made in
+        it, or sooner when the turn runs long (the caller's first byte waits for it)."""
+        self._request = data
+        self._turn.hold(self)
+        self._turn.urge()
+
+    def send_held(self) -> None:
+        data, self._request = self._request, b""
+        if data and self.transport is not None and not self.closed:
+            self.transport.write(data)
+
     def close(self) -> None:
+        self._request = b""
         self.closed = True
         if self._timer is not None:
             self._timer.cancel()
@@ -440,7 +461,7 @@ class StreamingTransport(httpx.AsyncBaseTransport):
             connection = await self._connection_for(origin, timeouts.get("connect"), request)
             self._in_use.add(connection)
             assert connection.transport is not None
-            connection.transport.write(head + body)
+            connection.send_request(head + body)
             await connection.read_head(timeouts.get("read"))
         except BaseException as exc:
             if connection is not None:

@@ -1,8 +1,8 @@
-"""A client connection's writes gathered for the event loop's turn (``gateway.http1.io``), over
-real loopback sockets: what the connections are given in one turn leaves at its end, one send
-a connection, in order; writing still pauses at the high-water mark in the step that crosses
-it; an answer's first bytes wait for a long turn no longer than ``HOLD_SECONDS``; a connection
-that closes sends what it holds first."""
+"""A client connection's writes held for the event loop's turn (``gateway.http1.io``, over
+``providers._turn``), on real loopback sockets: what the connections are given in one turn
+leaves at its end, one send a connection, in order; writing still pauses at the high-water
+mark in the step that crosses it; an answer's first bytes wait for a long turn no longer than
+``HOLD_SECONDS``; a connection that closes sends what it holds first."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ from typing import Any, cast
 
 import pytest
 
-from gateway.http1.io import HOLD_SECONDS, WRITE_HIGH_WATER, WRITE_LOW_WATER, ConnectionIO
+from gateway.http1.io import WRITE_HIGH_WATER, WRITE_LOW_WATER, ConnectionIO
+from providers._pool import _Connection
+from providers._turn import HOLD_SECONDS
 
 pytestmark = pytest.mark.asyncio
 
@@ -184,3 +186,79 @@ async def test_an_aborted_connection_drops_what_it_holds(pair: Pair) -> None:
         await asyncio.wait_for(reader.readexactly(1), PATIENCE)
     await asyncio.sleep(0)  # the turn's end finds nothing to send
     assert conn.sends == []
+
+
+class Upstream:
+    """A loopback server that records what each connection sent, to its end."""
+
+    def __init__(self) -> None:
+        self.received: asyncio.Queue[bytes] = asyncio.Queue()
+        self.server: asyncio.Server | None = None
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.received.put_nowait(await reader.read())
+        writer.close()
+
+    async def connection(self) -> tuple[_Connection, Counting]:
+        if self.server is None:
+            self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        port = self.server.sockets[0].getsockname()[1]
+        loop = asyncio.get_running_loop()
+        transport, conn = await loop.create_connection(
+            lambda: _Connection(("http", "127.0.0.1", port)), "127.0.0.1", port
+        )
+        counting = Counting(transport)
+        conn.transport = counting  # type: ignore[assignment]
+        return conn, counting
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[Upstream]:
+    up = Upstream()
+    try:
+        yield up
+    finally:
+        if up.server is not None:
+            up.server.close()
+            await up.server.wait_closed()
+
+
+async def test_requests_to_upstreams_leave_at_the_turns_end_or_with_a_late_first_byte(
+    upstream: Upstream, pair: Pair
+) -> None:
+    (one, to_one), (two, to_two), (three, to_three) = [
+        await upstream.connection() for _ in range(3)
+    ]
+    caller, reader = await pair.connect()
+    one.send_request(b"GET /one HTTP/1.1\r\n\r\n")
+    two.send_request(b"GET /two HTTP/1.1\r\n\r\n")
+    assert to_one.sends == [] and to_two.sends == []
+    await asyncio.sleep(0)  # the turn's end
+    assert to_one.sends == [b"GET /one HTTP/1.1\r\n\r\n"] and to_two.sends == [
+        b"GET /two HTTP/1.1\r\n\r\n"
+    ]
+    # A turn that runs long: the request made late in it (a caller waits for its answer)
+    # takes what was held since its start with it, the caller's audio included.
+    caller.write(b"audio")
+    busy_until = time.perf_counter() + HOLD_SECONDS * 2
+    while time.perf_counter() < busy_until:
+        pass
+    three.send_request(b"GET /three HTTP/1.1\r\n\r\n")
+    assert to_three.sends == [b"GET /three HTTP/1.1\r\n\r\n"] and caller.sends == [b"audio"]
+    assert await asyncio.wait_for(reader.readexactly(5), PATIENCE) == b"audio"
+    for conn in (one, two, three):
+        conn.close()
+    got = sorted([await asyncio.wait_for(upstream.received.get(), PATIENCE) for _ in range(3)])
+    assert got == [
+        b"GET /one HTTP/1.1\r\n\r\n",
+        b"GET /three HTTP/1.1\r\n\r\n",
+        b"GET /two HTTP/1.1\r\n\r\n",
+    ]
+
+
+async def test_a_request_given_up_within_its_turn_is_never_sent(upstream: Upstream) -> None:
+    conn, counting = await upstream.connection()
+    conn.send_request(b"POST /synthesize HTTP/1.1\r\n\r\n")
+    conn.close()  # cancelled (a caller hung up) before the turn ended
+    assert await asyncio.wait_for(upstream.received.get(), PATIENCE) == b""
+    assert counting.sends == []

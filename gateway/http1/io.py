@@ -3,27 +3,23 @@ event loop's turn, reading paused and resumed, the one timer that holds the conn
 deadline, a cut-off for a caller that takes nothing, and the ways a connection ends (close,
 abort, linger).
 
-Writes are gathered for the turn of the event loop (Netty's flush consolidation, Node's cork):
-what a connection is given while the loop handles one batch of ready sockets and callbacks is
-sent at the turn's end, once per connection, every connection's back to back, in one callback.
-Each send to a caller that sleeps waiting for it wakes it, and on a busy host that wake-up is
-most of a send's cost; sent back to back, one wake-up serves many of them, and a connection
-given several writes in one turn (an answer's last audio and its end) makes one system call.
-A chunk waits at most for the rest of the turn it arrived in (the loop's batch, well under a
-millisecond to a few at most). Flow control is unchanged: what is held counts with the
-transport's buffer, and a write that would take the two above the high-water mark is sent at
-once, so that writing pauses exactly when it did. Closing, half-closing and TLS records send
-what is held first, in order."""
+Writes are held for the end of the event loop's turn (``providers._turn``): what a connection
+is given while the loop handles one batch of ready sockets and callbacks leaves at the batch's
+end, in one send, every connection's back to back. An answer's first bytes wait for a turn
+that runs long at most ``HOLD_SECONDS``. Flow control is unchanged: what is held counts with
+the transport's buffer, and a write that would take the two above the high-water mark is sent
+at once, so that writing pauses exactly when it did. Closing, half-closing and TLS records
+send what is held first, in order."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import ssl
-import time
-import weakref
 from collections.abc import Callable
 from typing import Final, Protocol
+
+from providers._turn import TurnWrites
 
 from .tls import TLSSession
 
@@ -37,54 +33,10 @@ WRITE_DRAIN_BYTES: Final = WRITE_HIGH_WATER - WRITE_LOW_WATER
 #: A caller that takes none of what is written for this long is cut off (a real-time player
 #: drains the write buffer's 64 KiB in well under a second).
 _WRITE_STALL_SECONDS: Final = 10.0
-#: An answer's first bytes are held for the end of the loop's turn at most this long
-#: (seconds): in a turn that runs long (a burst of requests parsed and routed), what was
-#: written early in it is sent, at the latest, with the first bytes of an answer written this
-#: much later.
-HOLD_SECONDS: Final = 0.002
 #: After an answer that left the request unread: how long, and how many bytes, are read and
 #: thrown away before the connection is closed (so that the answer is not lost to a reset).
 _LINGER_SECONDS: Final = 2.0
 _LINGER_BYTES: Final = 1024 * 1024
-
-
-class TurnWrites:
-    """The connections of one event loop holding writes, sent at the end of its turn."""
-
-    __slots__ = ("_held", "_loop", "_since")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._held: list[ConnectionIO] = []
-        self._since = 0.0
-
-    def hold(self, conn: ConnectionIO) -> None:
-        held = self._held
-        if not held:
-            self._loop.call_soon(self.send)
-            self._since = time.perf_counter()
-        held.append(conn)
-
-    def overdue(self) -> bool:
-        """Whether the first of the writes held has waited :data:`HOLD_SECONDS`."""
-        return bool(self._held) and time.perf_counter() - self._since > HOLD_SECONDS
-
-    def send(self) -> None:
-        held, self._held = self._held, []
-        for conn in held:
-            conn.send_held()
-
-    @staticmethod
-    def of(loop: asyncio.AbstractEventLoop) -> TurnWrites:
-        turn = _TURNS.get(loop)
-        if turn is None:
-            turn = _TURNS[loop] = TurnWrites(loop)
-        return turn
-
-
-_TURNS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, TurnWrites] = (
-    weakref.WeakKeyDictionary()
-)
 
 
 class WriteFlow(Protocol):
@@ -201,10 +153,9 @@ class ConnectionIO(asyncio.Protocol):
 
     def write_first(self, data: bytes) -> None:
         """:meth:`write` an answer's first bytes, which the caller is waiting for: in a turn
-        that has run long, they and everything held leave now (see :data:`HOLD_SECONDS`)."""
+        that has run long, they and everything held leave now."""
         self.write(data)
-        if self._turn.overdue():
-            self._turn.send()
+        self._turn.urge()
 
     def _send(self, data: bytes) -> None:
         """Hold ``data`` for the end of the turn; send it and what is held now when they

@@ -1,0 +1,78 @@
+"""Writes held for the end of the event loop's turn, every holder's sent back to back.
+
+What the gateway writes to its sockets while the loop handles one batch of ready sockets and
+callbacks is held, and sent when the batch is done, in one callback (Netty's flush
+consolidation, Node's cork): to callers by the HTTP layer (``gateway.http1.io``), to upstreams
+by the connection pool (``providers._pool``). A send to a process that sleeps waiting for it
+wakes that process, and on a busy host the wake-up is most of the send's cost; sent back to
+back, the sends find it awake, and one wake-up serves many of them. A holder given several
+writes in one turn (an answer's last audio and its end) also makes one system call for them.
+
+A turn is short while the gateway keeps up (a millisecond or so), but one that parses and routes
+a burst of requests runs long: what the caller or the upstream waits for before the first byte
+(an answer's first bytes, a request to an upstream) is written with :meth:`TurnWrites.urge`,
+which sends everything held once the first of it has waited :data:`HOLD_SECONDS`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import weakref
+from typing import Final, Protocol
+
+__all__ = ["HOLD_SECONDS", "Holder", "TurnWrites"]
+
+#: What is held waits at most this long (seconds) when something a caller waits for before
+#: its first byte is written later in the same turn.
+HOLD_SECONDS: Final = 0.002
+
+
+class Holder(Protocol):
+    """Holds bytes to write, and sends them when told."""
+
+    def send_held(self) -> None:
+        """Write what is held now (nothing if the connection has ended)."""
+
+
+class TurnWrites:
+    """The holders of one event loop with writes held, sent at the end of its turn."""
+
+    __slots__ = ("__weakref__", "_held", "_loop", "_since")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._held: list[Holder] = []
+        self._since = 0.0
+
+    @staticmethod
+    def of(loop: asyncio.AbstractEventLoop) -> TurnWrites:
+        """The loop's (made at its first use)."""
+        turn = _TURNS.get(loop)
+        if turn is None:
+            turn = _TURNS[loop] = TurnWrites(loop)
+        return turn
+
+    def hold(self, holder: Holder) -> None:
+        """``holder`` has begun to hold bytes: it is told to send them at the turn's end."""
+        held = self._held
+        if not held:
+            self._loop.call_soon(self.send)
+            self._since = time.perf_counter()
+        held.append(holder)
+
+    def urge(self) -> None:
+        """Something waited for was just held: if the first of what is held has waited
+        :data:`HOLD_SECONDS`, send everything now."""
+        if self._held and time.perf_counter() - self._since > HOLD_SECONDS:
+            self.send()
+
+    def send(self) -> None:
+        held, self._held = self._held, []
+        for holder in held:
+            holder.send_held()
+
+
+_TURNS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, TurnWrites] = (
+    weakref.WeakKeyDictionary()
+)
