@@ -47,6 +47,8 @@ class Exchange:
         self.chunked = False
         self.remaining: int | None = None  # bytes still owed under a Content-Length
         self.head = b""
+        # Chunked, with no Content-Length to count and a body to send (not HEAD).
+        self._plain_chunks = False
         self._waiter: asyncio.Future[None] | None = None
         self._gone: Callable[[], None] | None = None
 
@@ -140,7 +142,10 @@ class Exchange:
         ``send``. Nothing is written before the head was sent, after the body ended, or once
         the caller is gone."""
         if self.response_started and not (self.response_complete or self.disconnected):
-            self._emit(body, True)
+            if self._plain_chunks and body and not self.head:  # the common case, in one step
+                self.conn.write(b"%x\r\n%b\r\n" % (len(body), body))
+            else:
+                self._emit(body, True)
 
     async def drained(self) -> None:
         """Wait until the caller has taken the write buffer down to its low-water mark (at
@@ -224,5 +229,6 @@ class Exchange:
         lines.append(b"\r\n")
         self.head = b"".join(lines)
         self.remaining, self.chunked, self.keep_alive = remaining, chunked, keep_alive
+        self._plain_chunks = chunked and remaining is None and not self.head_only
         self.response_started = True
         self.expect_continue = False
