@@ -9,9 +9,11 @@ back, the sends find it awake, and one wake-up serves many of them. A holder giv
 writes in one turn (an answer's last audio and its end) also makes one system call for them.
 
 A turn is short while the gateway keeps up (a millisecond or so), but one that parses and routes
-a burst of requests runs long: what the caller or the upstream waits for before the first byte
-(an answer's first bytes, a request to an upstream) is written with :meth:`TurnWrites.urge`,
-which sends everything held once the first of it has waited :data:`HOLD_SECONDS`.
+a burst of requests runs long. An answer's first bytes are not held at all: they leave at once,
+with everything held (:meth:`TurnWrites.send`), since the task that wrote them may go on with
+work of its own (converting the rest of a long first piece). A request to an upstream, after
+which its task only waits, is held, but sent with everything else once the first of what is
+held has waited :data:`HOLD_SECONDS` (:meth:`TurnWrites.urge`).
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ from typing import Final, Protocol
 
 __all__ = ["HOLD_SECONDS", "Holder", "TurnWrites"]
 
-#: What is held waits at most this long (seconds) when something a caller waits for before
-#: its first byte is written later in the same turn.
+#: What is held waits at most this long (seconds) when a request to an upstream is written
+#: later in the same turn.
 HOLD_SECONDS: Final = 0.002
 
 
@@ -62,8 +64,8 @@ class TurnWrites:
         held.append(holder)
 
     def urge(self) -> None:
-        """Something waited for was just held: if the first of what is held has waited
-        :data:`HOLD_SECONDS`, send everything now."""
+        """Something a caller waits for was just held: if the first of what is held has
+        waited :data:`HOLD_SECONDS`, send everything now."""
         if self._held and time.perf_counter() - self._since > HOLD_SECONDS:
             self.send()
 

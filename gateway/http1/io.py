@@ -5,8 +5,8 @@ abort, linger).
 
 Writes are held for the end of the event loop's turn (``providers._turn``): what a connection
 is given while the loop handles one batch of ready sockets and callbacks leaves at the batch's
-end, in one send, every connection's back to back. An answer's first bytes wait for a turn
-that runs long at most ``HOLD_SECONDS``. Flow control is unchanged: what is held counts with
+end, in one send, every connection's back to back. An answer's first bytes are not held: they
+leave at once, with everything held. Flow control is unchanged: what is held counts with
 the transport's buffer, and a write that would take the two above the high-water mark is sent
 at once, so that writing pauses exactly when it did. Closing, half-closing and TLS records
 send what is held first, in order."""
@@ -152,10 +152,11 @@ class ConnectionIO(asyncio.Protocol):
             self._send(data)
 
     def write_first(self, data: bytes) -> None:
-        """:meth:`write` an answer's first bytes, which the caller is waiting for: in a turn
-        that has run long, they and everything held leave now."""
+        """:meth:`write` an answer's first bytes, which the caller is waiting for: they leave
+        now, with everything held (what the task goes on to do, converting the rest of a long
+        first piece say, is not waited for)."""
         self.write(data)
-        self._turn.urge()
+        self._turn.send()
 
     def _send(self, data: bytes) -> None:
         """Hold ``data`` for the end of the turn; send it and what is held now when they
