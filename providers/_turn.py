@@ -40,10 +40,12 @@ class Holder(Protocol):
 class TurnWrites:
     """The holders of one event loop with writes held, sent at the end of its turn."""
 
-    __slots__ = ("__weakref__", "_held", "_loop", "_since")
+    __slots__ = ("_held", "_loop", "_since")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+        # A weak reference: the loop is this object's key in _TURNS, which a strong one would
+        # keep alive for good (a process that runs loops one after another, tests say).
+        self._loop = weakref.ref(loop)
         self._held: list[Holder] = []
         self._since = 0.0
 
@@ -59,7 +61,9 @@ class TurnWrites:
         """``holder`` has begun to hold bytes: it is told to send them at the turn's end."""
         held = self._held
         if not held:
-            self._loop.call_soon(self.send)
+            loop = self._loop()
+            assert loop is not None  # a holder is made on a loop that is alive
+            loop.call_soon(self.send)
             self._since = time.perf_counter()
         held.append(holder)
 

@@ -8,8 +8,10 @@ closes sends what it holds first."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
 import time
+import weakref
 from collections.abc import AsyncIterator
 from typing import Any, cast
 
@@ -17,7 +19,7 @@ import pytest
 
 from gateway.http1.io import WRITE_HIGH_WATER, WRITE_LOW_WATER, ConnectionIO
 from providers._pool import _Connection
-from providers._turn import HOLD_SECONDS
+from providers._turn import HOLD_SECONDS, TurnWrites
 
 pytestmark = pytest.mark.asyncio
 
@@ -260,3 +262,15 @@ async def test_a_request_given_up_within_its_turn_is_never_sent(upstream: Upstre
     conn.close()  # cancelled (a caller hung up) before the turn ended
     assert await asyncio.wait_for(upstream.received.get(), PATIENCE) == b""
     assert counting.sends == []
+
+
+async def test_a_loop_that_is_done_with_is_not_kept_for_its_turns() -> None:
+    # Every loop's turns are kept in a table keyed by the loop: that table must not keep the
+    # loops (a process that runs one loop after another, as tests do).
+    loop = asyncio.new_event_loop()
+    TurnWrites.of(loop)
+    gone = weakref.ref(loop)
+    loop.close()
+    del loop
+    gc.collect()
+    assert gone() is None
