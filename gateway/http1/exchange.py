@@ -47,8 +47,6 @@ class Exchange:
         self.chunked = False
         self.remaining: int | None = None  # bytes still owed under a Content-Length
         self.head = b""
-        # Chunked, with no Content-Length to count and a body to send (not HEAD).
-        self._plain_chunks = False
         self._waiter: asyncio.Future[None] | None = None
         self._gone: Callable[[], None] | None = None
 
@@ -142,10 +140,7 @@ class Exchange:
         ``send``. Nothing is written before the head was sent, after the body ended, or once
         the caller is gone."""
         if self.response_started and not (self.response_complete or self.disconnected):
-            if self._plain_chunks and body and not self.head:  # the common case, in one step
-                self.conn.write(b"%x\r\n%b\r\n" % (len(body), body))
-            else:
-                self._emit(body, True)
+            self._emit(body, True)
 
     async def drained(self) -> None:
         """Wait until the caller has taken the write buffer down to its low-water mark (at
@@ -170,17 +165,15 @@ class Exchange:
             self.remaining -= len(body)
             if not more and self.remaining:
                 raise RuntimeError("response body shorter than its Content-Length")
-        if self.chunked and body:
-            out = [self.head, b"%x\r\n" % len(body), body, b"\r\n"]
-        else:
-            out = [self.head, body]
+        data = b"%x\r\n%b\r\n" % (len(body), body) if self.chunked and body else body
         if not more and self.chunked:
-            out.append(b"0\r\n\r\n")
-        if self.head:
+            data += b"0\r\n\r\n"
+        head = self.head
+        if head:
             self.head = b""
-            self.conn.write_first(b"".join(out))
+            self.conn.write_first(head + data)
         else:
-            self.conn.write(b"".join(out))
+            self.conn.write(data)
         if not more:
             self.response_complete = True
             self.wake()
@@ -229,6 +222,5 @@ class Exchange:
         lines.append(b"\r\n")
         self.head = b"".join(lines)
         self.remaining, self.chunked, self.keep_alive = remaining, chunked, keep_alive
-        self._plain_chunks = chunked and remaining is None and not self.head_only
         self.response_started = True
         self.expect_continue = False
