@@ -33,6 +33,8 @@ from prometheus_client import values as _values
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from providers._turn import TurnWrites
+
 #: The environment variable that puts prometheus-client in multiprocess mode.
 MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -128,7 +130,8 @@ class _Tallied(MetricWrapperBase):
 
 class _Tally:
     """Increments of the event loop's turn, by metric, written once each when the turn is
-    over (a callback of the loop's next round), or when :meth:`flush` is called. Only on the
+    over (with the writes to sockets held for it: ``providers._turn``), or when :meth:`flush`
+    is called. Only on the
     thread that runs the loop: from any other, or with no loop running, a value is written at
     once."""
 
@@ -159,7 +162,7 @@ class _Tally:
         self._loop = loop
         self._thread = threading.get_ident()
         pending[metric] = amount
-        loop.call_soon(self.flush)
+        TurnWrites.of(loop).hold(self)
 
     def flush(self) -> None:
         """Write what is held (on the loop's thread)."""
@@ -168,6 +171,8 @@ class _Tally:
             self._pending = {}
             for metric, amount in pending.items():
                 metric._write(amount)
+
+    send_held = flush  # at the end of the turn, with the sockets' writes (providers._turn)
 
 
 _TALLY: Final = _Tally()

@@ -3,10 +3,12 @@
 What the gateway writes to its sockets while the loop handles one batch of ready sockets and
 callbacks is held, and sent when the batch is done, in one callback (Netty's flush
 consolidation, Node's cork): to callers by the HTTP layer (``gateway.http1.io``), to upstreams
-by the connection pool (``providers._pool``). A send to a process that sleeps waiting for it
-wakes that process, and on a busy host the wake-up is most of the send's cost; sent back to
-back, the sends find it awake, and one wake-up serves many of them. A holder given several
-writes in one turn (an answer's last audio and its end) also makes one system call for them.
+by the connection pool (``providers._pool``); the metrics' counts, written to files shared
+between worker processes, are held the same way (``gateway.metrics``). A send to a process
+that sleeps waiting for it wakes that process, and on a busy host the wake-up is most of the
+send's cost; sent back to back, the sends find it awake, and one wake-up serves many of them.
+A holder given several writes in one turn (an answer's last audio and its end) also makes one
+system call for them.
 
 A turn is short while the gateway keeps up (a millisecond or so), but one that parses and routes
 a burst of requests runs long. An answer's first bytes are not held at all: they leave at once,
