@@ -12,6 +12,8 @@ straight from the upstream.
 
     python -m bench.first_byte                   # 300 requests, the upstream at full speed
     python -m bench.first_byte --pace realtime   # a provider that trickles 20 ms chunks
+    python -m bench.first_byte --requests 100 --pause 0.3 --fresh   # sentences 0.3 s apart,
+                                                 # each on a new connection
 
 The steps (a mark's name, then what starts there):
 
@@ -177,7 +179,11 @@ def steps(requests: list[dict[str, tuple[int, int]]]) -> list[dict[str, Any]]:
     return rows
 
 
-def run(requests: int, pace: str, workdir: Path) -> dict[str, Any]:
+def run(
+    requests: int, pace: str, workdir: Path, pause: float = 0.0, fresh: bool = False
+) -> dict[str, Any]:
+    """The measured requests, ``pause`` seconds apart (each on a new connection if
+    ``fresh``), straight from the upstream and then through the gateway."""
     from bench.harness import PY, free_port, load, start
     from bench.run import UPSTREAM_RATE, gateway_conf, latency
 
@@ -200,8 +206,9 @@ def run(requests: int, pace: str, workdir: Path) -> dict[str, Any]:
         gateway.process.send_signal(signal.SIGUSR1)  # the warm-up's marks dropped
         _wait_for(out)
         out.unlink()
-        direct = latency(load(direct_url, workdir, **{**options, "rate": UPSTREAM_RATE}))
-        through = latency(load(url, workdir, **{**options, "rate": 48000}))
+        spaced: dict[str, Any] = {"pause": pause, "fresh": fresh}
+        direct = latency(load(direct_url, workdir, **{**options, **spaced, "rate": UPSTREAM_RATE}))
+        through = latency(load(url, workdir, **{**options, **spaced, "rate": 48000}))
         gateway.process.send_signal(signal.SIGUSR1)
         _wait_for(out)
         marks: list[Mark] = [(m[0], m[1], m[2]) for m in json.loads(out.read_text())]
@@ -211,6 +218,8 @@ def run(requests: int, pace: str, workdir: Path) -> dict[str, Any]:
     timed = requests_of(marks)
     return {
         "pace": pace,
+        "pause": pause,
+        "fresh": fresh,
         "requests": len(timed),
         "ttfb_ms_p50": {"direct": direct["ttfb_p50"], "gateway": through["ttfb_p50"]},
         "errors": direct["errors"] + through["errors"],
@@ -229,7 +238,10 @@ def _wait_for(path: Path, seconds: float = 30.0) -> None:
 def show(report: dict[str, Any]) -> str:
     ttfb = report["ttfb_ms_p50"]
     lines = [
-        f"{report['requests']} requests one at a time, the upstream's pace: {report['pace']}; "
+        f"{report['requests']} requests one at a time"
+        + (f", {report['pause']:g} s apart" if report.get("pause") else "")
+        + (", each on a new connection" if report.get("fresh") else "")
+        + f", the upstream's pace: {report['pace']}; "
         f"TTFB p50 {ttfb['gateway']:.2f} ms through the gateway, {ttfb['direct']:.2f} ms "
         f"straight from the upstream",
         "",
@@ -250,10 +262,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--pace", choices=("fast", "realtime"), default="fast")
+    parser.add_argument("--pause", type=float, default=0.0, help="seconds between requests")
+    parser.add_argument("--fresh", action="store_true", help="a new connection per request")
     parser.add_argument("--json", help="write the report here too")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as workdir:
-        report = run(args.requests, args.pace, Path(workdir))
+        report = run(args.requests, args.pace, Path(workdir), args.pause, args.fresh)
     print(show(report))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))

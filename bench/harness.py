@@ -153,7 +153,10 @@ def load(url: str, workdir: Path, **options: Any) -> dict[str, Any]:
     out = workdir / "load.json"
     args = [PY, "-m", "bench.loadgen", "--url", url, "--json", str(out)]
     for key, value in options.items():
-        args += [f"--{key}", str(value)]
+        if value is True or value is False:  # a flag: given or left out
+            args += [f"--{key}"] if value else []
+        else:
+            args += [f"--{key}", str(value)]
     done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True)
     if done.returncode:
         raise RuntimeError(f"the load generator failed:\n{done.stderr[-2000:]}")

@@ -12,7 +12,9 @@ in that id. With ``--expect VOICE,...`` as well, each answer is kept and checked
 (``bench.integrity``) against what each of those voices would have said for its text. With
 ``--texts FILE`` (a JSON list of strings) request ``n`` says the ``n``-th text (cycling);
 ``--voice a,b`` alternates voices the same way; ``--delay SECONDS`` asks the mock upstream to
-think that long before it answers.
+think that long before it answers. ``--pause SECONDS`` has each worker wait that long after
+an answer before its next request, and ``--fresh`` opens a new connection for each request: a
+caller whose sentences come seconds apart, to a gateway that has gone quiet meanwhile.
 
     python -m bench.loadgen --url http://127.0.0.1:8080/stream-audio --concurrency 10 \\
         --requests 300 --rate 48000 --seconds 1 --pace fast --json out.json
@@ -258,6 +260,8 @@ async def worker(
     expected_bytes: int,
     patience: float,
     delay: float = 0.0,
+    pause: float = 0.0,
+    fresh: bool = False,
 ) -> None:
     loop = asyncio.get_running_loop()
     if delay:
@@ -292,6 +296,11 @@ async def worker(
         results.append(result)
         if result.dropped or result.error:
             protocol = None
+        elif fresh and protocol.transport is not None:
+            protocol.transport.close()
+            protocol = None
+        if pause and not jobs.empty():
+            await asyncio.sleep(pause)
     if protocol is not None and protocol.transport is not None:
         protocol.transport.close()
 
@@ -357,6 +366,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 args.timeout,
                 # Independent callers: start times spread evenly over `ramp` seconds.
                 index * args.ramp / args.concurrency,
+                args.pause,
+                args.fresh,
             )
             for index in range(args.concurrency)
         )
@@ -420,6 +431,10 @@ def main() -> None:
     parser.add_argument(
         "--ramp", type=float, default=0.0, help="spread the workers' starts over this many s"
     )
+    parser.add_argument(
+        "--pause", type=float, default=0.0, help="seconds each worker waits between requests"
+    )
+    parser.add_argument("--fresh", action="store_true", help="a new connection per request")
     parser.add_argument("--json", help="write every result here")
     args = parser.parse_args()
 

@@ -37,7 +37,7 @@ from bench.pieces import render as render_pieces
 from bench.pieces import targets as pieces_targets
 from bench.run import Bench, latency, merged, render, streams_held
 from bench.soak import Soak, SoakSize
-from bench.upstream import CHUNK_SAMPLES, RATE, serve
+from bench.upstream import CHUNK_SAMPLES, RATE, UpstreamProtocol, serve
 from gateway.polyphase import PolyphaseResampler
 from tests.support import eventually, free_socket, peak_frequency
 
@@ -71,6 +71,8 @@ def arguments(port: int, **overrides: object) -> argparse.Namespace:
         "expect": "",
         "texts": "",
         "delay": 0.0,
+        "pause": 0.0,
+        "fresh": False,
     }
     values.update(overrides)
     return argparse.Namespace(**values)
@@ -263,6 +265,31 @@ async def test_the_upstream_waits_the_asked_delay_before_its_first_byte() -> Non
         task.cancel()
     # A lower bound only (a loaded machine may add to it): the mock did wait.
     assert all(r["status"] == 200 and r["ttfb"] >= 150 for r in data["results"])
+
+
+async def test_the_load_generator_spaces_its_requests_and_opens_a_connection_for_each() -> None:
+    opened = 0
+
+    def counted() -> asyncio.Protocol:
+        nonlocal opened
+        opened += 1
+        return UpstreamProtocol()
+
+    server = await asyncio.get_running_loop().create_server(counted, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        spaced = await run(arguments(port, requests=3, concurrency=1, pause=0.2, fresh=True))
+        fresh = opened
+        kept = await run(arguments(port, requests=3, concurrency=1))
+    finally:
+        server.close()
+    results = spaced["results"] + kept["results"]
+    assert [r["status"] for r in results] == [200] * 6
+    assert not any(r["error"] for r in results)
+    assert all(r["bytes"] == 0.2 * RATE * 2 for r in results)
+    assert fresh == 3  # --fresh: a connection per request
+    assert opened == 4  # without it: one kept-alive connection for all three
+    assert spaced["wall"] >= 0.4  # two pauses between three requests
 
 
 def test_the_load_generator_takes_texts_and_voices_in_turn() -> None:
@@ -920,9 +947,13 @@ def test_the_first_byte_steps_are_split_per_request_in_order() -> None:
     }
 
 
-def test_the_first_byte_bench_marks_every_step_of_a_real_gateway(tmp_path: Path) -> None:
-    report = first_byte.run(12, "fast", tmp_path)
+@pytest.mark.parametrize(("pause", "fresh"), [(0.0, False), (0.05, True)])
+def test_the_first_byte_bench_marks_every_step_of_a_real_gateway(
+    tmp_path: Path, pause: float, fresh: bool
+) -> None:
+    report = first_byte.run(12, "fast", tmp_path, pause, fresh)
     assert report["errors"] == 0 and report["requests"] == 12
+    assert (report["pause"], report["fresh"]) == (pause, fresh)
     steps = [(row["from"], row["to"]) for row in report["steps"]]
     assert steps[:-1] == list(itertools.pairwise(first_byte.ORDER))
     whole = report["steps"][-1]
