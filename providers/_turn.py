@@ -42,7 +42,7 @@ class Holder(Protocol):
 class TurnWrites:
     """The holders of one event loop with writes held, sent at the end of its turn."""
 
-    __slots__ = ("_held", "_loop", "_since")
+    __slots__ = ("_held", "_loop", "_scheduled", "_since")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         # A weak reference: the loop is this object's key in _TURNS, which a strong one would
@@ -50,6 +50,9 @@ class TurnWrites:
         self._loop = weakref.ref(loop)
         self._held: list[Holder] = []
         self._since = 0.0
+        # Whether the turn's end is already due to send (it still is after an early send:
+        # what is held after that leaves with it, rather than with a callback of its own).
+        self._scheduled = False
 
     @staticmethod
     def of(loop: asyncio.AbstractEventLoop) -> TurnWrites:
@@ -63,9 +66,11 @@ class TurnWrites:
         """``holder`` has begun to hold bytes: it is told to send them at the turn's end."""
         held = self._held
         if not held:
-            loop = self._loop()
-            assert loop is not None  # a holder is made on a loop that is alive
-            loop.call_soon(self.send)
+            if not self._scheduled:
+                loop = self._loop()
+                assert loop is not None  # a holder is made on a loop that is alive
+                loop.call_soon(self._turn_ended)
+                self._scheduled = True
             self._since = time.perf_counter()
         held.append(holder)
 
@@ -75,7 +80,12 @@ class TurnWrites:
         if self._held and time.perf_counter() - self._since > HOLD_SECONDS:
             self.send()
 
+    def _turn_ended(self) -> None:
+        self._scheduled = False
+        self.send()
+
     def send(self) -> None:
+        """Send everything held now."""
         held, self._held = self._held, []
         for holder in held:
             holder.send_held()
