@@ -162,7 +162,7 @@ class _Tally:
         self._loop = loop
         self._thread = threading.get_ident()
         pending[metric] = amount
-        TurnWrites.of(loop).hold(self)
+        TurnWrites.of(loop).hold(self, socket=False)
 
     def flush(self) -> None:
         """Write what is held (on the loop's thread)."""

@@ -11,11 +11,12 @@ A holder given several writes in one turn (an answer's last audio and its end) a
 system call for them.
 
 A turn is short while the gateway keeps up (a millisecond or so), but one that parses and routes
-a burst of requests runs long. An answer's first bytes are not held at all: they leave at once,
-with everything held (:meth:`TurnWrites.send`), since the task that wrote them may go on with
-work of its own (converting the rest of a long first piece). A request to an upstream, after
-which its task only waits, is held, but sent with everything else once the first of what is
-held has waited :data:`HOLD_SECONDS` (:meth:`TurnWrites.urge`).
+a burst of requests runs long. An answer's first bytes in a quiet turn (no other socket's
+writes held) leave at once, with everything held (:meth:`TurnWrites.send`), since the task that
+wrote them may go on with work of its own (converting the rest of a long first piece); in a
+busy turn (:attr:`TurnWrites.busy`) they are held with the rest. They, and a request to an
+upstream, after which its task only waits, are sent with everything else once the first of
+what is held has waited :data:`HOLD_SECONDS` (:meth:`TurnWrites.urge`).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ class Holder(Protocol):
 class TurnWrites:
     """The holders of one event loop with writes held, sent at the end of its turn."""
 
-    __slots__ = ("_held", "_loop", "_scheduled", "_since")
+    __slots__ = ("_held", "_loop", "_scheduled", "_since", "_sockets")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         # A weak reference: the loop is this object's key in _TURNS, which a strong one would
@@ -50,6 +51,8 @@ class TurnWrites:
         self._loop = weakref.ref(loop)
         self._held: list[Holder] = []
         self._since = 0.0
+        # How many of the holders hold writes to sockets (the others: the metrics' counts).
+        self._sockets = 0
         # Whether the turn's end is already due to send (it still is after an early send:
         # what is held after that leaves with it, rather than with a callback of its own).
         self._scheduled = False
@@ -62,8 +65,9 @@ class TurnWrites:
             turn = _TURNS[loop] = TurnWrites(loop)
         return turn
 
-    def hold(self, holder: Holder) -> None:
-        """``holder`` has begun to hold bytes: it is told to send them at the turn's end."""
+    def hold(self, holder: Holder, socket: bool = True) -> None:
+        """``holder`` has begun to hold bytes (``socket``: to write to a socket): it is told
+        to send them at the turn's end."""
         held = self._held
         if not held:
             if not self._scheduled:
@@ -73,6 +77,13 @@ class TurnWrites:
                 self._scheduled = True
             self._since = time.perf_counter()
         held.append(holder)
+        if socket:
+            self._sockets += 1
+
+    @property
+    def busy(self) -> bool:
+        """Whether writes to sockets are held: the turn is handling other work that writes."""
+        return self._sockets > 0
 
     def urge(self) -> None:
         """Something a caller waits for was just held: if the first of what is held has
@@ -87,6 +98,7 @@ class TurnWrites:
     def send(self) -> None:
         """Send everything held now."""
         held, self._held = self._held, []
+        self._sockets = 0
         for holder in held:
             holder.send_held()
 

@@ -1,9 +1,10 @@
 """A client connection's writes held for the event loop's turn (``gateway.http1.io``, over
 ``providers._turn``), on real loopback sockets: what the connections are given in one turn
-leaves at its end, one send a connection, in order; writing still pauses at the high-water
-mark in the step that crosses it; an answer's first bytes leave at once, with what is held; a
-request to an upstream waits for a long turn no longer than ``HOLD_SECONDS``; a connection that
-closes sends what it holds first."""
+leaves at its end, one send a connection, in order; writing still pauses at the high-water mark
+in the step that crosses it; an answer's first bytes leave at once in a quiet turn, and in a
+busy one with the rest, waiting no longer than ``HOLD_SECONDS``; a request to an upstream waits
+for a long turn no longer than ``HOLD_SECONDS``; a connection that closes sends what it holds
+first."""
 
 from __future__ import annotations
 
@@ -150,16 +151,22 @@ async def test_writing_pauses_in_the_step_that_crosses_the_high_water_mark(pair:
     assert sum(map(len, conn.sends)) == written
 
 
-async def test_an_answers_first_bytes_leave_at_once_with_what_is_held(pair: Pair) -> None:
+async def test_an_answers_first_bytes_in_a_quiet_turn_leave_at_once(pair: Pair) -> None:
     # The task that writes them may go on converting the rest of a long first piece: what the
-    # caller waits for does not wait for that.
-    earlier, reader_earlier = await pair.connect()
+    # caller waits for does not wait for that. Counts held for the metrics do not make the
+    # turn a busy one.
+    class Counts:
+        sent = 0
+
+        def send_held(self) -> None:
+            self.sent += 1
+
     first, reader_first = await pair.connect()
-    earlier.write(b"earlier")
+    counts = Counts()
+    TurnWrites.of(asyncio.get_running_loop()).hold(counts, socket=False)
     first.write_first(b"HTTP/1.1 200 OK\r\n\r\naudio")
-    assert earlier.sends == [b"earlier"]
     assert first.sends == [b"HTTP/1.1 200 OK\r\n\r\naudio"]
-    assert await asyncio.wait_for(reader_earlier.readexactly(7), PATIENCE) == b"earlier"
+    assert counts.sent == 1  # what was held left with them
     got = await asyncio.wait_for(reader_first.readexactly(24), PATIENCE)
     assert got == b"HTTP/1.1 200 OK\r\n\r\naudio"
     # What is written after them in the turn is held again.
@@ -167,6 +174,38 @@ async def test_an_answers_first_bytes_leave_at_once_with_what_is_held(pair: Pair
     assert first.sends == [b"HTTP/1.1 200 OK\r\n\r\naudio"]
     await asyncio.sleep(0)
     assert first.sends[1:] == [b"more"]
+
+
+async def test_an_answers_first_bytes_in_a_busy_turn_leave_with_the_rest(pair: Pair) -> None:
+    # Other connections' writes held: the turn is serving many callers (a burst), and one send
+    # at its end wakes each of them once.
+    earlier, reader_earlier = await pair.connect()
+    first, reader_first = await pair.connect()
+    earlier.write(b"earlier")
+    first.write_first(b"HTTP/1.1 200 OK\r\n\r\naudio")
+    first.write(b",more")
+    assert earlier.sends == [] and first.sends == []
+    got = await asyncio.wait_for(reader_first.readexactly(29), PATIENCE)
+    assert got == b"HTTP/1.1 200 OK\r\n\r\naudio,more"
+    assert first.sends == [got]
+    assert await asyncio.wait_for(reader_earlier.readexactly(7), PATIENCE) == b"earlier"
+    assert earlier.sends == [b"earlier"]
+
+
+async def test_an_answers_first_bytes_wait_for_a_long_turn_no_longer_than_the_bound(
+    pair: Pair,
+) -> None:
+    earlier, _ = await pair.connect()
+    first, reader_first = await pair.connect()
+    earlier.write(b"earlier")
+    waited = time.perf_counter() + HOLD_SECONDS * 1.5
+    while time.perf_counter() < waited:  # the turn runs long
+        pass
+    first.write_first(b"HTTP/1.1 200 OK\r\n\r\naudio")
+    assert earlier.sends == [b"earlier"]
+    assert first.sends == [b"HTTP/1.1 200 OK\r\n\r\naudio"]
+    got = await asyncio.wait_for(reader_first.readexactly(24), PATIENCE)
+    assert got == b"HTTP/1.1 200 OK\r\n\r\naudio"
 
 
 async def test_a_connection_that_closes_sends_what_it_holds_first(pair: Pair) -> None:

@@ -1,15 +1,16 @@
-"""The byte side of a client connection: TLS, writes under flow control and gathered for the
-event loop's turn, reading paused and resumed, the one timer that holds the connection's current
+"""The byte side of a client connection: TLS, writes under flow control and gathered for the event
+loop's turn, reading paused and resumed, the one timer that holds the connection's current
 deadline, a cut-off for a caller that takes nothing, and the ways a connection ends (close,
 abort, linger).
 
-Writes are held for the end of the event loop's turn (``providers._turn``): what a connection
-is given while the loop handles one batch of ready sockets and callbacks leaves at the batch's
-end, in one send, every connection's back to back. An answer's first bytes are not held: they
-leave at once, with everything held. Flow control is unchanged: what is held counts with
-the transport's buffer, and a write that would take the two above the high-water mark is sent
-at once, so that writing pauses exactly when it did. Closing, half-closing and TLS records
-send what is held first, in order."""
+Writes are held for the end of the event loop's turn (``providers._turn``): what a connection is
+given while the loop handles one batch of ready sockets and callbacks leaves at the batch's end,
+in one send, every connection's back to back. An answer's first bytes leave at once, with
+everything held, unless other connections' writes are held too (a busy turn, serving a burst:
+then they wait with the rest, at most ``HOLD_SECONDS``). Flow control is unchanged: what is held
+counts with the transport's buffer, and a write that would take the two above the high-water
+mark is sent at once, so that writing pauses exactly when it did. Closing, half-closing and TLS
+records send what is held first, in order."""
 
 from __future__ import annotations
 
@@ -152,11 +153,17 @@ class ConnectionIO(asyncio.Protocol):
             self._send(data)
 
     def write_first(self, data: bytes) -> None:
-        """:meth:`write` an answer's first bytes, which the caller is waiting for: they leave
-        now, with everything held (what the task goes on to do, converting the rest of a long
-        first piece say, is not waited for)."""
+        """:meth:`write` an answer's first bytes, which the caller is waiting for. In a quiet
+        turn (nothing else held) they leave now (what the task goes on to do, converting the
+        rest of a long first piece say, is not waited for); in a busy one they are held with
+        the rest, at most :data:`~providers._turn.HOLD_SECONDS` after the first of it."""
+        turn = self._turn
+        busy = turn.busy
         self.write(data)
-        self._turn.send()
+        if busy:
+            turn.urge()
+        else:
+            turn.send()
 
     def _send(self, data: bytes) -> None:
         """Hold ``data`` for the end of the turn; send it and what is held now when they
