@@ -25,6 +25,7 @@ from starlette.exceptions import HTTPException
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from . import heap
 from .config import ConfigError, GatewayConfig, default_config, load_config
 from .front.custom_tts import CustomTTSDoor
 from .front.openai_api import SPEECH_PATH, OpenAISpeechDoor, models_route
@@ -52,13 +53,16 @@ def create_app(
     workers: int = 1,
     supervised: bool = False,
     metrics_host: str | None = None,
+    settle_heap: bool = False,
 ) -> Starlette:
     """The ASGI app for a routing file: ``config`` as given, else loaded from ``config_path``,
     else the built-in default. With a ``config_path``, SIGHUP reloads that file, and so does
     a change to it (``server.watch``) unless ``supervised``: then the supervisor watches it
     for every process. ``workers``: how many processes share the limits (see
     :func:`gateway.runtime.share_limits`). ``metrics_host``: the address of
-    ``server.metrics.port`` (default ``server.host``; ``serve --host`` names it)."""
+    ``server.metrics.port`` (default ``server.host``; ``serve --host`` names it).
+    ``settle_heap``: this process serves, and sets its heap aside from the cycle collector once
+    started (:func:`gateway.heap.settle`)."""
     if config is None:
         config = load_config(config_path) if config_path else default_config()
     gateway = Gateway(config, config_path, workers)
@@ -70,6 +74,8 @@ def create_app(
         if not gateway.config.server.tokens:
             log.warning("no tokens configured: every caller is accepted")
         await gateway.start()
+        if settle_heap:
+            heap.settle()
         reloader = app.state.reloader = Reloader(gateway)
         hooked = _SIGNALS.add(gateway, reloader)
         if hooked:

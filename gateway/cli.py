@@ -206,7 +206,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         tune_gc()
         uvicorn.Server(
             uvicorn.Config(
-                create_app(config, path, metrics_host=host), host=host, port=port, **options
+                create_app(config, path, metrics_host=host, settle_heap=True),
+                host=host,
+                port=port,
+                **options,
             )
         ).run()
         return 0

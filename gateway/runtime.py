@@ -15,6 +15,7 @@ from types import MappingProxyType
 
 from providers.base import Provider, build_provider
 
+from . import heap
 from .admission import StreamLimit
 from .budgets import DrainClock
 from .cache import PhraseCache
@@ -402,6 +403,9 @@ class Gateway:
         task = asyncio.create_task(old.retire(grace))
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
+        # The old routing's objects, set aside at start in a serving process, back to the
+        # cycle collector once retired (gateway.heap).
+        task.add_done_callback(_thaw)
         self.metrics.reloads.labels("ok").inc()
         self.metrics.set_config(config.source, len(config.voices))
         server, before = config.server, old.config.server
@@ -415,6 +419,10 @@ class Gateway:
         )
         self._warm()
         return True
+
+
+def _thaw(_task: asyncio.Task[None]) -> None:
+    heap.thaw()
 
 
 def _refused(*errors: str) -> dict[str, object]:

@@ -116,7 +116,9 @@ def _run_worker(spec: WorkerSpec, sock: socket.socket, index: int) -> None:
         raise SystemExit(1) from None
     configure_logging(config.server.log_level, config.server.log_format)
     _stop_with_the_supervisor()
-    app = create_app(config, spec.config_path, workers=spec.workers, supervised=True)
+    app = create_app(
+        config, spec.config_path, workers=spec.workers, supervised=True, settle_heap=True
+    )
     options = serve_options(config, spec.certfile, spec.keyfile)
     tune_gc()
     server = PacedServer(uvicorn.Config(app, **options))
