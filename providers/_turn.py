@@ -16,7 +16,8 @@ writes held) leave at once, with everything held (:meth:`TurnWrites.send`), sinc
 wrote them may go on with work of its own (converting the rest of a long first piece); in a
 busy turn (:attr:`TurnWrites.busy`) they are held with the rest. They, and a request to an
 upstream, after which its task only waits, are sent with everything else once the first of
-what is held has waited :data:`HOLD_SECONDS` (:meth:`TurnWrites.urge`).
+what is held has waited :data:`HOLD_SECONDS`, as soon as the turn comes to the next write or
+request (:meth:`TurnWrites.urge`).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ class Holder(Protocol):
 class TurnWrites:
     """The holders of one event loop with writes held, sent at the end of its turn."""
 
-    __slots__ = ("_held", "_loop", "_scheduled", "_since", "_sockets")
+    __slots__ = ("_held", "_loop", "_scheduled", "_since", "_sockets", "_urgent")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         # A weak reference: the loop is this object's key in _TURNS, which a strong one would
@@ -53,6 +54,8 @@ class TurnWrites:
         self._since = 0.0
         # How many of the holders hold writes to sockets (the others: the metrics' counts).
         self._sockets = 0
+        # Whether something a caller waits for is held (see urge()).
+        self._urgent = False
         # Whether the turn's end is already due to send (it still is after an early send:
         # what is held after that leaves with it, rather than with a callback of its own).
         self._scheduled = False
@@ -79,6 +82,8 @@ class TurnWrites:
         held.append(holder)
         if socket:
             self._sockets += 1
+        if self._urgent:
+            self.urge()
 
     @property
     def busy(self) -> bool:
@@ -86,10 +91,14 @@ class TurnWrites:
         return self._sockets > 0
 
     def urge(self) -> None:
-        """Something a caller waits for was just held: if the first of what is held has
-        waited :data:`HOLD_SECONDS`, send everything now."""
+        """Something a caller waits for is held: once the first of what is held has waited
+        :data:`HOLD_SECONDS`, everything is sent. Checked now, and again each time another
+        holder begins to hold in this turn (a turn of many callbacks that write, none of them
+        urgent, does not hold it back much longer)."""
         if self._held and time.perf_counter() - self._since > HOLD_SECONDS:
             self.send()
+        else:
+            self._urgent = True
 
     def _turn_ended(self) -> None:
         self._scheduled = False
@@ -99,6 +108,7 @@ class TurnWrites:
         """Send everything held now."""
         held, self._held = self._held, []
         self._sockets = 0
+        self._urgent = False
         for holder in held:
             holder.send_held()
 

@@ -208,6 +208,32 @@ async def test_an_answers_first_bytes_wait_for_a_long_turn_no_longer_than_the_bo
     assert got == b"HTTP/1.1 200 OK\r\n\r\naudio"
 
 
+async def test_held_first_bytes_leave_with_the_next_write_once_the_bound_has_passed(
+    pair: Pair,
+) -> None:
+    # A long turn of callbacks that write (the relay of other streams' chunks) and urge nothing
+    # themselves: the first bytes held in it do not wait for its end.
+    earlier, _ = await pair.connect()
+    first, reader_first = await pair.connect()
+    later, _ = await pair.connect()
+    earlier.write(b"earlier")
+    first.write_first(b"HTTP/1.1 200 OK\r\n\r\naudio")
+    assert first.sends == []  # a busy turn: held
+    waited = time.perf_counter() + HOLD_SECONDS * 1.5
+    while time.perf_counter() < waited:  # the turn runs long
+        pass
+    later.write(b"chunk")
+    assert earlier.sends == [b"earlier"]
+    assert first.sends == [b"HTTP/1.1 200 OK\r\n\r\naudio"]
+    assert later.sends == [b"chunk"]  # the write that found the bound passed left with them
+    got = await asyncio.wait_for(reader_first.readexactly(24), PATIENCE)
+    assert got == b"HTTP/1.1 200 OK\r\n\r\naudio"
+    later.write(b",more")  # after the send, held again for the turn's end
+    assert later.sends == [b"chunk"]
+    await asyncio.sleep(0)
+    assert later.sends == [b"chunk", b",more"]
+
+
 async def test_a_connection_that_closes_sends_what_it_holds_first(pair: Pair) -> None:
     conn, reader = await pair.connect()
     conn.write(b"the last audio")

@@ -154,9 +154,10 @@ class ConnectionIO(asyncio.Protocol):
 
     def write_first(self, data: bytes) -> None:
         """:meth:`write` an answer's first bytes, which the caller is waiting for. In a quiet
-        turn (nothing else held) they leave now (what the task goes on to do, converting the
-        rest of a long first piece say, is not waited for); in a busy one they are held with
-        the rest, at most :data:`~providers._turn.HOLD_SECONDS` after the first of it."""
+        turn (no other socket's writes held) they leave now (what the task goes on to do,
+        converting the rest of a long first piece say, is not waited for); in a busy one they
+        are held with the rest, until the turn's end or, in a long turn, the first write after
+        :data:`~providers._turn.HOLD_SECONDS` (:meth:`~providers._turn.TurnWrites.urge`)."""
         turn = self._turn
         busy = turn.busy
         self.write(data)
@@ -170,10 +171,12 @@ class ConnectionIO(asyncio.Protocol):
         would take the transport's buffer above its high-water mark (writing then pauses, as
         it would have)."""
         held = self._held
-        if not held:
-            self._turn.hold(self)
+        first = not held
         held.append(data)
         self._held_bytes += len(data)
+        if first:
+            # After the bytes are in: holding may send what the turn holds at once (urge).
+            self._turn.hold(self)
         transport = self.transport
         assert transport is not None
         if self._held_bytes + transport.get_write_buffer_size() > WRITE_HIGH_WATER:
