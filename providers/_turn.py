@@ -95,7 +95,9 @@ class TurnWrites:
         :data:`HOLD_SECONDS`, everything is sent. Checked now, and again each time another
         holder begins to hold in this turn (a turn of many callbacks that write, none of them
         urgent, does not hold it back much longer)."""
-        if self._held and time.perf_counter() - self._since > HOLD_SECONDS:
+        if not self._held:
+            return
+        if time.perf_counter() - self._since > HOLD_SECONDS:
             self.send()
         else:
             self._urgent = True
