@@ -52,8 +52,8 @@ class TurnWrites:
         self._loop = weakref.ref(loop)
         self._held: list[Holder] = []
         self._since = 0.0
-        # How many of the holders hold writes to sockets (the others: the metrics' counts).
-        self._sockets = 0
+        # Whether a holder holds writes to a socket (the others: the metrics' counts).
+        self._sockets = False
         # Whether something a caller waits for is held (see urge()).
         self._urgent = False
         # Whether the turn's end is already due to send (it still is after an early send:
@@ -81,14 +81,14 @@ class TurnWrites:
             self._since = time.perf_counter()
         held.append(holder)
         if socket:
-            self._sockets += 1
+            self._sockets = True
         if self._urgent:
             self.urge()
 
     @property
     def busy(self) -> bool:
         """Whether writes to sockets are held: the turn is handling other work that writes."""
-        return self._sockets > 0
+        return self._sockets
 
     def urge(self) -> None:
         """Something a caller waits for is held: once the first of what is held has waited
@@ -109,7 +109,7 @@ class TurnWrites:
     def send(self) -> None:
         """Send everything held now."""
         held, self._held = self._held, []
-        self._sockets = 0
+        self._sockets = False
         self._urgent = False
         for holder in held:
             holder.send_held()
