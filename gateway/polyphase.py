@@ -23,11 +23,18 @@ then to an integer, clipped).
 A chunk costs a handful of numpy calls, none per sample or per phase: the held input and the
 chunk joined as bytes, the overlapping rows of the product copied (as float64) into one matrix,
 one matrix product with the ratio's bank, and the conversion to float32 or S16LE.
+
+S16LE in and out (:meth:`PolyphaseResampler.process_s16`, the converter's common case) goes
+through a compiled kernel when the package was built with it (``gateway/_polyphase.c``,
+:data:`KERNEL`): the same exact sums, so the same bytes, in one call a chunk and without
+numpy's calls around the product, whose cost grows when a chunk meets cold caches, as each
+of a few hundred real-time streams' chunks does. Without it, numpy.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache, lru_cache
 from typing import Final
@@ -35,7 +42,20 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["MAX_FACTOR", "PASSBAND", "PolyphaseResampler", "polyphase_ratio"]
+#: The compiled kernel's ``run_s16(samples, coefficients, up, down, taps, start, n)``.
+_Kernel = Callable[[bytes, bytes, int, int, int, int, int], bytes]
+
+_kernel: _Kernel | None
+try:
+    from gateway._polyphase import kernel as _build
+    from gateway._polyphase import run_s16 as _kernel
+except ImportError:  # built without a C compiler: numpy does the same sums
+    _kernel = None
+
+__all__ = ["KERNEL", "MAX_FACTOR", "PASSBAND", "PolyphaseResampler", "polyphase_ratio"]
+
+#: What runs S16LE streams: the compiled kernel's build ("avx2", "portable") or "numpy".
+KERNEL: Final[str] = "numpy" if _kernel is None else _build()
 
 #: The largest up- or down-sampling factor (after reducing the ratio) handled here.
 MAX_FACTOR: Final = 6
@@ -139,6 +159,20 @@ def _design(up: int, down: int) -> _Design:
 
 
 @cache
+def _phases(up: int, down: int) -> bytes:
+    """The kernel's coefficients: for each phase p, the taps of output columns of phase p
+    in the order they meet the window's inputs (float64, in units of 2**-_COEF_BITS)."""
+    d = _design(up, down)
+    phases = np.zeros((up, d.taps))
+    for p in range(up):
+        # A column c of the bank with phase p reads rows i0 .. i0 + taps - 1 of its window.
+        column = next(c for c in range(d.frames * up) if c * down % up == p)
+        i0 = column * down // up
+        phases[p] = d.bank[i0 : i0 + d.taps, column]
+    return phases.tobytes()
+
+
+@cache
 def _scaled_bank(up: int, down: int, bits: int) -> _F64:
     """The bank times 2**-bits (exact, a power of two): bits = _COEF_BITS gives the
     coefficients themselves."""
@@ -188,6 +222,9 @@ class PolyphaseResampler:
         # The filter's next output to compute, counted from its first (the first `delay` of
         # them are dropped).
         self._first = d.delay
+        # The compiled kernel, if built (for S16LE in and out), and each phase's coefficients.
+        self._kernel = _kernel
+        self._phases = _phases(up, down) if _kernel is not None else b""
 
     @property
     def delay(self) -> int:
@@ -212,18 +249,58 @@ class PolyphaseResampler:
         if len(data) & 1:
             raise ValueError("S16LE data must hold whole samples")
         self._n_in += len(data) >> 1
+        end = -(-self._n_in * self._up // self._down)
         if self._dtype is not _S16:
-            data = self._quantize(np.frombuffer(data, _S16))
-        return _s16(self._run(data, -(-self._n_in * self._up // self._down)))
+            return _s16(self._run(self._quantize(np.frombuffer(data, _S16)), end))
+        if self._kernel is not None:
+            return self._run_native(data, end)
+        return _s16(self._run(data, end))
 
     def flush_s16(self) -> bytes:
         """:meth:`flush` as S16LE bytes, like :meth:`process_s16`."""
-        return _s16(self._run(b"", -(-self._n_in * self._up // self._down) + self._d.delay))
+        end = -(-self._n_in * self._up // self._down) + self._d.delay
+        if self._dtype is _S16 and self._kernel is not None:
+            return self._run_native(b"", end)
+        return _s16(self._run(b"", end))
+
+    def _run_native(self, data: bytes, end: int) -> bytes:
+        """:meth:`_run` and :func:`_s16` in the compiled kernel: the same window of int16
+        inputs, the same outputs, as S16LE."""
+        window = self._window(data, end)
+        if window is None:
+            return b""
+        buf, _rows, start, count = window
+        kernel = self._kernel
+        assert kernel is not None
+        return kernel(buf, self._phases, self._up, self._down, self._d.taps, start, count)
 
     def _run(self, data: bytes, end: int) -> _F64 | None:
         """Appends ``data`` (raw ``self._dtype``) to the inputs and returns the filter's
         outputs before ``end`` not yet returned (``None`` if none); keeps what later outputs
         need of the inputs."""
+        window = self._window(data, end)
+        if window is None:
+            return None
+        buf, rows, start, count = window
+        size = self._dtype.itemsize
+        row_out = self._row_out
+        # The rows overlap (by taps - 1 inputs): copied, as float64, into one matrix for BLAS.
+        windows = np.ndarray((rows, self._width), self._dtype, buf, 0, (self._row_in * size, size))
+        step = self._rows_per_product
+        if rows <= step:
+            out: _F64 = np.dot(windows.astype(np.float64), self._bank)
+        else:
+            out = np.empty((rows, row_out))
+            for r in range(0, rows, step):
+                n = min(step, rows - r)
+                np.dot(windows[r : r + n].astype(np.float64), self._bank, out=out[r : r + n])
+        return out.reshape(-1)[start : start + count]
+
+    def _window(self, data: bytes, end: int) -> tuple[bytes, int, int, int] | None:
+        """Appends ``data`` (raw ``self._dtype``) to the inputs; for the outputs before ``end``
+        not yet returned (``None`` if none), the inputs they read (from the first input of
+        the row holding the first of them on), the rows they are in, the first one's place in
+        those rows' outputs, and their count. Keeps what later outputs need of the inputs."""
         first = self._first
         if end <= first:
             if data:
@@ -242,21 +319,10 @@ class PolyphaseResampler:
         # zeros that flush() promises): zeros.
         missing = ((rows - 1) * row_in + self._width) * size - arrived
         buf = hist + data + bytes(missing) if missing > 0 else hist + data
-        # The rows overlap (by taps - 1 inputs): copied, as float64, into one matrix for BLAS.
-        windows = np.ndarray((rows, self._width), self._dtype, buf, 0, (row_in * size, size))
-        step = self._rows_per_product
-        if rows <= step:
-            out: _F64 = np.dot(windows.astype(np.float64), self._bank)
-        else:
-            out = np.empty((rows, row_out))
-            for r in range(0, rows, step):
-                n = min(step, rows - r)
-                np.dot(windows[r : r + n].astype(np.float64), self._bank, out=out[r : r + n])
         self._first = end
         # Keep the inputs from the next output's row on (those that have arrived).
         self._hist = buf[(end // row_out - q0) * row_in * size : arrived]
-        start = first - q0 * row_out
-        return out.reshape(-1)[start : start + end - first]
+        return buf, rows, first - q0 * row_out, end - first
 
     def _quantize(self, x: npt.NDArray[np.number]) -> bytes:
         """``x`` on the grid, as raw float64; the first time, the inputs held too."""

@@ -25,6 +25,7 @@ from .errors import VoiceNotFound
 from .health import HealthBoard, ProviderHealth
 from .logs import reconfigure_logging
 from .metrics import Metrics
+from .polyphase import KERNEL
 from .relay import Relay
 from .routing import ChainStep, Router
 from .spend import SpendMeter
@@ -259,8 +260,15 @@ class Gateway:
                 "event": "ready",
                 **figures,
                 "start_ms": round((time.perf_counter() - starting) * 1000, 1),
+                "resampler_kernel": KERNEL,
             },
         )
+        if KERNEL == "numpy":
+            log.warning(
+                "the resampler's compiled kernel is not built (no C compiler when the gateway "
+                "was installed): numpy resamples real-time streams, at more CPU a stream",
+                extra={"event": "resampler_kernel", "resampler_kernel": KERNEL},
+            )
         self._warm()
 
     def _warm(self) -> None:

@@ -23,6 +23,7 @@ from gateway.app import create_app
 from gateway.config import ConfigError, parse_config
 from gateway.logs import JsonFormatter, configure_logging
 from gateway.metrics import Metrics
+from gateway.polyphase import KERNEL
 from gateway.runtime import Gateway
 from gateway.stream import VoiceTry
 from gateway.synthesis import Outcome
@@ -411,6 +412,22 @@ async def test_a_reload_that_changes_the_format_or_level_takes_effect_at_once(
     assert [e["msg"] for e in entries if e["logger"] == "gateway.test"] == ["after"]
 
 
+async def test_a_gateway_without_the_resampler_s_kernel_says_so_when_ready(
+    json_log: Callable[[], str], plans: dict[str, Plan], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    voices: dict[str, dict[str, Any]] = {"a": {"provider": "pa"}}
+    config = parse_config(scripted_config(voices, {"pa": provider_block()}))
+    for kernel in ("avx2", "numpy"):
+        monkeypatch.setattr("gateway.runtime.KERNEL", kernel)
+        gateway = Gateway(config)
+        await gateway.start()
+        await gateway.stop()
+    entries = json_lines(json_log())
+    assert [e["resampler_kernel"] for e in events(entries, "ready")] == ["avx2", "numpy"]
+    (warning,) = events(entries, "resampler_kernel")
+    assert warning["level"] == "WARNING" and "not built" in warning["msg"]
+
+
 # ---------------------------------------------------------------- the whole process
 
 
@@ -542,6 +559,7 @@ async def test_serve_writes_nothing_but_json_lines(tmp_path: Path) -> None:
     assert (start["pid"], start["providers"], start["voices"]) == (process.pid, 2, 2)
     assert (ready["config"], ready["voices"]) == (str(config), 2)
     assert isinstance(ready["start_ms"], float)
+    assert ready["resampler_kernel"] == KERNEL
     (reload,) = events(entries, "reload")
     assert reload["voices"] == 3
     (refused,) = events(entries, "reload_refused")

@@ -1,0 +1,255 @@
+/* The polyphase resampler's kernel for S16LE in and out (gateway/polyphase.py).
+
+   One call computes outputs start .. start + n - 1 of a window of the stream's input:
+
+       y[j] = sum over k < taps of x[(j*down)/up + k] * g[(j*down) % up][k]
+
+   x: the window's int16 samples, g: the ratio's coefficients, up rows of taps (each phase's
+   filter, reversed), integers as float64 (multiples of 2**-24 of the real ones). Every product
+   and partial sum is an integer below 2**53, so float64 adds them exactly, in any order: the
+   outputs are the ones numpy's matrix product gives, bit for bit. Each is then taken as
+   numpy does: times 2**-24, rounded to float32, to the nearest integer (ties to even), clipped
+   to int16.
+
+   The outputs of one phase p are j = j0 + m*up, and their windows start down inputs apart:
+   with the input split into its down interleaved sequences, BLOCK of them are BLOCK / 4
+   vectors of consecutive samples times one coefficient a tap, with no sum across a vector.
+   The arithmetic is written with GCC's vector types once and built twice on x86-64: for the
+   baseline and for AVX2 with FMA, chosen at import (kernel()); GATEWAY_POLYPHASE_PORTABLE
+   defined at build time leaves only the baseline. */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#define MAX_FACTOR 6
+#define MAX_TAPS 4096
+#define BLOCK 32
+/* Inputs converted on the stack up to this many (a 20 ms chunk is a few hundred). */
+#define STACK_SAMPLES 2048
+
+typedef double v4 __attribute__((vector_size(32)));
+
+static inline int16_t to_s16(double sum)
+{
+    float f = rintf((float)(sum * (1.0 / 16777216.0)));
+    if (f > 32767.0f)
+        f = 32767.0f;
+    if (f < -32768.0f)
+        f = -32768.0f;
+    return (int16_t)f;
+}
+
+static inline __attribute__((always_inline)) void
+run_phases(const double *x, Py_ssize_t nx, const double *g, int up, int down, int taps,
+           Py_ssize_t start, Py_ssize_t n, int16_t *out)
+{
+    /* x holds the down interleaved sequences one after another: sequence r (inputs
+       r, r + down, ...) from x + offset[r]. */
+    Py_ssize_t offset[MAX_FACTOR];
+    for (int r = 0; r < down; r++)
+        offset[r] = r == 0 ? 0 : offset[r - 1] + (nx - (r - 1) + down - 1) / down;
+    for (Py_ssize_t j0 = start; j0 < start + up && j0 < start + n; j0++) {
+        Py_ssize_t s0 = (j0 * down) / up; /* the first input of output j0's window */
+        const double *gp = g + ((j0 * down) % up) * (Py_ssize_t)taps;
+        Py_ssize_t count = (start + n - j0 + up - 1) / up; /* outputs j0 + m*up */
+        int16_t *o = out + (j0 - start);
+        Py_ssize_t m = 0;
+        for (; m + BLOCK <= count; m += BLOCK) {
+            v4 a0 = {0, 0, 0, 0}, a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+            Py_ssize_t r = s0 % down, q = s0 / down + m;
+            for (int k = 0; k < taps; k++) {
+                const double *xk = x + offset[r] + q;
+                double c = gp[k];
+                v4 ck = {c, c, c, c};
+                v4 x0, x1, x2, x3, x4, x5, x6, x7;
+                memcpy(&x0, xk, 32);
+                memcpy(&x1, xk + 4, 32);
+                memcpy(&x2, xk + 8, 32);
+                memcpy(&x3, xk + 12, 32);
+                memcpy(&x4, xk + 16, 32);
+                memcpy(&x5, xk + 20, 32);
+                memcpy(&x6, xk + 24, 32);
+                memcpy(&x7, xk + 28, 32);
+                a0 += x0 * ck;
+                a1 += x1 * ck;
+                a2 += x2 * ck;
+                a3 += x3 * ck;
+                a4 += x4 * ck;
+                a5 += x5 * ck;
+                a6 += x6 * ck;
+                a7 += x7 * ck;
+                if (++r == down) {
+                    r = 0;
+                    q++;
+                }
+            }
+            double s[BLOCK];
+            memcpy(s, &a0, 32);
+            memcpy(s + 4, &a1, 32);
+            memcpy(s + 8, &a2, 32);
+            memcpy(s + 12, &a3, 32);
+            memcpy(s + 16, &a4, 32);
+            memcpy(s + 20, &a5, 32);
+            memcpy(s + 24, &a6, 32);
+            memcpy(s + 28, &a7, 32);
+            for (int i = 0; i < BLOCK; i++)
+                o[(m + i) * up] = to_s16(s[i]);
+        }
+        for (; m < count; m++) {
+            double sum = 0;
+            Py_ssize_t r = s0 % down, q = s0 / down + m;
+            for (int k = 0; k < taps; k++) {
+                sum += x[offset[r] + q] * gp[k];
+                if (++r == down) {
+                    r = 0;
+                    q++;
+                }
+            }
+            o[m * up] = to_s16(sum);
+        }
+    }
+}
+
+static void run_portable(const double *x, Py_ssize_t nx, const double *g, int up, int down,
+                         int taps, Py_ssize_t start, Py_ssize_t n, int16_t *out)
+{
+    run_phases(x, nx, g, up, down, taps, start, n, out);
+}
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && \
+    !defined(GATEWAY_POLYPHASE_PORTABLE)
+#define HAVE_AVX2_BUILD 1
+__attribute__((target("avx2,fma"))) static void
+run_avx2(const double *x, Py_ssize_t nx, const double *g, int up, int down, int taps,
+         Py_ssize_t start, Py_ssize_t n, int16_t *out)
+{
+    run_phases(x, nx, g, up, down, taps, start, n, out);
+}
+#endif
+
+typedef void (*kernel_fn)(const double *, Py_ssize_t, const double *, int, int, int,
+                          Py_ssize_t, Py_ssize_t, int16_t *);
+
+static kernel_fn chosen = run_portable;
+static const char *chosen_name = "portable";
+
+static PyObject *
+run_s16(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError,
+                        "run_s16(samples, coefficients, up, down, taps, start, n)");
+        return NULL;
+    }
+    long up = PyLong_AsLong(args[2]), down = PyLong_AsLong(args[3]);
+    long taps = PyLong_AsLong(args[4]);
+    Py_ssize_t start = PyLong_AsSsize_t(args[5]), n = PyLong_AsSsize_t(args[6]);
+    if (PyErr_Occurred())
+        return NULL;
+    if (up < 1 || up > MAX_FACTOR || down < 1 || down > MAX_FACTOR || taps < 1 ||
+        taps > MAX_TAPS || start < 0 || n < 0 || start > PY_SSIZE_T_MAX / 16 ||
+        n > PY_SSIZE_T_MAX / 16) {
+        PyErr_SetString(PyExc_ValueError, "run_s16: a ratio, length or position out of range");
+        return NULL;
+    }
+    Py_buffer xb, gb;
+    if (PyObject_GetBuffer(args[0], &xb, PyBUF_SIMPLE) < 0)
+        return NULL;
+    if (PyObject_GetBuffer(args[1], &gb, PyBUF_SIMPLE) < 0) {
+        PyBuffer_Release(&xb);
+        return NULL;
+    }
+    PyObject *result = NULL;
+    Py_ssize_t nx = xb.len / 2;
+    if (xb.len % 2 || gb.len != (Py_ssize_t)(up * taps) * (Py_ssize_t)sizeof(double)) {
+        PyErr_SetString(PyExc_ValueError, "run_s16: samples or coefficients of the wrong size");
+        goto done;
+    }
+    if (n > 0 && ((start + n - 1) * down) / up + taps > nx) {
+        PyErr_SetString(PyExc_ValueError, "run_s16: the samples end before the last window");
+        goto done;
+    }
+    result = PyBytes_FromStringAndSize(NULL, n * 2);
+    if (result == NULL || n == 0)
+        goto done;
+    double stack[STACK_SAMPLES];
+    double *x = nx <= STACK_SAMPLES ? stack : PyMem_Malloc((size_t)nx * sizeof(double));
+    if (x == NULL) {
+        Py_CLEAR(result);
+        PyErr_NoMemory();
+        goto done;
+    }
+    /* The int16 samples as float64, split into the down interleaved sequences. */
+    const unsigned char *raw = xb.buf;
+    Py_ssize_t w = 0;
+    for (long r = 0; r < down; r++)
+        for (Py_ssize_t i = r; i < nx; i += down) {
+            int16_t v;
+            memcpy(&v, raw + 2 * i, 2); /* little-endian hosts only: see kernel() */
+            x[w++] = v;
+        }
+    /* The coefficients as they are when aligned (a bytes object's are), else a copy. */
+    double *copy = NULL;
+    const double *coefficients = gb.buf;
+    if ((uintptr_t)gb.buf % _Alignof(double)) {
+        copy = PyMem_Malloc((size_t)gb.len);
+        if (copy == NULL) {
+            if (x != stack)
+                PyMem_Free(x);
+            Py_CLEAR(result);
+            PyErr_NoMemory();
+            goto done;
+        }
+        memcpy(copy, gb.buf, (size_t)gb.len);
+        coefficients = copy;
+    }
+    chosen(x, nx, coefficients, (int)up, (int)down, (int)taps, start, n,
+           (int16_t *)PyBytes_AS_STRING(result));
+    PyMem_Free(copy);
+    if (x != stack)
+        PyMem_Free(x);
+done:
+    PyBuffer_Release(&xb);
+    PyBuffer_Release(&gb);
+    return result;
+}
+
+static PyObject *
+kernel(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(unused))
+{
+    return PyUnicode_FromString(chosen_name);
+}
+
+static PyMethodDef methods[] = {
+    {"run_s16", (PyCFunction)(void (*)(void))run_s16, METH_FASTCALL,
+     "run_s16(samples, coefficients, up, down, taps, start, n) -> bytes: S16LE outputs "
+     "start .. start + n - 1 of the window (see gateway/polyphase.py)."},
+    {"kernel", kernel, METH_NOARGS, "The build of the kernel in use: 'avx2' or 'portable'."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "gateway._polyphase", "The polyphase resampler's S16LE kernel.", -1,
+    methods, NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC
+PyInit__polyphase(void)
+{
+#if PY_BIG_ENDIAN
+    PyErr_SetString(PyExc_ImportError, "gateway._polyphase: little-endian hosts only");
+    return NULL;
+#else
+#ifdef HAVE_AVX2_BUILD
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+        chosen = run_avx2;
+        chosen_name = "avx2";
+    }
+#endif
+    return PyModule_Create(&module);
+#endif
+}

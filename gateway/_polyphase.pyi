@@ -1,0 +1,6 @@
+"""The polyphase resampler's S16LE kernel (``gateway/_polyphase.c``)."""
+
+def run_s16(
+    samples: bytes, coefficients: bytes, up: int, down: int, taps: int, start: int, n: int, /
+) -> bytes: ...
+def kernel() -> str: ...

@@ -1,0 +1,160 @@
+"""The polyphase resampler's compiled kernel (gateway/_polyphase.c): the same bytes as numpy's
+path at every ratio the resampler takes, however the stream is cut, in both of its builds
+(AVX2 and the portable one); its arguments checked before it reads a sample. It is built
+wherever a C compiler was at hand at install: CI installs one, so there it must be present."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import subprocess
+import sysconfig
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+
+from gateway import polyphase
+from gateway.polyphase import MAX_FACTOR, PolyphaseResampler
+from tests.deploy_support import REPO, in_ci, tool
+
+RATIOS = [
+    (up, down)
+    for up in range(1, MAX_FACTOR + 1)
+    for down in range(1, MAX_FACTOR + 1)
+    if (up, down) != (1, 1) and math.gcd(up, down) == 1
+]
+
+
+def built() -> ModuleType:
+    """The kernel the package was built with; missing, the test is skipped (fails in CI)."""
+    try:
+        from gateway import _polyphase
+    except ImportError:
+        message = "gateway._polyphase is not built (no C compiler at install)"
+        if in_ci():
+            pytest.fail(message)
+        pytest.skip(message)
+    assert _polyphase.kernel() == polyphase.KERNEL
+    return _polyphase
+
+
+def through(
+    r: PolyphaseResampler, kernel: ModuleType | None, data: bytes, cuts: list[int]
+) -> bytes:
+    """``data`` through ``r`` cut at ``cuts`` (sample positions), then its flush, with
+    ``kernel`` (``None``: numpy's path)."""
+    r._kernel = None if kernel is None else kernel.run_s16
+    out, pos = [], 0
+    for cut in [*cuts, len(data) // 2]:
+        out.append(r.process_s16(data[2 * pos : 2 * cut]))
+        pos = cut
+    out.append(r.flush_s16())
+    return b"".join(out)
+
+
+def signal(rng: np.random.Generator, n: int) -> bytes:
+    """Noise at a random level with stretches at full scale (the filter overshoots them: the
+    outputs clip) and of silence."""
+    x = rng.normal(0, rng.choice([30.0, 3000.0, 20000.0]), n).clip(-32768, 32767)
+    for _ in range(3):
+        start = int(rng.integers(0, n))
+        x[start : start + int(rng.integers(1, 200))] = rng.choice([32767, -32768, 0])
+    return x.astype("<i2").tobytes()
+
+
+def same_as_numpy(kernel: ModuleType, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    for up, down in RATIOS:
+        for _ in range(6):
+            n = int(rng.integers(1, 6000))
+            data = signal(rng, n)
+            cuts = sorted(int(c) for c in rng.integers(0, n + 1, int(rng.integers(0, 25))))
+            if rng.random() < 0.3:
+                cuts = list(range(1, min(n, 300)))  # a sample at a time, for a while
+            expected = through(PolyphaseResampler(up, down, 32768.0), None, data, cuts)
+            got = through(PolyphaseResampler(up, down, 32768.0), kernel, data, cuts)
+            assert got == expected, (up, down, n, cuts)
+            assert len(got) // 2 == -(-n * up // down)
+
+
+def test_the_kernel_gives_numpy_s_bytes_at_every_ratio() -> None:
+    same_as_numpy(built(), seed=1)
+
+
+def test_the_portable_build_gives_the_same_bytes(tmp_path: Path) -> None:
+    # The baseline build (no AVX2), compiled here as the package's build would on a machine
+    # without AVX2, and loaded beside the one in use.
+    compiler = tool("gcc", "apt-get install gcc")
+    built()
+    target = tmp_path / f"_polyphase{sysconfig.get_config_var('EXT_SUFFIX')}"
+    include = sysconfig.get_paths()["include"]
+    subprocess.run(
+        [
+            *(compiler, "-O2", "-shared", "-fPIC", "-DGATEWAY_POLYPHASE_PORTABLE"),
+            *(f"-I{include}", str(REPO / "gateway" / "_polyphase.c"), "-o", str(target)),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    spec = importlib.util.spec_from_file_location("_polyphase", target)
+    assert spec is not None and spec.loader is not None
+    portable = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(portable)
+    assert portable.kernel() == "portable"
+    same_as_numpy(portable, seed=2)
+
+
+def test_a_stream_keeps_the_kernel_it_started_with_through_float_input() -> None:
+    # Float input moves the resampler to numpy's float path for good; S16LE after it is the
+    # same stream as numpy's throughout.
+    kernel = built()
+    rng = np.random.default_rng(3)
+    x = rng.integers(-20000, 20000, 3000).astype("<i2")
+    outs = []
+    for native in (kernel, None):
+        r = PolyphaseResampler(2, 3, 32768.0)
+        r._kernel = None if native is None else native.run_s16
+        a = r.process_s16(x[:1000].tobytes())
+        b = r.process(x[1000:2000].astype(np.float32))
+        c = r.process_s16(x[2000:].tobytes())
+        outs.append((a, b.tobytes(), c, r.flush_s16()))
+    assert outs[0] == outs[1]
+
+
+@pytest.mark.parametrize(
+    ("samples", "coefficients", "up", "down", "taps", "start", "n", "message"),
+    [
+        (10, 63, 2, 1, 4, 0, 1, "wrong size"),  # 2 phases x 4 taps are 64 bytes
+        (9, 64, 2, 1, 4, 0, 1, "wrong size"),  # half a sample
+        (10, 64, 2, 1, 4, 0, 5, "end before the last window"),  # output 4 reads inputs 2 .. 5
+        (10, 64, 7, 1, 4, 0, 1, "out of range"),  # a factor past MAX_FACTOR
+        (10, 64, 2, 0, 4, 0, 1, "out of range"),
+        (10, 64, 2, 1, 0, 0, 1, "out of range"),
+        (10, 64, 2, 1, 4, -1, 1, "out of range"),
+        (10, 64, 2, 1, 4, 0, -1, "out of range"),
+        (10, 64, 2, 1, 4, 2**62, 1, "out of range"),
+    ],
+)
+def test_the_kernel_checks_its_arguments_before_reading(
+    samples: int, coefficients: int, up: int, down: int, taps: int, start: int, n: int, message: str
+) -> None:
+    kernel = built()
+    with pytest.raises(ValueError, match=message):
+        kernel.run_s16(bytes(samples), bytes(coefficients), up, down, taps, start, n)
+
+
+def test_the_kernel_reads_a_window_exactly_as_long_as_needed() -> None:
+    # Outputs 0 .. 3 at 2/1 with 4 taps read inputs 0 .. 4 (output j: from j // 2 on): five
+    # samples are enough, four are not; the sums are those of the formula.
+    kernel = built()
+    g = np.array([[1, 2, 3, 4], [10, 20, 30, 40]], np.float64) * 2.0**24
+    x = np.array([1, 2, 3, 4, 5], "<i2")
+    got = np.frombuffer(kernel.run_s16(x.tobytes(), g.tobytes(), 2, 1, 4, 0, 4), "<i2")
+    expected = [
+        sum(int(x[j // 2 + k]) * int(g[j % 2][k] / 2**24) for k in range(4)) for j in range(4)
+    ]
+    assert got.tolist() == expected
+    with pytest.raises(ValueError):
+        kernel.run_s16(x[:4].tobytes(), g.tobytes(), 2, 1, 4, 0, 4)
