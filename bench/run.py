@@ -52,6 +52,7 @@ from bench.harness import (
     rss_kib,
     start,
 )
+from gateway.polyphase import KERNEL
 
 UPSTREAM_RATE = 24000
 ONE_SENTENCE = "Thanks for calling the clinic, how can I help you today?"
@@ -765,6 +766,11 @@ def render(f: dict[str, Any], meta: dict[str, Any]) -> str:
         f"`{later['command']}`."
         for later in meta.get("remeasured", [])
     )
+    kernel = (
+        f", its sums in the `{meta['resampler_kernel']}` kernel"
+        if meta.get("resampler_kernel")
+        else ""
+    )
     lines = [
         "# Benchmarks",
         "",
@@ -773,7 +779,8 @@ def render(f: dict[str, Any], meta: dict[str, Any]) -> str:
         f"{meta['load_after']}; Python {meta['python']}. Latencies are medians of "
         f"{meta['repeats']} runs. The mock upstream streams a 24 kHz tone in 20 ms chunks; "
         "direct and nginx deliver it as is, **the gateway resamples it 24 → 48 kHz** "
-        "(its polyphase filter, `gateway/polyphase.py`) and parses and routes each request "
+        f"(its polyphase filter, `gateway/polyphase.py`{kernel}) and parses and routes each "
+        "request "
         "(at log level warning: no per-request log line). The fault soak (6), pipelined "
         "pieces (7) and the phrase cache (8) run on "
         f"their own gateways and upstreams.{remeasured}",
@@ -1015,6 +1022,8 @@ def main() -> None:
         "cpu": platform.processor() or platform.machine(),
         "python": platform.python_version(),
         "load_before": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        # What the gateways started from this tree resample with ("numpy": not built).
+        "resampler_kernel": KERNEL,
     }
     with tempfile.TemporaryDirectory(prefix="tts-bench-") as tmp:
         bench = Bench(Path(tmp), args.quick, realtime_streams_at=streams_at)
