@@ -13,8 +13,9 @@ answers every chunk in full but for its 2.4-7 ms group delay, for ~1 KiB per str
 half the CPU of soxr's variable-rate filter, which takes any other ratio (22050 -> 24000...),
 holds 10-30 ms back and ~50 KiB. One that delivers a large first piece (a whole
 clause, a whole file) is already ahead of real time and gets soxr's block (DFT) filter, the
-cheapest per second of audio (about two thirds of the polyphase filter's CPU) but which
-collects ~40 ms of input before its first output and then answers every other 20 ms chunk.
+cheapest per second of audio in a fast stream (measured in the gateway: ``bench/changes.md``)
+but which collects ~40 ms of input before its first output and then answers every other 20 ms
+chunk.
 All are ~90 dB or more from ideal. The mode never changes within a stream, so there is no seam.
 Mono S16LE input, the common case, goes to the polyphase filter (or, at the caller's rate,
 straight back out) as bytes, in one call per chunk.
