@@ -188,7 +188,7 @@ run_s16(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
     for (long r = 0; r < down; r++)
         for (Py_ssize_t i = r; i < nx; i += down) {
             int16_t v;
-            memcpy(&v, raw + 2 * i, 2); /* little-endian hosts only: see kernel() */
+            memcpy(&v, raw + 2 * i, 2); /* little-endian hosts only: see PyInit__polyphase */
             x[w++] = v;
         }
     /* The coefficients as they are when aligned (a bytes object's are), else a copy. */
