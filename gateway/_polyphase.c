@@ -136,6 +136,48 @@ typedef void (*kernel_fn)(const double *, Py_ssize_t, const double *, int, int, 
 static kernel_fn chosen = run_portable;
 static const char *chosen_name = "portable";
 
+/* Outputs start .. start + n - 1 of the nx int16 samples at raw (checked by the caller: the
+   window is long enough, the coefficients are up * taps doubles). -1 with MemoryError set. */
+static int
+compute(const void *raw, Py_ssize_t nx, const void *g, Py_ssize_t glen, int up, int down,
+        int taps, Py_ssize_t start, Py_ssize_t n, int16_t *out)
+{
+    double stack[STACK_SAMPLES];
+    double *x = nx <= STACK_SAMPLES ? stack : PyMem_Malloc((size_t)nx * sizeof(double));
+    if (x == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    /* The int16 samples as float64, split into the down interleaved sequences. */
+    const unsigned char *bytes = raw;
+    Py_ssize_t w = 0;
+    for (int r = 0; r < down; r++)
+        for (Py_ssize_t i = r; i < nx; i += down) {
+            int16_t v;
+            memcpy(&v, bytes + 2 * i, 2); /* little-endian hosts only: see PyInit__polyphase */
+            x[w++] = v;
+        }
+    /* The coefficients as they are when aligned (a bytes object's are), else a copy. */
+    double *copy = NULL;
+    const double *coefficients = g;
+    if ((uintptr_t)g % _Alignof(double)) {
+        copy = PyMem_Malloc((size_t)glen);
+        if (copy == NULL) {
+            if (x != stack)
+                PyMem_Free(x);
+            PyErr_NoMemory();
+            return -1;
+        }
+        memcpy(copy, g, (size_t)glen);
+        coefficients = copy;
+    }
+    chosen(x, nx, coefficients, up, down, taps, start, n, out);
+    PyMem_Free(copy);
+    if (x != stack)
+        PyMem_Free(x);
+    return 0;
+}
+
 static PyObject *
 run_s16(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 {
@@ -175,47 +217,244 @@ run_s16(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
     result = PyBytes_FromStringAndSize(NULL, n * 2);
     if (result == NULL || n == 0)
         goto done;
-    double stack[STACK_SAMPLES];
-    double *x = nx <= STACK_SAMPLES ? stack : PyMem_Malloc((size_t)nx * sizeof(double));
-    if (x == NULL) {
+    if (compute(xb.buf, nx, gb.buf, gb.len, (int)up, (int)down, (int)taps, start, n,
+                (int16_t *)PyBytes_AS_STRING(result)) < 0)
         Py_CLEAR(result);
-        PyErr_NoMemory();
-        goto done;
-    }
-    /* The int16 samples as float64, split into the down interleaved sequences. */
-    const unsigned char *raw = xb.buf;
-    Py_ssize_t w = 0;
-    for (long r = 0; r < down; r++)
-        for (Py_ssize_t i = r; i < nx; i += down) {
-            int16_t v;
-            memcpy(&v, raw + 2 * i, 2); /* little-endian hosts only: see PyInit__polyphase */
-            x[w++] = v;
-        }
-    /* The coefficients as they are when aligned (a bytes object's are), else a copy. */
-    double *copy = NULL;
-    const double *coefficients = gb.buf;
-    if ((uintptr_t)gb.buf % _Alignof(double)) {
-        copy = PyMem_Malloc((size_t)gb.len);
-        if (copy == NULL) {
-            if (x != stack)
-                PyMem_Free(x);
-            Py_CLEAR(result);
-            PyErr_NoMemory();
-            goto done;
-        }
-        memcpy(copy, gb.buf, (size_t)gb.len);
-        coefficients = copy;
-    }
-    chosen(x, nx, coefficients, (int)up, (int)down, (int)taps, start, n,
-           (int16_t *)PyBytes_AS_STRING(result));
-    PyMem_Free(copy);
-    if (x != stack)
-        PyMem_Free(x);
 done:
     PyBuffer_Release(&xb);
     PyBuffer_Release(&gb);
     return result;
 }
+
+/* ---------------------------------------------------------------- a stream's state
+
+   Stream: one S16LE stream through the filter, the bookkeeping of PolyphaseResampler's
+   process_s16 and flush_s16 (gateway/polyphase.py) done here, so that a chunk is one call:
+   the inputs held (from the first input of the row holding the next output on), the inputs
+   counted, the next output to compute. The same outputs as that Python code and run_s16, byte
+   for byte; state() hands the held inputs back to it (a stream that turns to float input). */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *coefficients; /* bytes: up rows of taps doubles */
+    int up, down, taps;
+    Py_ssize_t row_out, row_in, width, delay;
+    long long n_in;  /* inputs so far */
+    long long first; /* the filter's next output (its first `delay` are dropped) */
+    int16_t *held;   /* the inputs held, then a chunk's window while it is computed */
+    Py_ssize_t count, capacity;
+} Stream;
+
+/* A window of this many samples or fewer keeps its buffer after the chunk. */
+#define KEEP_CAPACITY 8192
+
+static void
+Stream_dealloc(Stream *self)
+{
+    Py_XDECREF(self->coefficients);
+    PyMem_Free(self->held);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int
+Stream_init(Stream *self, PyObject *args, PyObject *kwds)
+{
+    static char *names[] = {"coefficients", "up", "down", "taps", "row_out", "row_in",
+                            "delay", "lead", NULL};
+    PyObject *coefficients;
+    int up, down, taps;
+    Py_ssize_t row_out, row_in, delay, lead;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "Siiinnnn:Stream", names, &coefficients, &up,
+                                     &down, &taps, &row_out, &row_in, &delay, &lead))
+        return -1;
+    if (up < 1 || up > MAX_FACTOR || down < 1 || down > MAX_FACTOR || taps < 1 ||
+        taps > MAX_TAPS || row_out < 1 || row_out > MAX_TAPS || row_in < 1 ||
+        row_in > MAX_TAPS || delay < 0 || delay > 16 * MAX_TAPS || lead < 0 ||
+        lead > row_in + taps) {
+        PyErr_SetString(PyExc_ValueError, "Stream: a ratio, length or position out of range");
+        return -1;
+    }
+    if (PyBytes_GET_SIZE(coefficients) != (Py_ssize_t)up * taps * (Py_ssize_t)sizeof(double)) {
+        PyErr_SetString(PyExc_ValueError, "Stream: coefficients of the wrong size");
+        return -1;
+    }
+    if (self->held != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Stream: already initialised");
+        return -1;
+    }
+    self->held = PyMem_Calloc((size_t)(lead > 0 ? lead : 1), sizeof(int16_t));
+    if (self->held == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    Py_INCREF(coefficients);
+    self->coefficients = coefficients;
+    self->up = up;
+    self->down = down;
+    self->taps = taps;
+    self->row_out = row_out;
+    self->row_in = row_in;
+    self->width = row_in + taps - 1;
+    self->delay = delay;
+    self->n_in = 0;
+    self->first = delay;
+    self->count = lead;
+    self->capacity = lead > 0 ? lead : 1;
+    return 0;
+}
+
+/* The held inputs and `data`, as one window of at least `size` samples (zeros after). */
+static int
+grow(Stream *self, Py_ssize_t size)
+{
+    if (size <= self->capacity)
+        return 0;
+    int16_t *held = PyMem_Realloc(self->held, (size_t)size * sizeof(int16_t));
+    if (held == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    self->held = held;
+    self->capacity = size;
+    return 0;
+}
+
+/* Appends n samples at data to the inputs; returns the outputs before `end` not yet
+   returned, as S16LE bytes (empty if none). */
+static PyObject *
+run_to(Stream *self, const void *data, Py_ssize_t n, long long end)
+{
+    long long first = self->first;
+    Py_ssize_t arrived = self->count + n;
+    if (end <= first) {
+        if (grow(self, arrived) < 0)
+            return NULL;
+        if (n)
+            memcpy(self->held + self->count, data, (size_t)n * 2);
+        self->count = arrived;
+        return PyBytes_FromStringAndSize(NULL, 0);
+    }
+    /* The rows holding outputs first .. end - 1; row q reads the inputs from
+       q * row_in - (taps - 1) on, and the window starts at the first row's first input. */
+    long long q0 = first / self->row_out;
+    long long rows = (end + self->row_out - 1) / self->row_out - q0;
+    long long need = (rows - 1) * self->row_in + self->width;
+    if (need > PY_SSIZE_T_MAX / 16) {
+        PyErr_SetString(PyExc_OverflowError, "Stream: a window too long");
+        return NULL;
+    }
+    Py_ssize_t size = arrived > need ? arrived : (Py_ssize_t)need;
+    Py_ssize_t start = (Py_ssize_t)(first - q0 * self->row_out);
+    Py_ssize_t outputs = (Py_ssize_t)(end - first);
+    if (grow(self, size) < 0)
+        return NULL;
+    if (n)
+        memcpy(self->held + self->count, data, (size_t)n * 2);
+    if (size > arrived) /* inputs past the stream's end: zeros (see _window) */
+        memset(self->held + arrived, 0, (size_t)(size - arrived) * 2);
+    self->count = arrived;
+    if (((start + outputs - 1) * self->down) / self->up + self->taps > size) {
+        PyErr_SetString(PyExc_RuntimeError, "Stream: the window ends before its last output");
+        return NULL;
+    }
+    PyObject *result = PyBytes_FromStringAndSize(NULL, outputs * 2);
+    if (result == NULL)
+        return NULL;
+    if (compute(self->held, size, PyBytes_AS_STRING(self->coefficients),
+                PyBytes_GET_SIZE(self->coefficients), self->up, self->down, self->taps, start,
+                outputs, (int16_t *)PyBytes_AS_STRING(result)) < 0) {
+        Py_DECREF(result);
+        return NULL;
+    }
+    self->first = end;
+    /* Keep the inputs from the next output's row on (those that have arrived). */
+    long long keep = (end / self->row_out - q0) * self->row_in;
+    if (keep < arrived) {
+        memmove(self->held, self->held + keep, (size_t)(arrived - keep) * 2);
+        self->count = arrived - (Py_ssize_t)keep;
+    } else {
+        self->count = 0;
+    }
+    if (self->capacity > KEEP_CAPACITY && self->count <= KEEP_CAPACITY) {
+        int16_t *held = PyMem_Realloc(self->held, KEEP_CAPACITY * sizeof(int16_t));
+        if (held != NULL) {
+            self->held = held;
+            self->capacity = KEEP_CAPACITY;
+        }
+    }
+    return result;
+}
+
+static PyObject *
+Stream_process(Stream *self, PyObject *arg)
+{
+    if (self->held == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Stream: not initialised");
+        return NULL;
+    }
+    Py_buffer b;
+    if (PyObject_GetBuffer(arg, &b, PyBUF_SIMPLE) < 0)
+        return NULL;
+    PyObject *result = NULL;
+    if (b.len % 2) {
+        PyErr_SetString(PyExc_ValueError, "S16LE data must hold whole samples");
+    } else if (b.len / 2 > PY_SSIZE_T_MAX / 16 - self->count) {
+        PyErr_SetString(PyExc_OverflowError, "Stream: a chunk too long");
+    } else {
+        Py_ssize_t n = b.len / 2;
+        long long n_in = self->n_in + n;
+        long long end = (n_in * self->up + self->down - 1) / self->down;
+        self->n_in = n_in;
+        result = run_to(self, b.buf, n, end);
+    }
+    PyBuffer_Release(&b);
+    return result;
+}
+
+static PyObject *
+Stream_flush(Stream *self, PyObject *Py_UNUSED(unused))
+{
+    if (self->held == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Stream: not initialised");
+        return NULL;
+    }
+    long long end = (self->n_in * self->up + self->down - 1) / self->down + self->delay;
+    return run_to(self, NULL, 0, end);
+}
+
+static PyObject *
+Stream_state(Stream *self, PyObject *Py_UNUSED(unused))
+{
+    if (self->held == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Stream: not initialised");
+        return NULL;
+    }
+    return Py_BuildValue("(y#LL)", (const char *)self->held, self->count * 2, self->n_in,
+                         self->first);
+}
+
+static PyMethodDef Stream_methods[] = {
+    {"process", (PyCFunction)Stream_process, METH_O,
+     "process(data) -> bytes: S16LE samples in, the S16LE outputs they complete."},
+    {"flush", (PyCFunction)Stream_flush, METH_NOARGS,
+     "flush() -> bytes: the last outputs, as if zeros followed the input."},
+    {"state", (PyCFunction)Stream_state, METH_NOARGS,
+     "state() -> (held S16LE bytes, inputs so far, next output)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject StreamType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "gateway._polyphase.Stream",
+    .tp_doc = PyDoc_STR("Stream(coefficients, up, down, taps, row_out, row_in, delay, lead): "
+                        "one S16LE stream through the filter."),
+    .tp_basicsize = sizeof(Stream),
+    .tp_itemsize = 0,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Stream_init,
+    .tp_dealloc = (destructor)Stream_dealloc,
+    .tp_methods = Stream_methods,
+};
 
 static PyObject *
 kernel(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(unused))
@@ -250,6 +489,15 @@ PyInit__polyphase(void)
         chosen_name = "avx2";
     }
 #endif
-    return PyModule_Create(&module);
+    if (PyType_Ready(&StreamType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL)
+        return NULL;
+    if (PyModule_AddObjectRef(m, "Stream", (PyObject *)&StreamType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
 #endif
 }

@@ -4,3 +4,21 @@ def run_s16(
     samples: bytes, coefficients: bytes, up: int, down: int, taps: int, start: int, n: int, /
 ) -> bytes: ...
 def kernel() -> str: ...
+
+class Stream:
+    """One S16LE stream through the filter: its state kept here, a chunk one call."""
+
+    def __init__(
+        self,
+        coefficients: bytes,
+        up: int,
+        down: int,
+        taps: int,
+        row_out: int,
+        row_in: int,
+        delay: int,
+        lead: int,
+    ) -> None: ...
+    def process(self, data: bytes, /) -> bytes: ...
+    def flush(self) -> bytes: ...
+    def state(self) -> tuple[bytes, int, int]: ...

@@ -349,7 +349,7 @@ class Converter:
         filter on S16LE input takes the samples as they are (the short path of :meth:`feed`)."""
         self._resampler = self._make_resampler(first_frames)
         if not self._float and isinstance(self._resampler, PolyphaseResampler):
-            self._s16 = self._resampler.process_s16
+            self._s16 = self._resampler.s16
 
     def _make_resampler(self, first_frames: int) -> soxr.ResampleStream | PolyphaseResampler:
         assert self._format is not None

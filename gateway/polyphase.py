@@ -28,7 +28,10 @@ S16LE in and out (:meth:`PolyphaseResampler.process_s16`, the converter's common
 through a compiled kernel when the package was built with it (``gateway/_polyphase.c``,
 :data:`KERNEL`): the same exact sums, so the same bytes, in one call a chunk and without
 numpy's calls around the product, whose cost grows when a chunk meets cold caches, as each
-of a few hundred real-time streams' chunks does. Without it, numpy.
+of a few hundred real-time streams' chunks does. The kernel keeps such a stream's state too
+(its ``Stream``: the inputs held and counted, the next output), so that the converter's call
+for a chunk goes straight to it (:attr:`PolyphaseResampler.s16`); the first float input hands
+the state back to this module. Without the kernel, numpy.
 """
 
 from __future__ import annotations
@@ -46,11 +49,14 @@ import numpy.typing as npt
 _Kernel = Callable[[bytes, bytes, int, int, int, int, int], bytes]
 
 _kernel: _Kernel | None
+_Stream: type[_polyphase.Stream] | None
 try:
+    from gateway import _polyphase
+    from gateway._polyphase import Stream as _Stream
     from gateway._polyphase import kernel as _build
     from gateway._polyphase import run_s16 as _kernel
 except ImportError:  # built without a C compiler: numpy does the same sums
-    _kernel = None
+    _kernel = _Stream = None
 
 __all__ = ["KERNEL", "MAX_FACTOR", "PASSBAND", "PolyphaseResampler", "polyphase_ratio"]
 
@@ -225,6 +231,15 @@ class PolyphaseResampler:
         # The compiled kernel, if built (for S16LE in and out), and each phase's coefficients.
         self._kernel = _kernel
         self._phases = _phases(up, down) if _kernel is not None else b""
+        # While every input is S16LE, the whole stream in the kernel: the inputs held, those
+        # counted and the next output kept there, a chunk one call (handed back by _unwind()).
+        self._native: _polyphase.Stream | None = None
+        if _Stream is not None:
+            self._native = _Stream(
+                self._phases, up, down, d.taps, self._row_out, self._row_in, d.delay, d.lead
+            )
+        #: S16LE in, S16LE out: :meth:`process_s16`, or the kernel's own when it has the stream.
+        self.s16 = self.process_s16 if self._native is None else self._native.process
 
     @property
     def delay(self) -> int:
@@ -233,6 +248,7 @@ class PolyphaseResampler:
 
     def process(self, x: npt.NDArray[np.number]) -> _F32:
         """Feed input samples (within ``±peak``); returns the output samples they complete."""
+        self._unwind()
         self._n_in += x.size
         data = x.tobytes() if x.dtype == _S16 and self._dtype is _S16 else self._quantize(x)
         s = self._run(data, -(-self._n_in * self._up // self._down))
@@ -240,12 +256,15 @@ class PolyphaseResampler:
 
     def flush(self) -> _F32:
         """End of stream: the last outputs, as if zeros followed the input."""
+        self._unwind()
         s = self._run(b"", -(-self._n_in * self._up // self._down) + self._d.delay)
         return np.zeros(0, np.float32) if s is None else s.astype(np.float32)
 
     def process_s16(self, data: bytes) -> bytes:
         """:meth:`process` for S16LE bytes (whole samples), returning S16LE bytes: the samples
         :meth:`process` returns, rounded to the nearest integer and clipped."""
+        if self._native is not None:
+            return self._native.process(data)
         if len(data) & 1:
             raise ValueError("S16LE data must hold whole samples")
         self._n_in += len(data) >> 1
@@ -258,10 +277,21 @@ class PolyphaseResampler:
 
     def flush_s16(self) -> bytes:
         """:meth:`flush` as S16LE bytes, like :meth:`process_s16`."""
+        if self._native is not None:
+            return self._native.flush()
         end = -(-self._n_in * self._up // self._down) + self._d.delay
         if self._dtype is _S16 and self._kernel is not None:
             return self._run_native(b"", end)
         return _s16(self._run(b"", end))
+
+    def _unwind(self) -> None:
+        """Take the stream's state back from the kernel's :class:`Stream`, if it has it (the
+        kernel then runs one chunk a call, as :meth:`_run_native`)."""
+        native = self._native
+        if native is not None:
+            self._native = None
+            self.s16 = self.process_s16
+            self._hist, self._n_in, self._first = native.state()
 
     def _run_native(self, data: bytes, end: int) -> bytes:
         """:meth:`_run` and :func:`_s16` in the compiled kernel: the same window of int16

@@ -1,6 +1,7 @@
 """The polyphase resampler's compiled kernel (gateway/_polyphase.c): the same bytes as numpy's
 path at every ratio the resampler takes, however the stream is cut, in both of its builds
-(AVX2 and the portable one); its arguments checked before it reads a sample. It is built
+(AVX2 and the portable one), whether it runs a chunk a call (``run_s16``) or keeps the
+stream's state itself (``Stream``); its arguments checked before it reads a sample. It is built
 wherever a C compiler was at hand at install: CI installs one, so there it must be present."""
 
 from __future__ import annotations
@@ -40,12 +41,35 @@ def built() -> ModuleType:
     return _polyphase
 
 
+#: How a resampler runs S16LE: the kernel keeping the stream's state, the kernel a chunk a
+#: call (the resampler keeping it), numpy.
+PATHS = ("stream", "chunk", "numpy")
+
+
+def pin(r: PolyphaseResampler, kernel: ModuleType | None, path: str) -> PolyphaseResampler:
+    """``r`` running S16LE on ``path``, with ``kernel``'s build."""
+    d = r._d
+    r._kernel = None if path == "numpy" else kernel.run_s16 if kernel else None
+    r._native = None
+    if path == "stream":
+        assert kernel is not None
+        r._native = kernel.Stream(
+            r._phases, r._up, r._down, d.taps, r._row_out, r._row_in, d.delay, d.lead
+        )
+    r.s16 = r.process_s16
+    return r
+
+
 def through(
-    r: PolyphaseResampler, kernel: ModuleType | None, data: bytes, cuts: list[int]
+    r: PolyphaseResampler,
+    kernel: ModuleType | None,
+    data: bytes,
+    cuts: list[int],
+    path: str = "stream",
 ) -> bytes:
     """``data`` through ``r`` cut at ``cuts`` (sample positions), then its flush, with
-    ``kernel`` (``None``: numpy's path)."""
-    r._kernel = None if kernel is None else kernel.run_s16
+    ``kernel``'s build on ``path``."""
+    pin(r, kernel, path)
     out, pos = [], 0
     for cut in [*cuts, len(data) // 2]:
         out.append(r.process_s16(data[2 * pos : 2 * cut]))
@@ -73,10 +97,11 @@ def same_as_numpy(kernel: ModuleType, seed: int) -> None:
             cuts = sorted(int(c) for c in rng.integers(0, n + 1, int(rng.integers(0, 25))))
             if rng.random() < 0.3:
                 cuts = list(range(1, min(n, 300)))  # a sample at a time, for a while
-            expected = through(PolyphaseResampler(up, down, 32768.0), None, data, cuts)
-            got = through(PolyphaseResampler(up, down, 32768.0), kernel, data, cuts)
-            assert got == expected, (up, down, n, cuts)
-            assert len(got) // 2 == -(-n * up // down)
+            expected = through(PolyphaseResampler(up, down, 32768.0), None, data, cuts, "numpy")
+            for path in PATHS[:2]:
+                got = through(PolyphaseResampler(up, down, 32768.0), kernel, data, cuts, path)
+                assert got == expected, (path, up, down, n, cuts)
+            assert len(expected) // 2 == -(-n * up // down)
 
 
 def test_the_kernel_gives_numpy_s_bytes_at_every_ratio() -> None:
@@ -113,14 +138,63 @@ def test_a_stream_keeps_the_kernel_it_started_with_through_float_input() -> None
     rng = np.random.default_rng(3)
     x = rng.integers(-20000, 20000, 3000).astype("<i2")
     outs = []
-    for native in (kernel, None):
-        r = PolyphaseResampler(2, 3, 32768.0)
-        r._kernel = None if native is None else native.run_s16
+    for path in PATHS:
+        r = pin(PolyphaseResampler(2, 3, 32768.0), kernel, path)
         a = r.process_s16(x[:1000].tobytes())
         b = r.process(x[1000:2000].astype(np.float32))
         c = r.process_s16(x[2000:].tobytes())
         outs.append((a, b.tobytes(), c, r.flush_s16()))
-    assert outs[0] == outs[1]
+    assert outs[0] == outs[1] == outs[2]
+
+
+def test_a_stream_left_to_the_kernel_is_the_resampler_s_default() -> None:
+    # The converter's call (``s16``) goes straight to the kernel's Stream, and a stream of
+    # int16 arrays through process() (the resampler keeping the state) gives the same.
+    kernel = built()
+    rng = np.random.default_rng(4)
+    x = rng.integers(-20000, 20000, 4000).astype("<i2")
+    r = PolyphaseResampler(1, 2, 32768.0)
+    assert isinstance(r._native, kernel.Stream) and r.s16 == r._native.process
+    whole = b"".join(r.s16(x[i : i + 480].tobytes()) for i in range(0, 4000, 480))
+    whole += r.flush_s16()
+    arrays = PolyphaseResampler(1, 2, 32768.0)
+    parts = [arrays.process(x[i : i + 700]) for i in range(0, 4000, 700)]
+    parts.append(arrays.flush())
+    assert arrays._native is None  # handed back at the first process()
+    assert whole == np.rint(np.concatenate(parts)).astype("<i2").tobytes()
+    assert len(whole) // 2 == 2000
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ((64, 2, 1, 4, 32, 16, 3, 4), "wrong size"),  # 2 phases x 4 taps are 64 bytes
+        ((64, 7, 1, 4, 32, 16, 3, 4), "out of range"),  # a factor past MAX_FACTOR
+        ((64, 2, 0, 4, 32, 16, 3, 4), "out of range"),
+        ((64, 2, 1, 4, 0, 16, 3, 4), "out of range"),
+        ((64, 2, 1, 4, 32, 0, 3, 4), "out of range"),
+        ((64, 2, 1, 4, 32, 16, -1, 4), "out of range"),
+        ((64, 2, 1, 4, 32, 16, 3, 21), "out of range"),  # more lead than a row's window
+    ],
+)
+def test_a_kernel_stream_checks_its_arguments(args: tuple[int, ...], message: str) -> None:
+    kernel = built()
+    size, *rest = args
+    coefficients = bytes(size if message != "wrong size" else size - 1)
+    with pytest.raises(ValueError, match=message):
+        kernel.Stream(coefficients, *rest)
+
+
+def test_a_kernel_stream_takes_whole_samples_and_refuses_use_unmade() -> None:
+    kernel = built()
+    stream = kernel.Stream(bytes(64), 2, 1, 4, 32, 16, 3, 4)
+    with pytest.raises(ValueError, match="whole samples"):
+        stream.process(b"\0\0\0")
+    assert stream.state() == (bytes(8), 0, 3)  # the lead's zeros held, nothing counted
+    unmade = kernel.Stream.__new__(kernel.Stream)
+    for call in (lambda: unmade.process(b""), unmade.flush, unmade.state):
+        with pytest.raises(RuntimeError, match="not initialised"):
+            call()
 
 
 @pytest.mark.parametrize(

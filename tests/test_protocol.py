@@ -18,7 +18,7 @@ from starlette.types import Receive, Scope, Send
 
 from gateway.app import create_app
 from gateway.config import parse_config
-from gateway.http1 import ConnectionLimits, TLSFiles
+from gateway.http1 import EXCHANGE_SCOPE_KEY, ConnectionLimits, TLSFiles
 from tests.support import (
     Plan,
     ScriptedProvider,
@@ -346,6 +346,47 @@ async def test_head_requests_get_no_body(gateway: tuple[str, int]) -> None:
     status, _, body = await read_response(reader)
     assert (status, json.loads(body)) == (200, {"status": "ok"})
     writer.close()
+
+
+async def direct_writer(scope: Scope, receive: Receive, send: Send) -> None:
+    """Answers with a head from ``send`` and its body written straight to the exchange
+    (``write_now``, as a relayed stream's chunks are), framed as the path asks: chunked (no
+    length), under a Content-Length, or for a HEAD request; then a write after the end."""
+    if scope["type"] == "lifespan":
+        await receive()
+        await send({"type": "lifespan.startup.complete"})
+        await receive()
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    exchange = scope[EXCHANGE_SCOPE_KEY]
+    headers = [(b"content-length", b"7")] if scope["path"] == "/sized" else []
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    exchange.write_now(b"abc")
+    exchange.write_now(b"")  # nothing to write: no chunk, and not the end of the body
+    exchange.write_now(b"defg")
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+    exchange.write_now(b"late")  # after the end: never written
+
+
+async def test_direct_writes_are_framed_as_the_answer_is() -> None:
+    async with live_server(direct_writer) as url:
+        host, port = url.removeprefix("http://").split(":")
+        reader, writer = await connect((host, int(port)))
+        writer.write(b"GET /chunked HTTP/1.1\r\nHost: t\r\n\r\n")
+        status, headers, body = await read_response(reader)
+        assert (status, headers["transfer-encoding"], body) == (200, "chunked", b"abcdefg")
+        writer.write(b"GET /sized HTTP/1.1\r\nHost: t\r\n\r\n")
+        status, headers, body = await read_response(reader)
+        assert (status, headers["content-length"], body) == (200, "7", b"abcdefg")
+        # A HEAD answer's head only: the next bytes are the answer to the request after it.
+        writer.write(
+            b"HEAD /chunked HTTP/1.1\r\nHost: t\r\n\r\nGET /sized HTTP/1.1\r\nHost: t\r\n\r\n"
+        )
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), PATIENCE)
+        assert split_response(head)[0] == 200
+        status, _, body = await read_response(reader)
+        assert (status, body) == (200, b"abcdefg")
+        writer.close()
 
 
 # ---------------------------------------------------------------- app failures

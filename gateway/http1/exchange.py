@@ -47,6 +47,9 @@ class Exchange:
         self.chunked = False
         self.remaining: int | None = None  # bytes still owed under a Content-Length
         self.head = b""
+        # A body in chunks and nothing else to check (no Content-Length, not HEAD): once the
+        # head is out, write_now frames and writes a chunk itself.
+        self._chunks_only = False
         self._waiter: asyncio.Future[None] | None = None
         self._gone: Callable[[], None] | None = None
 
@@ -139,7 +142,11 @@ class Exchange:
         writer that hears of the caller's pace itself (:meth:`listen`) rather than waiting in
         ``send``. Nothing is written before the head was sent, after the body ended, or once
         the caller is gone."""
-        if self.response_started and not (self.response_complete or self.disconnected):
+        if self.response_complete or self.disconnected:
+            return
+        if self._chunks_only and body and not self.head:
+            self.conn.write(b"%x\r\n%b\r\n" % (len(body), body))  # _emit's common case
+        elif self.response_started:
             self._emit(body, True)
 
     async def drained(self) -> None:
@@ -222,5 +229,6 @@ class Exchange:
         lines.append(b"\r\n")
         self.head = b"".join(lines)
         self.remaining, self.chunked, self.keep_alive = remaining, chunked, keep_alive
+        self._chunks_only = chunked and remaining is None and not self.head_only
         self.response_started = True
         self.expect_continue = False

@@ -145,12 +145,20 @@ class ConnectionIO(asyncio.Protocol):
     def write(self, data: bytes) -> None:
         """Write ``data`` (sent at the end of the turn)."""
         transport = self.transport
-        if transport is not None and not self._lingering and not transport.is_closing():
-            if self._tls is not None:
-                if not self._tls.established:
-                    return  # nothing can be said before the handshake
-                data = self._tls.send(data)
-            self._send(data)
+        if transport is None or self._lingering or transport.is_closing():
+            return
+        if self._tls is not None:
+            if not self._tls.established:
+                return  # nothing can be said before the handshake
+            data = self._tls.send(data)
+        # _send, inline: a streamed chunk's every write comes here.
+        held = self._held
+        held.append(data)
+        self._held_bytes += len(data)
+        if len(held) == 1:
+            self._turn.hold(self)  # after the bytes are in (see _send)
+        if self._held_bytes + transport.get_write_buffer_size() > WRITE_HIGH_WATER:
+            self.send_held()
 
     def write_first(self, data: bytes) -> None:
         """:meth:`write` an answer's first bytes, which the caller is waiting for. In a quiet
