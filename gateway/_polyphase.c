@@ -16,7 +16,11 @@
    vectors of consecutive samples times one coefficient a tap, with no sum across a vector.
    The arithmetic is written with GCC's vector types once and built twice on x86-64: for the
    baseline and for AVX2 with FMA, chosen at import (kernel()); GATEWAY_POLYPHASE_PORTABLE
-   defined at build time leaves only the baseline. */
+   defined at build time leaves only the baseline. The AVX2 build has an integer path besides
+   for streams that only upsample (run_int_avx2: the same sums, exact in int32 parts).
+
+   run_s16 computes one chunk's outputs from a window the caller made; Stream keeps a stream's
+   state (the inputs held, those counted, the next output) so that a chunk is one call. */
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -127,6 +131,118 @@ run_avx2(const double *x, Py_ssize_t nx, const double *g, int up, int down, int 
          Py_ssize_t start, Py_ssize_t n, int16_t *out)
 {
     run_phases(x, nx, g, up, down, taps, start, n, out);
+}
+#endif
+
+#ifdef HAVE_AVX2_BUILD
+#include <immintrin.h>
+
+/* The integer path, for a stream that only upsamples (down == 1) in the AVX2 build: the same
+   exact sums in 32-bit integers, with vpmaddwd's 16 products a step where an FMA makes 4.
+
+   Each coefficient c (an integer, |c| < 2**24) is taken in three parts, c = a * 2**16 +
+   b * 2**8 + e with b and e in [-128, 127] (and |a| <= 257): each fits an int16, and a part's
+   sum of products stays within an int32 (checked when a Stream is made: inputs up to 2**15
+   times a phase's sum of |part| below 2**31). An output is then a * 2**16 + b * 2**8 + e
+   summed apart and joined in 64 bits: exactly the float64 path's sum.
+
+   With down == 1, the outputs m = 0, 1, ... of one phase read the inputs from base + m on, so
+   8 consecutive outputs and 2 consecutive taps k, k + 1 are one vpmaddwd of the input pairs
+   (x[i], x[i + 1]) for i = base + m + k (8 of them, one load from the pairs' array) by the
+   two coefficients' parts (broadcast). */
+
+#define INT_PARTS 3
+
+/* The pairs (x[i], x[i + 1]) as int32 lanes (x[i] low), for i < count; x past nx is 0. */
+static inline void
+pairs_of(const int16_t *x, Py_ssize_t nx, int32_t *pairs, Py_ssize_t count)
+{
+    Py_ssize_t i = 0;
+    for (; i + 1 < nx && i < count; i++)
+        pairs[i] = (int32_t)((uint32_t)(uint16_t)x[i] | (uint32_t)(uint16_t)x[i + 1] << 16);
+    for (; i < count; i++)
+        pairs[i] = i < nx ? (int32_t)(uint16_t)x[i] : 0;
+}
+
+/* One output's three partial sums joined: the float64 path's exact sum (every term and
+   partial sum an integer below 2**53, so float64 holds them exactly; in float64 rather than
+   int64, the compiler vectorizes it). */
+static inline int16_t
+joined(int32_t a, int32_t b, int32_t e)
+{
+    return to_s16((double)a * 65536.0 + (double)b * 256.0 + (double)e);
+}
+
+__attribute__((target("avx2"))) static void
+run_int_avx2(const int32_t *pairs, const int32_t *parts, int up, int half, Py_ssize_t start,
+             Py_ssize_t n, int16_t *out)
+{
+    for (Py_ssize_t j0 = start; j0 < start + up && j0 < start + n; j0++) {
+        Py_ssize_t base = j0 / up;
+        const int32_t *w = parts + (j0 % up) * (Py_ssize_t)half * INT_PARTS;
+        Py_ssize_t count = (start + n - j0 + up - 1) / up; /* outputs j0 + m*up */
+        int16_t *o = out + (j0 - start);
+        Py_ssize_t m = 0;
+        for (; m + 32 <= count; m += 32) {
+            __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
+            __m256i b0 = a0, b1 = a0, b2 = a0, b3 = a0, e0 = a0, e1 = a0, e2 = a0, e3 = a0;
+            const int32_t *p = pairs + base + m;
+            for (int k = 0; k < half; k++, p += 2) {
+                __m256i wa = _mm256_set1_epi32(w[k * INT_PARTS]);
+                __m256i wb = _mm256_set1_epi32(w[k * INT_PARTS + 1]);
+                __m256i we = _mm256_set1_epi32(w[k * INT_PARTS + 2]);
+                __m256i x0 = _mm256_loadu_si256((const __m256i *)p);
+                __m256i x1 = _mm256_loadu_si256((const __m256i *)(p + 8));
+                __m256i x2 = _mm256_loadu_si256((const __m256i *)(p + 16));
+                __m256i x3 = _mm256_loadu_si256((const __m256i *)(p + 24));
+                a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(x0, wa));
+                a1 = _mm256_add_epi32(a1, _mm256_madd_epi16(x1, wa));
+                a2 = _mm256_add_epi32(a2, _mm256_madd_epi16(x2, wa));
+                a3 = _mm256_add_epi32(a3, _mm256_madd_epi16(x3, wa));
+                b0 = _mm256_add_epi32(b0, _mm256_madd_epi16(x0, wb));
+                b1 = _mm256_add_epi32(b1, _mm256_madd_epi16(x1, wb));
+                b2 = _mm256_add_epi32(b2, _mm256_madd_epi16(x2, wb));
+                b3 = _mm256_add_epi32(b3, _mm256_madd_epi16(x3, wb));
+                e0 = _mm256_add_epi32(e0, _mm256_madd_epi16(x0, we));
+                e1 = _mm256_add_epi32(e1, _mm256_madd_epi16(x1, we));
+                e2 = _mm256_add_epi32(e2, _mm256_madd_epi16(x2, we));
+                e3 = _mm256_add_epi32(e3, _mm256_madd_epi16(x3, we));
+            }
+            int32_t sa[32], sb[32], se[32];
+            _mm256_storeu_si256((__m256i *)sa, a0);
+            _mm256_storeu_si256((__m256i *)(sa + 8), a1);
+            _mm256_storeu_si256((__m256i *)(sa + 16), a2);
+            _mm256_storeu_si256((__m256i *)(sa + 24), a3);
+            _mm256_storeu_si256((__m256i *)sb, b0);
+            _mm256_storeu_si256((__m256i *)(sb + 8), b1);
+            _mm256_storeu_si256((__m256i *)(sb + 16), b2);
+            _mm256_storeu_si256((__m256i *)(sb + 24), b3);
+            _mm256_storeu_si256((__m256i *)se, e0);
+            _mm256_storeu_si256((__m256i *)(se + 8), e1);
+            _mm256_storeu_si256((__m256i *)(se + 16), e2);
+            _mm256_storeu_si256((__m256i *)(se + 24), e3);
+            for (int i = 0; i < 32; i++)
+                o[(m + i) * up] = joined(sa[i], sb[i], se[i]);
+        }
+        for (; m < count; m += 8) { /* 8 at a time; lanes past count read padding */
+            __m256i a = _mm256_setzero_si256(), b = a, e = a;
+            const int32_t *p = pairs + base + m;
+            for (int k = 0; k < half; k++, p += 2) {
+                __m256i x = _mm256_loadu_si256((const __m256i *)p);
+                a = _mm256_add_epi32(a, _mm256_madd_epi16(x, _mm256_set1_epi32(w[k * INT_PARTS])));
+                b = _mm256_add_epi32(b,
+                                     _mm256_madd_epi16(x, _mm256_set1_epi32(w[k * INT_PARTS + 1])));
+                e = _mm256_add_epi32(e,
+                                     _mm256_madd_epi16(x, _mm256_set1_epi32(w[k * INT_PARTS + 2])));
+            }
+            int32_t sa[8], sb[8], se[8];
+            _mm256_storeu_si256((__m256i *)sa, a);
+            _mm256_storeu_si256((__m256i *)sb, b);
+            _mm256_storeu_si256((__m256i *)se, e);
+            for (int i = 0; i < 8 && m + i < count; i++)
+                o[(m + i) * up] = joined(sa[i], sb[i], se[i]);
+        }
+    }
 }
 #endif
 
@@ -243,6 +359,8 @@ typedef struct {
     long long first; /* the filter's next output (its first `delay` are dropped) */
     int16_t *held;   /* the inputs held, then a chunk's window while it is computed */
     Py_ssize_t count, capacity;
+    int32_t *parts; /* the integer path's coefficients (NULL: the float64 path) */
+    int half;       /* pairs of taps in the integer path */
 } Stream;
 
 /* A window of this many samples or fewer keeps its buffer after the chunk. */
@@ -253,7 +371,58 @@ Stream_dealloc(Stream *self)
 {
     Py_XDECREF(self->coefficients);
     PyMem_Free(self->held);
+    PyMem_Free(self->parts);
     Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* The integer path's coefficients for a stream that upsamples, in the AVX2 build, when every
+   coefficient is an integer below 2**24 in magnitude and every partial sum fits an int32;
+   otherwise NULL (with no error set: the float64 path runs). -1 with MemoryError set. */
+static int
+integer_parts(Stream *self)
+{
+    self->parts = NULL;
+#ifdef HAVE_AVX2_BUILD
+    if (self->down != 1 || chosen != run_avx2)
+        return 0;
+    const double *g = (const double *)PyBytes_AS_STRING(self->coefficients);
+    int taps = self->taps, half = (taps + 1) / 2;
+    int32_t *parts = PyMem_Calloc((size_t)self->up * (size_t)half * INT_PARTS, sizeof(int32_t));
+    if (parts == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (int p = 0; p < self->up; p++) {
+        int64_t sums[INT_PARTS] = {0, 0, 0};
+        for (int k = 0; k < 2 * half; k++) {
+            double c = k < taps ? g[(Py_ssize_t)p * taps + k] : 0.0;
+            if (!(fabs(c) < 16777216.0) || c != rint(c)) {
+                PyMem_Free(parts);
+                return 0;
+            }
+            int32_t v = (int32_t)c;
+            int32_t e = ((v + 128) & 255) - 128;
+            int32_t rest = (v - e) / 256;
+            int32_t b = ((rest + 128) & 255) - 128;
+            int32_t a = (rest - b) / 256;
+            int32_t part[INT_PARTS] = {a, b, e};
+            for (int i = 0; i < INT_PARTS; i++) {
+                int32_t *word = parts + ((Py_ssize_t)p * half + k / 2) * INT_PARTS + i;
+                uint32_t bits = (uint16_t)(int16_t)part[i];
+                *word = (int32_t)((uint32_t)*word | (k % 2 ? bits << 16 : bits));
+                sums[i] += part[i] < 0 ? -part[i] : part[i];
+            }
+        }
+        for (int i = 0; i < INT_PARTS; i++)
+            if (sums[i] * 32768 > INT32_MAX) {
+                PyMem_Free(parts);
+                return 0;
+            }
+    }
+    self->parts = parts;
+    self->half = half;
+#endif
+    return 0;
 }
 
 static int
@@ -300,7 +469,7 @@ Stream_init(Stream *self, PyObject *args, PyObject *kwds)
     self->first = delay;
     self->count = lead;
     self->capacity = lead > 0 ? lead : 1;
-    return 0;
+    return integer_parts(self);
 }
 
 /* The held inputs and `data`, as one window of at least `size` samples (zeros after). */
@@ -318,6 +487,31 @@ grow(Stream *self, Py_ssize_t size)
     self->capacity = size;
     return 0;
 }
+
+#ifdef HAVE_AVX2_BUILD
+#pragma GCC diagnostic push
+/* The pairs' stack buffer is written whole by pairs_of() before it is read. */
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+/* The integer path on the window of `size` samples held: outputs start .. start + n - 1. */
+static int
+compute_int(Stream *self, Py_ssize_t size, Py_ssize_t start, Py_ssize_t n, int16_t *out)
+{
+    /* Pairs read: up to the last output's window, 8 outputs (a vector) rounded up. */
+    Py_ssize_t count = size + 2 * (Py_ssize_t)self->half + 16;
+    int32_t stack[STACK_SAMPLES];
+    int32_t *pairs = count <= STACK_SAMPLES ? stack : PyMem_Malloc((size_t)count * 4);
+    if (pairs == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    pairs_of(self->held, size, pairs, count);
+    run_int_avx2(pairs, self->parts, self->up, self->half, start, n, out);
+    if (pairs != stack)
+        PyMem_Free(pairs);
+    return 0;
+}
+#pragma GCC diagnostic pop
+#endif
 
 /* Appends n samples at data to the inputs; returns the outputs before `end` not yet
    returned, as S16LE bytes (empty if none). */
@@ -360,9 +554,16 @@ run_to(Stream *self, const void *data, Py_ssize_t n, long long end)
     PyObject *result = PyBytes_FromStringAndSize(NULL, outputs * 2);
     if (result == NULL)
         return NULL;
-    if (compute(self->held, size, PyBytes_AS_STRING(self->coefficients),
-                PyBytes_GET_SIZE(self->coefficients), self->up, self->down, self->taps, start,
-                outputs, (int16_t *)PyBytes_AS_STRING(result)) < 0) {
+    int failed;
+#ifdef HAVE_AVX2_BUILD
+    if (self->parts != NULL)
+        failed = compute_int(self, size, start, outputs, (int16_t *)PyBytes_AS_STRING(result));
+    else
+#endif
+        failed = compute(self->held, size, PyBytes_AS_STRING(self->coefficients),
+                         PyBytes_GET_SIZE(self->coefficients), self->up, self->down,
+                         self->taps, start, outputs, (int16_t *)PyBytes_AS_STRING(result));
+    if (failed < 0) {
         Py_DECREF(result);
         return NULL;
     }
@@ -433,6 +634,18 @@ Stream_state(Stream *self, PyObject *Py_UNUSED(unused))
                          self->first);
 }
 
+static PyObject *
+Stream_integer(Stream *self, void *Py_UNUSED(closure))
+{
+    return PyBool_FromLong(self->parts != NULL);
+}
+
+static PyGetSetDef Stream_getset[] = {
+    {"integer", (getter)Stream_integer, NULL,
+     "Whether the stream runs the integer path (upsampling, in the AVX2 build).", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
 static PyMethodDef Stream_methods[] = {
     {"process", (PyCFunction)Stream_process, METH_O,
      "process(data) -> bytes: S16LE samples in, the S16LE outputs they complete."},
@@ -454,6 +667,7 @@ static PyTypeObject StreamType = {
     .tp_init = (initproc)Stream_init,
     .tp_dealloc = (destructor)Stream_dealloc,
     .tp_methods = Stream_methods,
+    .tp_getset = Stream_getset,
 };
 
 static PyObject *

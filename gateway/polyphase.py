@@ -31,7 +31,9 @@ numpy's calls around the product, whose cost grows when a chunk meets cold cache
 of a few hundred real-time streams' chunks does. The kernel keeps such a stream's state too
 (its ``Stream``: the inputs held and counted, the next output), so that the converter's call
 for a chunk goes straight to it (:attr:`PolyphaseResampler.s16`); the first float input hands
-the state back to this module. Without the kernel, numpy.
+the state back to this module. A stream that only upsamples (24 -> 48 kHz, 16 -> 48, 8 -> 16...)
+takes its sums there in 32-bit integer parts, exact too (the AVX2 build's ``Stream.integer``).
+Without the kernel, numpy.
 """
 
 from __future__ import annotations

@@ -185,6 +185,40 @@ def test_a_kernel_stream_checks_its_arguments(args: tuple[int, ...], message: st
         kernel.Stream(coefficients, *rest)
 
 
+def test_an_upsampling_stream_runs_the_integer_path_where_it_is_exact() -> None:
+    # In the AVX2 build a stream that only upsamples (down == 1) takes its sums in int32 parts
+    # (the ratios' bytes checked against numpy's above); other ratios, and coefficients that
+    # are not integers below 2**24 or whose sums could leave an int32, keep float64.
+    kernel = built()
+    avx2 = kernel.kernel() == "avx2"
+    for up, down in RATIOS:
+        r = PolyphaseResampler(up, down, 32768.0)
+        assert r._native is not None and r._native.integer == (avx2 and down == 1), (up, down)
+    cases = [
+        (np.array([[1, 2, 3, 4], [-5, 6, 7, 8]]) * 2.0**20, avx2),
+        (np.array([[1, 2, 3, 4], [5, 6, 7, 2**24]]), False),  # a coefficient too large
+        (np.array([[1, 2, 3, 4], [5, 6, 7.5, 8]]), False),  # not an integer
+        (np.zeros((2, 4)), avx2),
+    ]
+    for coefficients, integer in cases:
+        stream = kernel.Stream(coefficients.tobytes(), 2, 1, 4, 32, 16, 3, 4)
+        assert stream.integer == integer, coefficients
+    # 32896 = 1 * 2**16 - 127 * 2**8 - 128: the low part's sum of |part| over 500 taps is
+    # 64000, times 2**15 just within an int32; over 600, past it.
+    for taps, integer in ((500, avx2), (600, False)):
+        c = np.full((2, taps), 32896.0)
+        stream = kernel.Stream(c.tobytes(), 2, 1, taps, 32, 16, 0, 0)
+        assert stream.integer == integer, taps
+        # At the limit, full scale: the integer path's bytes are the float64 path's.
+        x = np.full(3 * taps, -32768, "<i2")
+        x[::7] = 32767
+        got = stream.process(x.tobytes()) + stream.flush()
+        n = 2 * x.size
+        window = np.concatenate([x, np.zeros(taps, "<i2")]).tobytes()
+        assert got == kernel.run_s16(window, c.tobytes(), 2, 1, taps, 0, n)
+        assert len(got) == 2 * n
+
+
 def test_a_kernel_stream_takes_whole_samples_and_refuses_use_unmade() -> None:
     kernel = built()
     stream = kernel.Stream(bytes(64), 2, 1, 4, 32, 16, 3, 4)
