@@ -15,7 +15,10 @@ holds 10-30 ms back and ~50 KiB. One that delivers a large first piece (a whole
 clause, a whole file) is already ahead of real time and gets soxr's block (DFT) filter, the
 cheapest per second of audio in a fast stream (measured in the gateway: ``bench/changes.md``)
 but which collects ~40 ms of input before its first output and then answers every other 20 ms
-chunk.
+chunk; unless the polyphase filter's compiled kernel takes the ratio in integers (mono S16LE
+that only upsamples, 24 -> 48, 16 -> 48, 8 -> 16 kHz..., on a machine with AVX2:
+:func:`gateway.polyphase.integer_path`), which makes it the cheaper of the two there too: such
+a stream gets the polyphase filter at any pace.
 All are ~90 dB or more from ideal. The mode never changes within a stream, so there is no seam.
 Mono S16LE input, the common case, goes to the polyphase filter (or, at the caller's rate,
 straight back out) as bytes, in one call per chunk.
@@ -40,7 +43,7 @@ import numpy as np
 import numpy.typing as npt
 import soxr
 
-from gateway.polyphase import PolyphaseResampler, polyphase_ratio
+from gateway.polyphase import PolyphaseResampler, integer_path, polyphase_ratio
 from providers.base import AudioFormat
 from providers.wav import STREAMING_DATA_BYTES, WavFormatError, WavHeaderReader, wav_header
 
@@ -354,12 +357,25 @@ class Converter:
     def _make_resampler(self, first_frames: int) -> soxr.ResampleStream | PolyphaseResampler:
         assert self._format is not None
         rate = self._format.sample_rate
+        ratio = polyphase_ratio(rate, self.out_rate)
+        if self.quality not in _POLYPHASE_QUALITIES:
+            ratio = None
         low_latency = self.mode == "low_latency" or (
-            self.mode == "auto" and first_frames < LOW_LATENCY_FIRST_CHUNK * rate
+            self.mode == "auto"
+            and (
+                first_frames < LOW_LATENCY_FIRST_CHUNK * rate
+                # A large first piece too, when the kernel takes the ratio in integers: then
+                # the polyphase filter is the cheaper one as well (mono S16LE only).
+                or (
+                    ratio is not None
+                    and not self._float
+                    and self._channels == 1
+                    and integer_path(*ratio)
+                )
+            )
         )
         self.mode = "low_latency" if low_latency else "block"
-        ratio = polyphase_ratio(rate, self.out_rate)
-        if low_latency and ratio is not None and self.quality in _POLYPHASE_QUALITIES:
+        if low_latency and ratio is not None:
             peak = float(_FLOAT_LIMIT) if self._float else 32768.0
             return PolyphaseResampler(*ratio, peak)
         return SPARES.take(rate, self.out_rate, self.quality, low_latency)

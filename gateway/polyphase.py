@@ -60,7 +60,14 @@ try:
 except ImportError:  # built without a C compiler: numpy does the same sums
     _kernel = _Stream = None
 
-__all__ = ["KERNEL", "MAX_FACTOR", "PASSBAND", "PolyphaseResampler", "polyphase_ratio"]
+__all__ = [
+    "KERNEL",
+    "MAX_FACTOR",
+    "PASSBAND",
+    "PolyphaseResampler",
+    "integer_path",
+    "polyphase_ratio",
+]
 
 #: What runs S16LE streams: the compiled kernel's build ("avx2", "portable") or "numpy".
 KERNEL: Final[str] = "numpy" if _kernel is None else _build()
@@ -107,6 +114,20 @@ def polyphase_ratio(in_rate: int, out_rate: int) -> tuple[int, int] | None:
     if max(up, down) > MAX_FACTOR:
         return None
     return up, down
+
+
+@cache  # bounded: at most MAX_FACTOR ** 2 ratios get past the first test
+def integer_path(up: int, down: int) -> bool:
+    """Whether the compiled kernel takes an S16LE stream of the reduced ratio ``up / down`` in
+    integers (the AVX2 build, a ratio that only upsamples: ``Stream.integer``). Then the
+    polyphase filter costs less per second of audio than soxr's block filter, even for a
+    stream that comes fast."""
+    if _Stream is None or not (1 <= up <= MAX_FACTOR and 1 <= down <= MAX_FACTOR):
+        return False
+    if math.gcd(up, down) != 1 or up == down:
+        return False
+    native = PolyphaseResampler(up, down, 32768.0)._native
+    return native is not None and native.integer
 
 
 @dataclass(frozen=True, slots=True)

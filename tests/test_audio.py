@@ -14,6 +14,7 @@ import numpy.typing as npt
 import pytest
 
 from gateway.audio import FIRST_OUT, AudioFormatError, Converter, write_wav
+from gateway.polyphase import KERNEL, integer_path, polyphase_ratio
 from providers.base import AudioFormat, Encoding
 from providers.wav import strip_riff, wav_header
 
@@ -509,15 +510,22 @@ def test_write_wav(tmp_path: Path) -> None:
 
 def test_first_chunk_picks_the_resampler() -> None:
     """A trickle (real-time provider) gets the low-latency filter, which answers the very first
-    20 ms chunk; a large first piece gets the cheap block filter."""
+    20 ms chunk; a large first piece gets the cheap block filter, unless the compiled kernel
+    takes its ratio in integers (24 -> 48 kHz upsamples): then the polyphase filter is the
+    cheaper one too."""
     twenty_ms = encode(sine(440, 24000, 480), "s16le")
     trickle = Converter(AudioFormat(24000), 48000)
     first = trickle.feed(twenty_ms)
     assert trickle.mode == "low_latency"
     assert len(first) > 0  # audio out after the first chunk already
-    burst = Converter(AudioFormat(24000), 48000)
-    burst.feed(encode(sine(440, 24000, 24000), "s16le"))
-    assert burst.mode == "block"
+    burst = Converter(AudioFormat(48000), 24000)
+    burst.feed(encode(sine(440, 48000, 48000), "s16le"))
+    assert burst.mode == "block" and not integer_path(1, 2)
+    upsampled = Converter(AudioFormat(24000), 48000)
+    out = upsampled.feed(encode(sine(440, 24000, 24000), "s16le")) + upsampled.flush()
+    assert len(out) == 2 * 48000
+    assert integer_path(2, 1) == (KERNEL == "avx2")
+    assert upsampled.mode == ("low_latency" if integer_path(2, 1) else "block")
     block = Converter(AudioFormat(24000), 48000, mode="block")
     assert block.feed(twenty_ms) == b""  # the block filter waits for ~40 ms of input
 
@@ -534,7 +542,9 @@ def test_a_long_first_piece_is_converted_in_two_steps(
     expected = whole.feed(piece) + whole.flush()
     split = Converter(AudioFormat(in_rate), out_rate)
     first, rest = split.feed_first(piece)
-    assert split.mode == whole.mode == ("block" if seconds >= 0.25 else "low_latency")
+    ratio = polyphase_ratio(in_rate, out_rate)
+    fast = ratio is not None and integer_path(*ratio)  # the polyphase filter at any length
+    assert split.mode == whole.mode == ("block" if seconds >= 0.25 and not fast else "low_latency")
     assert len(first) > 0 and len(rest) > 0
     if split.mode == "low_latency":
         assert len(rest) == len(piece) - 2 * int(FIRST_OUT * in_rate)
