@@ -151,14 +151,7 @@ class ConnectionIO(asyncio.Protocol):
             if not self._tls.established:
                 return  # nothing can be said before the handshake
             data = self._tls.send(data)
-        # _send, inline: a streamed chunk's every write comes here.
-        held = self._held
-        held.append(data)
-        self._held_bytes += len(data)
-        if len(held) == 1:
-            self._turn.hold(self)  # after the bytes are in (see _send)
-        if self._held_bytes + transport.get_write_buffer_size() > WRITE_HIGH_WATER:
-            self.send_held()
+        self._send(data)
 
     def write_first(self, data: bytes) -> None:
         """:meth:`write` an answer's first bytes, which the caller is waiting for. In a quiet
