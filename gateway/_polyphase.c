@@ -140,38 +140,62 @@ run_avx2(const double *x, Py_ssize_t nx, const double *g, int up, int down, int 
 /* The integer path, for a stream that only upsamples (down == 1) in the AVX2 build: the same
    exact sums in 32-bit integers, with vpmaddwd's 16 products a step where an FMA makes 4.
 
-   Each coefficient c (an integer, |c| < 2**24) is taken in three parts, c = a * 2**16 +
-   b * 2**8 + e with b and e in [-128, 127] (and |a| <= 257): each fits an int16, and a part's
-   sum of products stays within an int32 (checked when a Stream is made: inputs up to 2**15
-   times a phase's sum of |part| below 2**31). An output is then a * 2**16 + b * 2**8 + e
-   summed apart and joined (in float64, where every term is exact): the float64 path's sum.
+   Each coefficient c (an integer, |c| < 2**24) is taken in two parts, c = a * 2**10 + e with
+   e in [-512, 511] (and |a| <= 2**14 + 1): each fits an int16, and a part's sum of products
+   stays within an int32 (checked when a Stream is made: inputs up to 2**15 times a phase's
+   sum of |part| below 2**31; for e that holds at any input up to 127 taps a phase, and the
+   ratios' filters have about 116). An output is then a * 2**10 + e summed apart and joined
+   (in float64, where every term is exact): the float64 path's sum.
 
    With down == 1, the outputs m = 0, 1, ... of one phase read the inputs from base + m on, so
    8 consecutive outputs and 2 consecutive taps k, k + 1 are one vpmaddwd of the input pairs
    (x[i], x[i + 1]) for i = base + m + k (8 of them, one load from the pairs' array) by the
-   two coefficients' parts (broadcast). */
+   two coefficients' parts (broadcast). 32 outputs a block: 8 sums, 4 inputs and 2
+   coefficients in registers, within the 16 AVX2 has. */
 
-#define INT_PARTS 3
+#define INT_PARTS 2
+#define INT_SHIFT 1024
 
 /* The pairs (x[i], x[i + 1]) as int32 lanes (x[i] low), for i < count; x past nx is 0. */
-static inline void
+__attribute__((target("avx2"))) static inline void
 pairs_of(const int16_t *x, Py_ssize_t nx, int32_t *pairs, Py_ssize_t count)
 {
     Py_ssize_t i = 0;
+    for (; i + 9 <= nx && i + 8 <= count; i += 8) { /* reads x[i] .. x[i + 8] */
+        __m128i now = _mm_loadu_si128((const __m128i *)(x + i));
+        __m128i next = _mm_loadu_si128((const __m128i *)(x + i + 1));
+        _mm_storeu_si128((__m128i *)(pairs + i), _mm_unpacklo_epi16(now, next));
+        _mm_storeu_si128((__m128i *)(pairs + i + 4), _mm_unpackhi_epi16(now, next));
+    }
     for (; i + 1 < nx && i < count; i++)
         pairs[i] = (int32_t)((uint32_t)(uint16_t)x[i] | (uint32_t)(uint16_t)x[i + 1] << 16);
     for (; i < count; i++)
         pairs[i] = i < nx ? (int32_t)(uint16_t)x[i] : 0;
 }
 
-/* One output's three partial sums joined: the float64 path's exact sum (every term and
-   partial sum an integer below 2**53, so float64 holds them exactly; in float64 rather than
-   int64, the compiler vectorizes it). */
-static inline int16_t
-joined(int32_t a, int32_t b, int32_t e)
+/* 4 outputs' two partial sums joined: the float64 path's exact sum (every term and partial
+   sum an integer below 2**53, so float64 holds them exactly), scaled, rounded to float32 as
+   to_s16()'s (float) cast rounds it (both by the MXCSR's mode, to nearest). */
+__attribute__((target("avx2"))) static inline __m128
+joined4(__m128i a, __m128i e)
 {
-    return to_s16((double)a * 65536.0 + (double)b * 256.0 + (double)e);
+    __m256d sum = _mm256_add_pd(_mm256_mul_pd(_mm256_cvtepi32_pd(a), _mm256_set1_pd(INT_SHIFT)),
+                                _mm256_cvtepi32_pd(e));
+    return _mm256_cvtpd_ps(_mm256_mul_pd(sum, _mm256_set1_pd(1.0 / 16777216.0)));
 }
+
+/* 8 outputs' sums joined and taken as to_s16() takes them: float32 rounded to the nearest
+   integer, ties to even (as rintf, by the MXCSR's mode), then clipped to int16 by the packing's
+   saturation. The float32 values are below 2**17 in magnitude, within an int32. */
+__attribute__((target("avx2"))) static inline __m128i
+joined8(__m256i a, __m256i e)
+{
+    __m128 lo = joined4(_mm256_castsi256_si128(a), _mm256_castsi256_si128(e));
+    __m128 hi = joined4(_mm256_extracti128_si256(a, 1), _mm256_extracti128_si256(e, 1));
+    return _mm_packs_epi32(_mm_cvtps_epi32(lo), _mm_cvtps_epi32(hi));
+}
+
+#define MADD(acc, x, w) acc = _mm256_add_epi32(acc, _mm256_madd_epi16(x, w))
 
 __attribute__((target("avx2"))) static void
 run_int_avx2(const int32_t *pairs, const int32_t *parts, int up, int half, Py_ssize_t start,
@@ -185,65 +209,48 @@ run_int_avx2(const int32_t *pairs, const int32_t *parts, int up, int half, Py_ss
         Py_ssize_t m = 0;
         for (; m + 32 <= count; m += 32) {
             __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
-            __m256i b0 = a0, b1 = a0, b2 = a0, b3 = a0, e0 = a0, e1 = a0, e2 = a0, e3 = a0;
+            __m256i e0 = a0, e1 = a0, e2 = a0, e3 = a0;
             const int32_t *p = pairs + base + m;
             for (int k = 0; k < half; k++, p += 2) {
                 __m256i wa = _mm256_set1_epi32(w[k * INT_PARTS]);
-                __m256i wb = _mm256_set1_epi32(w[k * INT_PARTS + 1]);
-                __m256i we = _mm256_set1_epi32(w[k * INT_PARTS + 2]);
+                __m256i we = _mm256_set1_epi32(w[k * INT_PARTS + 1]);
                 __m256i x0 = _mm256_loadu_si256((const __m256i *)p);
                 __m256i x1 = _mm256_loadu_si256((const __m256i *)(p + 8));
                 __m256i x2 = _mm256_loadu_si256((const __m256i *)(p + 16));
                 __m256i x3 = _mm256_loadu_si256((const __m256i *)(p + 24));
-                a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(x0, wa));
-                a1 = _mm256_add_epi32(a1, _mm256_madd_epi16(x1, wa));
-                a2 = _mm256_add_epi32(a2, _mm256_madd_epi16(x2, wa));
-                a3 = _mm256_add_epi32(a3, _mm256_madd_epi16(x3, wa));
-                b0 = _mm256_add_epi32(b0, _mm256_madd_epi16(x0, wb));
-                b1 = _mm256_add_epi32(b1, _mm256_madd_epi16(x1, wb));
-                b2 = _mm256_add_epi32(b2, _mm256_madd_epi16(x2, wb));
-                b3 = _mm256_add_epi32(b3, _mm256_madd_epi16(x3, wb));
-                e0 = _mm256_add_epi32(e0, _mm256_madd_epi16(x0, we));
-                e1 = _mm256_add_epi32(e1, _mm256_madd_epi16(x1, we));
-                e2 = _mm256_add_epi32(e2, _mm256_madd_epi16(x2, we));
-                e3 = _mm256_add_epi32(e3, _mm256_madd_epi16(x3, we));
+                MADD(a0, x0, wa);
+                MADD(a1, x1, wa);
+                MADD(a2, x2, wa);
+                MADD(a3, x3, wa);
+                MADD(e0, x0, we);
+                MADD(e1, x1, we);
+                MADD(e2, x2, we);
+                MADD(e3, x3, we);
             }
-            int32_t sa[32], sb[32], se[32];
-            _mm256_storeu_si256((__m256i *)sa, a0);
-            _mm256_storeu_si256((__m256i *)(sa + 8), a1);
-            _mm256_storeu_si256((__m256i *)(sa + 16), a2);
-            _mm256_storeu_si256((__m256i *)(sa + 24), a3);
-            _mm256_storeu_si256((__m256i *)sb, b0);
-            _mm256_storeu_si256((__m256i *)(sb + 8), b1);
-            _mm256_storeu_si256((__m256i *)(sb + 16), b2);
-            _mm256_storeu_si256((__m256i *)(sb + 24), b3);
-            _mm256_storeu_si256((__m256i *)se, e0);
-            _mm256_storeu_si256((__m256i *)(se + 8), e1);
-            _mm256_storeu_si256((__m256i *)(se + 16), e2);
-            _mm256_storeu_si256((__m256i *)(se + 24), e3);
+            int16_t y[32];
+            _mm_storeu_si128((__m128i *)y, joined8(a0, e0));
+            _mm_storeu_si128((__m128i *)(y + 8), joined8(a1, e1));
+            _mm_storeu_si128((__m128i *)(y + 16), joined8(a2, e2));
+            _mm_storeu_si128((__m128i *)(y + 24), joined8(a3, e3));
             for (int i = 0; i < 32; i++)
-                o[(m + i) * up] = joined(sa[i], sb[i], se[i]);
+                o[(m + i) * up] = y[i];
         }
         for (; m < count; m += 8) { /* 8 at a time; lanes past count read padding */
-            __m256i a = _mm256_setzero_si256(), b = a, e = a;
+            __m256i a = _mm256_setzero_si256(), e = a;
             const int32_t *p = pairs + base + m;
             for (int k = 0; k < half; k++, p += 2) {
                 __m256i x = _mm256_loadu_si256((const __m256i *)p);
-                a = _mm256_add_epi32(a, _mm256_madd_epi16(x, _mm256_set1_epi32(w[k * INT_PARTS])));
-                b = _mm256_add_epi32(b,
-                                     _mm256_madd_epi16(x, _mm256_set1_epi32(w[k * INT_PARTS + 1])));
-                e = _mm256_add_epi32(e,
-                                     _mm256_madd_epi16(x, _mm256_set1_epi32(w[k * INT_PARTS + 2])));
+                MADD(a, x, _mm256_set1_epi32(w[k * INT_PARTS]));
+                MADD(e, x, _mm256_set1_epi32(w[k * INT_PARTS + 1]));
             }
-            int32_t sa[8], sb[8], se[8];
-            _mm256_storeu_si256((__m256i *)sa, a);
-            _mm256_storeu_si256((__m256i *)sb, b);
-            _mm256_storeu_si256((__m256i *)se, e);
+            int16_t y[8];
+            _mm_storeu_si128((__m128i *)y, joined8(a, e));
             for (int i = 0; i < 8 && m + i < count; i++)
-                o[(m + i) * up] = joined(sa[i], sb[i], se[i]);
+                o[(m + i) * up] = y[i];
         }
     }
 }
+#undef MADD
 #endif
 
 typedef void (*kernel_fn)(const double *, Py_ssize_t, const double *, int, int, int,
@@ -393,7 +400,7 @@ integer_parts(Stream *self)
         return -1;
     }
     for (int p = 0; p < self->up; p++) {
-        int64_t sums[INT_PARTS] = {0, 0, 0};
+        int64_t sums[INT_PARTS] = {0, 0};
         for (int k = 0; k < 2 * half; k++) {
             double c = k < taps ? g[(Py_ssize_t)p * taps + k] : 0.0;
             if (!(fabs(c) < 16777216.0) || c != rint(c)) {
@@ -401,11 +408,9 @@ integer_parts(Stream *self)
                 return 0;
             }
             int32_t v = (int32_t)c;
-            int32_t e = ((v + 128) & 255) - 128;
-            int32_t rest = (v - e) / 256;
-            int32_t b = ((rest + 128) & 255) - 128;
-            int32_t a = (rest - b) / 256;
-            int32_t part[INT_PARTS] = {a, b, e};
+            int32_t e = ((v + INT_SHIFT / 2) & (INT_SHIFT - 1)) - INT_SHIFT / 2;
+            int32_t a = (v - e) / INT_SHIFT; /* |a| <= 2**14 + 1: an int16 */
+            int32_t part[INT_PARTS] = {a, e};
             for (int i = 0; i < INT_PARTS; i++) {
                 int32_t *word = parts + ((Py_ssize_t)p * half + k / 2) * INT_PARTS + i;
                 uint32_t bits = (uint16_t)(int16_t)part[i];

@@ -203,10 +203,10 @@ def test_an_upsampling_stream_runs_the_integer_path_where_it_is_exact() -> None:
     for coefficients, integer in cases:
         stream = kernel.Stream(coefficients.tobytes(), 2, 1, 4, 32, 16, 3, 4)
         assert stream.integer == integer, coefficients
-    # 32896 = 1 * 2**16 - 127 * 2**8 - 128: the low part's sum of |part| over 500 taps is
-    # 64000, times 2**15 just within an int32; over 600, past it.
-    for taps, integer in ((500, avx2), (600, False)):
-        c = np.full((2, taps), 32896.0)
+    # 512 = 1 * 2**10 - 512: the low part's sum of |part| over 127 taps is 65024, times 2**15
+    # just within an int32; over 128, 2**31, past it.
+    for taps, integer in ((127, avx2), (128, False)):
+        c = np.full((2, taps), 512.0)
         stream = kernel.Stream(c.tobytes(), 2, 1, taps, 32, 16, 0, 0)
         assert stream.integer == integer, taps
         # At the limit, full scale: the integer path's bytes are the float64 path's.
