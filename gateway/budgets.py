@@ -133,13 +133,14 @@ class StallWatch:
     The pump marks each wait on the upstream (:meth:`resume`, after a chunk went out) and its
     end (``waiting = False``, when the next chunk is in hand); time spent sending to the
     caller is not the upstream's silence. One timer per stream checks the mark every
-    ``seconds``, not one per chunk: a chunk costs two attribute writes and a clock read."""
+    ``seconds``, not one per chunk: a chunk costs two attribute writes and a clock read (the
+    direct relay, ``gateway.direct``, makes them itself: :attr:`since` and :attr:`waiting`)."""
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
         self.waiting = True
         self.fired = False
-        self._since = 0.0
+        self.since = 0.0  # the loop's time the current wait on the upstream began
         self._deadline: asyncio.Timeout | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -147,7 +148,7 @@ class StallWatch:
     def resume(self) -> None:
         """The pump waits on the upstream again, from now."""
         assert self._loop is not None
-        self._since = self._loop.time()
+        self.since = self._loop.time()
         self.waiting = True
 
     def armed(self, deadline: asyncio.Timeout) -> _Watched:
@@ -158,8 +159,8 @@ class StallWatch:
     def _watch(self, deadline: asyncio.Timeout) -> None:
         loop = self._loop = asyncio.get_running_loop()
         self._deadline = deadline
-        self._since = loop.time()
-        self._timer = loop.call_at(self._since + self.seconds, self._check)
+        self.since = loop.time()
+        self._timer = loop.call_at(self.since + self.seconds, self._check)
 
     def _unwatch(self, deadline: asyncio.Timeout) -> None:
         if self._timer is not None:
@@ -172,7 +173,7 @@ class StallWatch:
         if loop is None or deadline is None:
             return
         now = loop.time()
-        due = self._since + self.seconds
+        due = self.since + self.seconds
         if not self.waiting:
             due = now + self.seconds  # sending to the caller: not the upstream's silence
         elif now >= due:

@@ -58,6 +58,7 @@ class DirectRelay:
         "_provider",
         "_stall",
         "_stream",
+        "_time",
         "_upstream",
         "done",
     )
@@ -80,6 +81,7 @@ class DirectRelay:
         self._stall = stall
         self._pace = pace
         self._paused_at: float | None = None
+        self._time = loop.time
 
     async def run(self) -> str:
         """Relay until the body ends, the caller is too slow, or the provider fails (raised as
@@ -100,7 +102,9 @@ class DirectRelay:
     def body(self, data: bytes) -> None:
         if self.done.done():
             return
-        self._stall.resume()
+        stall = self._stall
+        stall.since = self._time()  # StallWatch.resume(), a call less a chunk
+        stall.waiting = True
         try:
             pcm = self._feed(data)
         except Exception as error:  # undecodable audio: ended as the pump's loop ends it
