@@ -89,9 +89,11 @@ class DirectRelay:
         caller, upstream = self._caller, self._upstream
         caller.listen(self)
         try:
+            # Tapping resumes reading (the buffering reader may have paused it): a caller that
+            # is already paused pauses it again after, not before.
+            upstream.tap(self)
             if caller.write_paused:
                 self.caller_paused()
-            upstream.tap(self)
             return await self.done
         finally:
             upstream.untap()
@@ -102,9 +104,10 @@ class DirectRelay:
     def body(self, data: bytes) -> None:
         if self.done.done():
             return
-        stall = self._stall
-        stall.since = self._time()  # StallWatch.resume(), a call less a chunk
-        stall.waiting = True
+        if self._paused_at is None:  # the caller's slowness is not the upstream's silence
+            stall = self._stall
+            stall.since = self._time()  # StallWatch.resume(), a call less a chunk
+            stall.waiting = True
         try:
             pcm = self._feed(data)
         except Exception as error:  # undecodable audio: ended as the pump's loop ends it

@@ -11,7 +11,8 @@ import logging
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import httpx
 import numpy as np
@@ -19,10 +20,14 @@ import pytest
 
 from gateway.app import create_app
 from gateway.audio import FIRST_OUT, Converter
+from gateway.budgets import StallWatch
 from gateway.config import parse_config
 from gateway.direct import DirectRelay
 from gateway.http1 import HTTPProtocol
-from gateway.http1.io import WRITE_HIGH_WATER
+from gateway.http1.exchange import Exchange
+from gateway.http1.io import WRITE_HIGH_WATER, ConnectionIO
+from gateway.stream import AudioStream
+from providers._pool import _Connection
 from providers.base import AudioFormat
 from tests.scripted_upstream import ScriptedUpstream
 from tests.support import (
@@ -457,3 +462,73 @@ async def test_a_caller_that_stops_reading_at_the_end_is_waited_for_within_the_l
     head, _, chunked = raw.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200")
     assert dechunk(chunked) == first + rest
+
+
+class _WriteSide:
+    """A caller's transport, as the gateway's connection writes to it."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def is_closing(self) -> bool:
+        return False
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+class _ReadSide:
+    """An upstream's transport, as the pool's connection pauses and resumes its reading."""
+
+    def __init__(self) -> None:
+        self.reading = True
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+
+class _CallerConnection(ConnectionIO):
+    """The gateway's connection I/O with what an :class:`Exchange` asks of its connection."""
+
+    closes_after_this = False
+
+    def response_complete(self, exchange: Exchange) -> None:
+        pass
+
+
+async def test_a_caller_already_paused_when_the_relay_begins_leaves_the_upstream_unread() -> None:
+    loop = asyncio.get_running_loop()
+    caller = _CallerConnection(loop)
+    caller.transport = cast(asyncio.Transport, _WriteSide())
+    scope: Any = {"http_version": "1.1", "method": "POST"}
+    answer = Exchange(cast(Any, caller), scope, keep_alive=True, expect_continue=False)
+    answer.more_body = False
+    answer._start(200, [(b"content-type", b"audio/pcm")])
+    converter = Converter(AudioFormat(RATE), RATE)
+    answer.write_now(converter.feed(AUDIO[:960]))  # the head and the first audio are out
+    stream = SimpleNamespace(converter=converter, provider=SimpleNamespace(name="up"), bytes_out=0)
+    upstream = _Connection(("http", "127.0.0.1", 9))
+    reading = _ReadSide()
+    upstream.transport = cast(asyncio.Transport, reading)
+    upstream.data_received(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+    stall = StallWatch(30.0)
+    stall._loop = loop
+    relay = DirectRelay(cast(AudioStream, stream), upstream, answer, stall, None, loop)
+    caller.write_paused = True  # the caller's write buffer is above its high-water mark
+    running = asyncio.create_task(relay.run())
+    assert await eventually(lambda: upstream._sink is not None)
+    assert not reading.reading  # tapped, and not read while the caller takes nothing
+    assert not stall.waiting  # nor is the wait the upstream's silence
+    caller.write_paused = False
+    relay.caller_resumed()
+    assert reading.reading
+    assert stall.waiting
+    upstream.data_received(b"3c0\r\n%b\r\n0\r\n\r\n" % AUDIO[960:1920])
+    assert await running == "complete"
+    assert stream.bytes_out == 960
