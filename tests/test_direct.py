@@ -503,6 +503,10 @@ class _CallerConnection(ConnectionIO):
 
 
 async def test_a_caller_already_paused_when_the_relay_begins_leaves_the_upstream_unread() -> None:
+    """Tapping resumes the upstream's reading; a caller whose write buffer is already full when
+    the relay begins must pause it again. The moment (a caller paused at the instant of the
+    tap) is set up on the gateway's own connection objects over transports that record, since
+    over sockets it cannot be arranged for certain."""
     loop = asyncio.get_running_loop()
     caller = _CallerConnection(loop)
     caller.transport = cast(asyncio.Transport, _WriteSide())
