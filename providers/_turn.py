@@ -8,16 +8,17 @@ between worker processes, are held the same way (``gateway.metrics``). A send to
 that sleeps waiting for it wakes that process, and on a busy host the wake-up is most of the
 send's cost; sent back to back, the sends find it awake, and one wake-up serves many of them.
 A holder given several writes in one turn (an answer's last audio and its end) also makes one
-system call for them.
+system call for them. At the turn's end the sockets' writes go first and the metrics' counts
+after them: what a caller or an upstream waits for does not wait for the counts.
 
 A turn is short while the gateway keeps up (a millisecond or so), but one that parses and routes
 a burst of requests runs long. An answer's first bytes in a quiet turn (no other socket's
 writes held) leave at once, with everything held (:meth:`TurnWrites.send`), since the task that
 wrote them may go on with work of its own (converting the rest of a long first piece); in a
 busy turn (:attr:`TurnWrites.busy`) they are held with the rest. They, and a request to an
-upstream, after which its task only waits, are sent with everything else once the first of
-what is held has waited :data:`HOLD_SECONDS`, as soon as the turn comes to the next write or
-request (:meth:`TurnWrites.urge`).
+upstream, after which its task only waits, are sent with every socket's writes once the first
+of them has waited :data:`HOLD_SECONDS`, as soon as the turn comes to the next write or
+request (:meth:`TurnWrites.urge`). Sent early or not, the counts wait for the turn's end.
 """
 
 from __future__ import annotations
@@ -44,16 +45,17 @@ class Holder(Protocol):
 class TurnWrites:
     """The holders of one event loop with writes held, sent at the end of its turn."""
 
-    __slots__ = ("_held", "_loop", "_scheduled", "_since", "_sockets", "_urgent")
+    __slots__ = ("_counts", "_held", "_loop", "_scheduled", "_since", "_urgent")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         # A weak reference: the loop is this object's key in _TURNS, which a strong one would
         # keep alive for good (a process that runs loops one after another, tests say).
         self._loop = weakref.ref(loop)
+        # Holders of writes to sockets, and the others (the metrics' counts), sent after them.
         self._held: list[Holder] = []
+        self._counts: list[Holder] = []
+        # When the first of the sockets' writes held began to wait.
         self._since = 0.0
-        # Whether a holder holds writes to a socket (the others: the metrics' counts).
-        self._sockets = False
         # Whether something a caller waits for is held (see urge()).
         self._urgent = False
         # Whether the turn's end is already due to send (it still is after an early send:
@@ -69,32 +71,34 @@ class TurnWrites:
         return turn
 
     def hold(self, holder: Holder, socket: bool = True) -> None:
-        """``holder`` has begun to hold bytes (``socket``: to write to a socket): it is told
-        to send them at the turn's end."""
+        """``holder`` has begun to hold bytes (``socket``: to write to a socket; otherwise
+        counts, written after every socket's writes): it is told to send them at the turn's
+        end."""
+        if not self._scheduled:
+            loop = self._loop()
+            assert loop is not None  # a holder is made on a loop that is alive
+            loop.call_soon(self._turn_ended)
+            self._scheduled = True
+        if not socket:
+            self._counts.append(holder)
+            return
         held = self._held
         if not held:
-            if not self._scheduled:
-                loop = self._loop()
-                assert loop is not None  # a holder is made on a loop that is alive
-                loop.call_soon(self._turn_ended)
-                self._scheduled = True
             self._since = time.perf_counter()
         held.append(holder)
-        if socket:
-            self._sockets = True
         if self._urgent:
             self.urge()
 
     @property
     def busy(self) -> bool:
         """Whether writes to sockets are held: the turn is handling other work that writes."""
-        return self._sockets
+        return bool(self._held)
 
     def urge(self) -> None:
-        """Something a caller waits for is held: once the first of what is held has waited
-        :data:`HOLD_SECONDS`, everything is sent. Checked now, and again each time another
-        holder begins to hold in this turn (a turn of many callbacks that write, none of them
-        urgent, does not hold it back much longer)."""
+        """Something a caller waits for is held: once the first of the sockets' writes held
+        has waited :data:`HOLD_SECONDS`, they are all sent. Checked now, and again each time
+        another holder begins to hold in this turn (a turn of many callbacks that write, none
+        of them urgent, does not hold it back much longer)."""
         if not self._held:
             return
         if time.perf_counter() - self._since > HOLD_SECONDS:
@@ -105,11 +109,13 @@ class TurnWrites:
     def _turn_ended(self) -> None:
         self._scheduled = False
         self.send()
+        counts, self._counts = self._counts, []
+        for holder in counts:
+            holder.send_held()
 
     def send(self) -> None:
-        """Send everything held now."""
+        """Send every socket's writes held now (the counts wait for the turn's end)."""
         held, self._held = self._held, []
-        self._sockets = False
         self._urgent = False
         for holder in held:
             holder.send_held()

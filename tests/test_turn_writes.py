@@ -162,7 +162,7 @@ async def test_writing_pauses_in_the_step_that_crosses_the_high_water_mark(pair:
 async def test_an_answers_first_bytes_in_a_quiet_turn_leave_at_once(pair: Pair) -> None:
     # The task that writes them may go on converting the rest of a long first piece: what the
     # caller waits for does not wait for that. Counts held for the metrics do not make the
-    # turn a busy one.
+    # turn a busy one, and are written at the turn's end, not before the first bytes.
     class Counts:
         sent = 0
 
@@ -174,14 +174,35 @@ async def test_an_answers_first_bytes_in_a_quiet_turn_leave_at_once(pair: Pair) 
     TurnWrites.of(asyncio.get_running_loop()).hold(counts, socket=False)
     first.write_first(b"HTTP/1.1 200 OK\r\n\r\naudio")
     assert first.sends == [b"HTTP/1.1 200 OK\r\n\r\naudio"]
-    assert counts.sent == 1  # what was held left with them
+    assert counts.sent == 0
     got = await asyncio.wait_for(reader_first.readexactly(24), PATIENCE)
     assert got == b"HTTP/1.1 200 OK\r\n\r\naudio"
+    assert counts.sent == 1  # at the turn's end
     # What is written after them in the turn is held again.
     first.write(b"more")
     assert first.sends == [b"HTTP/1.1 200 OK\r\n\r\naudio"]
     await asyncio.sleep(0)
     assert first.sends[1:] == [b"more"]
+
+
+async def test_the_counts_held_in_a_turn_are_written_after_every_sockets_writes(
+    pair: Pair,
+) -> None:
+    # Counts held first in the turn (a request's metrics, before its upstream request or its
+    # answer's bytes are written) still wait for the sockets' writes.
+    conn, reader = await pair.connect()
+    seen: list[list[bytes]] = []
+
+    class Counts:
+        def send_held(self) -> None:
+            seen.append(list(conn.sends))
+
+    TurnWrites.of(asyncio.get_running_loop()).hold(Counts(), socket=False)
+    conn.write(b"audio")
+    assert conn.sends == [] and seen == []
+    await asyncio.sleep(0)
+    assert seen == [[b"audio"]]
+    assert await asyncio.wait_for(reader.readexactly(5), PATIENCE) == b"audio"
 
 
 async def test_an_answers_first_bytes_in_a_busy_turn_leave_with_the_rest(pair: Pair) -> None:
