@@ -13,9 +13,9 @@ after them: what a caller or an upstream waits for does not wait for the counts.
 
 A turn is short while the gateway keeps up (a millisecond or so), but one that parses and routes
 a burst of requests runs long. An answer's first bytes in a quiet turn (no other socket's
-writes held) leave at once, with everything held (:meth:`TurnWrites.send`), since the task that
-wrote them may go on with work of its own (converting the rest of a long first piece); in a
-busy turn (:attr:`TurnWrites.busy`) they are held with the rest. They, and a request to an
+writes held) leave at once (:meth:`TurnWrites.send`), since the task that wrote them may go on
+with work of its own (converting the rest of a long first piece); in a busy turn
+(:attr:`TurnWrites.busy`) they are held with the rest. They, and a request to an
 upstream, after which its task only waits, are sent with every socket's writes once the first
 of them has waited :data:`HOLD_SECONDS`, as soon as the turn comes to the next write or
 request (:meth:`TurnWrites.urge`). Sent early or not, the counts wait for the turn's end.

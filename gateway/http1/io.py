@@ -5,12 +5,12 @@ abort, linger).
 
 Writes are held for the end of the event loop's turn (``providers._turn``): what a connection is
 given while the loop handles one batch of ready sockets and callbacks leaves at the batch's end,
-in one send, every connection's back to back. An answer's first bytes leave at once, with
-everything held, unless other connections' writes are held too (a busy turn, serving a burst:
-then they wait with the rest, at most ``HOLD_SECONDS``). Flow control is unchanged: what is held
-counts with the transport's buffer, and a write that would take the two above the high-water
-mark is sent at once, so that writing pauses exactly when it did. Closing, half-closing and TLS
-records send what is held first, in order."""
+in one send, every connection's back to back. An answer's first bytes leave at once (the
+metrics' counts held in the turn wait for its end), unless other connections' writes are held
+too (a busy turn, serving a burst: then they wait with the rest, at most ``HOLD_SECONDS``).
+Flow control is unchanged: what is held counts with the transport's buffer, and a write that
+would take the two above the high-water mark is sent at once, so that writing pauses exactly
+when it did. Closing, half-closing and TLS records send what is held first, in order."""
 
 from __future__ import annotations
 
