@@ -38,9 +38,14 @@ def best_ms(call: Callable[[], object], repeats: int = 5) -> float:
 
 @pytest.mark.parametrize("step", list(STEPS))
 def test_each_step_reads_hostile_input_in_linear_time(step: str) -> None:
-    took: dict[int, float] = {}
+    calls = {kib: STEPS[step](kib * KIB) for kib in SIZES_KIB}
+    took = {kib: float("inf") for kib in SIZES_KIB}
+    # The sizes in turn, each one's best of five: a machine whose speed moves within seconds
+    # meets every size alike, so the growth from one size to the next is the code's.
+    for _ in range(5):
+        for kib, call in calls.items():
+            took[kib] = min(took[kib], best_ms(call, repeats=1))
     for kib in SIZES_KIB:
-        took[kib] = best_ms(STEPS[step](kib * KIB))
         assert took[kib] < BOUND_MS, f"{step}: {kib} KiB took {took[kib]:.1f} ms"
     assert took[64] < 4 * took[16] + SLACK_MS, f"{step}: {took} ms by KiB"
 
