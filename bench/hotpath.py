@@ -24,6 +24,11 @@ to compare.
     python -m bench.hotpath burst --callers 200 --rounds 10
     python -m bench.hotpath realtime --code /tmp/before --code . --repeat 5
     python -m bench.hotpath burst --workers 2 --code /tmp/before --code . --repeat 6 --rounds 6
+    python -m bench.hotpath burst --workers 2 --code /tmp/before --code . --interleave --repeat 30
+
+``--interleave`` (burst) has the copies take turns burst by burst (``--repeat`` times
+``--rounds`` turns) and prints, beside each copy's medians, each copy's figures against the
+first copy's in the same turn: a ratio a turn, their median and quartiles.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ from bench.harness import (
     PY,
     ROOT,
     Server,
+    cpu_ns,
     cpu_seconds,
     cpu_split,
     free_port,
@@ -209,9 +215,9 @@ def burst(
                 url, out, requests=callers, concurrency=callers, rate=RATE, seconds=0.02
             )
             # Started once the load generator is up: its own start-up is not the gateway's.
-            before = cpu_seconds(server.pid)
+            before = cpu_ns(server.pid)
             process.wait()
-            cpu += cpu_seconds(server.pid) - before
+            cpu += (cpu_ns(server.pid) - before) / 1e9
             results = json.loads(out.read_text())["results"]
             errors += sum(1 for r in results if r["error"] or r["status"] != 200)
             ttfb += [r["ttfb"] for r in results if r["status"] == 200]
@@ -298,6 +304,37 @@ def show_layers(path: str, per_unit: float | None, unit: str) -> None:
         print(f"  {share * 100:5.1f} %{cost}  {name}")
 
 
+def interleaved(
+    pairs: list[tuple[Path, Server]],
+    workdir: Path,
+    callers: int,
+    turns: int,
+    figures: dict[str, list[dict[str, float]]],
+) -> None:
+    """``--interleave``: one burst of each copy a turn (every other turn in the other order),
+    ``turns`` turns, and each copy's figures against the first copy's in the same turn, a ratio
+    a turn. These machines' speed moves within seconds, so a turn's two bursts, a second or so
+    apart, meet the same machine far more often than two blocks of bursts do: the ratios'
+    median is steadier than the ratio of the medians."""
+    for turn in range(turns):
+        for code, server in pairs if turn % 2 == 0 else pairs[::-1]:
+            figures[str(code)].append(burst(server, workdir, callers, 1, None))
+    base = figures[str(pairs[0][0])]
+    for code, _ in pairs:
+        runs = figures[str(code)]
+        medians = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+        print(f"median {code}: {json.dumps(medians)} of {len(runs)}")
+    for code, _ in pairs[1:]:
+        runs = figures[str(code)]
+        for key in ("ms_per_request", "ttfb_p99"):
+            ratios = sorted(r[key] / b[key] for r, b in zip(runs, base, strict=True))
+            q1, q2, q3 = statistics.quantiles(ratios, n=4)
+            print(
+                f"{code} / {pairs[0][0]}, {key}, turn by turn: median {q2:.3f} "
+                f"(quartiles {q1:.3f}-{q3:.3f}) of {len(ratios)}"
+            )
+
+
 # ------------------------------------------------------------------ main
 
 
@@ -315,6 +352,11 @@ def main() -> None:
     parser.add_argument("--pyspy", help="record the first gateway with py-spy into this file")
     parser.add_argument(
         "--workers", type=int, default=1, help="the gateway's worker processes (default 1)"
+    )
+    parser.add_argument(
+        "--interleave",
+        action="store_true",
+        help="burst: the copies take turns burst by burst, compared pair by pair",
     )
     args = parser.parse_args()
     codes = [c.resolve() for c in args.code or [ROOT]]
@@ -335,6 +377,9 @@ def main() -> None:
         for server in servers:
             settled(server, workdir, args.callers)
         pairs = list(zip(codes, servers, strict=True))
+        if args.interleave and args.scenario == "burst":
+            interleaved(pairs, workdir, args.callers, args.repeat * args.rounds, figures)
+            return
         for turn in range(args.repeat):
             # Every other turn in the other order: a copy's place in the turn is worth a few
             # per cent (measured: whichever ran second read 4-8 % less CPU a request in

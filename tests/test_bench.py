@@ -22,13 +22,13 @@ import httpx
 import numpy as np
 import pytest
 
-from bench import cache_report, first_byte, soak_report
+from bench import cache_report, first_byte, hotpath, soak_report
 from bench import resampler as resampler_bench
 from bench.cache import CacheBench, CacheSize, redis_server, unique_text
 from bench.faults import HEALTHY, SOAK, FaultPlan, FaultyUpstream
 from bench.floor import FIRST_BYTES, FloorRelay, latency_report
 from bench.floor import report as floor_report
-from bench.harness import PY, ROOT, Server, process_tree
+from bench.harness import PY, ROOT, Server, cpu_ns, cpu_seconds, process_tree
 from bench.hotpath import layers
 from bench.integrity import Verdict, answer_samples, check, expected_pcm
 from bench.loadgen import Plan, Response, Result, run
@@ -212,6 +212,58 @@ def test_the_floor_latency_report_puts_each_figure_beside_direct() -> None:
     row = "| 1.10 (+1.00) | 0.40 (-0.10) | 80.00 (+72.00) | 120.00 (+110.00) | 0.700 | 1 |"
     assert f"| gateway {row}" in table
     assert "the relay in 2 process(es), the gateway with its default worker(s)" in table
+
+
+def test_cpu_ns_counts_a_process_and_its_childrens_cpu_exactly() -> None:
+    # A parent that starts a child; both burn CPU, then say so and wait for their input to end.
+    burn = (
+        "import sys, time\nend = time.process_time() + 0.3\nwhile time.process_time() < end: pass"
+    )
+    child = burn + "\nprint(1, flush=True)\nsys.stdin.read()"
+    script = (
+        f"import subprocess\n{burn}\n"
+        f"child = subprocess.Popen([sys.executable, '-c', {child!r}], stdin=subprocess.PIPE, "
+        "stdout=subprocess.PIPE, text=True)\n"
+        "child.stdout.readline()\nprint('burnt', flush=True)\nsys.stdin.read()\n"
+        "child.stdin.close()\nchild.wait()\n"
+    )
+    with subprocess.Popen(
+        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    ) as process:
+        assert process.stdin is not None and process.stdout is not None
+        assert process.stdout.readline().strip() == "burnt"
+        exact = cpu_ns(process.pid) / 1e9
+        ticks = cpu_seconds(process.pid)
+        process.stdin.close()
+        process.wait()
+    # Both processes burnt 0.3 s, on top of starting an interpreter each.
+    assert 0.6 <= exact < 3.0
+    assert abs(exact - ticks) < 0.05  # /proc/PID/stat's ticks say the same, to a tick or so
+
+
+def test_interleaved_bursts_compare_the_copies_turn_by_turn(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # Scripted bursts: the machine's speed halves every other turn; the second copy always
+    # costs 10 % more than the first in the same turn.
+    taken: list[str] = []
+
+    def burst(server: Any, workdir: Path, callers: int, rounds: int, spy: Any) -> dict[str, float]:
+        taken.append(server)
+        turn = (len(taken) - 1) // 2
+        slow = 2.0 if turn % 2 else 1.0
+        own = 1.1 if server == "b" else 1.0
+        return {"ms_per_request": 0.4 * slow * own, "ttfb_p99": 50.0 * slow * own, "errors": 0}
+
+    monkeypatch.setattr(hotpath, "burst", burst)
+    figures: dict[str, list[dict[str, float]]] = {"A": [], "B": []}
+    pairs = cast(Any, [(Path("A"), "a"), (Path("B"), "b")])
+    hotpath.interleaved(pairs, tmp_path, 200, 6, figures)
+    # Every other turn in the other order.
+    assert taken == ["a", "b", "b", "a", "a", "b", "b", "a", "a", "b", "b", "a"]
+    out = capsys.readouterr().out
+    assert "B / A, ms_per_request, turn by turn: median 1.100 (quartiles 1.100-1.100) of 6" in out
+    assert "B / A, ttfb_p99, turn by turn: median 1.100" in out
 
 
 def test_the_floor_report_puts_each_figure_beside_nginx() -> None:
