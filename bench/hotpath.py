@@ -360,6 +360,8 @@ def main() -> None:
     )
     args = parser.parse_args()
     codes = [c.resolve() for c in args.code or [ROOT]]
+    if len(set(codes)) != len(codes):
+        parser.error("each --code once (for two runs of the same code, copy it)")
     figures: dict[str, list[dict[str, float]]] = {str(c): [] for c in codes}
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
         workdir = Path(tmp)
