@@ -313,9 +313,10 @@ def interleaved(
 ) -> None:
     """``--interleave``: one burst of each copy a turn (every other turn in the other order),
     ``turns`` turns, and each copy's figures against the first copy's in the same turn, a ratio
-    a turn. These machines' speed moves within seconds, so a turn's two bursts, a second or so
-    apart, meet the same machine far more often than two blocks of bursts do: the ratios'
-    median is steadier than the ratio of the medians."""
+    a turn. These machines' speed moves within seconds, and a turn's bursts, a second or so
+    apart, meet it alike. One burst's CPU a request still moves by itself (~±17 % between two
+    copies of the same code, ``bench/changes.md``), so a difference of a few per cent takes
+    many turns."""
     for turn in range(turns):
         for code, server in pairs if turn % 2 == 0 else pairs[::-1]:
             figures[str(code)].append(burst(server, workdir, callers, 1, None))
@@ -362,6 +363,8 @@ def main() -> None:
     codes = [c.resolve() for c in args.code or [ROOT]]
     if len(set(codes)) != len(codes):
         parser.error("each --code once (for two runs of the same code, copy it)")
+    if args.interleave and args.scenario != "burst":
+        parser.error("--interleave is for the burst")
     figures: dict[str, list[dict[str, float]]] = {str(c): [] for c in codes}
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
         workdir = Path(tmp)
@@ -379,7 +382,7 @@ def main() -> None:
         for server in servers:
             settled(server, workdir, args.callers)
         pairs = list(zip(codes, servers, strict=True))
-        if args.interleave and args.scenario == "burst":
+        if args.interleave:
             interleaved(pairs, workdir, args.callers, args.repeat * args.rounds, figures)
             return
         for turn in range(args.repeat):
