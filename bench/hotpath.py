@@ -312,26 +312,26 @@ def interleaved(
     figures: dict[str, list[dict[str, float]]],
 ) -> None:
     """``--interleave``: one burst of each copy a turn (every other turn in the other order),
-    ``turns`` turns, and each copy's figures against the first copy's in the same turn, a ratio
-    a turn. These machines' speed moves within seconds, and a turn's bursts, a second or so
-    apart, meet it alike. One burst's CPU a request still moves by itself (~±17 % between two
-    copies of the same code, ``bench/changes.md``), so a difference of a few per cent takes
-    many turns."""
+    ``turns`` turns, each burst's figures added to its copy's in ``figures`` (compared turn by
+    turn by :func:`show_ratios`). These machines' speed moves within seconds, and a turn's
+    bursts, a second or so apart, meet it alike. One burst's CPU a request still moves by itself
+    (~±17 % between two copies of the same code, ``bench/changes.md``), so a difference of a
+    few per cent takes many turns."""
     for turn in range(turns):
         for code, server in pairs if turn % 2 == 0 else pairs[::-1]:
             figures[str(code)].append(burst(server, workdir, callers, 1, None))
-    base = figures[str(pairs[0][0])]
-    for code, _ in pairs:
-        runs = figures[str(code)]
-        medians = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
-        print(f"median {code}: {json.dumps(medians)} of {len(runs)}")
-    for code, _ in pairs[1:]:
-        runs = figures[str(code)]
+
+
+def show_ratios(codes: list[Path], figures: dict[str, list[dict[str, float]]]) -> None:
+    """Each copy's figures against the first copy's in the same turn of :func:`interleaved`,
+    a ratio a turn: their median and quartiles."""
+    base = figures[str(codes[0])]
+    for code in codes[1:]:
         for key in ("ms_per_request", "ttfb_p99"):
-            ratios = sorted(r[key] / b[key] for r, b in zip(runs, base, strict=True))
+            ratios = sorted(r[key] / b[key] for r, b in zip(figures[str(code)], base, strict=True))
             q1, q2, q3 = statistics.quantiles(ratios, n=4)
             print(
-                f"{code} / {pairs[0][0]}, {key}, turn by turn: median {q2:.3f} "
+                f"{code} / {codes[0]}, {key}, turn by turn: median {q2:.3f} "
                 f"(quartiles {q1:.3f}-{q3:.3f}) of {len(ratios)}"
             )
 
@@ -384,8 +384,7 @@ def main() -> None:
         pairs = list(zip(codes, servers, strict=True))
         if args.interleave:
             interleaved(pairs, workdir, args.callers, args.repeat * args.rounds, figures)
-            return
-        for turn in range(args.repeat):
+        for turn in range(0 if args.interleave else args.repeat):
             # Every other turn in the other order: a copy's place in the turn is worth a few
             # per cent (measured: whichever ran second read 4-8 % less CPU a request in
             # bursts), which an even number of turns cancels out.
@@ -410,6 +409,8 @@ def main() -> None:
         if runs:
             medians = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
             print(f"median {code}: {json.dumps(medians)} of {len(runs)}")
+    if args.interleave and len(codes) > 1:
+        show_ratios(codes, figures)
 
 
 if __name__ == "__main__":

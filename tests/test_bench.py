@@ -259,6 +259,7 @@ def test_interleaved_bursts_compare_the_copies_turn_by_turn(
     figures: dict[str, list[dict[str, float]]] = {"A": [], "B": []}
     pairs = cast(Any, [(Path("A"), "a"), (Path("B"), "b")])
     hotpath.interleaved(pairs, tmp_path, 200, 6, figures)
+    hotpath.show_ratios([Path("A"), Path("B")], figures)
     # Every other turn in the other order.
     assert taken == ["a", "b", "b", "a", "a", "b", "b", "a", "a", "b", "b", "a"]
     out = capsys.readouterr().out
