@@ -236,6 +236,29 @@ class Converter:
         """True once :meth:`flush` was called."""
         return self._finished
 
+    def compiled_step(self) -> tuple[bool, Callable[[bytes], bytes] | None]:
+        """What a relay's compiled step (``providers._relay.Tap``) may convert this stream's
+        next chunks with, doing what :meth:`feed`'s common case does: ``(True, None)`` for
+        the pass-through (mono S16LE at the caller's rate), ``(True, process)`` for the
+        compiled polyphase kernel's own ``Stream.process`` (mono S16LE, the stream's state
+        in the kernel), with nothing carried from a chunk before; ``(False, None)`` for every
+        other conversion. The step counts what it converts itself, and gives the counts to
+        :meth:`counted` when it is done."""
+        s16 = self._s16
+        if s16 is None or self._carry or self._finished or self._wav is not None:
+            return False, None
+        if s16 is _unchanged:
+            return True, None
+        resampler = self._resampler
+        if isinstance(resampler, PolyphaseResampler) and resampler.compiled_s16():
+            return True, s16
+        return False, None
+
+    def counted(self, frames_in: int, frames_out: int) -> None:
+        """Frames a compiled step converted (see :meth:`compiled_step`)."""
+        self.frames_in += frames_in
+        self.frames_out += frames_out
+
     def feed(self, data: bytes) -> bytes:
         """Convert one chunk of the stream; returns S16LE mono PCM at ``out_rate`` (maybe empty).
 

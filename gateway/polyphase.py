@@ -264,6 +264,10 @@ class PolyphaseResampler:
         #: S16LE in, S16LE out: :meth:`process_s16`, or the kernel's own when it has the stream.
         self.s16 = self.process_s16 if self._native is None else self._native.process
 
+    def compiled_s16(self) -> bool:
+        """Whether :attr:`s16` is the compiled kernel's own (it has the stream's state)."""
+        return self._native is not None and self.s16 == self._native.process
+
     @property
     def delay(self) -> int:
         """The filter's group delay, in output samples."""

@@ -21,6 +21,7 @@ from .budgets import DrainClock
 from .cache import PhraseCache
 from .cache.warm import WarmReport, warm_phrases
 from .config import ConfigError, GatewayConfig, load_config
+from .direct import RELAY_STEP
 from .errors import VoiceNotFound
 from .health import HealthBoard, ProviderHealth
 from .logs import reconfigure_logging
@@ -261,6 +262,7 @@ class Gateway:
                 **figures,
                 "start_ms": round((time.perf_counter() - starting) * 1000, 1),
                 "resampler_kernel": KERNEL,
+                "relay_step": RELAY_STEP,
             },
         )
         if KERNEL == "numpy":

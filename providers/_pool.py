@@ -33,7 +33,7 @@ import math
 import re
 import ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Final, Protocol, cast
 
 import httptools
@@ -69,6 +69,39 @@ class BodySink(Protocol):
         """The body is complete (``None``) or broke off with ``error``; said once."""
 
 
+class PythonBody:
+    """A response parser's body callback: it keeps the body's pieces for the reader that asks
+    for them (:attr:`chunks`, :attr:`buffered` their bytes), and refuses a piece once the
+    response is :attr:`complete`. The compiled one (``providers._relay.Body``) does the same
+    and can hand the pieces to a relay's compiled step instead (:attr:`tap`); this one,
+    where the package was built without it, never has a tap."""
+
+    __slots__ = ("buffered", "chunks", "complete", "tap")
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.chunks = chunks
+        self.buffered = 0
+        self.complete = False
+        self.tap: object | None = None
+
+    def __call__(self, piece: bytes) -> None:
+        if self.complete:
+            raise ValueError("data after the end of the response")
+        self.chunks.append(piece)
+        self.buffered += len(piece)
+
+
+#: The body callback's type: the compiled one (``providers/_relay.c``) where the package was
+#: built with it (the same attributes; its tap a ``providers._relay.Tap``).
+Body: Callable[[list[bytes]], PythonBody] = PythonBody
+try:
+    from ._relay import Body as _CompiledBody
+
+    Body = cast(Callable[[list[bytes]], PythonBody], _CompiledBody)
+except ImportError:  # pragma: no cover - a build without a C compiler
+    pass
+
+
 class _Connection(asyncio.Protocol):
     """One keep-alive connection; one response at a time."""
 
@@ -94,6 +127,11 @@ class _Connection(asyncio.Protocol):
         self._new_response()
 
     def _new_response(self) -> None:
+        self.body: list[bytes] = []
+        # The parser's body callback, read once by the parser as it is made: it keeps the
+        # pieces in self.body (and counts them, in self.pieces.buffered), or hands them to a
+        # relay's compiled step (tap()).
+        self.pieces = self.on_body = Body(self.body)
         self.parser = httptools.HttpResponseParser(self)
         self.status = 0
         self.reason = b""
@@ -104,8 +142,6 @@ class _Connection(asyncio.Protocol):
         self.informational = False
         self.complete = False
         self.keep_alive = True
-        self.body: list[bytes] = []
-        self.buffered = 0
         self.error: httpx.TransportError | None = None
         self.paused = False
 
@@ -117,7 +153,7 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         if self.head_done and self.until_eof and exc is None:
-            self.complete = True
+            self.complete = self.pieces.complete = True
         if not self.complete and self.error is None:
             where = "mid-response" if self.head_bytes else "before any response"
             how = f" ({type(exc).__name__})" if exc is not None else ""
@@ -148,9 +184,11 @@ class _Connection(asyncio.Protocol):
             if not self.head_done and self.head_bytes > MAX_HEAD_BYTES:
                 self._fail(httpx.RemoteProtocolError(f"response head over {MAX_HEAD_BYTES} bytes"))
         if self._sink is not None:
-            self._feed_sink()
+            # A compiled step (tap()) has had the pieces already: the sink hears of the end.
+            if self.body or self.complete or self.error is not None:
+                self._feed_sink()
             return
-        if self.buffered > _HIGH_WATER and not self.paused and self.transport is not None:
+        if self.pieces.buffered > _HIGH_WATER and not self.paused and self.transport is not None:
             self.paused = True
             self.transport.pause_reading()
         self._wake()
@@ -192,17 +230,13 @@ class _Connection(asyncio.Protocol):
         )
         self.head_done = True
 
-    def on_body(self, body: bytes) -> None:
-        if self.complete:
-            raise ValueError("data after the end of the response")
-        self.body.append(body)
-        self.buffered += len(body)
+    # on_body is the connection's Body (see _new_response).
 
     def on_message_complete(self) -> None:
         if self.informational:
             self.informational = False
             return
-        self.complete = True
+        self.complete = self.pieces.complete = True
 
     # ------------------------------------------------------------ waiting
 
@@ -271,7 +305,7 @@ class _Connection(asyncio.Protocol):
             await self._wait(seconds)
         data = self.body[0] if len(self.body) == 1 else b"".join(self.body)
         self.body.clear()
-        self.buffered = 0
+        self.pieces.buffered = 0
         if self.paused and self.transport is not None:
             self.paused = False
             self.transport.resume_reading()
@@ -279,19 +313,27 @@ class _Connection(asyncio.Protocol):
 
     # ------------------------------------------------------------ tapping
 
-    def tap(self, sink: BodySink) -> None:
+    def tap(self, sink: BodySink, step: object | None = None) -> None:
         """Hand the rest of the body to ``sink`` as it arrives, from :meth:`data_received`
         itself, instead of buffering it for :meth:`read_body`: a streamed body's chunks then
         cost no task wake-up and no layer of async iteration each. What has arrived already
         goes to the sink at once. The read timeout no longer applies (the tapper watches for
-        silence); back-pressure is the tapper's, through :meth:`pause` and :meth:`resume`."""
+        silence); back-pressure is the tapper's, through :meth:`pause` and :meth:`resume`.
+
+        ``step``: the tapper's compiled step for a piece (``providers._relay.Tap``), which
+        the parser's body callback then calls itself, piece by piece, instead of the pieces
+        being joined for ``sink.body`` once the parser is done with a read. The sink still
+        hears of the body's end."""
         self._sink = sink
         self.resume()
         self._feed_sink()
+        if step is not None and self._sink is sink:
+            self.pieces.tap = step
 
     def untap(self) -> None:
         """Back to buffering for :meth:`read_body` (reading resumed if the tapper paused it)."""
         self._sink = None
+        self.pieces.tap = None
         self.resume()
 
     def pause(self) -> None:
@@ -312,7 +354,7 @@ class _Connection(asyncio.Protocol):
         if self.body:
             data = self.body[0] if len(self.body) == 1 else b"".join(self.body)
             self.body.clear()
-            self.buffered = 0
+            self.pieces.buffered = 0
             sink.body(data)
         if self._sink is sink and (self.complete or self.error is not None):
             self._sink = None
@@ -431,7 +473,7 @@ class StreamingTransport(httpx.AsyncBaseTransport):
     @property
     def buffered(self) -> int:
         """Body bytes received and not yet handed to a reader, over every response under way."""
-        return sum(c.buffered for c in self._in_use)
+        return sum(c.pieces.buffered for c in self._in_use)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         timeouts: dict[str, float | None] = request.extensions.get("timeout", {})

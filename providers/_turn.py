@@ -19,6 +19,9 @@ with work of its own (converting the rest of a long first piece); in a busy turn
 upstream, after which its task only waits, are sent with every socket's writes once the first
 of them has waited :data:`HOLD_SECONDS`, as soon as the turn comes to the next write or
 request (:meth:`TurnWrites.urge`). Sent early or not, the counts wait for the turn's end.
+
+A relay's compiled step (``providers/_relay.c``) holds its chunks in a batch of its own
+(:attr:`TurnWrites.batch`), sent by one callback of its own at the turn's end.
 """
 
 from __future__ import annotations
@@ -27,6 +30,11 @@ import asyncio
 import time
 import weakref
 from typing import Final, Protocol
+
+try:  # the compiled relay step's own holding (providers/_relay.c), where the package has it
+    from ._relay import Batch
+except ImportError:  # pragma: no cover - a build without a C compiler
+    Batch = None  # type: ignore[assignment, misc]
 
 __all__ = ["HOLD_SECONDS", "Holder", "TurnWrites"]
 
@@ -45,7 +53,7 @@ class Holder(Protocol):
 class TurnWrites:
     """The holders of one event loop with writes held, sent at the end of its turn."""
 
-    __slots__ = ("_counts", "_held", "_loop", "_scheduled", "_since", "_urgent")
+    __slots__ = ("_counts", "_held", "_loop", "_scheduled", "_since", "_urgent", "batch")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         # A weak reference: the loop is this object's key in _TURNS, which a strong one would
@@ -61,6 +69,9 @@ class TurnWrites:
         # Whether the turn's end is already due to send (it still is after an early send:
         # what is held after that leaves with it, rather than with a callback of its own).
         self._scheduled = False
+        #: The chunks that relays' compiled steps hold (``providers._relay.Tap``), sent at the
+        #: turn's end by a callback of their own, in C; None without the compiled step.
+        self.batch = Batch() if Batch is not None else None
 
     @staticmethod
     def of(loop: asyncio.AbstractEventLoop) -> TurnWrites:

@@ -29,6 +29,7 @@ from gateway.http1.io import WRITE_HIGH_WATER, ConnectionIO
 from gateway.stream import AudioStream
 from providers._pool import _Connection
 from providers.base import AudioFormat
+from tests.deploy_support import in_ci
 from tests.scripted_upstream import ScriptedUpstream
 from tests.support import (
     LoopbackServer,
@@ -38,6 +39,11 @@ from tests.support import (
     read_request,
     tone,
 )
+
+try:
+    from providers._relay import Tap as CompiledTap
+except ImportError:  # pragma: no cover - a build without a C compiler
+    CompiledTap = None  # type: ignore[assignment, misc]
 
 pytestmark = pytest.mark.asyncio
 
@@ -141,17 +147,39 @@ def body(rate: int) -> dict[str, Any]:
     return {"Text": "Hello there.", "VoiceId": "v", "SampleRate": rate}
 
 
+@dataclass
+class Relayed:
+    """What the direct relays of a test have handled, as they handle it: the pieces handed to
+    :meth:`DirectRelay.body` (their sizes: what had arrived when the relay began, and every
+    piece where there is no compiled step) and the relays themselves, whose compiled steps
+    count the pieces the parser hands them."""
+
+    sizes: list[int] = field(default_factory=list)
+    relays: list[DirectRelay] = field(default_factory=list)
+
+    @property
+    def pieces(self) -> int:
+        """Pieces relayed: through the compiled step where there is one, else the Python one."""
+        steps = [r._step for r in self.relays if r._step is not None]
+        return len(self.sizes) if not steps else sum(step.pieces for step in steps)
+
+
 @pytest.fixture
-def relayed(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The body chunks the direct relay has handled (their sizes), as it handles them."""
-    seen: list[int] = []
-    original = DirectRelay.body
+def relayed(monkeypatch: pytest.MonkeyPatch) -> Relayed:
+    """The pieces the direct relays have handled, as they handle them."""
+    seen = Relayed()
+    original_body, original_init = DirectRelay.body, DirectRelay.__init__
 
     def counting(self: DirectRelay, data: bytes) -> None:
-        seen.append(len(data))
-        original(self, data)
+        seen.sizes.append(len(data))
+        original_body(self, data)
+
+    def noting(self: DirectRelay, *args: Any, **kwargs: Any) -> None:
+        original_init(self, *args, **kwargs)
+        seen.relays.append(self)
 
     monkeypatch.setattr(DirectRelay, "body", counting)
+    monkeypatch.setattr(DirectRelay, "__init__", noting)
     return seen
 
 
@@ -163,7 +191,7 @@ async def gateway(upstream: KeepAliveUpstream, **timeout: float) -> AsyncIterato
 
 @pytest.mark.parametrize("rate", [8000, 16000, 24000, 48000])
 async def test_a_relayed_stream_is_the_audio_the_loop_gives_byte_for_byte(
-    rate: int, relayed: list[int]
+    rate: int, relayed: Relayed
 ) -> None:
     async with KeepAliveUpstream([Script(pieces())]) as upstream:
         # The pump's loop: in process, through ASGI (no connection to write to directly).
@@ -174,12 +202,12 @@ async def test_a_relayed_stream_is_the_audio_the_loop_gives_byte_for_byte(
         ):
             looped = await c.post("/stream-audio", json=body(rate))
         assert looped.status_code == 200
-        assert relayed == []
+        assert relayed.pieces == 0
         # Relayed: the gateway's own HTTP protocol in front.
         async with gateway(upstream) as url, httpx.AsyncClient(timeout=30) as client:
             direct = await client.post(f"{url}/stream-audio", json=body(rate))
     assert direct.status_code == 200
-    assert relayed, "the stream was not relayed directly"
+    assert relayed.pieces, "the stream was not relayed directly"
     assert direct.content == looped.content
     # And it is the tone, whole: as many samples as the upstream's at the caller's rate.
     assert abs(len(direct.content) // 2 - len(AUDIO) // 2 * rate // RATE) <= 2
@@ -187,8 +215,63 @@ async def test_a_relayed_stream_is_the_audio_the_loop_gives_byte_for_byte(
     assert abs(np.argmax(spectrum) * rate / (len(direct.content) // 2) - 440) < 5
 
 
+def compiled_step() -> None:
+    """Skip where the package was built without its compiled chunk step (fails in CI)."""
+    if CompiledTap is None:
+        message = "providers._relay is not built (no C compiler at install)"
+        if in_ci():
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+#: Pieces of whole samples only: the compiled step relays every one of them.
+EVEN_CUTS = [960, 480, 3334, 2, 960, 7000, 4, 4800, 960]
+#: Whole samples, then a piece of an odd byte count: the Python step takes over from there.
+ODD_LATER = [960, 960, 960, 481, 960, 3, 960, 960]
+
+
+@pytest.mark.parametrize("rate", [8000, 16000, 24000, 48000])
+@pytest.mark.parametrize("cuts", [EVEN_CUTS, ODD_LATER], ids=["even", "odd-later"])
+async def test_the_compiled_step_relays_what_the_python_step_does_byte_for_byte(
+    rate: int, cuts: list[int], relayed: Relayed
+) -> None:
+    """The compiled step (``providers/_relay.c``) against the Python one, over real sockets:
+    the same bytes to the caller, pass-through (24 kHz) and through the kernel, and the same
+    counts for the stream's outcome; a piece of an odd byte count hands the rest of the
+    stream to the Python step."""
+    compiled_step()
+    audio = pieces(AUDIO, cuts)
+    answers: dict[bool, bytes] = {}
+    logged: dict[bool, tuple[int, int]] = {}
+    for compiled in (False, True):
+        relayed.relays.clear()
+        with pytest.MonkeyPatch.context() as patch:
+            if not compiled:
+                patch.setattr(DirectRelay, "compiled_step", lambda self: None)
+            async with (
+                KeepAliveUpstream([Script(audio)]) as upstream,
+                gateway(upstream) as url,
+                httpx.AsyncClient(timeout=30) as client,
+            ):
+                answer = await client.post(f"{url}/stream-audio", json=body(rate))
+        assert answer.status_code == 200
+        answers[compiled] = answer.content
+        (relay,) = relayed.relays
+        assert (relay._step is not None) is compiled
+        if compiled:
+            assert relay._step is not None
+            assert relay._step.pieces >= 2
+            assert relay._step.on_slow is (cuts is ODD_LATER)
+            assert relay.compiled is (cuts is EVEN_CUTS)
+        logged[compiled] = relay._stream.converter.frames_in, relay._stream.bytes_out
+    assert answers[True] == answers[False]
+    assert logged[True] == logged[False]
+    assert logged[True][0] == len(AUDIO) // 2  # every sample counted in, once
+    assert abs(len(answers[True]) // 2 - len(AUDIO) // 2 * rate // RATE) <= 2
+
+
 async def test_the_upstream_connection_of_a_relayed_stream_is_kept_for_the_next(
-    relayed: list[int],
+    relayed: Relayed,
 ) -> None:
     async with (
         KeepAliveUpstream([Script(pieces())]) as upstream,
@@ -199,11 +282,11 @@ async def test_the_upstream_connection_of_a_relayed_stream_is_kept_for_the_next(
     assert [a.content for a in answers] == [AUDIO] * 3
     assert upstream.ends == ["complete"] * 3
     assert upstream.connections == 1  # each answer read to its end, the connection reused
-    assert relayed
+    assert relayed.pieces
 
 
 async def test_an_upstream_cut_mid_answer_ends_the_stream_after_the_audio_it_sent(
-    relayed: list[int], caplog: pytest.LogCaptureFixture
+    relayed: Relayed, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="gateway")
     chunks = pieces()
@@ -217,12 +300,12 @@ async def test_an_upstream_cut_mid_answer_ends_the_stream_after_the_audio_it_sen
     assert answer.status_code == 200
     sent = b"".join(chunks[:5])
     assert answer.content == sent[: len(sent) // 2 * 2]  # every whole sample sent, nothing else
-    assert relayed
+    assert relayed.pieces
     line = next(r.getMessage() for r in caplog.records if "end=" in r.getMessage())
     assert "end=provider_error" in line
 
 
-async def test_a_caller_hanging_up_mid_answer_closes_the_upstream(relayed: list[int]) -> None:
+async def test_a_caller_hanging_up_mid_answer_closes_the_upstream(relayed: Relayed) -> None:
     # 10 s of audio in 20 ms chunks paced in real time: the caller leaves after the first few.
     chunks = pieces(tone(440, 10, RATE), [960] * 499)
     async with (
@@ -239,14 +322,14 @@ async def test_a_caller_hanging_up_mid_answer_closes_the_upstream(relayed: list[
         got = b""
         while len(got) < 20000:
             got += await reader.read(65536)
-        assert await eventually(lambda: len(relayed) >= 3, 10)
+        assert await eventually(lambda: relayed.pieces >= 3, 10)
         writer.transport.abort()
         await asyncio.wait_for(upstream.ended.wait(), 10)
     assert upstream.ends == ["hung_up"]
 
 
 async def test_a_caller_that_does_not_read_pauses_the_upstream_and_loses_nothing(
-    relayed: list[int],
+    relayed: Relayed,
 ) -> None:
     # A first chunk, then 40 s of audio at once (a local burst is like it): far more than any
     # buffer between.
@@ -302,7 +385,7 @@ async def test_a_caller_that_does_not_read_pauses_the_upstream_and_loses_nothing
 
 
 async def test_a_relayed_stream_ends_at_its_total_budget(
-    relayed: list[int], caplog: pytest.LogCaptureFixture
+    relayed: Relayed, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="gateway")
     chunks = pieces(tone(440, 10, RATE), [960] * 499)
@@ -316,7 +399,7 @@ async def test_a_relayed_stream_ends_at_its_total_budget(
     assert answer.status_code == 200
     assert 0 < len(answer.content) < len(b"".join(chunks)) // 2
     assert upstream.ends == ["hung_up"]
-    assert relayed
+    assert relayed.pieces
     line = next(r.getMessage() for r in caplog.records if "end=" in r.getMessage())
     assert "end=timeout" in line
 
@@ -358,7 +441,7 @@ async def test_the_resamplers_tail_and_the_end_of_the_body_leave_in_one_write() 
 
 
 async def test_a_long_first_piece_sends_its_first_audio_before_converting_the_rest(
-    relayed: list[int],
+    relayed: Relayed,
 ) -> None:
     """An upstream that sends a second of audio at once: the first write carries the head and
     at most FIRST_OUT of audio; the rest follows, and the whole is what converting the second
@@ -387,11 +470,11 @@ async def test_a_long_first_piece_sends_its_first_audio_before_converting_the_re
     assert head.startswith(b"HTTP/1.1 200")
     first_audio = dechunk(first_body + b"0\r\n\r\n")
     assert 0 < len(first_audio) <= 2 * FIRST_OUT * 48000
-    assert relayed == [len(AUDIO)]  # the piece after the first was relayed from the callbacks
+    assert relayed.pieces == 1  # the piece after the first was relayed from the callbacks
 
 
 async def test_a_caller_that_stops_reading_at_the_end_is_waited_for_within_the_last_send_deadline(
-    relayed: list[int], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    relayed: Relayed, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Relayed from the upstream's callbacks, the whole answer can be written before the caller
     takes it. The end of the body then waits for the caller on the gateway's own connection,
@@ -454,7 +537,7 @@ async def test_a_caller_that_stops_reading_at_the_end_is_waited_for_within_the_l
             while piece := await asyncio.wait_for(loop.sock_recv(sock, 65536), 30):
                 raw += piece
             sock.close()
-    assert relayed, "the stream was not relayed directly"
+    assert relayed.pieces, "the stream was not relayed directly"
     assert "end=complete,caller_not_reading" in line
     duration = float(line.partition(" duration_ms=")[2].split()[0])
     assert 1000 <= duration < 10_000  # it waited for the caller, within its deadline

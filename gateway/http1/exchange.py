@@ -13,8 +13,10 @@ from starlette.types import Message, Scope
 from .limits import reason_phrase
 
 if TYPE_CHECKING:
+    from providers._turn import TurnWrites
+
     from .connection import HTTPProtocol
-    from .io import WriteFlow
+    from .io import ConnectionIO, WriteFlow
 
 #: Request body bytes buffered for the app before reading from the socket pauses.
 BODY_HIGH_WATER: Final = 64 * 1024
@@ -148,6 +150,20 @@ class Exchange:
             self.conn.write(b"%x\r\n%b\r\n" % (len(body), body))  # _emit's common case
         elif self.response_started:
             self._emit(body, True)
+
+    def chunks_target(self) -> tuple[ConnectionIO, list[bytes], TurnWrites] | None:
+        """For a writer of the body's chunks that frames and holds them itself, as
+        :meth:`write_now`'s common case does (a relay's compiled step,
+        ``providers._relay.Tap``, which checks :attr:`response_complete` and
+        :attr:`disconnected` before each): the connection, its held writes and its loop's
+        :class:`~providers._turn.TurnWrites`, when this answer is a chunked body whose head
+        is out, on a plaintext connection; None otherwise."""
+        if not self._chunks_only or self.head or self.response_complete or self.disconnected:
+            return None
+        held = self.conn.held_writes()
+        if held is None:
+            return None
+        return self.conn, *held
 
     async def drained(self) -> None:
         """Wait until the caller has taken the write buffer down to its low-water mark (at

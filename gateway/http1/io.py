@@ -183,6 +183,15 @@ class ConnectionIO(asyncio.Protocol):
         if self._held_bytes + transport.get_write_buffer_size() > WRITE_HIGH_WATER:
             self.send_held()
 
+    def held_writes(self) -> tuple[list[bytes], TurnWrites] | None:
+        """For a writer that holds its bytes itself, as :meth:`_send` does (a relay's compiled
+        step, ``providers._relay.Tap``): the list of what is held and the loop's
+        :class:`~providers._turn.TurnWrites`; None over TLS, whose records :meth:`write`
+        makes."""
+        if self._tls is not None:
+            return None
+        return self._held, self._turn
+
     def send_held(self) -> None:
         """Send the bytes held (at the turn's end, or before the connection ends)."""
         held = self._held
