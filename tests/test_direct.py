@@ -619,3 +619,66 @@ async def test_a_caller_already_paused_when_the_relay_begins_leaves_the_upstream
     upstream.data_received(b"3c0\r\n%b\r\n0\r\n\r\n" % AUDIO[960:1920])
     assert await running == "complete"
     assert stream.bytes_out == 960
+
+
+async def test_the_compiled_step_keeps_the_order_of_a_connection_s_writes() -> None:
+    """The compiled step holds its chunks for the turn's end in the loop's batch: behind any
+    write the connection still holds from Python (made in the turn the relay began), a
+    turn's chunks in one write, and what it holds sent before what is written after the
+    relay. Set up on the gateway's own connection objects over a transport that records."""
+    compiled_step()
+    loop = asyncio.get_running_loop()
+    caller = _CallerConnection(loop)
+    transport = _WriteSide()
+    caller.transport = cast(asyncio.Transport, transport)
+    scope: Any = {"http_version": "1.1", "method": "POST"}
+    answer = Exchange(cast(Any, caller), scope, keep_alive=True, expect_continue=False)
+    answer.more_body = False
+    answer._start(200, [(b"content-type", b"audio/pcm")])
+    audio = [AUDIO[at : at + 960] for at in range(0, 960 * 6, 960)]
+    expected = Converter(AudioFormat(RATE), 48000)
+    out = [expected.feed(piece) for piece in audio]
+    # The relay's converter has had the first two pieces: the relay converts the rest.
+    converter = Converter(AudioFormat(RATE), 48000)
+    answer.write_now(converter.feed(audio[0]))  # the head and the first audio: sent at once
+    answer.write_now(converter.feed(audio[1]))  # held by the connection for the turn's end
+    assert caller._held
+    stream = SimpleNamespace(converter=converter, provider=SimpleNamespace(name="up"), bytes_out=0)
+    upstream = _Connection(("http", "127.0.0.1", 9))
+    upstream.transport = cast(asyncio.Transport, _ReadSide())
+    upstream.data_received(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+    stall = StallWatch(30.0)
+    stall._loop = loop
+    relay = DirectRelay(cast(AudioStream, stream), upstream, answer, stall, None, loop)
+    assert relay._step is not None
+    step = relay._step
+    upstream.tap(relay, step)
+
+    def piece(data: bytes) -> bytes:
+        return b"%x\r\n%b\r\n" % (len(data), data)
+
+    # In the turn the relay began, behind the connection's own held write, with it.
+    before = len(transport.written)
+    upstream.data_received(piece(audio[2]))
+    assert step.pending == 0 and caller._held  # held by the connection, after its own
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert transport.written[before:] == [piece(out[1]) + piece(out[2])]
+    # A turn's chunks: held in the batch, one write at the turn's end.
+    before = len(transport.written)
+    upstream.data_received(piece(audio[3]) + piece(audio[4]))
+    assert step.pending > 0 and not caller._held
+    assert transport.written[before:] == []
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert transport.written[before:] == [piece(out[3]) + piece(out[4])]
+    # What it holds when the relay ends leaves before anything written after it.
+    upstream.data_received(piece(audio[5]))
+    step.send()
+    answer.write_now(b"\x01\x00")
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert transport.written[-2:] == [piece(out[5]), piece(b"\x01\x00")]
+    relayed = out[2:]
+    assert step.counts() == (4 * 480, sum(map(len, relayed)) // 2, sum(map(len, relayed)))
+    step.close()
