@@ -682,3 +682,50 @@ async def test_the_compiled_step_keeps_the_order_of_a_connection_s_writes() -> N
     relayed = out[2:]
     assert step.counts() == (4 * 480, sum(map(len, relayed)) // 2, sum(map(len, relayed)))
     step.close()
+
+
+async def test_a_build_without_the_compiled_step_relays_the_same_bytes(
+    monkeypatch: pytest.MonkeyPatch, relayed: Relayed
+) -> None:
+    """Where the package was built without a C compiler, the parser's body callback is
+    :class:`providers._pool.PythonBody` and the relay's step the Python one: the same audio
+    as through the pump's loop, relayed from the connection's callbacks."""
+    import providers._pool as pool
+
+    monkeypatch.setattr(pool, "Body", pool.PythonBody)
+    monkeypatch.setattr(DirectRelay, "compiled_step", lambda self: None)
+    audio = pieces(AUDIO, EVEN_CUTS)
+    async with KeepAliveUpstream([Script(audio)]) as upstream:
+        app = routing(upstream)
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c,
+        ):
+            looped = await c.post("/stream-audio", json=body(48000))
+        async with gateway(upstream) as url, httpx.AsyncClient(timeout=30) as client:
+            direct = await client.post(f"{url}/stream-audio", json=body(48000))
+    assert looped.status_code == direct.status_code == 200
+    assert direct.content == looped.content
+    (relay,) = relayed.relays
+    assert relay._step is None and relayed.sizes  # the Python step relayed it
+    assert isinstance(relay._upstream.pieces, pool.PythonBody)
+
+
+async def test_the_python_body_callback_keeps_pieces_as_the_compiled_one_does() -> None:
+    """:class:`providers._pool.PythonBody` and ``providers._relay.Body``: the pieces kept in
+    order and counted, and a piece after the response's end refused."""
+    compiled_step()
+    from providers._pool import PythonBody
+    from providers._relay import Body as CompiledBody
+
+    for kind in (PythonBody, CompiledBody):
+        chunks: list[bytes] = []
+        callback = kind(chunks)
+        callback(b"ab")
+        callback(b"cde")
+        assert chunks == [b"ab", b"cde"] and callback.buffered == 5
+        assert callback.tap is None and not callback.complete
+        callback.complete = True
+        with pytest.raises(ValueError, match="after the end of the response"):
+            callback(b"f")
+        assert chunks == [b"ab", b"cde"]
