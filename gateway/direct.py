@@ -142,7 +142,6 @@ class DirectRelay:
             self._stall,
             self._time,
             held,
-            turn,
             self._slow_body,
             self._failed,
             turn.batch,

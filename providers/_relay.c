@@ -31,7 +31,7 @@
 #include <string.h>
 
 static PyObject *s_disconnected, *s_response_complete, *s_transport, *s_lingering,
-    *s_held_bytes, *s_hold, *s_send_held, *s_since, *s_waiting, *s_is_closing,
+    *s_send, *s_since, *s_waiting, *s_is_closing,
     *s_get_write_buffer_size, *s_write, *s_flush;
 
 /* ------------------------------------------------------------------------------- Tap */
@@ -44,7 +44,6 @@ typedef struct {
     PyObject *stall;    /* the stream's StallWatch */
     PyObject *clock;    /* the event loop's time() */
     PyObject *held;     /* the connection's writes held for the turn's end (a list) */
-    PyObject *turn;     /* the loop's TurnWrites */
     PyObject *slow;     /* the Python step, for a piece off the common path */
     PyObject *fail;     /* told of an error the kernel raised */
     PyObject *batch;    /* the loop's Batch */
@@ -81,7 +80,6 @@ Tap_traverse(Tap *self, visitproc visit, void *arg)
     Py_VISIT(self->stall);
     Py_VISIT(self->clock);
     Py_VISIT(self->held);
-    Py_VISIT(self->turn);
     Py_VISIT(self->slow);
     Py_VISIT(self->fail);
     Py_VISIT(self->batch);
@@ -99,7 +97,6 @@ Tap_clear(Tap *self)
     Py_CLEAR(self->stall);
     Py_CLEAR(self->clock);
     Py_CLEAR(self->held);
-    Py_CLEAR(self->turn);
     Py_CLEAR(self->slow);
     Py_CLEAR(self->fail);
     Py_CLEAR(self->batch);
@@ -119,23 +116,21 @@ Tap_dealloc(Tap *self)
 static int
 Tap_init(Tap *self, PyObject *args, PyObject *kwds)
 {
-    static char *names[] = {"process", "conn", "exchange", "stall",     "clock",
-                            "held",    "turn", "slow",     "fail",      "batch",
-                            "call_soon", "high_water", NULL};
-    PyObject *process, *conn, *exchange, *stall, *clock, *held, *turn, *slow, *fail, *batch,
-        *call_soon;
+    static char *names[] = {"process", "conn",  "exchange", "stall",     "clock",      "held",
+                            "slow",    "fail",  "batch",    "call_soon", "high_water", NULL};
+    PyObject *process, *conn, *exchange, *stall, *clock, *held, *slow, *fail, *batch, *call_soon;
     Py_ssize_t high_water;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOOO!OOOO!On", names, &process, &conn,
-                                     &exchange, &stall, &clock, &PyList_Type, &held, &turn,
-                                     &slow, &fail, &BatchType, &batch, &call_soon, &high_water))
-        return -1;
-    PyObject *pending = PyList_New(0);
-    if (pending == NULL)
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOOO!OOO!On", names, &process, &conn,
+                                     &exchange, &stall, &clock, &PyList_Type, &held, &slow,
+                                     &fail, &BatchType, &batch, &call_soon, &high_water))
         return -1;
     if (process != Py_None && !PyCallable_Check(process)) {
         PyErr_SetString(PyExc_TypeError, "process must be callable or None");
         return -1;
     }
+    PyObject *pending = PyList_New(0);
+    if (pending == NULL)
+        return -1;
     Tap_clear(self);
     Py_INCREF(process);
     self->process = process;
@@ -149,8 +144,6 @@ Tap_init(Tap *self, PyObject *args, PyObject *kwds)
     self->clock = clock;
     Py_INCREF(held);
     self->held = held;
-    Py_INCREF(turn);
-    self->turn = turn;
     Py_INCREF(slow);
     self->slow = slow;
     Py_INCREF(fail);
@@ -184,58 +177,41 @@ truth_of(PyObject *owner, PyObject *name)
     return truth;
 }
 
-/* ConnectionIO._send for `framed`: held with the connection's other writes; the turn told at
- * the first; what is held sent now when it and the transport's buffer pass the high-water
- * mark. */
+/* Hold `framed` with the connection's own writes: ConnectionIO._send itself (the turn told at
+ * the first, what is held sent now past the high-water mark). */
 static int
-hold(Tap *t, PyObject *transport, PyObject *framed)
+hold(Tap *t, PyObject *framed)
 {
-    int first = PyList_GET_SIZE(t->held) == 0;
-    if (PyList_Append(t->held, framed) < 0)
+    PyObject *done = PyObject_CallMethodOneArg(t->conn, s_send, framed);
+    if (done == NULL)
         return -1;
-    PyObject *count = PyObject_GetAttr(t->conn, s_held_bytes);
-    if (count == NULL)
-        return -1;
-    Py_ssize_t held = PyLong_AsSsize_t(count);
-    Py_DECREF(count);
-    if (held == -1 && PyErr_Occurred())
-        return -1;
-    held += PyBytes_GET_SIZE(framed);
-    count = PyLong_FromSsize_t(held);
-    if (count == NULL)
-        return -1;
-    int rc = PyObject_SetAttr(t->conn, s_held_bytes, count);
-    Py_DECREF(count);
-    if (rc < 0)
-        return -1;
-    if (first) {
-        /* After the bytes are in: holding may send what the turn holds at once (urge). */
-        PyObject *done = PyObject_CallMethodOneArg(t->turn, s_hold, t->conn);
-        if (done == NULL)
-            return -1;
-        Py_DECREF(done);
-        count = PyObject_GetAttr(t->conn, s_held_bytes);
-        if (count == NULL)
-            return -1;
-        held = PyLong_AsSsize_t(count);
-        Py_DECREF(count);
-        if (held == -1 && PyErr_Occurred())
-            return -1;
-    }
-    PyObject *size = PyObject_CallMethodNoArgs(transport, s_get_write_buffer_size);
-    if (size == NULL)
-        return -1;
-    Py_ssize_t buffered = PyLong_AsSsize_t(size);
-    Py_DECREF(size);
-    if (buffered == -1 && PyErr_Occurred())
-        return -1;
-    if (held + buffered > t->high_water) {
-        PyObject *sent = PyObject_CallMethodNoArgs(t->conn, s_send_held);
-        if (sent == NULL)
-            return -1;
-        Py_DECREF(sent);
-    }
+    Py_DECREF(done);
     return 0;
+}
+
+/* The connection's transport when it takes writes (ConnectionIO.send_held's and write's
+ * check: there is one and it is not closing), in *transport (a new reference): 1; 0 when it
+ * does not; -1 on an error. */
+static int
+open_transport(Tap *t, PyObject **transport)
+{
+    *transport = PyObject_GetAttr(t->conn, s_transport);
+    if (*transport == NULL)
+        return -1;
+    int open = -1;
+    if (*transport == Py_None)
+        open = 0;
+    else {
+        PyObject *closing = PyObject_CallMethodNoArgs(*transport, s_is_closing);
+        if (closing != NULL) {
+            int no = PyObject_IsTrue(closing);
+            Py_DECREF(closing);
+            open = no < 0 ? -1 : !no;
+        }
+    }
+    if (open != 1)
+        Py_CLEAR(*transport);
+    return open;
 }
 
 /* The transport's write buffer's size (-1: an error). */
@@ -280,30 +256,14 @@ tap_send(Tap *t)
         return -1;
     }
     t->pending_bytes = 0;
-    int rc = -1;
-    PyObject *transport = PyObject_GetAttr(t->conn, s_transport);
-    if (transport == NULL)
-        goto done;
-    if (transport == Py_None) {
-        rc = 0;
-        goto done;
+    PyObject *transport;
+    int rc = open_transport(t, &transport);
+    if (rc == 1) {
+        PyObject *written = PyObject_CallMethodOneArg(transport, s_write, data);
+        rc = written == NULL ? -1 : 0;
+        Py_XDECREF(written);
+        Py_DECREF(transport);
     }
-    PyObject *closing = PyObject_CallMethodNoArgs(transport, s_is_closing);
-    if (closing == NULL)
-        goto done;
-    int no = PyObject_IsTrue(closing);
-    Py_DECREF(closing);
-    if (no != 0) {
-        rc = no < 0 ? -1 : 0;
-        goto done;
-    }
-    PyObject *written = PyObject_CallMethodOneArg(transport, s_write, data);
-    if (written != NULL) {
-        Py_DECREF(written);
-        rc = 0;
-    }
-done:
-    Py_XDECREF(transport);
     Py_DECREF(data);
     return rc;
 }
@@ -319,7 +279,7 @@ batch_hold(Tap *t, PyObject *transport, PyObject *framed)
     if (PyList_GET_SIZE(t->held) != 0) {
         if (tap_send(t) < 0)
             return -1;
-        return hold(t, transport, framed);
+        return hold(t, framed);
     }
     Batch *batch = (Batch *)t->batch;
     if (PyList_Append(t->pending, framed) < 0)
@@ -380,28 +340,14 @@ write_chunk(Tap *t, PyObject *pcm)
     no = truth_of(t->exchange, s_disconnected);
     if (no != 0)
         return no < 0 ? -1 : 0;
-    PyObject *transport = PyObject_GetAttr(t->conn, s_transport);
-    if (transport == NULL)
-        return -1;
-    int rc = -1;
-    if (transport == Py_None) {
-        rc = 0;
-        goto done;
-    }
     no = truth_of(t->conn, s_lingering);
-    if (no != 0) {
-        rc = no < 0 ? -1 : 0;
-        goto done;
-    }
-    PyObject *closing = PyObject_CallMethodNoArgs(transport, s_is_closing);
-    if (closing == NULL)
-        goto done;
-    no = PyObject_IsTrue(closing);
-    Py_DECREF(closing);
-    if (no != 0) {
-        rc = no < 0 ? -1 : 0;
-        goto done;
-    }
+    if (no != 0)
+        return no < 0 ? -1 : 0;
+    PyObject *transport;
+    int rc = open_transport(t, &transport);
+    if (rc != 1)
+        return rc;
+    rc = -1;
     Py_ssize_t n = PyBytes_GET_SIZE(pcm);
     char size[24];
     int size_len = chunk_size_line(size, (size_t)n);
@@ -917,9 +863,7 @@ PyInit__relay(void)
         {&s_response_complete, "response_complete"},
         {&s_transport, "transport"},
         {&s_lingering, "_lingering"},
-        {&s_held_bytes, "_held_bytes"},
-        {&s_hold, "hold"},
-        {&s_send_held, "send_held"},
+        {&s_send, "_send"},
         {&s_since, "since"},
         {&s_waiting, "waiting"},
         {&s_is_closing, "is_closing"},

@@ -24,7 +24,6 @@ class Tap:
         stall: Any,
         clock: Callable[[], float],
         held: list[bytes],
-        turn: Any,
         slow: Callable[[bytes], None],
         fail: Callable[[BaseException], None],
         batch: Batch,
