@@ -120,48 +120,40 @@ class _KnownChildren(MetricWrapperBase):
 _SHARED: Final = _values.ValueClass is not _values.MutexValue
 
 
-class _Tallied(MetricWrapperBase):
-    """A metric whose increments :class:`_Tally` may hold for the turn (:meth:`_write`: the
-    write itself)."""
-
-    def _write(self, amount: float) -> None:
-        raise NotImplementedError
-
-
 class _Tally:
-    """Increments of the event loop's turn, by metric, written once each when the turn is
-    over (with the writes to sockets held for it: ``providers._turn``), or when :meth:`flush`
-    is called. Only on the
-    thread that runs the loop: from any other, or with no loop running, a value is written at
-    once."""
+    """Increments of the event loop's turn, by value (a series' own number: a counter's, a
+    gauge's, a histogram's sum or bucket), written once each when the turn is over (with the
+    writes to sockets held for it: ``providers._turn``), or when :meth:`flush` is called. Only
+    on the thread that runs the loop: from any other, or with no loop running, a value is
+    written at once."""
 
     __slots__ = ("_loop", "_pending", "_thread")
 
     def __init__(self) -> None:
-        self._pending: dict[_Tallied, float] = {}
+        self._pending: dict[Any, float] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread = 0
 
-    def add(self, metric: _Tallied, amount: float) -> None:
+    def add(self, value: Any, amount: float) -> None:
         pending = self._pending
         if pending:
             if self._thread == threading.get_ident():
                 loop = self._loop
                 if loop is not None and loop.is_running():  # its flush is still to come
-                    pending[metric] = pending.get(metric, 0.0) + amount
+                    pending[value] = pending.get(value, 0.0) + amount
                     return
                 self.flush()  # the loop it was due on has stopped
                 pending = self._pending
             else:
-                metric._write(amount)
+                value.inc(amount)
                 return
         loop = asyncio._get_running_loop()
         if loop is None:
-            metric._write(amount)
+            value.inc(amount)
             return
         self._loop = loop
         self._thread = threading.get_ident()
-        pending[metric] = amount
+        pending[value] = amount
         TurnWrites.of(loop).hold(self, socket=False)
 
     def flush(self) -> None:
@@ -169,8 +161,8 @@ class _Tally:
         pending = self._pending
         if pending:
             self._pending = {}
-            for metric, amount in pending.items():
-                metric._write(amount)
+            for value, amount in pending.items():
+                value.inc(amount)
 
     send_held = flush  # at the end of the turn, with the sockets' writes (providers._turn)
 
@@ -178,33 +170,35 @@ class _Tally:
 _TALLY: Final = _Tally()
 
 
-class _Counter(_KnownChildren, Counter, _Tallied):
+def _unobservable(metric: MetricWrapperBase) -> bool:
+    """Whether ``metric`` is a labelled metric's parent, which holds no value of its own
+    (prometheus-client's ``_is_observable``, in one test)."""
+    return bool(metric._labelnames) and not metric._labelvalues
+
+
+class _Counter(_KnownChildren, Counter):
     """A :class:`prometheus_client.Counter` whose children are looked up once each, and whose
-    increments are tallied for the turn when values are shared between processes."""
+    increments go straight to the series' value (what ``Counter.inc`` does after its checks,
+    made here in one test), tallied for the turn when values are shared between processes."""
 
     def inc(self, amount: float = 1, exemplar: dict[str, str] | None = None) -> None:
-        if not _SHARED or exemplar is not None:
-            super().inc(amount, exemplar)
-            return
-        self._raise_if_not_observable()  # type: ignore[no-untyped-call]
-        if amount < 0:
-            raise ValueError("Counters can only be incremented by non-negative amounts.")
-        _TALLY.add(self, amount)
-
-    def _write(self, amount: float) -> None:
-        Counter.inc(self, amount)
+        if exemplar is not None or amount < 0 or _unobservable(self):
+            super().inc(amount, exemplar)  # prometheus-client's own errors, and exemplars
+        elif _SHARED:
+            _TALLY.add(self._value, amount)
+        else:
+            self._value.inc(amount)
 
 
-class _UpDownGauge(Gauge, _Tallied):
+class _UpDownGauge(Gauge):
     """A :class:`prometheus_client.Gauge` that only goes up and down (never ``set``), whose
     changes are tallied for the turn when values are shared between processes."""
 
     def inc(self, amount: float = 1) -> None:
-        if not _SHARED:
+        if not _SHARED or _unobservable(self):
             super().inc(amount)
-            return
-        self._raise_if_not_observable()  # type: ignore[no-untyped-call]
-        _TALLY.add(self, amount)
+        else:
+            _TALLY.add(self._value, amount)
 
     def dec(self, amount: float = 1) -> None:
         self.inc(-amount)
@@ -212,12 +206,21 @@ class _UpDownGauge(Gauge, _Tallied):
     def set(self, value: float) -> None:
         raise TypeError("an up-and-down gauge is never set")
 
-    def _write(self, amount: float) -> None:
-        Gauge.inc(self, amount)
-
 
 class _Histogram(_KnownChildren, Histogram):
-    """A :class:`prometheus_client.Histogram` whose children are looked up once each."""
+    """A :class:`prometheus_client.Histogram` whose children are looked up once each, and
+    whose observations are tallied for the turn (its sum and its bucket) when values are
+    shared between processes."""
+
+    def observe(self, amount: float, exemplar: dict[str, str] | None = None) -> None:
+        if not _SHARED or exemplar is not None or _unobservable(self):
+            super().observe(amount, exemplar)
+            return
+        _TALLY.add(self._sum, amount)
+        for i, bound in enumerate(self._upper_bounds):
+            if amount <= bound:
+                _TALLY.add(self._buckets[i], 1.0)
+                break
 
 
 _TTFB_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0)

@@ -21,7 +21,8 @@ _SCRIPT = textwrap.dedent(
 
     metrics = Metrics()
     ok = metrics.requests.labels("200")
-    writes = {"requests": 0, "active": 0}
+    ttfb = metrics.ttfb.labels("p")
+    writes = {"requests": 0, "active": 0, "ttfb": 0}
 
     def counting(name, value):
         inner = value.inc
@@ -32,11 +33,15 @@ _SCRIPT = textwrap.dedent(
 
     counting("requests", ok._value)
     counting("active", metrics.active._value)
+    for value in (ttfb._sum, *ttfb._buckets):
+        counting("ttfb", value)
 
     def shared(name):
         registry = CollectorRegistry()
         MultiProcessCollector(registry)
         labels = {"status": "200"} if name == "tts_requests_total" else {}
+        if name.startswith("tts_first_byte"):
+            labels = {"provider": "p", **({"le": "0.05"} if "bucket" in name else {})}
         return registry.get_sample_value(name, labels) or 0.0
 
     seen = {}
@@ -47,10 +52,19 @@ _SCRIPT = textwrap.dedent(
         for _ in range(3):
             metrics.active.inc()
         metrics.active.dec()
+        for seconds in (0.02, 0.03, 0.04, 0.3):
+            ttfb.observe(seconds)
+        seen["histogram held"] = [shared("tts_first_byte_seconds_count"), writes["ttfb"]]
         seen["held"] = [shared("tts_requests_total"), writes["requests"]]
         await asyncio.sleep(0)
         seen["turn"] = [shared("tts_requests_total"), writes["requests"]]
         seen["active"] = [shared("tts_streams_active"), writes["active"]]
+        seen["histogram"] = [
+            shared("tts_first_byte_seconds_count"),
+            round(shared("tts_first_byte_seconds_sum"), 9),
+            shared("tts_first_byte_seconds_bucket"),
+            writes["ttfb"],
+        ]
         for _ in range(10):
             ok.inc()
         metrics.render()  # a scrape on the loop's thread writes what is held first
@@ -96,6 +110,9 @@ def test_a_turns_increments_are_written_once_and_none_is_lost(tmp_path: Path) ->
     assert seen["held"] == [0.0, 0]  # held for the turn
     assert seen["turn"] == [50.0, 1]  # fifty increments, one write
     assert seen["active"] == [2.0, 1]  # +3 -1, one write
+    # Four observations: the sum written once, and each bucket met once (0.025, 0.05, 0.5).
+    assert seen["histogram held"] == [0.0, 0]
+    assert seen["histogram"] == [4.0, 0.39, 3.0, 4]
     assert seen["scrape"] == [60.0, 2]
     # The thread's 5 went out at once; the 2 of the turn were still held.
     assert seen["thread"] == [65.0, 3]
