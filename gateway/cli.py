@@ -151,6 +151,9 @@ def serve_options(
         "access_log": False,  # the gateway logs one richer line per request itself
         "http": protocol_factory(limits),
         "ws": "none",
+        # Nothing in the gateway reads the caller's address or scheme from the scope, so
+        # uvicorn's X-Forwarded-* rewriting would be a layer on every request for nothing.
+        "proxy_headers": False,
         # The gateway ends streams itself at server.drain_seconds (end reason "drain"); this
         # is only the server's backstop for anything still running after that.
         "timeout_graceful_shutdown": server.drain_seconds + _DRAIN_BACKSTOP_SECONDS,
