@@ -19,7 +19,7 @@ import httpx
 
 from ._errors import ERROR_BODY_LIMIT, error_message, parse_retry_after, translate_errors
 from ._pieces import LOOKAHEAD, pipelined, whole_clip_pieces
-from ._pool import BODY_EXTENSION, StreamingTransport, _Connection, _ResponseStream
+from ._pool import BODY_EXTENSION, RawHeaders, StreamingTransport, _Connection, _ResponseStream
 from ._streams import is_body, iter_body
 from .base import (
     AudioFormat,
@@ -147,7 +147,7 @@ class JSONPosts:
         request = httpx.Request(
             "POST",
             self.url,
-            headers=raw,
+            headers=RawHeaders(raw),
             stream=httpx.ByteStream(content),
             extensions=self._extensions,
         )

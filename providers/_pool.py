@@ -59,6 +59,19 @@ BODY_EXTENSION: Final = "gateway.body"
 _UNSAFE_IN_HEADER = re.compile(rb"[\x00\r\n]")
 
 
+class RawHeaders(httpx.Headers):
+    """``httpx.Headers`` made from ``(name, value)`` byte pairs, as a parser or a request
+    builder has them: each name lowered once, and nothing else done. ``httpx.Headers`` makes
+    the same from a list, checking each name and value for ``str`` and encoding it (two calls
+    and three type checks a header); a response's headers are made for every upstream answer,
+    a request's for every upstream request. Their text encoding is worked out as httpx's own
+    does, on the first lookup."""
+
+    def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
+        self._list = [(name, name.lower(), value) for name, value in raw]
+        self._encoding = None
+
+
 class BodySink(Protocol):
     """Who takes a tapped response body (see :meth:`_Connection.tap`)."""
 
@@ -516,7 +529,7 @@ class StreamingTransport(httpx.AsyncBaseTransport):
         stream = _ResponseStream(self, connection, timeouts.get("read"))
         return httpx.Response(
             connection.status,
-            headers=connection.headers,
+            headers=RawHeaders(connection.headers),
             stream=stream,
             extensions={
                 "http_version": b"HTTP/1.1",

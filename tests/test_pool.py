@@ -494,3 +494,28 @@ async def test_requests_go_out_as_written_sized_or_chunked() -> None:
         b'{"Text":"hi"}' % (port, httpx.__version__.encode())
     )
     assert received[1].endswith(b"\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked(b"spoken text"))
+
+
+def test_raw_headers_read_as_httpx_headers_made_from_the_same_pairs() -> None:
+    # A response's and a request's headers are made from byte pairs without httpx's checks:
+    # every lookup must read as httpx's own Headers of the same pairs, a non-ASCII value too.
+    pairs = [
+        (b"Content-Type", b"audio/pcm; rate=24000"),
+        (b"X-Sample-Rate", b"24000"),
+        (b"set-cookie", b"a=1"),
+        (b"Set-Cookie", b"b=2"),
+        (b"X-Voice", "Zoë".encode()),
+    ]
+    raw, made = _pool.RawHeaders(pairs), httpx.Headers(pairs)
+    assert raw == made
+    assert raw.raw == made.raw == pairs
+    assert raw.multi_items() == made.multi_items()
+    assert raw["content-type"] == made["CONTENT-TYPE"] == "audio/pcm; rate=24000"
+    assert raw.get_list("set-cookie") == made.get_list("set-cookie") == ["a=1", "b=2"]
+    assert raw["x-voice"] == made["x-voice"] == "Zoë"
+    assert raw.encoding == made.encoding == "utf-8"
+    assert raw.get("content-encoding") is None
+    response = httpx.Response(200, headers=raw)
+    assert response.headers.raw == pairs and response.headers["x-sample-rate"] == "24000"
+    latin = _pool.RawHeaders([(b"X-Name", "café".encode("latin-1"))])
+    assert latin["x-name"] == httpx.Headers([(b"X-Name", "café".encode("latin-1"))])["x-name"]
