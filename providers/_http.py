@@ -13,7 +13,7 @@ import re
 from abc import abstractmethod
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Mapping
 from functools import partial
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 import httpx
 
@@ -104,6 +104,10 @@ _NO_COOKIES = _NoCookies()
 _SET_PER_REQUEST = ("host", "content-length", "content-type", "transfer-encoding", "x-request-id")
 
 
+#: httpx's JSON body encoding (``json.dumps`` with these settings makes an encoder per call).
+_COMPACT_JSON: Final = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
 class JSONPosts:
     """POSTs of a JSON body to one URL with fixed ``headers`` and, per request, an
     ``X-Request-Id``: the request ``client.build_request("POST", url, json=body, headers=...)``
@@ -136,9 +140,7 @@ class JSONPosts:
                 headers["X-Request-Id"] = request_id
             return self.client.build_request("POST", self.url, json=body, headers=headers)
         # As httpx encodes a JSON body (httpx._content.encode_json).
-        content = json.dumps(
-            body, ensure_ascii=False, separators=(",", ":"), allow_nan=False
-        ).encode("utf-8")
+        content = _COMPACT_JSON.encode(body).encode("utf-8")
         raw = self._fixed.copy()
         if request_id:
             raw.append((b"X-Request-Id", request_id.encode("ascii")))
