@@ -19,6 +19,7 @@ from starlette.types import Receive, Scope, Send
 from gateway.app import create_app
 from gateway.config import parse_config
 from gateway.http1 import EXCHANGE_SCOPE_KEY, ConnectionLimits, TLSFiles
+from gateway.http1.connection import HTTPProtocol
 from tests.support import (
     Plan,
     ScriptedProvider,
@@ -181,6 +182,43 @@ async def test_a_keep_alive_connection_serves_several_requests(gateway: tuple[st
         assert status == 200
         assert body == CHUNK * 2
     writer.close()
+
+
+async def test_requests_move_the_deadlines_without_a_timer_each(plan: Plan) -> None:
+    # Each request moves the connection's deadline three times (its head, its body, the
+    # keep-alive pause after it); a timer is made only when none is set for the deadline or
+    # before it. The pause still ends keep_alive seconds after the last answer, not when the
+    # timer set for an earlier deadline fires.
+    keep_alive = 3 * SHORT
+    limits = ConnectionLimits(header=SHORT, body=SHORT, keep_alive=keep_alive, max_connections=5)
+    loop = asyncio.get_running_loop()
+    made: list[object] = []
+    call_at = loop.call_at
+
+    def counting(when: float, callback: Any, *args: Any, **kwargs: Any) -> asyncio.TimerHandle:
+        if isinstance(getattr(callback, "__self__", None), HTTPProtocol):
+            made.append(callback)
+        return call_at(when, callback, *args, **kwargs)
+
+    loop.call_at = counting  # type: ignore[method-assign,assignment]
+    try:
+        async with live_server(gateway_app(), limits) as url:
+            host, port = url.removeprefix("http://").split(":")
+            reader, writer = await connect((host, int(port)))
+            requests = 10
+            for _ in range(requests):
+                writer.write(post(SYNTH))
+                status, _headers, body = await read_response(reader)
+                assert (status, body) == (200, CHUNK * 2)
+            answered = loop.time()
+            timers = len(made)
+            assert await until_eof(reader) == b""
+            idle = loop.time() - answered
+            writer.close()
+    finally:
+        del loop.call_at
+    assert timers < requests  # three deadlines a request, and fewer timers than requests
+    assert keep_alive - 0.05 <= idle < PATIENCE
 
 
 # ---------------------------------------------------------------- the connection cap

@@ -65,7 +65,11 @@ class ConnectionIO(asyncio.Protocol):
         self._tls: TLSSession | None = None
         self._drain_waiter: asyncio.Future[None] | None = None
         self._reading_paused = False
-        self._timer: asyncio.TimerHandle | None = None  # head, body, keep-alive, linger
+        # The connection's deadline (head, body, keep-alive, linger: see _arm) and its timer.
+        self._due = 0.0
+        self._on_due: Callable[[], None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_due = 0.0
         self._stall: asyncio.TimerHandle | None = None  # a write that makes no progress
         self._closed = False
         self._lingering = False
@@ -91,7 +95,7 @@ class ConnectionIO(asyncio.Protocol):
         self._closed = True
         self._held.clear()
         self._held_bytes = 0
-        self._disarm()
+        self._drop_deadline()
         if self._stall is not None:
             self._stall.cancel()
         if self._drain_waiter is not None and not self._drain_waiter.done():
@@ -228,21 +232,52 @@ class ConnectionIO(asyncio.Protocol):
     # ------------------------------------------------------------------ deadlines
 
     def _arm(self, seconds: float, callback: Callable[[], None]) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer = self.loop.call_later(seconds, callback)
+        """``callback`` in ``seconds`` unless the deadline is moved (:meth:`_arm`) or dropped
+        (:meth:`_disarm`) first. A request moves it three times (its head, its body, the
+        keep-alive pause after it), each later than the one before: the timer is made only
+        when none is set for the deadline or before it, and one set for earlier finds the
+        deadline moved when it fires and is set again for it, so that a request makes and
+        cancels no timer of its own."""
+        due = self.loop.time() + seconds
+        self._due = due
+        self._on_due = callback
+        timer = self._timer
+        if timer is None or self._timer_due > due:
+            if timer is not None:
+                timer.cancel()
+            self._timer_due = due
+            self._timer = self.loop.call_at(due, self._deadline)
 
     def _disarm(self) -> None:
+        """No deadline now (the timer, if set, finds none when it fires)."""
+        self._on_due = None
+
+    def _drop_deadline(self) -> None:
+        """No deadline, and no timer: the connection is ending (a timer left set would hold
+        it until it fires)."""
+        self._on_due = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+    def _deadline(self) -> None:
+        self._timer = None
+        callback = self._on_due
+        if callback is None:
+            return
+        if self._due <= self._timer_due:  # the deadline this timer was set for, or earlier
+            self._on_due = None
+            callback()
+        else:  # moved later since
+            self._timer_due = self._due
+            self._timer = self.loop.call_at(self._due, self._deadline)
 
     # ------------------------------------------------------------------ endings
 
     def _close(self) -> None:
         """Close once what is written has gone out; a caller that will not take it is cut off
         after a while (see :meth:`pause_writing`)."""
-        self._disarm()
+        self._drop_deadline()
         self.send_held()
         transport = self.transport
         if transport is not None and not transport.is_closing():
@@ -252,7 +287,7 @@ class ConnectionIO(asyncio.Protocol):
 
     def _abort(self) -> None:
         """Drop the connection now, with whatever is still unsent."""
-        self._disarm()
+        self._drop_deadline()
         if self.transport is not None:
             self.transport.abort()
 
