@@ -8,10 +8,11 @@ and ``/metrics`` (any worker's, or the supervisor's metrics port) sums counters 
 over every process that ever served, and the live gauges over the processes alive now.
 
 There every write of a value is a write to a shared file under a lock (~1.6 µs, against ~0.5
-in one process), some fifteen a request; so the counters, and the two gauges that only go up
-and down (streams, connections), are tallied in memory during a turn of the event loop and
-written once each at its end (:class:`_Tally`): a scrape sees them a turn later at most, and
-this process's own scrape flushes them first (:meth:`Metrics.flush`)."""
+in one process), some fifteen a request; so the counters, the histograms' observations (a sum
+and a bucket each), and the two gauges that only go up and down (streams, connections), are
+tallied in memory during a turn of the event loop and written once each, by series, at its
+end (:class:`_Tally`): a scrape sees them a turn later at most, and this process's own scrape
+flushes them first (:meth:`Metrics.flush`)."""
 
 from __future__ import annotations
 
