@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 from prometheus_client import Gauge
 
+from .deadlines import deadline
 from .errors import TooManyStreams
 
 
@@ -86,7 +87,7 @@ class ProviderGate:
         waiter = asyncio.get_running_loop().create_future()
         self._line.append(waiter)
         try:
-            async with asyncio.timeout(wait):
+            async with deadline(wait):
                 await waiter
             return True
         except TimeoutError:

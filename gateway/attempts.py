@@ -49,6 +49,7 @@ from providers.base import (
 from .admission import Lease
 from .audio import AudioFormatError, Converter, ResamplerMode
 from .breaker import Ticket
+from .deadlines import deadline
 from .health import ProviderHealth
 from .metrics import Metrics
 from .routing import ChainStep
@@ -168,7 +169,7 @@ class VoiceOpener:
         # on its way to the TimeoutError below.
         attempting = False
         try:
-            async with asyncio.timeout(budget):
+            async with deadline(budget):
                 while True:
                     attempting = True
                     try:

@@ -23,6 +23,8 @@ import asyncio
 import logging
 from typing import Final
 
+from .deadlines import Deadline
+
 log = logging.getLogger("gateway")
 
 #: How long the last bytes of an answer may take to go out to a caller that stopped reading
@@ -39,7 +41,7 @@ class DrainClock:
     is brought forward to it, so that the requests under way end by it."""
 
     def __init__(self) -> None:
-        self._deadlines: set[asyncio.Timeout] = set()
+        self._deadlines: set[Deadline] = set()
         self._at: float | None = None
 
     @property
@@ -59,24 +61,24 @@ class DrainClock:
         """Whether the drain deadline has passed."""
         return self._at is not None and asyncio.get_running_loop().time() >= self._at
 
-    def watch(self, deadline: asyncio.Timeout) -> _Watched:
+    def watch(self, deadline: Deadline) -> _Watched:
         """Bring ``deadline`` forward to the drain deadline if a drain starts (or has started)
         while it is in force (a ``with`` block, which gives ``deadline``)."""
         return _Watched(self, deadline)
 
-    def _watch(self, deadline: asyncio.Timeout) -> None:
+    def _watch(self, deadline: Deadline) -> None:
         self._deadlines.add(deadline)
         if self._at is not None:
             self._bring_forward(deadline)
 
-    def _unwatch(self, deadline: asyncio.Timeout) -> None:
+    def _unwatch(self, deadline: Deadline) -> None:
         self._deadlines.discard(deadline)
 
-    def cut(self, deadline: asyncio.Timeout) -> bool:
+    def cut(self, deadline: Deadline) -> bool:
         """Whether ``deadline`` expired because the drain brought it forward."""
         return self._at is not None and deadline.when() == self._at
 
-    def _bring_forward(self, deadline: asyncio.Timeout) -> None:
+    def _bring_forward(self, deadline: Deadline) -> None:
         assert self._at is not None
         when = deadline.when()
         if when is None or when > self._at:
@@ -90,11 +92,11 @@ class _Watched:
 
     __slots__ = ("_deadline", "_watcher")
 
-    def __init__(self, watcher: DrainClock | StallWatch, deadline: asyncio.Timeout) -> None:
+    def __init__(self, watcher: DrainClock | StallWatch, deadline: Deadline) -> None:
         self._watcher = watcher
         self._deadline = deadline
 
-    def __enter__(self) -> asyncio.Timeout:
+    def __enter__(self) -> Deadline:
         self._watcher._watch(self._deadline)
         return self._deadline
 
@@ -141,7 +143,7 @@ class StallWatch:
         self.waiting = True
         self.fired = False
         self.since = 0.0  # the loop's time the current wait on the upstream began
-        self._deadline: asyncio.Timeout | None = None
+        self._deadline: Deadline | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -151,18 +153,18 @@ class StallWatch:
         self.since = self._loop.time()
         self.waiting = True
 
-    def armed(self, deadline: asyncio.Timeout) -> _Watched:
+    def armed(self, deadline: Deadline) -> _Watched:
         """Watch for the block (a ``with`` block, which gives ``deadline``): a stall expires
         ``deadline`` at once (then :attr:`fired` is set)."""
         return _Watched(self, deadline)
 
-    def _watch(self, deadline: asyncio.Timeout) -> None:
+    def _watch(self, deadline: Deadline) -> None:
         loop = self._loop = asyncio.get_running_loop()
         self._deadline = deadline
         self.since = loop.time()
         self._timer = loop.call_at(self.since + self.seconds, self._check)
 
-    def _unwatch(self, deadline: asyncio.Timeout) -> None:
+    def _unwatch(self, deadline: Deadline) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

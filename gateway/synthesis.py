@@ -28,6 +28,7 @@ from providers.base import ProviderError, ProviderTimeout
 
 from .admission import StreamLimit
 from .budgets import CallerPace, DrainClock, StallWatch
+from .deadlines import deadline
 from .direct import CallerBody, DirectRelay
 from .errors import BadRequest, NotReady
 from .logs import writes_json
@@ -245,7 +246,7 @@ class Synthesis:
         try:
             # One deadline: the total budget, brought forward by the drain, or to the moment
             # by the stall watch when the upstream has been silent too long.
-            async with asyncio.timeout_at(loop.time() + timeouts.total) as budget:
+            async with deadline(timeouts.total) as budget:
                 with self._drain.watch(budget), stall.armed(budget):
                     async for pcm in chunks:
                         stall.waiting = False
@@ -368,7 +369,7 @@ class Opening:
         streams.take(routing.config.server.max_concurrent_streams)
         try:
             try:
-                async with asyncio.timeout(None) as opening:
+                async with deadline(None) as opening:
                     with core.drain.watch(opening):
                         stream = await routing.relay.open(
                             chain, request, outcome.request_id, outcome.tried, shaped

@@ -30,6 +30,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from .. import budgets
+from ..deadlines import deadline
 from ..errors import GatewayError, NotReady
 from ..http1 import ANSWERED_SCOPE_KEY, EXCHANGE_SCOPE_KEY, Exchange
 from ..runtime import Gateway, LoadedRouting
@@ -235,7 +236,7 @@ class SynthesisDoor(ABC, Generic[Call]):
             if not exchange.write_paused:
                 return
         try:
-            async with asyncio.timeout(budgets.LAST_SEND_SECONDS):
+            async with deadline(budgets.LAST_SEND_SECONDS):
                 if exchange is None:
                     if last:
                         await send({"type": "http.response.body", "body": last, "more_body": True})
