@@ -239,8 +239,17 @@ class OpenStream:
 
     async def __aexit__(self, *exc_info: object) -> None:
         response, self._response = self._response, None
-        if response is not None:
+        if response is None:
+            return
+        stream = response.stream
+        if type(stream) is not _ResponseStream or response.is_closed:
             await response.aclose()
+            return
+        # What response.aclose() does for the pool's own body (which hands its connection
+        # back and raises nothing), without the context manager httpx enters to name the
+        # request on an error: a generator's frames every request.
+        response.is_closed = True
+        await stream.aclose()
 
 
 def http_error(
