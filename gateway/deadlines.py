@@ -13,16 +13,18 @@ provider's first-byte budget, the stream's total). Almost none of them ever fire
 long before their budgets. Here the deadlines of one length (``seconds``) on one loop form a
 :class:`_Lane`: since the loop's clock only goes forward, each is due after those entered
 before it, so the lane is a queue in the order they are due, with one timer, set for the first.
-A deadline entered joins the end of its lane; one left is only marked (its entry is dropped when
-it reaches the front). When the timer fires it expires what is due, drops what was left, and is
-set for the first deadline still in force: one timer a lane at a time, and one made per length
-of the lane at most, while deadlines stay in force. Entries left behind are bounded: once a lane
-has grown to twice its size after the last sweep (and :data:`SWEEP_FLOOR` entries more), it is
-rebuilt from the deadlines still in force.
+A deadline entered joins the end of its lane. A block that ends drops the ended deadlines at the
+front of its lane (blocks of one length mostly end in the order they began); one that ends
+behind a block still in force is dropped when it comes to the front. When the timer fires it
+expires what is due, drops what has ended, and is set for the first deadline still in force: one
+timer a lane at a time, made once while the lane is never empty. Entries left behind are
+bounded: once a lane has grown to twice its size after the last sweep (and :data:`SWEEP_FLOOR`
+entries more), it is rebuilt from the deadlines still in force.
 
 A deadline given as a time (:func:`deadline_at`), moved (:meth:`Deadline.reschedule`, as the
-drain and the stall watch do), or of a length beyond the :data:`MAX_LANES` a loop keeps, has a
-timer of its own, as ``asyncio.timeout``'s.
+drain and the stall watch do), entered after one of its length due later (made, then entered
+only after another was), or of a length beyond the :data:`MAX_LANES` a loop keeps, has a timer
+of its own, as ``asyncio.timeout``'s.
 """
 
 from __future__ import annotations
@@ -114,11 +116,11 @@ class Deadline:
         self._cancelling = task.cancelling()
         when = self._when
         if when is not None:
-            lane = self._lane = _lane(task.get_loop(), self._delay)
-            if lane is None:
-                self._own_timer(task.get_loop(), when)
+            lane = _lane(task.get_loop(), self._delay)
+            if lane is not None and lane.add(self):
+                self._lane = lane
             else:
-                lane.add(self)
+                self._own_timer(task.get_loop(), when)
         return self
 
     async def __aexit__(
@@ -182,13 +184,17 @@ class _Lane:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def add(self, deadline: Deadline) -> None:
+    def add(self, deadline: Deadline) -> bool:
+        """Whether ``deadline`` joined the lane: not if one already in it is due later."""
         entries = self._entries
+        if entries and entries[-1]._when > deadline._when:  # type: ignore[operator]
+            return False
         entries.append(deadline)
         if len(entries) > 2 * self._swept + SWEEP_FLOOR:
             self._sweep()
         if self._timer is None:
             self._arm(entries[0]._when)
+        return True
 
     def left(self) -> None:
         """A deadline of the lane's was left (or expired): drop those at the front that are

@@ -338,3 +338,36 @@ def test_blocks_ending_in_order_leave_nothing_behind() -> None:
         return biggest, len(lane)
 
     assert run("uvloop", main) == (10, 0)
+
+
+def test_a_deadline_entered_late_still_expires_on_time() -> None:
+    """A deadline made, then entered only after another of its length (due later) joined the
+    lane, is not held behind that one: it expires at its own time."""
+
+    async def main() -> tuple[float, float]:
+        loop = asyncio.get_running_loop()
+        made = loop.time()
+        early = deadline(0.05)
+        await asyncio.sleep(0.02)
+        ended: list[float] = []
+
+        async def later() -> None:
+            try:
+                async with deadline(0.05):
+                    await asyncio.sleep(5)
+            except TimeoutError:
+                ended.append(loop.time() - made)
+
+        other = asyncio.create_task(later())
+        await asyncio.sleep(0)
+        try:
+            async with early:
+                await asyncio.sleep(5)
+        except TimeoutError:
+            took = loop.time() - made
+        await other
+        return took, ended[0]
+
+    took, other = run("uvloop", main)
+    assert 0.049 <= took < 0.065  # held behind the other, it would end at ~0.07
+    assert other >= 0.069
