@@ -116,7 +116,7 @@ class Deadline:
         self._cancelling = task.cancelling()
         when = self._when
         if when is not None:
-            lane = _lane(task.get_loop(), self._delay)
+            lane = _lane_for(task.get_loop(), self._delay)
             if lane is not None and lane.add(self):
                 self._lane = lane
             else:
@@ -244,7 +244,7 @@ _LANES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[float, _Lane]]
 )
 
 
-def _lane(loop: asyncio.AbstractEventLoop, delay: float | None) -> _Lane | None:
+def _lane_for(loop: asyncio.AbstractEventLoop, delay: float | None) -> _Lane | None:
     """``loop``'s lane for deadlines ``delay`` seconds long (made at its first use), or None
     for a deadline given as a time, or of a length past the lanes a loop keeps."""
     if delay is None:

@@ -274,7 +274,7 @@ def test_entries_left_behind_are_bounded() -> None:
         outcome = "none"
         try:
             async with deadline(0.4):
-                lane = deadlines._lane(loop, 0.4)
+                lane = deadlines._lane_for(loop, 0.4)
                 assert lane is not None
                 for _ in range(400):
                     blocks = [deadline(0.4) for _ in range(50)]
@@ -329,7 +329,8 @@ def test_blocks_ending_in_order_leave_nothing_behind() -> None:
             blocks = [deadline(7.5) for _ in range(10)]
             for block in blocks:
                 await block.__aenter__()
-            lane = lane or deadlines._lane(loop, 7.5)
+            if lane is None:
+                lane = deadlines._lane_for(loop, 7.5)
             assert lane is not None
             biggest = max(biggest, len(lane))
             for block in blocks:
