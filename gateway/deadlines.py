@@ -193,7 +193,7 @@ class _Lane:
         if len(entries) > 2 * self._swept + SWEEP_FLOOR:
             self._sweep()
         if self._timer is None:
-            self._arm(entries[0]._when)
+            self._arm(self._entries[0]._when)  # the swept lane's, if it was just swept
         return True
 
     def left(self) -> None:
