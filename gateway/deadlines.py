@@ -185,10 +185,13 @@ class _Lane:
         return len(self._entries)
 
     def add(self, deadline: Deadline) -> bool:
-        """Whether ``deadline`` joined the lane: not if one already in it is due later."""
+        """Whether ``deadline`` joined the lane: not if one in force in it is due later (one
+        moved is over for the lane, and may be due at any time, or never)."""
         entries = self._entries
-        if entries and entries[-1]._when > deadline._when:  # type: ignore[operator]
-            return False
+        if entries:
+            last = entries[-1]
+            if not _over(last) and last._when > deadline._when:  # type: ignore[operator]
+                return False
         entries.append(deadline)
         if len(entries) > 2 * self._swept + SWEEP_FLOOR:
             self._sweep()

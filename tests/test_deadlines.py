@@ -372,3 +372,42 @@ def test_a_deadline_entered_late_still_expires_on_time() -> None:
     took, other = run("uvloop", main)
     assert 0.049 <= took < 0.065  # held behind the other, it would end at ~0.07
     assert other >= 0.069
+
+
+def test_a_lifted_deadline_at_the_end_of_its_lane_does_not_stop_the_next() -> None:
+    """A deadline lifted (``reschedule(None)``) while its block runs stays in its lane until
+    it comes to the front: another of its length entered meanwhile joins the lane all the
+    same and expires on time, and the lifted one does not."""
+
+    async def main() -> tuple[str, float, str]:
+        loop = asyncio.get_running_loop()
+        lifted_ended = asyncio.Event()
+        outcome = "none"
+
+        async def lifted() -> None:
+            nonlocal outcome
+            try:
+                async with deadline(0.03) as block:
+                    block.reschedule(None)
+                    await lifted_ended.wait()
+            except TimeoutError:
+                outcome = "TimeoutError"
+
+        holder = asyncio.create_task(lifted())
+        await asyncio.sleep(0)
+        started = loop.time()
+        second = "none"
+        try:
+            async with deadline(0.03):
+                await asyncio.sleep(5)
+        except TimeoutError:
+            second = "TimeoutError"
+        took = loop.time() - started
+        lifted_ended.set()
+        await holder
+        return second, took, outcome
+
+    second, took, lifted_outcome = run("uvloop", main)
+    assert second == "TimeoutError"
+    assert 0.029 <= took < 0.2
+    assert lifted_outcome == "none"
