@@ -38,6 +38,7 @@ from bench.pieces import targets as pieces_targets
 from bench.run import Bench, latency, merged, render, streams_held
 from bench.soak import Soak, SoakSize
 from bench.upstream import CHUNK_SAMPLES, RATE, UpstreamProtocol, serve
+from gateway.direct import RELAY_STEP
 from gateway.polyphase import PolyphaseResampler
 from tests.support import eventually, free_socket, peak_frequency
 
@@ -973,6 +974,26 @@ def test_the_door_harness_measures_its_requests(concurrency: int) -> None:
         )
     else:
         assert "us_to_first_byte" not in figures
+
+
+@pytest.mark.parametrize("rate", [24000, 48000])
+def test_the_relay_step_bench_relays_every_chunk_in_one_write_a_turn(rate: int) -> None:
+    """``bench.relay_step``: each stream's relay runs the compiled step (where it is built),
+    and each of its chunks reaches the caller's transport in one write a turn."""
+    command = [sys.executable, "-m", "bench.relay_step", "--streams", "3", "--rounds", "4"]
+    command += ["--runs", "2", "--rate", str(rate)]
+    done = subprocess.run(
+        command,
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    assert figures["chunks"] == 3 * 4 * 2 == figures["caller_writes"]
+    assert figures["compiled_steps"] == (3 if RELAY_STEP == "compiled" else 0)
+    assert figures["us_per_chunk"] > 0
 
 
 def test_the_first_byte_steps_are_split_per_request_in_order() -> None:
