@@ -948,21 +948,27 @@ def test_the_profile_summary_gives_each_sample_to_the_deepest_layer_on_its_stack
     }
 
 
-@pytest.mark.parametrize("concurrency", [1, 4])
-def test_the_door_harness_measures_its_requests(concurrency: int) -> None:
-    """``bench.door``: requests through the custom door answered 200 (the harness fails on
-    any other answer), their CPU counted; one at a time, split at the first audio byte."""
-    command = [sys.executable, "-m", "bench.door", "--concurrency", str(concurrency)]
-    command += ["--requests", "8", "--runs", "1"]
+def bench_module(module: str, *args: str) -> str:
+    """The last line ``python -m module args`` prints (from the project's root; it must exit
+    0 within two minutes)."""
     done = subprocess.run(
-        command,
+        [sys.executable, "-m", module, *args],
         cwd=Path(__file__).resolve().parent.parent,
         capture_output=True,
         text=True,
         timeout=120,
         check=True,
     )
-    last = done.stdout.strip().splitlines()[-1]
+    return done.stdout.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_the_door_harness_measures_its_requests(concurrency: int) -> None:
+    """``bench.door``: requests through the custom door answered 200 (the harness fails on
+    any other answer), their CPU counted; one at a time, split at the first audio byte."""
+    last = bench_module(
+        "bench.door", "--concurrency", str(concurrency), "--requests", "8", "--runs", "1"
+    )
     assert last.startswith("median ")
     figures = json.loads(last.split(": ", 1)[1].rsplit(" of ", 1)[0])
     assert figures["us_per_request"] > 0
@@ -980,17 +986,10 @@ def test_the_door_harness_measures_its_requests(concurrency: int) -> None:
 def test_the_relay_step_bench_relays_every_chunk_in_one_write_a_turn(rate: int) -> None:
     """``bench.relay_step``: each stream's relay runs the compiled step (where it is built),
     and each of its chunks reaches the caller's transport in one write a turn."""
-    command = [sys.executable, "-m", "bench.relay_step", "--streams", "3", "--rounds", "4"]
-    command += ["--runs", "2", "--rate", str(rate)]
-    done = subprocess.run(
-        command,
-        cwd=Path(__file__).resolve().parent.parent,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
+    last = bench_module(
+        "bench.relay_step", "--streams", "3", "--rounds", "4", "--runs", "2", "--rate", str(rate)
     )
-    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    figures = json.loads(last)
     assert figures["chunks"] == 3 * 4 * 2 == figures["caller_writes"]
     assert figures["compiled_steps"] == (3 if RELAY_STEP == "compiled" else 0)
     assert figures["us_per_chunk"] > 0
