@@ -46,6 +46,7 @@ from bench.harness import (
     Target,
     connections_to,
     cpu_seconds,
+    cpu_split,
     free_port,
     load,
     pct,
@@ -284,6 +285,7 @@ class Bench:
         per stream-second (one second of one stream)."""
         assert self.upstream
         before, up_before = cpu_seconds(server.pid), cpu_seconds(self.upstream.pid)
+        split_before = cpu_split(server.pid)
         data = load(
             self.url(server),
             self.workdir,
@@ -298,12 +300,20 @@ class Bench:
             "server": cpu_seconds(server.pid) - before,
             "upstream": cpu_seconds(self.upstream.pid) - up_before,
         }
+        (user_after, system_after), (user_before, system_before) = (
+            cpu_split(server.pid),
+            split_before,
+        )
+        user, system = user_after - user_before, system_after - system_before
         figures = latency(data)
         cpu["client"] = figures["client_cpu"]
         stream_seconds = max(figures["bytes"] / 2 / rate, 1e-9)
         for who, seconds in cpu.items():
             figures[f"{who}_cpu_share"] = seconds / figures["wall"]
             figures[f"{who}_cpu_ms_per_stream_s"] = seconds * 1000 / stream_seconds
+        # The server's CPU in its own code and in the kernel's (its system calls).
+        figures["server_user_ms_per_stream_s"] = user * 1000 / stream_seconds
+        figures["server_system_ms_per_stream_s"] = system * 1000 / stream_seconds
         return figures
 
     def realtime_streams(self) -> None:
@@ -728,6 +738,18 @@ def realtime_section(f: dict[str, Any]) -> list[str]:
                 "| server CPU per stream-second | - | "
                 + " | ".join(f"{figures[n]['server_cpu_ms_per_stream_s']:.3f}" for n in TARGETS[1:])
                 + " |",
+                *(
+                    "| "
+                    + label
+                    + " | - | "
+                    + " | ".join(f"{figures[n][key]:.3f}" for n in TARGETS[1:])
+                    + " |"
+                    for label, key in (
+                        ("of it in its own code (user mode)", "server_user_ms_per_stream_s"),
+                        ("of it in the kernel (its system calls)", "server_system_ms_per_stream_s"),
+                    )
+                    if key in figures["gateway"]
+                ),
                 row(
                     "mock upstream CPU per stream-second",
                     figures,

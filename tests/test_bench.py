@@ -796,6 +796,23 @@ def test_the_report_gives_the_streams_held_at_600_beside_the_target() -> None:
     assert "**40.0 KiB per stream** (the gateways': 38.5, 40.0, 47.2)." in report
 
 
+def test_the_real_time_table_splits_the_servers_cpu_into_its_own_and_the_kernels() -> None:
+    """Scenario (3)'s table gives the server's CPU per stream-second in user mode and in the
+    kernel where the run measured them, and leaves the rows out for a run that did not."""
+    many = _realtime(600, (2.0, 15.0), (25.0, 31.0))
+    figures = _suite_figures(many)
+    plain = render(figures, META)
+    assert "(user mode)" not in plain and "(its system calls)" not in plain
+    for name, (user, system) in {"nginx": (0.2, 0.7), "gateway": (1.9, 0.8)}.items():
+        figures["realtime_streams"][name]["server_user_ms_per_stream_s"] = user
+        figures["realtime_streams"][name]["server_system_ms_per_stream_s"] = system
+    split = render(figures, META).splitlines()
+    assert "| of it in its own code (user mode) | - | 0.200 | 1.900 |" in split
+    assert "| of it in the kernel (its system calls) | - | 0.700 | 0.800 |" in split
+    # Only the 200-stream table has them: the 600-stream run did not measure them.
+    assert sum(line.startswith("| of it in its own code") for line in split) == 1
+
+
 def test_streams_held_says_how_far_the_gateway_got() -> None:
     # At 600 the gap is 12 ms over direct's: held at 200 only.
     missed = streams_held(_suite_figures(_realtime(600, (2.0, 15.0), (25.0, 37.0))))
