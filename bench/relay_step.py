@@ -100,8 +100,9 @@ async def measure(streams: int, rounds: int, runs: int, rate: int) -> dict[str, 
         answer._start(200, [(b"content-type", b"audio/pcm")])
         converter = Converter(AudioFormat(UPSTREAM_RATE), rate)
         answer.write_now(converter.feed(pcm))  # the head and the first audio, as the pump does
-        stream = SimpleNamespace(converter=converter, provider=SimpleNamespace(name="up"))
-        stream.bytes_out = 0
+        stream = SimpleNamespace(
+            converter=converter, provider=SimpleNamespace(name="up"), bytes_out=0
+        )
         upstream = _Connection(("http", "127.0.0.1", 9))
         upstream.transport = cast(Any, _UpstreamSide())
         upstream.data_received(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")

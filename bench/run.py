@@ -284,8 +284,7 @@ class Bench:
         of the server, the mock upstream and the load generator, as a share of one core and
         per stream-second (one second of one stream)."""
         assert self.upstream
-        before, up_before = cpu_seconds(server.pid), cpu_seconds(self.upstream.pid)
-        split_before = cpu_split(server.pid)
+        before, up_before = cpu_split(server.pid), cpu_seconds(self.upstream.pid)
         data = load(
             self.url(server),
             self.workdir,
@@ -296,22 +295,15 @@ class Bench:
             pace="realtime",
             ramp=REALTIME_SECONDS if spread else 0,
         )
-        cpu = {
-            "server": cpu_seconds(server.pid) - before,
-            "upstream": cpu_seconds(self.upstream.pid) - up_before,
-        }
-        (user_after, system_after), (user_before, system_before) = (
-            cpu_split(server.pid),
-            split_before,
-        )
-        user, system = user_after - user_before, system_after - system_before
+        # The server's CPU in its own code and in the kernel's (its system calls).
+        user, system = (a - b for a, b in zip(cpu_split(server.pid), before, strict=True))
+        cpu = {"server": user + system, "upstream": cpu_seconds(self.upstream.pid) - up_before}
         figures = latency(data)
         cpu["client"] = figures["client_cpu"]
         stream_seconds = max(figures["bytes"] / 2 / rate, 1e-9)
         for who, seconds in cpu.items():
             figures[f"{who}_cpu_share"] = seconds / figures["wall"]
             figures[f"{who}_cpu_ms_per_stream_s"] = seconds * 1000 / stream_seconds
-        # The server's CPU in its own code and in the kernel's (its system calls).
         figures["server_user_ms_per_stream_s"] = user * 1000 / stream_seconds
         figures["server_system_ms_per_stream_s"] = system * 1000 / stream_seconds
         return figures
@@ -693,6 +685,15 @@ def row(label: str, figures: dict[str, Any], key: str, digits: int = 2) -> str:
     return f"| {label} | " + " | ".join(f"{figures[n][key]:.{digits}f}" for n in TARGETS) + " |"
 
 
+def server_row(label: str, figures: dict[str, Any], key: str, digits: int = 2) -> str:
+    """A table row: ``key`` of nginx and the gateway (direct has no server of its own)."""
+    return (
+        f"| {label} | - | "
+        + " | ".join(f"{figures[n][key]:.{digits}f}" for n in TARGETS[1:])
+        + " |"
+    )
+
+
 def realtime_section(f: dict[str, Any]) -> list[str]:
     """Scenario (3): the real-time streams, at the two counts and in a burst."""
     rt, many, burst = f["realtime_streams"], f["realtime_many"], f["realtime_burst"]
@@ -730,21 +731,13 @@ def realtime_section(f: dict[str, Any]) -> list[str]:
         ]
         if "upstream_cpu_share" in figures["gateway"]:
             lines += [
-                "| server CPU share | - | "
-                + " | ".join(f"{figures[n]['server_cpu_share']:.2f}" for n in TARGETS[1:])
-                + " |",
+                server_row("server CPU share", figures, "server_cpu_share"),
                 row("mock upstream CPU share", figures, "upstream_cpu_share"),
                 row("load generator CPU share", figures, "client_cpu_share"),
-                "| server CPU per stream-second | - | "
-                + " | ".join(f"{figures[n]['server_cpu_ms_per_stream_s']:.3f}" for n in TARGETS[1:])
-                + " |",
                 *(
-                    "| "
-                    + label
-                    + " | - | "
-                    + " | ".join(f"{figures[n][key]:.3f}" for n in TARGETS[1:])
-                    + " |"
+                    server_row(label, figures, key, 3)
                     for label, key in (
+                        ("server CPU per stream-second", "server_cpu_ms_per_stream_s"),
                         ("of it in its own code (user mode)", "server_user_ms_per_stream_s"),
                         ("of it in the kernel (its system calls)", "server_system_ms_per_stream_s"),
                     )
@@ -761,11 +754,7 @@ def realtime_section(f: dict[str, Any]) -> list[str]:
                 ),
             ]
         else:
-            lines.append(
-                "| server CPU share (1 = one core) | - | "
-                + " | ".join(f"{figures[n]['server_cpu_share']:.2f}" for n in TARGETS[1:])
-                + " |"
-            )
+            lines.append(server_row("server CPU share (1 = one core)", figures, "server_cpu_share"))
         lines.append("")
     lines += [
         f"The same {burst.get('streams', 200)} streams started at one instant (a synchronized "
