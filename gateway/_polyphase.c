@@ -144,8 +144,8 @@ run_avx2(const double *x, Py_ssize_t nx, const double *g, int up, int down, int 
    e in [-512, 511] (and |a| <= 2**14 + 1): each fits an int16, and a part's sum of products
    stays within an int32 (checked when a Stream is made: inputs up to 2**15 times a phase's
    sum of |part| below 2**31; for e that holds at any input up to 127 taps a phase, and the
-   ratios' filters have about 116). An output is then a * 2**10 + e summed apart and joined
-   (in float64, where every term is exact): the float64 path's sum.
+   upsampling ratios' filters have 98 or 99). An output is then a * 2**10 + e summed apart and
+   joined (in float64, where every term is exact): the float64 path's sum.
 
    With down == 1, the outputs m = 0, 1, ... of one phase read the inputs from base + m on, so
    8 consecutive outputs and 2 consecutive taps k, k + 1 are one vpmaddwd of the input pairs

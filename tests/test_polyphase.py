@@ -3,16 +3,28 @@
 from __future__ import annotations
 
 import itertools
+import json
 import math
 from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
 import pytest
+import scipy.signal
 import soxr
 
 from gateway.audio import Converter
-from gateway.polyphase import PASSBAND, PolyphaseResampler, polyphase_ratio
+from gateway.polyphase import (
+    FILTERS_FILE,
+    MAX_FACTOR,
+    PASSBAND,
+    RIPPLE_DB,
+    STOPBAND_DB,
+    PolyphaseResampler,
+    _prototypes,
+    polyphase_ratio,
+)
+from gateway.polyphase_design import design, meets_spec
 from providers.base import AudioFormat
 
 RATES = (8000, 16000, 24000, 48000)
@@ -251,7 +263,7 @@ def test_converter_auto_picks_polyphase_for_a_trickle() -> None:
     conv = Converter(AudioFormat(24000), 48000)
     first = conv.feed(s16(tone(440, 24000, 480)))
     assert conv.mode == "low_latency"
-    assert len(first) // 2 >= 960 - 3 * 48  # all but the filter's ~2.4 ms delay
+    assert len(first) // 2 >= 960 - 3 * 48  # all but the filter's ~2 ms delay
 
 
 @pytest.mark.parametrize(("in_rate", "out_rate"), [(24000, 48000), (48000, 8000), (16000, 24000)])
@@ -314,3 +326,57 @@ def test_converter_s16_stereo_of_identical_channels_is_mono() -> None:
     a = Converter(AudioFormat(16000, "s16le", 2), 48000, mode="low_latency")
     b = Converter(AudioFormat(16000), 48000, mode="low_latency")
     assert a.feed(stereo[:1284]) + a.feed(stereo[1284:]) + a.flush() == b.feed(x) + b.flush()
+
+
+# ---------------------------------------------------------------------------- the filters
+
+
+def response_db(prototype: FloatArray, freqs: FloatArray) -> FloatArray:
+    """The gain of a symmetric odd-length filter at ``freqs`` (cycles per sample), in dB, from
+    its cosine sum (not the FFT that :func:`gateway.polyphase_design.measure` uses)."""
+    centre = prototype.size // 2
+    k = np.arange(1, centre + 1)
+    gain = prototype[centre] + 2 * np.cos(2 * np.pi * np.outer(freqs, k)) @ prototype[centre + 1 :]
+    db: FloatArray = 20 * np.log10(np.abs(gain))
+    return db
+
+
+@pytest.mark.parametrize("factor", range(2, MAX_FACTOR + 1))
+def test_each_shipped_filter_meets_the_spec(factor: int) -> None:
+    """Flat within RIPPLE_DB to PASSBAND of the lower Nyquist frequency, at least STOPBAND_DB
+    down from it to half the prototype's rate: measured on 20000 frequencies each."""
+    prototype = _prototypes()[factor]
+    assert prototype.size % 2 == 1
+    np.testing.assert_array_equal(prototype, prototype[::-1])
+    nyquist = 0.5 / factor
+    passband = response_db(prototype, np.linspace(0, PASSBAND * nyquist, 20000))
+    assert np.abs(passband).max() <= RIPPLE_DB
+    stopband = response_db(prototype, np.linspace(nyquist, 0.5, 20000))
+    assert stopband.max() <= -STOPBAND_DB
+    # And the resampler of a ratio of that factor holds back about half the prototype.
+    assert PolyphaseResampler(factor, 1, 32768.0).delay == prototype.size // 2
+
+
+def test_the_shipped_filters_are_the_shortest_designs() -> None:
+    """The table is what ``python -m gateway.polyphase_design`` writes with this spec, and each
+    filter is the shortest that meets it: two taps fewer, the same design does not."""
+    data = json.loads(FILTERS_FILE.read_text())
+    spec = {"passband": PASSBAND, "ripple_db": RIPPLE_DB, "stopband_db": STOPBAND_DB}
+    assert data["spec"] == spec
+    for factor in range(2, MAX_FACTOR + 1):
+        shipped = _prototypes()[factor]
+        fresh = design(factor)
+        assert fresh.size == shipped.size, factor
+        np.testing.assert_allclose(shipped, fresh, rtol=0, atol=1e-9)
+        nyquist = 0.5 / factor
+        passband_error = 10 ** (RIPPLE_DB / 20) - 1
+        stopband_error = 10 ** (-STOPBAND_DB / 20)
+        shorter = scipy.signal.remez(
+            shipped.size - 2,
+            [0, PASSBAND * nyquist, nyquist, 0.5],
+            [1, 0],
+            weight=[1, passband_error / stopband_error],
+            fs=1.0,
+            maxiter=200,
+        )
+        assert not meets_spec(np.asarray(shorter, dtype=np.float64), factor), factor
