@@ -7,7 +7,10 @@ upstream (``bench.upstream``), driven by the load generator (``bench.loadgen``):
 - ``realtime``: ``--streams`` callers, each stream paced in real time in 20 ms chunks, 24 kHz
   from the upstream resampled to the 48 kHz the callers ask for. Once every stream runs, the
   gateway's CPU time is read over ``--window`` seconds: its CPU per chunk is that time over the
-  chunks the streams carried meanwhile (50 a second each).
+  chunks the streams carried meanwhile (50 a second each). Each caller asks for one stream of
+  ``--length`` seconds (10 by default) after another, so a shorter length puts more of the
+  requests' own CPU (the path to the first byte, the end) into each chunk's share: scenario (3)
+  of ``bench.run`` has streams of 3 s.
 - ``burst``: ``--callers`` requests at one instant, each for one 20 ms chunk (so the answer costs
   next to nothing beside the request), ``--rounds`` times: the gateway's CPU per request, and
   the callers' time to first byte.
@@ -21,6 +24,7 @@ by layer (:func:`layers`); the recording slows the gateway, so its CPU figures a
 to compare.
 
     python -m bench.hotpath realtime --streams 150 --window 20 --pyspy /tmp/rt.txt
+    python -m bench.hotpath realtime --workers 2 --streams 200 --length 3 --window 12
     python -m bench.hotpath burst --callers 200 --rounds 10
     python -m bench.hotpath realtime --code /tmp/before --code . --repeat 5
     python -m bench.hotpath burst --workers 2 --code /tmp/before --code . --repeat 6 --rounds 6
@@ -160,9 +164,10 @@ def realtime(
     spy: str | None,
     ids: bool,
     rate: int = RATE,
+    length: float = 10.0,
 ) -> dict[str, float]:
-    """The gateway's CPU per chunk over ``window`` seconds of ``streams`` real-time streams."""
-    length = 10.0
+    """The gateway's CPU per chunk over ``window`` seconds of ``streams`` real-time streams,
+    each ``length`` seconds long."""
     # Each caller starts at its own offset within one stream's length, then asks for streams
     # back to back: all ``streams`` run from ``length`` on, for as long as the window needs.
     per_caller = int((length + window + 4) // length) + 2
@@ -346,6 +351,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="alternations of the copies")
     parser.add_argument("--streams", type=int, default=150)
     parser.add_argument("--window", type=float, default=20.0)
+    parser.add_argument("--length", type=float, default=10.0, help="seconds a stream (realtime)")
     parser.add_argument("--callers", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--rate", type=int, default=RATE, help="what the callers ask for")
@@ -392,7 +398,14 @@ def main() -> None:
                 spy = args.pyspy if turn == 0 and index == 0 else None
                 if args.scenario == "realtime":
                     got = realtime(
-                        server, workdir, args.streams, args.window, spy, args.cache, args.rate
+                        server,
+                        workdir,
+                        args.streams,
+                        args.window,
+                        spy,
+                        args.cache,
+                        args.rate,
+                        args.length,
                     )
                 else:
                     got = burst(server, workdir, args.callers, args.rounds, spy)
