@@ -13,8 +13,8 @@ The filter is equiripple, one per factor ``max(up, down)``, shipped as a table
 (``polyphase_filters.json``, designed with scipy by :mod:`gateway.polyphase_design`): flat
 within :data:`RIPPLE_DB` (0.002 dB) to :data:`PASSBAND` of the lower Nyquist frequency, like
 soxr's HQ preset, and at least :data:`STOPBAND_DB` (96 dB) down from that Nyquist frequency on,
-so nothing is aliased or imaged above -90 dB. (A Kaiser-windowed sinc of that stopband is ~15 %
-longer: its passband is flat far beyond the spec.)
+so nothing is aliased or imaged above -90 dB. (A Kaiser-windowed sinc that meets it is ~25 %
+longer: a window's passband ripple is its stopband's, far below what the spec asks.)
 
 Exact arithmetic makes the output independent of chunking. The coefficients are multiples of
 2**-24; int16 input is taken as it is, float input rounded to a grid (a power of two) fine

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -371,12 +372,14 @@ def test_the_shipped_filters_are_the_shortest_designs() -> None:
         nyquist = 0.5 / factor
         passband_error = 10 ** (RIPPLE_DB / 20) - 1
         stopband_error = 10 ** (-STOPBAND_DB / 20)
-        shorter = scipy.signal.remez(
-            shipped.size - 2,
-            [0, PASSBAND * nyquist, nyquist, 0.5],
-            [1, 0],
-            weight=[1, passband_error / stopband_error],
-            fs=1.0,
-            maxiter=200,
-        )
+        with warnings.catch_warnings():  # a shorter one that did not converge fails too
+            warnings.simplefilter("ignore", RuntimeWarning)
+            shorter = scipy.signal.remez(
+                shipped.size - 2,
+                [0, PASSBAND * nyquist, nyquist, 0.5],
+                [1, 0],
+                weight=[1, passband_error / stopband_error],
+                fs=1.0,
+                maxiter=200,
+            )
         assert not meets_spec(np.asarray(shorter, dtype=np.float64), factor), factor
