@@ -56,37 +56,47 @@ def meets_spec(h: npt.NDArray[np.float64], factor: int) -> bool:
     return ripple <= RIPPLE_DB and stopband <= -STOPBAND_DB
 
 
-def design(factor: int) -> npt.NDArray[np.float64]:
-    """The shortest odd-length equiripple prototype for ``factor`` that meets the spec."""
+def equiripple(length: int, factor: int) -> npt.NDArray[np.float64] | None:
+    """The Parks-McClellan lowpass of ``length`` taps for ``factor``, its errors weighted as the
+    spec's (passband ripple against stopband attenuation); None where the exchange does not
+    converge at that length."""
     from scipy.signal import remez  # only to write the table: not a dependency of the gateway
 
     nyquist = 0.5 / factor
     passband_error = 10 ** (RIPPLE_DB / 20) - 1
     stopband_error = 10 ** (-STOPBAND_DB / 20)
+    try:
+        with warnings.catch_warnings():
+            # remez warns when the exchange did not converge: no filter at that length.
+            warnings.simplefilter("error", RuntimeWarning)
+            h = remez(
+                length,
+                [0, PASSBAND * nyquist, nyquist, 0.5],
+                [1, 0],
+                weight=[1, passband_error / stopband_error],
+                fs=1.0,
+                maxiter=200,
+            )
+    except (ValueError, RuntimeWarning):
+        return None
+    return np.asarray(h, dtype=np.float64)
+
+
+def design(factor: int) -> npt.NDArray[np.float64]:
+    """The shortest odd-length equiripple prototype for ``factor`` that meets the spec."""
+    passband_error = 10 ** (RIPPLE_DB / 20) - 1
+    stopband_error = 10 ** (-STOPBAND_DB / 20)
     # Below Kaiser's estimate of an equiripple filter's length for these errors (their
     # geometric mean, the transition width): every length from there up is tried in turn.
-    transition = (1 - PASSBAND) * nyquist
+    transition = (1 - PASSBAND) * 0.5 / factor
     estimate = (-20 * math.log10(math.sqrt(passband_error * stopband_error)) - 13) / (
         14.6 * transition
     )
     length = int(0.9 * estimate) | 1
     while True:
-        try:
-            with warnings.catch_warnings():
-                # remez warns when the exchange did not converge: that length is passed over.
-                warnings.simplefilter("error", RuntimeWarning)
-                h = remez(
-                    length,
-                    [0, PASSBAND * nyquist, nyquist, 0.5],
-                    [1, 0],
-                    weight=[1, passband_error / stopband_error],
-                    fs=1.0,
-                    maxiter=200,
-                )
-        except (ValueError, RuntimeWarning):  # no filter at this length: a longer one
-            h = None
+        h = equiripple(length, factor)
         if h is not None and meets_spec(h, factor):
-            return np.asarray(h, dtype=np.float64)
+            return h
         length += 2
         if length > 4 * estimate:
             raise RuntimeError(f"no filter for factor {factor} up to {length} taps")
