@@ -36,6 +36,13 @@ from .polyphase import FILTERS_FILE, MAX_FACTOR, PASSBAND, RIPPLE_DB, STOPBAND_D
 #: Frequency points of the measurement (from 0 to half the prototype's rate).
 GRID: int = 1 << 17
 
+#: The spec, as the table records it.
+SPEC: dict[str, float] = {"passband": PASSBAND, "ripple_db": RIPPLE_DB, "stopband_db": STOPBAND_DB}
+
+#: The spec's largest errors of the gain: above or below unity in the passband, in the stopband.
+_PASSBAND_ERROR = 10 ** (RIPPLE_DB / 20) - 1
+_STOPBAND_ERROR = 10 ** (-STOPBAND_DB / 20)
+
 
 def measure(h: npt.NDArray[np.float64], factor: int) -> tuple[float, float]:
     """``(ripple, stopband)`` of the unit-gain prototype ``h`` for ``factor``, in dB: the largest
@@ -52,6 +59,7 @@ def measure(h: npt.NDArray[np.float64], factor: int) -> tuple[float, float]:
 
 
 def meets_spec(h: npt.NDArray[np.float64], factor: int) -> bool:
+    """Whether the prototype ``h`` for ``factor`` measures within the spec."""
     ripple, stopband = measure(h, factor)
     return ripple <= RIPPLE_DB and stopband <= -STOPBAND_DB
 
@@ -63,8 +71,6 @@ def equiripple(length: int, factor: int) -> npt.NDArray[np.float64] | None:
     from scipy.signal import remez  # only to write the table: not a dependency of the gateway
 
     nyquist = 0.5 / factor
-    passband_error = 10 ** (RIPPLE_DB / 20) - 1
-    stopband_error = 10 ** (-STOPBAND_DB / 20)
     try:
         with warnings.catch_warnings():
             # remez warns when the exchange did not converge: no filter at that length.
@@ -73,7 +79,7 @@ def equiripple(length: int, factor: int) -> npt.NDArray[np.float64] | None:
                 length,
                 [0, PASSBAND * nyquist, nyquist, 0.5],
                 [1, 0],
-                weight=[1, passband_error / stopband_error],
+                weight=[1, _PASSBAND_ERROR / _STOPBAND_ERROR],
                 fs=1.0,
                 maxiter=200,
             )
@@ -84,12 +90,10 @@ def equiripple(length: int, factor: int) -> npt.NDArray[np.float64] | None:
 
 def design(factor: int) -> npt.NDArray[np.float64]:
     """The shortest odd-length equiripple prototype for ``factor`` that meets the spec."""
-    passband_error = 10 ** (RIPPLE_DB / 20) - 1
-    stopband_error = 10 ** (-STOPBAND_DB / 20)
     # Below Kaiser's estimate of an equiripple filter's length for these errors (their
     # geometric mean, the transition width): every length from there up is tried in turn.
     transition = (1 - PASSBAND) * 0.5 / factor
-    estimate = (-20 * math.log10(math.sqrt(passband_error * stopband_error)) - 13) / (
+    estimate = (-20 * math.log10(math.sqrt(_PASSBAND_ERROR * _STOPBAND_ERROR)) - 13) / (
         14.6 * transition
     )
     length = int(0.9 * estimate) | 1
@@ -112,7 +116,7 @@ def table() -> dict[str, Any]:
         h = design(factor)
         filters[str(factor)] = [float(c) for c in h[: h.size // 2 + 1]]
     return {
-        "spec": {"passband": PASSBAND, "ripple_db": RIPPLE_DB, "stopband_db": STOPBAND_DB},
+        "spec": SPEC,
         "designed_with": f"scipy.signal.remez (scipy {scipy.__version__})",
         "filters": filters,
     }
