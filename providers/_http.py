@@ -19,7 +19,16 @@ import httpx
 
 from ._errors import ERROR_BODY_LIMIT, error_message, parse_retry_after, translate_errors
 from ._pieces import LOOKAHEAD, pipelined, whole_clip_pieces
-from ._pool import BODY_EXTENSION, RawHeaders, StreamingTransport, _Connection, _ResponseStream
+from ._pool import (
+    _UNSAFE_IN_HEADER,
+    BODY_EXTENSION,
+    PREPARED_EXTENSION,
+    RawHeaders,
+    StreamingTransport,
+    _Connection,
+    _ResponseStream,
+    prepared_prefix,
+)
 from ._streams import is_body, iter_body
 from .base import (
     AudioFormat,
@@ -130,7 +139,11 @@ class JSONPosts:
         self._lean = not any(name in merged for name in _SET_PER_REQUEST)
         host = [(b"Host", url.netloc)] if url.host else []
         self._fixed: list[tuple[bytes, bytes]] = [*host, *merged.raw]
-        self._extensions = {"timeout": client.timeout.as_dict()}
+        self._extensions: dict[str, Any] = {"timeout": client.timeout.as_dict()}
+        # The origin, and the head as the pool would write it up to the headers each request
+        # adds: made and checked once (None when the pool is to make the head, and refuse
+        # it, per request).
+        self._prepared = prepared_prefix(url, self._fixed)
 
     def build(self, body: Any, request_id: str | None = None) -> httpx.Request:
         """The request for ``body`` (``request_id``: sent as ``X-Request-Id`` when given)."""
@@ -142,19 +155,46 @@ class JSONPosts:
         # As httpx encodes a JSON body (httpx._content.encode_json).
         content = _COMPACT_JSON.encode(body).encode("utf-8")
         raw = self._fixed.copy()
-        if request_id:
-            raw.append((b"X-Request-Id", request_id.encode("ascii")))
-        raw.append((b"Content-Length", b"%d" % len(content)))
+        rid = request_id.encode("ascii") if request_id else b""
+        if rid:
+            raw.append((b"X-Request-Id", rid))
+        length = b"%d" % len(content)
+        raw.append((b"Content-Length", length))
         raw.append((b"Content-Type", b"application/json"))
-        request = httpx.Request(
-            "POST",
-            self.url,
-            headers=RawHeaders(raw),
-            stream=httpx.ByteStream(content),
-            extensions=self._extensions,
-        )
-        request.read()  # the body at hand, as a request built with content has it
-        return request
+        extensions = self._extensions.copy()
+        prepared = self._prepared
+        if prepared is not None and not _UNSAFE_IN_HEADER.search(rid):
+            # The pool's head of this request (providers._pool._request_head), made here.
+            origin, prefix = prepared
+            id_line = b"X-Request-Id: %s\r\n" % rid if rid else b""
+            head = b"%s%sContent-Length: %s\r\nContent-Type: application/json\r\n\r\n" % (
+                prefix,
+                id_line,
+                length,
+            )
+            extensions[PREPARED_EXTENSION] = (origin, head)
+        return _JSONPost(self.url, RawHeaders(raw), content, extensions)
+
+
+class _JSONPost(httpx.Request):
+    """A request :class:`JSONPosts` built: what ``httpx.Request("POST", url, headers=...,
+    stream=httpx.ByteStream(content), extensions=...)`` followed by ``read()`` makes, without
+    the copies of the URL and the headers it makes of what it is given (both are made for it
+    here and shared with nothing that changes them)."""
+
+    def __init__(
+        self,
+        url: httpx.URL,
+        headers: RawHeaders,
+        content: bytes,
+        extensions: dict[str, Any],
+    ) -> None:
+        self.method = "POST"
+        self.url = url
+        self.headers = headers
+        self.extensions = extensions
+        self.stream = httpx.ByteStream(content)
+        self._content = content
 
 
 async def send(client: httpx.AsyncClient, request: httpx.Request) -> httpx.Response:

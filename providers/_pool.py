@@ -57,6 +57,34 @@ _NEVER: Final = math.inf
 BODY_EXTENSION: Final = "gateway.body"
 #: What a header of ours must never carry: it would end the header, or the head, early.
 _UNSAFE_IN_HEADER = re.compile(rb"[\x00\r\n]")
+#: The request extension with what its builder made of the request ahead: its origin and its
+#: head as this transport writes it (:func:`_request_head`), checked
+#: (``providers._http.JSONPosts``). The transport sends that head rather than make it again.
+PREPARED_EXTENSION: Final = "gateway.prepared"
+
+
+def prepared_prefix(
+    url: httpx.URL, fixed: list[tuple[bytes, bytes]]
+) -> tuple[Origin, bytes] | None:
+    """The origin of ``url`` and the start of a POST's head to it, up to the headers each
+    request adds (:data:`PREPARED_EXTENSION`), made as :func:`_request_head` makes a head;
+    None when the transport is to make the head itself, and refuse it (a scheme it does not
+    speak, a header that would break the head)."""
+    scheme = url.scheme
+    if scheme not in ("http", "https"):
+        return None
+    if any(
+        _UNSAFE_IN_HEADER.search(name) or _UNSAFE_IN_HEADER.search(value) for name, value in fixed
+    ):
+        return None
+    origin: Origin = (
+        scheme,
+        url.raw_host.decode("ascii"),
+        url.port or (443 if scheme == "https" else 80),
+    )
+    lines = [b"POST %s HTTP/1.1\r\n" % url.raw_path]
+    lines += [b"%s: %s\r\n" % field for field in fixed]
+    return origin, b"".join(lines)
 
 
 class RawHeaders(httpx.Headers):
@@ -489,20 +517,28 @@ class StreamingTransport(httpx.AsyncBaseTransport):
         return sum(c.pieces.buffered for c in self._in_use)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        timeouts: dict[str, float | None] = request.extensions.get("timeout", {})
-        url = request.url
-        scheme = url.scheme
-        if scheme not in ("http", "https"):
-            raise httpx.UnsupportedProtocol(f"cannot send {scheme!r} URLs", request=request)
-        host = url.raw_host.decode("ascii")
-        origin: Origin = (scheme, host, url.port or (443 if scheme == "https" else 80))
-        head = _request_head(request)
-        try:
-            body = request.content  # a request built with its body has it at hand
-        except httpx.RequestNotRead:
-            body = b"".join([part async for part in cast(AsyncIterator[bytes], request.stream)])
-        if _chunked(request):
-            body = (b"%x\r\n%s\r\n" % (len(body), body) if body else b"") + b"0\r\n\r\n"
+        extensions = request.extensions
+        timeouts: dict[str, float | None] = extensions.get("timeout", {})
+        prepared: tuple[Origin, bytes] | None = extensions.get(PREPARED_EXTENSION)
+        if prepared is not None:
+            # Made and checked by the request's builder: its body at hand, never chunked.
+            origin, head = prepared
+            body = request.content
+        else:
+            url = request.url
+            scheme = url.scheme
+            if scheme not in ("http", "https"):
+                raise httpx.UnsupportedProtocol(f"cannot send {scheme!r} URLs", request=request)
+            host = url.raw_host.decode("ascii")
+            origin = (scheme, host, url.port or (443 if scheme == "https" else 80))
+            head = _request_head(request)
+            try:
+                body = request.content  # a request built with its body has it at hand
+            except httpx.RequestNotRead:
+                parts = cast(AsyncIterator[bytes], request.stream)
+                body = b"".join([part async for part in parts])
+            if _chunked(request):
+                body = (b"%x\r\n%s\r\n" % (len(body), body) if body else b"") + b"0\r\n\r\n"
         if self._slots.locked():
             try:
                 async with asyncio.timeout(timeouts.get("pool")):

@@ -1,6 +1,7 @@
 """The HTTP providers' lean request path (``providers._http``): :class:`JSONPosts` builds what
-``client.build_request`` builds, header for header; :func:`send` does what ``client.send``
-does for the gateway's clients, and hands the others to it."""
+``client.build_request`` builds, header for header, with the head the pool writes for it made
+ahead, byte for byte; :func:`send` does what ``client.send`` does for the gateway's clients,
+and hands the others to it."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import httpx
 import pytest
 
 from providers._http import JSONPosts, make_client, send
+from providers._pool import PREPARED_EXTENSION, _request_head
 from providers.base import ProviderConfig, Timeouts
 
 URL = httpx.URL("https://tts.upstream.test:8443/v1/stream-audio?model=fast")
@@ -35,7 +37,14 @@ def same_request(lean: httpx.Request, built: httpx.Request) -> None:
     assert lean.url == built.url
     assert lean.headers.raw == built.headers.raw  # names, spelling, values and order
     assert lean.content == built.content
-    assert lean.extensions == built.extensions
+    extensions = dict(lean.extensions)
+    prepared = extensions.pop(PREPARED_EXTENSION, None)
+    assert extensions == built.extensions
+    if prepared is not None:
+        # What the pool would work out from the request, worked out ahead: the same bytes.
+        origin, head = prepared
+        assert origin == ("https", "tts.upstream.test", 8443)
+        assert head == _request_head(built)
 
 
 @pytest.mark.parametrize(
@@ -65,7 +74,22 @@ def test_a_lean_request_is_the_request_httpx_builds(
     }
     if not clash:  # the lean path: httpx's builder is not asked
         monkeypatch.setattr(c, "build_request", None)
-    same_request(JSONPosts(c, URL, headers).build(BODY, request_id), built)
+    lean = JSONPosts(c, URL, headers).build(BODY, request_id)
+    same_request(lean, built)
+    assert (PREPARED_EXTENSION in lean.extensions) is not clash
+
+
+@pytest.mark.parametrize(
+    ("headers", "request_id"),
+    [({"X-Tenant": "t1\r\nX-Smuggled: 1"}, "req-1"), ({"X-Tenant": "t1"}, "req\n1")],
+)
+def test_a_head_that_would_break_is_left_to_the_pool_to_refuse(
+    headers: dict[str, str], request_id: str
+) -> None:
+    request = JSONPosts(client(), URL, headers).build(BODY, request_id)
+    assert PREPARED_EXTENSION not in request.extensions
+    with pytest.raises(httpx.LocalProtocolError, match="line break"):
+        _request_head(request)
 
 
 def test_a_body_httpx_refuses_is_refused_alike() -> None:
