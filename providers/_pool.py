@@ -34,7 +34,7 @@ import re
 import ssl
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Final, Protocol, cast
+from typing import Any, Final, Protocol, cast
 
 import httptools
 import httpx
@@ -98,6 +98,32 @@ class RawHeaders(httpx.Headers):
     def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
         self._list = [(name, name.lower(), value) for name, value in raw]
         self._encoding = None
+
+    @property
+    def encoding(self) -> str:
+        """As ``httpx.Headers.encoding`` works it out (ASCII, else UTF-8, else Latin-1), with
+        one test a header for the usual case, every byte ASCII."""
+        if self._encoding is None:
+            if all(name.isascii() and value.isascii() for name, _, value in self._list):
+                self._encoding = "ascii"
+            else:
+                return str(httpx.Headers.encoding.fget(self))  # type: ignore[attr-defined]
+        return self._encoding
+
+    @encoding.setter
+    def encoding(self, value: str) -> None:
+        self._encoding = value
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """As ``httpx.Headers.get`` reads (repeated headers joined by ", "), without the
+        ``KeyError`` its lookup raises for a header that is absent, and without a list."""
+        encoding = self.encoding
+        wanted = key.lower().encode(encoding)
+        found: bytes | None = None
+        for _, name, value in self._list:
+            if name == wanted:
+                found = value if found is None else found + b", " + value
+        return default if found is None else found.decode(encoding)
 
 
 class BodySink(Protocol):
@@ -563,11 +589,11 @@ class StreamingTransport(httpx.AsyncBaseTransport):
                 exc.request = request
             raise
         stream = _ResponseStream(self, connection, timeouts.get("read"))
-        return httpx.Response(
+        return _PoolResponse(
             connection.status,
-            headers=RawHeaders(connection.headers),
-            stream=stream,
-            extensions={
+            RawHeaders(connection.headers),
+            stream,
+            {
                 "http_version": b"HTTP/1.1",
                 "reason_phrase": connection.reason,
                 BODY_EXTENSION: stream,
@@ -629,6 +655,32 @@ class StreamingTransport(httpx.AsyncBaseTransport):
         for connection in list(self._in_use):
             connection.close()
         self._in_use.clear()
+
+
+class _PoolResponse(httpx.Response):
+    """A response of this transport: what ``httpx.Response(status, headers=headers,
+    stream=stream, extensions=extensions)`` makes, without the copies it makes of the headers
+    and the extensions given (both are made for it, and kept by nothing else): the headers
+    stay :class:`RawHeaders`, and their lookups its own."""
+
+    def __init__(
+        self,
+        status_code: int,
+        headers: RawHeaders,
+        stream: _ResponseStream,
+        extensions: dict[str, Any],
+    ) -> None:
+        self.status_code = status_code
+        self.headers = headers
+        self._request = None
+        self.next_request = None
+        self.extensions = extensions
+        self.history = []
+        self.is_closed = False
+        self.is_stream_consumed = False
+        self.default_encoding = "utf-8"
+        self.stream = stream
+        self._num_bytes_downloaded = 0
 
 
 def _request_head(request: httpx.Request) -> bytes:

@@ -76,7 +76,7 @@ def test_a_lean_request_is_the_request_httpx_builds(
         monkeypatch.setattr(c, "build_request", None)
     lean = JSONPosts(c, URL, headers).build(BODY, request_id)
     same_request(lean, built)
-    assert (PREPARED_EXTENSION in lean.extensions) is not clash
+    assert (PREPARED_EXTENSION in lean.extensions) is not bool(clash)
 
 
 @pytest.mark.parametrize(

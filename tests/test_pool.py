@@ -519,3 +519,60 @@ def test_raw_headers_read_as_httpx_headers_made_from_the_same_pairs() -> None:
     assert response.headers.raw == pairs and response.headers["x-sample-rate"] == "24000"
     latin = _pool.RawHeaders([(b"X-Name", "café".encode("latin-1"))])
     assert latin["x-name"] == httpx.Headers([(b"X-Name", "café".encode("latin-1"))])["x-name"]
+
+
+@pytest.mark.parametrize(
+    "pairs",
+    [
+        [
+            (b"Content-Type", b"audio/pcm"),
+            (b"X-A", b"1"),
+            (b"x-a", b"2"),
+            (b"X-Sample-Rate", b"8000"),
+        ],
+        [(b"Content-Type", b"audio/pcm"), (b"X-Voice", "Zoë".encode())],
+        [(b"X-Name", "café".encode("latin-1")), (b"x-name", b"plain")],
+        [],
+    ],
+)
+def test_raw_headers_look_up_as_httpx_headers_do(pairs: list[tuple[bytes, bytes]]) -> None:
+    # Their own lookup (no KeyError for an absent header) and their own work-out of the text
+    # encoding read what httpx's own do, header by header.
+    made = httpx.Headers(pairs)
+    for name in ("content-type", "Content-Type", "x-a", "X-A", "x-voice", "x-name", "absent"):
+        raw = _pool.RawHeaders(pairs)  # a fresh one each time: the encoding worked out anew
+        assert raw.get(name) == made.get(name)
+        assert raw.get(name, "fallback") == made.get(name, "fallback")
+        assert (name in raw) == (name in made)
+        assert raw.encoding == made.encoding
+
+
+async def test_a_response_of_the_pool_reads_as_an_httpx_response() -> None:
+    pairs = [(b"Content-Type", b"audio/pcm"), (b"X-Sample-Rate", b"24000")]
+    stream = httpx.ByteStream(b"\x01\x00" * 4)
+    lean = _pool._PoolResponse(200, _pool.RawHeaders(pairs), stream, {"http_version": b"HTTP/1.1"})  # type: ignore[arg-type]
+    made = httpx.Response(
+        200,
+        headers=pairs,
+        stream=httpx.ByteStream(b"\x01\x00" * 4),
+        extensions={"http_version": b"HTTP/1.1"},
+    )
+    for response in (lean, made):
+        response.request = httpx.Request("POST", "http://upstream.test/tts")
+    assert (lean.status_code, lean.reason_phrase, lean.http_version, lean.is_success) == (
+        made.status_code,
+        made.reason_phrase,
+        made.http_version,
+        made.is_success,
+    )
+    assert lean.headers.raw == made.headers.raw and lean.headers["x-sample-rate"] == "24000"
+    assert (lean.is_closed, lean.is_stream_consumed, lean.history, lean.next_request) == (
+        made.is_closed,
+        made.is_stream_consumed,
+        made.history,
+        made.next_request,
+    )
+    assert await lean.aread() == await made.aread() == b"\x01\x00" * 4
+    assert lean.num_bytes_downloaded == made.num_bytes_downloaded == 8
+    await lean.aclose()
+    assert lean.is_closed
