@@ -199,6 +199,8 @@ def _interface_fields(data: Mapping[str, Any]) -> dict[str, Any]:
     """The interface's fields of a body, looked up as :func:`field_value` does, in one pass
     over the body's keys however many there are."""
     found = {name: data[name] for name in _FIELDS if name in data}
+    if len(found) == len(data):
+        return found  # every key is a field's exact name: no other key to look at
     wanted = {name.lower(): name for name in _FIELDS if name not in found}
     if wanted:
         for key, value in data.items():
@@ -282,6 +284,11 @@ def _text(value: Any, max_text_chars: int) -> str:
         raise PayloadTooLarge(
             f"Text has {len(value)} characters; the limit is {max_text_chars}", field="Text"
         )
+    if value.isascii() and value.isprintable():
+        # Printable ASCII: no line break, no control character, nothing that is not UTF-8.
+        if not _SPEAKABLE.search(value):
+            raise BadRequest("Text has nothing to speak", field="Text", code="empty_text")
+        return value
     text = _TEXT_CONTROLS.sub("", _TEXT_BREAKS.sub("\n", value))
     if not _SPEAKABLE.search(text):
         raise BadRequest("Text has nothing to speak", field="Text", code="empty_text")

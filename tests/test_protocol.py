@@ -438,17 +438,25 @@ async def failing_app(scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "lifespan.shutdown.complete"})
         del message
         return
-    if scope["path"] == "/bad-header":
-        await send(
-            {"type": "http.response.start", "status": 200, "headers": [(b"x-a", b"1\r\nx: 2")]}
-        )
+    bad = {
+        "/bad-header": [(b"x-a", b"1\r\nx: 2")],
+        # Good headers first: each one is checked, not only the first.
+        "/bad-name": [(b"x-ok", b"1"), (b"x b", b"2")],
+        "/empty-name": [(b"x-ok", b"1"), (b"", b"2")],
+        "/bad-late-value": [(b"x-ok", b"1\tand a tab"), (b"x-b", b"v\x00")],
+    }.get(scope["path"])
+    if bad is not None:
+        # Refused as it is given (ValueError): a head that would go out is never written.
+        await send({"type": "http.response.start", "status": 200, "headers": bad})
+        await send({"type": "http.response.body", "body": b"ok"})
+        return
     raise RuntimeError("boom")
 
 
 async def test_an_app_error_before_any_byte_is_a_json_500() -> None:
     async with live_server(failing_app) as url:
         host, port = url.removeprefix("http://").split(":")
-        for path in ("/boom", "/bad-header"):
+        for path in ("/boom", "/bad-header", "/bad-name", "/empty-name", "/bad-late-value"):
             reader, writer = await connect((host, int(port)))
             writer.write(f"GET {path} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
             status, headers, body = split_response(await until_eof(reader))

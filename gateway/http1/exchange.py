@@ -210,11 +210,22 @@ class Exchange:
         remaining: int | None = None
         chunked = False
         close = False
+        headers = list(headers)
+        # Every name and value checked in one pass each (the names joined by a character a
+        # name may hold, the values by one a value may hold); header by header only when one
+        # is bad, to name the first.
+        names = [name for name, _ in headers]
+        if (
+            not all(names)
+            or _HEADER_NAME.search(b"-".join(names))
+            or _HEADER_VALUE.search(b" ".join([value for _, value in headers]))
+        ):
+            for name, value in headers:
+                if not name or _HEADER_NAME.search(name):
+                    raise ValueError(f"invalid response header name {name!r}")
+                if _HEADER_VALUE.search(value):
+                    raise ValueError(f"invalid value for response header {name!r}")
         for name, value in headers:
-            if not name or _HEADER_NAME.search(name):
-                raise ValueError(f"invalid response header name {name!r}")
-            if _HEADER_VALUE.search(value):
-                raise ValueError(f"invalid value for response header {name!r}")
             lowered = name.lower()
             if lowered == b"content-length":
                 remaining = int(value)
