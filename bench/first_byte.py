@@ -22,7 +22,8 @@ The steps (a mark's name, then what starts there):
 - ``parse``, ``parsed``: the door reads the body and checks it (``CustomTTSDoor.parse``);
 - ``attempt``: an attempt at a voice opens its stream (``VoiceOpener._open_once``);
 - ``upstream``: the provider's request handed to the upstream pool
-  (``StreamingTransport.handle_async_request``), ``sent``: its head built, then written;
+  (``StreamingTransport.handle_async_request``), ``sent``: its head and body handed to the
+  connection (``_Connection.send_request``), written at the end of the loop's turn;
 - ``answered``: the upstream's first bytes arrive (``_Connection.data_received``);
 - ``response``: the upstream's head parsed, the response handed back;
 - ``first piece``, ``converted``: the first audio converted (``Converter.feed_first``);
@@ -57,7 +58,7 @@ POINTS: tuple[tuple[str, str | None, str, str, str | None], ...] = (
     ("gateway.front.custom_tts", "CustomTTSDoor", "parse", "parse", "parsed"),
     ("gateway.attempts", "VoiceOpener", "_open_once", "attempt", None),
     ("providers._pool", "StreamingTransport", "handle_async_request", "upstream", "response"),
-    ("providers._pool", None, "_request_head", "head", "sent"),
+    ("providers._pool", "_Connection", "send_request", "sent", None),
     ("providers._pool", "_Connection", "data_received", "answered", None),
     ("gateway.audio", "Converter", "feed_first", "first piece", "converted"),
     ("gateway.http1.exchange", "Exchange", "_emit", "written", None),
@@ -70,7 +71,6 @@ ORDER = (
     "parsed",
     "attempt",
     "upstream",
-    "head",
     "sent",
     "answered",
     "response",
