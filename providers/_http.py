@@ -23,6 +23,7 @@ from ._pool import (
     _UNSAFE_IN_HEADER,
     BODY_EXTENSION,
     PREPARED_EXTENSION,
+    PreparedHead,
     RawHeaders,
     StreamingTransport,
     _Connection,
@@ -162,6 +163,7 @@ class JSONPosts:
         raw.append((b"Content-Length", length))
         raw.append((b"Content-Type", b"application/json"))
         extensions = self._extensions.copy()
+        request = _JSONPost(self.url, RawHeaders(raw), content, extensions)
         prepared = self._prepared
         if prepared is not None and not _UNSAFE_IN_HEADER.search(rid):
             # The pool's head of this request (providers._pool._request_head), made here.
@@ -172,8 +174,8 @@ class JSONPosts:
                 id_line,
                 length,
             )
-            extensions[PREPARED_EXTENSION] = (origin, head)
-        return _JSONPost(self.url, RawHeaders(raw), content, extensions)
+            extensions[PREPARED_EXTENSION] = PreparedHead(origin, head, request)
+        return request
 
 
 class _JSONPost(httpx.Request):

@@ -57,10 +57,36 @@ _NEVER: Final = math.inf
 BODY_EXTENSION: Final = "gateway.body"
 #: What a header of ours must never carry: it would end the header, or the head, early.
 _UNSAFE_IN_HEADER = re.compile(rb"[\x00\r\n]")
-#: The request extension with what its builder made of the request ahead: its origin and its
-#: head as this transport writes it (:func:`_request_head`), checked
-#: (``providers._http.JSONPosts``). The transport sends that head rather than make it again.
+#: The request extension with what its builder made of the request ahead (a
+#: :class:`PreparedHead`: ``providers._http.JSONPosts``): the transport sends that head rather
+#: than make it again, while the request is still as it was built.
 PREPARED_EXTENSION: Final = "gateway.prepared"
+
+
+class PreparedHead:
+    """A request's origin and its head as this transport writes it (:func:`_request_head`),
+    made and checked by the request's builder, for the request as it was built: its URL,
+    method and headers. Anything that changes them after (an authentication flow, an event
+    hook adding a header) leaves the head to be made afresh from the request."""
+
+    __slots__ = ("_headers", "_snapshot", "_url", "head", "origin")
+
+    def __init__(self, origin: Origin, head: bytes, request: httpx.Request) -> None:
+        self.origin = origin
+        self.head = head
+        self._url = request.url
+        self._headers = request.headers
+        self._snapshot = list(request.headers._list)
+
+    def fits(self, request: httpx.Request) -> bool:
+        """Whether ``request`` is still as it was built (the head is its head)."""
+        headers = request.headers
+        return (
+            request.url is self._url
+            and request.method == "POST"
+            and headers is self._headers
+            and headers._list == self._snapshot
+        )
 
 
 def prepared_prefix(
@@ -545,10 +571,10 @@ class StreamingTransport(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         extensions = request.extensions
         timeouts: dict[str, float | None] = extensions.get("timeout", {})
-        prepared: tuple[Origin, bytes] | None = extensions.get(PREPARED_EXTENSION)
-        if prepared is not None:
+        prepared: PreparedHead | None = extensions.get(PREPARED_EXTENSION)
+        if prepared is not None and prepared.fits(request):
             # Made and checked by the request's builder: its body at hand, never chunked.
-            origin, head = prepared
+            origin, head = prepared.origin, prepared.head
             body = request.content
         else:
             url = request.url

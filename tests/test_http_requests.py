@@ -42,9 +42,9 @@ def same_request(lean: httpx.Request, built: httpx.Request) -> None:
     assert extensions == built.extensions
     if prepared is not None:
         # What the pool would work out from the request, worked out ahead: the same bytes.
-        origin, head = prepared
-        assert origin == ("https", "tts.upstream.test", 8443)
-        assert head == _request_head(built)
+        assert prepared.fits(lean)
+        assert prepared.origin == ("https", "tts.upstream.test", 8443)
+        assert prepared.head == _request_head(built)
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ import pytest
 import trustme
 
 from providers import _pool
+from providers._http import JSONPosts
 from providers._pool import MAX_HEAD_BYTES, MAX_HEADERS, StreamingTransport
 from tests.support import eventually
 
@@ -494,6 +495,50 @@ async def test_requests_go_out_as_written_sized_or_chunked() -> None:
         b'{"Text":"hi"}' % (port, httpx.__version__.encode())
     )
     assert received[1].endswith(b"\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked(b"spoken text"))
+
+
+async def test_a_prepared_head_goes_out_only_for_the_request_as_it_was_built() -> None:
+    """A request whose builder made its head ahead (``JSONPosts``) goes out with that head;
+    one changed after (a header added, as an authentication flow or an event hook adds one,
+    or a header's value replaced) goes out as its headers then say."""
+    received: list[bytes] = []
+    closed: list[bool] = []
+
+    async def keep(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        received.append(head + await reader.readexactly(length))
+        writer.write(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n")
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+        closed.append(True)
+
+    listener = await asyncio.start_server(keep, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    url = httpx.URL(f"http://127.0.0.1:{port}/say")
+    try:
+        async with client() as c:
+            posts = JSONPosts(c, url, {"X-Tenant": "t1"})
+            as_built = posts.build({"Text": "hi"}, "req-1")
+            assert isinstance(as_built.extensions[_pool.PREPARED_EXTENSION], _pool.PreparedHead)
+            added = posts.build({"Text": "hi"}, "req-2")
+            added.headers["Authorization"] = "Bearer s3cret"
+            replaced = posts.build({"Text": "hi"}, "req-3")
+            replaced.headers["X-Tenant"] = "t2"
+            for request in (as_built, added, replaced):
+                response = await c.send(request)
+                assert response.status_code == 204
+        await eventually(lambda: len(closed) == 3)
+    finally:
+        listener.close()
+        await listener.wait_closed()
+    heads = [r.split(b"\r\n\r\n")[0] for r in received]
+    assert heads[0] == _pool._request_head(as_built).rstrip(b"\r\n")
+    assert b"\r\nX-Request-Id: req-1\r\n" in heads[0] and b"Authorization" not in heads[0]
+    assert b"\r\nAuthorization: Bearer s3cret" in heads[1]
+    assert b"\r\nX-Tenant: t2\r\n" in heads[2] and b"X-Tenant: t1" not in heads[2]
+    assert all(r.endswith(b'{"Text":"hi"}') for r in received)
 
 
 def test_raw_headers_read_as_httpx_headers_made_from_the_same_pairs() -> None:
