@@ -96,21 +96,27 @@ def prepared_prefix(
     request adds (:data:`PREPARED_EXTENSION`), made as :func:`_request_head` makes a head;
     None when the transport is to make the head itself, and refuse it (a scheme it does not
     speak, a header that would break the head)."""
-    scheme = url.scheme
-    if scheme not in ("http", "https"):
-        return None
-    if any(
+    origin = _origin(url)
+    if origin is None or any(
         _UNSAFE_IN_HEADER.search(name) or _UNSAFE_IN_HEADER.search(value) for name, value in fixed
     ):
         return None
-    origin: Origin = (
-        scheme,
-        url.raw_host.decode("ascii"),
-        url.port or (443 if scheme == "https" else 80),
-    )
-    lines = [b"POST %s HTTP/1.1\r\n" % url.raw_path]
-    lines += [b"%s: %s\r\n" % field for field in fixed]
-    return origin, b"".join(lines)
+    return origin, b"".join(_head_lines(b"POST", url.raw_path, fixed))
+
+
+def _origin(url: httpx.URL) -> Origin | None:
+    """The pool's key for the server of ``url``; None for a scheme it does not speak."""
+    scheme = url.scheme
+    if scheme not in ("http", "https"):
+        return None
+    return (scheme, url.raw_host.decode("ascii"), url.port or (443 if scheme == "https" else 80))
+
+
+def _head_lines(method: bytes, path: bytes, fields: list[tuple[bytes, bytes]]) -> list[bytes]:
+    """A request's line and its header lines, as written (the head's end not among them)."""
+    lines = [b"%s %s HTTP/1.1\r\n" % (method, path)]
+    lines += [b"%s: %s\r\n" % field for field in fields]
+    return lines
 
 
 class RawHeaders(httpx.Headers):
@@ -577,12 +583,11 @@ class StreamingTransport(httpx.AsyncBaseTransport):
             origin, head = prepared.origin, prepared.head
             body = request.content
         else:
-            url = request.url
-            scheme = url.scheme
-            if scheme not in ("http", "https"):
+            found = _origin(request.url)
+            if found is None:
+                scheme = request.url.scheme
                 raise httpx.UnsupportedProtocol(f"cannot send {scheme!r} URLs", request=request)
-            host = url.raw_host.decode("ascii")
-            origin = (scheme, host, url.port or (443 if scheme == "https" else 80))
+            origin = found
             head = _request_head(request)
             try:
                 body = request.content  # a request built with its body has it at hand
@@ -713,8 +718,7 @@ def _request_head(request: httpx.Request) -> bytes:
     """The request line and headers; a line break or NUL in any of them is refused, since it
     would let a value end the head early and smuggle a header or request of its own."""
     raw = request.headers.raw
-    lines = [b"%s %s HTTP/1.1\r\n" % (request.method.encode("ascii"), request.url.raw_path)]
-    lines += [b"%s: %s\r\n" % field for field in raw]
+    lines = _head_lines(request.method.encode("ascii"), request.url.raw_path, raw)
     lines.append(b"\r\n")
     head = b"".join(lines)
     # The head as a whole first (three passes in C): its line ends are its own, and no NUL.
