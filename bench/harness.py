@@ -74,6 +74,19 @@ def cpu_ns(pid: int) -> int:
     own count (``/proc/PID/task/TID/schedstat``): exact where ``/proc/PID/stat`` counts 10 ms
     ticks, so a measurement of a second or less is not a few ticks more or less. A thread that
     ended meanwhile takes its time with it."""
+    return _schedstat(pid, 0)
+
+
+def waited_ns(pid: int) -> int:
+    """Nanoseconds a process and its children (every thread) spent ready to run but waiting
+    for a core, from the same count as :func:`cpu_ns`: what the machine's other processes
+    cost it in time, beside what it costs itself."""
+    return _schedstat(pid, 1)
+
+
+def _schedstat(pid: int, field: int) -> int:
+    """A field of ``/proc/PID/task/TID/schedstat`` (0: time on a core, 1: time waiting for
+    one), summed over a process tree's threads."""
     total = 0
     for p in process_tree(pid):
         try:
@@ -82,7 +95,7 @@ def cpu_ns(pid: int) -> int:
             continue
         for task in tasks:
             try:
-                total += int((task / "schedstat").read_text().split()[0])
+                total += int((task / "schedstat").read_text().split()[field])
             except (OSError, ValueError, IndexError):
                 continue
     return total

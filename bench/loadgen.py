@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import statistics
 import sys
@@ -33,6 +34,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, cast
 from urllib.parse import urlsplit
 
+from bench.harness import waited_ns
 from bench.integrity import answer_samples, check, expected_pcm
 from bench.upstream import run_fast
 
@@ -353,7 +355,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         jobs.put_nowait((index, rng.uniform(0.05, 0.9) if rng.random() < args.drop else -1.0))
     expected = int(args.seconds * args.rate) * 2
     results: list[Result] = []
-    started, cpu = time.perf_counter(), time.process_time()
+    started, cpu, waited = time.perf_counter(), time.process_time(), waited_ns(os.getpid())
     await asyncio.gather(
         *(
             worker(
@@ -377,6 +379,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "wall": wall,
         "cpu": time.process_time(),  # the process's, its start included
         "run_cpu": run_cpu,  # from the first request to the last answer
+        # Seconds it was ready to run but waited for a core, over the same time.
+        "run_waited": (waited_ns(os.getpid()) - waited) / 1e9,
         "results": [asdict(r) for r in results],
     }
 

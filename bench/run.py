@@ -52,6 +52,7 @@ from bench.harness import (
     pct,
     rss_kib,
     start,
+    waited_ns,
 )
 from gateway.polyphase import KERNEL
 
@@ -285,6 +286,7 @@ class Bench:
         per stream-second (one second of one stream)."""
         assert self.upstream
         before, up_before = cpu_split(server.pid), cpu_seconds(self.upstream.pid)
+        waits_before = waited_ns(server.pid), waited_ns(self.upstream.pid)
         data = load(
             self.url(server),
             self.workdir,
@@ -297,6 +299,12 @@ class Bench:
         )
         # The server's CPU in its own code and in the kernel's (its system calls).
         user, system = (a - b for a, b in zip(cpu_split(server.pid), before, strict=True))
+        server_waited, upstream_waited = (
+            (a - b) / 1e9
+            for a, b in zip(
+                (waited_ns(server.pid), waited_ns(self.upstream.pid)), waits_before, strict=True
+            )
+        )
         cpu = {"server": user + system, "upstream": cpu_seconds(self.upstream.pid) - up_before}
         figures = latency(data)
         cpu["client"] = figures["client_cpu"]
@@ -306,6 +314,14 @@ class Bench:
             figures[f"{who}_cpu_ms_per_stream_s"] = seconds * 1000 / stream_seconds
         figures["server_user_ms_per_stream_s"] = user * 1000 / stream_seconds
         figures["server_system_ms_per_stream_s"] = system * 1000 / stream_seconds
+        # Time each side was ready to run but waited for a core (the machine's other
+        # processes on its two cores), as a share of the run: 1 is one process waiting
+        # throughout (the gateway's is its workers' together).
+        waited = {"server": server_waited, "upstream": upstream_waited}
+        if "run_waited" in data:
+            waited["client"] = data["run_waited"]
+        for who, seconds in waited.items():
+            figures[f"{who}_wait_share"] = seconds / figures["wall"]
         return figures
 
     def realtime_streams(self) -> None:
@@ -751,6 +767,15 @@ def realtime_section(f: dict[str, Any]) -> list[str]:
                 ),
                 row(
                     "load generator CPU per stream-second", figures, "client_cpu_ms_per_stream_s", 3
+                ),
+                *(
+                    (server_row if key == "server_wait_share" else row)(label, figures, key)
+                    for label, key in (
+                        ("server waiting for a core (share)", "server_wait_share"),
+                        ("mock upstream waiting for a core (share)", "upstream_wait_share"),
+                        ("load generator waiting for a core (share)", "client_wait_share"),
+                    )
+                    if key in figures["gateway"]
                 ),
             ]
         else:

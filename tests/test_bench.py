@@ -28,7 +28,7 @@ from bench.cache import CacheBench, CacheSize, redis_server, unique_text
 from bench.faults import HEALTHY, SOAK, FaultPlan, FaultyUpstream
 from bench.floor import FIRST_BYTES, FloorRelay, latency_report
 from bench.floor import report as floor_report
-from bench.harness import PY, ROOT, Server, cpu_ns, cpu_seconds, process_tree
+from bench.harness import PY, ROOT, Server, cpu_ns, cpu_seconds, process_tree, waited_ns
 from bench.hotpath import layers
 from bench.integrity import Verdict, answer_samples, check, expected_pcm
 from bench.loadgen import Plan, Response, Result, run
@@ -240,6 +240,47 @@ def test_cpu_ns_counts_a_process_and_its_childrens_cpu_exactly() -> None:
     # Both processes burnt 0.3 s, on top of starting an interpreter each.
     assert 0.6 <= exact < 3.0
     assert abs(exact - ticks) < 0.05  # /proc/PID/stat's ticks say the same, to a tick or so
+
+
+def test_waited_ns_counts_the_time_a_process_waited_for_a_core() -> None:
+    # Two processes that burn CPU on the same core take turns on it: each waits for it about
+    # as long as the other runs.
+    burn = (
+        "import os, sys, time\nos.sched_setaffinity(0, {int(sys.argv[1])})\n"
+        "end = time.process_time() + 0.3\nwhile time.process_time() < end: pass\n"
+        "print('burnt', flush=True)\nsys.stdin.read()"
+    )
+    core = min(os.sched_getaffinity(0))
+
+    def burners(count: int) -> list[subprocess.Popen[str]]:
+        return [
+            subprocess.Popen(
+                [sys.executable, "-c", burn, str(core)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(count)
+        ]
+
+    def waited(processes: list[subprocess.Popen[str]]) -> list[float]:
+        for process in processes:
+            assert process.stdout is not None
+            assert process.stdout.readline().strip() == "burnt"
+        seconds = [waited_ns(process.pid) / 1e9 for process in processes]
+        for process in processes:
+            assert process.stdin is not None and process.stdout is not None
+            process.stdin.close()
+            process.wait()
+            process.stdout.close()
+        return seconds
+
+    shared = waited(burners(2))
+    # Each ran 0.3 s on the shared core; the one that finished last waited out most of the
+    # other's run at least.
+    assert max(shared) > 0.15
+    assert all(s < 5.0 for s in shared)
+    assert cpu_ns(os.getpid()) > 0 and waited_ns(os.getpid()) >= 0
 
 
 def test_interleaved_bursts_compare_the_copies_turn_by_turn(
@@ -811,6 +852,27 @@ def test_the_real_time_table_splits_the_servers_cpu_into_its_own_and_the_kernels
     assert "| of it in the kernel (its system calls) | - | 0.700 | 0.800 |" in split
     # Only the 200-stream table has them: the 600-stream run did not measure them.
     assert sum(line.startswith("| of it in its own code") for line in split) == 1
+
+
+def test_the_real_time_table_says_how_long_each_process_waited_for_a_core() -> None:
+    """Scenario (3)'s table gives each process's wait for a core where the run measured it
+    (the server's for nginx and the gateway only: direct's server is the upstream)."""
+    figures = _suite_figures(_realtime(600, (2.0, 15.0), (25.0, 31.0)))
+    assert "waiting for a core" not in render(figures, META)
+    for name, (server, upstream, client) in {
+        "direct": (0.05, 0.05, 0.02),
+        "nginx": (0.04, 0.06, 0.03),
+        "gateway": (0.31, 0.09, 0.07),
+    }.items():
+        figures["realtime_many"][name].update(
+            server_wait_share=server, upstream_wait_share=upstream, client_wait_share=client
+        )
+    lines = render(figures, META).splitlines()
+    assert "| server waiting for a core (share) | - | 0.04 | 0.31 |" in lines
+    assert "| mock upstream waiting for a core (share) | 0.05 | 0.06 | 0.09 |" in lines
+    assert "| load generator waiting for a core (share) | 0.02 | 0.03 | 0.07 |" in lines
+    # Only in the 600-stream table: the 200-stream run did not measure them.
+    assert sum(line.startswith("| server waiting for a core") for line in lines) == 1
 
 
 def test_streams_held_says_how_far_the_gateway_got() -> None:
