@@ -723,7 +723,9 @@ def realtime_section(f: dict[str, Any]) -> list[str]:
         "measured: the server (nginx or the gateway), the mock upstream behind it and the load "
         "generator, in CPU time from `/proc` (the load generator's from its first request to "
         "its last answer); a share of 1 is one core, and a stream-second is one second of one "
-        "stream.",
+        "stream. How long each process waited for a core (ready to run while the machine's "
+        "other processes had both, from `/proc/PID/schedstat`) is a share of the run too: 1 is "
+        "one process waiting throughout (the gateway's, its workers' together).",
         "",
     ]
     for figures in (rt, many):
