@@ -284,18 +284,18 @@ def _text(value: Any, max_text_chars: int) -> str:
         raise PayloadTooLarge(
             f"Text has {len(value)} characters; the limit is {max_text_chars}", field="Text"
         )
-    if value.isascii() and value.isprintable():
-        # Printable ASCII: no line break, no control character, nothing that is not UTF-8.
-        if not _SPEAKABLE.search(value):
-            raise BadRequest("Text has nothing to speak", field="Text", code="empty_text")
-        return value
-    text = _TEXT_CONTROLS.sub("", _TEXT_BREAKS.sub("\n", value))
+    # Printable ASCII has no line break, no control character, nothing that is not UTF-8.
+    plain = value.isascii() and value.isprintable()
+    text = value if plain else _TEXT_CONTROLS.sub("", _TEXT_BREAKS.sub("\n", value))
     if not _SPEAKABLE.search(text):
         raise BadRequest("Text has nothing to speak", field="Text", code="empty_text")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise BadRequest("Text is not valid Unicode", field="Text", code="invalid_field") from None
+    if not plain:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise BadRequest(
+                "Text is not valid Unicode", field="Text", code="invalid_field"
+            ) from None
     return text
 
 
