@@ -28,6 +28,7 @@ from ._pool import (
     StreamingTransport,
     _Connection,
     _ResponseStream,
+    header_lines,
     prepared_prefix,
 )
 from ._streams import is_body, iter_body
@@ -159,21 +160,16 @@ class JSONPosts:
         rid = request_id.encode("ascii") if request_id else b""
         if rid:
             raw.append((b"X-Request-Id", rid))
-        length = b"%d" % len(content)
-        raw.append((b"Content-Length", length))
+        raw.append((b"Content-Length", b"%d" % len(content)))
         raw.append((b"Content-Type", b"application/json"))
         extensions = self._extensions.copy()
         request = _JSONPost(self.url, RawHeaders(raw), content, extensions)
         prepared = self._prepared
         if prepared is not None and not _UNSAFE_IN_HEADER.search(rid):
-            # The pool's head of this request (providers._pool._request_head), made here.
+            # The pool's head of this request (providers._pool._request_head), made here: the
+            # prefix made ahead, then the headers this request added.
             origin, prefix = prepared
-            id_line = b"X-Request-Id: %s\r\n" % rid if rid else b""
-            head = b"%s%sContent-Length: %s\r\nContent-Type: application/json\r\n\r\n" % (
-                prefix,
-                id_line,
-                length,
-            )
+            head = b"".join([prefix, *header_lines(raw[len(self._fixed) :]), b"\r\n"])
             extensions[PREPARED_EXTENSION] = PreparedHead(origin, head, request)
         return request
 

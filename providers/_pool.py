@@ -114,9 +114,12 @@ def _origin(url: httpx.URL) -> Origin | None:
 
 def _head_lines(method: bytes, path: bytes, fields: list[tuple[bytes, bytes]]) -> list[bytes]:
     """A request's line and its header lines, as written (the head's end not among them)."""
-    lines = [b"%s %s HTTP/1.1\r\n" % (method, path)]
-    lines += [b"%s: %s\r\n" % field for field in fields]
-    return lines
+    return [b"%s %s HTTP/1.1\r\n" % (method, path), *header_lines(fields)]
+
+
+def header_lines(fields: list[tuple[bytes, bytes]]) -> list[bytes]:
+    """Header lines as a head has them, one ``name: value`` line each."""
+    return [b"%s: %s\r\n" % field for field in fields]
 
 
 class RawHeaders(httpx.Headers):
