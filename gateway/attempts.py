@@ -10,7 +10,8 @@
         breaker is closed, the ``retry`` policy allows one and the retry budget has one,
         after an exponential backoff with jitter (or the provider's ``Retry-After``) that
         ends within the budget
-    ─► an AudioStream holding the slot, or a ProviderError
+    ─► an AudioStream holding the slot, or a ProviderError; given a FirstOut, its first
+       audio written to the caller before it is handed up
 
 The slot is held from the first attempt until the stream is closed, retries included, so a
 provider's ``max_concurrency`` bounds what it is asked at once whatever the retries do.
@@ -54,7 +55,7 @@ from .health import ProviderHealth
 from .metrics import Metrics
 from .routing import ChainStep
 from .spend import Bill
-from .stream import AudioStream
+from .stream import AudioStream, FirstOut
 
 log = logging.getLogger("gateway.relay")
 
@@ -118,6 +119,7 @@ class VoiceOpener:
         out_rate: int | None = None,
         keep_native: bool = False,
         bill: Bill | None = None,
+        first_out: FirstOut | None = None,
     ) -> AudioStream:
         """The voice's stream with its first audio in hand. Raises :class:`VoiceSkipped` or a
         :class:`ProviderError`; cancellation leaves nothing open and no verdict behind.
@@ -125,7 +127,9 @@ class VoiceOpener:
         ``out_rate``: convert to this rate rather than the job's; ``keep_native``: keep the
         provider's chunks read before the first audio in :attr:`AudioStream.native_head` (a
         shared synthesis relays the native chunks, not the converted ones); ``bill``: add the
-        characters each attempt sends to it."""
+        characters each attempt sends to it; ``first_out``: write the first audio to the
+        caller as soon as an attempt has it (:class:`~gateway.stream.FirstOut`), once the
+        breaker has heard of the success, before the stream is handed up."""
         provider = self.providers[step.provider.name]
         health = self.health[provider.name]
         ticket = health.breaker.admit()
@@ -139,7 +143,16 @@ class VoiceOpener:
             lease = Lease(health.gate)
             try:
                 return await self._attempts(
-                    step, provider, job, health, ticket, lease, out_rate, keep_native, bill
+                    step,
+                    provider,
+                    job,
+                    health,
+                    ticket,
+                    lease,
+                    out_rate,
+                    keep_native,
+                    bill,
+                    first_out,
                 )
             except BaseException:
                 lease.release()
@@ -159,6 +172,7 @@ class VoiceOpener:
         out_rate: int | None,
         keep_native: bool,
         bill: Bill | None,
+        first_out: FirstOut | None,
     ) -> AudioStream:
         budget = provider.config.timeout.first_byte
         breaker, metrics = health.breaker, self.metrics
@@ -194,6 +208,12 @@ class VoiceOpener:
                     else:
                         attempting = False
                         breaker.succeeded(ticket)
+                        if first_out is not None:
+                            try:
+                                first_out(stream)
+                            except BaseException:
+                                await stream.aclose()
+                                raise
                         return stream
                     await asyncio.sleep(pause)
                     attempt += 1

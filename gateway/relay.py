@@ -36,7 +36,7 @@ from .request import TTSRequest
 from .routing import ChainStep
 from .spend import Bill
 from .sticky import StickyCalls, call_ids
-from .stream import AudioStream, VoiceTry
+from .stream import AudioStream, FirstOut, VoiceTry
 from .window import ShareBudget
 
 log = logging.getLogger("gateway.relay")
@@ -107,18 +107,21 @@ class Relay:
         request_id: str,
         tried: list[VoiceTry] | None = None,
         shaped: str | None = None,
+        first_out: FirstOut | None = None,
     ) -> AudioStream:
         """The first voice of ``chain`` that yields audio, as an open stream; every voice
         tried is appended to ``tried`` as it is settled. ``shaped``: the text as the chain's
-        first voice shapes it, when the caller has it already. Raises ``ProvidersBusy``,
-        ``ProvidersTimedOut`` or ``ProvidersFailed``. Cancellation (the caller hung up)
-        propagates and leaves nothing open."""
+        first voice shapes it, when the caller has it already. ``first_out``: writes the
+        first audio as soon as a voice asked alone (not in a hedge race, not through the
+        phrase cache) has it; a stream it wrote has :attr:`AudioStream.sent_at` set. Raises
+        ``ProvidersBusy``, ``ProvidersTimedOut`` or ``ProvidersFailed``. Cancellation (the
+        caller hung up) propagates and leaves nothing open."""
         tried = [] if tried is None else tried
         call = call_ids(request.extend_data)
         ordered, sticky = self.sticky.order(chain, call)
         if sticky:
             self.metrics.sticky_hits.labels(chain[0].voice.key).inc()
-        walk = _Walk(self, ordered, request, request_id, tried)
+        walk = _Walk(self, ordered, request, request_id, tried, first_out)
         if shaped is not None:
             walk.shaped[id(chain[0])] = shaped
         stream = await walk.run()
@@ -170,12 +173,14 @@ class _Walk:
         request: TTSRequest,
         request_id: str,
         tried: list[VoiceTry],
+        first_out: FirstOut | None = None,
     ) -> None:
         self.relay = relay
         self.chain = chain
         self.request = request
         self.request_id = request_id
         self.tried = tried
+        self.first_out = first_out
         self.hedged = False
         #: Texts already shaped, by the id of their step (each voice shapes once).
         self.shaped: dict[int, str] = {}
@@ -193,8 +198,11 @@ class _Walk:
                 return stream
         raise self._verdict()
 
-    async def _attempt(self, step: ChainStep, bill: Bill | None = None) -> AudioStream:
-        """One voice's stream; what its attempts send is added to ``bill``."""
+    async def _attempt(
+        self, step: ChainStep, bill: Bill | None = None, first_out: FirstOut | None = None
+    ) -> AudioStream:
+        """One voice's stream; what its attempts send is added to ``bill``; ``first_out``
+        writes its first audio (not when the phrase cache answers)."""
         text = self.shaped.get(id(step))
         if text is None:
             text = self.shaped[id(step)] = step.shape(self.request.text)
@@ -208,11 +216,11 @@ class _Walk:
         cache = self.relay.cache
         if cache is not None and cache.applies(step, text):
             return await cache.open(step, job, self.relay.opener, bill)
-        return await self.relay.opener.open(step, job, bill=bill)
+        return await self.relay.opener.open(step, job, bill=bill, first_out=first_out)
 
     async def _direct(self, step: ChainStep) -> AudioStream | None:
         try:
-            stream = await self._attempt(step)
+            stream = await self._attempt(step, first_out=self.first_out)
         except (VoiceSkipped, ProviderError) as error:
             self._failed(step, error)
             return None

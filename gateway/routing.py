@@ -37,6 +37,11 @@ class ChainStep:
         shaper sees the lines (Markdown is line-based)."""
         return flatten(text) if self.shaper is None else self.shaper(text)
 
+    def answering_voice(self, voice_id: str) -> str:
+        """The routing file's name for this voice when it answers a request for ``voice_id``
+        (the VoiceId itself when a pattern matched it)."""
+        return voice_id if self.voice.is_pattern else self.voice.key
+
 
 class Router:
     """Resolves VoiceIds against one routing file. Everything that does not depend on the

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from providers._http import OnePiece
 from providers.base import Provider, ProviderError
@@ -67,6 +67,9 @@ class AudioStream:
     piece is converted in two steps, :meth:`Converter.feed_first`)."""
     received_all: bool = False
     """Whether the provider's whole answer has been received (its stream ended)."""
+    sent_at: float | None = None
+    """When :attr:`first` went to the caller (``time.perf_counter``), if a :class:`FirstOut`
+    wrote it as soon as it existed; None otherwise (:meth:`chunks` gives it first)."""
     _closed: bool = False
 
     def __post_init__(self) -> None:
@@ -74,7 +77,8 @@ class AudioStream:
             self.received_all = True
 
     def chunks(self) -> Chunks:
-        """The first chunk, then the rest as it arrives, then the resampler's tail.
+        """The first chunk (unless a :class:`FirstOut` wrote it: :attr:`sent_at`), then the
+        rest as it arrives, then the resampler's tail.
 
         A provider error after the first chunk propagates; the caller ends the stream."""
         return Chunks(self)
@@ -126,6 +130,19 @@ class AudioStream:
             self.lease.release()
 
 
+class FirstOut(Protocol):
+    """Writes a stream's first audio to the caller the moment it exists: called by the attempt
+    that made it (:class:`gateway.attempts.VoiceOpener`), before the stream is handed up
+    through the relay and the synthesis core, which then have nothing left to decide that
+    could change the answer. It writes the answer's head and :attr:`AudioStream.first`, adds
+    them to :attr:`AudioStream.bytes_out` and sets :attr:`AudioStream.sent_at` (whether or not
+    the caller is still there, as a write to a caller gone is not an error). It is given only
+    to an attempt whose first audio is the answer's as soon as it exists: one voice's, not a
+    hedge race's, not through the phrase cache."""
+
+    def __call__(self, stream: AudioStream) -> None: ...
+
+
 class Chunks:
     """:meth:`AudioStream.chunks`: an async iterator written out as a class rather than an
     async generator (one is made for every request; an async generator costs the event
@@ -151,8 +168,9 @@ class Chunks:
         try:
             if self._stage == self._FIRST:
                 self._stage = self._REST
-                stream.bytes_out += len(stream.first)
-                return stream.first
+                if stream.sent_at is None:  # not written already (FirstOut)
+                    stream.bytes_out += len(stream.first)
+                    return stream.first
             if self._stage == self._REST:
                 self._stage = self._SOURCE
                 if stream.rest:

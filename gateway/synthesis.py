@@ -35,7 +35,7 @@ from .logs import writes_json
 from .metrics import Metrics
 from .request import LOGGED_EXTEND_FIELDS, TTSRequest
 from .spend import SpendMeter
-from .stream import AudioStream, VoiceTry
+from .stream import AudioStream, FirstOut, VoiceTry
 
 if TYPE_CHECKING:
     from .runtime import LoadedRouting
@@ -215,8 +215,7 @@ class Synthesis:
     def answering_voice(self) -> str:
         """The routing file's name for the voice that answered (the VoiceId itself when a
         pattern matched it)."""
-        voice = self.stream.step.voice
-        return self.request.voice_id if voice.is_pattern else voice.key
+        return self.stream.step.answering_voice(self.request.voice_id)
 
     async def pump(
         self,
@@ -243,12 +242,30 @@ class Synthesis:
         relayed = False
         chunks = stream.chunks()
         stall = StallWatch(timeouts.stall)
+        if stream.sent_at is not None:  # the first audio went out as soon as it existed
+            first = False
+            outcome.first_audio(stream.sent_at)
         try:
             # One deadline: the total budget, brought forward by the drain, or to the moment
             # by the stall watch when the upstream has been silent too long.
             async with deadline(timeouts.total) as budget:
                 with self._drain.watch(budget), stall.armed(budget):
-                    async for pcm in chunks:
+                    while True:
+                        # Once the first audio is out and nothing of the first piece is left
+                        # to convert, the rest may be relayed from the upstream's callbacks.
+                        if tap and not first and not stream.rest:
+                            tap = False
+                            upstream = stream.tap_point()
+                            if upstream is not None:
+                                assert direct is not None
+                                relayed = True
+                                relay = DirectRelay(stream, upstream, direct, stall, pace, loop)
+                                end = await relay.run()
+                                break
+                        try:
+                            pcm = await chunks.__anext__()
+                        except StopAsyncIteration:
+                            break
                         stall.waiting = False
                         sending = time.perf_counter()
                         await write(pcm)
@@ -259,15 +276,6 @@ class Synthesis:
                         elif pace is not None and pace.waited(time.perf_counter() - sending):
                             end = "caller_too_slow"
                             break
-                        if tap and not stream.rest:
-                            tap = False
-                            upstream = stream.tap_point()
-                            if upstream is not None:
-                                assert direct is not None
-                                relayed = True
-                                relay = DirectRelay(stream, upstream, direct, stall, pace, loop)
-                                end = await relay.run()
-                                break
         except asyncio.CancelledError:
             # The caller hung up (the front door ends the stream): what went out counts.
             outcome.sent(stream.bytes_out, self.request.sample_rate)
@@ -328,28 +336,42 @@ class SynthesisCore:
         self.drain = drain
         self.spend = spend
 
-    def open(self, routing: LoadedRouting, request: TTSRequest, outcome: Outcome) -> Opening:
+    def open(
+        self,
+        routing: LoadedRouting,
+        request: TTSRequest,
+        outcome: Outcome,
+        first_out: FirstOut | None = None,
+    ) -> Opening:
         """The request's stream with its first audio in hand, held open (and counted against
         the stream limit) for the block (``async with``, which gives the :class:`Synthesis`).
         Raises a :class:`GatewayError` before any audio: ``VoiceNotFound``, ``TooManyStreams``,
         ``ProvidersBusy``, ``ProvidersFailed``, ``ProvidersTimedOut``, ``NotReady`` (the drain
-        deadline passed first)."""
-        return Opening(self, routing, request, outcome)
+        deadline passed first). ``first_out``: the front door's writer of the answer's head
+        and first audio, which the relay calls as soon as the audio exists where it can
+        (:class:`~gateway.stream.FirstOut`); :meth:`Synthesis.pump` then goes on from there."""
+        return Opening(self, routing, request, outcome, first_out)
 
 
 class Opening:
     """The block of :meth:`SynthesisCore.open` (a class rather than ``contextlib``'s async
     generator: it is entered for every request)."""
 
-    __slots__ = ("_core", "_outcome", "_request", "_routing", "_synthesis")
+    __slots__ = ("_core", "_first_out", "_outcome", "_request", "_routing", "_synthesis")
 
     def __init__(
-        self, core: SynthesisCore, routing: LoadedRouting, request: TTSRequest, outcome: Outcome
+        self,
+        core: SynthesisCore,
+        routing: LoadedRouting,
+        request: TTSRequest,
+        outcome: Outcome,
+        first_out: FirstOut | None = None,
     ) -> None:
         self._core = core
         self._routing = routing
         self._request = request
         self._outcome = outcome
+        self._first_out = first_out
         self._synthesis: Synthesis | None = None
 
     async def __aenter__(self) -> Synthesis:
@@ -372,7 +394,12 @@ class Opening:
                 async with deadline(None) as opening:
                     with core.drain.watch(opening):
                         stream = await routing.relay.open(
-                            chain, request, outcome.request_id, outcome.tried, shaped
+                            chain,
+                            request,
+                            outcome.request_id,
+                            outcome.tried,
+                            shaped,
+                            self._first_out,
                         )
             except TimeoutError:
                 if not opening.expired():

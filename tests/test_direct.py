@@ -729,3 +729,83 @@ async def test_the_python_body_callback_keeps_pieces_as_the_compiled_one_does() 
         with pytest.raises(ValueError, match="after the end of the response"):
             callback(b"f")
         assert chunks == [b"ab", b"cde"]
+
+
+def first_audio_routing(upstream: LoopbackServer) -> Any:
+    """Three voices on one upstream: ``v`` asked alone, ``hedged`` in a hedge race (that never
+    starts its hedge: ``hedge_after`` is far beyond a loopback answer), ``cached`` through the
+    phrase cache."""
+    provider = {
+        "type": "custom",
+        "url": upstream.url,
+        "sample_rates": [RATE],
+        "retry": {"attempts": 1},
+        "timeout": {"connect": 5, "first_byte": 10, "total": 60, "stall": 30},
+    }
+    document = {
+        "server": {"default_voice": "v", "log_level": "info"},
+        "providers": {"up": provider},
+        "voices": {
+            "v": {"provider": "up"},
+            "hedged": {"provider": "up", "hedge_after": 30, "fallback": ["v"]},
+            "cached": {"provider": "up", "cache": True},
+        },
+    }
+    return create_app(parse_config(json.dumps(document)))
+
+
+@pytest.mark.parametrize(("voice", "early"), [("v", True), ("hedged", False), ("cached", False)])
+async def test_the_first_audio_is_written_by_the_attempt_that_made_it_when_nothing_else_can_answer(
+    voice: str, early: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A voice asked alone has its answer's head and first audio written by the attempt that
+    made the audio (``FirstAudio``), before the relay has handed the stream up; a hedge race
+    (whose other voice could still win) and the phrase cache (which may answer from what it
+    stored) hand the stream up first, and the door writes it. Either way the caller gets the
+    same head and the audio once, whole, in order, as the pump's loop through ASGI gives it."""
+    from gateway.relay import Relay
+
+    writes: list[bytes] = []
+    at_relay_return: list[int] = []
+    original_write, original_open = HTTPProtocol.write, Relay.open
+
+    def recording(self: HTTPProtocol, data: bytes) -> None:
+        writes.append(data)
+        original_write(self, data)
+
+    async def opening(self: Relay, *args: Any, **kwargs: Any) -> AudioStream:
+        stream = await original_open(self, *args, **kwargs)
+        at_relay_return.append(len(writes))
+        return stream
+
+    request = {**body(48000), "VoiceId": voice}
+    caplog.set_level(logging.INFO, logger="gateway")
+    async with KeepAliveUpstream([Script(pieces())]) as upstream:
+        app = first_audio_routing(upstream)
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c,
+        ):
+            looped = await c.post("/stream-audio", json=request, headers={"x-request-id": "r1"})
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(HTTPProtocol, "write", recording)
+            patch.setattr(Relay, "open", opening)
+            async with (
+                live_server(first_audio_routing(upstream)) as url,
+                httpx.AsyncClient(timeout=30) as client,
+            ):
+                answer = await client.post(
+                    f"{url}/stream-audio", json=request, headers={"x-request-id": "r2"}
+                )
+                line = await log_line(caplog, "r2")
+    assert looped.status_code == answer.status_code == 200
+    assert answer.content == looped.content
+    assert abs(len(answer.content) // 2 - len(AUDIO) // 2 * 2) <= 2
+    names = ("content-type", "x-sample-rate", "x-channels", "x-voice", "cache-control")
+    assert [answer.headers.get(n) for n in names] == [looped.headers.get(n) for n in names]
+    assert answer.headers["x-request-id"] == "r2" and answer.headers["x-voice"] == voice
+    # Whether the head and the first audio were on their way when the relay returned.
+    assert at_relay_return == [1 if early else 0]
+    head, _, first_body = writes[0].partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and dechunk(first_body + b"0\r\n\r\n")
+    assert "ttfb_ms=" in line and "status=200" in line

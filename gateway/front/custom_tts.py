@@ -1,22 +1,27 @@
 """``POST <server.path>``: the custom TTS interface, as a front door of the synthesis core.
 
 Read the body → parse and check it (token, fields) → :meth:`SynthesisCore.open` → write the
-PCM as a chunked (or, for HTTP/1.0, close-delimited) body. The exchange around it (the caller
-hanging up, the errors, the outcome) is :class:`gateway.front.door.SynthesisDoor`'s.
+PCM as a chunked (or, for HTTP/1.0, close-delimited) body; on the gateway's own connections the
+head and the first audio are written by the attempt that made the audio (:class:`FirstAudio`).
+The exchange around it (the caller hanging up, the errors, the outcome) is
+:class:`gateway.front.door.SynthesisDoor`'s.
 """
 
 from __future__ import annotations
+
+import time
 
 from starlette.types import Scope, Send
 
 from ..budgets import CallerPace
 from ..errors import Unauthorized
-from ..http1 import EXCHANGE_SCOPE_KEY, WRITE_DRAIN_BYTES
+from ..http1 import EXCHANGE_SCOPE_KEY, WRITE_DRAIN_BYTES, Exchange
 from ..request import TTSRequest, parse_body, request_token, validate
 from ..runtime import LoadedRouting
+from ..stream import AudioStream
 from ..synthesis import Outcome, Synthesis
 from .body import bearer, header, multipart_fields
-from .door import SynthesisDoor, answer_headers
+from .door import SynthesisDoor, audio_headers
 
 
 class CustomTTSDoor(SynthesisDoor[TTSRequest]):
@@ -44,19 +49,24 @@ class CustomTTSDoor(SynthesisDoor[TTSRequest]):
     async def synthesize(
         self, routing: LoadedRouting, call: TTSRequest, outcome: Outcome, scope: Scope, send: Send
     ) -> None:
-        async with self.gateway.core.open(routing, call, outcome) as synthesis:
-            await self._answer(routing, synthesis, scope, send)
+        exchange: Exchange | None = scope.get(EXCHANGE_SCOPE_KEY)
+        content_type = routing.config.server.content_type
+        first_out = None if exchange is None else FirstAudio(exchange, call, outcome, content_type)
+        async with self.gateway.core.open(routing, call, outcome, first_out) as synthesis:
+            await self._answer(synthesis, content_type, scope, send, first_out)
 
     async def _answer(
-        self, routing: LoadedRouting, synthesis: Synthesis, scope: Scope, send: Send
+        self,
+        synthesis: Synthesis,
+        content_type: str,
+        scope: Scope,
+        send: Send,
+        first_out: FirstAudio | None,
     ) -> None:
         request, outcome = synthesis.request, synthesis.outcome
-        headers = answer_headers(synthesis, routing.config.server.content_type)
-        headers[1:1] = [
-            (b"x-sample-rate", str(request.sample_rate).encode()),
-            (b"x-channels", b"1"),
-        ]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        if first_out is None or not first_out.started:
+            headers = answer_head(content_type, request, outcome, synthesis.stream)
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
         outcome.answered(200)
 
         async def write(pcm: bytes) -> None:
@@ -68,3 +78,41 @@ class CustomTTSDoor(SynthesisDoor[TTSRequest]):
             direct=scope.get(EXCHANGE_SCOPE_KEY),
         )
         await self.end_body(send, tail, outcome, scope)
+
+
+def answer_head(
+    content_type: str, request: TTSRequest, outcome: Outcome, stream: AudioStream
+) -> list[tuple[bytes, bytes]]:
+    """The head of this door's answer: :func:`audio_headers`, with the rate and channels."""
+    voice = stream.step.answering_voice(request.voice_id)
+    headers = audio_headers(content_type, outcome.request_id, voice, stream)
+    headers[1:1] = [(b"x-sample-rate", str(request.sample_rate).encode()), (b"x-channels", b"1")]
+    return headers
+
+
+class FirstAudio:
+    """The answer's head and first audio written the moment an attempt has the audio
+    (:class:`~gateway.stream.FirstOut`), on the gateway's own connections: the relay, the
+    synthesis core and this door's own steps up to its first write then come after it, not
+    before the caller hears anything. The head is the one :meth:`CustomTTSDoor._answer`
+    would send; the door sends none of its own when this one has (:attr:`started`)."""
+
+    __slots__ = ("_content_type", "_exchange", "_outcome", "_request", "started")
+
+    def __init__(
+        self, exchange: Exchange, request: TTSRequest, outcome: Outcome, content_type: str
+    ) -> None:
+        self._exchange = exchange
+        self._request = request
+        self._outcome = outcome
+        self._content_type = content_type
+        self.started = False
+
+    def __call__(self, stream: AudioStream) -> None:
+        exchange = self._exchange
+        headers = answer_head(self._content_type, self._request, self._outcome, stream)
+        exchange.start_now(200, headers)
+        self.started = exchange.response_started
+        stream.sent_at = time.perf_counter()
+        exchange.write_now(stream.first)
+        stream.bytes_out += len(stream.first)

@@ -34,10 +34,18 @@ from ..deadlines import deadline
 from ..errors import GatewayError, NotReady
 from ..http1 import ANSWERED_SCOPE_KEY, EXCHANGE_SCOPE_KEY, Exchange
 from ..runtime import Gateway, LoadedRouting
+from ..stream import AudioStream
 from ..synthesis import Outcome, Synthesis
 from .body import ClientGone, header, read_body, wait_for_disconnect
 
-__all__ = ["HangUp", "SynthesisDoor", "answer_headers", "header_value", "request_id"]
+__all__ = [
+    "HangUp",
+    "SynthesisDoor",
+    "answer_headers",
+    "audio_headers",
+    "header_value",
+    "request_id",
+]
 
 #: A caller's X-Request-Id is kept only if it is this tame (it goes into logs and upstream headers).
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -70,14 +78,24 @@ def header_value(text: str) -> bytes:
 def answer_headers(synthesis: Synthesis, content_type: str) -> list[tuple[bytes, bytes]]:
     """The head of an audio answer, every door alike: its type, the request id, the voice that
     answered, and whether it came from the phrase cache (``X-Cache``, when the voice uses it)."""
+    return audio_headers(
+        content_type, synthesis.outcome.request_id, synthesis.answering_voice, synthesis.stream
+    )
+
+
+def audio_headers(
+    content_type: str, request_id: str, voice: str, stream: AudioStream
+) -> list[tuple[bytes, bytes]]:
+    """:func:`answer_headers` from its parts: ``voice``, the routing file's name for the voice
+    that answered (:meth:`ChainStep.answering_voice`), ``stream`` its stream."""
     headers = [
         (b"content-type", content_type.encode()),
-        (b"x-request-id", synthesis.outcome.request_id.encode()),
-        (b"x-voice", header_value(synthesis.answering_voice)),
+        (b"x-request-id", request_id.encode()),
+        (b"x-voice", header_value(voice)),
         (b"cache-control", b"no-store"),
     ]
-    if synthesis.stream.cache is not None:
-        headers.append((b"x-cache", synthesis.stream.cache.encode()))
+    if stream.cache is not None:
+        headers.append((b"x-cache", stream.cache.encode()))
     return headers
 
 

@@ -139,6 +139,16 @@ class Exchange:
 
     # ----------------------------------------------------------------- direct writes
 
+    def start_now(self, status: int, headers: Any) -> None:
+        """What :meth:`send` does with ``http.response.start``, for a writer that is not a
+        coroutine (:meth:`write_now` then takes the body): nothing once the caller is gone;
+        the head leaves with the first body bytes."""
+        if self.disconnected:
+            return
+        if self.response_started:
+            raise RuntimeError("http.response.start sent twice")
+        self._start(status, headers)
+
     def write_now(self, body: bytes) -> None:
         """Body bytes of a streamed answer (more to come), written without waiting: for a
         writer that hears of the caller's pace itself (:meth:`listen`) rather than waiting in
