@@ -188,7 +188,15 @@ class VoiceOpener:
                     attempting = True
                     try:
                         stream = await self._open_once(
-                            step, provider, job, lease, health, out_rate, keep_native, bill
+                            step,
+                            provider,
+                            job,
+                            lease,
+                            health,
+                            out_rate,
+                            keep_native,
+                            bill,
+                            first_out,
                         )
                     except ProviderSaturated as error:
                         attempting = False
@@ -266,6 +274,7 @@ class VoiceOpener:
         out_rate: int | None = None,
         keep_native: bool = False,
         bill: Bill | None = None,
+        first_out: FirstOut | None = None,
     ) -> AudioStream:
         source: AsyncGenerator[bytes, None] | None = None
         head: list[bytes] = []
@@ -274,6 +283,8 @@ class VoiceOpener:
                 converter = Converter(
                     provider.native_format(job), out_rate or job.sample_rate, mode=self.resampler
                 )
+                if first_out is not None:
+                    first_out.ahead(step, converter)
                 characters = provider.characters(job)
                 self.metrics.characters.labels(provider.name).inc(characters)
                 if bill is not None:

@@ -313,14 +313,15 @@ class Converter:
         if (
             fmt is not None
             and self._resampling
-            and self._resampler is None
+            and not self.frames_in
             and self._channels == 1
             and not self._carry
             and type(data) is bytes
         ):
             head = int(FIRST_OUT * fmt.sample_rate) * self._frame_bytes
             if len(data) > 2 * head:
-                self._start_mono_resampler(len(data) // self._frame_bytes)
+                if self._resampler is None:  # not made ahead (prepare())
+                    self._start_mono_resampler(len(data) // self._frame_bytes)
                 out, at = self.feed(data[:head]), head
                 # The block filter answers in blocks of ~35 ms, and only after more input
                 # when it downsamples a lot: twice the input, until it does.
@@ -328,6 +329,30 @@ class Converter:
                     out, at = self.feed(data[at : 2 * at]), 2 * at
                 return out, data[at:]
         return self.feed(data), b""
+
+    def prepare(self) -> None:
+        """Make the resampler now, before the first piece, where its choice does not wait for
+        the piece's length (the polyphase filter for mono S16LE input at a ratio whose
+        upsampling the kernel does in integers, or the ``low_latency`` mode's): made while the
+        upstream works, it is not made on the first audio's way. Otherwise nothing."""
+        fmt = self._format
+        if (
+            fmt is None
+            or not self._resampling
+            or self._resampler is not None
+            or self.frames_in
+            or self._finished
+            or self._channels != 1
+            or self.quality not in _POLYPHASE_QUALITIES
+        ):
+            return
+        ratio = polyphase_ratio(fmt.sample_rate, self.out_rate)
+        if ratio is None:
+            return
+        if self.mode == "low_latency" or (
+            self.mode == "auto" and not self._float and integer_path(*ratio)
+        ):
+            self._start_mono_resampler(0)
 
     def flush(self) -> bytes:
         """End of stream: the resampler's remaining output. The converter is finished after.

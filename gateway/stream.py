@@ -140,6 +140,11 @@ class FirstOut(Protocol):
     to an attempt whose first audio is the answer's as soon as it exists: one voice's, not a
     hedge race's, not through the phrase cache."""
 
+    def ahead(self, step: ChainStep, converter: Converter) -> None:
+        """An attempt at ``step`` is about to send its request, and will convert its audio
+        with ``converter``: what the first write will need may be made while the upstream
+        works (:meth:`Converter.prepare`, the answer's head)."""
+
     def __call__(self, stream: AudioStream) -> None: ...
 
 

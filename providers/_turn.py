@@ -22,6 +22,10 @@ request (:meth:`TurnWrites.urge`). Sent early or not, the counts wait for the tu
 
 A relay's compiled step (``providers/_relay.c``) holds its chunks in a batch of its own
 (:attr:`TurnWrites.batch`), sent by one callback of its own at the turn's end.
+
+Work that the turn's writes must not wait for is called after them (:meth:`TurnWrites.after`):
+what a request's answer will need once its upstream answers, made while the upstream works
+rather than before its request leaves or after its answer arrives.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import time
 import weakref
+from collections.abc import Callable
 from typing import Final, Protocol
 
 try:  # the compiled relay step's own holding (providers/_relay.c), where the package has it
@@ -53,7 +58,16 @@ class Holder(Protocol):
 class TurnWrites:
     """The holders of one event loop with writes held, sent at the end of its turn."""
 
-    __slots__ = ("_counts", "_held", "_loop", "_scheduled", "_since", "_urgent", "batch")
+    __slots__ = (
+        "_after",
+        "_counts",
+        "_held",
+        "_loop",
+        "_scheduled",
+        "_since",
+        "_urgent",
+        "batch",
+    )
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         # A weak reference: the loop is this object's key in _TURNS, which a strong one would
@@ -62,6 +76,8 @@ class TurnWrites:
         # Holders of writes to sockets, and the others (the metrics' counts), sent after them.
         self._held: list[Holder] = []
         self._counts: list[Holder] = []
+        # Work called once the turn's writes have gone (after()).
+        self._after: list[Callable[[], None]] = []
         # When the first of the sockets' writes held began to wait.
         self._since = 0.0
         # Whether something a caller waits for is held (see urge()).
@@ -86,10 +102,7 @@ class TurnWrites:
         counts, written after every socket's writes): it is told to send them at the turn's
         end."""
         if not self._scheduled:
-            loop = self._loop()
-            assert loop is not None  # a holder is made on a loop that is alive
-            loop.call_soon(self._turn_ended)
-            self._scheduled = True
+            self._schedule()
         if not socket:
             self._counts.append(holder)
             return
@@ -99,6 +112,20 @@ class TurnWrites:
         held.append(holder)
         if self._urgent:
             self.urge()
+
+    def after(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` at the turn's end, once the sockets' writes and the counts held
+        in it have gone: work those writes must not wait for (a request's, made while its
+        upstream works on the request just written). ``callback`` must not raise."""
+        if not self._scheduled:
+            self._schedule()
+        self._after.append(callback)
+
+    def _schedule(self) -> None:
+        loop = self._loop()
+        assert loop is not None  # a holder is made on a loop that is alive
+        loop.call_soon(self._turn_ended)
+        self._scheduled = True
 
     @property
     def busy(self) -> bool:
@@ -123,6 +150,10 @@ class TurnWrites:
         counts, self._counts = self._counts, []
         for holder in counts:
             holder.send_held()
+        if self._after:
+            after, self._after = self._after, []
+            for callback in after:
+                callback()
 
     def send(self) -> None:
         """Send every socket's writes held now (the counts wait for the turn's end)."""

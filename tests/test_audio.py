@@ -554,6 +554,40 @@ def test_a_long_first_piece_is_converted_in_two_steps(
     assert first + split.feed(rest) + split.flush() == expected
 
 
+@pytest.mark.parametrize("seconds", [0.02, 1.0])
+@pytest.mark.parametrize(
+    ("in_rate", "out_rate"), [(24000, 48000), (8000, 16000), (48000, 24000), (22050, 8000)]
+)
+@pytest.mark.parametrize("mode", ["auto", "low_latency", "block"])
+def test_a_resampler_made_ahead_converts_as_the_one_the_first_piece_would_make(
+    seconds: float, in_rate: int, out_rate: int, mode: Literal["auto", "low_latency", "block"]
+) -> None:
+    """prepare() makes the resampler before the first piece only where the piece's length
+    would not change the choice; the stream converts to the same bytes, its long first piece
+    still in two steps, whether it was made ahead or not."""
+    piece = encode(sine(440, in_rate, int(in_rate * seconds)), "s16le")
+    after = encode(sine(440, in_rate, in_rate // 10), "s16le")
+    outputs = []
+    for ahead in (False, True):
+        converter = Converter(AudioFormat(in_rate), out_rate, mode=mode)
+        if ahead:
+            converter.prepare()
+            ratio = polyphase_ratio(in_rate, out_rate)
+            made = ratio is not None and (
+                mode == "low_latency" or (mode == "auto" and integer_path(*ratio))
+            )
+            assert (converter._resampler is not None) == made
+            assert converter.frames_in == converter.frames_out == 0
+        first, rest = converter.feed_first(piece)
+        whole = first + converter.feed(rest) + converter.feed(after) + converter.flush()
+        outputs.append((first, rest, converter.mode, whole))
+    assert outputs[0] == outputs[1]
+    first, rest, chosen, whole = outputs[1]
+    assert abs(len(whole) // 2 - (len(piece) + len(after)) // 2 * out_rate // in_rate) <= 2
+    if chosen == "low_latency" and seconds == 1.0:
+        assert len(first) > 0 and len(rest) > 0  # still in two steps
+
+
 def test_a_short_or_unresampled_first_piece_is_converted_whole() -> None:
     short = encode(sine(440, 24000, int(24000 * 2 * FIRST_OUT)), "s16le")
     converter = Converter(AudioFormat(24000), 48000)

@@ -759,7 +759,8 @@ async def test_the_first_audio_is_written_by_the_attempt_that_made_it_when_nothi
     voice: str, early: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A voice asked alone has its answer's head and first audio written by the attempt that
-    made the audio (``FirstAudio``), before the relay has handed the stream up; a hedge race
+    made the audio (``FirstAudio``), before the relay has handed the stream up, with the
+    resampler made while the upstream worked on the request; a hedge race
     (whose other voice could still win) and the phrase cache (which may answer from what it
     stored) hand the stream up first, and the door writes it. Either way the caller gets the
     same head and the audio once, whole, in order, as the pump's loop through ASGI gives it."""
@@ -767,11 +768,22 @@ async def test_the_first_audio_is_written_by_the_attempt_that_made_it_when_nothi
 
     writes: list[bytes] = []
     at_relay_return: list[int] = []
+    events: list[str] = []
     original_write, original_open = HTTPProtocol.write, Relay.open
+    original_prepare, original_received = Converter.prepare, _Connection.data_received
 
     def recording(self: HTTPProtocol, data: bytes) -> None:
         writes.append(data)
         original_write(self, data)
+
+    def preparing(self: Converter) -> None:
+        original_prepare(self)
+        events.append("resampler made" if self._resampler is not None else "prepared")
+
+    def receiving(self: _Connection, data: bytes) -> None:
+        if not events or events[-1] != "answered":
+            events.append("answered")
+        original_received(self, data)
 
     async def opening(self: Relay, *args: Any, **kwargs: Any) -> AudioStream:
         stream = await original_open(self, *args, **kwargs)
@@ -790,6 +802,8 @@ async def test_the_first_audio_is_written_by_the_attempt_that_made_it_when_nothi
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(HTTPProtocol, "write", recording)
             patch.setattr(Relay, "open", opening)
+            patch.setattr(Converter, "prepare", preparing)
+            patch.setattr(_Connection, "data_received", receiving)
             async with (
                 live_server(first_audio_routing(upstream)) as url,
                 httpx.AsyncClient(timeout=30) as client,
@@ -804,8 +818,11 @@ async def test_the_first_audio_is_written_by_the_attempt_that_made_it_when_nothi
     names = ("content-type", "x-sample-rate", "x-channels", "x-voice", "cache-control")
     assert [answer.headers.get(n) for n in names] == [looped.headers.get(n) for n in names]
     assert answer.headers["x-request-id"] == "r2" and answer.headers["x-voice"] == voice
-    # Whether the head and the first audio were on their way when the relay returned.
+    # Whether the head and the first audio were on their way when the relay returned, and
+    # the resampler (24 -> 48 kHz: the polyphase filter whatever the first piece) made while
+    # the upstream worked, before its answer arrived.
     assert at_relay_return == [1 if early else 0]
+    assert events[:2] == (["resampler made", "answered"] if early else ["answered"])
     head, _, first_body = writes[0].partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200") and dechunk(first_body + b"0\r\n\r\n")
     assert "ttfb_ms=" in line and "status=200" in line

@@ -4,7 +4,7 @@ leaves at its end, one send a connection, in order; writing still pauses at the 
 in the step that crosses it; an answer's first bytes leave at once in a quiet turn, and in a
 busy one with the rest, waiting no longer than ``HOLD_SECONDS``; a request to an upstream waits
 for a long turn no longer than ``HOLD_SECONDS``; a connection that closes sends what it holds
-first."""
+first; work asked for after the turn's writes comes after them and the counts."""
 
 from __future__ import annotations
 
@@ -203,6 +203,33 @@ async def test_the_counts_held_in_a_turn_are_written_after_every_sockets_writes(
     await asyncio.sleep(0)
     assert seen == [[b"audio"]]
     assert await asyncio.wait_for(reader.readexactly(5), PATIENCE) == b"audio"
+
+
+async def test_work_after_the_turns_writes_is_called_once_they_and_the_counts_have_gone(
+    pair: Pair,
+) -> None:
+    # Work asked for before anything is held in the turn (an attempt about to send its
+    # upstream request) still waits for the sockets' writes and the counts made after it.
+    conn, reader = await pair.connect()
+    turn = TurnWrites.of(asyncio.get_running_loop())
+    order: list[str] = []
+
+    class Counts:
+        def send_held(self) -> None:
+            order.append(f"counts after {len(conn.sends)} send(s)")
+
+    turn.after(lambda: order.append(f"work after {len(conn.sends)} send(s)"))
+    turn.hold(Counts(), socket=False)
+    conn.write(b"request")
+    assert order == [] and conn.sends == []
+    await asyncio.sleep(0)
+    assert order == ["counts after 1 send(s)", "work after 1 send(s)"]
+    assert await asyncio.wait_for(reader.readexactly(7), PATIENCE) == b"request"
+    # Each turn's own: work asked for again is called at the next turn's end, once.
+    turn.after(lambda: order.append("next turn"))
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert order[2:] == ["next turn"]
 
 
 async def test_an_answers_first_bytes_in_a_busy_turn_leave_with_the_rest(pair: Pair) -> None:

@@ -13,10 +13,13 @@ import time
 
 from starlette.types import Scope, Send
 
+from ..audio import Converter
 from ..budgets import CallerPace
 from ..errors import Unauthorized
 from ..http1 import EXCHANGE_SCOPE_KEY, WRITE_DRAIN_BYTES, Exchange
+from ..http1.exchange import CheckedHeaders, check_headers
 from ..request import TTSRequest, parse_body, request_token, validate
+from ..routing import ChainStep
 from ..runtime import LoadedRouting
 from ..stream import AudioStream
 from ..synthesis import Outcome, Synthesis
@@ -65,7 +68,8 @@ class CustomTTSDoor(SynthesisDoor[TTSRequest]):
     ) -> None:
         request, outcome = synthesis.request, synthesis.outcome
         if first_out is None or not first_out.started:
-            headers = answer_head(content_type, request, outcome, synthesis.stream)
+            stream = synthesis.stream
+            headers = answer_head(content_type, request, outcome, stream.step, stream.cache)
             await send({"type": "http.response.start", "status": 200, "headers": headers})
         outcome.answered(200)
 
@@ -81,11 +85,11 @@ class CustomTTSDoor(SynthesisDoor[TTSRequest]):
 
 
 def answer_head(
-    content_type: str, request: TTSRequest, outcome: Outcome, stream: AudioStream
+    content_type: str, request: TTSRequest, outcome: Outcome, step: ChainStep, cache: str | None
 ) -> list[tuple[bytes, bytes]]:
     """The head of this door's answer: :func:`audio_headers`, with the rate and channels."""
-    voice = stream.step.answering_voice(request.voice_id)
-    headers = audio_headers(content_type, outcome.request_id, voice, stream)
+    voice = step.answering_voice(request.voice_id)
+    headers = audio_headers(content_type, outcome.request_id, voice, cache)
     headers[1:1] = [(b"x-sample-rate", str(request.sample_rate).encode()), (b"x-channels", b"1")]
     return headers
 
@@ -95,9 +99,21 @@ class FirstAudio:
     (:class:`~gateway.stream.FirstOut`), on the gateway's own connections: the relay, the
     synthesis core and this door's own steps up to its first write then come after it, not
     before the caller hears anything. The head is the one :meth:`CustomTTSDoor._answer`
-    would send; the door sends none of its own when this one has (:attr:`started`)."""
+    would send; the door sends none of its own when this one has (:attr:`started`).
 
-    __slots__ = ("_content_type", "_exchange", "_outcome", "_request", "started")
+    While the upstream works on an attempt's request, once the request has gone
+    (:meth:`ahead`), the attempt's resampler is made and its head's lines are made and
+    checked, for that voice; the first write uses them when its stream is that voice's."""
+
+    __slots__ = (
+        "_ahead",
+        "_content_type",
+        "_exchange",
+        "_outcome",
+        "_ready",
+        "_request",
+        "started",
+    )
 
     def __init__(
         self, exchange: Exchange, request: TTSRequest, outcome: Outcome, content_type: str
@@ -106,12 +122,37 @@ class FirstAudio:
         self._request = request
         self._outcome = outcome
         self._content_type = content_type
+        # The attempt waiting to have its things made, and the head's lines made for a voice.
+        self._ahead: tuple[ChainStep, Converter] | None = None
+        self._ready: tuple[ChainStep, CheckedHeaders] | None = None
         self.started = False
 
+    def ahead(self, step: ChainStep, converter: Converter) -> None:
+        if self._ahead is None:
+            self._exchange.after_writes(self._prepare)
+        self._ahead = (step, converter)
+
+    def _prepare(self) -> None:
+        ahead, self._ahead = self._ahead, None
+        if ahead is None:
+            return
+        step, converter = ahead
+        converter.prepare()
+        headers = answer_head(self._content_type, self._request, self._outcome, step, None)
+        try:
+            self._ready = (step, check_headers(headers))
+        except ValueError:  # left for the first write to raise where it is handled
+            self._ready = None
+
     def __call__(self, stream: AudioStream) -> None:
-        exchange = self._exchange
-        headers = answer_head(self._content_type, self._request, self._outcome, stream)
-        exchange.start_now(200, headers)
+        exchange, ready = self._exchange, self._ready
+        if ready is not None and ready[0] is stream.step and stream.cache is None:
+            head: CheckedHeaders | list[tuple[bytes, bytes]] = ready[1]
+        else:
+            head = answer_head(
+                self._content_type, self._request, self._outcome, stream.step, stream.cache
+            )
+        exchange.start_now(200, head)
         self.started = exchange.response_started
         stream.sent_at = time.perf_counter()
         exchange.write_now(stream.first)

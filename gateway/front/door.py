@@ -34,7 +34,6 @@ from ..deadlines import deadline
 from ..errors import GatewayError, NotReady
 from ..http1 import ANSWERED_SCOPE_KEY, EXCHANGE_SCOPE_KEY, Exchange
 from ..runtime import Gateway, LoadedRouting
-from ..stream import AudioStream
 from ..synthesis import Outcome, Synthesis
 from .body import ClientGone, header, read_body, wait_for_disconnect
 
@@ -79,23 +78,27 @@ def answer_headers(synthesis: Synthesis, content_type: str) -> list[tuple[bytes,
     """The head of an audio answer, every door alike: its type, the request id, the voice that
     answered, and whether it came from the phrase cache (``X-Cache``, when the voice uses it)."""
     return audio_headers(
-        content_type, synthesis.outcome.request_id, synthesis.answering_voice, synthesis.stream
+        content_type,
+        synthesis.outcome.request_id,
+        synthesis.answering_voice,
+        synthesis.stream.cache,
     )
 
 
 def audio_headers(
-    content_type: str, request_id: str, voice: str, stream: AudioStream
+    content_type: str, request_id: str, voice: str, cache: str | None
 ) -> list[tuple[bytes, bytes]]:
     """:func:`answer_headers` from its parts: ``voice``, the routing file's name for the voice
-    that answered (:meth:`ChainStep.answering_voice`), ``stream`` its stream."""
+    that answered (:meth:`ChainStep.answering_voice`), ``cache`` its stream's
+    :attr:`~gateway.stream.AudioStream.cache`."""
     headers = [
         (b"content-type", content_type.encode()),
         (b"x-request-id", request_id.encode()),
         (b"x-voice", header_value(voice)),
         (b"cache-control", b"no-store"),
     ]
-    if stream.cache is not None:
-        headers.append((b"x-cache", stream.cache.encode()))
+    if cache is not None:
+        headers.append((b"x-cache", cache.encode()))
     return headers
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from starlette.types import Message, Scope
 
@@ -142,12 +142,20 @@ class Exchange:
     def start_now(self, status: int, headers: Any) -> None:
         """What :meth:`send` does with ``http.response.start``, for a writer that is not a
         coroutine (:meth:`write_now` then takes the body): nothing once the caller is gone;
-        the head leaves with the first body bytes."""
+        the head leaves with the first body bytes. ``headers``: ``(name, value)`` pairs, or
+        :func:`check_headers` made of them ahead."""
         if self.disconnected:
             return
         if self.response_started:
             raise RuntimeError("http.response.start sent twice")
-        self._start(status, headers)
+        if not isinstance(headers, CheckedHeaders):
+            headers = check_headers(headers)
+        self._start_checked(status, headers)
+
+    def after_writes(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once the writes of the event loop's turn have gone
+        (:meth:`providers._turn.TurnWrites.after`); ``callback`` must not raise."""
+        self.conn.turn.after(callback)
 
     def write_now(self, body: bytes) -> None:
         """Body bytes of a streamed answer (more to come), written without waiting: for a
@@ -216,38 +224,15 @@ class Exchange:
         """Check and build the head; it leaves with the first body bytes (one write, not two).
         A header the app got wrong raises before anything counts as started, so the caller
         still gets a clean 500."""
-        lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason_phrase(status))]
-        remaining: int | None = None
-        chunked = False
-        close = False
-        headers = list(headers)
-        # Every name and value checked in one pass each (the names joined by a character a
-        # name may hold, the values by one a value may hold); header by header only when one
-        # is bad, to name the first.
-        names = [name for name, _ in headers]
-        if (
-            not all(names)
-            or _HEADER_NAME.search(b"-".join(names))
-            or _HEADER_VALUE.search(b" ".join([value for _, value in headers]))
-        ):
-            for name, value in headers:
-                if not name or _HEADER_NAME.search(name):
-                    raise ValueError(f"invalid response header name {name!r}")
-                if _HEADER_VALUE.search(value):
-                    raise ValueError(f"invalid value for response header {name!r}")
-        for name, value in headers:
-            lowered = name.lower()
-            if lowered == b"content-length":
-                remaining = int(value)
-            elif lowered == b"transfer-encoding":
-                chunked = b"chunked" in value.lower()
-            elif lowered == b"connection":
-                close = close or b"close" in value.lower()
-                continue  # written below, once
-            lines.append(b"%s: %s\r\n" % (name, value))
+        self._start_checked(status, check_headers(headers))
+
+    def _start_checked(self, status: int, checked: CheckedHeaders) -> None:
+        lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason_phrase(status)), checked.lines]
+        remaining = checked.content_length
+        chunked = checked.chunked
         framed = remaining is not None or chunked
         bodyless = self.head_only or status in _NO_BODY_STATUS or status < 200
-        keep_alive = self.keep_alive and not close and not self.conn.closes_after_this
+        keep_alive = self.keep_alive and not checked.close and not self.conn.closes_after_this
         if self.more_body:
             # Answered before the request body was all read: the rest is not read (413, 408,
             # an early error), so this connection cannot carry another request.
@@ -269,3 +254,50 @@ class Exchange:
         self._chunks_only = chunked and remaining is None and not self.head_only
         self.response_started = True
         self.expect_continue = False
+
+
+class CheckedHeaders(NamedTuple):
+    """An answer's headers checked (:func:`check_headers`): their lines as the head has them
+    (``Connection`` left out: the exchange writes its own) and what they say of the body."""
+
+    lines: bytes
+    content_length: int | None
+    chunked: bool
+    close: bool
+
+
+def check_headers(headers: Any) -> CheckedHeaders:
+    """Check an answer's ``(name, value)`` headers and make their lines; raises
+    ``ValueError`` naming the first bad one. Made by :meth:`Exchange.start_now` and ``send``
+    for the headers they are given, or ahead of the answer, for :meth:`Exchange.start_now` to
+    take as they are."""
+    remaining: int | None = None
+    chunked = False
+    close = False
+    headers = list(headers)
+    # Every name and value checked in one pass each (the names joined by a character a
+    # name may hold, the values by one a value may hold); header by header only when one
+    # is bad, to name the first.
+    names = [name for name, _ in headers]
+    if (
+        not all(names)
+        or _HEADER_NAME.search(b"-".join(names))
+        or _HEADER_VALUE.search(b" ".join([value for _, value in headers]))
+    ):
+        for name, value in headers:
+            if not name or _HEADER_NAME.search(name):
+                raise ValueError(f"invalid response header name {name!r}")
+            if _HEADER_VALUE.search(value):
+                raise ValueError(f"invalid value for response header {name!r}")
+    lines = []
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered == b"content-length":
+            remaining = int(value)
+        elif lowered == b"transfer-encoding":
+            chunked = b"chunked" in value.lower()
+        elif lowered == b"connection":
+            close = close or b"close" in value.lower()
+            continue  # written by the exchange, once
+        lines.append(b"%s: %s\r\n" % (name, value))
+    return CheckedHeaders(b"".join(lines), remaining, chunked, close)

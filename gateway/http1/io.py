@@ -157,6 +157,11 @@ class ConnectionIO(asyncio.Protocol):
             data = self._tls.send(data)
         self._send(data)
 
+    @property
+    def turn(self) -> TurnWrites:
+        """The event loop's writes held for its turn, this connection's among them."""
+        return self._turn
+
     def write_first(self, data: bytes) -> None:
         """:meth:`write` an answer's first bytes, which the caller is waiting for. In a quiet
         turn (no other socket's writes held) they leave now (what the task goes on to do,
