@@ -45,6 +45,8 @@ class _Translated:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
+        if exc is None:
+            return
         provider = self.provider
         if isinstance(exc, httpx.TimeoutException):
             raise ProviderTimeout(provider, f"timed out ({type(exc).__name__})") from exc

@@ -12,7 +12,7 @@ import logging
 import re
 from abc import abstractmethod
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Mapping
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any, ClassVar, Final
 
 import httpx
@@ -328,24 +328,42 @@ async def check_type(response: httpx.Response, provider: str, accepted: tuple[st
     """Refuse a success answer whose declared type is not one of ``accepted`` (``type/*``
     matches a family; no declared type passes): an HTML page from a proxy or a JSON error
     document at status 200 is an error, with its message in the log, never audio."""
+    if type_accepted(response, accepted):
+        return
     if not _identity(response):
         encoding = str(response.headers.get("content-encoding"))
         raise ProviderProtocolError(provider, f"a compressed answer ({_shown(encoding)})")
     declared = media_type(response)
-    if not declared or any(
-        declared == kind or (kind.endswith("/*") and declared.startswith(kind[:-1]))
-        for kind in accepted
-    ):
-        return
     message = error_message(await read_error_body(response))
     raise ProviderProtocolError(
         provider, f"answered {_shown(declared)} where {accepted[0]} was due: {message}"
     )
 
 
+def type_accepted(response: httpx.Response, accepted: tuple[str, ...]) -> bool:
+    """Whether :func:`check_type` lets ``response`` pass: sent as it is, of a type in
+    ``accepted`` or of none declared (what an answer is, nearly always: checked without a
+    coroutine, the error's message read only when it is not)."""
+    if not _identity(response):
+        return False
+    declared = media_type(response)
+    if not declared:
+        return True
+    exact, families = _kinds(accepted)
+    return declared in exact or declared.startswith(families)
+
+
+@lru_cache(maxsize=64)
+def _kinds(accepted: tuple[str, ...]) -> tuple[frozenset[str], tuple[str, ...]]:
+    """``accepted`` as the exact types and the families' prefixes (``audio/*``: ``audio/``)."""
+    exact = frozenset(kind for kind in accepted if not kind.endswith("/*"))
+    return exact, tuple(kind[:-1] for kind in accepted if kind.endswith("/*"))
+
+
 def _identity(response: httpx.Response) -> bool:
     """Whether the answer is sent as is (no ``Content-Encoding``, or ``identity``)."""
-    return str(response.headers.get("content-encoding", "")).strip().lower() in ("", "identity")
+    encoding = response.headers.get("content-encoding")
+    return encoding is None or str(encoding).strip().lower() in ("", "identity")
 
 
 def _shown(value: str) -> str:
@@ -461,12 +479,20 @@ class HTTPProvider(Provider):
         async with open_stream(
             self.client, self.name, request, self.error_for, self.response_seen
         ) as response:
-            await check_type(response, self.name, self.answer_types)
+            if not type_accepted(response, self.answer_types):
+                await check_type(response, self.name, self.answer_types)
             audio = self.audio(response, job, piece)
             if one is not None and is_body(audio):
                 body = response.extensions.get(BODY_EXTENSION)
                 one.body = body if isinstance(body, _ResponseStream) else None
             try:
+                # The body as it is: what has arrived with the head goes first, straight from
+                # the connection (the body's reader is started only for what comes after, and
+                # not at all for a stream relayed from the connection's callbacks after it).
+                connection = one.tap_point() if one is not None else None
+                first = connection.take_body() if connection is not None else b""
+                if first:
+                    yield first
                 async for chunk in audio:
                     yield chunk
             finally:

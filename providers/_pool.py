@@ -405,6 +405,13 @@ class _Connection(asyncio.Protocol):
             if self.error is not None:
                 raise self._failure(self.error)
             await self._wait(seconds)
+        return self.take_body()
+
+    def take_body(self) -> bytes:
+        """The body bytes that have arrived, without waiting (b"" if none has): what
+        :meth:`read_body` returns once some has."""
+        if not self.body:
+            return b""
         data = self.body[0] if len(self.body) == 1 else b"".join(self.body)
         self.body.clear()
         self.pieces.buffered = 0

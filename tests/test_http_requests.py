@@ -10,9 +10,9 @@ from typing import Any
 import httpx
 import pytest
 
-from providers._http import JSONPosts, make_client, send
+from providers._http import AUDIO_TYPES, JSONPosts, check_type, make_client, send, type_accepted
 from providers._pool import PREPARED_EXTENSION, _request_head
-from providers.base import ProviderConfig, Timeouts
+from providers.base import ProviderConfig, ProviderProtocolError, Timeouts
 
 URL = httpx.URL("https://tts.upstream.test:8443/v1/stream-audio?model=fast")
 BODY: dict[str, Any] = {
@@ -168,3 +168,37 @@ async def test_a_client_with_authentication_or_hooks_sends_through_httpx() -> No
         request = c.build_request("POST", URL, json=BODY)
         await send(c, request)
     assert seen == [request]
+
+
+@pytest.mark.parametrize(
+    ("headers", "accepted", "passes"),
+    [
+        ({"content-type": "audio/pcm"}, AUDIO_TYPES, True),
+        ({"Content-Type": "Audio/L16; rate=24000"}, AUDIO_TYPES, True),
+        ({}, AUDIO_TYPES, True),  # no declared type passes
+        ({"content-type": "application/octet-stream"}, AUDIO_TYPES, True),
+        ({"content-type": "text/html; charset=utf-8"}, AUDIO_TYPES, False),
+        ({"content-type": "application/json"}, AUDIO_TYPES, False),
+        ({"content-type": "audio"}, AUDIO_TYPES, False),  # a family's name is not its type
+        ({"content-type": "audiox/pcm"}, AUDIO_TYPES, False),
+        ({"content-type": "audio/pcm", "content-encoding": "gzip"}, AUDIO_TYPES, False),
+        ({"content-type": "audio/pcm", "content-encoding": " Identity "}, AUDIO_TYPES, True),
+        ({"content-type": "audio/pcm", "content-encoding": ""}, AUDIO_TYPES, True),
+        ({"content-type": "application/json"}, ("text/event-stream", "application/json"), True),
+        ({"content-type": "text/event-stream"}, ("application/json",), False),
+    ],
+)
+async def test_an_answer_passes_the_type_check_without_a_coroutine_as_check_type_lets_it(
+    headers: dict[str, str], accepted: tuple[str, ...], passes: bool
+) -> None:
+    """``type_accepted`` (the check made for every answer) and ``check_type`` (which reads
+    the error's message when it fails) agree on every kind of answer."""
+    response = httpx.Response(
+        200, headers=headers, stream=httpx.ByteStream(b"<html>no audio</html>")
+    )
+    assert type_accepted(response, accepted) is passes
+    if passes:
+        await check_type(response, "up", accepted)
+    else:
+        with pytest.raises(ProviderProtocolError):
+            await check_type(response, "up", accepted)
