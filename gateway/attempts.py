@@ -128,8 +128,8 @@ class VoiceOpener:
         provider's chunks read before the first audio in :attr:`AudioStream.native_head` (a
         shared synthesis relays the native chunks, not the converted ones); ``bill``: add the
         characters each attempt sends to it; ``first_out``: write the first audio to the
-        caller as soon as an attempt has it (:class:`~gateway.stream.FirstOut`), once the
-        breaker has heard of the success, before the stream is handed up."""
+        caller as soon as an attempt has it (:class:`~gateway.stream.FirstOut`), before the
+        stream is made and handed up."""
         provider = self.providers[step.provider.name]
         health = self.health[provider.name]
         ticket = health.breaker.admit()
@@ -216,12 +216,6 @@ class VoiceOpener:
                     else:
                         attempting = False
                         breaker.succeeded(ticket)
-                        if first_out is not None:
-                            try:
-                                first_out(stream)
-                            except BaseException:
-                                await stream.aclose()
-                                raise
                         return stream
                     await asyncio.sleep(pause)
                     attempt += 1
@@ -290,7 +284,7 @@ class VoiceOpener:
                 if bill is not None:
                     bill.characters += characters
                 source = provider.stream(job)
-                rest = b""
+                first, rest, ended = b"", b"", True
                 async for native in source:
                     if keep_native:
                         head.append(native)
@@ -299,20 +293,10 @@ class VoiceOpener:
                         # A long first piece: its first audio converted (and so sent) first.
                         first, rest = converter.feed_first(native)
                     if first:
-                        self.metrics.attempts.labels(provider.name, "ok").inc()
-                        return AudioStream(
-                            step,
-                            provider,
-                            first,
-                            converter,
-                            source,
-                            lease,
-                            health,
-                            characters=characters,
-                            native_head=head,
-                            rest=rest,
-                        )
-                first = converter.flush()
+                        ended = False
+                        break
+                if ended:  # the answer ended before any audio came out: the filter's tail
+                    first = converter.flush()
             except AudioFormatError as exc:
                 raise ProviderError(
                     provider.name, f"undecodable audio: {exc}", retryable=False
@@ -324,20 +308,26 @@ class VoiceOpener:
                 raise ProviderError(
                     provider.name, f"internal error: {type(exc).__name__}", retryable=False
                 ) from exc
-            if first:
-                self.metrics.attempts.labels(provider.name, "ok").inc()
-                return AudioStream(
-                    step,
-                    provider,
-                    first,
-                    converter,
-                    None,
-                    lease,
-                    health,
-                    characters=characters,
-                    native_head=head,
-                )
-            raise ProviderNoAudio(provider.name, "the stream ended without audio")
+            if not first:
+                raise ProviderNoAudio(provider.name, "the stream ended without audio")
+            self.metrics.attempts.labels(provider.name, "ok").inc()
+            # The first audio goes to the caller now, where the front door writes it as soon
+            # as it exists; the stream is made and handed up after.
+            sent_at = None if first_out is None else first_out(step, first)
+            return AudioStream(
+                step,
+                provider,
+                first,
+                converter,
+                None if ended else source,
+                lease,
+                health,
+                characters=characters,
+                native_head=head,
+                rest=rest,
+                sent_at=sent_at,
+                bytes_out=0 if sent_at is None else len(first),
+            )
         except BaseException as error:
             if isinstance(error, ProviderError):
                 self.metrics.attempts.labels(provider.name, _outcome(error)).inc()

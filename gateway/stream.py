@@ -132,20 +132,21 @@ class AudioStream:
 
 class FirstOut(Protocol):
     """Writes a stream's first audio to the caller the moment it exists: called by the attempt
-    that made it (:class:`gateway.attempts.VoiceOpener`), before the stream is handed up
-    through the relay and the synthesis core, which then have nothing left to decide that
-    could change the answer. It writes the answer's head and :attr:`AudioStream.first`, adds
-    them to :attr:`AudioStream.bytes_out` and sets :attr:`AudioStream.sent_at` (whether or not
-    the caller is still there, as a write to a caller gone is not an error). It is given only
-    to an attempt whose first audio is the answer's as soon as it exists: one voice's, not a
-    hedge race's, not through the phrase cache."""
+    that made it (:class:`gateway.attempts.VoiceOpener`), before the stream is made and handed
+    up through the relay and the synthesis core, which then have nothing left to decide that
+    could change the answer. It writes the answer's head and the audio (nothing once the
+    caller has gone, as a write to a caller gone is not an error) and returns when it did
+    (``time.perf_counter``), the stream's :attr:`AudioStream.sent_at`. It is given only to an
+    attempt whose first audio is the answer's as soon as it exists: one voice's, not a hedge
+    race's, not through the phrase cache."""
 
     def ahead(self, step: ChainStep, converter: Converter) -> None:
         """An attempt at ``step`` is about to send its request, and will convert its audio
         with ``converter``: what the first write will need may be made while the upstream
         works (:meth:`Converter.prepare`, the answer's head)."""
 
-    def __call__(self, stream: AudioStream) -> None: ...
+    def __call__(self, step: ChainStep, pcm: bytes) -> float:
+        """Write the answer's head for ``step``'s voice and ``pcm``; returns when."""
 
 
 class Chunks:

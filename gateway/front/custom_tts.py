@@ -21,7 +21,6 @@ from ..http1.exchange import CheckedHeaders, check_headers
 from ..request import TTSRequest, parse_body, request_token, validate
 from ..routing import ChainStep
 from ..runtime import LoadedRouting
-from ..stream import AudioStream
 from ..synthesis import Outcome, Synthesis
 from .body import bearer, header, multipart_fields
 from .door import SynthesisDoor, audio_headers
@@ -144,16 +143,14 @@ class FirstAudio:
         except ValueError:  # left for the first write to raise where it is handled
             self._ready = None
 
-    def __call__(self, stream: AudioStream) -> None:
+    def __call__(self, step: ChainStep, pcm: bytes) -> float:
         exchange, ready = self._exchange, self._ready
-        if ready is not None and ready[0] is stream.step and stream.cache is None:
+        if ready is not None and ready[0] is step:
             head: CheckedHeaders | list[tuple[bytes, bytes]] = ready[1]
         else:
-            head = answer_head(
-                self._content_type, self._request, self._outcome, stream.step, stream.cache
-            )
+            head = answer_head(self._content_type, self._request, self._outcome, step, None)
         exchange.start_now(200, head)
         self.started = exchange.response_started
-        stream.sent_at = time.perf_counter()
-        exchange.write_now(stream.first)
-        stream.bytes_out += len(stream.first)
+        sent = time.perf_counter()
+        exchange.write_now(pcm)
+        return sent
