@@ -32,6 +32,16 @@ The steps (a mark's name, then what starts there):
 Between ``sent`` and ``answered`` the gateway waits for the upstream: the wall time there is
 mostly the upstream's (and the system's), the CPU time the gateway's own (the write's system
 call among it). The marks cost ~1 µs each, counted in the steps they sit in.
+
+``--timeline`` sends the measured requests from a plain socket in this process instead of the
+load generator, and notes when each was sent and when its first body byte came back on the
+clock the gateway's marks use (``perf_counter``, the system's monotonic clock, one for every
+process), so that the caller's side lines up with the gateway's steps: from the caller's send
+to the gateway's read of the request (the gateway's wake-up among it), the gateway's steps to
+the upstream request and from the upstream's answer to the first audio written, and from that
+write to the caller's read of it. The same client times the upstream straight.
+
+    python -m bench.first_byte --timeline --requests 1000
 """
 
 from __future__ import annotations
@@ -179,11 +189,107 @@ def steps(requests: list[dict[str, tuple[int, int]]]) -> list[dict[str, Any]]:
     return rows
 
 
+#: The timeline's rows: (label, from, to); ``sent by the caller`` and ``first byte at the
+#: caller`` are the socket client's own times, the rest the gateway's marks.
+TIMELINE = (
+    ("the caller's send -> request read", "caller", "request"),
+    ("request -> upstream request handed over", "request", "sent"),
+    ("upstream request -> its answer read", "sent", "answered"),
+    ("answer read -> first audio written", "answered", "written"),
+    ("first audio written -> read by the caller", "written", "first byte"),
+    ("the caller's send -> its first byte (TTFB)", "caller", "first byte"),
+)
+
+
+def timed_requests(
+    url: str, count: int, rate: int, pace: str, pause: float = 0.0, fresh: bool = False
+) -> list[tuple[int, int]]:
+    """``count`` requests one at a time (``pause`` seconds apart, each on a new connection if
+    ``fresh``), scenario (1)'s (1 s of audio), from a plain socket: for each, the
+    ``perf_counter_ns`` of its send and of its first body byte's arrival. An answer that is
+    not a 200 raises."""
+    import socket
+    from urllib.parse import urlsplit
+
+    import httptools
+
+    from bench.loadgen import build_request
+
+    parts = urlsplit(url)
+    request = build_request(url, rate, 1.0, pace, "bench")
+    times: list[tuple[int, int]] = []
+    sock: socket.socket | None = None
+    try:
+        for index in range(count):
+            if index and pause:
+                time.sleep(pause)
+            if sock is None or fresh:
+                if sock is not None:
+                    sock.close()
+                sock = socket.create_connection((parts.hostname or "", parts.port or 80), 10)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            answer = _Answer()
+            parser = httptools.HttpResponseParser(answer)
+            sent = time.perf_counter_ns()
+            sock.sendall(request)
+            while not answer.done:
+                data = sock.recv(262144)
+                if not data:
+                    raise RuntimeError("the connection closed mid-answer")
+                parser.feed_data(data)
+            if parser.get_status_code() != 200 or answer.first is None:
+                raise RuntimeError(f"answered {parser.get_status_code()} without audio")
+            times.append((sent, answer.first))
+    finally:
+        if sock is not None:
+            sock.close()
+    return times
+
+
+class _Answer:
+    """The parser's callbacks for one answer: when its first body byte arrived, and its end."""
+
+    def __init__(self) -> None:
+        self.first: int | None = None
+        self.done = False
+
+    def on_body(self, body: bytes) -> None:
+        if self.first is None:
+            self.first = time.perf_counter_ns()
+
+    def on_message_complete(self) -> None:
+        self.done = True
+
+
+def timeline(
+    requests: list[dict[str, tuple[int, int]]], times: list[tuple[int, int]]
+) -> list[dict[str, Any]]:
+    """Each :data:`TIMELINE` row's median (µs) over the requests, the gateway's marks of each
+    lined up with the client's times of the same request (both in the order sent)."""
+    if len(requests) != len(times):
+        raise RuntimeError(f"{len(requests)} requests marked, {len(times)} timed")
+    rows = []
+    for label, start, end in TIMELINE:
+        spans = []
+        for marks, (sent, first) in zip(requests, times, strict=True):
+            at = {**{k: v[0] for k, v in marks.items()}, "caller": sent, "first byte": first}
+            spans.append((at[end] - at[start]) / 1000)
+        rows.append({"step": label, "wall_us_p50": round(statistics.median(spans), 1)})
+    return rows
+
+
 def run(
-    requests: int, pace: str, workdir: Path, pause: float = 0.0, fresh: bool = False
+    requests: int,
+    pace: str,
+    workdir: Path,
+    pause: float = 0.0,
+    fresh: bool = False,
+    timed: bool = False,
 ) -> dict[str, Any]:
     """The measured requests, ``pause`` seconds apart (each on a new connection if
-    ``fresh``), straight from the upstream and then through the gateway."""
+    ``fresh``), straight from the upstream and then through the gateway (``timed``: from
+    :func:`timed_requests`, lined up with the gateway's steps in the report's
+    ``timeline``)."""
     from bench.harness import PY, free_port, load, start
     from bench.run import UPSTREAM_RATE, gateway_conf, latency
 
@@ -207,24 +313,41 @@ def run(
         _wait_for(out)
         out.unlink()
         spaced: dict[str, Any] = {"pause": pause, "fresh": fresh}
-        direct = latency(load(direct_url, workdir, **{**options, **spaced, "rate": UPSTREAM_RATE}))
-        through = latency(load(url, workdir, **{**options, **spaced, "rate": 48000}))
+        times: list[tuple[int, int]] = []
+        if timed:
+            straight = timed_requests(direct_url, requests, UPSTREAM_RATE, pace, pause, fresh)
+            times = timed_requests(url, requests, 48000, pace, pause, fresh)
+            ttfb = {
+                "direct": statistics.median(b - a for a, b in straight) / 1e6,
+                "gateway": statistics.median(b - a for a, b in times) / 1e6,
+            }
+            errors = 0.0
+        else:
+            direct = latency(
+                load(direct_url, workdir, **{**options, **spaced, "rate": UPSTREAM_RATE})
+            )
+            through = latency(load(url, workdir, **{**options, **spaced, "rate": 48000}))
+            ttfb = {"direct": direct["ttfb_p50"], "gateway": through["ttfb_p50"]}
+            errors = direct["errors"] + through["errors"]
         gateway.process.send_signal(signal.SIGUSR1)
         _wait_for(out)
         marks: list[Mark] = [(m[0], m[1], m[2]) for m in json.loads(out.read_text())]
     finally:
         gateway.stop()
         upstream.stop()
-    timed = requests_of(marks)
-    return {
+    marked = requests_of(marks)
+    report: dict[str, Any] = {
         "pace": pace,
         "pause": pause,
         "fresh": fresh,
-        "requests": len(timed),
-        "ttfb_ms_p50": {"direct": direct["ttfb_p50"], "gateway": through["ttfb_p50"]},
-        "errors": direct["errors"] + through["errors"],
-        "steps": steps(timed),
+        "requests": len(marked),
+        "ttfb_ms_p50": ttfb,
+        "errors": errors,
+        "steps": steps(marked),
     }
+    if timed:
+        report["timeline"] = timeline(marked, times)
+    return report
 
 
 def _wait_for(path: Path, seconds: float = 30.0) -> None:
@@ -252,6 +375,9 @@ def show(report: dict[str, Any]) -> str:
         lines.append(
             f"| {row['from']} -> {row['to']} | {row['wall_us_p50']} | {row['cpu_us_p50']} |"
         )
+    if report.get("timeline"):
+        lines += ["", "| the caller's side lined up (from -> to) | wall µs p50 |", "|---|---|"]
+        lines += [f"| {row['step']} | {row['wall_us_p50']} |" for row in report["timeline"]]
     return "\n".join(lines)
 
 
@@ -265,9 +391,12 @@ def main() -> None:
     parser.add_argument("--pause", type=float, default=0.0, help="seconds between requests")
     parser.add_argument("--fresh", action="store_true", help="a new connection per request")
     parser.add_argument("--json", help="write the report here too")
+    parser.add_argument(
+        "--timeline", action="store_true", help="time the requests from a socket, lined up"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as workdir:
-        report = run(args.requests, args.pace, Path(workdir), args.pause, args.fresh)
+        report = run(args.requests, args.pace, Path(workdir), args.pause, args.fresh, args.timeline)
     print(show(report))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))

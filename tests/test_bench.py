@@ -1096,6 +1096,22 @@ def test_the_first_byte_steps_are_split_per_request_in_order() -> None:
     }
 
 
+def test_the_callers_times_line_up_with_the_gateways_steps() -> None:
+    """``bench.first_byte --timeline``: each request's send and first byte at the caller and
+    its marks in the gateway, in the order sent, become the timeline's spans (medians)."""
+    requests, times = [], []
+    for n in (1, 2, 3):
+        base = n * 10_000_000
+        at = {"request": 40, "sent": 240, "answered": 440, "written": 540}
+        requests.append({k: (base + v * 1000 * n, 0) for k, v in at.items()})
+        times.append((base, base + 600 * 1000 * n))
+    rows = {row["step"]: row["wall_us_p50"] for row in first_byte.timeline(requests, times)}
+    assert list(rows) == [label for label, _, _ in first_byte.TIMELINE]
+    assert list(rows.values()) == [80.0, 400.0, 400.0, 200.0, 120.0, 1200.0]
+    with pytest.raises(RuntimeError, match="2 timed"):
+        first_byte.timeline(requests, times[:2])
+
+
 @pytest.mark.parametrize(("pause", "fresh"), [(0.0, False), (0.05, True)])
 def test_the_first_byte_bench_marks_every_step_of_a_real_gateway(
     tmp_path: Path, pause: float, fresh: bool
@@ -1108,6 +1124,21 @@ def test_the_first_byte_bench_marks_every_step_of_a_real_gateway(
     whole = report["steps"][-1]
     assert whole["from"] == "request" and whole["to"] == "written"
     assert whole["cpu_us_p50"] > 0 and whole["wall_us_p50"] >= whole["cpu_us_p50"] * 0.9
+    assert "timeline" not in report
+
+
+def test_the_first_byte_bench_lines_up_a_socket_callers_times_with_a_real_gateways(
+    tmp_path: Path,
+) -> None:
+    report = first_byte.run(12, "fast", tmp_path, timed=True)
+    assert report["errors"] == 0 and report["requests"] == 12
+    rows = report["timeline"]
+    assert [row["step"] for row in rows] == [label for label, _, _ in first_byte.TIMELINE]
+    assert all(row["wall_us_p50"] > 0 for row in rows)
+    # The last row is the caller's time to first byte: the report's, from the same requests.
+    assert rows[-1]["wall_us_p50"] == pytest.approx(report["ttfb_ms_p50"]["gateway"] * 1000, 0.01)
+    assert report["ttfb_ms_p50"]["direct"] > 0
+    assert "the caller's side lined up" in first_byte.show(report)
     assert report["ttfb_ms_p50"]["gateway"] > report["ttfb_ms_p50"]["direct"] > 0
 
 
