@@ -284,7 +284,8 @@ class VoiceOpener:
                 if bill is not None:
                     bill.characters += characters
                 source = provider.stream(job)
-                first, rest, ended = b"", b"", True
+                first, ended = b"", True
+                rest: bytes | memoryview = b""
                 async for native in source:
                     if keep_native:
                         head.append(native)

@@ -259,7 +259,7 @@ class Converter:
         self.frames_in += frames_in
         self.frames_out += frames_out
 
-    def feed(self, data: bytes) -> bytes:
+    def feed(self, data: bytes | bytearray | memoryview) -> bytes:
         """Convert one chunk of the stream; returns S16LE mono PCM at ``out_rate`` (maybe empty).
 
         Raises :class:`AudioFormatError` when a WAV header turns out unusable, and
@@ -302,13 +302,14 @@ class Converter:
             return out
         return self._emit(self._convert(data, frames))
 
-    def feed_first(self, data: bytes) -> tuple[bytes, bytes]:
+    def feed_first(self, data: bytes) -> tuple[bytes, bytes | memoryview]:
         """:meth:`feed` for a stream's first piece, returning ``(pcm, rest)``: when the piece
         holds more than twice :data:`FIRST_OUT` of mono audio to resample, only its first
         :data:`FIRST_OUT` is converted (or, when the block filter answers nothing for it, the
-        least doubling of it that gives audio), and ``rest`` is the rest of its bytes, to
-        :meth:`feed` next. The resampler is chosen for the whole piece (its length picks the
-        mode), so the output is what :meth:`feed` of the whole piece gives, cut in two."""
+        least doubling of it that gives audio), and ``rest`` is the rest of its bytes (a view
+        of the piece: no copy on the first audio's way), to :meth:`feed` next. The resampler
+        is chosen for the whole piece (its length picks the mode), so the output is what
+        :meth:`feed` of the whole piece gives, cut in two."""
         fmt = self._format
         if (
             fmt is not None
@@ -327,7 +328,7 @@ class Converter:
                 # when it downsamples a lot: twice the input, until it does.
                 while not out and at < len(data):
                     out, at = self.feed(data[at : 2 * at]), 2 * at
-                return out, data[at:]
+                return out, memoryview(data)[at:]
         return self.feed(data), b""
 
     def prepare(self) -> None:

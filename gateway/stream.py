@@ -62,7 +62,7 @@ class AudioStream:
     """Who is told of a failure mid-answer instead of :attr:`health` (a shared synthesis)."""
     native_head: list[bytes] = field(default_factory=list)
     """The provider's native chunks read to get :attr:`first` (kept only when asked for)."""
-    rest: bytes = b""
+    rest: bytes | memoryview = b""
     """The provider's bytes read with the first audio and not yet converted (a long first
     piece is converted in two steps, :meth:`Converter.feed_first`)."""
     received_all: bool = False
