@@ -111,7 +111,6 @@ class FirstAudio:
         "_outcome",
         "_ready",
         "_request",
-        "started",
     )
 
     def __init__(
@@ -124,7 +123,12 @@ class FirstAudio:
         # The attempt waiting to have its things made, and the head's lines made for a voice.
         self._ahead: tuple[ChainStep, Converter] | None = None
         self._ready: tuple[ChainStep, CheckedHeaders] | None = None
-        self.started = False
+
+    @property
+    def started(self) -> bool:
+        """Whether the answer's head is written (or on its way): this writer's doing, as
+        nothing else starts the answer before the door does."""
+        return self._exchange.response_started
 
     def ahead(self, step: ChainStep, converter: Converter) -> None:
         if self._ahead is None:
@@ -150,7 +154,6 @@ class FirstAudio:
         else:
             head = answer_head(self._content_type, self._request, self._outcome, step, None)
         exchange.start_now(200, head)
-        self.started = exchange.response_started
         sent = time.perf_counter()
         exchange.write_now(pcm)
         return sent
