@@ -125,8 +125,13 @@ class KeepAliveUpstream(LoopbackServer):
 
 
 def routing(
-    upstream: LoopbackServer, timeout: dict[str, float] | None = None, **limits: int
+    upstream: LoopbackServer,
+    timeout: dict[str, float] | None = None,
+    voices: dict[str, dict[str, Any]] | None = None,
+    **limits: int,
 ) -> Any:
+    """One custom provider ``up`` on ``upstream`` and its voice ``v`` (with ``voices``
+    beside it)."""
     block: dict[str, Any] = {
         "type": "custom",
         "url": upstream.url,
@@ -138,7 +143,7 @@ def routing(
     document = {
         "server": {"default_voice": "v", "log_level": "info"},
         "providers": {"up": block},
-        "voices": {"v": {"provider": "up"}},
+        "voices": {"v": {"provider": "up"}, **(voices or {})},
     }
     return create_app(parse_config(json.dumps(document)))
 
@@ -731,27 +736,12 @@ async def test_the_python_body_callback_keeps_pieces_as_the_compiled_one_does() 
         assert chunks == [b"ab", b"cde"]
 
 
-def first_audio_routing(upstream: LoopbackServer) -> Any:
-    """Three voices on one upstream: ``v`` asked alone, ``hedged`` in a hedge race (that never
-    starts its hedge: ``hedge_after`` is far beyond a loopback answer), ``cached`` through the
-    phrase cache."""
-    provider = {
-        "type": "custom",
-        "url": upstream.url,
-        "sample_rates": [RATE],
-        "retry": {"attempts": 1},
-        "timeout": {"connect": 5, "first_byte": 10, "total": 60, "stall": 30},
-    }
-    document = {
-        "server": {"default_voice": "v", "log_level": "info"},
-        "providers": {"up": provider},
-        "voices": {
-            "v": {"provider": "up"},
-            "hedged": {"provider": "up", "hedge_after": 30, "fallback": ["v"]},
-            "cached": {"provider": "up", "cache": True},
-        },
-    }
-    return create_app(parse_config(json.dumps(document)))
+#: Beside ``v``, asked alone: ``hedged`` in a hedge race (that never starts its hedge:
+#: ``hedge_after`` is far beyond a loopback answer), ``cached`` through the phrase cache.
+FIRST_AUDIO_VOICES = {
+    "hedged": {"provider": "up", "hedge_after": 30, "fallback": ["v"]},
+    "cached": {"provider": "up", "cache": True},
+}
 
 
 @pytest.mark.parametrize(("voice", "early"), [("v", True), ("hedged", False), ("cached", False)])
@@ -793,7 +783,7 @@ async def test_the_first_audio_is_written_by_the_attempt_that_made_it_when_nothi
     request = {**body(48000), "VoiceId": voice}
     caplog.set_level(logging.INFO, logger="gateway")
     async with KeepAliveUpstream([Script(pieces())]) as upstream:
-        app = first_audio_routing(upstream)
+        app = routing(upstream, voices=FIRST_AUDIO_VOICES)
         async with (
             app.router.lifespan_context(app),
             httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c,
@@ -805,7 +795,7 @@ async def test_the_first_audio_is_written_by_the_attempt_that_made_it_when_nothi
             patch.setattr(Converter, "prepare", preparing)
             patch.setattr(_Connection, "data_received", receiving)
             async with (
-                live_server(first_audio_routing(upstream)) as url,
+                live_server(routing(upstream, voices=FIRST_AUDIO_VOICES)) as url,
                 httpx.AsyncClient(timeout=30) as client,
             ):
                 answer = await client.post(
