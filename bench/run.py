@@ -2,7 +2,7 @@
 baselines measured in the same run — the client straight to the mock upstream (the floor) and
 nginx as a plain streaming reverse proxy (what a proxy written in C costs).
 
-    python -m bench.run               # everything, about half an hour on 2 cores
+    python -m bench.run               # everything, about 11 minutes on 2 cores
     python -m bench.run --quick       # fewer requests and repeats, for a smoke test
     python -m bench.run --only cache  # one,cpu,realtime,memory,local,soak,pieces,openai,cache
     python -m bench.run --render      # only rewrite benchmarks.md from benchmarks.json
