@@ -84,6 +84,7 @@ class Response(asyncio.Protocol):
         self.crlf = 0  # bytes of the CRLF that ends the current chunk still to skip
         self.last = 0.0
         self.done = False
+        self.last_answer = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
@@ -195,6 +196,9 @@ class Response(asyncio.Protocol):
                 self.result.cache = value.strip()
         self.head_done = True
         self.chunked = "transfer-encoding: chunked" in head
+        # The server closes after this answer (RFC 9112 9.6): the next request takes a new
+        # connection, as an HTTP client's would (a worker shedding it, a draining gateway).
+        self.last_answer = "\r\nconnection: close" in head
         if not self.chunked:
             for line in head.split("\r\n"):
                 if line.startswith("content-length:"):
@@ -298,7 +302,7 @@ async def worker(
         results.append(result)
         if result.dropped or result.error:
             protocol = None
-        elif fresh and protocol.transport is not None:
+        elif (fresh or protocol.last_answer) and protocol.transport is not None:
             protocol.transport.close()
             protocol = None
         if pause and not jobs.empty():

@@ -156,9 +156,9 @@ class _InUse:
 def share_limits(config: GatewayConfig, workers: int) -> GatewayConfig:
     """``config`` as one of ``workers`` processes applies it: ``max_concurrent_streams`` and
     every provider's ``max_concurrency`` split between them (rounded up, at least 1), so that
-    together they take what one process would. The kernel spreads connections over the
-    processes about evenly; a process whose share is full answers as one full process would
-    (429, or the next voice)."""
+    together they take what one process would. New connections go to a worker whose limits are
+    less than half full while there is one (:class:`gateway.http1.accept.LoadBoard`); a process
+    whose share is full answers as one full process would (429, or the next voice)."""
     if workers <= 1:
         return config
 
@@ -239,6 +239,16 @@ class Gateway:
     @property
     def config(self) -> GatewayConfig:
         return self.routing.config
+
+    def occupancy(self) -> float:
+        """How full this process's fullest limit is (0 to 1): its streams against
+        ``max_concurrent_streams``, each provider's requests in flight against its
+        ``max_concurrency`` (this process's shares of them, with several workers)."""
+        fullest = self.streams.active / max(1, self.config.server.max_concurrent_streams)
+        for health in self.board:
+            gate = health.gate
+            fullest = max(fullest, gate.in_flight / max(1, gate.capacity))
+        return fullest
 
     @property
     def providers(self) -> dict[str, Provider]:

@@ -3,9 +3,10 @@
 ``tts-gateway serve`` with ``server.workers`` above 1 (``auto``: one per core) runs this
 supervisor. It binds the port once and starts the workers (fresh interpreters), each serving
 the same listening socket with the whole gateway, its limits split between them
-(:func:`gateway.runtime.share_limits`), and each taking a few of the connections waiting on it
-at a time, so that a burst is shared between them (:mod:`gateway.http1.accept`). The
-supervisor itself serves nothing:
+(:func:`gateway.runtime.share_limits`), filled with new connections in order while they are
+light, each taking a few of the connections waiting at a time, so that a burst is shared
+between them (:mod:`gateway.http1.accept`: the workers publish their load in memory the
+supervisor shares with them). The supervisor itself serves nothing:
 
 - **SIGHUP**, and a change of the routing file on disk (``server.watch``), are passed to every
   worker, which reloads in place (:meth:`gateway.runtime.Gateway.reload`): no process restarts,
@@ -36,6 +37,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import MutableSequence
 from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
 from types import FrameType
@@ -97,15 +99,18 @@ class WorkerSpec:
     workers: int
 
 
-def _run_worker(spec: WorkerSpec, sock: socket.socket, index: int) -> None:
+def _run_worker(
+    spec: WorkerSpec, sock: socket.socket, index: int, loads: MutableSequence[float]
+) -> None:
     """A worker's main: load the routing file, build the app and serve ``sock`` until told
-    to stop (SIGTERM drains, as in one process)."""
+    to stop (SIGTERM drains, as in one process). ``loads``: the workers' shared load board
+    (:class:`gateway.http1.accept.LoadBoard`), ``index`` this worker's place on it."""
     import uvicorn
 
     from .app import create_app
     from .cli import serve_options, tune_gc
     from .config import ConfigError, default_config, load_config
-    from .http1.accept import PacedServer
+    from .http1.accept import LoadBoard, PacedServer
     from .logs import configure_logging
 
     os.environ[WORKERS_ENV] = str(spec.workers)
@@ -121,7 +126,8 @@ def _run_worker(spec: WorkerSpec, sock: socket.socket, index: int) -> None:
     )
     options = serve_options(config, spec.certfile, spec.keyfile)
     tune_gc()
-    server = PacedServer(uvicorn.Config(app, **options))
+    gateway = app.state.gateway
+    server = PacedServer(uvicorn.Config(app, **options), LoadBoard(loads, index), gateway.occupancy)
     server.run(sockets=[sock])
 
 
@@ -161,6 +167,10 @@ class Supervisor:
         self.stop_seconds = stop_seconds
         self.workers: dict[int, tuple[BaseProcess, float]] = {}  # index -> (process, started)
         self._context = multiprocessing.get_context("spawn")
+        # The workers' load board (gateway.http1.accept): which of them takes new connections.
+        from .http1.accept import LOAD_SLOT  # uvicorn's, imported by workers only otherwise
+
+        self.loads = self._context.RawArray("d", LOAD_SLOT * spec.workers)
         self._wake = threading.Event()
         self._reload = False
         self._stopping = False
@@ -231,7 +241,7 @@ class Supervisor:
     def _start(self, index: int) -> None:
         process = self._context.Process(
             target=_run_worker,
-            args=(self.spec, self.sock, index),
+            args=(self.spec, self.sock, index, self.loads),
             name=f"tts-gateway-worker-{index}",
             daemon=False,
         )

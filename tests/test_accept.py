@@ -4,6 +4,8 @@ served by the protocol it is given; what is not taken stays queued for another w
 once this one has stopped accepting; a process out of descriptors pauses accepting and then
 takes up the queue again; a connection that failed before it was taken is passed over, and a
 listening socket that fails stops this worker's accepting at once (not an error every turn).
+With a load board, the workers fill in order: a new connection is taken at once by the worker
+whose turn it is, and by another only once it has waited the overflow wait there.
 The supervisor's workers serve through it (``tests/test_workers.py``,
 ``tests/test_reload_workers.py``)."""
 
@@ -14,12 +16,28 @@ import contextlib
 import errno
 import os
 import socket
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 
 import pytest
 
 from gateway.http1 import accept
-from gateway.http1.accept import ACCEPTS_PER_TURN, PacedAccept
+from gateway.http1.accept import (
+    ACCEPT_CPU_SECONDS,
+    ACCEPTS_PER_TURN,
+    FILL_CPU,
+    FILL_OCCUPANCY,
+    LOAD_SECONDS,
+    LOAD_SLOT,
+    SHED_MARGIN,
+    SHED_PER_PERIOD,
+    SHEDDING,
+    STALE_SECONDS,
+    LoadBoard,
+    LoadPublisher,
+    PacedAccept,
+)
 from tests.served import until
 
 
@@ -207,3 +225,278 @@ async def test_a_listening_socket_that_fails_stops_this_workers_accepting(
         assert "accepting stopped" in caplog.text
         assert sock.failures == 99  # tried once, not every turn after
         assert made == []
+
+
+def boards(workers: int) -> list[LoadBoard]:
+    """One board a worker, over one set of slots (as the supervisor's workers share it)."""
+    slots = [0.0] * (LOAD_SLOT * workers)
+    return [LoadBoard(slots, index) for index in range(workers)]
+
+
+@pytest.mark.parametrize(
+    ("loads", "first"),
+    [
+        ([(0.1, 0.0), (0.0, 0.0), (0.0, 0.0)], 0),  # the first fills first
+        ([(FILL_CPU, 0.0), (0.2, 0.0), (0.0, 0.0)], 1),  # its CPU at the mark: the next
+        ([(0.1, FILL_OCCUPANCY), (0.2, 0.1), (0.0, 0.0)], 1),  # a limit half full: the next
+        ([(0.9, 0.0), (0.7, 0.2), (0.1, 0.0)], 2),
+        ([(0.9, 0.0), (0.6, 0.2), (0.8, 0.5)], 1),  # every one past a mark: the lightest
+        ([(0.6, 0.9), (0.8, 0.1), (0.7, 0.0)], 2),  # a full limit counts as load
+    ],
+)
+def test_the_workers_fill_in_order_then_the_lightest_takes(
+    loads: list[tuple[float, float]], first: int
+) -> None:
+    now = time.monotonic()
+    board = boards(len(loads))
+    for worker, (cpu, occupancy) in zip(board, loads, strict=True):
+        worker.publish(cpu, occupancy, now)
+    assert {worker.first(now) for worker in board} == {first}
+    assert [worker.mine() for worker in board] == [i == first for i in range(len(loads))]
+
+
+@pytest.mark.parametrize(
+    ("loads", "shedding"),
+    [
+        ([(0.9, 0.0), (0.1, 0.0)], [True, False]),  # the first full, the second whose turn
+        ([(0.2, 0.8), (0.1, 0.0)], [True, False]),  # a limit of the first's 0.8 full
+        ([(0.4, 0.0), (0.1, 0.0)], [False, False]),  # the first's turn: nobody sheds
+        ([(0.6, 0.0), (0.6 - SHED_MARGIN / 2, 0.0)], [False, False]),  # within the margin
+        ([(0.9, 0.0), (0.3, 0.0), (0.95, 0.0)], [True, False, True]),
+    ],
+)
+def test_a_worker_well_past_the_one_whose_turn_it_is_sheds(
+    loads: list[tuple[float, float]], shedding: list[bool]
+) -> None:
+    now = time.monotonic()
+    board = boards(len(loads))
+    for worker, (cpu, occupancy) in zip(board, loads, strict=True):
+        worker.publish(cpu, occupancy, now)
+    assert [worker.sheds(now) for worker in board] == shedding
+
+
+async def test_the_publisher_sets_what_this_process_sheds_and_clears_it_when_it_stops(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(SHEDDING, "allowance", 0)
+    first, second = boards(2)
+    second.publish(0.0, 0.0, time.monotonic())
+    full, cpu = [1.0], [0.0]
+    publisher = LoadPublisher(
+        asyncio.get_running_loop(), first, lambda: full[0], cpu=lambda: cpu[0]
+    )
+    try:
+        # Its streams' limit full and the second worker light: it sheds, a few a period.
+        assert await until(lambda: SHEDDING.allowance == SHED_PER_PERIOD)
+        assert first.first(time.monotonic()) == 1
+        # Its limits empty again, but its CPU most of a core (~40 ms of it a period).
+        full[0] = 0.0
+
+        def busy() -> float:
+            cpu[0] += 0.8 * LOAD_SECONDS
+            return cpu[0]
+
+        publisher._clock = busy
+        assert await until(
+            lambda: second.sheds(time.monotonic()) is False and first.sheds(time.monotonic())
+        )
+        # Light again: its turn, nothing to shed.
+        publisher._clock = lambda: cpu[0]
+        SHEDDING.allowance = 99
+        assert await until(lambda: first.first(time.monotonic()) == 0)
+        assert SHEDDING.allowance == 0
+        SHEDDING.allowance = 99
+    finally:
+        publisher.close()
+    assert SHEDDING.allowance == 0 and first.first(time.monotonic()) == 1
+
+
+def test_connections_taken_count_as_load_until_the_next_publication() -> None:
+    now = time.monotonic()
+    first, second = boards(2)
+    first.publish(0.0, 0.0, now)
+    second.publish(0.0, 0.0, now)
+    taken = 0
+    while first.first(now) == 0 and taken < 1000:
+        first.took()
+        taken += 1
+    # Half a core's worth of new connections' first requests taken within the period.
+    per_connection = ACCEPT_CPU_SECONDS / LOAD_SECONDS
+    assert taken * per_connection == pytest.approx(FILL_CPU, abs=per_connection)
+    assert second.first(now) == 1
+    first.publish(0.1, 0.0, now)  # what it measured: its turn again
+    assert second.first(now) == 0
+
+
+def test_a_worker_gone_quiet_or_stopped_is_passed_over() -> None:
+    now = time.monotonic()
+    first, second, third = boards(3)
+    first.publish(0.0, 0.0, now - STALE_SECONDS - 0.1)  # stuck, dead or not started yet
+    second.publish(0.3, 0.0, now)
+    third.publish(0.0, 0.0, now)
+    assert third.first(now) == 1
+    second.leave()  # stopping
+    second.publish(0.1, 0.0, now)  # a late publication does not bring it back
+    assert first.first(now) == 2
+    third.leave()
+    assert first.first(now) is None  # nobody: whoever is woken takes it
+    assert first.mine() and second.mine()
+
+
+def test_a_board_needs_a_slot_for_its_worker() -> None:
+    with pytest.raises(ValueError, match="no slot 2"):
+        LoadBoard([0.0] * (2 * LOAD_SLOT), 2)
+    with pytest.raises(ValueError):
+        LoadBoard([0.0] * (2 * LOAD_SLOT + 1), 0)
+
+
+@contextlib.contextmanager
+def two_workers(
+    sock: socket.socket,
+) -> Iterator[tuple[list[LoadBoard], list[list[Echo]], list[PacedAccept]]]:
+    """Two workers' accepting on one listening socket, each on a descriptor of its own (as two
+    processes are), sharing one board, both published light: the boards, what each made, and
+    the accepting."""
+    loop = asyncio.get_running_loop()
+    board = boards(2)
+    for worker in board:
+        worker.publish(0.0, 0.0, time.monotonic())
+    dup = socket.socket(fileno=os.dup(sock.fileno()))
+    made: list[list[Echo]] = [[], []]
+    # The second registered first: woken together, its reader runs first, so that the first
+    # worker takes a connection only because it is its turn.
+    second = PacedAccept(loop, dup, lambda: Echo(made[1]), board[1])
+    accepting = [PacedAccept(loop, sock, lambda: Echo(made[0]), board[0]), second]
+    try:
+        yield board, made, accepting
+    finally:
+        for each in accepting:
+            each.close()
+        dup.close()
+
+
+@contextlib.contextmanager
+def worker_threads(sock: socket.socket) -> Iterator[list[list[Echo]]]:
+    """Two workers' accepting on one listening socket, each on its own event loop in its own
+    thread and its own descriptor (woken together, as two processes are, and racing for each
+    connection as they do), sharing one board, both published light: what each made."""
+    board = boards(2)
+    made: list[list[Echo]] = [[], []]
+    loops, threads, accepting = [], [], []
+    for index, worker in enumerate(board):
+        worker.publish(0.0, 0.0, time.monotonic())
+        loop = asyncio.new_event_loop()
+        thread = threading.Thread(target=loop.run_forever, daemon=True)
+        thread.start()
+        listened = socket.socket(fileno=os.dup(sock.fileno()))
+
+        def begin(loop=loop, listened=listened, mine=made[index], worker=worker) -> PacedAccept:  # type: ignore[no-untyped-def]
+            return PacedAccept(loop, listened, lambda: Echo(mine), worker)
+
+        accepting.append((asyncio.run_coroutine_threadsafe(_call(begin), loop).result(5), listened))
+        loops.append(loop)
+        threads.append(thread)
+    try:
+        yield made
+    finally:
+        for loop, thread, (each, listened), mine in zip(
+            loops, threads, accepting, made, strict=True
+        ):
+            asyncio.run_coroutine_threadsafe(_closed(each, mine), loop).result(5)
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(5)
+            loop.close()
+            listened.close()
+
+
+async def _call(make: Callable[[], PacedAccept]) -> PacedAccept:
+    return make()
+
+
+async def _closed(accepting: PacedAccept, made: list[Echo]) -> None:
+    """``accepting`` closed, and the connections it made, on their own loop."""
+    accepting.close()
+    await asyncio.gather(*accepting._tasks, return_exceptions=True)
+    for echo in made:
+        echo.transport.close()
+    await asyncio.sleep(0.01)  # the transports' closing callbacks
+
+
+async def test_new_connections_fill_the_first_worker_while_it_is_light(
+    listening: socket.socket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The first worker given time enough to come round on a busy machine (threads of one
+    # process also wait for its interpreter lock): which worker takes each connection is then
+    # whose turn it is, not a race.
+    monkeypatch.setattr(accept, "OVERFLOW_SECONDS", 0.1)
+    with worker_threads(listening) as made:
+        clients = []
+        try:
+            for count in range(1, 13):
+                clients.append(socket.create_connection(listening.getsockname(), timeout=5))
+                assert await until(lambda count=count: len(made[0]) + len(made[1]) == count)  # type: ignore[misc]
+            assert (len(made[0]), len(made[1])) == (12, 0)
+            assert await echoed(clients[-1], b"first") == b"first"
+        finally:
+            for client in clients:
+                client.close()
+
+
+async def test_once_the_first_is_loaded_the_next_worker_takes_at_once(
+    listening: socket.socket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An overflow wait far longer than the test: a connection the second worker takes within
+    # it was taken at once, in its own turn.
+    monkeypatch.setattr(accept, "OVERFLOW_SECONDS", 60.0)
+    with two_workers(listening) as (board, made, accepting):
+        board[0].publish(FILL_CPU + 0.1, 0.0, time.monotonic())
+        clients = queued(listening, 3)
+        try:
+            assert await until(lambda: len(made[1]) == 3)
+            assert made[0] == [] and accepting[0]._resume is not None  # waiting its turn
+            assert await echoed(clients[0], b"second") == b"second"
+        finally:
+            for client in clients:
+                client.close()
+
+
+async def test_what_the_worker_whose_turn_it_is_leaves_waiting_another_takes_after_the_wait(
+    listening: socket.socket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The first worker's turn, but it does not come round (a long turn of its loop, here its
+    # accepting stopped without leaving the board): the second takes the connection once it has
+    # waited there the overflow wait, then the whole queue while it finds connections waiting.
+    monkeypatch.setattr(accept, "OVERFLOW_SECONDS", 0.2)
+    with two_workers(listening) as (_, made, accepting):
+        asyncio.get_running_loop().remove_reader(listening.fileno())  # the first's accepting
+        started = time.monotonic()
+        clients = queued(listening, 2 * ACCEPTS_PER_TURN + 1)
+        try:
+            assert await until(lambda: len(made[1]) == len(clients))
+            assert time.monotonic() - started >= 0.2
+            assert made[0] == []
+            assert await echoed(clients[-1], b"overflow") == b"overflow"
+            # The queue emptied, the next connection waits for the first worker's turn again.
+            assert await until(lambda: not accepting[1]._taking)
+            clients.append(socket.create_connection(listening.getsockname(), timeout=5))
+            assert await until(lambda: accepting[1]._resume is not None)
+            assert len(made[1]) == len(clients) - 1
+            assert await until(lambda: len(made[1]) == len(clients))
+        finally:
+            for client in clients:
+                client.close()
+
+
+async def test_a_burst_of_new_callers_is_shared_as_it_comes(listening: socket.socket) -> None:
+    # Every connection waiting at once: the first worker takes them (a few a turn) until those
+    # it took count for half a core, then the second worker's turn has come.
+    with two_workers(listening) as (_, made, _):
+        clients = queued(listening, 48)
+        try:
+            assert await until(lambda: len(made[0]) + len(made[1]) == len(clients))
+            filled = FILL_CPU * LOAD_SECONDS / ACCEPT_CPU_SECONDS
+            assert filled - 1 <= len(made[0]) and len(made[1]) > 0, [len(m) for m in made]
+            assert await echoed(clients[-1], b"burst") == b"burst"
+        finally:
+            for client in clients:
+                client.close()

@@ -19,6 +19,7 @@ from starlette.types import Receive, Scope, Send
 from gateway.app import create_app
 from gateway.config import parse_config
 from gateway.http1 import EXCHANGE_SCOPE_KEY, ConnectionLimits, TLSFiles
+from gateway.http1.accept import SHEDDING
 from gateway.http1.connection import HTTPProtocol
 from tests.support import (
     Plan,
@@ -181,6 +182,33 @@ async def test_a_keep_alive_connection_serves_several_requests(gateway: tuple[st
         status, _headers, body = await read_response(reader)
         assert status == 200
         assert body == CHUNK * 2
+    writer.close()
+
+
+async def test_a_shed_connection_closes_after_its_answer_and_the_caller_is_served_again(
+    gateway: tuple[str, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A worker that sheds (gateway.http1.accept) closes the connection of the answer it starts
+    # next: that answer is whole, says so, and the caller's next request, on a new connection,
+    # is served. A connection with a request pipelined behind the answer is not shed.
+    monkeypatch.setattr(SHEDDING, "allowance", 1)
+    reader, writer = await connect(gateway)
+    writer.write(post(SYNTH))
+    status, headers, body = await read_response(reader)
+    assert (status, headers["connection"], body) == (200, "close", CHUNK * 2)
+    assert await until_eof(reader) == b""
+    writer.close()
+    assert SHEDDING.allowance == 0
+    reader, writer = await connect(gateway)
+    writer.write(post(SYNTH))
+    status, headers, body = await read_response(reader)
+    assert (status, "connection" in headers, body) == (200, False, CHUNK * 2)
+    SHEDDING.allowance = 1
+    writer.write(post(SYNTH) + post(SYNTH))
+    answers = [await read_response(reader) for _ in range(2)]
+    assert [(a[0], a[2]) for a in answers] == [(200, CHUNK * 2)] * 2
+    assert "connection" not in answers[0][1] and answers[1][1]["connection"] == "close"
+    assert await until_eof(reader) == b""
     writer.close()
 
 

@@ -72,13 +72,29 @@ async def test_two_workers_serve_the_port_and_metrics_sum_over_them(two: TwoWork
     workers = served.workers()
     assert len(workers) == 2 and served.pid not in workers
     before = await served.metrics()
-    # New connections until both workers have answered some (the kernel picks the worker).
-    sent = 0
-    while sent < 200 and sum(n > 0 for n in requests_by_process(two.metrics_dir).values()) < 2:
-        response = await post(served.url)
-        assert response.status_code == 200
-        assert response.content == ANSWER
+    # A stream held fills the worker it reached (its share of max_concurrent_streams: 2 is
+    # one): new connections go to the other once that worker's load is published (a few tens
+    # of ms; a request that reaches the full one before is refused, as a full gateway does).
+    upstream = two.upstream
+    upstream.hold()
+    held = await open_stream(served.url)
+    upstream.holding = False  # the held answer stays held, the next ones are not
+    sent = refused = 0
+    try:
+        while sent < 5 and sent + refused < 200:
+            response = await post(served.url)
+            if response.status_code == 429:
+                refused += 1
+                continue
+            assert response.status_code == 200
+            assert response.content == ANSWER
+            sent += 1
+        upstream.open()
+        assert await asyncio.wait_for(held.read_all(), PATIENCE) == CHUNK * 2
         sent += 1
+    finally:
+        upstream.open()
+        held.close()
     by_worker = requests_by_process(two.metrics_dir)
     assert set(by_worker) == workers and all(by_worker.values()), by_worker
     for _ in range(6):  # each scrape on a new connection: either worker may answer it
@@ -88,7 +104,9 @@ async def test_two_workers_serve_the_port_and_metrics_sum_over_them(two: TwoWork
             return sample(text, name, **labels) - sample(before, name, **labels)
 
         assert grown("tts_requests_total", status="200") == sent
-        assert sample(after, "tts_requests_total", status="200") == sum(by_worker.values())
+        assert grown("tts_requests_total", status="429") == refused
+        answered = sum(sample(after, "tts_requests_total", status=s) for s in ("200", "429"))
+        assert answered == sum(by_worker.values())
         assert grown("tts_first_byte_seconds_count", provider="a") == sent
         assert grown("tts_first_byte_seconds_bucket", provider="a", le="+Inf") == sent
         assert grown("tts_streams_ended_total", reason="complete") == sent
@@ -96,6 +114,20 @@ async def test_two_workers_serve_the_port_and_metrics_sum_over_them(two: TwoWork
         assert sample(after, "tts_streams_active") == 0
         # A gauge of a whole routing file: the largest over the workers, not their sum.
         assert sample(after, "tts_config_voices", source=str(two.config)) == 1
+
+
+async def test_new_connections_fill_one_worker_while_it_is_light(two: TwoWorkers) -> None:
+    # Requests one after another, each on a new connection: the workers fill in order, so one
+    # worker, light, takes them (gateway.http1.accept.LoadBoard), where the kernel alone would
+    # hand each to whichever worker woke first. Another takes one only when the first has not
+    # come round to it within the overflow wait (a millisecond: a busy machine).
+    before = requests_by_process(two.metrics_dir)
+    for _ in range(20):
+        response = await post(two.served.url)
+        assert response.status_code == 200
+    after = requests_by_process(two.metrics_dir)
+    taken = sorted(after[pid] - before.get(pid, 0) for pid in after)
+    assert sum(taken) == 20 and taken[-1] >= 18, taken
 
 
 async def test_active_streams_are_a_live_sum_and_the_stream_limit_is_split(

@@ -15,6 +15,7 @@ from urllib.parse import unquote
 
 from starlette.types import ASGIApp, Scope
 
+from .accept import SHEDDING
 from .exchange import Exchange
 from .io import WRITE_DRAIN_BYTES, WRITE_HIGH_WATER, WRITE_LOW_WATER, ConnectionIO
 from .limits import (
@@ -169,9 +170,10 @@ class HTTPProtocol(ConnectionIO):
 
     @property
     def closes_after_this(self) -> bool:
-        """Whether the answer being started is the connection's last (it is shutting down and
-        no pipelined request waits)."""
-        return self.shutting_down and not self._queue
+        """Whether the answer being started is the connection's last: no pipelined request
+        waits, and it is shutting down or its worker sheds it to a lighter one
+        (:data:`gateway.http1.accept.SHEDDING`)."""
+        return not self._queue and (self.shutting_down or SHEDDING.take())
 
     # ------------------------------------------------------------------ from the reader
 
