@@ -383,6 +383,34 @@ async def test_the_load_generator_spaces_its_requests_and_opens_a_connection_for
     assert spaced["wall"] >= 0.4  # two pauses between three requests
 
 
+async def test_the_load_generator_takes_a_new_connection_after_an_answer_that_closes() -> None:
+    # A server that says "Connection: close" (a worker shedding the connection, a draining
+    # gateway) and closes a moment later: the next request goes on a new connection, not on
+    # the one closing under it.
+    opened = 0
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nConnection: close\r\n\r\npcm!"
+
+    class Closing(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            nonlocal opened
+            opened += 1
+            self.transport = cast(asyncio.Transport, transport)
+
+        def data_received(self, data: bytes) -> None:
+            if b"\r\n\r\n" in data:
+                self.transport.write(answer)
+                asyncio.get_running_loop().call_later(0.1, self.transport.close)
+
+    server = await asyncio.get_running_loop().create_server(Closing, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        data = await run(arguments(port, requests=3, concurrency=1))
+    finally:
+        server.close()
+    assert [(r["status"], r["bytes"], r["error"]) for r in data["results"]] == [(200, 4, "")] * 3
+    assert opened == 3
+
+
 def test_the_load_generator_takes_texts_and_voices_in_turn() -> None:
     plan = Plan(
         "http://127.0.0.1:1/stream-audio",
