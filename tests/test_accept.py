@@ -451,13 +451,10 @@ async def test_once_the_first_is_loaded_the_next_worker_takes_at_once(
     with two_workers(listening) as (board, made, accepting):
         board[0].publish(FILL_CPU + 0.1, 0.0, time.monotonic())
         clients = queued(listening, 3)
-        try:
+        with closed_after(*clients):
             assert await until(lambda: len(made[1]) == 3)
             assert made[0] == [] and accepting[0]._resume is not None  # waiting its turn
             assert await echoed(clients[0], b"second") == b"second"
-        finally:
-            for client in clients:
-                client.close()
 
 
 async def test_what_the_worker_whose_turn_it_is_leaves_waiting_another_takes_after_the_wait(
@@ -492,11 +489,8 @@ async def test_a_burst_of_new_callers_is_shared_as_it_comes(listening: socket.so
     # it took count for half a core, then the second worker's turn has come.
     with two_workers(listening) as (_, made, _):
         clients = queued(listening, 48)
-        try:
+        with closed_after(*clients):
             assert await until(lambda: len(made[0]) + len(made[1]) == len(clients))
             filled = FILL_CPU * LOAD_SECONDS / ACCEPT_CPU_SECONDS
             assert filled - 1 <= len(made[0]) and len(made[1]) > 0, [len(m) for m in made]
             assert await echoed(clients[-1], b"burst") == b"burst"
-        finally:
-            for client in clients:
-                client.close()
