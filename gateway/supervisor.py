@@ -168,7 +168,8 @@ class Supervisor:
         self.workers: dict[int, tuple[BaseProcess, float]] = {}  # index -> (process, started)
         self._context = multiprocessing.get_context("spawn")
         # The workers' load board (gateway.http1.accept): which of them takes new connections.
-        from .http1.accept import LOAD_SLOT  # uvicorn's, imported by workers only otherwise
+        # (Imported here: that module imports uvicorn, which only the workers need.)
+        from .http1.accept import LOAD_SLOT
 
         self.loads = self._context.RawArray("d", LOAD_SLOT * spec.workers)
         self._wake = threading.Event()
