@@ -260,6 +260,30 @@ def streams_by_process(directory: str) -> dict[int, float]:
     return found
 
 
+#: Callers arriving at one instant: enough that several workers take some (the first worker's
+#: fill counts each connection it takes as load at once, gateway.http1.accept, and ~25 fill it).
+BURST = 64
+
+
+async def burst(
+    url: str, body: Mapping[str, Any] | None = None, count: int = BURST
+) -> list[RawResponse]:
+    """``count`` synthesis requests (``body``, else :data:`BODY`) at one instant, each on a new
+    connection, as soon as their heads are in. Requests one after another all reach the first
+    worker while it is light: a burst is how a test reaches every worker."""
+    return list(
+        await asyncio.gather(
+            *(raw_post(url, "/stream-audio", dict(body or BODY)) for _ in range(count))
+        )
+    )
+
+
+async def open_streams(url: str, count: int) -> list[RawResponse]:
+    """``count`` streams opened at one instant (:func:`burst`), each held after its first chunk
+    (:func:`open_stream`)."""
+    return list(await asyncio.gather(*(open_stream(url) for _ in range(count))))
+
+
 async def open_stream(url: str) -> RawResponse:
     """A synthesis stream the upstream holds open after its first chunk."""
     response = await raw_post(url, "/stream-audio", BODY)

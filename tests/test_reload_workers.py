@@ -18,11 +18,14 @@ import pytest_asyncio
 from gateway.supervisor import TICK_SECONDS
 from gateway.watch import POLL_SECONDS, FileWatch
 from tests.served import (
+    BURST,
     CHUNK,
     PATIENCE,
     GatedUpstream,
     Served,
+    burst,
     open_stream,
+    open_streams,
     post,
     requests_by_process,
     routing_file,
@@ -79,9 +82,8 @@ async def test_sighup_reloads_every_worker_in_place(pair: Pair) -> None:
         return {pid for pid, n in streams_by_process(pair.metrics_dir).items() if n}
 
     try:
-        # A stream under way on each worker.
-        while len(streams) < 40 and streaming() != workers:
-            streams.append(await open_stream(served.url))
+        # Streams under way on each worker (opened at one instant: a burst reaches both).
+        streams += await open_streams(served.url, 48)
         assert streaming() == workers
         pair.route_to("b")
         await sighup(served)
@@ -89,11 +91,14 @@ async def test_sighup_reloads_every_worker_in_place(pair: Pair) -> None:
         # New requests go to the new upstream, whichever worker takes them.
         answered = requests_by_process(pair.metrics_dir)
         sent = 0
-        while sent < 200 and not all(
+        while sent < 5 * BURST and not all(
             requests_by_process(pair.metrics_dir)[pid] > answered[pid] for pid in workers
         ):
-            assert (await post(served.url)).content == CHUNK * 3
-            sent += 1
+            for response in await burst(served.url):
+                assert response.status == 200
+                assert await asyncio.wait_for(response.read_all(), PATIENCE) == CHUNK * 3
+                response.close()
+                sent += 1
         assert all(requests_by_process(pair.metrics_dir)[pid] > answered[pid] for pid in workers)
         assert len(b.requests) == sent
         assert len(a.requests) == len(streams)  # only the streams from before the reload

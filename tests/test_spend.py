@@ -26,7 +26,7 @@ from gateway.spend import SpeakingPace, SpendMeter
 from gateway.stream import AudioStream
 from providers.base import AudioFormat, build_provider
 from tests.scripted_upstream import HEAD, HOLD, ScriptedUpstream, custom_block
-from tests.served import GatedUpstream, requests_by_process, serving
+from tests.served import BURST, GatedUpstream, burst, requests_by_process, serving
 from tests.served import sample as page_sample
 from tests.support import (
     eventually,
@@ -317,11 +317,16 @@ async def test_spend_and_tenant_counters_are_summed_over_worker_processes(
         async with serving("--config", str(config), "--workers", "2", env=env, workers=2) as s:
             [metrics_dir] = glob.glob(str(tmp_path / "tts-gateway-metrics-*"))
             sent = 0
-            # New connections until both workers have answered (the kernel picks the worker).
-            while sent < 200 and sum(n > 0 for n in requests_by_process(metrics_dir).values()) < 2:
-                response = await post(s.url, Token=ACME, text=SHORT)
-                assert response.status_code == 200
-                sent += 1
+            # Bursts of new callers until both workers have answered (requests one after
+            # another all reach the first worker while it is light).
+            while sent < 5 * BURST and (
+                sum(n > 0 for n in requests_by_process(metrics_dir).values()) < 2
+            ):
+                for response in await burst(s.url, body(Token=ACME, text=SHORT)):
+                    assert response.status == 200
+                    await asyncio.wait_for(response.read_all(), 15)
+                    response.close()
+                    sent += 1
             assert sorted(n > 0 for n in requests_by_process(metrics_dir).values()) == [True] * 2
             page = await s.metrics()
     audio = 3 * CHUNK_SECONDS  # what the upstream answers, whole

@@ -28,6 +28,7 @@ from tests.served import (
     Served,
     alive,
     open_stream,
+    open_streams,
     post,
     requests_by_process,
     routing_file,
@@ -277,8 +278,8 @@ async def test_sigterm_drains_every_worker_and_leaves_nothing_behind(tmp_path: P
             def streaming() -> set[int]:
                 return {pid for pid, n in streams_by_process(metrics_dir).items() if n}
 
-            while len(streams) < 40 and (len(streams) < 4 or streaming() != workers):
-                streams.append(await open_stream(served.url))
+            # Opened at one instant: a burst reaches both workers.
+            streams += await open_streams(served.url, 48)
             assert streaming() == workers  # both workers stream
             served.signal(signal.SIGTERM)
             await served.wait_for("draining:", times=2)
