@@ -157,10 +157,9 @@ class LoadBoard:
             at = index * LOAD_SLOT
             if now - slots[at + 2] > STALE_SECONDS:
                 continue
-            cpu, occupancy = slots[at], slots[at + 1]
-            if cpu < FILL_CPU and occupancy < FILL_OCCUPANCY:
+            if self._filling(index):
                 return index
-            load = max(cpu, occupancy)
+            load = self._load(index)
             if lightest is None or load < least:
                 lightest, least = index, load
         return lightest
@@ -168,13 +167,19 @@ class LoadBoard:
     def sheds(self, now: float) -> bool:
         """Whether this worker is to shed connections (see the module docstring)."""
         first = self.first(now)
-        if first is None or first == self.index:
+        if first is None or first == self.index or self._filling(self.index):
             return False
-        slots, at, theirs = self._slots, self.index * LOAD_SLOT, first * LOAD_SLOT
-        cpu, occupancy = slots[at], slots[at + 1]
-        if cpu < FILL_CPU and occupancy < FILL_OCCUPANCY:
-            return False
-        return max(slots[theirs], slots[theirs + 1]) + SHED_MARGIN <= max(cpu, occupancy)
+        return self._load(first) + SHED_MARGIN <= self._load(self.index)
+
+    def _filling(self, index: int) -> bool:
+        """Whether worker ``index`` is under both fill marks."""
+        at = index * LOAD_SLOT
+        return self._slots[at] < FILL_CPU and self._slots[at + 1] < FILL_OCCUPANCY
+
+    def _load(self, index: int) -> float:
+        """Worker ``index``'s load: its CPU share or its occupancy, whichever is higher."""
+        at = index * LOAD_SLOT
+        return max(self._slots[at], self._slots[at + 1])
 
     def mine(self) -> bool:
         """Whether a new connection is this worker's to take at once."""
