@@ -131,6 +131,58 @@ async def test_new_connections_fill_one_worker_while_it_is_light(two: TwoWorkers
     assert sum(taken) == 20 and taken[-1] >= 18, taken
 
 
+async def test_a_full_worker_sheds_a_callers_kept_connection_to_the_other(
+    two: TwoWorkers,
+) -> None:
+    # A caller's keep-alive connection reached a worker while it was light; a stream held there
+    # then fills that worker (its share of the stream limit, one stream). Its answers to the
+    # caller are refusals until it sheds the connection (gateway.http1.accept.SHEDDING: an
+    # answer saying Connection: close); the caller's next connection goes to the other worker,
+    # which serves it. Without shedding, the caller would be refused for as long as the stream
+    # is held, with a worker free beside.
+    served, upstream, metrics_dir = two.served, two.upstream, two.metrics_dir
+    url = served.url + "/stream-audio"
+    limits = httpx.Limits(max_connections=1)
+    async with httpx.AsyncClient(timeout=PATIENCE, limits=limits) as caller:
+        for _ in range(5):  # the caller's connection and the held stream on one worker
+            before = requests_by_process(metrics_dir)
+            assert (await caller.post(url, json=BODY)).status_code == 200
+            after = requests_by_process(metrics_dir)
+            [kept] = [pid for pid in after if after[pid] != before.get(pid, 0)]
+            upstream.hold()
+            held = await open_stream(served.url)
+            upstream.holding = False
+            [full] = [pid for pid, n in streams_by_process(metrics_dir).items() if n]
+            if full == kept:
+                break
+            upstream.open()
+            assert await asyncio.wait_for(held.read_all(), PATIENCE) == CHUNK * 2
+            held.close()
+        assert full == kept
+        try:
+            refusals: list[str | None] = []
+            before = requests_by_process(metrics_dir)
+            while len(refusals) < 500:
+                response = await caller.post(url, json=BODY)
+                if response.status_code == 200:
+                    break
+                assert response.status_code == 429
+                refusals.append(response.headers.get("connection"))
+            assert response.status_code == 200 and response.content == ANSWER, refusals
+            # Refused on the full worker until a refusal closed the connection (the full one
+            # may take the next connection too if the other is slow to come round to it, and
+            # shed it again); then served by the other.
+            assert refusals and refusals[-1] == "close", refusals
+            after = requests_by_process(metrics_dir)
+            grown = {pid: after[pid] - before.get(pid, 0) for pid in after}
+            assert grown[full] == len(refusals)
+            assert sum(grown.values()) == len(refusals) + 1
+        finally:
+            upstream.open()
+            assert await asyncio.wait_for(held.read_all(), PATIENCE) == CHUNK * 2
+            held.close()
+
+
 async def test_active_streams_are_a_live_sum_and_the_stream_limit_is_split(
     two: TwoWorkers,
 ) -> None:
