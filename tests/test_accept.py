@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import itertools
 import os
 import socket
 import threading
@@ -30,6 +31,8 @@ from gateway.http1.accept import (
     FILL_OCCUPANCY,
     LOAD_SECONDS,
     LOAD_SLOT,
+    SHED_AFTER,
+    SHED_LOAD,
     SHED_MARGIN,
     SHED_PER_PERIOD,
     SHEDDING,
@@ -259,9 +262,11 @@ def test_the_workers_fill_in_order_then_the_lightest_takes(
     ("loads", "shedding"),
     [
         ([(0.9, 0.0), (0.1, 0.0)], [True, False]),  # the first full, the second whose turn
-        ([(0.2, 0.8), (0.1, 0.0)], [True, False]),  # a limit of the first's 0.8 full
+        ([(0.2, SHED_LOAD), (0.1, 0.0)], [True, False]),  # a limit of the first's as full
         ([(0.4, 0.0), (0.1, 0.0)], [False, False]),  # the first's turn: nobody sheds
-        ([(0.6, 0.0), (0.6 - SHED_MARGIN / 2, 0.0)], [False, False]),  # within the margin
+        # Past the fill marks but with room on its core and its limits: it keeps them.
+        ([(SHED_LOAD - 0.05, 0.6), (0.0, 0.0)], [False, False]),
+        ([(0.95, 0.0), (0.95 - SHED_MARGIN / 2, 0.0)], [False, False]),  # within the margin
         ([(0.9, 0.0), (0.3, 0.0), (0.95, 0.0)], [True, False, True]),
     ],
 )
@@ -275,36 +280,45 @@ def test_a_worker_well_past_the_one_whose_turn_it_is_sheds(
     assert [worker.sheds(now) for worker in board] == shedding
 
 
-async def test_the_publisher_sets_what_this_process_sheds_and_clears_it_when_it_stops(
+async def test_the_publisher_sheds_a_lasting_load_and_clears_it_when_it_stops(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(SHEDDING, "allowance", 0)
     first, second = boards(2)
-    second.publish(0.0, 0.0, time.monotonic())
-    full, cpu = [1.0], [0.0]
-    publisher = LoadPublisher(
-        asyncio.get_running_loop(), first, lambda: full[0], cpu=lambda: cpu[0]
-    )
+    loads: Iterator[float] = iter([1.0])  # its fullest limit at each publication (then the last)
+    occupancy = [0.0]
+    cpu: Callable[[], float] = lambda: 0.0  # noqa: E731
+    allowed: list[int] = []  # the allowance when each publication began
+
+    def publication() -> float:
+        second.publish(0.0, 0.0, time.monotonic())  # the other worker light, and serving
+        allowed.append(SHEDDING.allowance)
+        occupancy[0] = next(loads, occupancy[0])
+        return occupancy[0]
+
+    publisher = LoadPublisher(asyncio.get_running_loop(), first, publication, cpu=lambda: cpu())
     try:
-        # Its streams' limit full and the second worker light: it sheds, a few a period.
+        # Its streams' limit full and the other worker light: it sheds, a few a period, from
+        # the SHED_AFTER-th publication in a row on (the first is the publisher's start).
         assert await until(lambda: SHEDDING.allowance == SHED_PER_PERIOD)
+        assert allowed[: SHED_AFTER + 1] == [0] * (SHED_AFTER + 1), allowed
         assert first.first(time.monotonic()) == 1
-        # Its limits empty again, but its CPU most of a core (~40 ms of it a period).
-        full[0] = 0.0
-
-        def busy() -> float:
-            cpu[0] += 0.8 * LOAD_SECONDS
-            return cpu[0]
-
-        publisher._clock = busy
-        assert await until(
-            lambda: second.sheds(time.monotonic()) is False and first.sheds(time.monotonic())
-        )
+        # Full at every other publication only: never SHED_AFTER in a row, nothing shed (from
+        # the first publication of these on, which finds what the last one before allowed).
+        loads = itertools.cycle([0.0, 1.0])
+        begun = len(allowed)
+        assert await until(lambda: len(allowed) > begun + 10)
+        assert allowed[begun + 1 : begun + 11] == [0] * 10, allowed
+        # Its limits empty, but its CPU most of a core.
+        loads = iter([0.0])
+        start = time.monotonic()
+        cpu = lambda: 0.9 * (time.monotonic() - start)  # noqa: E731
+        assert await until(lambda: SHEDDING.allowance == SHED_PER_PERIOD)
+        assert first.sheds(time.monotonic()) and not second.sheds(time.monotonic())
         # Light again: its turn, nothing to shed.
-        publisher._clock = lambda: cpu[0]
-        SHEDDING.allowance = 99
+        cpu = lambda: 0.0  # noqa: E731
         assert await until(lambda: first.first(time.monotonic()) == 0)
-        assert SHEDDING.allowance == 0
+        assert await until(lambda: SHEDDING.allowance == 0)
         SHEDDING.allowance = 99
     finally:
         publisher.close()
@@ -335,9 +349,12 @@ def test_a_worker_gone_quiet_or_stopped_is_passed_over() -> None:
     second.publish(0.3, 0.0, now)
     third.publish(0.0, 0.0, now)
     assert third.first(now) == 1
+    second.publish(0.9, 0.0, now)
+    assert second.sheds(now)  # busier than the third by more than the margin
     second.leave()  # stopping
     second.publish(0.1, 0.0, now)  # a late publication does not bring it back
     assert first.first(now) == 2
+    assert not second.sheds(now)  # nor does it shed any longer
     third.leave()
     assert first.first(now) is None  # nobody: whoever is woken takes it
     assert first.mine() and second.mine()

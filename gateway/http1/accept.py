@@ -30,12 +30,17 @@ evenly between them, ``bench/changes.md``). What one worker cannot carry overflo
 
 Connections outlive the moment they were placed: a caller's keep-alive connections, opened
 while the gateway was idle, all reach the first worker, and their requests stay with it however
-busy it gets. A worker past a fill mark and :data:`SHED_MARGIN` more loaded than the one whose
-turn it is sheds a few of them (:data:`SHED_PER_PERIOD` every :data:`LOAD_SECONDS`,
+busy it gets. A worker close to the end of its core or of a limit (:data:`SHED_LOAD`), and
+:data:`SHED_MARGIN` more loaded than the one whose turn it is, for :data:`SHED_AFTER`
+publications in a row, sheds a few of them (:data:`SHED_PER_PERIOD` every :data:`LOAD_SECONDS`,
 :data:`SHEDDING`): an answer it starts says ``Connection: close`` and the connection closes after
 it, so that the caller's next request comes on a new connection, which goes to the lighter
 worker. An answer is never cut for it, nor a pipelined request left unanswered (a connection
-with one waiting is not shed).
+with one waiting is not shed). Shedding is kept for a worker that cannot keep up: a caller
+whose connection is shed pays for a new one, and its request waits for a worker to accept it;
+shedding between two workers both well within their cores (it did, at a 0.2 margin past half a
+core) moved callers back and forth and made their first bytes later, not sooner
+(``bench/changes.md``).
 
 Everything else is uvicorn's: the connections it tracks (each accepted connection is built by
 the same protocol factory and registers itself), its shutdown, which now first stops the
@@ -74,9 +79,14 @@ ACCEPT_CPU_SECONDS: Final = 0.001
 STALE_SECONDS: Final = 0.5
 #: How long a new connection waits for the worker whose turn it is before another takes it.
 OVERFLOW_SECONDS: Final = 0.001
-#: A worker past a fill mark and this much more loaded than the one whose turn it is (CPU share
-#: or occupancy, whichever is higher) sheds connections...
-SHED_MARGIN: Final = 0.2
+#: A worker sheds connections only when it is this loaded (CPU share or occupancy, whichever is
+#: higher: close to all of its core or of a limit)...
+SHED_LOAD: Final = 0.8
+#: ... and this much more loaded than the one whose turn it is...
+SHED_MARGIN: Final = 0.4
+#: ... and has been, at each of this many publications in a row (a moment's load is no reason
+#: to move callers: a shed connection's caller pays a new connection)...
+SHED_AFTER: Final = 3
 #: ... at most this many every :data:`LOAD_SECONDS`.
 SHED_PER_PERIOD: Final = 4
 #: How long accepting pauses when the process (or the system) has no descriptor or memory left
@@ -165,11 +175,18 @@ class LoadBoard:
         return lightest
 
     def sheds(self, now: float) -> bool:
-        """Whether this worker is to shed connections (see the module docstring)."""
-        first = self.first(now)
-        if first is None or first == self.index or self._filling(self.index):
+        """Whether this worker is to shed connections (see the module docstring): never once
+        it has left the board (it publishes no more: what it would read of itself is its load
+        of that moment, however long ago)."""
+        if self._left:
             return False
-        return self._load(first) + SHED_MARGIN <= self._load(self.index)
+        load = self._load(self.index)
+        if load < SHED_LOAD:
+            return False
+        first = self.first(now)
+        if first is None or first == self.index:
+            return False
+        return self._load(first) + SHED_MARGIN <= load
 
     def _filling(self, index: int) -> bool:
         """Whether worker ``index`` is under both fill marks."""
@@ -324,6 +341,7 @@ class LoadPublisher:
         self._clock = cpu
         self._at = time.monotonic()
         self._cpu = cpu()
+        self._shedding = 0  # publications in a row at which this worker was to shed
         board.publish(0.0, occupancy(), self._at)
         self._timer: asyncio.TimerHandle | None = loop.call_later(LOAD_SECONDS, self._publish)
 
@@ -332,7 +350,8 @@ class LoadPublisher:
         share = (cpu - self._cpu) / (now - self._at) if now > self._at else 0.0
         self._at, self._cpu = now, cpu
         self._board.publish(share, self._occupancy(), now)
-        SHEDDING.allowance = SHED_PER_PERIOD if self._board.sheds(now) else 0
+        self._shedding = self._shedding + 1 if self._board.sheds(now) else 0
+        SHEDDING.allowance = SHED_PER_PERIOD if self._shedding >= SHED_AFTER else 0
         self._timer = self._loop.call_later(LOAD_SECONDS, self._publish)
 
     def close(self) -> None:
