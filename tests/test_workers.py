@@ -181,6 +181,7 @@ async def test_a_full_worker_sheds_a_callers_kept_connection_to_the_other(
             upstream.open()
             assert await asyncio.wait_for(held.read_all(), PATIENCE) == CHUNK * 2
             held.close()
+            assert await until(lambda: not holding())  # its end counted before the next try
         assert full == kept
         try:
             refusals: list[str | None] = []
