@@ -37,10 +37,9 @@ publications in a row, sheds a few of them (:data:`SHED_PER_PERIOD` every :data:
 it, so that the caller's next request comes on a new connection, which goes to the lighter
 worker. An answer is never cut for it, nor a pipelined request left unanswered (a connection
 with one waiting is not shed). Shedding is kept for a worker that cannot keep up: a caller
-whose connection is shed pays for a new one, and its request waits for a worker to accept it;
-shedding between two workers both well within their cores (it did, at a 0.2 margin past half a
-core) moved callers back and forth and made their first bytes later, not sooner
-(``bench/changes.md``).
+whose connection is shed pays for a new one, and its request waits for a worker to accept it.
+At a 0.2 margin past half a core, two workers both within their cores handed callers back and
+forth (``bench/changes.md``).
 
 Everything else is uvicorn's: the connections it tracks (each accepted connection is built by
 the same protocol factory and registers itself), its shutdown, which now first stops the
