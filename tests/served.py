@@ -224,6 +224,24 @@ def requests_by_process(directory: str) -> dict[int, float]:
     return counts
 
 
+def requests_since(directory: str, before: Mapping[int, float]) -> dict[int, float]:
+    """Requests counted since ``before`` (:func:`requests_by_process`), by each process that
+    counted any."""
+    after = requests_by_process(directory)
+    return {pid: n - before.get(pid, 0.0) for pid, n in after.items() if n != before.get(pid)}
+
+
+async def requests_counted(
+    directory: str, before: Mapping[int, float], requests: int
+) -> dict[int, float]:
+    """:func:`requests_since` once it sums to ``requests``: a worker writes its counts at the end
+    of its loop's turn, just after its answers have left."""
+    assert await until(lambda: sum(requests_since(directory, before).values()) == requests), (
+        requests_since(directory, before)
+    )
+    return requests_since(directory, before)
+
+
 async def until(condition: Callable[[], object], seconds: float = PATIENCE) -> bool:
     """Poll ``condition`` every 20 ms until it holds or ``seconds`` pass; whether it held."""
     loop = asyncio.get_running_loop()
@@ -276,6 +294,18 @@ async def burst(
             *(raw_post(url, "/stream-audio", dict(body or BODY)) for _ in range(count))
         )
     )
+
+
+async def burst_answers(
+    url: str, body: Mapping[str, Any] | None = None, patience: float = PATIENCE
+) -> list[bytes]:
+    """A :func:`burst`'s answers, each a 200 read whole within ``patience``."""
+    answers = []
+    for response in await burst(url, body):
+        assert response.status == 200
+        answers.append(await asyncio.wait_for(response.read_all(), patience))
+        response.close()
+    return answers
 
 
 async def open_streams(url: str, count: int) -> list[RawResponse]:

@@ -26,7 +26,7 @@ from gateway.spend import SpeakingPace, SpendMeter
 from gateway.stream import AudioStream
 from providers.base import AudioFormat, build_provider
 from tests.scripted_upstream import HEAD, HOLD, ScriptedUpstream, custom_block
-from tests.served import BURST, GatedUpstream, burst, requests_by_process, serving
+from tests.served import BURST, GatedUpstream, burst_answers, requests_by_process, serving
 from tests.served import sample as page_sample
 from tests.support import (
     eventually,
@@ -322,11 +322,7 @@ async def test_spend_and_tenant_counters_are_summed_over_worker_processes(
             while sent < 5 * BURST and (
                 sum(n > 0 for n in requests_by_process(metrics_dir).values()) < 2
             ):
-                for response in await burst(s.url, body(Token=ACME, text=SHORT)):
-                    assert response.status == 200
-                    await asyncio.wait_for(response.read_all(), 15)
-                    response.close()
-                    sent += 1
+                sent += len(await burst_answers(s.url, body(Token=ACME, text=SHORT), 15))
             assert sorted(n > 0 for n in requests_by_process(metrics_dir).values()) == [True] * 2
             page = await s.metrics()
     audio = 3 * CHUNK_SECONDS  # what the upstream answers, whole

@@ -31,6 +31,7 @@ from tests.served import (
     open_streams,
     post,
     requests_by_process,
+    requests_counted,
     routing_file,
     sample,
     serving,
@@ -72,6 +73,7 @@ async def test_two_workers_serve_the_port_and_metrics_sum_over_them(two: TwoWork
     served = two.served
     workers = served.workers()
     assert len(workers) == 2 and served.pid not in workers
+    counted_before = requests_by_process(two.metrics_dir)
     before = await served.metrics()
     # A stream held fills the worker it reached (its share of max_concurrent_streams: 2 is
     # one): new connections go to the other once that worker's load is published (a few tens
@@ -96,6 +98,7 @@ async def test_two_workers_serve_the_port_and_metrics_sum_over_them(two: TwoWork
     finally:
         upstream.open()
         held.close()
+    await requests_counted(two.metrics_dir, counted_before, sent + refused)
     by_worker = requests_by_process(two.metrics_dir)
     assert set(by_worker) == workers and all(by_worker.values()), by_worker
     for _ in range(6):  # each scrape on a new connection: either worker may answer it
@@ -128,13 +131,8 @@ async def test_new_connections_fill_one_worker_while_it_is_light(two: TwoWorkers
     for _ in range(40):
         response = await post(two.served.url)
         assert response.status_code == 200
-
-    def taken() -> list[float]:
-        after = requests_by_process(two.metrics_dir)
-        return sorted(after[pid] - before.get(pid, 0) for pid in after)
-
-    assert await until(lambda: sum(taken()) == 40), taken()  # counts written after answers
-    assert taken()[-1] >= 30, taken()
+    taken = await requests_counted(two.metrics_dir, before, 40)
+    assert max(taken.values()) >= 30, taken
 
 
 async def test_a_full_worker_sheds_a_callers_kept_connection_to_the_other(
@@ -150,17 +148,6 @@ async def test_a_full_worker_sheds_a_callers_kept_connection_to_the_other(
     url = served.url + "/stream-audio"
     limits = httpx.Limits(max_connections=1)
 
-    def grown(before: dict[int, float]) -> dict[int, float]:
-        """Requests counted since ``before``, by the worker that counted them."""
-        after = requests_by_process(metrics_dir)
-        return {pid: n - before.get(pid, 0) for pid, n in after.items() if n != before.get(pid)}
-
-    async def counted(before: dict[int, float], requests: int) -> dict[int, float]:
-        """:func:`grown` once it sums to ``requests`` (a worker's counts reach its file at the
-        end of its loop's turn, just after its answers leave)."""
-        assert await until(lambda: sum(grown(before).values()) == requests)
-        return grown(before)
-
     def holding() -> list[int]:
         return [pid for pid, n in streams_by_process(metrics_dir).items() if n]
 
@@ -170,7 +157,7 @@ async def test_a_full_worker_sheds_a_callers_kept_connection_to_the_other(
         for _ in range(20):
             before = requests_by_process(metrics_dir)
             assert (await caller.post(url, json=BODY)).status_code == 200
-            [kept] = await counted(before, 1)
+            [kept] = await requests_counted(metrics_dir, before, 1)
             upstream.hold()
             held = await open_stream(served.url)
             upstream.holding = False
@@ -197,7 +184,8 @@ async def test_a_full_worker_sheds_a_callers_kept_connection_to_the_other(
             # may take the next connection too if the other is slow to come round to it, and
             # shed it again); then served by the other.
             assert refusals and refusals[-1] == "close", refusals
-            assert (await counted(before, len(refusals) + 1))[full] == len(refusals)
+            counted = await requests_counted(metrics_dir, before, len(refusals) + 1)
+            assert counted[full] == len(refusals)
         finally:
             upstream.open()
             assert await asyncio.wait_for(held.read_all(), PATIENCE) == CHUNK * 2
