@@ -1,7 +1,8 @@
 """The polyphase resampler's compiled kernel (gateway/_polyphase.c): the same bytes as numpy's
 path at every ratio the resampler takes, however the stream is cut, in both of its builds
 (AVX2 and the portable one), whether it runs a chunk a call (``run_s16``) or keeps the
-stream's state itself (``Stream``); its arguments checked before it reads a sample. It is built
+stream's state itself (``Stream``), and on a CPU with AVX-512 VL and VNNI the two-phase kernel
+for up == 2 against the one-phase one; its arguments checked before it reads a sample. It is built
 wherever a C compiler was at hand at install: CI installs one, so there it must be present."""
 
 from __future__ import annotations
@@ -108,16 +109,16 @@ def test_the_kernel_gives_numpy_s_bytes_at_every_ratio() -> None:
     same_as_numpy(built(), seed=1)
 
 
-def test_the_portable_build_gives_the_same_bytes(tmp_path: Path) -> None:
-    # The baseline build (no AVX2), compiled here as the package's build would on a machine
-    # without AVX2, and loaded beside the one in use.
+def build(tmp_path: Path, define: str) -> ModuleType:
+    """The kernel compiled here with ``define`` set (as the package's build would be on a
+    machine without the features it leaves out), loaded beside the one in use."""
     compiler = tool("gcc", "apt-get install gcc")
     built()
     target = tmp_path / f"_polyphase{sysconfig.get_config_var('EXT_SUFFIX')}"
     include = sysconfig.get_paths()["include"]
     subprocess.run(
         [
-            *(compiler, "-O2", "-shared", "-fPIC", "-DGATEWAY_POLYPHASE_PORTABLE"),
+            *(compiler, "-O2", "-shared", "-fPIC", f"-D{define}"),
             *(f"-I{include}", str(REPO / "gateway" / "_polyphase.c"), "-o", str(target)),
         ],
         check=True,
@@ -125,10 +126,61 @@ def test_the_portable_build_gives_the_same_bytes(tmp_path: Path) -> None:
     )
     spec = importlib.util.spec_from_file_location("_polyphase", target)
     assert spec is not None and spec.loader is not None
-    portable = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(portable)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_portable_build_gives_the_same_bytes(tmp_path: Path) -> None:
+    # The baseline build (no AVX2).
+    portable = build(tmp_path, "GATEWAY_POLYPHASE_PORTABLE")
     assert portable.kernel() == "portable"
+    assert portable.integer_kernel() == "none"
     same_as_numpy(portable, seed=2)
+
+
+def cpu_flags() -> set[str]:
+    """This machine's CPU flags (``/proc/cpuinfo``)."""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def test_the_two_phase_kernel_gives_the_one_phase_kernel_s_bytes(tmp_path: Path) -> None:
+    # On a CPU with AVX-512 VL and VNNI, an up == 2 stream takes both phases in one pass
+    # (run_int2_vnni); the build without it takes a phase a pass (run_int_avx2). Both are
+    # checked against numpy above and here; here also against each other on streams whose
+    # first output is odd (a delay of 97), which the resampler's own streams never start on.
+    kernel = built()
+    flags = cpu_flags()
+    avx2 = kernel.kernel() == "avx2"
+    two_phase = avx2 and {"avx512vl", "avx512_vnni"} <= flags
+    assert kernel.integer_kernel() == ("avx512vnni" if two_phase else "avx2" if avx2 else "none")
+    one_phase = build(tmp_path, "GATEWAY_POLYPHASE_NO_AVX512")
+    assert one_phase.integer_kernel() == ("avx2" if avx2 else "none")
+    same_as_numpy(one_phase, seed=3)
+    r = PolyphaseResampler(2, 1, 32768.0)
+    taps, lead = r._d.taps, r._d.lead
+    rng = np.random.default_rng(5)
+    for delay in (97, 98, 3):
+        for _ in range(4):
+            n = int(rng.integers(1, 3000))
+            data = signal(rng, n)
+            cuts = sorted(int(c) for c in rng.integers(0, n + 1, int(rng.integers(0, 12))))
+            outs = []
+            for module in (kernel, one_phase):
+                stream = module.Stream(r._phases, 2, 1, taps, r._row_out, r._row_in, delay, lead)
+                assert stream.integer == avx2
+                pieces, pos = [], 0
+                for cut in [*cuts, n]:
+                    pieces.append(stream.process(data[2 * pos : 2 * cut]))
+                    pos = cut
+                pieces.append(stream.flush())
+                outs.append(b"".join(pieces))
+            assert outs[0] == outs[1], (delay, n, cuts)
+            # 2n outputs: the first `delay` held back as the filter's, the flush's last ones.
+            assert len(outs[0]) == 4 * n, (delay, n)
 
 
 def test_a_stream_keeps_the_kernel_it_started_with_through_float_input() -> None:
