@@ -180,6 +180,28 @@ def start(
     return server
 
 
+def settle(server: Server, seconds: float = 60.0, quiet: float = 0.1) -> float:
+    """Wait until ``server``, which answers on its port, has finished starting: its processes
+    together using under ``quiet`` of a core over two quarter-seconds in a row; the seconds
+    waited. A supervisor listens before its workers are up (connections wait in the listen
+    queue meanwhile, not refused), so the port answers ~2 s early: a scenario begun then
+    measures the workers' start-up beside its first runs (its first request through the
+    gateway waited 1.4-1.6 s for a worker; the runs before it shared the machine with the
+    workers' imports and model loads)."""
+    started = time.monotonic()
+    deadline = started + seconds
+    calm = 0
+    before, at = cpu_ns(server.pid), time.monotonic()
+    while calm < 2:
+        time.sleep(0.25)
+        now, then = cpu_ns(server.pid), time.monotonic()
+        calm = calm + 1 if (now - before) / 1e9 < quiet * (then - at) else 0
+        before, at = now, then
+        if then > deadline:
+            raise RuntimeError(f"{server.name} still busy starting after {seconds:g} s")
+    return time.monotonic() - started
+
+
 def load(url: str, workdir: Path, **options: Any) -> dict[str, Any]:
     """Run the load generator in its own process; its raw results."""
     out = workdir / "load.json"

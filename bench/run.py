@@ -51,6 +51,7 @@ from bench.harness import (
     load,
     pct,
     rss_kib,
+    settle,
     start,
     waited_ns,
 )
@@ -943,9 +944,10 @@ def render(f: dict[str, Any], meta: dict[str, Any]) -> str:
 
 
 def start_gateway(workdir: Path, upstream: int, name: str) -> Server:
-    """A gateway in front of the mock upstream on port ``upstream`` (``--workers`` of them)."""
+    """A gateway in front of the mock upstream on port ``upstream`` (``--workers`` of them),
+    once every worker has started (:func:`bench.harness.settle`)."""
     port = free_port()
-    return start(
+    server = start(
         name,
         [
             PY,
@@ -963,6 +965,12 @@ def start_gateway(workdir: Path, upstream: int, name: str) -> Server:
         port,
         workdir,
     )
+    try:
+        settle(server)
+    except RuntimeError:
+        server.stop()
+        raise
+    return server
 
 
 @contextmanager

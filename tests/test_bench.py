@@ -28,7 +28,16 @@ from bench.cache import CacheBench, CacheSize, redis_server, unique_text
 from bench.faults import HEALTHY, SOAK, FaultPlan, FaultyUpstream
 from bench.floor import FIRST_BYTES, FloorRelay, latency_report
 from bench.floor import report as floor_report
-from bench.harness import PY, ROOT, Server, cpu_ns, cpu_seconds, process_tree, waited_ns
+from bench.harness import (
+    PY,
+    ROOT,
+    Server,
+    cpu_ns,
+    cpu_seconds,
+    process_tree,
+    settle,
+    waited_ns,
+)
 from bench.hotpath import layers
 from bench.integrity import Verdict, answer_samples, check, expected_pcm
 from bench.loadgen import Plan, Response, Result, run
@@ -277,6 +286,34 @@ def test_waited_ns_counts_the_time_a_process_waited_for_a_core() -> None:
     assert all(0.3 <= r < 3.0 for r in ran)
     assert sum(waited) > 1.3 * sum(ran)
     assert max(waited) < 10.0
+
+
+def test_settle_waits_until_a_starting_server_has_gone_quiet(tmp_path: Path) -> None:
+    # A "server" that is up (its port would answer) but busy for 0.8 s of CPU first, as a
+    # supervisor's workers are while they import and load: settle returns only after that,
+    # with the CPU spent; one already quiet settles in two quarter-seconds.
+    busy = (
+        "import sys, time\nend = time.process_time() + 0.8\n"
+        "while time.process_time() < end: pass\nsys.stdin.read()"
+    )
+    quiet = "import sys\nsys.stdin.read()"
+    for script, burnt in ((busy, True), (quiet, False)):
+        process = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE)
+        server = Server("starting", process, 0, tmp_path / "log")
+        try:
+            if not burnt:
+                settle(server)  # past the interpreter's own start-up
+            waited = settle(server)
+            spent = cpu_ns(process.pid) / 1e9
+        finally:
+            assert process.stdin is not None
+            process.stdin.close()
+            process.wait()
+        assert waited >= 0.5  # two quarter-seconds at the least
+        if burnt:
+            assert spent >= 0.8 and waited >= 0.8
+        else:
+            assert waited < 0.8
 
 
 def test_interleaved_bursts_compare_the_copies_turn_by_turn(
