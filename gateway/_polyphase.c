@@ -17,10 +17,10 @@
    The arithmetic is written with GCC's vector types once and built twice on x86-64: for the
    baseline and for AVX2 with FMA, chosen at import (kernel()); GATEWAY_POLYPHASE_PORTABLE
    defined at build time leaves only the baseline. The AVX2 build has an integer path besides
-   for streams that only upsample (run_int_avx2: the same sums, exact in int32 parts), and for
-   up == 2 on a CPU with AVX-512 VL and VNNI a kernel that takes both phases in one pass
-   (run_int2_vnni, chosen at import too: integer_kernel()); GATEWAY_POLYPHASE_NO_AVX512
-   defined at build time leaves it out.
+   for streams that only upsample (run_int_avx2: the same sums, exact in int32 parts, a phase a
+   pass), and for up == 2, 3 and 6 on a CPU with AVX-512 VL and VNNI kernels that take every
+   phase in one pass (run_int2_vnni, run_intn; chosen at import too: integer_kernel());
+   GATEWAY_POLYPHASE_NO_AVX512 defined at build time leaves them out.
 
    run_s16 computes one chunk's outputs from a window the caller made; Stream keeps a stream's
    state (the inputs held, those counted, the next output) so that a chunk is one call. */
@@ -257,8 +257,8 @@ run_int_avx2(const int32_t *pairs, const int32_t *parts, int up, int half, Py_ss
 
 #ifndef GATEWAY_POLYPHASE_NO_AVX512
 #define HAVE_VNNI_BUILD 1
-/* Whether the integer path's two-phase kernel runs (set at import: AVX-512 VL and VNNI). */
-static int two_phase = 0;
+/* Whether the integer path takes a ratio's phases at once (set at import: AVX-512 VL, VNNI). */
+static int at_once = 0;
 
 #define DOT(acc, x, w) acc = _mm256_dpwssd_epi32(acc, x, w)
 
@@ -322,6 +322,70 @@ run_int2_vnni(const int32_t *pairs, const int32_t *parts, int half, Py_ssize_t s
     }
     if (j < end)
         run_int_avx2(pairs, parts, 2, half, j, end - j, out + (j - start));
+}
+
+/* The same for up == 3 and up == 6 (16 -> 48 kHz, 8 -> 24, 8 -> 48): the outputs UP*b .. UP*b
+   + UP - 1 all read the inputs from b on, so every phase's sums of a block of NV vectors (8
+   outputs each a phase) take each input vector loaded once; UP * 2 * NV sums held (12 for
+   3 x 2 and 6 x 1). The phases' outputs leave interleaved by one store an output, in order.
+   run_int_avx2 takes the outputs before the first whole group of UP and those short of a
+   block. */
+__attribute__((target("avx2,avx512vl,avx512vnni"), always_inline)) static inline void
+run_intn(const int32_t *pairs, const int32_t *parts, int up, int nv, int half,
+         Py_ssize_t start, Py_ssize_t n, int16_t *out)
+{
+    Py_ssize_t j = start, end = start + n;
+    if (j % up) {
+        Py_ssize_t lead = up - j % up < n ? up - j % up : n;
+        run_int_avx2(pairs, parts, up, half, j, lead, out);
+        j += lead;
+    }
+    for (; j + (Py_ssize_t)up * nv * 8 <= end; j += (Py_ssize_t)up * nv * 8) {
+        __m256i sums[MAX_FACTOR][INT_PARTS][2];
+        for (int q = 0; q < up; q++)
+            for (int i = 0; i < INT_PARTS; i++)
+                for (int v = 0; v < nv; v++)
+                    sums[q][i][v] = _mm256_setzero_si256();
+        const int32_t *p = pairs + j / up;
+        for (int k = 0; k < half; k++, p += 2) {
+            __m256i x[2];
+            for (int v = 0; v < nv; v++)
+                x[v] = _mm256_loadu_si256((const __m256i *)(p + 8 * v));
+            for (int q = 0; q < up; q++) {
+                const int32_t *w = parts + ((Py_ssize_t)q * half + k) * INT_PARTS;
+                for (int i = 0; i < INT_PARTS; i++) {
+                    __m256i c = _mm256_set1_epi32(w[i]);
+                    for (int v = 0; v < nv; v++)
+                        DOT(sums[q][i][v], x[v], c);
+                }
+            }
+        }
+        int16_t *o = out + (j - start);
+        for (int v = 0; v < nv; v++) {
+            int16_t y[MAX_FACTOR][8];
+            for (int q = 0; q < up; q++)
+                _mm_storeu_si128((__m128i *)y[q], joined8(sums[q][0][v], sums[q][1][v]));
+            for (int i = 0; i < 8; i++)
+                for (int q = 0; q < up; q++)
+                    o[(8 * v + i) * up + q] = y[q][i];
+        }
+    }
+    if (j < end)
+        run_int_avx2(pairs, parts, up, half, j, end - j, out + (j - start));
+}
+
+__attribute__((target("avx2,avx512vl,avx512vnni"))) static void
+run_int3_vnni(const int32_t *pairs, const int32_t *parts, int half, Py_ssize_t start,
+              Py_ssize_t n, int16_t *out)
+{
+    run_intn(pairs, parts, 3, 2, half, start, n, out);
+}
+
+__attribute__((target("avx2,avx512vl,avx512vnni"))) static void
+run_int6_vnni(const int32_t *pairs, const int32_t *parts, int half, Py_ssize_t start,
+              Py_ssize_t n, int16_t *out)
+{
+    run_intn(pairs, parts, 6, 1, half, start, n, out);
 }
 #undef DOT
 #endif
@@ -585,8 +649,12 @@ compute_int(Stream *self, Py_ssize_t size, Py_ssize_t start, Py_ssize_t n, int16
     }
     pairs_of(self->held, size, pairs, count);
 #ifdef HAVE_VNNI_BUILD
-    if (self->up == 2 && two_phase)
+    if (at_once && self->up == 2)
         run_int2_vnni(pairs, self->parts, self->half, start, n, out);
+    else if (at_once && self->up == 3)
+        run_int3_vnni(pairs, self->parts, self->half, start, n, out);
+    else if (at_once && self->up == 6)
+        run_int6_vnni(pairs, self->parts, self->half, start, n, out);
     else
 #endif
         run_int_avx2(pairs, self->parts, self->up, self->half, start, n, out);
@@ -766,7 +834,7 @@ integer_kernel(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(unused))
 #ifdef HAVE_AVX2_BUILD
     if (chosen == run_avx2) {
 #ifdef HAVE_VNNI_BUILD
-        if (two_phase)
+        if (at_once)
             return PyUnicode_FromString("avx512vnni");
 #endif
         return PyUnicode_FromString("avx2");
@@ -781,8 +849,8 @@ static PyMethodDef methods[] = {
      "start .. start + n - 1 of the window (see gateway/polyphase.py)."},
     {"kernel", kernel, METH_NOARGS, "The build of the kernel in use: 'avx2' or 'portable'."},
     {"integer_kernel", integer_kernel, METH_NOARGS,
-     "The integer path's kernel for up == 2: 'avx512vnni' (both phases a pass), 'avx2' "
-     "(a phase a pass), or 'none' (no integer path: the portable build, or no AVX2)."},
+     "The integer path's kernel for up == 2, 3 and 6: 'avx512vnni' (every phase a pass), "
+     "'avx2' (a phase a pass), or 'none' (no integer path: the portable build, or no AVX2)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -804,7 +872,7 @@ PyInit__polyphase(void)
         chosen = run_avx2;
         chosen_name = "avx2";
 #ifdef HAVE_VNNI_BUILD
-        two_phase =
+        at_once =
             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
 #endif
     }

@@ -36,9 +36,10 @@ of a few hundred real-time streams' chunks does. The kernel keeps such a stream'
 for a chunk goes straight to it (:attr:`PolyphaseResampler.s16`); the first float input hands
 the state back to this module. A stream that only upsamples (24 -> 48 kHz, 16 -> 48, 8 -> 16...)
 takes its sums there in 32-bit integer parts, exact too (the AVX2 build's ``Stream.integer``);
-with ``up == 2`` (24 -> 48 kHz, 8 -> 16) on a CPU with AVX-512 VL and VNNI, both phases in one
-pass over the taps, each input loaded once for the two (``_polyphase.integer_kernel()``: the
-same bytes for ~0.77 of the CPU a phase a pass takes, ``python -m bench.resampler``).
+on a CPU with AVX-512 VL and VNNI, with every phase of a ratio of 2, 3 or 6 in one pass over
+the taps, each input loaded once for all of them (``_polyphase.integer_kernel()``: the same
+bytes for 0.77, 0.86 and 0.85 of the CPU a phase a pass takes at 24 -> 48, 16 -> 48 and
+8 -> 48 kHz, ``python -m bench.resampler``).
 Without the kernel, numpy.
 """
 

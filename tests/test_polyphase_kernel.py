@@ -1,9 +1,10 @@
 """The polyphase resampler's compiled kernel (gateway/_polyphase.c): the same bytes as numpy's
 path at every ratio the resampler takes, however the stream is cut, in both of its builds
 (AVX2 and the portable one), whether it runs a chunk a call (``run_s16``) or keeps the
-stream's state itself (``Stream``), and on a CPU with AVX-512 VL and VNNI the two-phase kernel
-for up == 2 against the one-phase one; its arguments checked before it reads a sample. It is built
-wherever a C compiler was at hand at install: CI installs one, so there it must be present."""
+stream's state itself (``Stream``), and on a CPU with AVX-512 VL and VNNI the kernels that
+take every phase of an upsampling ratio at once against the one taking a phase a pass; its
+arguments checked before it reads a sample. It is built wherever a C compiler was at hand at
+install: CI installs one, so there it must be present."""
 
 from __future__ import annotations
 
@@ -147,40 +148,44 @@ def cpu_flags() -> set[str]:
     return set()
 
 
-def test_the_two_phase_kernel_gives_the_one_phase_kernel_s_bytes(tmp_path: Path) -> None:
-    # On a CPU with AVX-512 VL and VNNI, an up == 2 stream takes both phases in one pass
-    # (run_int2_vnni); the build without it takes a phase a pass (run_int_avx2). Both are
-    # checked against numpy above and here; here also against each other on streams whose
-    # first output is odd (a delay of 97), which the resampler's own streams never start on.
+def test_the_phases_at_once_give_a_phase_a_pass_s_bytes(tmp_path: Path) -> None:
+    # On a CPU with AVX-512 VL and VNNI, an up == 2, 3 or 6 stream takes all its phases in one
+    # pass (run_int2_vnni, run_intn); the build without them takes a phase a pass
+    # (run_int_avx2). Both are checked against numpy above and here; here also against each
+    # other on streams whose first output is not the first of a group of `up` (delays that
+    # are not multiples of it), which the resampler's own streams never start on.
     kernel = built()
     flags = cpu_flags()
     avx2 = kernel.kernel() == "avx2"
-    two_phase = avx2 and {"avx512vl", "avx512_vnni"} <= flags
-    assert kernel.integer_kernel() == ("avx512vnni" if two_phase else "avx2" if avx2 else "none")
-    one_phase = build(tmp_path, "GATEWAY_POLYPHASE_NO_AVX512")
-    assert one_phase.integer_kernel() == ("avx2" if avx2 else "none")
-    same_as_numpy(one_phase, seed=3)
-    r = PolyphaseResampler(2, 1, 32768.0)
-    taps, lead = r._d.taps, r._d.lead
+    at_once = avx2 and {"avx512vl", "avx512_vnni"} <= flags
+    assert kernel.integer_kernel() == ("avx512vnni" if at_once else "avx2" if avx2 else "none")
+    a_phase_a_pass = build(tmp_path, "GATEWAY_POLYPHASE_NO_AVX512")
+    assert a_phase_a_pass.integer_kernel() == ("avx2" if avx2 else "none")
+    same_as_numpy(a_phase_a_pass, seed=3)
     rng = np.random.default_rng(5)
-    for delay in (97, 98, 3):
-        for _ in range(4):
-            n = int(rng.integers(1, 3000))
-            data = signal(rng, n)
-            cuts = sorted(int(c) for c in rng.integers(0, n + 1, int(rng.integers(0, 12))))
-            outs = []
-            for module in (kernel, one_phase):
-                stream = module.Stream(r._phases, 2, 1, taps, r._row_out, r._row_in, delay, lead)
-                assert stream.integer == avx2
-                pieces, pos = [], 0
-                for cut in [*cuts, n]:
-                    pieces.append(stream.process(data[2 * pos : 2 * cut]))
-                    pos = cut
-                pieces.append(stream.flush())
-                outs.append(b"".join(pieces))
-            assert outs[0] == outs[1], (delay, n, cuts)
-            # 2n outputs: the first `delay` held back as the filter's, the flush's last ones.
-            assert len(outs[0]) == 4 * n, (delay, n)
+    for up in (2, 3, 6):
+        r = PolyphaseResampler(up, 1, 32768.0)
+        taps, lead = r._d.taps, r._d.lead
+        for delay in (r._d.delay, r._d.delay - 1, 1, up + 1):
+            for _ in range(3):
+                n = int(rng.integers(1, 3000))
+                data = signal(rng, n)
+                cuts = sorted(int(c) for c in rng.integers(0, n + 1, int(rng.integers(0, 12))))
+                outs = []
+                for module in (kernel, a_phase_a_pass):
+                    stream = module.Stream(
+                        r._phases, up, 1, taps, r._row_out, r._row_in, delay, lead
+                    )
+                    assert stream.integer == avx2
+                    pieces, pos = [], 0
+                    for cut in [*cuts, n]:
+                        pieces.append(stream.process(data[2 * pos : 2 * cut]))
+                        pos = cut
+                    pieces.append(stream.flush())
+                    outs.append(b"".join(pieces))
+                assert outs[0] == outs[1], (up, delay, n, cuts)
+                # up * n outputs: the first `delay` held back as the filter's, then flushed.
+                assert len(outs[0]) == 2 * up * n, (up, delay, n)
 
 
 def test_a_stream_keeps_the_kernel_it_started_with_through_float_input() -> None:
