@@ -127,7 +127,12 @@ def _run_worker(
     options = serve_options(config, spec.certfile, spec.keyfile)
     tune_gc()
     gateway = app.state.gateway
-    server = PacedServer(uvicorn.Config(app, **options), LoadBoard(loads, index), gateway.occupancy)
+    server = PacedServer(
+        uvicorn.Config(app, **options),
+        LoadBoard(loads, index),
+        gateway.occupancy,
+        lambda: gateway.streams.active,
+    )
     server.run(sockets=[sock])
 
 

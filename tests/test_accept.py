@@ -259,25 +259,52 @@ def test_the_workers_fill_in_order_then_the_lightest_takes(
 
 
 @pytest.mark.parametrize(
-    ("loads", "shedding"),
+    ("loads", "callers", "shedding"),
     [
-        ([(0.9, 0.0), (0.1, 0.0)], [True, False]),  # the first full, the second whose turn
-        ([(0.2, SHED_LOAD), (0.1, 0.0)], [True, False]),  # a limit of the first's as full
-        ([(0.4, 0.0), (0.1, 0.0)], [False, False]),  # the first's turn: nobody sheds
+        ([(0.9, 0.0), (0.1, 0.0)], 4, [True, False]),  # the first full, the second whose turn
+        ([(0.2, SHED_LOAD), (0.1, 0.0)], 4, [True, False]),  # a limit of the first's as full
+        ([(0.4, 0.0), (0.1, 0.0)], 4, [False, False]),  # the first's turn: nobody sheds
         # Past the fill marks but with room on its core and its limits: it keeps them.
-        ([(SHED_LOAD - 0.05, 0.6), (0.0, 0.0)], [False, False]),
-        ([(0.95, 0.0), (0.95 - SHED_MARGIN / 2, 0.0)], [False, False]),  # within the margin
-        ([(0.9, 0.0), (0.3, 0.0), (0.95, 0.0)], [True, False, True]),
+        ([(SHED_LOAD - 0.05, 0.6), (0.0, 0.0)], 4, [False, False]),
+        ([(0.95, 0.0), (0.95 - SHED_MARGIN / 2, 0.0)], 4, [False, False]),  # within the margin
+        ([(0.9, 0.0), (0.3, 0.0), (0.95, 0.0)], 4, [True, False, True]),
+        # Its core full with one caller: moved, that caller's load would only change places.
+        ([(0.95, 0.0), (0.0, 0.0)], 1, [False, False]),
+        # Two: one of them moved leaves it the busier, so it goes...
+        ([(0.9, 0.0), (0.1, 0.0)], 2, [True, False]),
+        # ... unless the other worker would then be the busier (0.5 + 0.45 > 0.9 - 0.45).
+        ([(0.9, 0.0), (0.5, 0.0)], 2, [False, False]),
+        # A limit nearly full: its one caller is refused here and served there.
+        ([(0.2, SHED_LOAD), (0.1, 0.0)], 1, [True, False]),
     ],
 )
 def test_a_worker_well_past_the_one_whose_turn_it_is_sheds(
-    loads: list[tuple[float, float]], shedding: list[bool]
+    loads: list[tuple[float, float]], callers: int, shedding: list[bool]
 ) -> None:
     now = time.monotonic()
     board = boards(len(loads))
     for worker, (cpu, occupancy) in zip(board, loads, strict=True):
         worker.publish(cpu, occupancy, now)
-    assert [worker.sheds(now) for worker in board] == shedding
+    assert [worker.sheds(now, callers) for worker in board] == shedding
+
+
+class _Connection:
+    shed_period = -1
+
+
+def test_shedding_counts_the_connections_that_started_answers_once_each(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(SHEDDING, "allowance", 1)
+    first, second = _Connection(), _Connection()
+    SHEDDING.callers()  # a period of its own
+    assert SHEDDING.take(first)  # the one connection it was to shed
+    assert not SHEDDING.take(first) and not SHEDDING.take(second)
+    assert not SHEDDING.take(second)
+    assert SHEDDING.callers() == 2
+    assert not SHEDDING.take(second)
+    assert SHEDDING.callers() == 1  # a new period: each counted afresh
+    assert SHEDDING.callers() == 0
 
 
 async def test_the_publisher_sheds_a_lasting_load_and_clears_it_when_it_stops(
@@ -296,7 +323,14 @@ async def test_the_publisher_sheds_a_lasting_load_and_clears_it_when_it_stops(
         occupancy[0] = next(loads, occupancy[0])
         return occupancy[0]
 
-    publisher = LoadPublisher(asyncio.get_running_loop(), first, publication, cpu=lambda: cpu())
+    streams = [0]  # its streams in flight
+    publisher = LoadPublisher(
+        asyncio.get_running_loop(),
+        first,
+        publication,
+        cpu=lambda: cpu(),
+        streams=lambda: streams[0],
+    )
     try:
         # Its streams' limit full and the other worker light: it sheds, a few a period, from
         # the SHED_AFTER-th publication in a row on (the first is the publisher's start).
@@ -309,12 +343,21 @@ async def test_the_publisher_sheds_a_lasting_load_and_clears_it_when_it_stops(
         begun = len(allowed)
         assert await until(lambda: len(allowed) > begun + 10)
         assert allowed[begun + 1 : begun + 11] == [0] * 10, allowed
-        # Its limits empty, but its CPU most of a core.
+        # Its limits empty, but its CPU most of a core, for one caller (a stream in flight):
+        # nothing to shed (moved, the caller would take that load with it).
         loads = iter([0.0])
         start = time.monotonic()
         cpu = lambda: 0.9 * (time.monotonic() - start)  # noqa: E731
+        streams[0] = 1
+        assert await until(lambda: first.first(time.monotonic()) == 1)
+        begun = len(allowed)
+        assert await until(lambda: len(allowed) > begun + SHED_AFTER + 5)
+        assert allowed[begun + 1 :] == [0] * (len(allowed) - begun - 1), allowed
+        # Two callers: one of them goes.
+        streams[0] = 2
         assert await until(lambda: SHEDDING.allowance == SHED_PER_PERIOD)
-        assert first.sheds(time.monotonic()) and not second.sheds(time.monotonic())
+        now = time.monotonic()
+        assert first.sheds(now, 2) and not first.sheds(now, 1) and not second.sheds(now, 2)
         # Light again: its turn, nothing to shed.
         cpu = lambda: 0.0  # noqa: E731
         assert await until(lambda: first.first(time.monotonic()) == 0)
@@ -350,11 +393,11 @@ def test_a_worker_gone_quiet_or_stopped_is_passed_over() -> None:
     third.publish(0.0, 0.0, now)
     assert third.first(now) == 1
     second.publish(0.9, 0.0, now)
-    assert second.sheds(now)  # busier than the third by more than the margin
+    assert second.sheds(now, 2)  # busier than the third by more than the margin
     second.leave()  # stopping
     second.publish(0.1, 0.0, now)  # a late publication does not bring it back
     assert first.first(now) == 2
-    assert not second.sheds(now)  # nor does it shed any longer
+    assert not second.sheds(now, 2)  # nor does it shed any longer
     third.leave()
     assert first.first(now) is None  # nobody: whoever is woken takes it
     assert first.mine() and second.mine()

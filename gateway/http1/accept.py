@@ -39,7 +39,12 @@ worker. An answer is never cut for it, nor a pipelined request left unanswered (
 with one waiting is not shed). Shedding is kept for a worker that cannot keep up: a caller
 whose connection is shed pays for a new one, and its request waits for a worker to accept it.
 At a 0.2 margin past half a core, two workers both within their cores handed callers back and
-forth (``bench/changes.md``).
+forth (``bench/changes.md``). A worker whose core (not a limit) is what is full sheds only
+when it serves more than one caller (the connections that started answers in the period, or
+its streams in flight, whichever are more) and one caller's share of its CPU, moved, would
+leave it the busier: one caller whose requests keep a core busy would only take that load to
+the other worker, and pay a new connection and that worker's cold caches for it (its next
+requests' first bytes read 2-5 ms against 0.5).
 
 Everything else is uvicorn's: the connections it tracks (each accepted connection is built by
 the same protocol factory and registers itself), its shutdown, which now first stops the
@@ -54,7 +59,7 @@ import logging
 import socket
 import time
 from collections.abc import Callable, MutableSequence
-from typing import Final
+from typing import Final, Protocol
 
 import uvicorn
 
@@ -173,10 +178,10 @@ class LoadBoard:
                 lightest, least = index, load
         return lightest
 
-    def sheds(self, now: float) -> bool:
-        """Whether this worker is to shed connections (see the module docstring): never once
-        it has left the board (it publishes no more: what it would read of itself is its load
-        of that moment, however long ago)."""
+    def sheds(self, now: float, callers: int) -> bool:
+        """Whether this worker, serving ``callers`` callers (connections), is to shed some (see
+        the module docstring): never once it has left the board (it publishes no more: what it
+        would read of itself is its load of that moment, however long ago)."""
         if self._left:
             return False
         load = self._load(self.index)
@@ -185,7 +190,16 @@ class LoadBoard:
         first = self.first(now)
         if first is None or first == self.index:
             return False
-        return self._load(first) + SHED_MARGIN <= load
+        lighter = self._load(first)
+        if lighter + SHED_MARGIN > load:
+            return False
+        at = self.index * LOAD_SLOT
+        if self._slots[at + 1] >= SHED_LOAD:
+            return True  # a limit nearly full: what it would refuse, the other can serve
+        # Its core nearly full: a caller moved takes its share of the CPU with it, which must
+        # leave this worker the busier of the two (one caller's load would only change places).
+        cpu = self._slots[at]
+        return callers > 1 and lighter + cpu / callers < cpu
 
     def _filling(self, index: int) -> bool:
         """Whether worker ``index`` is under both fill marks."""
@@ -202,21 +216,39 @@ class LoadBoard:
         return self.first(time.monotonic()) in (self.index, None)
 
 
+class Answering(Protocol):
+    """A connection as :class:`Shedding` counts it: the period it last started an answer in."""
+
+    shed_period: int
+
+
 class Shedding:
     """How many more keep-alive connections this process closes after the answer it starts
-    next, set by its :class:`LoadPublisher` (none in a process of its own)."""
+    next, set by its :class:`LoadPublisher` (none in a process of its own); and how many
+    connections started an answer since the publisher's last look (:meth:`callers`)."""
 
-    __slots__ = ("allowance",)
+    __slots__ = ("_answering", "_period", "allowance")
 
     def __init__(self) -> None:
         self.allowance = 0
+        self._period = 0
+        self._answering = 0
 
-    def take(self) -> bool:
-        """Whether the answer being started is to close its connection (one less to shed)."""
+    def take(self, connection: Answering) -> bool:
+        """Whether the answer ``connection`` starts is to close it (one less to shed)."""
+        if connection.shed_period != self._period:
+            connection.shed_period = self._period
+            self._answering += 1
         if self.allowance <= 0:
             return False
         self.allowance -= 1
         return True
+
+    def callers(self) -> int:
+        """The connections that started an answer since the last call (each counted once)."""
+        answering, self._answering = self._answering, 0
+        self._period += 1
+        return answering
 
 
 #: This process's :class:`Shedding`, read by its connections (``gateway.http1.connection``).
@@ -325,7 +357,8 @@ class PacedAccept:
 class LoadPublisher:
     """Publishes this worker's load on ``board`` every :data:`LOAD_SECONDS`: the CPU its
     process used since the last time (``cpu()``, every thread's: a local voice's inference
-    counts) as a share of one core, and ``occupancy()``; and sets :data:`SHEDDING`."""
+    counts) as a share of one core, and ``occupancy()``; and sets :data:`SHEDDING`, by how
+    many callers it serves (``streams()``: its streams in flight)."""
 
     def __init__(
         self,
@@ -333,10 +366,12 @@ class LoadPublisher:
         board: LoadBoard,
         occupancy: Callable[[], float],
         cpu: Callable[[], float] = time.process_time,
+        streams: Callable[[], int] = lambda: 0,
     ) -> None:
         self._loop = loop
         self._board = board
         self._occupancy = occupancy
+        self._streams = streams
         self._clock = cpu
         self._at = time.monotonic()
         self._cpu = cpu()
@@ -349,7 +384,10 @@ class LoadPublisher:
         share = (cpu - self._cpu) / (now - self._at) if now > self._at else 0.0
         self._at, self._cpu = now, cpu
         self._board.publish(share, self._occupancy(), now)
-        self._shedding = self._shedding + 1 if self._board.sheds(now) else 0
+        # Its callers: the connections it answered in the period, or its streams in flight
+        # (long answers started before it), whichever are more.
+        callers = max(SHEDDING.callers(), self._streams())
+        self._shedding = self._shedding + 1 if self._board.sheds(now, callers) else 0
         SHEDDING.allowance = SHED_PER_PERIOD if self._shedding >= SHED_AFTER else 0
         self._timer = self._loop.call_later(LOAD_SECONDS, self._publish)
 
@@ -364,7 +402,7 @@ class LoadPublisher:
 class PacedServer(uvicorn.Server):
     """uvicorn's server, accepting the sockets it is given with :class:`PacedAccept` (see the
     module docstring); with a ``board``, this worker's load published on it (``occupancy``:
-    how full its fullest limit is, 0 to 1)."""
+    how full its fullest limit is, 0 to 1; ``streams``: its streams in flight)."""
 
     _accepting: list[PacedAccept]
     _publisher: LoadPublisher | None
@@ -374,10 +412,12 @@ class PacedServer(uvicorn.Server):
         config: uvicorn.Config,
         board: LoadBoard | None = None,
         occupancy: Callable[[], float] = lambda: 0.0,
+        streams: Callable[[], int] = lambda: 0,
     ) -> None:
         super().__init__(config)
         self._board = board
         self._occupancy = occupancy
+        self._streams = streams
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         self._accepting = []
@@ -395,7 +435,9 @@ class PacedServer(uvicorn.Server):
             )
 
         if self._board is not None:
-            self._publisher = LoadPublisher(loop, self._board, self._occupancy)
+            self._publisher = LoadPublisher(
+                loop, self._board, self._occupancy, streams=self._streams
+            )
         self._accepting = [PacedAccept(loop, sock, factory, self._board) for sock in sockets or []]
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:

@@ -77,6 +77,7 @@ class HTTPProtocol(ConnectionIO):
         self._refused = False
         self._continue_after_drain = False
         self._answered = 0  # answers completed on this connection
+        self.shed_period = -1  # the load period it last started an answer in (SHEDDING)
         # The exchange being answered, and those waiting their turn (pipelined).
         self._active: Exchange | None = None
         self._queue: deque[Exchange] = deque()
@@ -173,7 +174,7 @@ class HTTPProtocol(ConnectionIO):
         """Whether the answer being started is the connection's last: no pipelined request
         waits, and it is shutting down or its worker sheds it to a lighter one
         (:data:`gateway.http1.accept.SHEDDING`)."""
-        return not self._queue and (self.shutting_down or SHEDDING.take())
+        return not self._queue and (self.shutting_down or SHEDDING.take(self))
 
     # ------------------------------------------------------------------ from the reader
 
