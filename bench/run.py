@@ -55,7 +55,7 @@ from bench.harness import (
     start,
     waited_ns,
 )
-from gateway.polyphase import KERNEL
+from gateway.polyphase import INTEGER_KERNEL, KERNEL
 
 UPSTREAM_RATE = 24000
 ONE_SENTENCE = "Thanks for calling the clinic, how can I help you today?"
@@ -810,6 +810,9 @@ def render(f: dict[str, Any], meta: dict[str, Any]) -> str:
         if meta.get("resampler_kernel")
         else ""
     )
+    integer = meta.get("resampler_integer_kernel", "none")
+    if integer != "none":
+        kernel += f", an upsampling ratio's in its `{integer}` integer path"
     lines = [
         "# Benchmarks",
         "",
@@ -1070,6 +1073,7 @@ def main() -> None:
         "load_before": " ".join(f"{x:.2f}" for x in os.getloadavg()),
         # What the gateways started from this tree resample with ("numpy": not built).
         "resampler_kernel": KERNEL,
+        "resampler_integer_kernel": INTEGER_KERNEL,
     }
     with tempfile.TemporaryDirectory(prefix="tts-bench-") as tmp:
         bench = Bench(Path(tmp), args.quick, realtime_streams_at=streams_at)

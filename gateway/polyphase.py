@@ -70,6 +70,7 @@ except ImportError:  # built without a C compiler: numpy does the same sums
     _kernel = _Stream = None
 
 __all__ = [
+    "INTEGER_KERNEL",
     "KERNEL",
     "MAX_FACTOR",
     "PASSBAND",
@@ -82,6 +83,10 @@ __all__ = [
 
 #: What runs S16LE streams: the compiled kernel's build ("avx2", "portable") or "numpy".
 KERNEL: Final[str] = "numpy" if _kernel is None else _build()
+
+#: What takes an upsampling stream's sums in int32 parts (see above): "avx512vnni" (every
+#: phase of a ratio of 2, 3 or 6 in one pass), "avx2" (a phase a pass), or "none".
+INTEGER_KERNEL: Final[str] = "none" if _kernel is None else _polyphase.integer_kernel()
 
 #: The largest up- or down-sampling factor (after reducing the ratio) handled here.
 MAX_FACTOR: Final = 6

@@ -40,6 +40,7 @@ def built() -> ModuleType:
             pytest.fail(message)
         pytest.skip(message)
     assert _polyphase.kernel() == polyphase.KERNEL
+    assert _polyphase.integer_kernel() == polyphase.INTEGER_KERNEL
     return _polyphase
 
 
