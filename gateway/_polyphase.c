@@ -19,7 +19,7 @@
    defined at build time leaves only the baseline. The AVX2 build has an integer path besides
    for streams that only upsample (run_int_avx2: the same sums, exact in int32 parts, a phase a
    pass), and for up == 2, 3 and 6 on a CPU with AVX-512 VL and VNNI kernels that take every
-   phase in one pass (run_int2_vnni, run_intn; chosen at import too: integer_kernel());
+   phase in one pass (run_intn; chosen at import too: integer_kernel());
    GATEWAY_POLYPHASE_NO_AVX512 defined at build time leaves them out.
 
    run_s16 computes one chunk's outputs from a window the caller made; Stream keeps a stream's
@@ -262,74 +262,16 @@ static int at_once = 0;
 
 #define DOT(acc, x, w) acc = _mm256_dpwssd_epi32(acc, x, w)
 
-/* The integer path for up == 2 on a CPU with AVX-512 VL and VNNI (on 256-bit vectors): both
-   phases of 32 consecutive output pairs in one pass over the taps. Outputs 2b and 2b + 1 read
-   the same inputs (from b on), so each input vector is loaded once for the two phases' four
-   coefficient parts (run_int_avx2 loads it once a phase); vpdpwssd adds vpmaddwd's products
-   to the sum in one instruction, with the same int32 arithmetic (wrapping, never saturating:
-   the same sums), and AVX-512's 32 vector registers hold the 16 sums. The two phases' outputs
-   leave interleaved by vector stores instead of one strided store an output. The same bytes
-   as run_int_avx2, which takes an odd first output and the last outputs short of a block. */
-__attribute__((target("avx2,avx512vl,avx512vnni"))) static void
-run_int2_vnni(const int32_t *pairs, const int32_t *parts, int half, Py_ssize_t start,
-              Py_ssize_t n, int16_t *out)
-{
-    Py_ssize_t j = start, end = start + n;
-    if (j % 2 && j < end) {
-        run_int_avx2(pairs, parts, 2, half, j, 1, out);
-        j++;
-    }
-    const int32_t *w0 = parts, *w1 = parts + (Py_ssize_t)half * INT_PARTS;
-    for (; j + 64 <= end; j += 64) {
-        __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0; /* phase 0, high */
-        __m256i e0 = a0, e1 = a0, e2 = a0, e3 = a0;                     /* phase 0, low */
-        __m256i b0 = a0, b1 = a0, b2 = a0, b3 = a0;                     /* phase 1, high */
-        __m256i f0 = a0, f1 = a0, f2 = a0, f3 = a0;                     /* phase 1, low */
-        const int32_t *p = pairs + j / 2;
-        for (int k = 0; k < half; k++, p += 2) {
-            __m256i x0 = _mm256_loadu_si256((const __m256i *)p);
-            __m256i x1 = _mm256_loadu_si256((const __m256i *)(p + 8));
-            __m256i x2 = _mm256_loadu_si256((const __m256i *)(p + 16));
-            __m256i x3 = _mm256_loadu_si256((const __m256i *)(p + 24));
-            __m256i wa = _mm256_set1_epi32(w0[k * INT_PARTS]);
-            __m256i we = _mm256_set1_epi32(w0[k * INT_PARTS + 1]);
-            DOT(a0, x0, wa);
-            DOT(a1, x1, wa);
-            DOT(a2, x2, wa);
-            DOT(a3, x3, wa);
-            DOT(e0, x0, we);
-            DOT(e1, x1, we);
-            DOT(e2, x2, we);
-            DOT(e3, x3, we);
-            __m256i wb = _mm256_set1_epi32(w1[k * INT_PARTS]);
-            __m256i wf = _mm256_set1_epi32(w1[k * INT_PARTS + 1]);
-            DOT(b0, x0, wb);
-            DOT(b1, x1, wb);
-            DOT(b2, x2, wb);
-            DOT(b3, x3, wb);
-            DOT(f0, x0, wf);
-            DOT(f1, x1, wf);
-            DOT(f2, x2, wf);
-            DOT(f3, x3, wf);
-        }
-        int16_t *o = out + (j - start);
-        __m128i y[4] = {joined8(a0, e0), joined8(a1, e1), joined8(a2, e2), joined8(a3, e3)};
-        __m128i z[4] = {joined8(b0, f0), joined8(b1, f1), joined8(b2, f2), joined8(b3, f3)};
-        for (int v = 0; v < 4; v++) {
-            _mm_storeu_si128((__m128i *)(o + 16 * v), _mm_unpacklo_epi16(y[v], z[v]));
-            _mm_storeu_si128((__m128i *)(o + 16 * v + 8), _mm_unpackhi_epi16(y[v], z[v]));
-        }
-    }
-    if (j < end)
-        run_int_avx2(pairs, parts, 2, half, j, end - j, out + (j - start));
-}
-
-/* The same for up == 3 and up == 6 (16 -> 48 kHz, 8 -> 24, 8 -> 48): the outputs UP*b .. UP*b
-   + UP - 1 all read the inputs from b on, so every phase's sums of a block of NV vectors (8
-   outputs each a phase) take each input vector loaded once; UP * 2 * NV sums held (12 for
-   3 x 2 and 6 x 1). The phases' outputs leave interleaved by one store an output, in order.
-   run_int_avx2 takes the outputs before the first whole group of UP and those short of a
-   block. */
+/* The integer path for up == 2, 3 and 6 (24 -> 48 kHz, 8 -> 16, 16 -> 48, 8 -> 24, 8 -> 48) on
+   a CPU with AVX-512 VL and VNNI (on 256-bit vectors): the outputs up*b .. up*b + up - 1 all
+   read the inputs from b on, so every phase's sums of a block of nv vectors (8 outputs each a
+   phase) take each input vector loaded once (run_int_avx2 loads it once a phase); vpdpwssd
+   adds vpmaddwd's products to the sum in one instruction, with the same int32 arithmetic
+   (wrapping, never saturating: the same sums), and AVX-512's 32 vector registers hold the
+   up * 2 * nv sums (16 for 2 x 4, 12 for 3 x 2 and 6 x 1). The phases' outputs leave
+   interleaved: for up == 2 by vector stores, else by one store an output, in order. The same
+   bytes as run_int_avx2, which takes the outputs before the first whole group of up and those
+   short of a block. */
 __attribute__((target("avx2,avx512vl,avx512vnni"), always_inline)) static inline void
 run_intn(const int32_t *pairs, const int32_t *parts, int up, int nv, int half,
          Py_ssize_t start, Py_ssize_t n, int16_t *out)
@@ -341,14 +283,14 @@ run_intn(const int32_t *pairs, const int32_t *parts, int up, int nv, int half,
         j += lead;
     }
     for (; j + (Py_ssize_t)up * nv * 8 <= end; j += (Py_ssize_t)up * nv * 8) {
-        __m256i sums[MAX_FACTOR][INT_PARTS][2];
+        __m256i sums[MAX_FACTOR][INT_PARTS][4];
         for (int q = 0; q < up; q++)
             for (int i = 0; i < INT_PARTS; i++)
                 for (int v = 0; v < nv; v++)
                     sums[q][i][v] = _mm256_setzero_si256();
         const int32_t *p = pairs + j / up;
         for (int k = 0; k < half; k++, p += 2) {
-            __m256i x[2];
+            __m256i x[4];
             for (int v = 0; v < nv; v++)
                 x[v] = _mm256_loadu_si256((const __m256i *)(p + 8 * v));
             for (int q = 0; q < up; q++) {
@@ -361,7 +303,13 @@ run_intn(const int32_t *pairs, const int32_t *parts, int up, int nv, int half,
             }
         }
         int16_t *o = out + (j - start);
-        for (int v = 0; v < nv; v++) {
+        for (int v = 0; v < nv && up == 2; v++) {
+            __m128i y = joined8(sums[0][0][v], sums[0][1][v]);
+            __m128i z = joined8(sums[1][0][v], sums[1][1][v]);
+            _mm_storeu_si128((__m128i *)(o + 16 * v), _mm_unpacklo_epi16(y, z));
+            _mm_storeu_si128((__m128i *)(o + 16 * v + 8), _mm_unpackhi_epi16(y, z));
+        }
+        for (int v = 0; v < nv && up != 2; v++) {
             int16_t y[MAX_FACTOR][8];
             for (int q = 0; q < up; q++)
                 _mm_storeu_si128((__m128i *)y[q], joined8(sums[q][0][v], sums[q][1][v]));
@@ -372,6 +320,13 @@ run_intn(const int32_t *pairs, const int32_t *parts, int up, int nv, int half,
     }
     if (j < end)
         run_int_avx2(pairs, parts, up, half, j, end - j, out + (j - start));
+}
+
+__attribute__((target("avx2,avx512vl,avx512vnni"))) static void
+run_int2_vnni(const int32_t *pairs, const int32_t *parts, int half, Py_ssize_t start,
+              Py_ssize_t n, int16_t *out)
+{
+    run_intn(pairs, parts, 2, 4, half, start, n, out);
 }
 
 __attribute__((target("avx2,avx512vl,avx512vnni"))) static void

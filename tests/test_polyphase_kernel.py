@@ -151,7 +151,7 @@ def cpu_flags() -> set[str]:
 
 def test_the_phases_at_once_give_a_phase_a_pass_s_bytes(tmp_path: Path) -> None:
     # On a CPU with AVX-512 VL and VNNI, an up == 2, 3 or 6 stream takes all its phases in one
-    # pass (run_int2_vnni, run_intn); the build without them takes a phase a pass
+    # pass (run_intn); the build without it takes a phase a pass
     # (run_int_avx2). Both are checked against numpy above and here; here also against each
     # other on streams whose first output is not the first of a group of `up` (delays that
     # are not multiples of it), which the resampler's own streams never start on.
