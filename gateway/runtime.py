@@ -26,7 +26,7 @@ from .errors import VoiceNotFound
 from .health import HealthBoard, ProviderHealth
 from .logs import reconfigure_logging
 from .metrics import Metrics
-from .polyphase import KERNEL
+from .polyphase import INTEGER_KERNEL, KERNEL
 from .relay import Relay
 from .routing import ChainStep, Router
 from .spend import SpendMeter
@@ -272,6 +272,7 @@ class Gateway:
                 **figures,
                 "start_ms": round((time.perf_counter() - starting) * 1000, 1),
                 "resampler_kernel": KERNEL,
+                "resampler_integer_kernel": INTEGER_KERNEL,
                 "relay_step": RELAY_STEP,
             },
         )

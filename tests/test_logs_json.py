@@ -24,7 +24,7 @@ from gateway.config import ConfigError, parse_config
 from gateway.direct import RELAY_STEP
 from gateway.logs import JsonFormatter, configure_logging
 from gateway.metrics import Metrics
-from gateway.polyphase import KERNEL
+from gateway.polyphase import INTEGER_KERNEL, KERNEL
 from gateway.runtime import Gateway
 from gateway.stream import VoiceTry
 from gateway.synthesis import Outcome
@@ -561,6 +561,7 @@ async def test_serve_writes_nothing_but_json_lines(tmp_path: Path) -> None:
     assert (ready["config"], ready["voices"]) == (str(config), 2)
     assert isinstance(ready["start_ms"], float)
     assert ready["resampler_kernel"] == KERNEL
+    assert ready["resampler_integer_kernel"] == INTEGER_KERNEL
     assert ready["relay_step"] == RELAY_STEP
     (reload,) = events(entries, "reload")
     assert reload["voices"] == 3
