@@ -12,8 +12,8 @@ its own, each request one 20 ms chunk asked for at 48 kHz (resampled from the up
 ``--code DIR`` (repeatable) measures another copy of the code (``git archive`` of a commit,
 say) in a process of its own, the copies alternating ``--repeat`` times; medians at the end.
 
-    python -m bench.door --concurrency 200 --code /tmp/before --code . --repeat 3
-    python -m bench.door --concurrency 1 --code /tmp/before --code . --repeat 3
+    python -m bench.door --concurrency 200 --code ../before --code . --repeat 3
+    python -m bench.door --concurrency 1 --code ../before --code . --repeat 3
 """
 
 from __future__ import annotations

@@ -23,12 +23,12 @@ loads the machine meanwhile loads each alike. ``--pyspy FILE`` records the (firs
 by layer (:func:`layers`); the recording slows the gateway, so its CPU figures are not the ones
 to compare.
 
-    python -m bench.hotpath realtime --streams 150 --window 20 --pyspy /tmp/rt.txt
+    python -m bench.hotpath realtime --streams 150 --window 20 --pyspy rt.txt
     python -m bench.hotpath realtime --workers 2 --streams 200 --length 3 --window 12
     python -m bench.hotpath burst --callers 200 --rounds 10
-    python -m bench.hotpath realtime --code /tmp/before --code . --repeat 5
-    python -m bench.hotpath burst --workers 2 --code /tmp/before --code . --repeat 6 --rounds 6
-    python -m bench.hotpath burst --workers 2 --code /tmp/before --code . --interleave --repeat 30
+    python -m bench.hotpath realtime --code ../before --code . --repeat 5
+    python -m bench.hotpath burst --workers 2 --code ../before --code . --repeat 6 --rounds 6
+    python -m bench.hotpath burst --workers 2 --code ../before --code . --interleave --repeat 30
 
 ``--interleave`` (burst) has the copies take turns burst by burst (``--repeat`` times
 ``--rounds`` turns) and prints, beside each copy's medians, each copy's figures against the

@@ -19,7 +19,7 @@ the step itself::
 
     python -m bench.relay_step                       # 200 streams, 24 -> 48 kHz
     python -m bench.relay_step --rate 24000          # the caller's rate: no conversion
-    cd /tmp/before && python -m bench.relay_step     # another copy of the code, for an A/B
+    cd ../before && python -m bench.relay_step     # another copy of the code, for an A/B
 """
 
 from __future__ import annotations
