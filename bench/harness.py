@@ -63,6 +63,27 @@ def cpu_split(pid: int) -> tuple[float, float]:
     return user / TICKS, system / TICKS
 
 
+def cpu_by_process(pid: int) -> dict[int, float]:
+    """User + system CPU seconds of a process and of each of its children, by pid, from /proc
+    (a process gone meanwhile is left out)."""
+    found = {}
+    for p in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        found[p] = (int(fields[11]) + int(fields[12])) / TICKS
+    return found
+
+
+def busiest_share(before: dict[int, float], after: dict[int, float]) -> float:
+    """Of the CPU a process tree took between two :func:`cpu_by_process` readings, the share
+    its busiest process took (1: one process did all of it; 0 when none was taken)."""
+    taken = [seconds - before.get(p, 0.0) for p, seconds in after.items()]
+    total = sum(taken)
+    return max(taken) / total if total > 0 else 0.0
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU of a process and its children, from /proc."""
     user, system = cpu_split(pid)
@@ -228,7 +249,8 @@ def pct(values: list[float], q: float) -> float:
 @dataclass
 class Target:
     """A figure beside its target: at most ``limit``, or at least it with ``at_least``;
-    ``shown``, when given, is how the report writes the figure (``value`` is what is judged)."""
+    ``shown``, when given, is how the report writes the figure (``value`` is what is judged);
+    ``scenario``, the report's section whose run gives it ("(3) real-time streams")."""
 
     figure: str
     value: float
@@ -236,6 +258,7 @@ class Target:
     unit: str
     at_least: bool = False
     shown: str = ""
+    scenario: str = ""
 
     @property
     def ok(self) -> bool:

@@ -6,7 +6,7 @@ nginx as a plain streaming reverse proxy (what a proxy written in C costs).
     python -m bench.run --quick       # fewer requests and repeats, for a smoke test
     python -m bench.run --only cache  # one,cpu,realtime,memory,local,soak,pieces,openai,cache
     python -m bench.run --render      # only rewrite benchmarks.md from benchmarks.json
-    python -m bench.run --only realtime --streams 20,60 --quick --out /tmp/b  # a trial run
+    python -m bench.run --only realtime --streams 20,60 --quick --out trial  # a trial run
 
 Writes ``docs/benchmarks.md`` (the table printed at the end) and ``docs/benchmarks.json`` (every
 figure). A run of some scenarios (``--only``) replaces their figures in the JSON and keeps the
@@ -34,7 +34,7 @@ import textwrap
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,9 @@ from bench.harness import (
     ROOT,
     Server,
     Target,
+    busiest_share,
     connections_to,
+    cpu_by_process,
     cpu_seconds,
     cpu_split,
     free_port,
@@ -287,6 +289,7 @@ class Bench:
         per stream-second (one second of one stream)."""
         assert self.upstream
         before, up_before = cpu_split(server.pid), cpu_seconds(self.upstream.pid)
+        by_process = cpu_by_process(server.pid)
         waits_before = waited_ns(server.pid), waited_ns(self.upstream.pid)
         data = load(
             self.url(server),
@@ -307,6 +310,10 @@ class Bench:
             )
         )
         cpu = {"server": user + system, "upstream": cpu_seconds(self.upstream.pid) - up_before}
+        # How the server's CPU fell between its processes (the gateway's workers and its
+        # supervisor, nginx's master and workers): one worker carrying every stream costs less
+        # a stream-second than two woken for half the chunks each.
+        busiest = busiest_share(by_process, cpu_by_process(server.pid))
         figures = latency(data)
         cpu["client"] = figures["client_cpu"]
         stream_seconds = max(figures["bytes"] / 2 / rate, 1e-9)
@@ -315,6 +322,7 @@ class Bench:
             figures[f"{who}_cpu_ms_per_stream_s"] = seconds * 1000 / stream_seconds
         figures["server_user_ms_per_stream_s"] = user * 1000 / stream_seconds
         figures["server_system_ms_per_stream_s"] = system * 1000 / stream_seconds
+        figures["server_busiest_share"] = busiest
         # Time each side was ready to run but waited for a core (the machine's other
         # processes on its two cores), as a share of the run: 1 is one process waiting
         # throughout (the gateway's is its workers' together).
@@ -548,15 +556,20 @@ class Bench:
 
 
 def targets(f: dict[str, Any]) -> list[Target]:
-    """The targets of every scenario in ``f``."""
+    """The targets of every scenario in ``f``, each naming the scenario that gives it."""
     found = suite_targets(f) if all(key in f for key in SUITE_FIGURES) else []
     if "soak" in f:
-        found += soak_report.targets(f["soak"])
+        found += of_scenario(soak_report.targets(f["soak"]), "(6) fault soak")
     if "pieces" in f:
-        found += pieces.targets(f["pieces"])
+        found += of_scenario(pieces.targets(f["pieces"]), "(7) pipelined pieces")
     if "cache" in f:
-        found += cache_report.targets(f["cache"])
+        found += of_scenario(cache_report.targets(f["cache"]), "(8) phrase cache")
     return found
+
+
+def of_scenario(found: list[Target], scenario: str) -> list[Target]:
+    """``found``, each naming ``scenario`` as the one that gives it."""
+    return [replace(t, scenario=scenario) for t in found]
 
 
 #: The scenarios that run servers of their own.
@@ -627,70 +640,106 @@ def suite_targets(f: dict[str, Any]) -> list[Target]:
     local = f["local_voice"]
     few = rt.get("streams", 200)
     return [
-        Target("added TTFB vs direct, 1 stream, p50", added(one, "ttfb_p50"), 0.5, "ms"),
-        Target("added TTFB vs direct, 1 stream, p99", added(one, "ttfb_p99"), 1.5, "ms"),
-        Target(
-            "gateway CPU per audio-second (24→48 kHz), full speed",
-            cpu["gateway"]["server_cpu_ms_per_audio_s"],
-            1.0,
-            "ms",
+        *of_scenario(
+            [
+                Target("added TTFB vs direct, 1 stream, p50", added(one, "ttfb_p50"), 0.5, "ms"),
+                Target("added TTFB vs direct, 1 stream, p99", added(one, "ttfb_p99"), 1.5, "ms"),
+            ],
+            "(1) one stream",
         ),
-        Target(
-            "gateway CPU / nginx CPU per audio-second, full speed",
-            cpu["gateway"]["server_cpu_ms_per_audio_s"]
-            / max(cpu["nginx"]["server_cpu_ms_per_audio_s"], 1e-9),
-            4.0,
-            "x",
+        *of_scenario(
+            [
+                Target(
+                    "gateway CPU per audio-second (24→48 kHz), full speed",
+                    cpu["gateway"]["server_cpu_ms_per_audio_s"],
+                    1.0,
+                    "ms",
+                ),
+                Target(
+                    "gateway CPU / nginx CPU per audio-second, full speed",
+                    cpu["gateway"]["server_cpu_ms_per_audio_s"]
+                    / max(cpu["nginx"]["server_cpu_ms_per_audio_s"], 1e-9),
+                    4.0,
+                    "x",
+                ),
+            ],
+            "(2) full speed",
         ),
-        Target(
-            f"gateway CPU / nginx CPU per real-time audio-second (24→48 kHz), {few} streams",
-            rt["gateway"]["server_cpu_ms_per_stream_s"]
-            / max(rt["nginx"]["server_cpu_ms_per_stream_s"], 1e-9),
-            2.5,
-            "x",
+        *of_scenario(
+            [
+                Target(
+                    f"gateway CPU / nginx CPU per real-time audio-second (24→48 kHz), {few} "
+                    "streams",
+                    rt["gateway"]["server_cpu_ms_per_stream_s"]
+                    / max(rt["nginx"]["server_cpu_ms_per_stream_s"], 1e-9),
+                    2.5,
+                    "x",
+                ),
+                Target(
+                    f"{few} real-time streams: added TTFB p99", added(rt, "ttfb_p99"), 20.0, "ms"
+                ),
+                Target(
+                    f"{few} real-time streams: added inter-chunk gap p99",
+                    added(rt, "gap_p99"),
+                    10.0,
+                    "ms",
+                ),
+                streams_held(f),
+                Target(
+                    f"{burst.get('streams', 200)} callers in the same instant: added TTFB p99",
+                    added(burst, "ttfb_p99"),
+                    50.0,
+                    "ms",
+                ),
+            ],
+            "(3) real-time streams",
         ),
-        Target(f"{few} real-time streams: added TTFB p99", added(rt, "ttfb_p99"), 20.0, "ms"),
-        Target(
-            f"{few} real-time streams: added inter-chunk gap p99", added(rt, "gap_p99"), 10.0, "ms"
+        *of_scenario(
+            [
+                Target(
+                    "memory per active stream (caller asks the provider's rate), fresh gateway",
+                    mem["slow"]["same_rate"]["kib_per_stream"],
+                    64.0,
+                    "KiB",
+                ),
+                Target(
+                    "memory per active resampled stream, 24→48 kHz, fresh gateway",
+                    mem["slow"]["resampled"]["kib_per_stream"],
+                    64.0,
+                    "KiB",
+                ),
+                Target(
+                    "RSS growth over the hang-up run",
+                    max(0.0, (mem["rss_after_kib"] - mem["rss_before_kib"]) / 1024),
+                    8.0,
+                    "MiB",
+                ),
+                Target(
+                    "upstream connections after the hang-up run (vs the idle pool before it)",
+                    mem["upstream_connections_after"],
+                    max(mem["upstream_connections_before"], 50),
+                    "conns",
+                ),
+            ],
+            "(4) memory",
         ),
-        streams_held(f),
-        Target(
-            f"{burst.get('streams', 200)} callers in the same instant: added TTFB p99",
-            added(burst, "ttfb_p99"),
-            50.0,
-            "ms",
+        *of_scenario(
+            [
+                Target(
+                    "local voice: first audio, one sentence (p50)",
+                    local["one_sentence"]["ttfb_p50"],
+                    60.0,
+                    "ms",
+                ),
+                Target(
+                    "local voice: real-time factor on one core",
+                    local["rtf_one_core"]["rtf"],
+                    0.15,
+                    "",
+                ),
+            ],
+            "(5) local voice",
         ),
-        Target(
-            "memory per active stream (caller asks the provider's rate), fresh gateway",
-            mem["slow"]["same_rate"]["kib_per_stream"],
-            64.0,
-            "KiB",
-        ),
-        Target(
-            "memory per active resampled stream, 24→48 kHz, fresh gateway",
-            mem["slow"]["resampled"]["kib_per_stream"],
-            64.0,
-            "KiB",
-        ),
-        Target(
-            "RSS growth over the hang-up run",
-            max(0.0, (mem["rss_after_kib"] - mem["rss_before_kib"]) / 1024),
-            8.0,
-            "MiB",
-        ),
-        Target(
-            "upstream connections after the hang-up run (vs the idle pool before it)",
-            mem["upstream_connections_after"],
-            max(mem["upstream_connections_before"], 50),
-            "conns",
-        ),
-        Target(
-            "local voice: first audio, one sentence (p50)",
-            local["one_sentence"]["ttfb_p50"],
-            60.0,
-            "ms",
-        ),
-        Target("local voice: real-time factor on one core", local["rtf_one_core"]["rtf"], 0.15, ""),
     ]
 
 
@@ -759,6 +808,16 @@ def realtime_section(f: dict[str, Any]) -> list[str]:
                         ("server CPU per stream-second", "server_cpu_ms_per_stream_s"),
                         ("of it in its own code (user mode)", "server_user_ms_per_stream_s"),
                         ("of it in the kernel (its system calls)", "server_system_ms_per_stream_s"),
+                    )
+                    if key in figures["gateway"]
+                ),
+                *(
+                    server_row(label, figures, key)
+                    for label, key in (
+                        (
+                            "the server's busiest process's share of its CPU",
+                            "server_busiest_share",
+                        ),
                     )
                     if key in figures["gateway"]
                 ),
@@ -834,12 +893,13 @@ def render(f: dict[str, Any], meta: dict[str, Any]) -> str:
         "median less direct's), but for the hang-up run's two and the real-time factor, "
         "which are measured once. Those of (6) to (9) are as their sections say.",
         "",
-        "| Figure | Measured | Target | |",
-        "|---|---|---|---|",
+        "| Figure | Scenario | Measured | Target | |",
+        "|---|---|---|---|---|",
     ]
     for t in targets(f):
         lines.append(
-            f"| {t.figure} | {t.measured} | {t.bound} | {'pass' if t.ok else '**FAIL**'} |"
+            f"| {t.figure} | {t.scenario} | {t.measured} | {t.bound} | "
+            f"{'pass' if t.ok else '**FAIL**'} |"
         )
     lines += [
         "",

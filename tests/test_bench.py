@@ -32,6 +32,8 @@ from bench.harness import (
     PY,
     ROOT,
     Server,
+    busiest_share,
+    cpu_by_process,
     cpu_ns,
     cpu_seconds,
     process_tree,
@@ -249,6 +251,40 @@ def test_cpu_ns_counts_a_process_and_its_childrens_cpu_exactly() -> None:
     # Both processes burnt 0.3 s, on top of starting an interpreter each.
     assert 0.6 <= exact < 3.0
     assert abs(exact - ticks) < 0.05  # /proc/PID/stat's ticks say the same, to a tick or so
+
+
+def test_busiest_share_is_the_share_of_the_process_that_took_most_of_the_trees_cpu() -> None:
+    # An idle parent whose child burns 0.4 s of CPU once told to: between two readings around
+    # the burn, the child took nearly all of the tree's CPU.
+    child = (
+        "import sys, time\nsys.stdin.readline()\n"
+        "end = time.process_time() + 0.4\nwhile time.process_time() < end: pass\n"
+        "print('burnt', flush=True)\nsys.stdin.read()"
+    )
+    script = (
+        f"import subprocess, sys\nchild = subprocess.Popen([sys.executable, '-c', {child!r}])\n"
+        "print(child.pid, flush=True)\nchild.wait()\n"
+    )
+    with subprocess.Popen(
+        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    ) as process:
+        assert process.stdin is not None and process.stdout is not None
+        child_pid = int(process.stdout.readline())
+        before = cpu_by_process(process.pid)
+        assert set(before) == {process.pid, child_pid}
+        process.stdin.write("go\n")
+        process.stdin.flush()
+        assert process.stdout.readline().strip() == "burnt"
+        after = cpu_by_process(process.pid)
+        process.stdin.close()
+        process.wait()
+    assert after[child_pid] - before[child_pid] >= 0.35
+    assert busiest_share(before, after) > 0.9
+    # Two processes alike: half each; a process new since the first reading counts from 0;
+    # nothing taken: 0.
+    assert busiest_share({1: 1.0, 2: 2.0}, {1: 1.5, 2: 2.5}) == 0.5
+    assert busiest_share({1: 1.0}, {1: 1.5, 2: 1.5}) == 0.75
+    assert busiest_share({1: 1.0}, {1: 1.0}) == 0.0
 
 
 def test_waited_ns_counts_the_time_a_process_waited_for_a_core() -> None:
@@ -881,18 +917,27 @@ def test_the_report_gives_the_streams_held_at_600_beside_the_target() -> None:
     assert "| mock upstream CPU share | 0.10 | 0.10 | 0.10 |" in section
     assert "| load generator CPU per stream-second | 0.125 | 0.125 | 0.125 |" in section
     assert "| server CPU share | - | 0.10 | 0.20 |" in section
-    # The CPU ratio to nginx at 200 streams, the burst, the resampled memory: each a target.
+    # The CPU ratio to nginx at 200 streams, the burst, the resampled memory: each a target,
+    # beside the scenario that gives it.
     assert (
         "| gateway CPU / nginx CPU per real-time audio-second (24→48 kHz), 200 streams | "
-        "2.00 x | ≤ 2.5 x | pass |" in report
+        "(3) real-time streams | 2.00 x | ≤ 2.5 x | pass |" in report
     )
     assert (
-        "| 200 callers in the same instant: added TTFB p99 | 35.00 ms | ≤ 50 ms | pass |" in report
+        "| 200 callers in the same instant: added TTFB p99 | (3) real-time streams | 35.00 ms | "
+        "≤ 50 ms | pass |" in report
     )
     assert (
-        "| memory per active resampled stream, 24→48 kHz, fresh gateway | 40.00 KiB | "
-        "≤ 64 KiB | pass |" in report
+        "| memory per active resampled stream, 24→48 kHz, fresh gateway | (4) memory | "
+        "40.00 KiB | ≤ 64 KiB | pass |" in report
     )
+    table = report[report.index("## Targets") : report.index("## (1)")]
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "|---" not in line]
+    scenarios = [row.split(" | ")[1] for row in rows[1:]]
+    assert rows[0].startswith("| Figure | Scenario |") and len(scenarios) == 15
+    assert scenarios.count("(1) one stream") == 2 and scenarios.count("(5) local voice") == 2
+    # Each scenario's section is in the report under the name its targets give.
+    assert all(f"## {name[:3]}" in report for name in scenarios)
     assert "The figures of (1) to (5) are medians of 3 runs" in report
     assert "Medians of 3 gateways each." in report
     assert "**40.0 KiB per stream** (the gateways': 38.5, 40.0, 47.2)." in report
@@ -900,16 +945,23 @@ def test_the_report_gives_the_streams_held_at_600_beside_the_target() -> None:
 
 def test_the_real_time_table_splits_the_servers_cpu_into_its_own_and_the_kernels() -> None:
     """Scenario (3)'s table gives the server's CPU per stream-second in user mode and in the
-    kernel where the run measured them, and leaves the rows out for a run that did not."""
+    kernel, and its busiest process's share of it, where the run measured them, and leaves the
+    rows out for a run that did not."""
     many = _realtime(600, (2.0, 15.0), (25.0, 31.0))
     figures = _suite_figures(many)
     plain = render(figures, META)
     assert "(user mode)" not in plain and "(its system calls)" not in plain
-    for name, (user, system) in {"nginx": (0.2, 0.7), "gateway": (1.9, 0.8)}.items():
+    assert "busiest process" not in plain
+    for name, (user, system, busiest) in {
+        "nginx": (0.2, 0.7, 0.5),
+        "gateway": (1.9, 0.8, 0.9),
+    }.items():
         figures["realtime_streams"][name]["server_user_ms_per_stream_s"] = user
         figures["realtime_streams"][name]["server_system_ms_per_stream_s"] = system
+        figures["realtime_streams"][name]["server_busiest_share"] = busiest
     split = render(figures, META).splitlines()
     assert "| of it in its own code (user mode) | - | 0.200 | 1.900 |" in split
+    assert "| the server's busiest process's share of its CPU | - | 0.50 | 0.90 |" in split
     assert "| of it in the kernel (its system calls) | - | 0.700 | 0.800 |" in split
     # Only the 200-stream table has them: the 600-stream run did not measure them.
     assert sum(line.startswith("| of it in its own code") for line in split) == 1
