@@ -14,6 +14,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
@@ -22,7 +23,7 @@ import httpx
 import numpy as np
 import pytest
 
-from bench import cache_report, first_byte, hotpath, soak_report
+from bench import cache_report, first_byte, hotpath, idle, soak_report
 from bench import resampler as resampler_bench
 from bench.cache import CacheBench, CacheSize, redis_server, unique_text
 from bench.faults import HEALTHY, SOAK, FaultPlan, FaultyUpstream
@@ -951,7 +952,7 @@ def test_the_real_time_table_splits_the_servers_cpu_into_its_own_and_the_kernels
     figures = _suite_figures(many)
     plain = render(figures, META)
     assert "(user mode)" not in plain and "(its system calls)" not in plain
-    assert "busiest process" not in plain
+    assert "| the server's busiest process's share" not in plain
     for name, (user, system, busiest) in {
         "nginx": (0.2, 0.7, 0.5),
         "gateway": (1.9, 0.8, 0.9),
@@ -1269,3 +1270,18 @@ def test_the_resampler_bench_times_a_whole_first_piece() -> None:
     assert ratio == round(
         row["polyphase"]["cpu_ms_per_audio_s"] / row["soxr_block"]["cpu_ms_per_audio_s"], 2
     )
+
+
+def test_bench_idle_times_a_step_after_each_pause() -> None:
+    """``bench.idle`` times its step after each pause (slept, not skipped), one row a pause,
+    the first the back-to-back baseline its others are read against."""
+    started = time.perf_counter()
+    found = idle.measure([0.0, 0.02], steps=5, warm=1)
+    assert time.perf_counter() - started >= 5 * 0.02  # the second pause slept before each step
+    assert [row["pause_s"] for row in found] == [0.0, 0.02]
+    assert all(row["cpu_us_p50"] > 0 and row["cpu_us_max"] >= row["cpu_us_p50"] for row in found)
+    assert found[0]["cpu_vs_first"] == 1.0
+    assert found[1]["cpu_vs_first"] == found[1]["cpu_us_p50"] / found[0]["cpu_us_p50"]
+    assert idle.step() == idle.ENTRIES
+    table = idle.show(found).splitlines()
+    assert len(table) == 4 and table[3].startswith("| 0.02 | ")
