@@ -50,30 +50,29 @@ def process_tree(pid: int) -> list[int]:
     return pids
 
 
+def _ticks(pid: int) -> tuple[int, int] | None:
+    """(user, system) CPU ticks of one process from /proc, or None once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return int(fields[11]), int(fields[12])
+
+
 def cpu_split(pid: int) -> tuple[float, float]:
     """(user, system) CPU seconds of a process and its children, from /proc."""
-    user = system = 0
-    for p in process_tree(pid):
-        try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:  # gone meanwhile
-            continue
-        user += int(fields[11])
-        system += int(fields[12])
-    return user / TICKS, system / TICKS
+    found = [ticks for p in process_tree(pid) if (ticks := _ticks(p)) is not None]
+    return sum(u for u, _ in found) / TICKS, sum(s for _, s in found) / TICKS
 
 
 def cpu_by_process(pid: int) -> dict[int, float]:
     """User + system CPU seconds of a process and of each of its children, by pid, from /proc
     (a process gone meanwhile is left out)."""
-    found = {}
-    for p in process_tree(pid):
-        try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        found[p] = (int(fields[11]) + int(fields[12])) / TICKS
-    return found
+    return {
+        p: (ticks[0] + ticks[1]) / TICKS
+        for p in process_tree(pid)
+        if (ticks := _ticks(p)) is not None
+    }
 
 
 def busiest_share(before: dict[int, float], after: dict[int, float]) -> float:
