@@ -88,9 +88,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="steps timed per pause")
     parser.add_argument("--json", type=Path, help="write the figures here too")
     args = parser.parse_args()
-    pauses = [float(p) for p in args.pauses.split(",")]
-    if args.steps < 1 or not pauses or any(p < 0 for p in pauses):
-        parser.error("--steps must be at least 1 and --pauses non-negative")
+    try:
+        pauses = [float(p) for p in args.pauses.split(",")]
+    except ValueError:
+        parser.error(f"--pauses takes seconds, comma-separated (got {args.pauses!r})")
+    if args.steps < 1 or not pauses or any(not 0 <= p < 60 for p in pauses):
+        parser.error("--steps must be at least 1 and each of --pauses 0 to 60 s")
     found = measure(pauses, args.steps)
     print(show(found))
     if args.json:
