@@ -50,35 +50,35 @@ def process_tree(pid: int) -> list[int]:
     return pids
 
 
-def _ticks(pid: int) -> tuple[int, int] | None:
-    """(user, system) CPU ticks of one process from /proc, or None once it is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return int(fields[11]), int(fields[12])
+def cpu_by_process(pid: int) -> dict[int, tuple[float, float]]:
+    """(user, system) CPU seconds of a process and of each of its children, by pid, from
+    /proc (a process gone meanwhile is left out)."""
+    found = {}
+    for p in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        found[p] = int(fields[11]) / TICKS, int(fields[12]) / TICKS
+    return found
+
+
+def split_of(reading: dict[int, tuple[float, float]]) -> tuple[float, float]:
+    """(user, system) CPU seconds of a :func:`cpu_by_process` reading, its processes summed."""
+    return sum(u for u, _ in reading.values()), sum(s for _, s in reading.values())
 
 
 def cpu_split(pid: int) -> tuple[float, float]:
     """(user, system) CPU seconds of a process and its children, from /proc."""
-    found = [ticks for p in process_tree(pid) if (ticks := _ticks(p)) is not None]
-    return sum(u for u, _ in found) / TICKS, sum(s for _, s in found) / TICKS
+    return split_of(cpu_by_process(pid))
 
 
-def cpu_by_process(pid: int) -> dict[int, float]:
-    """User + system CPU seconds of a process and of each of its children, by pid, from /proc
-    (a process gone meanwhile is left out)."""
-    return {
-        p: (ticks[0] + ticks[1]) / TICKS
-        for p in process_tree(pid)
-        if (ticks := _ticks(p)) is not None
-    }
-
-
-def busiest_share(before: dict[int, float], after: dict[int, float]) -> float:
+def busiest_share(
+    before: dict[int, tuple[float, float]], after: dict[int, tuple[float, float]]
+) -> float:
     """Of the CPU a process tree took between two :func:`cpu_by_process` readings, the share
     its busiest process took (1: one process did all of it; 0 when none was taken)."""
-    taken = [seconds - before.get(p, 0.0) for p, seconds in after.items()]
+    taken = [sum(ticks) - sum(before.get(p, (0.0, 0.0))) for p, ticks in after.items()]
     total = sum(taken)
     return max(taken) / total if total > 0 else 0.0
 

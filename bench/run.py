@@ -48,12 +48,12 @@ from bench.harness import (
     connections_to,
     cpu_by_process,
     cpu_seconds,
-    cpu_split,
     free_port,
     load,
     pct,
     rss_kib,
     settle,
+    split_of,
     start,
     waited_ns,
 )
@@ -288,8 +288,7 @@ class Bench:
         of the server, the mock upstream and the load generator, as a share of one core and
         per stream-second (one second of one stream)."""
         assert self.upstream
-        before, up_before = cpu_split(server.pid), cpu_seconds(self.upstream.pid)
-        by_process = cpu_by_process(server.pid)
+        before, up_before = cpu_by_process(server.pid), cpu_seconds(self.upstream.pid)
         waits_before = waited_ns(server.pid), waited_ns(self.upstream.pid)
         data = load(
             self.url(server),
@@ -302,7 +301,8 @@ class Bench:
             ramp=REALTIME_SECONDS if spread else 0,
         )
         # The server's CPU in its own code and in the kernel's (its system calls).
-        user, system = (a - b for a, b in zip(cpu_split(server.pid), before, strict=True))
+        after = cpu_by_process(server.pid)
+        user, system = (a - b for a, b in zip(split_of(after), split_of(before), strict=True))
         server_waited, upstream_waited = (
             (a - b) / 1e9
             for a, b in zip(
@@ -313,7 +313,7 @@ class Bench:
         # How the server's CPU fell between its processes (the gateway's workers and its
         # supervisor, nginx's master and workers): one worker carrying every stream costs less
         # a stream-second than two woken for half the chunks each.
-        busiest = busiest_share(by_process, cpu_by_process(server.pid))
+        busiest = busiest_share(before, after)
         figures = latency(data)
         cpu["client"] = figures["client_cpu"]
         stream_seconds = max(figures["bytes"] / 2 / rate, 1e-9)

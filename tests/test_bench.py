@@ -279,13 +279,13 @@ def test_busiest_share_is_the_share_of_the_process_that_took_most_of_the_trees_c
         after = cpu_by_process(process.pid)
         process.stdin.close()
         process.wait()
-    assert after[child_pid] - before[child_pid] >= 0.35
+    assert sum(after[child_pid]) - sum(before[child_pid]) >= 0.35
     assert busiest_share(before, after) > 0.9
     # Two processes alike: half each; a process new since the first reading counts from 0;
     # nothing taken: 0.
-    assert busiest_share({1: 1.0, 2: 2.0}, {1: 1.5, 2: 2.5}) == 0.5
-    assert busiest_share({1: 1.0}, {1: 1.5, 2: 1.5}) == 0.75
-    assert busiest_share({1: 1.0}, {1: 1.0}) == 0.0
+    assert busiest_share({1: (1.0, 0.0), 2: (2.0, 0.0)}, {1: (1.5, 0.0), 2: (2.0, 0.5)}) == 0.5
+    assert busiest_share({1: (1.0, 0.0)}, {1: (1.25, 0.25), 2: (1.0, 0.5)}) == 0.75
+    assert busiest_share({1: (1.0, 0.5)}, {1: (1.0, 0.5)}) == 0.0
 
 
 def test_waited_ns_counts_the_time_a_process_waited_for_a_core() -> None:
